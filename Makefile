@@ -1,0 +1,56 @@
+# Quick start: `make demo` and `make test` work on a fresh machine (they create .venv).
+# torch is pinned: on the CPU set-up machines `pip install torch==2.13.0` is a local CPU
+# wheel, while any other requirement would download a multi-GB CUDA build.  The
+# extension is built against that torch with --no-build-isolation for the same reason.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.deps-stamp
+BUILT := $(VENV)/.built-stamp
+SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
+DEPS := numpy ninja pybind11 tqdm pytest pytest-benchmark hypothesis mnist1d scikit-learn matplotlib
+
+.PHONY: venv build demo test test-all bench bench-cpu cmake-cpu cmake-cuda-kernels clean
+
+venv: $(STAMP)
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q $(DEPS)
+	touch $@
+
+build: $(BUILT)
+$(BUILT): $(STAMP) $(SOURCES)
+	PYHYPERSPHERE_CUDA=$${PYHYPERSPHERE_CUDA:-auto} MAX_JOBS=$${MAX_JOBS:-2} \
+	  $(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+demo: build
+	$(PY) -m pyhypersphere demo
+
+# The fast, complete suite (CI runs this).  Long tests are marked `slow`.
+test: build
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds -q
+
+# The C++ library and the Python-free CPU benchmark, against LibTorch from the venv.
+cmake-cpu: $(STAMP)
+	cmake -S . -B build/cmake-cpu -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
+	cmake --build build/cmake-cpu -j 2
+
+# Every .cu file through nvcc, without torch or a GPU.
+cmake-cuda-kernels:
+	cmake -S . -B build/cmake-cuda -DPYHYPERSPHERE_CUDA_KERNELS_ONLY=ON -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cmake-cuda
+
+clean:
+	rm -rf build *.egg-info pyhypersphere/*.so $(BUILT)

@@ -1,0 +1,144 @@
+"""The CPU bars of the foundation issue, measured side by side in one run.
+
+    .venv/bin/python benchmarks/cpu_bars.py [--n 16384] [--d 128] [--big-n 65536] [--reps 5]
+
+1. N=16384, d=128, float32: forward and forward+backward of the fused loss, the
+   reference (pdist) formula and the plain-torch blocked formula; medians and ratios.
+2. The fraction of torch.mm throughput the fused kernel reaches on the same flops:
+   forward = one Gram product over the upper triangle, N^2 * d multiply-adds counted as
+   N^2 * d * 1 flop-pairs... precisely: N(N-1)/2 pairs x 2d flops ~ N^2 d flops; the
+   forward+gradient pass does three such GEMMs: 3 N^2 d flops.  torch.mm of [N, d] x
+   [d, N] does 2 N^2 d flops, timed in the same run.
+3. N=65536, d=128 forward+backward in a fresh process: peak RSS growth over the
+   process's RSS just before the call (the reference would need ~40 GB there).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import pyhypersphere
+from pyhypersphere.reference import blocked_uniform_loss, reference_uniform_loss
+
+
+def unit_rows(n, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+
+
+def median_seconds(fn, reps, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def forward(loss_fn, x):
+    def run():
+        with torch.no_grad():
+            loss_fn(x)
+    return run
+
+
+def forward_backward(loss_fn, x):
+    def run():
+        xx = x.detach().requires_grad_()
+        loss_fn(xx).backward()
+    return run
+
+
+def rss_probe(n, d):
+    """Runs in a child: forward+backward at n x d, prints peak RSS growth in bytes."""
+    x = unit_rows(n, d).requires_grad_()
+    pyhypersphere.uniform_loss(x[:64]).backward()  # load everything once
+    x.grad = None
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS
+    before = _status_kib("VmRSS")
+    loss = pyhypersphere.uniform_loss(x)
+    loss.backward()
+    peak = _status_kib("VmHWM")
+    print(json.dumps({"rss_growth_bytes": (peak - before) * 1024, "loss": loss.item()}))
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=16384)
+    p.add_argument("--d", type=int, default=128)
+    p.add_argument("--big-n", type=int, default=65536)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--ref-reps", type=int, default=3)
+    p.add_argument("--rss-probe", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.rss_probe:
+        rss_probe(*args.rss_probe)
+        return
+
+    n, d = args.n, args.d
+    x = unit_rows(n, d)
+    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"tile gemm {pyhypersphere.build_info()['cpu_tile_gemm']}, N={n}, d={d}, float32")
+    impls = {
+        "fused": pyhypersphere.uniform_loss,
+        "reference": reference_uniform_loss,
+        "blocked": blocked_uniform_loss,
+    }
+    rows = {}
+    for name, fn in impls.items():
+        reps = args.reps if name == "fused" else args.ref_reps
+        rows[name] = {
+            "fwd_s": median_seconds(forward(fn, x), reps),
+            "fwdbwd_s": median_seconds(forward_backward(fn, x), reps),
+        }
+        print(f"{name:>10}: fwd {rows[name]['fwd_s']:.3f} s   fwd+bwd {rows[name]['fwdbwd_s']:.3f} s", flush=True)
+
+    a = torch.randn(n, d)
+    mm_s = median_seconds(lambda: torch.mm(a, a.T), args.reps)
+    mm_flops = 2.0 * n * n * d
+    fwd_flops = n * (n - 1) / 2 * 2 * d
+    fwdbwd_flops = 3 * fwd_flops
+    result = {
+        "n": n,
+        "d": d,
+        "threads": torch.get_num_threads(),
+        "impls": rows,
+        "speedup_fwd_vs_reference": rows["reference"]["fwd_s"] / rows["fused"]["fwd_s"],
+        "speedup_fwdbwd_vs_reference": rows["reference"]["fwdbwd_s"] / rows["fused"]["fwdbwd_s"],
+        "speedup_fwdbwd_vs_blocked": rows["blocked"]["fwdbwd_s"] / rows["fused"]["fwdbwd_s"],
+        "mm_gflops": mm_flops / mm_s / 1e9,
+        "fused_fwd_gflops": fwd_flops / rows["fused"]["fwd_s"] / 1e9,
+        "fused_fwdbwd_gflops": fwdbwd_flops / rows["fused"]["fwdbwd_s"] / 1e9,
+    }
+    result["fused_fwd_fraction_of_mm"] = result["fused_fwd_gflops"] / result["mm_gflops"]
+    result["fused_fwdbwd_fraction_of_mm"] = result["fused_fwdbwd_gflops"] / result["mm_gflops"]
+
+    probe = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--rss-probe", str(args.big_n), str(d)],
+        capture_output=True, text=True, check=True,
+    )
+    big = json.loads(probe.stdout.strip().splitlines()[-1])
+    result["big_n"] = args.big_n
+    result["big_n_fwdbwd_rss_growth_mib"] = big["rss_growth_bytes"] / 2**20
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+// Operator schemas: one TORCH_LIBRARY for every backend.  The implementations register
+// under their dispatch keys (csrc/cpu, csrc/cuda); the contract is in ops.h.
+#include <torch/library.h>
+
+TORCH_LIBRARY(pyhypersphere, m) {
+  m.def(
+      "uniform_lse(Tensor x, Tensor? queue, float t, bool intra_batch, int part, int num_parts, "
+      "bool compute_grad) -> (Tensor, Tensor, Tensor)");
+  m.def("align_loss(Tensor x, Tensor y, float alpha, bool compute_grad) -> (Tensor, Tensor)");
+}

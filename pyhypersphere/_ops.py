@@ -1,0 +1,120 @@
+"""The compiled operators: fake (meta) implementations and autograd formulas.
+
+The C++ extension registers `torch.ops.pyhypersphere.uniform_lse` and
+`torch.ops.pyhypersphere.align_loss` (schemas in csrc/pyhypersphere.cpp, contract in
+csrc/ops.h).  Both compute the gradient in the forward pass when asked
+(`compute_grad`), so the backward is a scale by the upstream gradient.
+"""
+
+import torch
+
+from . import _C  # noqa: F401  (loads the library and registers the operators)
+
+_lib_ops = torch.ops.pyhypersphere
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------- fake kernels
+
+
+@torch.library.register_fake("pyhypersphere::uniform_lse")
+def _uniform_lse_fake(x, queue, t, intra_batch, part, num_parts, compute_grad):
+    lse = x.new_empty((), dtype=accumulate_dtype(x.dtype))
+    if not compute_grad:
+        return lse, x.new_empty((0,)), x.new_empty((0,))
+    grad_q = torch.empty_like(queue, memory_format=torch.contiguous_format) if queue is not None else x.new_empty((0,))
+    return lse, torch.empty_like(x, memory_format=torch.contiguous_format), grad_q
+
+
+@torch.library.register_fake("pyhypersphere::align_loss")
+def _align_loss_fake(x, y, alpha, compute_grad):
+    grad = torch.empty_like(x, memory_format=torch.contiguous_format) if compute_grad else x.new_empty((0,))
+    return x.new_empty(()), grad
+
+
+# ---------------------------------------------------------------- autograd
+
+_DOUBLE_BACKWARD_MESSAGE = (
+    "pyhypersphere: double backward (create_graph=True through uniform_loss or "
+    "align_loss, e.g. a gradient penalty or a Hessian) is not supported: the fused "
+    "kernels return first derivatives only"
+)
+
+
+def _first_order_only(result: torch.Tensor) -> torch.Tensor:
+    """Make `result` raise when differentiated again instead of silently missing terms."""
+    if not torch.is_grad_enabled():
+        return result
+    # The same mechanism as torch.autograd.function.once_differentiable, with our message.
+    err = torch._C._functions.DelayedError(_DOUBLE_BACKWARD_MESSAGE, 1)
+    return err(result.detach().requires_grad_(True))
+
+
+def _setup_uniform(ctx, inputs, output):
+    x, queue, t, intra_batch, part, num_parts, compute_grad = inputs
+    _, grad_x, grad_q = output
+    ctx.mark_non_differentiable(grad_x, grad_q)
+    ctx.has_queue = queue is not None
+    ctx.args = (t, intra_batch, part, num_parts)
+    if compute_grad:
+        ctx.save_for_backward(grad_x, grad_q)
+        ctx.saved_inputs = False
+    else:
+        # Called without a gradient in mind (compute_grad=False) but differentiated anyway:
+        # keep the inputs to recompute.
+        ctx.save_for_backward(x, queue)
+        ctx.saved_inputs = True
+
+
+def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq):
+    if ctx.saved_inputs:
+        x, queue = ctx.saved_tensors
+        _, grad_x, grad_q = _lib_ops.uniform_lse(x, queue, *ctx.args, True)
+    else:
+        grad_x, grad_q = ctx.saved_tensors
+    scale = grad_lse
+    out_x = _first_order_only(grad_x * scale.to(grad_x.dtype)) if ctx.needs_input_grad[0] else None
+    out_q = None
+    if ctx.has_queue and ctx.needs_input_grad[1]:
+        out_q = _first_order_only(grad_q * scale.to(grad_q.dtype))
+    return out_x, out_q, None, None, None, None, None
+
+
+def _setup_align(ctx, inputs, output):
+    x, y, alpha, compute_grad = inputs
+    _, grad_x = output
+    ctx.mark_non_differentiable(grad_x)
+    ctx.alpha = alpha
+    if compute_grad:
+        ctx.save_for_backward(grad_x)
+        ctx.saved_inputs = False
+    else:
+        ctx.save_for_backward(x, y)
+        ctx.saved_inputs = True
+
+
+def _backward_align(ctx, grad_loss, _grad_gx):
+    if ctx.saved_inputs:
+        x, y = ctx.saved_tensors
+        _, grad_x = _lib_ops.align_loss(x, y, ctx.alpha, True)
+    else:
+        (grad_x,) = ctx.saved_tensors
+    g = grad_x * grad_loss.to(grad_x.dtype)
+    out_x = _first_order_only(g) if ctx.needs_input_grad[0] else None
+    out_y = _first_order_only(-g) if ctx.needs_input_grad[1] else None
+    return out_x, out_y, None, None
+
+
+torch.library.register_autograd("pyhypersphere::uniform_lse", _backward_uniform, setup_context=_setup_uniform)
+torch.library.register_autograd("pyhypersphere::align_loss", _backward_align, setup_context=_setup_align)
+
+
+def uniform_lse(x, queue, t, intra_batch, part, num_parts, compute_grad):
+    return _lib_ops.uniform_lse(x, queue, t, intra_batch, part, num_parts, compute_grad)
+
+
+def align(x, y, alpha, compute_grad):
+    return _lib_ops.align_loss(x, y, alpha, compute_grad)

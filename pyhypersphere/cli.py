@@ -1,0 +1,46 @@
+"""Command line: `pyhypersphere {info,demo,train,bench} ...` (also `python -m pyhypersphere`)."""
+
+import argparse
+import importlib
+import json
+import sys
+
+# subcommand -> (module with add_arguments(parser) and main(args), help).  Modules are
+# imported only when their subcommand runs, so one missing optional dependency does
+# not break the others.
+SUBCOMMANDS = {
+    "info": ("pyhypersphere.cli", "how the extension was built (CUDA, arch list, torch, threads)"),
+    "demo": ("pyhypersphere.demo", "the fused loss next to the reference: values, time, memory"),
+    "train": ("pyhypersphere.train.cli", "train an encoder with align+uniform (or InfoNCE)"),
+    "bench": ("pyhypersphere.bench.cli", "benchmark the fused loss against peers and the roofline"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # `info` takes none
+    del parser
+
+
+def main_info(_args) -> int:
+    import pyhypersphere
+
+    print(json.dumps(pyhypersphere.build_info(), indent=2))
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="pyhypersphere", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    chosen = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(run=main_info if name == "info" else module.main)
+    args = parser.parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""`pyhypersphere demo`: the fused loss next to the reference, on a built-in input.
+
+The input is embedded: N rows drawn from a fixed-seed Gaussian and normalized onto the
+unit sphere (what an encoder's normalized features look like to the loss).  Each
+implementation runs forward+backward in its own child process, so the peak memory
+growth of one does not hide in the allocator pool of another.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+DEFAULT_N = 8192
+DEFAULT_D = 128
+SEED = 0
+
+
+def add_arguments(parser):
+    parser.add_argument("--n", type=int, default=DEFAULT_N, help=f"rows (default {DEFAULT_N})")
+    parser.add_argument("--d", type=int, default=DEFAULT_D, help=f"feature dimension (default {DEFAULT_D})")
+    parser.add_argument("--t", type=float, default=2.0, help="uniformity scale t (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions, median reported")
+    # internal: run one implementation's measurement in this (child) process
+    parser.add_argument("--child-impl", choices=["fused", "reference"], help=argparse.SUPPRESS)
+
+
+def embedded_input(n, d):
+    g = torch.Generator().manual_seed(SEED)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _measure(impl, n, d, t, repeats):
+    """Child process: loss value, median forward+backward seconds, peak RSS growth."""
+    import pyhypersphere
+    from pyhypersphere.reference import reference_uniform_loss
+
+    fn = pyhypersphere.uniform_loss if impl == "fused" else reference_uniform_loss
+    x = embedded_input(n, d)
+    fn(x[:64].clone().requires_grad_(), t).backward()  # first-call set-up outside the timing
+    can_reset_peak = os.path.exists("/proc/self/clear_refs")
+    if can_reset_peak:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    before = _status_kib("VmRSS")
+    times = []
+    for _ in range(repeats):
+        xx = x.clone().requires_grad_()
+        t0 = time.perf_counter()
+        loss = fn(xx, t)
+        loss.backward()
+        times.append(time.perf_counter() - t0)
+        del xx
+    peak = _status_kib("VmHWM") if can_reset_peak else 0
+    times.sort()
+    return {"loss": loss.item(), "seconds": times[len(times) // 2], "peak_growth_bytes": max(peak - before, 0) * 1024}
+
+
+def main(args):
+    if args.child_impl:
+        print(json.dumps(_measure(args.child_impl, args.n, args.d, args.t, args.repeats)))
+        return 0
+    import pyhypersphere
+
+    info = pyhypersphere.build_info()
+    print(f"pyhypersphere demo: uniform_loss(x, t={args.t}) forward+backward, x = {args.n} unit-norm rows of "
+          f"dimension {args.d}, float32, {torch.get_num_threads()} threads, CUDA build: {info['with_cuda']}")
+    print(f"reference: torch.pdist(x).pow(2).mul(-t).exp().mean().log()  (materializes {args.n * (args.n - 1) // 2:,} distances)\n")
+    results = {}
+    for impl in ("fused", "reference"):
+        cmd = [sys.executable, "-m", "pyhypersphere", "demo", "--n", str(args.n), "--d", str(args.d),
+               "--t", str(args.t), "--repeats", str(args.repeats), "--child-impl", impl]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            results[impl] = None
+            print(f"{impl}: failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})")
+            continue
+        results[impl] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{'implementation':<16}{'loss':>14}{'fwd+bwd (s)':>14}{'peak extra memory':>20}")
+    for impl, r in results.items():
+        if r is not None:
+            print(f"{impl:<16}{r['loss']:>14.7f}{r['seconds']:>14.3f}{r['peak_growth_bytes'] / 2**20:>16.1f} MiB")
+    fused, ref = results.get("fused"), results.get("reference")
+    if fused and ref:
+        print(f"\n|loss difference| = {abs(fused['loss'] - ref['loss']):.2e}; "
+              f"fused is {ref['seconds'] / fused['seconds']:.1f}x faster and uses "
+              f"{ref['peak_growth_bytes'] / max(fused['peak_growth_bytes'], 1):.1f}x less extra memory")
+    return 0 if fused else 1

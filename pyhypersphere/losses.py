@@ -1,0 +1,89 @@
+"""Drop-in alignment and uniformity losses (Wang & Isola, ICML 2020).
+
+Same names, signatures, defaults and values as the paper's reference code::
+
+    align_loss(x, y, alpha=2) = (x - y).norm(p=2, dim=1).pow(alpha).mean()
+    uniform_loss(x, t=2)      = torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()
+
+computed by fused kernels in O(N * d) memory, stable where the reference underflows.
+"""
+
+import math
+from typing import Optional
+
+import torch
+
+from . import _ops
+
+DEFAULT_T = 2.0
+DEFAULT_ALPHA = 2.0
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _as_float(value, name: str, function: str) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{function}: {name} must be a number, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{function}: {name} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _check_tensor(value, name: str, function: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{function}: {name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def uniform_loss(
+    x: torch.Tensor,
+    t: float = DEFAULT_T,
+    *,
+    queue: Optional[torch.Tensor] = None,
+    intra_batch: bool = True,
+) -> torch.Tensor:
+    """Uniformity loss: log of the mean Gaussian potential exp(-t ||x_i - x_j||^2) over pairs.
+
+    Args:
+        x: features [N, d] (the paper uses L2-normalized ones, but any input works).
+        t: the potential's scale, a positive finite number.
+        queue: optional [K, d] feature queue (the paper's MoCo variant, Eq. 17/18): the
+            mean then runs over the N*K pairs (x_i, queue_k), plus the N(N-1)/2 pairs
+            within x when ``intra_batch``.
+        intra_batch: include the pairs within x (only meaningful with a queue).
+
+    Returns a 0-dim tensor in x's dtype (float16/bfloat16 inputs are accumulated in
+    float32).  Differentiable with respect to x and queue.
+    """
+    function = "uniform_loss"
+    _check_tensor(x, "x", function)
+    if queue is not None:
+        _check_tensor(queue, "queue", function)
+    elif not intra_batch:
+        raise ValueError(f"{function}: intra_batch=False needs a queue (there would be no pairs)")
+    t = _as_float(t, "t", function)
+    lse, _, _ = _ops.uniform_lse(x, queue, t, bool(intra_batch), 0, 1, _needs_grad(x, queue))
+    n = x.shape[0] if x.dim() >= 1 else 0
+    k = queue.shape[0] if queue is not None and queue.dim() >= 1 else 0
+    pairs = (n * (n - 1) // 2 if intra_batch else 0) + n * k
+    return (lse - math.log(pairs)).to(x.dtype)
+
+
+def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
+    """Alignment loss: mean over rows of ||x_i - y_i||^alpha.
+
+    Args:
+        x, y: paired features [N, d] (positive pairs), same shape, dtype and device.
+        alpha: exponent, a positive finite number.
+
+    Returns a 0-dim tensor in x's dtype.  Differentiable with respect to x and y.
+    """
+    function = "align_loss"
+    _check_tensor(x, "x", function)
+    _check_tensor(y, "y", function)
+    alpha = _as_float(alpha, "alpha", function)
+    loss, _ = _ops.align(x, y, alpha, _needs_grad(x, y))
+    return loss

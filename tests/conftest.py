@@ -1,0 +1,42 @@
+"""Shared test parametrization: every device (CUDA skipped without a GPU) x dtype."""
+
+import pytest
+import torch
+
+import pyhypersphere
+
+HAS_CUDA = torch.cuda.is_available() and pyhypersphere.build_info()["with_cuda"]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")]),
+]
+FLOAT_DTYPES = [torch.float32, torch.float64]
+LOW_DTYPES = [torch.bfloat16, torch.float16]
+
+# Tolerances against a float64 reference, by input dtype: float32 accumulates ~N terms
+# of relative error 1e-7 (plus the Gram form of the distance); bf16/f16 inputs are
+# compared against the reference evaluated on the same rounded inputs, so only the
+# output rounding (bf16: 8 bits of mantissa) remains.
+RTOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+ATOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def unit_rows(n, d, *, dtype=torch.float64, device="cpu", seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+    return (scale * x).to(device=device, dtype=dtype)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+def dense_uniform_loss(x, t=2.0):
+    """Uniformity from explicit squared differences (no sqrt: smooth at coincident rows,
+    where pdist's backward gives NaN).  O(N^2 d) memory: small inputs only."""
+    n = x.shape[0]
+    d2 = (x[:, None, :] - x[None, :, :]).pow(2).sum(-1)
+    iu = torch.triu_indices(n, n, offset=1, device=x.device)
+    e = d2[iu[0], iu[1]].mul(-t)
+    return torch.logsumexp(e, 0) - torch.log(torch.tensor(float(e.numel()), dtype=x.dtype, device=x.device))
