@@ -1,0 +1,831 @@
+// CUDA uniformity kernels: tiled Gram products on tensor cores fused with the exp, a
+// shifted (log-sum-exp) reduction and, when asked, the gradient in the same pass.
+// The math and the contract are the CPU kernel's (csrc/cpu/uniform_cpu.cpp,
+// csrc/uniform_math.h); the host entry points are declared in uniform_kernels.h.
+//
+// Launch sequence (one stream, no host synchronization):
+//   1. pack:    rows -> padded copy [blocks * B, ld] (zero rows and columns past the
+//               data, so tile loads need no masks) and squared norms of what was stored
+//   2. tiles:   persistent CTAs claim tiles in schedule order from a counter; per tile
+//               {a, b}:  S = Z_a Z_b^T;  E = -t ||z_i - z_j||^2 (masked);  W = exp(E - max E);
+//               row sums (and column sums); then, in the blocks' turn (tickets, below),
+//               raise the block shifts, add the sums and, for the gradient,
+//               acc_a += alpha_a W Z_b and acc_b += alpha_b W^T Z_a, d in chunks
+//   3. finish:  one CTA: global shift, total (double, fixed order), lse
+//   4. gradient: grad_i = scale_B (s_i z_i - acc_i)      (uniform_math.h: gradient_scale)
+//
+// Why tickets (and not atomics or one launch per round): both blocks of a tile need
+// the tile's contribution, and a block's sums live under its own running shift, which
+// a later tile may raise (rescaling everything the block holds).  Updates of one block
+// must therefore be serialized, and for reproducibility they must come in a fixed
+// order.  Each block's ticket records the last tile that updated it; a tile waits,
+// before its update, for the tile that precedes it on each of its blocks in the
+// schedule (TileOrder::previous_visit), so every block sees its tiles in schedule order
+// - the CPU kernel's order - whatever the timing.  The Gram product and the exps
+// (the part that does not touch the accumulators) overlap with the wait.  Tiles are
+// claimed in increasing order, and a tile only waits for smaller ones, which were
+// claimed by running CTAs: no deadlock, whatever the grid size or residency.
+// Within a round of the schedule no block occurs twice, so a window of claimed tiles
+// about one round wide runs without waiting.  One launch per round would need ~N/B
+// launches with a tail each; atomics would need a fixed shift known in advance.
+#include "tile_mma.cuh"
+#include "tile_order.h"
+#include "uniform_kernels.h"
+
+#include "../tile_schedule.h"  // blocks_for
+#include "../uniform_math.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+namespace pyhypersphere {
+namespace cuda {
+namespace {
+
+constexpr int kTileThreads = 256;  // 8 warps, as a 4 x 2 grid over each tile product
+constexpr int kWarpRows = 4;
+constexpr int kWarpCols = 2;
+constexpr int kFinishThreads = 512;
+constexpr int kRowWarps = 8;  // warps per CTA of the row-parallel kernels
+
+constexpr size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
+
+template <class T>
+__device__ __forceinline__ T negative_infinity() {
+  return -std::numeric_limits<T>::infinity();
+}
+
+// Shared-memory plan and warp tiling of one tile, per precision.
+template <class Mma>
+struct TileGeometry {
+  using op_t = typename Mma::op_t;
+  using acc_t = typename Mma::acc_t;
+  static constexpr int B = Mma::kBlock;
+  static constexpr int BK = Mma::kChunkK;
+  static constexpr int DC = Mma::kChunkD;
+  // Rows padded by 16 bytes (32 for double): leading dimensions stay multiples of 16
+  // bytes and of 4 elements (WMMA's requirements), fragments stay 32-byte aligned, and
+  // the padding staggers the banks.
+  static constexpr int kOpPad = 16 / int(sizeof(op_t)) > 4 ? 16 / int(sizeof(op_t)) : 4;
+  static constexpr int kAccPad = 16 / int(sizeof(acc_t)) > 4 ? 16 / int(sizeof(acc_t)) : 4;
+  static constexpr int LDK = BK + kOpPad;   // Gram operand stage
+  static constexpr int LDC = DC + kOpPad;   // gradient operand chunk
+  static constexpr int LDW = B + kOpPad;    // weights in op_t (16-bit only)
+  static constexpr int LDS = B + kAccPad;   // S / E / W tile in acc_t
+  static constexpr int LDO = DC + kAccPad;  // product staging for the update
+  // 16-bit operands need the weights converted to op_t; otherwise W is used in place.
+  static constexpr bool kSeparateW = !std::is_same<op_t, acc_t>::value;
+
+  static constexpr int WM = B / kWarpRows;  // rows of a warp's share (all products)
+  static constexpr int WN = B / kWarpCols;  // columns of a warp's share of S
+  static constexpr int PWN = DC / kWarpCols;  // columns of a warp's share of a product chunk
+  static constexpr int GM = WM / Mma::kM, GN = WN / Mma::kN;
+  static constexpr int PM = WM / Mma::kM, PN = PWN / Mma::kN;
+  static_assert(WM % Mma::kM == 0 && WN % Mma::kN == 0 && PWN % Mma::kN == 0, "warp tiling");
+  static_assert(BK % Mma::kK == 0 && B % Mma::kK == 0, "k steps");
+
+  // Region G: the Gram operands (2 stages x {Z_a, Z_b}); later the gradient chunks
+  // {Z_b, Z_a} followed by the op_t weights (16-bit) or the product staging.
+  static constexpr size_t kStage = size_t(B) * LDK * sizeof(op_t);
+  static constexpr size_t kChunk = size_t(B) * LDC * sizeof(op_t);
+  static constexpr size_t kWeights16 = size_t(B) * LDW * sizeof(op_t);
+  static constexpr size_t kStaging = size_t(B) * LDO * sizeof(acc_t);
+  static constexpr size_t kGramBytes = 4 * kStage;
+  static constexpr size_t kGradBytes = 2 * kChunk + (kSeparateW ? kWeights16 : kStaging);
+  static constexpr size_t kRegionG =
+      round_up(kGramBytes > kGradBytes ? kGramBytes : kGradBytes, 128);
+  // Region S: the Gram tile, then exponents, then (in place) the weights; with 16-bit
+  // operands it is free once the weights are converted and holds the product staging.
+  static constexpr size_t kRegionS = round_up(size_t(B) * LDS * sizeof(acc_t), 128);
+  static_assert(!kSeparateW || kStaging <= kRegionS, "staging must fit in S");
+  // Per-row vectors: sq_a, sq_b, row sums, column sums; then the reduction scratch.
+  static constexpr size_t kVectors = round_up(4 * size_t(B) * sizeof(acc_t), 128);
+  static constexpr size_t kScratch = round_up(kTileThreads / 32 * sizeof(acc_t), 128);
+  static constexpr size_t kSmemBytes = kRegionG + kRegionS + kVectors + kScratch;
+
+  // Feature columns are padded to a multiple of both chunk widths.
+  static constexpr int kPadD = BK > DC ? BK : DC;
+  static_assert(kPadD % BK == 0 && kPadD % DC == 0, "chunk widths must divide each other");
+};
+
+template <class acc_t, class op_t>
+struct TileParams {
+  const op_t* z;        // [blocks * B, ld] padded rows
+  const acc_t* sq;      // [blocks * B]
+  int64_t ld;           // padded feature count
+  int64_t n, k;         // data rows of x and of the queue
+  int64_t x_blocks, queue_blocks;
+  bool intra_batch, grad;
+  acc_t t;
+  int64_t begin, end;   // this part's slice of the tile numbering
+  acc_t* shift;         // [blocks] running shift per block
+  acc_t* block_sum;     // [blocks] no-gradient mode: sum per block under its shift
+  acc_t* row_sum;       // [blocks * B] gradient mode: s_i under the block shift
+  acc_t* acc;           // [blocks * B, ld] gradient mode: sum_j w_ij z_j under the shift
+  unsigned long long* tickets;    // [blocks]
+  unsigned long long* next_tile;  // claim counter
+};
+
+template <class Mma>
+class TileWorker {
+  using G = TileGeometry<Mma>;
+  using op_t = typename Mma::op_t;
+  using acc_t = typename Mma::acc_t;
+  using Acc = typename Mma::Acc;
+  template <class Use, class Layout>
+  using Frag = typename Mma::template Frag<Use, Layout>;
+  static constexpr int B = G::B;
+
+ public:
+  __device__ TileWorker(const TileParams<acc_t, op_t>& p, unsigned char* smem)
+      : p_(p),
+        order_(p.x_blocks, p.queue_blocks, p.intra_batch),
+        region_g_(smem),
+        s_(reinterpret_cast<acc_t*>(smem + G::kRegionG)),
+        vectors_(reinterpret_cast<acc_t*>(smem + G::kRegionG + G::kRegionS)),
+        scratch_(reinterpret_cast<acc_t*>(smem + G::kRegionG + G::kRegionS + G::kVectors)) {
+    sq_a_ = vectors_;
+    sq_b_ = vectors_ + B;
+    row_sums_ = vectors_ + 2 * B;
+    col_sums_ = vectors_ + 3 * B;
+    // Weights as the A operand of the gradient products, and the staging buffer.
+    if constexpr (G::kSeparateW) {
+      w_ = reinterpret_cast<op_t*>(region_g_ + 2 * G::kChunk);
+      ldw_ = G::LDW;
+      staging_ = s_;
+    } else {
+      w_ = reinterpret_cast<op_t*>(s_);
+      ldw_ = G::LDS;
+      staging_ = reinterpret_cast<acc_t*>(region_g_ + 2 * G::kChunk);
+    }
+  }
+
+  __device__ void run(int64_t f) {
+    const TilePair tile = order_.tile(f);
+    const bool diagonal = tile.a == tile.b;
+    const int64_t row_a = tile.a * B, row_b = tile.b * B;  // padded row offsets
+    const int tid = threadIdx.x;
+    if (tid < B) {
+      sq_a_[tid] = p_.sq[row_a + tid];
+      sq_b_[tid] = p_.sq[row_b + tid];
+    }
+    gram(row_a, row_b, diagonal);  // S = Z_a Z_b^T; ends with a barrier
+    const acc_t tile_max = exponents(valid_rows(tile.a), valid_rows(tile.b), diagonal);
+    const bool has_pairs = tile_max != negative_infinity<acc_t>();
+    if (has_pairs) weights_and_sums(tile_max, /*columns=*/p_.grad && !diagonal);
+
+    // The blocks' turn: wait for the tiles before this one on a and on b.
+    if (tid == 0) {
+      wait_turn(tile.a, f);
+      if (!diagonal) wait_turn(tile.b, f);
+      __threadfence();
+    }
+    __syncthreads();
+    if (has_pairs) {
+      update_block_state(tile, tile_max, diagonal);
+      if (p_.grad) gradient_products(row_a, row_b, diagonal);
+    }
+    // Publish: this tile's writes happen before any later tile of a or b reads them.
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+      store_release(&p_.tickets[tile.a], static_cast<unsigned long long>(f) + 1);
+      if (!diagonal) store_release(&p_.tickets[tile.b], static_cast<unsigned long long>(f) + 1);
+    }
+  }
+
+ private:
+  __device__ int valid_rows(int64_t block) const {
+    const int64_t left = block < p_.x_blocks ? p_.n - block * B
+                                             : p_.k - (block - p_.x_blocks) * B;
+    return static_cast<int>(left < B ? left : B);
+  }
+
+  __device__ void wait_turn(int64_t block, int64_t f) const {
+    const int64_t previous = order_.previous_visit(block, f);
+    if (previous >= p_.begin) {  // earlier tiles of other parts are not ours to wait for
+      wait_ticket(&p_.tickets[block], static_cast<unsigned long long>(previous) + 1);
+    }
+  }
+
+  // Copies rows [row, row + B) x columns [col, col + width) of the padded rows into
+  // shared memory (leading dimension ld_dst), asynchronously.
+  template <int kWidth>
+  __device__ void load_rows(op_t* dst, int ld_dst, int64_t row, int64_t col) const {
+    constexpr int kVec = 16 / int(sizeof(op_t));
+    constexpr int kPerRow = kWidth / kVec;
+    static_assert(kWidth % kVec == 0, "16-byte copies");
+    const op_t* src = p_.z + row * p_.ld + col;
+    for (int idx = threadIdx.x; idx < B * kPerRow; idx += kTileThreads) {
+      const int r = idx / kPerRow, c = (idx % kPerRow) * kVec;
+      copy_async_16(dst + r * ld_dst + c, src + static_cast<int64_t>(r) * p_.ld + c);
+    }
+  }
+
+  // S = Z_a Z_b^T over all (padded) columns, two-stage cp.async pipeline.
+  __device__ void gram(int64_t row_a, int64_t row_b, bool diagonal) {
+    // Stage s holds Z_a's chunk at region_g_ + s * kStage and Z_b's 2 stages further.
+    auto stage_a = [&](int s) { return reinterpret_cast<op_t*>(region_g_ + s * G::kStage); };
+    auto stage_b = [&](int s) { return reinterpret_cast<op_t*>(region_g_ + (2 + s) * G::kStage); };
+    const int warp = threadIdx.x / 32;
+    const int wr = warp / kWarpCols, wc = warp % kWarpCols;
+    Acc acc[G::GM][G::GN];
+#pragma unroll
+    for (int i = 0; i < G::GM; ++i)
+#pragma unroll
+      for (int j = 0; j < G::GN; ++j) wmma::fill_fragment(acc[i][j], acc_t(0));
+
+    const int64_t chunks = p_.ld / G::BK;
+    auto issue = [&](int64_t chunk, int stage) {
+      load_rows<G::BK>(stage_a(stage), G::LDK, row_a, chunk * G::BK);
+      if (!diagonal) load_rows<G::BK>(stage_b(stage), G::LDK, row_b, chunk * G::BK);
+    };
+    issue(0, 0);
+    copy_async_commit();
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int stage = static_cast<int>(chunk & 1);
+      if (chunk + 1 < chunks) issue(chunk + 1, stage ^ 1);
+      copy_async_commit();  // possibly empty: keeps "all but the newest group" uniform
+      copy_async_wait<1>();
+      __syncthreads();
+      const op_t* a = stage_a(stage);
+      const op_t* b = diagonal ? a : stage_b(stage);  // on the diagonal Z_b == Z_a
+#pragma unroll
+      for (int kk = 0; kk < G::BK; kk += Mma::kK) {
+        Operand<Frag<wmma::matrix_a, wmma::row_major>> fa[G::GM];
+        Operand<Frag<wmma::matrix_b, wmma::col_major>> fb[G::GN];  // Z_b^T
+#pragma unroll
+        for (int i = 0; i < G::GM; ++i) {
+          wmma::load_matrix_sync(fa[i].hi, a + (wr * G::WM + i * Mma::kM) * G::LDK + kk, G::LDK);
+          Mma::prepare(fa[i]);
+        }
+#pragma unroll
+        for (int j = 0; j < G::GN; ++j) {
+          wmma::load_matrix_sync(fb[j].hi, b + (wc * G::WN + j * Mma::kN) * G::LDK + kk, G::LDK);
+          Mma::prepare(fb[j]);
+        }
+#pragma unroll
+        for (int i = 0; i < G::GM; ++i)
+#pragma unroll
+          for (int j = 0; j < G::GN; ++j) Mma::mma(acc[i][j], fa[i], fb[j]);
+      }
+      __syncthreads();  // the stage is refilled by the next iteration's issue
+    }
+#pragma unroll
+    for (int i = 0; i < G::GM; ++i)
+#pragma unroll
+      for (int j = 0; j < G::GN; ++j) {
+        wmma::store_matrix_sync(s_ + (wr * G::WM + i * Mma::kM) * G::LDS + wc * G::WN + j * Mma::kN,
+                                acc[i][j], G::LDS, wmma::mem_row_major);
+      }
+    __syncthreads();
+  }
+
+  // S <- exponents -t ||z_i - z_j||^2, -inf outside the tile's pairs (rows past the
+  // data, and i == j on a diagonal tile, whose self pair must not set the shift).
+  // Returns the tile's largest exponent.
+  __device__ acc_t exponents(int rows_a, int rows_b, bool diagonal) {
+    acc_t local = negative_infinity<acc_t>();
+    for (int e = threadIdx.x; e < B * B; e += kTileThreads) {
+      const int i = e / B, j = e % B;
+      const bool pair = i < rows_a && j < rows_b && !(diagonal && i == j);
+      acc_t& v = s_[i * G::LDS + j];
+      const acc_t ex = pair ? math::pair_exponent(p_.t, sq_a_[i], sq_b_[j], v)
+                            : negative_infinity<acc_t>();
+      v = ex;
+      local = ex > local ? ex : local;
+    }
+    return block_max(local);
+  }
+
+  // W = exp(E - tile_max) (0 outside the pairs), row sums and, when asked, column sums,
+  // each in a fixed order.  With 16-bit operands W is rounded to op_t and the sums are
+  // of the rounded weights, so sum_j w_ij (z_i - z_j) stays exactly translation-free.
+  __device__ void weights_and_sums(acc_t tile_max, bool columns) {
+    for (int e = threadIdx.x; e < B * B; e += kTileThreads) {
+      const int i = e / B, j = e % B;
+      const acc_t w = std::exp(s_[i * G::LDS + j] - tile_max);
+      if constexpr (G::kSeparateW) {
+        w_[i * G::LDW + j] = from_acc<op_t>(w);
+      } else {
+        s_[i * G::LDS + j] = w;
+      }
+    }
+    __syncthreads();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int i = warp; i < B; i += kTileThreads / 32) {
+      acc_t sum = 0;
+      for (int j = lane; j < B; j += 32) sum += weight(i, j);
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+      if (lane == 0) row_sums_[i] = sum;
+    }
+    if (columns && threadIdx.x < B) {
+      const int j = threadIdx.x;
+      acc_t sum = 0;
+      for (int i = 0; i < B; ++i) sum += weight(i, j);
+      col_sums_[j] = sum;
+    }
+    __syncthreads();
+  }
+
+  __device__ acc_t weight(int i, int j) const {
+    if constexpr (G::kSeparateW) {
+      return to_acc(w_[i * G::LDW + j]);
+    } else {
+      return s_[i * G::LDS + j];
+    }
+  }
+
+  // In the blocks' turn: raise their shifts (rescaling what they hold) and add the
+  // sums, as UniformCpuKernel::raise_block / visit_tile.  scratch_[0..3] receive the
+  // factors (f_a, alpha_a, f_b, alpha_b) for the gradient products:
+  //   held <- held * f + alpha * tile_contribution
+  // with f = exp(M_old - M_new) when the shift rises (alpha = 1), else f = 1.
+  __device__ void update_block_state(const TilePair& tile, acc_t tile_max, bool diagonal) {
+    if (threadIdx.x == 0) {
+      acc_t f_a, alpha_a, f_b = 1, alpha_b = 0;
+      raise_block(tile.a, tile_max, f_a, alpha_a);
+      if (!p_.grad) {
+        acc_t total = 0;
+        for (int i = 0; i < B; ++i) total += row_sums_[i];
+        if (diagonal) total *= acc_t(0.5);  // a diagonal tile holds each pair twice
+        p_.block_sum[tile.a] = __ldcg(&p_.block_sum[tile.a]) * f_a + alpha_a * total;
+      } else if (!diagonal) {
+        raise_block(tile.b, tile_max, f_b, alpha_b);
+      }
+      scratch_[0] = f_a;
+      scratch_[1] = alpha_a;
+      scratch_[2] = f_b;
+      scratch_[3] = alpha_b;
+    }
+    __syncthreads();
+    if (p_.grad && threadIdx.x < B) {
+      const int r = threadIdx.x;
+      acc_t* sum_a = &p_.row_sum[tile.a * B + r];
+      *sum_a = __ldcg(sum_a) * scratch_[0] + scratch_[1] * row_sums_[r];
+      if (!diagonal) {
+        acc_t* sum_b = &p_.row_sum[tile.b * B + r];
+        *sum_b = __ldcg(sum_b) * scratch_[2] + scratch_[3] * col_sums_[r];
+      }
+    }
+  }
+
+  __device__ void raise_block(int64_t block, acc_t tile_max, acc_t& f, acc_t& alpha) const {
+    const acc_t held = __ldcg(&p_.shift[block]);
+    if (tile_max > held) {
+      f = math::rescale_factor(held, tile_max);
+      p_.shift[block] = tile_max;
+      alpha = 1;
+    } else {
+      f = 1;
+      alpha = std::exp(tile_max - held);
+    }
+  }
+
+  // acc_a += alpha_a W Z_b and (off the diagonal) acc_b += alpha_b W^T Z_a, each
+  // after scaling by its f, in chunks of DC feature columns.
+  __device__ void gradient_products(int64_t row_a, int64_t row_b, bool diagonal) {
+    op_t* chunk_b = reinterpret_cast<op_t*>(region_g_);
+    op_t* chunk_a = reinterpret_cast<op_t*>(region_g_ + G::kChunk);
+    const int warp = threadIdx.x / 32;
+    const int wr = warp / kWarpCols, wc = warp % kWarpCols;
+    const acc_t f_a = scratch_[0], alpha_a = scratch_[1];
+    const acc_t f_b = scratch_[2], alpha_b = scratch_[3];
+    for (int64_t col = 0; col < p_.ld; col += G::DC) {
+      load_rows<G::DC>(chunk_b, G::LDC, row_b, col);
+      if (!diagonal) load_rows<G::DC>(chunk_a, G::LDC, row_a, col);
+      copy_async_commit();
+      copy_async_wait<0>();
+      __syncthreads();
+
+      Acc pa[G::PM][G::PN], pb[G::PM][G::PN];
+#pragma unroll
+      for (int i = 0; i < G::PM; ++i)
+#pragma unroll
+        for (int j = 0; j < G::PN; ++j) {
+          wmma::fill_fragment(pa[i][j], acc_t(0));
+          wmma::fill_fragment(pb[i][j], acc_t(0));
+        }
+      for (int kk = 0; kk < B; kk += Mma::kK) {
+        Operand<Frag<wmma::matrix_b, wmma::row_major>> fz[G::PN];
+#pragma unroll
+        for (int j = 0; j < G::PN; ++j) {
+          wmma::load_matrix_sync(fz[j].hi, chunk_b + kk * G::LDC + wc * G::PWN + j * Mma::kN, G::LDC);
+          Mma::prepare(fz[j]);
+        }
+#pragma unroll
+        for (int i = 0; i < G::PM; ++i) {
+          // Rows of W: the tile's rows i, summed over its columns kk.
+          Operand<Frag<wmma::matrix_a, wmma::row_major>> fw;
+          wmma::load_matrix_sync(fw.hi, w_ + (wr * G::WM + i * Mma::kM) * ldw_ + kk, ldw_);
+          Mma::prepare(fw);
+#pragma unroll
+          for (int j = 0; j < G::PN; ++j) Mma::mma(pa[i][j], fw, fz[j]);
+        }
+        if (!diagonal) {
+#pragma unroll
+          for (int j = 0; j < G::PN; ++j) {
+            wmma::load_matrix_sync(fz[j].hi, chunk_a + kk * G::LDC + wc * G::PWN + j * Mma::kN, G::LDC);
+            Mma::prepare(fz[j]);
+          }
+#pragma unroll
+          for (int i = 0; i < G::PM; ++i) {
+            // Rows of W^T: W's columns read column-major, summed over W's rows kk.
+            Operand<Frag<wmma::matrix_a, wmma::col_major>> fw;
+            wmma::load_matrix_sync(fw.hi, w_ + kk * ldw_ + wr * G::WM + i * Mma::kM, ldw_);
+            Mma::prepare(fw);
+#pragma unroll
+            for (int j = 0; j < G::PN; ++j) Mma::mma(pb[i][j], fw, fz[j]);
+          }
+        }
+      }
+      store_products(pa, wr, wc);
+      __syncthreads();
+      accumulate(row_a, col, f_a, alpha_a);
+      __syncthreads();
+      if (!diagonal) {
+        store_products(pb, wr, wc);
+        __syncthreads();
+        accumulate(row_b, col, f_b, alpha_b);
+        __syncthreads();
+      }
+    }
+  }
+
+  __device__ void store_products(Acc (&prod)[G::PM][G::PN], int wr, int wc) {
+#pragma unroll
+    for (int i = 0; i < G::PM; ++i)
+#pragma unroll
+      for (int j = 0; j < G::PN; ++j) {
+        wmma::store_matrix_sync(staging_ + (wr * G::WM + i * Mma::kM) * G::LDO + wc * G::PWN + j * Mma::kN,
+                                prod[i][j], G::LDO, wmma::mem_row_major);
+      }
+  }
+
+  // acc[row .. row+B, col .. col+DC] <- acc * f + alpha * staging, 16 bytes at a time.
+  // Rows and columns past the data hold zero products and stay zero.
+  __device__ void accumulate(int64_t row, int64_t col, acc_t f, acc_t alpha) {
+    constexpr int kVec = 16 / int(sizeof(acc_t));
+    constexpr int kPerRow = G::DC / kVec;
+    acc_t* base = p_.acc + row * p_.ld + col;
+    for (int idx = threadIdx.x; idx < B * kPerRow; idx += kTileThreads) {
+      const int r = idx / kPerRow, c = (idx % kPerRow) * kVec;
+      acc_t* g = base + static_cast<int64_t>(r) * p_.ld + c;
+      const acc_t* s = staging_ + r * G::LDO + c;
+      update16(g, s, f, alpha);
+    }
+  }
+
+  static __device__ __forceinline__ void update16(float* g, const float* s, float f, float alpha) {
+    float4 v = __ldcg(reinterpret_cast<const float4*>(g));
+    v.x = v.x * f + alpha * s[0];
+    v.y = v.y * f + alpha * s[1];
+    v.z = v.z * f + alpha * s[2];
+    v.w = v.w * f + alpha * s[3];
+    __stcg(reinterpret_cast<float4*>(g), v);
+  }
+  static __device__ __forceinline__ void update16(double* g, const double* s, double f, double alpha) {
+    double2 v = __ldcg(reinterpret_cast<const double2*>(g));
+    v.x = v.x * f + alpha * s[0];
+    v.y = v.y * f + alpha * s[1];
+    __stcg(reinterpret_cast<double2*>(g), v);
+  }
+
+  // Largest value over the CTA (exact in any order).
+  __device__ acc_t block_max(acc_t v) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      const acc_t o = __shfl_xor_sync(0xffffffffu, v, offset);
+      v = o > v ? o : v;
+    }
+    __syncthreads();  // scratch_ may still be read from the previous tile
+    if (lane == 0) scratch_[warp] = v;
+    __syncthreads();
+    acc_t m = scratch_[0];
+    for (int w = 1; w < kTileThreads / 32; ++w) m = scratch_[w] > m ? scratch_[w] : m;
+    __syncthreads();  // everyone has read scratch_ before it is reused
+    return m;
+  }
+
+  TileParams<acc_t, op_t> p_;
+  TileOrder order_;
+  unsigned char* region_g_;
+  acc_t* s_;
+  acc_t* vectors_;
+  acc_t* scratch_;
+  acc_t *sq_a_, *sq_b_, *row_sums_, *col_sums_;
+  op_t* w_;
+  int ldw_;
+  acc_t* staging_;
+};
+
+template <class Mma>
+__global__ void __launch_bounds__(kTileThreads)
+    uniform_tiles_kernel(TileParams<typename Mma::acc_t, typename Mma::op_t> p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int64_t claimed;
+  TileWorker<Mma> worker(p, smem);
+  for (;;) {
+    if (threadIdx.x == 0) claimed = p.begin + static_cast<int64_t>(atomicAdd(p.next_tile, 1ULL));
+    __syncthreads();
+    const int64_t f = claimed;
+    __syncthreads();  // `claimed` is rewritten by the next claim only after everyone read it
+    if (f >= p.end) break;
+    worker.run(f);
+  }
+#else
+  __trap();  // built for an architecture without the sm_80 tensor-core instructions
+#endif
+}
+
+// ---------------------------------------------------------------- row kernels
+
+template <class T>
+__global__ void fill_kernel(T* out, int64_t count, T value) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    out[i] = value;
+  }
+}
+
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Padded row p holds data row src(p): x's rows at [0, n), the queue's at
+// [x_rows, x_rows + k), zeros elsewhere and in columns [d, ld).  sq[p] = ||row||^2 of
+// the values as stored (op_t), so the tile distances are those of the stored rows.
+template <class op_t, class acc_t>
+__global__ void pack_rows_kernel(const op_t* rows, int64_t n, int64_t k, int64_t d, int64_t x_rows,
+                                 int64_t padded_rows, int64_t ld, op_t* z, acc_t* sq) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32; p < padded_rows;
+       p += warps) {
+    const int64_t src = p < x_rows ? (p < n ? p : -1) : (p - x_rows < k ? n + (p - x_rows) : -1);
+    acc_t s = 0;
+    for (int64_t c = lane; c < ld; c += 32) {
+      const op_t v = (src >= 0 && c < d) ? rows[src * d + c] : from_acc<op_t>(acc_t(0));
+      z[p * ld + c] = v;
+      const acc_t a = to_acc(v);
+      s += a * a;
+    }
+    s = warp_sum(s);
+    if (lane == 0) sq[p] = s;
+  }
+}
+
+// One CTA: the global shift m = max_B M_B, the total S = sum_B S_B exp(M_B - m) in
+// double (fixed order), lse = m + log S; stats = {m, S} for the gradient kernel.
+// In the gradient mode S_B = (sum of the block's row sums) / 2: each pair is in two rows.
+template <class acc_t>
+__global__ void __launch_bounds__(kFinishThreads)
+    finish_kernel(const acc_t* shift, const acc_t* block_sum, const acc_t* row_sum, int64_t blocks,
+                  int block_rows, bool grad, acc_t* lse, acc_t* stats) {
+  __shared__ double scratch[kFinishThreads];
+  const int tid = threadIdx.x;
+  acc_t m = negative_infinity<acc_t>();
+  for (int64_t b = tid; b < blocks; b += kFinishThreads) m = shift[b] > m ? shift[b] : m;
+  scratch[tid] = static_cast<double>(m);
+  __syncthreads();
+  for (int s = kFinishThreads / 2; s > 0; s /= 2) {
+    if (tid < s) scratch[tid] = scratch[tid + s] > scratch[tid] ? scratch[tid + s] : scratch[tid];
+    __syncthreads();
+  }
+  const acc_t global = static_cast<acc_t>(scratch[0]);
+  __syncthreads();
+
+  double total = 0;
+  for (int64_t b = tid; b < blocks; b += kFinishThreads) {
+    if (shift[b] == negative_infinity<acc_t>()) continue;  // a block without pairs
+    double held;
+    if (grad) {
+      double rows = 0;
+      for (int i = 0; i < block_rows; ++i) rows += static_cast<double>(row_sum[b * block_rows + i]);
+      held = 0.5 * rows;
+    } else {
+      held = static_cast<double>(block_sum[b]);
+    }
+    total += held * std::exp(static_cast<double>(shift[b]) - static_cast<double>(global));
+  }
+  scratch[tid] = total;
+  __syncthreads();
+  for (int s = kFinishThreads / 2; s > 0; s /= 2) {
+    if (tid < s) scratch[tid] += scratch[tid + s];
+    __syncthreads();
+  }
+  if (tid == 0) {
+    const double sum = scratch[0];
+    const double value = sum > 0 ? static_cast<double>(global) + std::log(sum)
+                                 : -std::numeric_limits<double>::infinity();
+    lse[0] = static_cast<acc_t>(value);
+    stats[0] = global;
+    stats[1] = static_cast<acc_t>(sum);
+  }
+}
+
+// grad[o] = scale_B (s_p z_p - acc_p) for data row o at padded row p (block B = p / B).
+template <class op_t, class acc_t>
+__global__ void gradient_kernel(const op_t* z, const acc_t* row_sum, const acc_t* acc,
+                                const acc_t* shift, const acc_t* stats, int64_t ld, int64_t n,
+                                int64_t k, int64_t d, int64_t x_rows, int block_rows, acc_t t,
+                                acc_t* grad) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32; o < n + k; o += warps) {
+    const int64_t p = o < n ? o : x_rows + (o - n);
+    const acc_t scale = math::gradient_scale<acc_t>(t, shift[p / block_rows], stats[0], stats[1]);
+    const acc_t s = row_sum[p];
+    for (int64_t c = lane; c < d; c += 32) {
+      grad[o * d + c] = scale * (s * to_acc(z[p * ld + c]) - acc[p * ld + c]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- host side
+
+// CTAs for `items` work items handled `per_cta` at a time (grid-stride loops beyond 2^20).
+int grid_for(int64_t items, int64_t per_cta) {
+  const int64_t ctas = (items + per_cta - 1) / per_cta;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(ctas, int64_t(1) << 20)));
+}
+
+// Where each buffer sits in the workspace, a pure function of the problem.
+struct Workspace {
+  size_t z = 0, sq = 0, shift = 0, block_sum = 0, stats = 0, tickets = 0, row_sum = 0, acc = 0;
+  size_t bytes = 0;
+  int64_t block_rows = 0, x_blocks = 0, queue_blocks = 0, padded_rows = 0, ld = 0;
+};
+
+template <class Mma>
+Workspace plan_workspace(const UniformProblem& problem) {
+  using G = TileGeometry<Mma>;
+  using op_t = typename Mma::op_t;
+  using acc_t = typename Mma::acc_t;
+  Workspace w;
+  w.block_rows = G::B;
+  w.x_blocks = blocks_for(problem.n, G::B);
+  w.queue_blocks = blocks_for(problem.k, G::B);
+  const int64_t blocks = w.x_blocks + w.queue_blocks;
+  w.padded_rows = blocks * G::B;
+  w.ld = static_cast<int64_t>(round_up(static_cast<size_t>(problem.d), G::kPadD));
+  size_t at = 0;
+  auto take = [&](size_t bytes) {
+    const size_t here = at;
+    at = round_up(at + bytes, 256);
+    return here;
+  };
+  const size_t rows = static_cast<size_t>(w.padded_rows);
+  w.z = take(rows * static_cast<size_t>(w.ld) * sizeof(op_t));
+  w.sq = take(rows * sizeof(acc_t));
+  w.shift = take(static_cast<size_t>(blocks) * sizeof(acc_t));
+  w.block_sum = take(static_cast<size_t>(blocks) * sizeof(acc_t));
+  w.stats = take(2 * sizeof(acc_t));
+  w.tickets = take((static_cast<size_t>(blocks) + 1) * sizeof(unsigned long long));  // + counter
+  if (problem.compute_grad) {
+    w.row_sum = take(rows * sizeof(acc_t));
+    w.acc = take(rows * static_cast<size_t>(w.ld) * sizeof(acc_t));
+  }
+  w.bytes = at;
+  return w;
+}
+
+template <class Mma>
+cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* lse_out,
+                        void* grad_out, cudaStream_t stream) {
+  using G = TileGeometry<Mma>;
+  using op_t = typename Mma::op_t;
+  using acc_t = typename Mma::acc_t;
+  const Workspace w = plan_workspace<Mma>(problem);
+  unsigned char* base = static_cast<unsigned char*>(workspace);
+  const int64_t blocks = w.x_blocks + w.queue_blocks;
+
+  TileParams<acc_t, op_t> p;
+  p.z = reinterpret_cast<op_t*>(base + w.z);
+  p.sq = reinterpret_cast<acc_t*>(base + w.sq);
+  p.ld = w.ld;
+  p.n = problem.n;
+  p.k = problem.k;
+  p.x_blocks = w.x_blocks;
+  p.queue_blocks = w.queue_blocks;
+  p.intra_batch = problem.intra_batch;
+  p.grad = problem.compute_grad;
+  p.t = static_cast<acc_t>(problem.t);
+  p.shift = reinterpret_cast<acc_t*>(base + w.shift);
+  p.block_sum = reinterpret_cast<acc_t*>(base + w.block_sum);
+  p.row_sum = problem.compute_grad ? reinterpret_cast<acc_t*>(base + w.row_sum) : nullptr;
+  p.acc = problem.compute_grad ? reinterpret_cast<acc_t*>(base + w.acc) : nullptr;
+  p.tickets = reinterpret_cast<unsigned long long*>(base + w.tickets);
+  p.next_tile = p.tickets + blocks;
+  acc_t* stats = reinterpret_cast<acc_t*>(base + w.stats);
+
+  const TileOrder order(w.x_blocks, w.queue_blocks, problem.intra_batch);
+  const int64_t total = order.size();
+  p.begin = total * problem.part / problem.num_parts;  // tile_schedule.cpp's slicing
+  p.end = total * (problem.part + 1) / problem.num_parts;
+
+  cudaError_t err;
+  const size_t ticket_bytes = (static_cast<size_t>(blocks) + 1) * sizeof(unsigned long long);
+  if ((err = cudaMemsetAsync(p.tickets, 0, ticket_bytes, stream)) != cudaSuccess) return err;
+  if ((err = cudaMemsetAsync(p.block_sum, 0, blocks * sizeof(acc_t), stream)) != cudaSuccess) return err;
+  if (problem.compute_grad) {
+    const size_t rows = static_cast<size_t>(w.padded_rows);
+    if ((err = cudaMemsetAsync(p.row_sum, 0, rows * sizeof(acc_t), stream)) != cudaSuccess) return err;
+    if ((err = cudaMemsetAsync(p.acc, 0, rows * w.ld * sizeof(acc_t), stream)) != cudaSuccess) return err;
+  }
+  fill_kernel<acc_t><<<grid_for(blocks, 256), 256, 0, stream>>>(p.shift, blocks,
+                                                          -std::numeric_limits<acc_t>::infinity());
+  pack_rows_kernel<op_t, acc_t><<<grid_for(w.padded_rows, kRowWarps), 32 * kRowWarps, 0, stream>>>(
+      static_cast<const op_t*>(problem.rows), problem.n, problem.k, problem.d,
+      w.x_blocks * G::B, w.padded_rows, w.ld, const_cast<op_t*>(p.z), const_cast<acc_t*>(p.sq));
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+
+  if (p.end > p.begin) {
+    auto kernel = uniform_tiles_kernel<Mma>;
+    constexpr size_t smem = G::kSmemBytes;
+    if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem))) != cudaSuccess) {
+      return err;
+    }
+    int device = 0, sms = 0, per_sm = 0;
+    if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
+    if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) {
+      return err;
+    }
+    if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTileThreads, smem)) !=
+        cudaSuccess) {
+      return err;
+    }
+    if (per_sm < 1) return cudaErrorInvalidConfiguration;
+    const int64_t ctas = std::min<int64_t>(p.end - p.begin, int64_t(sms) * per_sm);
+    kernel<<<static_cast<int>(ctas), kTileThreads, smem, stream>>>(p);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+
+  finish_kernel<acc_t><<<1, kFinishThreads, 0, stream>>>(p.shift, p.block_sum, p.row_sum, blocks,
+                                                         G::B, problem.compute_grad,
+                                                         static_cast<acc_t*>(lse_out), stats);
+  if (problem.compute_grad) {
+    gradient_kernel<op_t, acc_t><<<grid_for(problem.n + problem.k, kRowWarps), 32 * kRowWarps, 0, stream>>>(
+        p.z, p.row_sum, p.acc, p.shift, stats, w.ld, problem.n, problem.k, problem.d,
+        w.x_blocks * G::B, G::B, p.t, static_cast<acc_t*>(grad_out));
+  }
+  return cudaGetLastError();
+}
+
+template <class F>
+auto with_mma(UniformPrecision precision, F&& f) {
+  switch (precision) {
+    case UniformPrecision::kBf16:
+      return f(Bf16Mma{});
+    case UniformPrecision::kFp16:
+      return f(F16Mma{});
+    case UniformPrecision::kTf32:
+      return f(Tf32Mma{});
+    case UniformPrecision::kFp64:
+      return f(F64Mma{});
+    case UniformPrecision::kFp32:
+    default:
+      return f(Tf32x3Mma{});
+  }
+}
+
+}  // namespace
+
+int64_t uniform_block_rows(UniformPrecision precision) {
+  return with_mma(precision, [](auto mma) -> int64_t { return decltype(mma)::kBlock; });
+}
+
+size_t uniform_shared_memory_bytes(UniformPrecision precision) {
+  return with_mma(precision, [](auto mma) -> size_t {
+    return TileGeometry<decltype(mma)>::kSmemBytes;
+  });
+}
+
+size_t uniform_workspace_bytes(const UniformProblem& problem) {
+  return with_mma(problem.precision,
+                  [&](auto mma) -> size_t { return plan_workspace<decltype(mma)>(problem).bytes; });
+}
+
+cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, void* lse,
+                               void* grad_rows, cudaStream_t stream) {
+  if (problem.n < 1 || problem.k < 0 || problem.d < 1 || problem.num_parts < 1 ||
+      problem.part < 0 || problem.part >= problem.num_parts ||
+      (problem.compute_grad && grad_rows == nullptr) || lse == nullptr || workspace == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  return with_mma(problem.precision, [&](auto mma) {
+    return launch_with<decltype(mma)>(problem, workspace, lse, grad_rows, stream);
+  });
+}
+
+}  // namespace cuda
+}  // namespace pyhypersphere

@@ -1,0 +1,69 @@
+// CUDA uniformity kernels: the host-side entry points.  Toolkit only (raw device
+// pointers, sizes, a stream), so the torch glue (uniform_cuda.cpp, a host-compiler
+// translation unit) and the standalone benchmark share them.  No device code here.
+//
+// Contract (the CPU kernel's, csrc/uniform_math.h and csrc/ops.h): given rows
+// z_0..z_{n+k-1} (x's n rows, then the queue's k), already centered, and the pair set of
+// the tiles of `part` of `num_parts` (csrc/tile_schedule.h, blocks of
+// uniform_block_rows(precision) rows),
+//     lse  = log sum_P exp(-t ||z_i - z_j||^2)                  (-inf for an empty slice)
+//     grad = d lse / d z   over the n + k rows                  (when compute_grad)
+//
+// Precision of the tile products (Gram matrix, weights times rows):
+//   kBf16, kFp16   rows in that 16-bit type; tensor cores, float32 accumulation; the
+//                  weights enter the second product rounded to the same type
+//   kTf32          float32 rows; TF32 tensor cores (10-bit mantissa products)
+//   kFp32          float32 rows; 3xTF32 (big + small split, float32-level products)
+//   kFp64          float64 rows; FP64 tensor cores (DMMA)
+// Everything else (exponents, exp, sums, shifts, the gradient assembly) is in the
+// accumulation type: float32, or float64 for kFp64.  Needs compute capability 8.0+.
+//
+// Reproducibility: every block's accumulators are updated by its tiles in the
+// schedule's order (a per-block ticket, see uniform_kernels.cu), and every reduction has
+// a fixed order; there are no floating-point atomics.  Results are bitwise identical
+// from run to run on the same GPU model, whatever the thread-block timing.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace pyhypersphere {
+namespace cuda {
+
+enum class UniformPrecision { kBf16, kFp16, kTf32, kFp32, kFp64 };
+
+struct UniformProblem {
+  const void* rows = nullptr;  // [n + k, d], contiguous, element type set by `precision`
+  int64_t n = 0;               // rows of x (>= 1)
+  int64_t k = 0;               // rows of the queue (>= 0)
+  int64_t d = 0;               // features (>= 1)
+  double t = 2.0;
+  bool intra_batch = true;
+  int64_t part = 0;
+  int64_t num_parts = 1;
+  bool compute_grad = false;
+  UniformPrecision precision = UniformPrecision::kFp32;
+};
+
+// Rows per schedule block (the tile edge) for a precision: 128, or 64 for kFp64.
+int64_t uniform_block_rows(UniformPrecision precision);
+
+// Dynamic shared memory per CTA of the tile kernel (about 140 KiB, 90 KiB for kFp64):
+// the device's opt-in limit must allow it (A100 and H100 do; GPUs with 99 KiB do not).
+size_t uniform_shared_memory_bytes(UniformPrecision precision);
+
+// Bytes of device workspace launch_uniform_lse needs: O((n + k) * d), padded copies of
+// the rows plus, with compute_grad, one accumulator row per row.
+size_t uniform_workspace_bytes(const UniformProblem& problem);
+
+// Computes lse (one value of the accumulation type: float, or double for kFp64) and,
+// with compute_grad, grad_rows ([n + k, d], contiguous, accumulation type), on `stream`
+// and the current device.  `workspace` holds uniform_workspace_bytes(problem) bytes,
+// 256-byte aligned.  Asynchronous; returns the first launch error, if any.
+cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, void* lse,
+                               void* grad_rows, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace pyhypersphere

@@ -1,0 +1,560 @@
+"""The CUDA kernels (csrc/cuda): uniform_lse and align_loss against float64 references.
+
+Every precision mode (float64, float32 with and without TF32, bfloat16, float16), sizes
+that are not multiples of the tile, queues, parts, non-contiguous inputs, streams and
+devices, torch.compile, opcheck, bitwise determinism and the O(N d) memory bound.
+
+Skipped without a CUDA device of compute capability 8.0+ or without a CUDA build of
+pyhypersphere.  PYHS_CUDA_TESTS_ON_CPU=1 runs the device-agnostic tests on the CPU
+kernel instead: it checks the tests themselves (references, tolerances) where there is
+no GPU.  The references are plain float64 torch code, independent of the kernels.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import pytest
+import torch
+
+import pyhypersphere
+from conftest import unit_rows
+from pyhypersphere import _ops, align_loss, uniform_loss
+from pyhypersphere.reference import reference_align_loss
+
+ON_CPU = os.environ.get("PYHS_CUDA_TESTS_ON_CPU", "") not in ("", "0")
+DEVICE = "cpu" if ON_CPU else "cuda"
+
+
+def _skip_reason() -> Optional[str]:
+    if ON_CPU:
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if not pyhypersphere.build_info()["with_cuda"]:
+        return ("pyhypersphere was built without its CUDA kernels (PYHYPERSPHERE_CUDA=auto found no "
+                "CUDA torch or nvcc); rebuild with PYHYPERSPHERE_CUDA=1")
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        return f"the CUDA kernels need compute capability 8.0+, this GPU has {major}.{minor}"
+    return None
+
+
+SKIP_REASON = _skip_reason()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
+cuda_only = pytest.mark.skipif(ON_CPU, reason="CUDA-specific (PYHS_CUDA_TESTS_ON_CPU runs the CPU kernel)")
+
+
+# ---------------------------------------------------------------- precision modes
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A precision mode and its tolerances against the float64 reference.
+
+    lse: |lse - ref| <= lse_atol + lse_rtol |ref|.  Gradients: max|g - ref| <= grad_rtol
+    max|ref| (the gradient's own scale: single entries can be ~0).
+    """
+
+    name: str
+    dtype: torch.dtype
+    fp32_precision: Optional[str]  # torch.backends.cuda.matmul.fp32_precision to run under
+    lse_atol: float
+    lse_rtol: float
+    grad_rtol: float
+
+
+MODES = {
+    # FP64 tensor cores, float64 everywhere.
+    "float64": Mode("float64", torch.float64, None, 1e-10, 1e-12, 1e-9),
+    # 3xTF32 products reach float32 accuracy; float32 sums over ~N terms.
+    "float32": Mode("float32", torch.float32, "ieee", 1e-5, 2e-6, 3e-4),
+    # TF32 keeps 10 mantissa bits of each product operand (relative step 2^-11): ~1e-3
+    # on the exponents, which only averages out over many coordinates (not at d = 1).
+    "tf32": Mode("tf32", torch.float32, "tf32", 5e-3, 0.0, 1e-2),
+    # 16-bit: the centered rows and the weights are rounded to the input type (and the
+    # gradient output too); also held to the flash-attention criterion (check_16bit).
+    "bfloat16": Mode("bfloat16", torch.bfloat16, None, 1e-2, 0.0, 3e-2),
+    "float16": Mode("float16", torch.float16, None, 3e-3, 0.0, 1e-2),
+}
+ALL_MODES = list(MODES)
+
+
+@pytest.fixture
+def mode(request):
+    """Runs the test under MODES[request.param]'s float32 matmul precision."""
+    m = MODES[request.param]
+    matmul = torch.backends.cuda.matmul
+    old = matmul.fp32_precision
+    if m.fp32_precision is not None:
+        matmul.fp32_precision = m.fp32_precision
+    try:
+        yield m
+    finally:
+        matmul.fp32_precision = old
+
+
+# ---------------------------------------------------------------- references
+
+
+def pair_mask(n, k, intra, device):
+    """[n, n + k] mask of the pair set: i < j within x (intra), and every (i, queue_j)."""
+    rows = torch.arange(n, device=device)[:, None]
+    cols = torch.arange(n + k, device=device)[None, :]
+    within = (cols < n) & (cols > rows) if intra else torch.zeros(n, n + k, dtype=torch.bool, device=device)
+    return within | (cols >= n)
+
+
+def reference_lse_grad(x, queue=None, t=2.0, intra=True, chunk=2048):
+    """float64 lse over the pair set and d lse / d x, d lse / d queue.
+
+    Shift-stable (global max first) and chunked over x's rows: O(chunk * (N + K)) memory,
+    so it also serves N = 10^5 and 10^6 on a GPU.  Returns (lse, grad_x, grad_queue).
+    """
+    z = x.detach().double()
+    q = queue.detach().double() if queue is not None else None
+    rows = torch.cat([z, q]) if q is not None else z
+    n, k = z.shape[0], (q.shape[0] if q is not None else 0)
+    sq = (rows * rows).sum(1)
+
+    def exponents(i0, i1):
+        d2 = (sq[i0:i1, None] + sq[None, :] - 2.0 * z[i0:i1] @ rows.T).clamp_min(0)
+        keep = pair_mask(n, k, intra, z.device)[i0:i1]
+        return (-t * d2).masked_fill(~keep, -math.inf)
+
+    chunks = [(i0, min(i0 + chunk, n)) for i0 in range(0, n, chunk)]
+    m = max(exponents(i0, i1).max().item() for i0, i1 in chunks)
+    total = 0.0
+    g = torch.zeros_like(rows)
+    for i0, i1 in chunks:
+        w = (exponents(i0, i1) - m).exp()
+        zi = z[i0:i1]
+        total += w.sum().item()
+        g[i0:i1] += w.sum(1)[:, None] * zi - w @ rows  # row side: sum_j w_ij (z_i - z_j)
+        g += w.sum(0)[:, None] * rows - w.T @ zi       # column side: sum_i w_ij (z_j - z_i)
+    g *= -2.0 * t / total
+    lse = m + math.log(total)
+    return lse, g[:n], (g[n:] if q is not None else None)
+
+
+def lowp_torch_lse_grad(x, queue=None, t=2.0, intra=True):
+    """The same quantity computed by plain torch in x's (16-bit) dtype, with autograd:
+    the yardstick of the flash-attention criterion.  Dense: small inputs only."""
+    xs = x.detach().clone().requires_grad_()
+    qs = queue.detach().clone().requires_grad_() if queue is not None else None
+    rows = torch.cat([xs, qs]) if qs is not None else xs
+    n, k = xs.shape[0], (qs.shape[0] if qs is not None else 0)
+    sq = (rows * rows).sum(1)
+    d2 = (sq[:n, None] + sq[None, :] - 2 * xs @ rows.T).clamp_min(0)
+    lse = torch.logsumexp((-t * d2)[pair_mask(n, k, intra, x.device)], 0)
+    grads = torch.autograd.grad(lse, [xs] + ([qs] if qs is not None else []))
+    return lse.item(), grads[0], (grads[1] if qs is not None else None)
+
+
+def fused(x, queue=None, t=2.0, intra=True, part=0, num_parts=1):
+    """The op with compute_grad: (lse as a float, grad_x, grad_queue or None)."""
+    lse, gx, gq = _ops.uniform_lse(x, queue, t, intra, part, num_parts, True)
+    return lse.item(), gx, (gq if queue is not None else None)
+
+
+def rel_err(got, want):
+    got, want = got.double().cpu(), want.double().cpu()
+    scale = want.abs().max().item()
+    return (got - want).abs().max().item() / (scale if scale > 0 else 1.0)
+
+
+def check_against_reference(m, x, queue=None, t=2.0, intra=True, cond=1.0):
+    """cond scales the tolerances: the exponents' absolute error grows with t |z|^2."""
+    lse, gx, gq = fused(x, queue, t, intra)
+    ref_lse, ref_gx, ref_gq = reference_lse_grad(x, queue, t, intra)
+    assert gx.dtype == x.dtype and gx.shape == x.shape and gx.device == x.device
+    assert math.isfinite(lse)
+    assert abs(lse - ref_lse) <= cond * (m.lse_atol + m.lse_rtol * abs(ref_lse)), (m.name, lse, ref_lse)
+    assert rel_err(gx, ref_gx) <= cond * m.grad_rtol, (m.name, rel_err(gx, ref_gx))
+    if queue is not None:
+        assert gq.dtype == queue.dtype and gq.shape == queue.shape
+        assert rel_err(gq, ref_gq) <= cond * m.grad_rtol, (m.name, rel_err(gq, ref_gq))
+    if m.dtype in (torch.bfloat16, torch.float16):
+        check_16bit_gradients(x, queue, t, intra, (gx, gq), (ref_gx, ref_gq))
+
+
+def check_16bit_gradients(x, queue, t, intra, got, ref):
+    """Flash-attention's criterion: the kernel's error against the float64 truth on the
+    same 16-bit inputs is at most twice that of plain torch computing in the 16-bit type
+    (plus one rounding of the 16-bit output).  On gradients, whose max over many entries
+    is a stable statistic; the scalar lse is held to the absolute bounds of MODES."""
+    pt = lowp_torch_lse_grad(x, queue, t, intra)
+    eps = torch.finfo(x.dtype).eps
+    for g, r, p in zip(got, ref, pt[1:]):
+        if r is None:
+            continue
+        assert rel_err(g, r) <= 2 * rel_err(p, r) + eps, (rel_err(g, r), rel_err(p, r))
+
+
+def rows_on_device(n, d, dtype, seed, scale=1.0):
+    """Unit-norm rows (the paper's setting); for d = 1, where unit rows are +-1 and so
+    mostly exact duplicates, uniform values in [-scale, scale] instead: the gradient of
+    a duplicate pair is a difference of equal sums (s_i z_i - sum_j w_ij z_j), which any
+    float32 evaluation of it resolves only to ~1e-3."""
+    if d == 1:
+        g = torch.Generator().manual_seed(seed)
+        x = scale * (2 * torch.rand(n, 1, generator=g, dtype=torch.float64) - 1)
+        return x.to(device=DEVICE, dtype=dtype)
+    return unit_rows(n, d, device=DEVICE, seed=seed, scale=scale).to(dtype)
+
+
+# ---------------------------------------------------------------- the reference itself
+
+
+def test_reference_matches_autograd_of_dense_logsumexp():
+    # The chunked float64 reference against autograd of the dense formula (both plain torch).
+    x = unit_rows(70, 5, seed=1) * 1.5
+    q = unit_rows(30, 5, seed=2)
+    for queue, intra in ((None, True), (q, True), (q, False)):
+        lse, gx, gq = reference_lse_grad(x, queue, 1.3, intra, chunk=16)
+        xs = x.clone().requires_grad_()
+        qs = queue.clone().requires_grad_() if queue is not None else None
+        rows = torch.cat([xs, qs]) if qs is not None else xs
+        d2 = (xs[:, None, :] - rows[None, :, :]).pow(2).sum(-1)
+        want = torch.logsumexp((-1.3 * d2)[pair_mask(70, 0 if queue is None else 30, intra, "cpu")], 0)
+        want.backward()
+        assert abs(lse - want.item()) < 1e-12
+        torch.testing.assert_close(gx, xs.grad, rtol=1e-10, atol=1e-13)
+        if queue is not None:
+            torch.testing.assert_close(gq, qs.grad, rtol=1e-10, atol=1e-13)
+
+
+# ---------------------------------------------------------------- values and gradients
+
+
+@pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
+@pytest.mark.parametrize("n,d", [(2, 3), (3, 1), (127, 5), (129, 1), (257, 67), (1000, 128), (300, 1031), (4099, 33)])
+def test_matches_float64_reference(mode, n, d):
+    x = rows_on_device(n, d, mode.dtype, seed=n * 7 + d)
+    check_against_reference(mode, x)
+
+
+@pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
+@pytest.mark.parametrize("n,k,intra", [(1, 5, True), (100, 300, True), (300, 100, True), (130, 260, False), (257, 1, False)])
+def test_queue_matches_float64_reference(mode, n, k, intra):
+    x = rows_on_device(n, 40, mode.dtype, seed=n + k)
+    q = rows_on_device(k, 40, mode.dtype, seed=n + k + 1)
+    check_against_reference(mode, x, q, intra=intra)
+
+
+@pytest.mark.parametrize("mode", ["float64", "float32"], indirect=True)
+@pytest.mark.parametrize("t,scale,offset", [(50.0, 1.0, 0.0), (1000.0, 1.0, 0.0), (2.0, 10.0, 20.0)])
+def test_far_apart_rows_stay_finite(mode, t, scale, offset):
+    # exp(-t d^2) underflows for every pair (exponents ~ -100 to -2000): only the shifted
+    # sums give a value.  Blocks meet their largest weights at different tiles, so the
+    # running shifts rise and rescale what the blocks hold.  (TF32's ~1e-3 error on
+    # the exponents is too coarse at t |z|^2 ~ 1000.)
+    x = rows_on_device(700, 16, mode.dtype, seed=5, scale=scale) + offset
+    check_against_reference(mode, x, t=t, cond=max(1.0, t * scale**2 / 50))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["float32", "tf32", "bfloat16"], indirect=True)
+@pytest.mark.parametrize("n", [16385, 100_000])
+def test_large_n_matches_float64_reference(mode, n):
+    x = rows_on_device(n, 128, mode.dtype, seed=n)
+    lse, gx, _ = fused(x)
+    ref_lse, ref_gx, _ = reference_lse_grad(x)
+    assert abs(lse - ref_lse) <= mode.lse_atol + mode.lse_rtol * abs(ref_lse)
+    assert rel_err(gx, ref_gx) <= mode.grad_rtol
+
+
+def clustered_reference(points, copies, t):
+    """float64 lse and gradient for rows that repeat points[m] copies[m] times: pairs of
+    copies have weight 1 (distance 0), pairs across points c_m c_m' exp(-t d^2).  O(M^2 d)."""
+    p = points.double()
+    c = copies.double()
+    e = -t * (p[:, None, :] - p[None, :, :]).pow(2).sum(-1)
+    e.fill_diagonal_(-math.inf)
+    same = c * (c - 1) / 2  # pairs among the copies of one point
+    shift = max(e.max().item(), 0.0 if (copies > 1).any() else -math.inf)
+    w = (e - shift).exp() * c[None, :]  # w[m, m'] = c_m' exp(e - shift)
+    total = (same.sum() * math.exp(-shift)).item() + 0.5 * (w * c[:, None]).sum().item()
+    grad = (-2 * t / total) * (w.sum(1)[:, None] * p - w @ p)  # per copy of each point
+    return shift + math.log(total), grad
+
+
+@pytest.mark.slow
+@cuda_only
+def test_million_rows_against_clustered_reference():
+    # N = 10^6 + 3 rows (7813 blocks, 30.5M tiles): 1000 points repeated 1000 times plus 3
+    # single points, shuffled.  The exact answer costs O(points^2), whatever N.
+    points = rows_on_device(1003, 32, torch.float32, seed=11)
+    copies = torch.tensor([1000] * 1000 + [1] * 3, device=DEVICE)
+    index = torch.repeat_interleave(torch.arange(1003, device=DEVICE), copies)
+    index = index[torch.randperm(index.numel(), generator=torch.Generator().manual_seed(0)).to(DEVICE)]
+    x = points[index]
+    lse, gx, _ = fused(x)
+    ref_lse, ref_grad = clustered_reference(points, copies, 2.0)
+    m = MODES["float32"]
+    assert abs(lse - ref_lse) <= m.lse_atol + m.lse_rtol * abs(ref_lse)
+    assert rel_err(gx, ref_grad[index]) <= m.grad_rtol
+
+
+@pytest.mark.slow
+@cuda_only
+def test_64bit_offsets():
+    # rows x padded columns > 2^31 elements: offsets past int32 in every kernel.  The data
+    # sits in the last 3 columns (the largest offsets); the zero columns leave the
+    # distances, so the reference runs on those 3 columns alone.
+    n, d = 66_000, 33_000
+    if torch.cuda.mem_get_info()[0] < 60 * 2**30:
+        pytest.skip("needs 60 GiB of free GPU memory")
+    tail = rows_on_device(n, 3, torch.float32, seed=12)
+    x = torch.zeros(n, d, dtype=torch.bfloat16, device=DEVICE)
+    x[:, -3:] = tail.to(torch.bfloat16)
+    lse, gx, _ = fused(x)
+    ref_lse, ref_gx, _ = reference_lse_grad(x[:, -3:])
+    del x
+    assert abs(lse - ref_lse) <= MODES["bfloat16"].lse_atol
+    assert rel_err(gx[:, -3:], ref_gx) <= MODES["bfloat16"].grad_rtol
+    assert gx[:, :-3].abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("mode", ["float64", "float32", "bfloat16"], indirect=True)
+def test_public_loss_and_autograd(mode):
+    x = rows_on_device(500, 24, mode.dtype, seed=3).requires_grad_()
+    q = rows_on_device(200, 24, mode.dtype, seed=4).requires_grad_()
+    loss = uniform_loss(x, 2.0, queue=q)
+    (3.0 * loss).backward()
+    ref_lse, ref_gx, ref_gq = reference_lse_grad(x, q, 2.0, True)
+    pairs = 500 * 499 // 2 + 500 * 200
+    want = ref_lse - math.log(pairs)
+    assert loss.dtype == mode.dtype and loss.device.type == DEVICE
+    # plus the rounding of the loss to its dtype
+    assert abs(loss.item() - want) <= mode.lse_atol + mode.lse_rtol * abs(want) + abs(want) * torch.finfo(mode.dtype).eps
+    assert rel_err(x.grad, 3.0 * ref_gx) <= mode.grad_rtol
+    assert rel_err(q.grad, 3.0 * ref_gq) <= mode.grad_rtol
+
+
+# ---------------------------------------------------------------- layouts, parts, queue
+
+
+@pytest.mark.parametrize("mode", ["float32", "bfloat16"], indirect=True)
+def test_non_contiguous_inputs_equal_contiguous(mode):
+    base = rows_on_device(600, 80, mode.dtype, seed=9)
+    x = base[:, ::2]                              # strided columns
+    q = rows_on_device(40, 300, mode.dtype, seed=10).t()[:, :40]  # transposed view
+    assert not x.is_contiguous() and not q.is_contiguous()
+    got = fused(x, q)
+    want = fused(x.contiguous(), q.contiguous())
+    assert got[0] == want[0]
+    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+
+
+@pytest.mark.parametrize("mode", ["float64", "float32", "bfloat16"], indirect=True)
+@pytest.mark.parametrize("n,k,num_parts", [(1000, 0, 2), (1000, 0, 7), (700, 300, 3), (300, 700, 5)])
+def test_parts_combine_to_the_whole(mode, n, k, num_parts):
+    # Each part sums a disjoint slice of the tiles; the slices cover every pair once, so
+    # the parts' lse combine by log-sum-exp and their gradients weighted by exp(lse_p - lse).
+    x = rows_on_device(n, 20, mode.dtype, seed=n + num_parts)
+    q = rows_on_device(k, 20, mode.dtype, seed=k + 1) if k else None
+    whole = fused(x, q)
+    parts = [fused(x, q, part=p, num_parts=num_parts) for p in range(num_parts)]
+    lses = torch.tensor([p[0] for p in parts], dtype=torch.float64)
+    combined = torch.logsumexp(lses, 0).item()
+    assert abs(combined - whole[0]) <= 2 * (mode.lse_atol + mode.lse_rtol * abs(whole[0]))
+    weights = (lses - combined).exp()
+    gx = sum(w * p[1].double() for w, p in zip(weights.tolist(), parts))
+    assert rel_err(gx, whole[1]) <= 2 * mode.grad_rtol
+    if q is not None:
+        gq = sum(w * p[2].double() for w, p in zip(weights.tolist(), parts))
+        assert rel_err(gq, whole[2]) <= 2 * mode.grad_rtol
+
+
+def test_empty_part_gives_minus_infinity_and_zero_gradient():
+    # 60 rows: one block (on CPU and CUDA), one tile; parts 0 and 1 of 3 hold no tile.
+    x = rows_on_device(60, 8, torch.float32, seed=1)
+    for part in (0, 1):
+        lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, part, 3, True)
+        assert lse.item() == -math.inf
+        assert torch.count_nonzero(gx).item() == 0
+    lse, _, _ = _ops.uniform_lse(x, None, 2.0, True, 2, 3, True)
+    assert math.isfinite(lse.item())
+
+
+def test_nonfinite_inputs_give_nan():
+    x = rows_on_device(300, 8, torch.float32, seed=2)
+    x[17, 3] = math.inf
+    lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True)
+    assert math.isnan(lse.item()) and torch.isnan(gx).all()
+
+
+# ---------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_bitwise_reproducible(mode, deterministic):
+    # 3000 rows + a queue: hundreds of tiles over many rounds, CTAs racing for them.  The
+    # kernels have one path, fixed-order in every update, with or without the flag.
+    x = rows_on_device(3000, 64, mode.dtype, seed=21)
+    q = rows_on_device(1000, 64, mode.dtype, seed=22)
+    old = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        runs = [fused(x, q) for _ in range(3)]
+    finally:
+        torch.use_deterministic_algorithms(old)
+    for other in runs[1:]:
+        assert other[0] == runs[0][0]
+        assert torch.equal(other[1], runs[0][1]) and torch.equal(other[2], runs[0][2])
+
+
+# ---------------------------------------------------------------- devices and streams
+
+
+@cuda_only
+def test_tf32_setting_is_honored():
+    x = rows_on_device(1000, 128, torch.float32, seed=31)
+    ref_lse, ref_gx, _ = reference_lse_grad(x)
+    matmul = torch.backends.cuda.matmul
+    old = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "ieee"
+        accurate = fused(x)
+        matmul.fp32_precision = "tf32"
+        fast = fused(x)
+    finally:
+        matmul.fp32_precision = old
+    assert rel_err(accurate[1], ref_gx) < 5e-5
+    assert rel_err(fast[1], ref_gx) > rel_err(accurate[1], ref_gx)
+
+
+@cuda_only
+def test_cpu_and_cuda_agree():
+    for dtype, lse_tol, grad_tol in ((torch.float64, 1e-10, 1e-9), (torch.float32, 2e-5, 3e-4)):
+        x = unit_rows(900, 50, seed=41).to(dtype)
+        q = unit_rows(200, 50, seed=42).to(dtype)
+        on_cpu = fused(x, q)
+        on_gpu = fused(x.cuda(), q.cuda())
+        assert abs(on_cpu[0] - on_gpu[0]) <= lse_tol * max(1.0, abs(on_cpu[0]))
+        assert rel_err(on_gpu[1], on_cpu[1]) <= grad_tol
+        assert rel_err(on_gpu[2], on_cpu[2]) <= grad_tol
+
+
+@cuda_only
+def test_side_stream():
+    x = rows_on_device(2000, 32, torch.float32, seed=51)
+    want = fused(x)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True)
+        value = align_loss(x, x.flip(0))
+    stream.synchronize()
+    assert lse.item() == want[0] and torch.equal(gx, want[1])
+    assert math.isfinite(value.item())
+
+
+@cuda_only
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_second_gpu():
+    x0 = rows_on_device(1500, 48, torch.float32, seed=61)
+    x1 = x0.to("cuda:1")
+    torch.cuda.set_device(0)
+    got = fused(x1)
+    want = fused(x0)
+    assert got[1].device == torch.device("cuda:1") and torch.cuda.current_device() == 0
+    assert abs(got[0] - want[0]) <= 1e-6 * abs(want[0])
+    assert rel_err(got[1], want[1].to("cuda:1")) <= 1e-6
+    value = align_loss(x1, x1.roll(1, 0))
+    assert value.device == torch.device("cuda:1")
+
+
+@cuda_only
+def test_mismatched_devices_are_rejected():
+    x = rows_on_device(10, 4, torch.float32, seed=1)
+    with pytest.raises(ValueError, match="queue"):
+        uniform_loss(x, queue=x.cpu())
+    with pytest.raises(ValueError, match="y"):
+        align_loss(x, x.cpu())
+
+
+# ---------------------------------------------------------------- PyTorch integration
+
+
+def test_opcheck():
+    x = rows_on_device(130, 9, torch.float32, seed=71).requires_grad_()
+    q = rows_on_device(40, 9, torch.float32, seed=72).requires_grad_()
+    for args in ((x, q, 2.0, True, 0, 1, True), (x, None, 2.0, True, 0, 1, False), (x, q, 1.0, False, 1, 2, True)):
+        torch.library.opcheck(torch.ops.pyhypersphere.uniform_lse.default, args)
+    y = rows_on_device(130, 9, torch.float32, seed=73)
+    torch.library.opcheck(torch.ops.pyhypersphere.align_loss.default, (x, y, 2.0, True))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_compile_fullgraph_matches_eager():
+    x = rows_on_device(700, 32, torch.float32, seed=81)
+    q = rows_on_device(300, 32, torch.float32, seed=82)
+
+    def loss_fn(x, q):
+        return uniform_loss(x, 2.0, queue=q) + align_loss(x, q[:1].expand_as(x))
+
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    results = []
+    for fn in (loss_fn, compiled):
+        xx, qq = x.clone().requires_grad_(), q.clone().requires_grad_()
+        value = fn(xx, qq)
+        value.backward()
+        results.append((value.detach(), xx.grad, qq.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(results[1][2], results[0][2], rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------- memory
+
+
+@cuda_only
+def test_extra_memory_is_a_few_copies_of_the_rows():
+    # N^2 floats would be 16 GiB here; the op holds O(N d): centered rows, their padded
+    # copy, the gradient accumulators, the gradient and its output.
+    n, d = 65536, 128
+    x = rows_on_device(n, d, torch.float32, seed=91).requires_grad_()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    uniform_loss(x).backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    row_bytes = n * d * 4
+    assert extra <= 8 * row_bytes, f"extra {extra / row_bytes:.1f} x the rows"
+
+
+# ---------------------------------------------------------------- align_loss
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("alpha", [2.0, 1.0, 0.5, 3.0])
+@pytest.mark.parametrize("n,d", [(1, 1), (257, 33), (3000, 130)])
+def test_align_matches_float64_reference(dtype, alpha, n, d):
+    x = rows_on_device(n, d, dtype, seed=n + d)
+    y = rows_on_device(n, d, dtype, seed=n + d + 1)
+    y[0] = x[0]  # a row with x_i == y_i: zero gradient there (the CPU convention)
+    xx = x.clone().requires_grad_()
+    value = align_loss(xx, y, alpha)
+    value.backward()
+    x64 = x.double().requires_grad_()
+    want = reference_align_loss(x64, y.double(), alpha)
+    want.backward()
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    assert value.dtype == dtype
+    assert abs(value.item() - want.item()) <= tol * max(1.0, abs(want.item()))
+    grad_want = torch.nan_to_num(x64.grad, nan=0.0)  # the reference's 0/0 at x_i == y_i
+    assert torch.count_nonzero(xx.grad[0]).item() == 0
+    assert rel_err(xx.grad, grad_want) <= tol * 4
+
+
+def test_align_bitwise_reproducible():
+    x = rows_on_device(5000, 64, torch.float32, seed=101)
+    y = rows_on_device(5000, 64, torch.float32, seed=102)
+    runs = [_ops.align(x, y, 2.0, True) for _ in range(3)]
+    for other in runs[1:]:
+        assert torch.equal(other[0], runs[0][0]) and torch.equal(other[1], runs[0][1])
