@@ -9,7 +9,11 @@ void check_feature_matrix(const at::Tensor& tensor, const char* function, const 
   TORCH_CHECK_VALUE(tensor.dim() == 2, function, ": ", name,
                     " must be a 2-D tensor of shape [N, d], got a ", tensor.dim(),
                     "-D tensor of shape ", tensor.sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(tensor.scalar_type()), function, ": ", name,
+  const auto dtype = tensor.scalar_type();
+  // isFloatingType also admits the float8 types, which no kernel computes in.
+  const bool supported = dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                         dtype == at::kBFloat16;
+  TORCH_CHECK_VALUE(supported, function, ": ", name,
                     " must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
                     tensor.scalar_type());
   TORCH_CHECK_VALUE(tensor.size(0) >= min_rows, function, ": ", name, " must have at least ",

@@ -32,6 +32,7 @@ pybind11::dict build_info() {
 #endif
   info["num_threads"] = at::get_num_threads();
   info["cpu_tile_gemm"] = pyhypersphere::cpu::tile_gemm_backend();
+  info["cpu_tile_isa"] = pyhypersphere::cpu::tile_isa();
   info["parallel_info"] = at::get_parallel_info();
   return info;
 }

@@ -34,10 +34,12 @@ namespace math {
 
 // Exponent -t * ||z_i - z_j||^2 from the Gram entry.  The squared distance is
 // clamped at zero: for near-duplicate rows, sq_i + sq_j - 2 g_ij can round below it.
+// T may also be a GCC vector of floats (the CPU tile loops), hence T{} and no casts.
 template <typename T>
 PYHS_HOST_DEVICE T pair_exponent(T t, T sq_i, T sq_j, T gram_ij) {
-  T d2 = sq_i + sq_j - T(2) * gram_ij;
-  d2 = d2 > T(0) ? d2 : T(0);
+  const T zero{};
+  T d2 = sq_i + sq_j - (gram_ij + gram_ij);
+  d2 = d2 > zero ? d2 : zero;
   return -t * d2;
 }
 

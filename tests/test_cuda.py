@@ -98,11 +98,13 @@ def mode(request):
 # ---------------------------------------------------------------- references
 
 
-def pair_mask(n, k, intra, device):
-    """[n, n + k] mask of the pair set: i < j within x (intra), and every (i, queue_j)."""
-    rows = torch.arange(n, device=device)[:, None]
+def pair_mask(n, k, intra, device, row_begin=0, row_end=None):
+    """Rows [row_begin, row_end) of the [n, n + k] mask of the pair set: i < j within x
+    (intra), and every (i, queue_j).  A chunk of rows only: the whole mask at N = 10^5
+    would be 10 GB (and its temporaries several times that)."""
+    rows = torch.arange(row_begin, n if row_end is None else row_end, device=device)[:, None]
     cols = torch.arange(n + k, device=device)[None, :]
-    within = (cols < n) & (cols > rows) if intra else torch.zeros(n, n + k, dtype=torch.bool, device=device)
+    within = (cols < n) & (cols > rows) if intra else torch.zeros(rows.shape[0], n + k, dtype=torch.bool, device=device)
     return within | (cols >= n)
 
 
@@ -120,7 +122,7 @@ def reference_lse_grad(x, queue=None, t=2.0, intra=True, chunk=2048):
 
     def exponents(i0, i1):
         d2 = (sq[i0:i1, None] + sq[None, :] - 2.0 * z[i0:i1] @ rows.T).clamp_min(0)
-        keep = pair_mask(n, k, intra, z.device)[i0:i1]
+        keep = pair_mask(n, k, intra, z.device, i0, i1)
         return (-t * d2).masked_fill(~keep, -math.inf)
 
     chunks = [(i0, min(i0 + chunk, n)) for i0 in range(0, n, chunk)]
@@ -302,8 +304,11 @@ def test_million_rows_against_clustered_reference():
 def test_64bit_offsets():
     # rows x padded columns > 2^31 elements: offsets past int32 in every kernel.  The data
     # sits in the last 3 columns (the largest offsets); the zero columns leave the
-    # distances, so the reference runs on those 3 columns alone.
-    n, d = 66_000, 33_000
+    # distances, so the reference runs on those 3 columns alone.  Few rows, many columns:
+    # every tile rewrites its two blocks' gradient accumulators (B x d floats each), so the
+    # traffic grows as N^2 d / B - about 9 TB (most of an hour) at N = 66000, d = 33000,
+    # a few hundred GB here for the same 2.2e9 elements.
+    n, d = 2_000, 1_100_000
     if torch.cuda.mem_get_info()[0] < 60 * 2**30:
         pytest.skip("needs 60 GiB of free GPU memory")
     tail = rows_on_device(n, 3, torch.float32, seed=12)
@@ -384,6 +389,16 @@ def test_nonfinite_inputs_give_nan():
     x[17, 3] = math.inf
     lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True)
     assert math.isnan(lse.item()) and torch.isnan(gx).all()
+
+
+def test_float8_inputs_are_rejected():
+    # No kernel computes in float8; the shared input checks reject it before any
+    # kernel could read 1-byte rows as 4-byte floats.
+    x8 = rows_on_device(200, 16, torch.float32, seed=111).to(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="x must be a floating-point tensor"):
+        _ops.uniform_lse(x8, None, 2.0, True, 0, 1, True)
+    with pytest.raises(ValueError, match="x must be a floating-point tensor"):
+        _ops.align(x8, x8, 2.0, True)
 
 
 # ---------------------------------------------------------------- determinism

@@ -21,6 +21,7 @@ X = torch.randn(8, 4)
         (torch.ones(5, 3, dtype=torch.int64), "x must be a floating-point tensor"),
         (torch.ones(5, 3, dtype=torch.bool), "x must be a floating-point tensor"),
         (torch.ones(5, 3, dtype=torch.complex64), "x must be a floating-point tensor"),
+        (torch.ones(5, 3).to(torch.float8_e4m3fn), "x must be a floating-point tensor"),
     ],
 )
 def test_uniform_bad_x(x, match):

@@ -7,13 +7,14 @@
 //   tile_weights:      g_ij <- w_ij = exp(e_ij - shift) in one pass, adding row sums into
 //                      row_sum[i] and, when col_sum is given, column sums into col_sum[j];
 //                      returns max_ij e_ij.  Self pairs get weight 0.
-// The caller passes a shift it already trusts (the blocks' running shifts) and uses
-// tile_max_exponent first only when it has none: one pass over the tile instead of two.
+// The CPU kernel shifts each tile by its own max exponent, so every weight is in (0, 1]
+// and a tile's result depends on no other tile (see block_turns.h for why that matters).
 // The float versions use a vectorizable exp and are compiled for several x86 ISAs,
-// picked at load time; the double versions use std::exp (accuracy first).
+// picked at run time; the double versions use std::exp (accuracy first).
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace pyhypersphere {
 namespace cpu {
@@ -30,9 +31,8 @@ double tile_weights(double* tile, int64_t rows, int64_t cols, int64_t ld, const 
                     const double* sq_b, double t, double shift, double* row_sum,
                     double* col_sum, bool diagonal);
 
-// Largest exponent above the shift that tile_weights accepts: weights up to e^64 keep
-// the row sums of a million pairs far from float overflow (e^88).
-constexpr double kMaxExponentAboveShift = 64.0;
+// The instruction set the float loops run with: "avx512", "avx2" or "baseline".
+std::string tile_isa();
 
 // exp(x) in float for x <= 88, the polynomial the float tile_weights use; exposed so a
 // test can hold it to std::exp.

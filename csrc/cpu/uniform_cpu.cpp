@@ -11,6 +11,7 @@
 #include "../tile_schedule.h"
 #include "../uniform_math.h"
 #include "../uniform_rows.h"
+#include "block_turns.h"
 #include "tile_epilogue.h"
 #include "tile_gemm.h"
 
@@ -19,6 +20,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -58,16 +60,27 @@ class UniformCpuKernel {
 
   // Sums the pair tiles of this part; returns (lse, gradient over all rows or undefined).
   std::pair<double, at::Tensor> run(bool intra_batch, int64_t part, int64_t num_parts) {
-    const TileRounds rounds =
-        make_tile_rounds(x_blocks_, queue_blocks_, intra_batch, part, num_parts);
-    const int threads = at::get_num_threads();
-    workspace_.assign(static_cast<size_t>(threads) * workspace_stride(), T(0));
-    for (const auto& round : rounds) {
-      at::parallel_for(0, static_cast<int64_t>(round.size()), 1, [&](int64_t lo, int64_t hi) {
-        T* ws = workspace_.data() + static_cast<size_t>(at::get_thread_num()) * workspace_stride();
-        for (int64_t p = lo; p < hi; ++p) visit_tile(round[p], ws);
-      });
-    }
+    const std::vector<ScheduledTile> tiles =
+        number_tiles(make_tile_rounds(x_blocks_, queue_blocks_, intra_batch, part, num_parts));
+    const int64_t total = static_cast<int64_t>(tiles.size());
+    const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total));
+    workspace_.assign(static_cast<size_t>(at::get_num_threads()) * workspace_stride(), T(0));
+    cpu::BlockTurns turns(x_blocks_ + queue_blocks_);
+    std::atomic<int64_t> next{0};
+    // One worker per thread claims tiles in schedule order (dynamic load balance).
+    at::parallel_for(0, threads, 1, [&](int64_t lo, int64_t hi) {
+      T* ws = workspace_.data() + static_cast<size_t>(at::get_thread_num()) * workspace_stride();
+      for (int64_t worker = lo; worker < hi; ++worker) {
+        try {
+          for (int64_t k; (k = next.fetch_add(1)) < total;) {
+            if (!visit_tile(tiles[k], ws, turns)) return;
+          }
+        } catch (...) {
+          turns.abandon();
+          throw;
+        }
+      }
+    });
     return finish();
   }
 
@@ -98,67 +111,83 @@ class UniformCpuKernel {
     return std::exp(shift - shift_[b]);
   }
 
-  void visit_tile(const BlockPair& tile, T* ws) {
+  // A tile and, for each of its blocks, how many earlier tiles of the schedule update it.
+  struct ScheduledTile {
+    BlockPair blocks;
+    int64_t turn_a;
+    int64_t turn_b;
+  };
+
+  std::vector<ScheduledTile> number_tiles(const TileRounds& rounds) const {
+    std::vector<int64_t> seen(x_blocks_ + queue_blocks_, 0);
+    std::vector<ScheduledTile> tiles;
+    for (const auto& round : rounds) {
+      for (const auto& pair : round) {
+        const bool diagonal = pair.a == pair.b;
+        // Without a gradient only block a's accumulator is written.
+        const bool writes_b = grad_ && !diagonal;
+        tiles.push_back({pair, seen[pair.a]++, writes_b ? seen[pair.b]++ : -1});
+      }
+    }
+    return tiles;
+  }
+
+  // Returns false if another thread failed and the loop must stop.
+  bool visit_tile(const ScheduledTile& scheduled, T* ws, cpu::BlockTurns& turns) {
+    const BlockPair tile = scheduled.blocks;
     const bool diagonal = tile.a == tile.b;
     const int64_t begin_a = block_begin(tile.a), rows_a = block_size(tile.a);
     const int64_t begin_b = block_begin(tile.b), rows_b = block_size(tile.b);
     const T* z_a = z_ + begin_a * d_;
     const T* z_b = z_ + begin_b * d_;
+    const T* sq_a = sq_ + begin_a;
+    const T* sq_b = sq_ + begin_b;
     T* w = ws;
     T* sum_a = ws + block_ * block_;
     T* sum_b = sum_a + block_;
 
-    const T* sq_a = sq_ + begin_a;
-    const T* sq_b = sq_ + begin_b;
-    const bool need_col_sums = grad_ && !diagonal;
-    auto gram = [&] {
-      cpu::gemm_row_major<T>(false, true, rows_a, rows_b, d_, T(1), z_a, d_, z_b, d_, T(0), w,
-                             rows_b);
-    };
-    auto weights = [&](T tile_shift) {
+    // Independent of every other tile: the Gram product and the weights under this
+    // tile's own max exponent (so every weight is in (0, 1]).
+    cpu::gemm_row_major<T>(false, true, rows_a, rows_b, d_, T(1), z_a, d_, z_b, d_, T(0), w,
+                           rows_b);
+    const T shift = cpu::tile_max_exponent(w, rows_a, rows_b, rows_b, sq_a, sq_b, t_, diagonal);
+    const bool empty = shift == -std::numeric_limits<T>::infinity();  // every weight is 0
+    if (!empty) {
       std::fill(sum_a, sum_a + rows_a, T(0));
       std::fill(sum_b, sum_b + rows_b, T(0));
-      return cpu::tile_weights(w, rows_a, rows_b, rows_b, sq_a, sq_b, t_, tile_shift, sum_a,
-                               need_col_sums ? sum_b : nullptr, diagonal);
-    };
-
-    gram();
-    // The blocks' running shifts are the tile's shift when they have one: anything that
-    // underflows under it is below float resolution of the final, globally shifted sum.
-    T shift = std::max(shift_[tile.a], shift_[tile.b]);
-    if (shift == -std::numeric_limits<T>::infinity()) {
-      shift = cpu::tile_max_exponent(w, rows_a, rows_b, rows_b, sq_a, sq_b, t_, diagonal);
-    }
-    if (shift == -std::numeric_limits<T>::infinity()) return;  // every weight is 0
-    const T tile_max = weights(shift);
-    if (tile_max == -std::numeric_limits<T>::infinity()) return;
-    if (tile_max > shift + T(cpu::kMaxExponentAboveShift)) {
-      // Rare: this tile holds pairs far closer than any its blocks have seen, and its
-      // weights may have saturated.  Redo it under its own max.
-      shift = tile_max;
-      gram();
-      weights(shift);
+      cpu::tile_weights(w, rows_a, rows_b, rows_b, sq_a, sq_b, t_, shift, sum_a,
+                        scheduled.turn_b >= 0 ? sum_b : nullptr, diagonal);
     }
 
+    // Ordered: the accumulators of block a, then of block b.
+    if (!turns.wait(tile.a, scheduled.turn_a)) return false;
+    if (!empty) accumulate(tile.a, shift, sum_a, w, rows_b, rows_b, z_b, false, diagonal);
+    turns.finish(tile.a);
+    if (scheduled.turn_b < 0) return true;
+    if (!turns.wait(tile.b, scheduled.turn_b)) return false;
+    if (!empty) accumulate(tile.b, shift, sum_b, w, rows_b, rows_a, z_a, true, diagonal);
+    turns.finish(tile.b);
+    return true;
+  }
+
+  // Adds a tile's contribution to block `b`: its weight sums (taken under `shift`) and,
+  // with a gradient, W z_other for the tile's row block or W^T z_other for its column
+  // block (W is rows_a x rows_b with leading dimension ld_w; `inner` is the other
+  // block's row count).
+  void accumulate(int64_t b, T shift, const T* sums, const T* w, int64_t ld_w, int64_t inner,
+                  const T* z_other, bool transposed, bool diagonal) {
+    const T alpha = raise_block(b, shift);
+    const int64_t begin = block_begin(b), size = block_size(b);
     if (!grad_) {
       // Diagonal tiles hold each pair twice (the weight matrix is symmetric).
       T total = 0;
-      for (int64_t i = 0; i < rows_a; ++i) total += sum_a[i];
-      if (diagonal) total *= T(0.5);
-      const T alpha = raise_block(tile.a, shift);
-      block_sum_[tile.a] += alpha * total;
+      for (int64_t i = 0; i < size; ++i) total += sums[i];
+      block_sum_[b] += alpha * (diagonal ? T(0.5) * total : total);
       return;
     }
-    const T alpha_a = raise_block(tile.a, shift);
-    for (int64_t i = 0; i < rows_a; ++i) row_sum_[begin_a + i] += alpha_a * sum_a[i];
-    T* acc = acc_.data_ptr<T>();
-    cpu::gemm_row_major<T>(false, false, rows_a, d_, rows_b, alpha_a, w, rows_b, z_b, d_, T(1),
-                           acc + begin_a * d_, d_);
-    if (diagonal) return;
-    const T alpha_b = raise_block(tile.b, shift);
-    for (int64_t j = 0; j < rows_b; ++j) row_sum_[begin_b + j] += alpha_b * sum_b[j];
-    cpu::gemm_row_major<T>(true, false, rows_b, d_, rows_a, alpha_b, w, rows_b, z_a, d_, T(1),
-                           acc + begin_b * d_, d_);
+    for (int64_t i = 0; i < size; ++i) row_sum_[begin + i] += alpha * sums[i];
+    cpu::gemm_row_major<T>(transposed, false, size, d_, inner, alpha, w, ld_w, z_other, d_, T(1),
+                           acc_.data_ptr<T>() + begin * d_, d_);
   }
 
   std::pair<double, at::Tensor> finish() {

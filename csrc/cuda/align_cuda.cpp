@@ -20,7 +20,13 @@ cuda::AlignDtype align_dtype(at::ScalarType dtype) {
       return cuda::AlignDtype::kFp16;
     case at::kDouble:
       return cuda::AlignDtype::kFp64;
+    case at::kFloat:
+      return cuda::AlignDtype::kFp32;
     default:
+      // The input checks accept every floating type (float8 too); the kernels read and
+      // write these four only.  The CPU kernel rejects the others the same way.
+      TORCH_CHECK_NOT_IMPLEMENTED(false, "align_loss: not implemented for ", dtype,
+                                  " (float16, bfloat16, float32 or float64)");
       return cuda::AlignDtype::kFp32;
   }
 }

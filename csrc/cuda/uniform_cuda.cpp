@@ -75,9 +75,12 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
   UniformRows rows = prepare_uniform_rows(x, queue);
   if (!rows.finite) return nonfinite_uniform_outputs(x, queue, compute_grad);
   // The kernels read the centered rows in the operand type (16-bit for the 16-bit
-  // tensor-core paths) and compute their own squared norms of what they read.
-  const at::Tensor operand =
-      rows.z.scalar_type() == x.scalar_type() ? rows.z : rows.z.to(x.scalar_type());
+  // tensor-core paths) and compute their own squared norms of what they read.  The
+  // other paths read the accumulation type: float32 for the float8 types too, which the
+  // input checks accept and tile_precision sends to the float32 kernels.
+  const bool sixteen_bit = precision == cuda::UniformPrecision::kBf16 ||
+                           precision == cuda::UniformPrecision::kFp16;
+  const at::Tensor operand = sixteen_bit ? rows.z.to(x.scalar_type()) : rows.z;
   rows.z = at::Tensor();  // keep the peak at a few copies of the rows
   rows.sq_norm = at::Tensor();
 
