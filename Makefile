@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.deps-stamp
 BUILT := $(VENV)/.built-stamp
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
-DEPS := numpy ninja pybind11 tqdm pytest pytest-benchmark hypothesis mnist1d scikit-learn matplotlib
+DEPS := numpy ninja pybind11 tqdm pytest pytest-benchmark hypothesis mnist1d scikit-learn matplotlib pykeops
 
 .PHONY: venv build demo test test-all bench bench-cpu cmake-cpu cmake-cuda-kernels clean
 
