@@ -11,6 +11,10 @@
    [d, N] does 2 N^2 d flops, timed in the same run.
 3. N=65536, d=128 forward+backward in a fresh process: peak RSS growth over the
    process's RSS just before the call (the reference would need ~40 GB there).
+4. Two design choices, measured: the gradient accumulated in the forward pass against a
+   forward without it plus a backward that recomputes (what a separate backward kernel
+   costs), and the tile GEMMs through BLAS directly against through ATen per tile
+   (PYHYPERSPHERE_CPU_GEMM=blas|aten, each in its own process).
 """
 
 import argparse
@@ -57,6 +61,27 @@ def forward_backward(loss_fn, x):
     return run
 
 
+def deferred_gradient(x):
+    """Forward without the gradient, then a backward that recomputes it."""
+    from pyhypersphere import _ops
+
+    def run():
+        xx = x.detach().requires_grad_()
+        lse, _, _ = _ops.uniform_lse(xx, None, 2.0, True, 0, 1, False)
+        lse.backward()
+    return run
+
+
+def gemm_probe(n, d, reps):
+    """Runs in a child (backend chosen by the environment): fused timings as JSON."""
+    x = unit_rows(n, d)
+    print(json.dumps({
+        "backend": pyhypersphere.build_info()["cpu_tile_gemm"],
+        "fwd_s": median_seconds(forward(pyhypersphere.uniform_loss, x), reps),
+        "fwdbwd_s": median_seconds(forward_backward(pyhypersphere.uniform_loss, x), reps),
+    }))
+
+
 def rss_probe(n, d):
     """Runs in a child: forward+backward at n x d, prints peak RSS growth in bytes."""
     x = unit_rows(n, d).requires_grad_()
@@ -87,9 +112,13 @@ def main():
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--ref-reps", type=int, default=3)
     p.add_argument("--rss-probe", nargs=2, type=int, help=argparse.SUPPRESS)
+    p.add_argument("--gemm-probe", nargs=3, type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rss_probe:
         rss_probe(*args.rss_probe)
+        return
+    if args.gemm_probe:
+        gemm_probe(*args.gemm_probe)
         return
 
     n, d = args.n, args.d
@@ -110,6 +139,9 @@ def main():
         }
         print(f"{name:>10}: fwd {rows[name]['fwd_s']:.3f} s   fwd+bwd {rows[name]['fwdbwd_s']:.3f} s", flush=True)
 
+    deferred_s = median_seconds(deferred_gradient(x), args.reps)
+    print(f"  deferred: fwd+bwd {deferred_s:.3f} s (forward without gradient + recomputing backward)", flush=True)
+
     a = torch.randn(n, d)
     mm_s = median_seconds(lambda: torch.mm(a, a.T), args.reps)
     mm_flops = 2.0 * n * n * d
@@ -128,6 +160,8 @@ def main():
         "fused_fwdbwd_gflops": fwdbwd_flops / rows["fused"]["fwdbwd_s"] / 1e9,
     }
     result["fused_fwd_fraction_of_mm"] = result["fused_fwd_gflops"] / result["mm_gflops"]
+    result["deferred_gradient_fwdbwd_s"] = deferred_s
+    result["fused_gradient_speedup_vs_deferred"] = deferred_s / rows["fused"]["fwdbwd_s"]
     result["fused_fwdbwd_fraction_of_mm"] = result["fused_fwdbwd_gflops"] / result["mm_gflops"]
 
     probe = subprocess.run(
@@ -137,6 +171,12 @@ def main():
     big = json.loads(probe.stdout.strip().splitlines()[-1])
     result["big_n"] = args.big_n
     result["big_n_fwdbwd_rss_growth_mib"] = big["rss_growth_bytes"] / 2**20
+    for backend in ("blas", "aten"):
+        probe = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--gemm-probe", str(n), str(d), str(args.reps)],
+            capture_output=True, text=True, check=True, env={**os.environ, "PYHYPERSPHERE_CPU_GEMM": backend},
+        )
+        result[f"tile_gemm_{backend}"] = json.loads(probe.stdout.strip().splitlines()[-1])
     print(json.dumps(result, indent=2))
 
 

@@ -22,6 +22,12 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @torch.library.register_fake("pyhypersphere::uniform_lse")
 def _uniform_lse_fake(x, queue, t, intra_batch, part, num_parts, compute_grad):
+    # Mixed devices (e.g. a queue on "meta") dispatch here rather than to a real kernel's
+    # checks, so this one must raise too.
+    if queue is not None and queue.device != x.device:
+        raise ValueError(
+            f"uniform_loss: queue must be on the same device as x ({x.device}), got {queue.device}"
+        )
     lse = x.new_empty((), dtype=accumulate_dtype(x.dtype))
     if not compute_grad:
         return lse, x.new_empty((0,)), x.new_empty((0,))
