@@ -1,0 +1,493 @@
+"""The training loop: two augmented views per sample, align+uniform (or InfoNCE), SGD with
+step decay, evaluation every epoch, JSON-lines log, atomic checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import fields
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import augment as augment_mod
+from . import checkpoint as ckpt
+from . import data as data_mod
+from . import evaluate as eval_mod
+from . import losses
+from . import models
+from .config import RESULT_FIELDS, TrainConfig
+
+LOG = "metrics.jsonl"
+SUMMARY = "summary.json"
+RUN_FILES = (ckpt.CHECKPOINT, LOG, SUMMARY, "config.json", "curves.png", "circle.png")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the run stopped and kept its last good checkpoint."""
+
+
+class RunExistsError(RuntimeError):
+    """The output folder already holds a run and neither resume nor overwrite was asked for."""
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def auto_threads() -> Optional[int]:
+    """CPU threads for this process: torch's default, fewer when other processes already keep
+    cores busy (1-minute load average), since OpenMP threads that outnumber the free cores
+    spin against each other and can make a step several times slower than one thread."""
+    n = torch.get_num_threads()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    per_process = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    free = ((os.cpu_count() or n) - busy) / per_process
+    return max(1, min(max(1, n // per_process), int(free + 0.5)))
+
+
+def _init_distributed():
+    """Join the torchrun process group when launched with WORLD_SIZE > 1."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = losses.distributed_world()
+    return rank, world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def resolve_out(cfg: TrainConfig) -> Path:
+    if cfg.out:
+        return Path(cfg.out).expanduser()
+    prefix = f"{cfg.dataset}-{cfg.loss}-"
+    runs = Path("runs")
+    if cfg.resume and runs.is_dir():  # resume the newest run of this kind
+        found = sorted(p for p in runs.glob(prefix + "*") if (p / ckpt.CHECKPOINT).exists())
+        if found:
+            return found[-1]
+    return runs / (prefix + time.strftime("%Y%m%d-%H%M%S"))
+
+
+def _prepare_out(out: Path, cfg: TrainConfig) -> None:
+    taken = [name for name in (ckpt.CHECKPOINT, SUMMARY, LOG) if (out / name).exists()]
+    if taken and not cfg.resume:
+        if not cfg.overwrite:
+            raise RunExistsError(
+                f"{out} already holds a run ({', '.join(taken)}): pass --resume to continue it, "
+                f"--overwrite to start over, or another --out"
+            )
+        for name in RUN_FILES:
+            try:
+                (out / name).unlink()
+            except FileNotFoundError:
+                pass
+    out.mkdir(parents=True, exist_ok=True)
+
+
+# Settings that may be changed on purpose when resuming (e.g. a lower lr after a NaN stop).
+RESUME_OVERRIDES = ("lr", "epochs", "lr_milestones", "lr_gamma", "momentum", "weight_decay")
+
+
+def _merge_resumed_config(cfg: TrainConfig, raw: TrainConfig, saved: dict) -> TrainConfig:
+    """On resume the checkpoint's settings win, except the optimization settings in
+    RESUME_OVERRIDES that the caller set explicitly (different from the defaults)."""
+    default = TrainConfig()
+    ignored, changed = [], []
+    for name in RESULT_FIELDS:
+        if name not in saved:
+            continue
+        given, theirs = getattr(raw, name), saved[name]
+        if name == "lr_milestones":
+            theirs = tuple(theirs)
+        explicit = given != getattr(default, name) and given != theirs and getattr(cfg, name) != theirs
+        if explicit and name in RESUME_OVERRIDES:
+            changed.append(f"{name}={getattr(cfg, name)!r} (was {theirs!r})")
+            continue
+        if explicit:
+            ignored.append(f"{name}={given!r} (the run uses {theirs!r})")
+        setattr(cfg, name, theirs)
+    if ignored:
+        warnings.warn("resuming: ignored settings that differ from the checkpoint: " + ", ".join(ignored), stacklevel=3)
+    if changed:
+        warnings.warn(
+            "resuming with changed settings: " + ", ".join(changed) + "; the result will differ from the "
+            "uninterrupted run",
+            stacklevel=3,
+        )
+    return cfg
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Step decay: lr * gamma^(number of milestones passed); milestones are epoch fractions."""
+    passed = sum(1 for m in cfg.lr_milestones if epoch >= int(round(m * cfg.epochs)))
+    return cfg.lr * (cfg.lr_gamma**passed)
+
+
+def _seed_for(seed: int, epoch: int, rank: int = 0, stream: int = 0) -> int:
+    """Independent per-(seed, epoch, rank, stream) seeds: an epoch replays exactly on resume."""
+    return (((seed * 1_000_003 + epoch) * 4099 + rank) * 7 + stream) % (2**63 - 1)
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+class _Objective:
+    def __init__(self, cfg: TrainConfig, world: int):
+        self.cfg = cfg
+        self.world = world
+        self.uniform, self.align, self.backend = losses.loss_functions()
+        self.dist_uniform = losses.distributed_uniform_loss() if world > 1 else None
+        self.unif_scale: Optional[float] = None  # see _calibrate
+
+    def _calibrate(self, z: torch.Tensor) -> float:
+        """Scale for the distributed uniformity term so that, after DDP averages the gradients
+        over ranks, the step is the exact gradient of the global-batch loss, whichever backward
+        convention pyhypersphere.distributed uses (checked once against an all-gather)."""
+        import torch.distributed as dist
+
+        z = z.detach().float()
+        parts = [torch.empty_like(z) for _ in range(self.world)]
+        dist.all_gather(parts, z)
+        rank = dist.get_rank()
+        local = z.clone().requires_grad_(True)
+        full = torch.cat(parts[:rank] + [local] + parts[rank + 1 :])
+        (g_exact,) = torch.autograd.grad(self.uniform(full, self.cfg.t), local)
+        local2 = z.clone().requires_grad_(True)
+        (g_impl,) = torch.autograd.grad(self.dist_uniform(local2, self.cfg.t), local2)
+        num = torch.stack([(g_impl * g_exact).sum(), g_exact.pow(2).sum()])
+        dist.all_reduce(num)
+        c = (num[0] / num[1].clamp_min(1e-30)).item()  # g_impl ~= c * g_exact
+        if not math.isfinite(c) or c <= 0:
+            raise RuntimeError(f"pyhypersphere.distributed.uniform_loss has an unexpected gradient (scale {c})")
+        return self.world / c
+
+    def __call__(self, z1: torch.Tensor, z2: torch.Tensor):
+        """(loss for backward, loss value, align value, uniform value)."""
+        cfg = self.cfg
+        z1, z2 = z1.float(), z2.float()
+        if cfg.loss == "infonce":
+            loss = losses.info_nce(z1, z2, cfg.tau)
+            with torch.no_grad():
+                a = self.align(z1, z2, cfg.alpha)
+                u = (self.uniform(z1, cfg.t) + self.uniform(z2, cfg.t)) / 2
+            return loss, loss.detach(), a, u
+        a = self.align(z1, z2, cfg.alpha)
+        if self.dist_uniform is None:
+            u = (self.uniform(z1, cfg.t) + self.uniform(z2, cfg.t)) / 2
+            loss = cfg.align_w * a + cfg.unif_w * u
+            return loss, loss.detach(), a.detach(), u.detach()
+        if self.unif_scale is None:
+            self.unif_scale = self._calibrate(z1)
+        u = (self.dist_uniform(z1, cfg.t) + self.dist_uniform(z2, cfg.t)) / 2
+        loss = cfg.align_w * a + cfg.unif_w * u * self.unif_scale
+        value = cfg.align_w * a.detach() + cfg.unif_w * u.detach()
+        return loss, value, a.detach(), u.detach()
+
+
+def _check_finite(value: torch.Tensor, world: int) -> bool:
+    ok = torch.isfinite(value).to(torch.float32).reshape(1)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() > 0)
+
+
+def train_one_epoch(model, opt, objective, data, aug, pool, cfg, epoch, device, rank, world, progress):
+    """One pass over the training pool; raises NonFiniteLossError at the first NaN/Inf loss."""
+    b = cfg.batch_size
+    if b % world:
+        raise ValueError(f"batch_size {b} must be divisible by the number of processes {world}")
+    per_rank = b // world
+    steps = pool.shape[0] // b
+    if steps < 1:
+        raise ValueError(f"batch_size {b} is larger than the training set ({pool.shape[0]} samples)")
+    perm = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(_seed_for(cfg.seed, epoch)))
+    g = torch.Generator(device=device).manual_seed(_seed_for(cfg.seed, epoch, rank, 1))
+    sums = torch.zeros(3, dtype=torch.float64)
+    bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
+    model.train()
+    try:
+        for step in range(steps):
+            idx = perm[step * b + rank * per_rank : step * b + (rank + 1) * per_rank]
+            xb = pool[idx].to(device, non_blocking=True)
+            v1, v2 = aug(xb, g), aug(xb, g)
+            _, z = model(torch.cat([v1, v2]))  # one pass over both views, as the paper's code does
+            z1, z2 = z.chunk(2)
+            loss, value, a, u = objective(z1, z2)
+            if not _check_finite(value, world):
+                raise NonFiniteLossError(f"the loss is {value.item()} at epoch {epoch + 1}, step {step + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.tensor([value.item(), a.item(), u.item()], dtype=torch.float64)
+            if bar is not None:
+                bar.update(1)
+                if step % 5 == 4 or step == steps - 1:
+                    m = sums / (step + 1)
+                    bar.set_postfix(loss=f"{m[0]:.4f}", align=f"{m[1]:.4f}", unif=f"{m[2]:.4f}", refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+    m = (sums / steps).tolist()
+    return {"train_loss": m[0], "train_align": m[1], "train_uniform": m[2], "steps": steps}
+
+
+def _progress(total, desc, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def _say(msg: str, enabled: bool) -> None:
+    if not enabled:
+        return
+    try:
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg, file=sys.stderr)
+    except ImportError:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _write_log(path: Path, rows) -> None:
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    ckpt.atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def _append_log(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+
+
+def train(config: Optional[TrainConfig] = None, **overrides) -> dict:
+    """Train an encoder; returns the summary (also written to ``OUT/summary.json``)."""
+    t_start = time.perf_counter()
+    raw = config if config is not None else TrainConfig()
+    if overrides:
+        names = {f.name for f in fields(TrainConfig)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
+        raw = dataclasses.replace(raw, **overrides)
+    cfg = raw.resolved()
+    threads_before = torch.get_num_threads()
+    threads = cfg.threads or (auto_threads() if pick_device(cfg.device).type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _train(cfg, raw, t_start)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg: TrainConfig, raw: TrainConfig, t_start: float) -> dict:
+    rank, world, local_rank = _init_distributed()
+    main = rank == 0
+    device = pick_device(cfg.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+    out = resolve_out(cfg)
+    if world > 1:  # the default folder name has a time stamp: take rank 0's
+        import torch.distributed as dist
+
+        box = [str(out)]
+        dist.broadcast_object_list(box, src=0)
+        out = Path(box[0])
+    if main:
+        _prepare_out(out, cfg)
+    _barrier(world)
+
+    saved = ckpt.load(out / ckpt.CHECKPOINT) if cfg.resume else None
+    if saved is not None:
+        cfg = _merge_resumed_config(cfg, raw, saved["config"])
+    elif cfg.resume and main:
+        _say(f"--resume: no checkpoint in {out}, starting a new run", cfg.verbose)
+
+    data = data_mod.load(cfg)
+    aug = augment_mod.for_data(data, cfg.image_size)
+    cfg.encoder = models.resolve_name(cfg.encoder, data, cfg.image_size)
+    torch.manual_seed(cfg.seed)
+    model = models.build(cfg.encoder, data, cfg.feature_dim, cfg.image_size).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    objective = _Objective(cfg, world)
+
+    start_epoch, history, elapsed_before = 0, [], 0.0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        start_epoch, history = int(saved["epoch"]), list(saved["history"])
+        elapsed_before = float(saved.get("elapsed", 0.0))
+    log_path = out / LOG
+    if main:
+        _write_log(log_path, history)  # drops lines of an epoch that never reached its checkpoint
+        ckpt.write_json(out / "config.json", {**cfg.to_dict(), "loss_backend": objective.backend})
+
+    train_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    pool = data.train_pool()
+    if device.type == "cuda" and pool.numel() * pool.element_size() < (4 << 30):
+        pool = pool.to(device)  # small enough: keep the whole training set on the GPU
+    _say(
+        f"training {cfg.encoder} on {data.name} ({pool.shape[0]} training / {data.x_test.shape[0]} held-out samples), "
+        f"loss {cfg.loss} [{objective.backend}], {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g}, "
+        f"device {device}{f' x{world}' if world > 1 else ''}"
+        + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
+        + f", out {out}"
+        + (f"; resuming after epoch {start_epoch}" if start_epoch else ""),
+        main and cfg.verbose,
+    )
+
+    last_eval = None
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = lr_at(cfg, epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        try:
+            stats = train_one_epoch(
+                train_model, opt, objective, data, aug, pool, cfg, epoch, device, rank, world, cfg.progress
+            )
+        except NonFiniteLossError as e:
+            good = start_epoch if not history else history[-1]["epoch"]
+            where = (
+                f"the last good checkpoint ({out / ckpt.CHECKPOINT}, after epoch {good}) is kept; "
+                f"lower --lr or check the data, then run again with --resume"
+                if (out / ckpt.CHECKPOINT).exists()
+                else "no checkpoint had been written yet"
+            )
+            if main:
+                _append_log(log_path, {"event": "nonfinite_loss", "epoch": epoch + 1, "message": str(e)})
+            raise NonFiniteLossError(f"{e}: training stopped; {where}.") from None
+        train_seconds = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "lr": lr, **stats, "train_seconds": round(train_seconds, 3)}
+        if main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            last_eval = eval_mod.evaluate(model, data, aug, device, cfg)
+            row.update(last_eval)
+        row["epoch_seconds"] = round(time.perf_counter() - t0, 3)
+        row["elapsed_seconds"] = round(elapsed_before + time.perf_counter() - t_start, 3)
+        history.append(row)
+        if main:
+            state = {
+                "format": 1,
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "config": cfg.to_dict(),
+                "history": history,
+                "elapsed": row["elapsed_seconds"],
+                "loss_backend": objective.backend,
+                "torch": torch.__version__,
+            }
+            ckpt.save(out / ckpt.CHECKPOINT, state)
+            _append_log(log_path, row)
+            _say(_epoch_line(row, cfg), cfg.verbose)
+        _barrier(world)
+
+    if not main:
+        return {}
+    if last_eval is None:  # resumed a finished run: evaluate the saved model once more
+        last_eval = eval_mod.evaluate(model, data, aug, device, cfg)
+    plots = _plots(cfg, out, history, model, data, device)
+    final = history[-1] if history else {}
+    summary = {
+        **{
+            k: last_eval[k]
+            for k in ("linear_probe_acc", "knn_acc", "linear_probe_acc_output", "knn_acc_output", "align", "uniform")
+        },
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "seconds_all_sessions": round(elapsed_before + time.perf_counter() - t_start, 3),
+        "epochs": cfg.epochs,
+        "resumed_from_epoch": start_epoch if saved is not None else None,
+        "train_loss": final.get("train_loss"),
+        "dataset": data.name,
+        "train_samples": int(pool.shape[0]),
+        "test_samples": int(data.x_test.shape[0]),
+        "loss": cfg.loss,
+        "loss_backend": objective.backend,
+        "encoder": cfg.encoder,
+        "feature_dim": cfg.feature_dim,
+        "device": str(device),
+        "world_size": world,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "seed": cfg.seed,
+        "knn_k": cfg.knn_k,
+        "layers": "linear_probe_acc/knn_acc: penultimate layer; *_output: the normalized output",
+        "plots": plots,
+        "out": str(out),
+    }
+    ckpt.write_json(out / SUMMARY, summary)
+    return summary
+
+
+def _epoch_line(row: dict, cfg: TrainConfig) -> str:
+    s = (
+        f"epoch {row['epoch']:>3}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+        f"align {row['train_align']:.4f}  unif {row['train_uniform']:.4f}"
+    )
+    if "linear_probe_acc" in row:
+        s += (
+            f" | held out: linear {row['linear_probe_acc']:.3f} ({row['linear_probe_acc_output']:.3f} out)"
+            f"  {cfg.knn_k}-NN {row['knn_acc']:.3f} ({row['knn_acc_output']:.3f} out)"
+            f"  align {row['align']:.4f}  unif {row['uniform']:.4f}"
+        )
+    return s + f"  [{row['epoch_seconds']:.1f}s]"
+
+
+def _plots(cfg, out: Path, history, model, data, device) -> list:
+    if not cfg.plots:
+        return []
+    from . import plots
+
+    made = []
+    title = f"{data.name}, {cfg.loss}, {cfg.encoder}, seed {cfg.seed}"
+    try:
+        p = plots.training_curves(history, out / "curves.png", title)
+        if p:
+            made.append(p.name)
+        if cfg.feature_dim == 2:
+            _, o = eval_mod.features(model, data, data.x_test, device)
+            made.append(plots.circle(o, data.y_test, data.class_names, out / "circle.png", title).name)
+    except plots.PlotsUnavailable as e:
+        _say(f"note: {e}", True)
+    return made
