@@ -49,7 +49,18 @@ int main(int argc, char** argv) {
   const double fwd_grad = median_seconds([&] {
     pyhypersphere::uniform_lse_cpu(x, std::nullopt, 2.0, true, 0, 1, true);
   }, repeats);
-  const double mm = median_seconds([&] { at::mm(x, x.t()); }, repeats);
+  // The roofline: at::mm [N, d] x [d, N] in column blocks into a reused buffer, as a tiled
+  // Gram works (a whole N x N output would measure memory bandwidth instead).
+  const int64_t columns = std::min<int64_t>(n, 4096);
+  const at::Tensor xt = x.t().contiguous();
+  at::Tensor out = at::empty({n, columns});
+  const double mm = median_seconds([&] {
+    for (int64_t c = 0; c < n; c += columns) {
+      const int64_t w = std::min(columns, n - c);
+      at::Tensor o = out.narrow(1, 0, w);
+      at::mm_out(o, x, xt.narrow(1, c, w));
+    }
+  }, repeats);
 
   // Flops: the forward is one Gram product over the N(N-1)/2 pairs (2d flops each); the
   // gradient adds two more such products.  at::mm of [N, d] x [d, N] is 2 N^2 d flops.
