@@ -7,7 +7,8 @@ because starting processes (importing torch) costs more than the scenarios thems
 """
 
 import datetime
-import socket
+import os
+import tempfile
 import time
 
 import pytest
@@ -29,40 +30,38 @@ T = 2.0
 # ---------------------------------------------------------------- process harness
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank, world, port, scenario):
+def _entry(rank, world, store_path, scenario):
     torch.set_num_threads(1)  # W ranks share the machine's cores
+    # A file rendezvous: no TCP port that a concurrent job could take between picking and binding.
     dist.init_process_group(
         "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
+        init_method=f"file://{store_path}",
         rank=rank,
         world_size=world,
         timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
     )
     try:
         scenario(rank, world)
+        dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
 
 
 def _run(scenario, world: int) -> None:
     """Run scenario(rank, world) on `world` gloo ranks; a failure or a hang fails the test."""
-    context = mp.start_processes(
-        _entry, args=(world, _free_port(), scenario), nprocs=world, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    # join() raises (and stops the other ranks) as soon as one rank raised.
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-            pytest.fail(f"{scenario.__name__} on {world} ranks did not finish in {SPAWN_TIMEOUT_S} s")
+    with tempfile.TemporaryDirectory(prefix="pyhs-dist-") as store_dir:
+        store_path = os.path.join(store_dir, "store")
+        context = mp.start_processes(
+            _entry, args=(world, store_path, scenario), nprocs=world, join=False, start_method="spawn"
+        )
+        deadline = time.monotonic() + SPAWN_TIMEOUT_S
+        # join() raises (and stops the other ranks) as soon as one rank raised.
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    if process.is_alive():
+                        process.kill()
+                pytest.fail(f"{scenario.__name__} on {world} ranks did not finish in {SPAWN_TIMEOUT_S} s")
 
 
 # ---------------------------------------------------------------- scenarios (run in every rank)

@@ -370,18 +370,6 @@ def _ddp_worker(rank, world, store_path, result_path):
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        uniform, _, _ = losses.loss_functions()
-        try:
-            from pyhypersphere.distributed import uniform_loss as dist_uniform  # noqa: F401
-        except ImportError:
-            # stand-in with the exact-gradient convention: global value, local rows' gradient
-            def dist_uniform(x, t=2):
-                parts = [torch.empty_like(x) for _ in range(world)]
-                dist.all_gather(parts, x.detach())
-                parts[rank] = x
-                return uniform(torch.cat(parts), t)
-
-            losses.distributed_uniform_loss = lambda: dist_uniform
         cfg = TrainConfig(batch_size=16).resolved()
         g = torch.Generator().manual_seed(0)
         x = torch.randn(16, 6, generator=g)
@@ -398,6 +386,7 @@ def _ddp_worker(rank, world, store_path, result_path):
         loss.backward()
         if rank == 0:
             torch.save({"grad": lin.weight.grad, "u": u, "x": x, "w0": w0}, result_path)
+        dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 

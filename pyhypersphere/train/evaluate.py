@@ -8,7 +8,7 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-from .losses import loss_functions
+from pyhypersphere import metrics
 
 EVAL_SEED = 12345  # the views used for the alignment metric are the same every epoch
 
@@ -88,25 +88,26 @@ def knn(
 def align_uniform(
     model, data, augment, device, alpha: float, t: float, out_test=None, batch: int = 1024
 ) -> Dict[str, float]:
-    """The paper's metrics on the held-out split: alignment over two augmented views of each
-    test sample (fixed views), uniformity over the un-augmented test outputs."""
-    uniform_loss, align_loss, _ = loss_functions()
+    """The paper's metrics on the held-out split (pyhypersphere.metrics): alignment over two
+    augmented views of each test sample (fixed views), uniformity over all pairs of the
+    un-augmented test outputs."""
     was_training = model.training
     model.eval()
     g = torch.Generator(device=device).manual_seed(EVAL_SEED)
-    total, n = 0.0, 0
+    views1, views2 = [], []
     try:
         for start in range(0, data.x_test.shape[0], batch):
             xb = data.x_test[start : start + batch].to(device)
-            _, z1 = model(augment(xb, g))
-            _, z2 = model(augment(xb, g))
-            total += align_loss(z1.float(), z2.float(), alpha).item() * xb.shape[0]
-            n += xb.shape[0]
+            views1.append(model(augment(xb, g))[1].float())
+            views2.append(model(augment(xb, g))[1].float())
     finally:
         model.train(was_training)
     if out_test is None:
         _, out_test = features(model, data, data.x_test, device, batch)
-    return {"align": total / n, "uniform": uniform_loss(out_test.to(device), t).item()}
+    return {
+        "align": metrics.alignment(torch.cat(views1), torch.cat(views2), alpha),
+        "uniform": metrics.uniformity(out_test.to(device).float(), t),
+    }
 
 
 def evaluate(model, data, augment, device, config) -> Dict[str, float]:

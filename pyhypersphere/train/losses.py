@@ -1,41 +1,22 @@
-"""The objectives, through one small indirection.
-
-The package's fused ``uniform_loss``/``align_loss`` are used whenever ``pyhypersphere``
-imports; the plain-PyTorch reference only when the compiled extension does not (a warning
-says so and the run records ``loss_backend``).  Under torch.distributed with more than one
-process the uniformity term is the global-batch one from ``pyhypersphere.distributed``.
-"""
+"""The objectives: the package's fused losses, InfoNCE, and the global-batch uniformity
+from ``pyhypersphere.distributed`` under torch.distributed with more than one process."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable, Tuple
 
 import torch
 import torch.nn.functional as F
 
-_CACHE = {}
+from pyhypersphere import align_loss, uniform_loss
+
+# Recorded in config.json and summary.json.
+LOSS_BACKEND = "pyhypersphere"
 
 
 def loss_functions() -> Tuple[Callable, Callable, str]:
-    """``(uniform_loss, align_loss, backend)``: ``backend`` is "pyhypersphere" or "reference"."""
-    if "fns" not in _CACHE:
-        try:
-            from pyhypersphere import align_loss, uniform_loss
-
-            _CACHE["fns"] = (uniform_loss, align_loss, "pyhypersphere")
-        except ImportError as e:  # the compiled extension is missing or broken
-            from pyhypersphere.reference import reference_align_loss, reference_uniform_loss
-
-            warnings.warn(
-                f"pyhypersphere's fused losses did not import ({e}); training with the "
-                "plain-PyTorch reference losses instead (same values, O(N^2) memory). "
-                "Build the extension with `pip install --no-build-isolation -e .`.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            _CACHE["fns"] = (reference_uniform_loss, reference_align_loss, "reference")
-    return _CACHE["fns"]
+    """``(uniform_loss, align_loss, backend)``."""
+    return uniform_loss, align_loss, LOSS_BACKEND
 
 
 def distributed_world() -> Tuple[int, int]:
