@@ -39,7 +39,7 @@ template <typename T>
 PYHS_HOST_DEVICE T pair_exponent(T t, T sq_i, T sq_j, T gram_ij) {
   const T zero{};
   T d2 = sq_i + sq_j - (gram_ij + gram_ij);
-  d2 = d2 > zero ? d2 : zero;
+  d2 = d2 < zero ? zero : d2;  // written so that a NaN stays NaN, never a weight of 1
   return -t * d2;
 }
 

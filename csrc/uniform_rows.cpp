@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <limits>
+#include <optional>
 
 namespace pyhypersphere {
 
@@ -10,9 +11,10 @@ at::ScalarType accumulate_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue) {
+UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue,
+                                 std::optional<at::ScalarType> compute) {
   UniformRows rows;
-  const auto acc = accumulate_dtype(x.scalar_type());
+  const auto acc = compute.value_or(accumulate_dtype(x.scalar_type()));
   rows.n = x.size(0);
   const bool has_queue = queue.has_value() && queue->defined();
   rows.k = has_queue ? queue->size(0) : 0;
@@ -23,6 +25,14 @@ UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Te
   rows.z = z.contiguous();
   rows.sq_norm = (rows.z * rows.z).sum(1).contiguous();
   return rows;
+}
+
+bool gram_error_exceeds_budget(const UniformRows& rows, double t) {
+  if (rows.sq_norm.numel() == 0) return false;
+  const double unit_roundoff = rows.z.scalar_type() == at::kDouble ? 0x1p-53 : 0x1p-24;
+  const double max_sq = rows.sq_norm.max().item<double>();
+  // `!(<=)`: an overflowed (inf) norm exceeds the budget too.
+  return !(t * 16.0 * unit_roundoff * max_sq <= kGramExponentErrorBudget);
 }
 
 UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& grad_rows,

@@ -22,7 +22,17 @@ struct UniformRows {
   bool finite = true;  // false if any input entry is NaN or +-inf
 };
 
-UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue);
+// `compute` overrides the dtype of z (default: accumulate_dtype of x's dtype).
+UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue,
+                                 std::optional<at::ScalarType> compute = std::nullopt);
+
+// The Gram form ||z_i - z_j||^2 = sq_i + sq_j - 2 <z_i, z_j> loses digits as the rows'
+// spread grows: the exponent -t d^2 carries an absolute error of about
+// t * 16 * unit_roundoff * max ||z||^2.  Returns true when that error exceeds
+// kGramExponentErrorBudget (1e-3, i.e. 0.1% on the weights) in the rows' dtype.  The CPU
+// kernel then recomputes float32 rows in float64, and warns if even float64 is short.
+constexpr double kGramExponentErrorBudget = 1e-3;
+bool gram_error_exceeds_budget(const UniformRows& rows, double t);
 
 at::ScalarType accumulate_dtype(at::ScalarType input);
 

@@ -1,7 +1,7 @@
 """The compiled operators: fake (meta) implementations and autograd formulas.
 
 The C++ extension registers `torch.ops.pyhypersphere.uniform_lse` and
-`torch.ops.pyhypersphere.align_loss` (schemas in csrc/pyhypersphere.cpp, contract in
+`torch.ops.pyhypersphere.align_loss` (schemas in csrc/op_schemas.cpp, contract in
 csrc/ops.h).  Both compute the gradient in the forward pass when asked
 (`compute_grad`), so the backward is a scale by the upstream gradient.
 """
@@ -37,6 +37,10 @@ def _uniform_lse_fake(x, queue, t, intra_batch, part, num_parts, compute_grad):
 
 @torch.library.register_fake("pyhypersphere::align_loss")
 def _align_loss_fake(x, y, alpha, compute_grad):
+    # As for uniform_lse: with mixed devices this runs instead of the real kernel, and
+    # would return an uninitialized tensor on x's device.
+    if y.device != x.device:
+        raise ValueError(f"align_loss: y must be on the same device as x ({x.device}), got {y.device}")
     grad = torch.empty_like(x, memory_format=torch.contiguous_format) if compute_grad else x.new_empty((0,))
     return x.new_empty(()), grad
 

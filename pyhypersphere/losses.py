@@ -9,6 +9,7 @@ computed by fused kernels in O(N * d) memory, stable where the reference underfl
 """
 
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -28,7 +29,8 @@ def _as_float(value, name: str, function: str) -> float:
         if value.numel() != 1:
             raise ValueError(f"{function}: {name} must be a number, got a tensor of shape {tuple(value.shape)}")
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numbers.Real also admits numpy scalars (np.float32 is no subclass of float).
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{function}: {name} must be a number, got {type(value).__name__}")
     return float(value)
 

@@ -97,3 +97,21 @@ def test_device_mismatch():
         align_loss(X, X.cuda())
     with pytest.raises(ValueError, match="queue must be on the same device as x"):
         uniform_loss(X, queue=X.cuda())
+
+
+def test_device_mismatch_with_meta():
+    # A mixed-device call reaches the fake kernel, which must raise rather than return
+    # an uninitialized tensor on x's device.
+    with pytest.raises(ValueError, match="y must be on the same device as x"):
+        align_loss(X, X.to("meta"))
+    with pytest.raises(ValueError, match="queue must be on the same device as x"):
+        uniform_loss(X, queue=X.to("meta"))
+
+
+def test_numpy_scalars_are_numbers():
+    import numpy as np
+
+    torch.testing.assert_close(uniform_loss(X, np.float32(3.0)), uniform_loss(X, 3.0))
+    torch.testing.assert_close(align_loss(X, X.flip(0), np.int64(1)), align_loss(X, X.flip(0), 1.0))
+    with pytest.raises(TypeError, match="t must be a number"):
+        uniform_loss(X, np.bool_(True))

@@ -78,3 +78,46 @@ def test_exp_fast_accuracy():
     # clamped below: tiny, never 0 or negative, never NaN
     low = _C._exp_fast_for_testing(torch.tensor([-1e4, -200.0, -float("inf")]))
     assert (low > 0).all() and (low < 1e-37).all()
+
+
+ISA_CHECK = """
+import json, torch, pyhypersphere
+from pyhypersphere import uniform_loss
+g = torch.Generator().manual_seed(5)
+out = {"isa": pyhypersphere.build_info()["cpu_tile_isa"]}
+for n, d in [(2, 1), (67, 5), (300, 19)]:
+    x = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+    x32 = x.float().requires_grad_()
+    loss = uniform_loss(x32)
+    loss.backward()
+    out[f"{n}x{d}"] = [loss.item(), x32.grad.double().tolist(), x.tolist()]
+print(json.dumps(out))
+"""
+
+
+def _isa_run(isa):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYHYPERSPHERE_CPU_ISA=isa, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", ISA_CHECK], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def test_every_float_isa_path_matches_float64():
+    # The float tile loops are compiled per ISA and picked at run time; this machine runs
+    # only its best one unless PYHYPERSPHERE_CPU_ISA forces a lower one.
+    levels = ["baseline", "avx2", "avx512"]
+    best = _C.build_info()["cpu_tile_isa"]
+    for isa in ["baseline", "avx2"]:
+        got = _isa_run(isa)
+        assert got.pop("isa") == min(isa, best, key=levels.index)
+        for key, (loss, grad, rows) in got.items():
+            x = torch.tensor(rows, dtype=torch.float64, requires_grad=True)
+            want = dense_uniform_loss(x, 2.0)
+            want.backward()
+            assert math.isclose(loss, want.item(), rel_tol=2e-5, abs_tol=2e-6), (isa, key)
+            scale = x.grad.abs().max().item() or 1.0
+            torch.testing.assert_close(torch.tensor(grad, dtype=torch.float64) / scale, x.grad / scale, rtol=1e-4, atol=1e-5)

@@ -110,3 +110,22 @@ def test_large_n_against_chunked_reference():
     # remove the self pairs (exponent 0, 20000 of them), halve the ordered pairs
     want = torch.log(torch.exp(want) - 20000) - math.log(2) - math.log(20000 * 19999 / 2)
     torch.testing.assert_close(uniform_loss(x), want, rtol=1e-9, atol=1e-9)
+
+
+def test_float32_rows_far_apart_are_computed_in_float64(device):
+    # Rows spread far (radius ~100, t = 2) with a close pair: float32's Gram-form distance
+    # would be off by ~1e-2 in the exponent, so the kernel recomputes in float64.
+    x = unit_rows(200, 8, dtype=torch.float64, device=device, seed=13, scale=100.0)
+    x[1] = x[0] + 0.05
+    want = logsumexp_uniform_loss(x.cpu(), 2.0)
+    got = uniform_loss(x.float())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.cpu().double(), want, rtol=2e-6, atol=2e-6)
+
+
+def test_spread_beyond_float64_warns(device, capfd):
+    # Far beyond what the Gram form can resolve even in float64: a warning, not silence.
+    # (A warning from inside a custom op reaches stderr through c10, not Python's warnings.)
+    x = torch.tensor([[0.0, 0, 0, 0], [1e19] * 4, [1.0, 0, 0, 0]], dtype=torch.float64, device=device)
+    uniform_loss(x)
+    assert "normalize or rescale the features" in capfd.readouterr().err

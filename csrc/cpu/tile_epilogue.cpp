@@ -3,6 +3,7 @@
 #include "../uniform_math.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -241,9 +242,20 @@ Isa detect_isa() {
   return Isa::kBaseline;
 }
 
-Isa isa() {
-  static const Isa detected = detect_isa();
+// PYHYPERSPHERE_CPU_ISA=baseline|avx2 caps the ISA below what the CPU supports, so the
+// tests can run every variant of the float loops on one machine.  Read once per process.
+Isa choose_isa() {
+  const Isa detected = detect_isa();
+  const char* forced = std::getenv("PYHYPERSPHERE_CPU_ISA");
+  if (forced == nullptr) return detected;
+  if (std::strcmp(forced, "baseline") == 0) return Isa::kBaseline;
+  if (std::strcmp(forced, "avx2") == 0 && detected != Isa::kBaseline) return Isa::kAvx2;
   return detected;
+}
+
+Isa isa() {
+  static const Isa chosen = choose_isa();
+  return chosen;
 }
 }  // namespace
 

@@ -31,7 +31,8 @@ double tile_weights(double* tile, int64_t rows, int64_t cols, int64_t ld, const 
                     const double* sq_b, double t, double shift, double* row_sum,
                     double* col_sum, bool diagonal);
 
-// The instruction set the float loops run with: "avx512", "avx2" or "baseline".
+// The instruction set the float loops run with: "avx512", "avx2" or "baseline"
+// (PYHYPERSPHERE_CPU_ISA=baseline|avx2 forces a lower one, for testing).
 std::string tile_isa();
 
 // exp(x) in float for x <= 88, the polynomial the float tile_weights use; exposed so a

@@ -4,9 +4,11 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 namespace pyhypersphere {
 namespace cpu {
@@ -112,7 +114,10 @@ template <typename T>
 void gemm_row_major(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha,
                     const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
-  if (backend() == Backend::kBlas) {
+  // The Fortran BLAS takes 32-bit sizes; the leading dimension is d, which may exceed them.
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  const bool fits_lp64 = std::max({m, n, k, lda, ldb, ldc}) <= kIntMax;
+  if (backend() == Backend::kBlas && fits_lp64) {
     static const auto gemm = find_blas<T>();
     blas_row_major<T>(gemm, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   } else {

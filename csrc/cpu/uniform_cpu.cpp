@@ -250,13 +250,23 @@ UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tenso
                               bool compute_grad) {
   check_uniform_args(x, queue, t, intra_batch, part, num_parts);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "uniform_loss: x must be on the CPU for the CPU kernel");
-  const UniformRows rows = prepare_uniform_rows(x, queue);
+  UniformRows rows = prepare_uniform_rows(x, queue);
   if (!rows.finite) return nonfinite_uniform_outputs(x, queue, compute_grad);
+  if (rows.z.scalar_type() == at::kFloat && gram_error_exceeds_budget(rows, t)) {
+    rows = prepare_uniform_rows(x, queue, at::kDouble);
+  }
+  if (gram_error_exceeds_budget(rows, t)) {
+    TORCH_WARN(
+        "uniform_loss: the rows spread so far (max ||x - mean||^2 = ", rows.sq_norm.max().item<double>(),
+        ") that, with t = ", t, ", even float64 distances in Gram form carry exponent errors above ",
+        kGramExponentErrorBudget, "; normalize or rescale the features");
+  }
 
   return AT_DISPATCH_FLOATING_TYPES(rows.z.scalar_type(), "uniform_lse_cpu", [&] {
     UniformCpuKernel<scalar_t> kernel(rows, static_cast<scalar_t>(t), compute_grad);
     auto [lse, grad] = kernel.run(intra_batch, part, num_parts);
-    at::Tensor lse_t = at::scalar_tensor(lse, rows.z.options());
+    at::Tensor lse_t =
+        at::scalar_tensor(lse, x.options().dtype(accumulate_dtype(x.scalar_type())));
     return make_uniform_outputs(lse_t, grad, x, queue, compute_grad);
   });
 }
