@@ -27,6 +27,7 @@ import time
 import torch
 
 import pyhypersphere
+from pyhypersphere.bench.memory import peak_extra_bytes
 from pyhypersphere.bench.roofline import blocked_mm
 from pyhypersphere.reference import blocked_uniform_loss, reference_uniform_loss
 
@@ -87,21 +88,15 @@ def rss_probe(n, d):
     x = unit_rows(n, d).requires_grad_()
     pyhypersphere.uniform_loss(x[:64]).backward()  # load everything once
     x.grad = None
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak (VmHWM) to the current RSS
-    before = _status_kib("VmRSS")
-    loss = pyhypersphere.uniform_loss(x)
-    loss.backward()
-    peak = _status_kib("VmHWM")
-    print(json.dumps({"rss_growth_bytes": (peak - before) * 1024, "loss": loss.item()}))
+    out = {}
 
+    def step():
+        loss = pyhypersphere.uniform_loss(x)
+        loss.backward()
+        out["loss"] = loss.item()
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
+    growth = peak_extra_bytes(step, torch.device("cpu"))
+    print(json.dumps({"rss_growth_bytes": growth, "loss": out["loss"]}))
 
 
 def main():

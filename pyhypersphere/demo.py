@@ -8,7 +8,6 @@ growth of one does not hide in the allocator pool of another.
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -34,38 +33,31 @@ def embedded_input(n, d):
     return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def _measure(impl, n, d, t, repeats):
-    """Child process: loss value, median forward+backward seconds, peak RSS growth."""
+    """Child process: loss value, median forward+backward seconds, peak extra memory."""
     import pyhypersphere
+    from pyhypersphere.bench.memory import peak_extra_bytes
     from pyhypersphere.reference import reference_uniform_loss
 
     fn = pyhypersphere.uniform_loss if impl == "fused" else reference_uniform_loss
     x = embedded_input(n, d)
-    fn(x[:64].clone().requires_grad_(), t).backward()  # first-call set-up outside the timing
-    can_reset_peak = os.path.exists("/proc/self/clear_refs")
-    if can_reset_peak:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    before = _status_kib("VmRSS")
-    times = []
-    for _ in range(repeats):
+    fn(x[:64].clone().requires_grad_(), t).backward()  # first-call set-up outside the measurement
+    result = {}
+
+    def step():
         xx = x.clone().requires_grad_()
-        t0 = time.perf_counter()
         loss = fn(xx, t)
         loss.backward()
+        result["loss"] = loss.item()
+
+    peak = peak_extra_bytes(step, torch.device("cpu"))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
         times.append(time.perf_counter() - t0)
-        del xx
-    peak = _status_kib("VmHWM") if can_reset_peak else 0
     times.sort()
-    return {"loss": loss.item(), "seconds": times[len(times) // 2], "peak_growth_bytes": max(peak - before, 0) * 1024}
+    return {"loss": result["loss"], "seconds": times[len(times) // 2], "peak_growth_bytes": peak or 0}
 
 
 def main(args):

@@ -107,3 +107,13 @@ def test_cli_info(capsys):
 
     assert main(["info"]) == 0
     assert '"with_cuda"' in capsys.readouterr().out
+
+
+def test_cli_demo_runs_and_agrees(capsys):
+    from pyhypersphere.cli import main
+
+    assert main(["demo", "--n", "300", "--d", "16", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if line.startswith(("fused ", "reference "))}
+    assert set(rows) == {"fused", "reference"}
+    assert abs(rows["fused"] - rows["reference"]) < 1e-5
