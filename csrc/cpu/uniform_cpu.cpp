@@ -252,10 +252,12 @@ UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tenso
   TORCH_CHECK_VALUE(x.device().is_cpu(), "uniform_loss: x must be on the CPU for the CPU kernel");
   UniformRows rows = prepare_uniform_rows(x, queue);
   if (!rows.finite) return nonfinite_uniform_outputs(x, queue, compute_grad);
-  if (rows.z.scalar_type() == at::kFloat && gram_error_exceeds_budget(rows, t)) {
+  bool inaccurate = gram_error_exceeds_budget(rows, t);
+  if (inaccurate && rows.z.scalar_type() == at::kFloat) {
     rows = prepare_uniform_rows(x, queue, at::kDouble);
+    inaccurate = gram_error_exceeds_budget(rows, t);
   }
-  if (gram_error_exceeds_budget(rows, t)) {
+  if (inaccurate) {
     TORCH_WARN(
         "uniform_loss: the rows spread so far (max ||x - mean||^2 = ", rows.sq_norm.max().item<double>(),
         ") that, with t = ", t, ", even float64 distances in Gram form carry exponent errors above ",

@@ -50,16 +50,20 @@ _COLUMNS = (
 )
 
 
+def _cells(record: dict) -> List[str]:
+    """One record's formatted cells, in _COLUMNS order."""
+    cells = []
+    for _header, field, spec, scale in _COLUMNS:
+        value = record.get(field)
+        if scale and value is not None:
+            value = value / scale
+        cells.append(_fmt(value, spec))
+    return cells
+
+
 def format_table(records: List[dict]) -> str:
     rows = [[header for header, *_ in _COLUMNS]]
-    for r in records:
-        row = []
-        for _header, field, spec, scale in _COLUMNS:
-            value = r.get(field)
-            if scale and value is not None:
-                value = value / scale
-            row.append(_fmt(value, spec))
-        rows.append(row)
+    rows += [_cells(r) for r in records]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = ["  ".join(cell.rjust(w) if i >= 3 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]  # fmt: skip
@@ -74,14 +78,7 @@ def format_table(records: List[dict]) -> str:
 def to_markdown(records: List[dict]) -> str:
     """The same table in Markdown (for docs)."""
     out = ["| " + " | ".join(h for h, *_ in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    for r in records:
-        cells = []
-        for _header, field, spec, scale in _COLUMNS:
-            value = r.get(field)
-            if scale and value is not None:
-                value = value / scale
-            cells.append(_fmt(value, spec))
-        out.append("| " + " | ".join(cells) + " |")
+    out += ["| " + " | ".join(_cells(r)) + " |" for r in records]
     return "\n".join(out)
 
 
