@@ -68,7 +68,7 @@ def deferred_gradient(x):
 
     def run():
         xx = x.detach().requires_grad_()
-        lse, _, _ = _ops.uniform_lse(xx, None, 2.0, True, 0, 1, False)
+        lse, _, _ = _ops.uniform_lse(xx, None, 2.0, True, 0, 1, False, False)
         lse.backward()
     return run
 

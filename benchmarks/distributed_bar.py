@@ -75,7 +75,7 @@ def rank_main(rank, world, port, args, out_dir):
         median, times = median_seconds(step, args.reps, before=dist.barrier)
         loss, grad = step()
         # This rank's share of the pair work alone (no communication), for the overhead.
-        part = lambda: _ops.uniform_lse(full, None, 2.0, True, rank, world, True)
+        part = lambda: _ops.uniform_lse(full, None, 2.0, True, rank, world, True, False)
         part_median, _ = median_seconds(part, args.reps, before=dist.barrier)
         torch.save({"loss": loss, "grad": grad, "median": median, "times": times, "part_median": part_median},
                    os.path.join(out_dir, f"rank{rank}.pt"))

@@ -46,7 +46,7 @@ void check_compatible(const at::Tensor& x, const at::Tensor& other, const char* 
 }
 
 void check_uniform_args(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
-                        bool intra_batch, int64_t part, int64_t num_parts) {
+                        bool intra_batch, int64_t part, int64_t num_parts, bool grad_queue) {
   constexpr const char* fn = "uniform_loss";
   const bool has_queue = queue.has_value() && queue->defined();
   // Without a queue the loss needs one pair inside x; with one, a single row pairs
@@ -56,6 +56,8 @@ void check_uniform_args(const at::Tensor& x, const std::optional<at::Tensor>& qu
     check_feature_matrix(*queue, fn, "queue", 1);
     check_compatible(x, *queue, fn, "queue", /*same_rows=*/false);
   }
+  TORCH_CHECK_VALUE(has_queue || !grad_queue, fn,
+                    ": grad_queue=True needs a queue (got queue=None)");
   check_positive_finite(t, fn, "t");
   TORCH_CHECK_VALUE(num_parts >= 1, fn, ": num_parts must be >= 1, got ", num_parts);
   TORCH_CHECK_VALUE(part >= 0 && part < num_parts, fn, ": part must be in [0, num_parts = ",

@@ -24,7 +24,7 @@ void check_compatible(const at::Tensor& x, const at::Tensor& other, const char* 
 
 // All checks of the uniformity op, in one place for CPU and CUDA.
 void check_uniform_args(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
-                        bool intra_batch, int64_t part, int64_t num_parts);
+                        bool intra_batch, int64_t part, int64_t num_parts, bool grad_queue);
 
 // All checks of the alignment op.
 void check_align_args(const at::Tensor& x, const at::Tensor& y, double alpha);

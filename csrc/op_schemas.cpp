@@ -5,6 +5,6 @@
 TORCH_LIBRARY(pyhypersphere, m) {
   m.def(
       "uniform_lse(Tensor x, Tensor? queue, float t, bool intra_batch, int part, int num_parts, "
-      "bool compute_grad) -> (Tensor, Tensor, Tensor)");
+      "bool grad_x, bool grad_queue) -> (Tensor, Tensor, Tensor)");
   m.def("align_loss(Tensor x, Tensor y, float alpha, bool compute_grad) -> (Tensor, Tensor)");
 }

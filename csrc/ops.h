@@ -1,6 +1,6 @@
 // The operators of pyhypersphere, declared once for every backend.
 //
-// uniform_lse(x, queue, t, intra_batch, part, num_parts, compute_grad)
+// uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
 //     -> (lse, grad_x, grad_queue)
 //   x [N, d], queue [K, d] or None: floating point, same dtype and device.
 //   The pair set P: all pairs i < j of x's rows when intra_batch, plus every pair
@@ -9,8 +9,11 @@
 //   its slice; see tile_schedule.h).
 //   lse = log sum_{P} exp(-t ||z_i - z_j||^2), a 0-dim tensor in the accumulation dtype
 //   (float64 for float64 inputs, float32 otherwise); -inf for an empty slice.
-//   When compute_grad: grad_x [N, d] and grad_queue [K, d] hold d lse / d x and
-//   d lse / d queue, in the inputs' dtypes (else empty [0] tensors).
+//   grad_x [N, d] holds d lse / d x when the grad_x flag is set, grad_queue [K, d]
+//   holds d lse / d queue when the grad_queue flag is set (it needs a queue); each is
+//   an empty [0] tensor when not asked for.  Both are in the accumulation dtype, so a
+//   caller that scales or sums them (autograd, the distributed reduce-scatter) rounds to
+//   the input dtype once.  A kernel computes only the gradients asked for.
 //   The uniformity loss is lse - log |P|.  NaN or inf in the inputs give NaN outputs.
 //
 // align_loss(x, y, alpha, compute_grad) -> (loss, grad_x)
@@ -30,14 +33,14 @@ using AlignResult = std::tuple<at::Tensor, at::Tensor>;
 
 UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tensor>& queue,
                               double t, bool intra_batch, int64_t part, int64_t num_parts,
-                              bool compute_grad);
+                              bool grad_x, bool grad_queue);
 AlignResult align_loss_cpu(const at::Tensor& x, const at::Tensor& y, double alpha,
                            bool compute_grad);
 
 #ifdef PYHYPERSPHERE_WITH_CUDA
 UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tensor>& queue,
                                double t, bool intra_batch, int64_t part, int64_t num_parts,
-                               bool compute_grad);
+                               bool grad_x, bool grad_queue);
 AlignResult align_loss_cuda(const at::Tensor& x, const at::Tensor& y, double alpha,
                             bool compute_grad);
 #endif

@@ -37,31 +37,27 @@ bool gram_error_exceeds_budget(const UniformRows& rows, double t) {
 
 UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& grad_rows,
                                     const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                                    bool compute_grad) {
+                                    bool grad_x, bool grad_queue) {
   const bool has_queue = queue.has_value() && queue->defined();
-  if (!compute_grad) {
-    return {lse, x.new_empty({0}), x.new_empty({0})};
-  }
+  // Outputs of an op must not share storage: each empty output is its own tensor, and
+  // when both parts are returned the queue's part gets its own copy.
+  const auto empty = [&] { return lse.new_empty({0}); };
   const int64_t n = x.size(0);
-  at::Tensor grad_x = grad_rows.narrow(0, 0, n).to(x.scalar_type());
-  // Outputs of an op must not share storage: the queue's part gets its own.
-  at::Tensor grad_q = has_queue ? grad_rows.narrow(0, n, queue->size(0))
-                                      .to(queue->scalar_type(), /*non_blocking=*/false, /*copy=*/true)
-                                : x.new_empty({0});
-  return {lse, grad_x.contiguous(), grad_q};
+  if (!has_queue) return {lse, grad_x ? grad_rows : empty(), empty()};
+  at::Tensor gx = empty(), gq = empty();
+  if (grad_x) gx = grad_queue ? grad_rows.narrow(0, 0, n).clone() : grad_rows.narrow(0, 0, n);
+  if (grad_queue) gq = grad_rows.narrow(0, n, queue->size(0)).clone();
+  return {lse, gx, gq};
 }
 
 UniformOutputs nonfinite_uniform_outputs(const at::Tensor& x,
-                                         const std::optional<at::Tensor>& queue,
-                                         bool compute_grad) {
+                                         const std::optional<at::Tensor>& queue, bool grad_x,
+                                         bool grad_queue) {
   const auto nan = std::numeric_limits<double>::quiet_NaN();
-  at::Tensor lse = at::full({}, nan, x.options().dtype(accumulate_dtype(x.scalar_type())));
-  const bool has_queue = queue.has_value() && queue->defined();
-  if (!compute_grad) {
-    return {lse, x.new_empty({0}), x.new_empty({0})};
-  }
-  return {lse, at::full_like(x, nan, at::MemoryFormat::Contiguous),
-          has_queue ? at::full_like(*queue, nan, at::MemoryFormat::Contiguous) : x.new_empty({0})};
+  const auto acc = x.options().dtype(accumulate_dtype(x.scalar_type()));
+  at::Tensor lse = at::full({}, nan, acc);
+  return {lse, grad_x ? at::full(x.sizes(), nan, acc) : at::empty({0}, acc),
+          grad_queue ? at::full(queue->sizes(), nan, acc) : at::empty({0}, acc)};
 }
 
 }  // namespace pyhypersphere

@@ -36,18 +36,19 @@ bool gram_error_exceeds_budget(const UniformRows& rows, double t);
 
 at::ScalarType accumulate_dtype(at::ScalarType input);
 
-// The op's three outputs: lse (0-dim, accumulation dtype), grad_x ([n, d] in x's
-// dtype, or [0] when no gradient was asked for), grad_queue ([k, d], or [0]).
+// The op's three outputs: lse (0-dim, accumulation dtype), grad_x ([n, d], or [0] when
+// not asked for), grad_queue ([k, d], or [0]); the gradients in the accumulation dtype.
 using UniformOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;  // = UniformResult (ops.h)
 
-// Splits a gradient over the stacked rows back into x and queue, in their dtypes.
+// Splits a gradient over the stacked rows (accumulation dtype) back into x's and the
+// queue's parts, keeping only the ones asked for.
 UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& grad_rows,
                                     const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                                    bool compute_grad);
+                                    bool grad_x, bool grad_queue);
 
 // Outputs for inputs holding NaN or inf: NaN loss and NaN gradient, as torch ops give.
 UniformOutputs nonfinite_uniform_outputs(const at::Tensor& x,
-                                         const std::optional<at::Tensor>& queue,
-                                         bool compute_grad);
+                                         const std::optional<at::Tensor>& queue, bool grad_x,
+                                         bool grad_queue);
 
 }  // namespace pyhypersphere

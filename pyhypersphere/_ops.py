@@ -2,8 +2,9 @@
 
 The C++ extension registers `torch.ops.pyhypersphere.uniform_lse` and
 `torch.ops.pyhypersphere.align_loss` (schemas in csrc/op_schemas.cpp, contract in
-csrc/ops.h).  Both compute the gradient in the forward pass when asked
-(`compute_grad`), so the backward is a scale by the upstream gradient.
+csrc/ops.h).  Both compute the gradient in the forward pass when asked (uniform_lse's
+`grad_x` / `grad_queue` flags, align_loss's `compute_grad`), so the backward is a scale
+by the upstream gradient.
 """
 
 import torch
@@ -21,18 +22,20 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.library.register_fake("pyhypersphere::uniform_lse")
-def _uniform_lse_fake(x, queue, t, intra_batch, part, num_parts, compute_grad):
+def _uniform_lse_fake(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue):
     # Mixed devices (e.g. a queue on "meta") dispatch here rather than to a real kernel's
     # checks, so this one must raise too.
     if queue is not None and queue.device != x.device:
         raise ValueError(
             f"uniform_loss: queue must be on the same device as x ({x.device}), got {queue.device}"
         )
-    lse = x.new_empty((), dtype=accumulate_dtype(x.dtype))
-    if not compute_grad:
-        return lse, x.new_empty((0,)), x.new_empty((0,))
-    grad_q = torch.empty_like(queue, memory_format=torch.contiguous_format) if queue is not None else x.new_empty((0,))
-    return lse, torch.empty_like(x, memory_format=torch.contiguous_format), grad_q
+    if grad_queue and queue is None:
+        raise ValueError("uniform_loss: grad_queue=True needs a queue (got queue=None)")
+    acc = accumulate_dtype(x.dtype)
+    lse = x.new_empty((), dtype=acc)
+    gx = x.new_empty(tuple(x.shape), dtype=acc) if grad_x else x.new_empty((0,), dtype=acc)
+    gq = queue.new_empty(tuple(queue.shape), dtype=acc) if grad_queue else x.new_empty((0,), dtype=acc)
+    return lse, gx, gq
 
 
 @torch.library.register_fake("pyhypersphere::align_loss")
@@ -64,33 +67,31 @@ def _first_order_only(result: torch.Tensor) -> torch.Tensor:
 
 
 def _setup_uniform(ctx, inputs, output):
-    x, queue, t, intra_batch, part, num_parts, compute_grad = inputs
+    x, queue, t, intra_batch, part, num_parts, want_x, want_queue = inputs
     _, grad_x, grad_q = output
     ctx.mark_non_differentiable(grad_x, grad_q)
     ctx.has_queue = queue is not None
+    ctx.dtypes = (x.dtype, queue.dtype if queue is not None else None)
     ctx.args = (t, intra_batch, part, num_parts)
-    if compute_grad:
-        ctx.save_for_backward(grad_x, grad_q)
-        ctx.saved_inputs = False
-    else:
-        # Called without a gradient in mind (compute_grad=False) but differentiated anyway:
-        # keep the inputs to recompute.
-        ctx.save_for_backward(x, queue)
-        ctx.saved_inputs = True
+    ctx.computed = (bool(want_x), bool(want_queue))
+    # Called without every gradient in mind but differentiated anyway: keep the inputs
+    # too, to recompute what is missing.
+    ctx.save_for_backward(grad_x, grad_q, x, queue)
 
 
 def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq):
-    if ctx.saved_inputs:
-        x, queue = ctx.saved_tensors
-        _, grad_x, grad_q = _lib_ops.uniform_lse(x, queue, *ctx.args, True)
-    else:
-        grad_x, grad_q = ctx.saved_tensors
-    scale = grad_lse
-    out_x = _first_order_only(grad_x * scale.to(grad_x.dtype)) if ctx.needs_input_grad[0] else None
-    out_q = None
-    if ctx.has_queue and ctx.needs_input_grad[1]:
-        out_q = _first_order_only(grad_q * scale.to(grad_q.dtype))
-    return out_x, out_q, None, None, None, None, None
+    grad_x, grad_q, x, queue = ctx.saved_tensors
+    need_x = ctx.needs_input_grad[0]
+    need_q = ctx.has_queue and ctx.needs_input_grad[1]
+    if (need_x and not ctx.computed[0]) or (need_q and not ctx.computed[1]):
+        _, grad_x, grad_q = _lib_ops.uniform_lse(x, queue, *ctx.args, need_x, need_q)
+    # The op's gradients are in the accumulation dtype: round to the inputs' once.
+    out_x = out_q = None
+    if need_x:
+        out_x = _first_order_only((grad_x * grad_lse.to(grad_x.dtype)).to(ctx.dtypes[0]))
+    if need_q:
+        out_q = _first_order_only((grad_q * grad_lse.to(grad_q.dtype)).to(ctx.dtypes[1]))
+    return out_x, out_q, None, None, None, None, None, None
 
 
 def _setup_align(ctx, inputs, output):
@@ -122,8 +123,8 @@ torch.library.register_autograd("pyhypersphere::uniform_lse", _backward_uniform,
 torch.library.register_autograd("pyhypersphere::align_loss", _backward_align, setup_context=_setup_align)
 
 
-def uniform_lse(x, queue, t, intra_batch, part, num_parts, compute_grad):
-    return _lib_ops.uniform_lse(x, queue, t, intra_batch, part, num_parts, compute_grad)
+def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue):
+    return _lib_ops.uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
 
 
 def align(x, y, alpha, compute_grad):

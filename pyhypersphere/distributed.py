@@ -157,7 +157,7 @@ class _GlobalUniformity(torch.autograd.Function):
     def forward(ctx, x, t, layout, group, compute_grad):
         z = _gather_rows(x, layout, group)
         lse_part, grad_part, _ = _ops._lib_ops.uniform_lse(
-            z, None, t, True, layout.rank, layout.world, compute_grad
+            z, None, t, True, layout.rank, layout.world, compute_grad, False
         )
         lse_parts = lse_part.new_empty((layout.world,))
         _all_gather_single(lse_parts, lse_part.reshape(1), group=group)

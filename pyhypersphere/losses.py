@@ -67,7 +67,9 @@ def uniform_loss(
     elif not intra_batch:
         raise ValueError(f"{function}: intra_batch=False needs a queue (there would be no pairs)")
     t = _as_float(t, "t", function)
-    lse, _, _ = _ops.uniform_lse(x, queue, t, bool(intra_batch), 0, 1, _needs_grad(x, queue))
+    lse, _, _ = _ops.uniform_lse(
+        x, queue, t, bool(intra_batch), 0, 1, _needs_grad(x), queue is not None and _needs_grad(queue)
+    )
     n = x.shape[0] if x.dim() >= 1 else 0
     k = queue.shape[0] if queue is not None and queue.dim() >= 1 else 0
     pairs = (n * (n - 1) // 2 if intra_batch else 0) + n * k

@@ -61,13 +61,13 @@ def uniformity(x: torch.Tensor, t: float = DEFAULT_T, *, progress: bool = False)
     t = _as_float(t, "t", function)
     n = x.shape[0]
     if not progress:
-        lse, _, _ = _ops.uniform_lse(x, None, t, True, 0, 1, False)
+        lse, _, _ = _ops.uniform_lse(x, None, t, True, 0, 1, False, False)
     else:
         from tqdm.auto import tqdm
 
         parts = []
         for part in tqdm(range(PROGRESS_PARTS), desc=function, unit="part"):
-            lse_part, _, _ = _ops.uniform_lse(x, None, t, True, part, PROGRESS_PARTS, False)
+            lse_part, _, _ = _ops.uniform_lse(x, None, t, True, part, PROGRESS_PARTS, False, False)
             parts.append(lse_part)
         lse = torch.logsumexp(torch.stack(parts), dim=0)
     return lse.item() - math.log(n * (n - 1) // 2)

@@ -156,7 +156,7 @@ def lowp_torch_lse_grad(x, queue=None, t=2.0, intra=True):
 
 def fused(x, queue=None, t=2.0, intra=True, part=0, num_parts=1):
     """The op with compute_grad: (lse as a float, grad_x, grad_queue or None)."""
-    lse, gx, gq = _ops.uniform_lse(x, queue, t, intra, part, num_parts, True)
+    lse, gx, gq = _ops.uniform_lse(x, queue, t, intra, part, num_parts, True, queue is not None)
     return lse.item(), gx, (gq if queue is not None else None)
 
 
@@ -377,17 +377,17 @@ def test_empty_part_gives_minus_infinity_and_zero_gradient():
     # 60 rows: one block (on CPU and CUDA), one tile; parts 0 and 1 of 3 hold no tile.
     x = rows_on_device(60, 8, torch.float32, seed=1)
     for part in (0, 1):
-        lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, part, 3, True)
+        lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, part, 3, True, False)
         assert lse.item() == -math.inf
         assert torch.count_nonzero(gx).item() == 0
-    lse, _, _ = _ops.uniform_lse(x, None, 2.0, True, 2, 3, True)
+    lse, _, _ = _ops.uniform_lse(x, None, 2.0, True, 2, 3, True, False)
     assert math.isfinite(lse.item())
 
 
 def test_nonfinite_inputs_give_nan():
     x = rows_on_device(300, 8, torch.float32, seed=2)
     x[17, 3] = math.inf
-    lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True)
+    lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
     assert math.isnan(lse.item()) and torch.isnan(gx).all()
 
 
@@ -396,7 +396,7 @@ def test_float8_inputs_are_rejected():
     # kernel could read 1-byte rows as 4-byte floats.
     x8 = rows_on_device(200, 16, torch.float32, seed=111).to(torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="x must be a floating-point tensor"):
-        _ops.uniform_lse(x8, None, 2.0, True, 0, 1, True)
+        _ops.uniform_lse(x8, None, 2.0, True, 0, 1, True, False)
     with pytest.raises(ValueError, match="x must be a floating-point tensor"):
         _ops.align(x8, x8, 2.0, True)
 
@@ -461,7 +461,7 @@ def test_side_stream():
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True)
+        lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
         value = align_loss(x, x.flip(0))
     stream.synchronize()
     assert lse.item() == want[0] and torch.equal(gx, want[1])
@@ -498,7 +498,7 @@ def test_mismatched_devices_are_rejected():
 def test_opcheck():
     x = rows_on_device(130, 9, torch.float32, seed=71).requires_grad_()
     q = rows_on_device(40, 9, torch.float32, seed=72).requires_grad_()
-    for args in ((x, q, 2.0, True, 0, 1, True), (x, None, 2.0, True, 0, 1, False), (x, q, 1.0, False, 1, 2, True)):
+    for args in ((x, q, 2.0, True, 0, 1, True, True), (x, None, 2.0, True, 0, 1, False, False), (x, q, 1.0, False, 1, 2, True, False)):
         torch.library.opcheck(torch.ops.pyhypersphere.uniform_lse.default, args)
     y = rows_on_device(130, 9, torch.float32, seed=73)
     torch.library.opcheck(torch.ops.pyhypersphere.align_loss.default, (x, y, 2.0, True))

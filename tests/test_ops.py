@@ -13,12 +13,13 @@ def uniform_samples(device):
     x = unit_rows(70, 5, device=device, seed=1)
     q = unit_rows(33, 5, device=device, seed=2)
     return [
-        (x, None, 2.0, True, 0, 1, False),
-        (x.clone().requires_grad_(), None, 2.0, True, 0, 1, True),
-        (x.clone().requires_grad_(), q.clone().requires_grad_(), 1.5, True, 0, 1, True),
-        (x.clone().requires_grad_(), q, 1.5, False, 0, 1, True),
-        (x.clone().requires_grad_(), None, 2.0, True, 1, 3, True),
-        (x.float(), None, 2.0, True, 0, 1, False),
+        (x, None, 2.0, True, 0, 1, False, False),
+        (x.clone().requires_grad_(), None, 2.0, True, 0, 1, True, False),
+        (x.clone().requires_grad_(), q.clone().requires_grad_(), 1.5, True, 0, 1, True, True),
+        (x.clone().requires_grad_(), q, 1.5, False, 0, 1, True, False),
+        (x, q.clone().requires_grad_(), 1.5, True, 0, 1, False, True),
+        (x.clone().requires_grad_(), None, 2.0, True, 1, 3, True, False),
+        (x.float(), None, 2.0, True, 0, 1, False, False),
     ]
 
 

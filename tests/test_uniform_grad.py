@@ -95,7 +95,7 @@ def test_gradient_through_a_graph(device):
 
 def test_no_grad_needed_skips_gradient_work(device):
     x = unit_rows(100, 4, device=device)
-    lse, gx, gq = _ops.uniform_lse(x, None, 2.0, True, 0, 1, False)
+    lse, gx, gq = _ops.uniform_lse(x, None, 2.0, True, 0, 1, False, False)
     assert gx.numel() == 0 and gq.numel() == 0
     out = uniform_loss(x)  # x does not require grad
     assert out.grad_fn is None
@@ -106,7 +106,7 @@ def test_no_grad_needed_skips_gradient_work(device):
 def test_backward_without_forward_gradient_recomputes(device):
     # Called directly with compute_grad=False but differentiated anyway: still right.
     x = unit_rows(120, 6, device=device, seed=12).requires_grad_()
-    lse, _, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, False)
+    lse, _, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, False, False)
     lse.backward()
     want = ref_grad(x, 2.0)
     torch.testing.assert_close(x.grad.cpu(), want, rtol=1e-9, atol=1e-12)

@@ -44,10 +44,10 @@ int main(int argc, char** argv) {
   x = x / x.norm(2, {1}, /*keepdim=*/true);  // unit rows, as an encoder's normalized features
   double lse = 0;
   const double fwd = median_seconds([&] {
-    lse = std::get<0>(pyhypersphere::uniform_lse_cpu(x, std::nullopt, 2.0, true, 0, 1, false)).item<double>();
+    lse = std::get<0>(pyhypersphere::uniform_lse_cpu(x, std::nullopt, 2.0, true, 0, 1, false, false)).item<double>();
   }, repeats);
   const double fwd_grad = median_seconds([&] {
-    pyhypersphere::uniform_lse_cpu(x, std::nullopt, 2.0, true, 0, 1, true);
+    pyhypersphere::uniform_lse_cpu(x, std::nullopt, 2.0, true, 0, 1, true, false);
   }, repeats);
   // The roofline: at::mm [N, d] x [d, N] in column blocks into a reused buffer, as a tiled
   // Gram works (a whole N x N output would measure memory bandwidth instead).

@@ -247,11 +247,12 @@ class UniformCpuKernel {
 
 UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tensor>& queue,
                               double t, bool intra_batch, int64_t part, int64_t num_parts,
-                              bool compute_grad) {
-  check_uniform_args(x, queue, t, intra_batch, part, num_parts);
+                              bool grad_x, bool grad_queue) {
+  check_uniform_args(x, queue, t, intra_batch, part, num_parts, grad_queue);
+  const bool compute_grad = grad_x || grad_queue;
   TORCH_CHECK_VALUE(x.device().is_cpu(), "uniform_loss: x must be on the CPU for the CPU kernel");
   UniformRows rows = prepare_uniform_rows(x, queue);
-  if (!rows.finite) return nonfinite_uniform_outputs(x, queue, compute_grad);
+  if (!rows.finite) return nonfinite_uniform_outputs(x, queue, grad_x, grad_queue);
   bool inaccurate = gram_error_exceeds_budget(rows, t);
   if (inaccurate && rows.z.scalar_type() == at::kFloat) {
     rows = prepare_uniform_rows(x, queue, at::kDouble);
@@ -269,7 +270,9 @@ UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tenso
     auto [lse, grad] = kernel.run(intra_batch, part, num_parts);
     at::Tensor lse_t =
         at::scalar_tensor(lse, x.options().dtype(accumulate_dtype(x.scalar_type())));
-    return make_uniform_outputs(lse_t, grad, x, queue, compute_grad);
+    // Computed in float64 for precision (far-spread float32 rows): back to float32.
+    if (grad.defined()) grad = grad.to(accumulate_dtype(x.scalar_type()));
+    return make_uniform_outputs(lse_t, grad, x, queue, grad_x, grad_queue);
   });
 }
 

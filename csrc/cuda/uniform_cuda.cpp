@@ -64,8 +64,9 @@ void check_device_capability(const at::Tensor& x, cuda::UniformPrecision precisi
 
 UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tensor>& queue,
                                double t, bool intra_batch, int64_t part, int64_t num_parts,
-                               bool compute_grad) {
-  check_uniform_args(x, queue, t, intra_batch, part, num_parts);
+                               bool grad_x, bool grad_queue) {
+  check_uniform_args(x, queue, t, intra_batch, part, num_parts, grad_queue);
+  const bool compute_grad = grad_x || grad_queue;
   TORCH_CHECK_VALUE(x.is_cuda(), "uniform_loss: x must be a CUDA tensor for the CUDA kernel, got ",
                     x.device());
   const c10::cuda::CUDAGuard guard(x.device());
@@ -73,7 +74,7 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
   check_device_capability(x, precision);
 
   UniformRows rows = prepare_uniform_rows(x, queue);
-  if (!rows.finite) return nonfinite_uniform_outputs(x, queue, compute_grad);
+  if (!rows.finite) return nonfinite_uniform_outputs(x, queue, grad_x, grad_queue);
   // The kernels read the centered rows in the operand type (16-bit for the 16-bit
   // tensor-core paths) and compute their own squared norms of what they read.  The
   // other paths read the accumulation type: float32 for the float8 types too, which the
@@ -107,7 +108,7 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
       c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "uniform_loss: CUDA kernel launch failed: ", cudaGetErrorString(err));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return make_uniform_outputs(lse, grad_rows, x, queue, compute_grad);
+  return make_uniform_outputs(lse, grad_rows, x, queue, grad_x, grad_queue);
 }
 
 TORCH_LIBRARY_IMPL(pyhypersphere, CUDA, m) { m.impl("uniform_lse", &uniform_lse_cuda); }
