@@ -2,6 +2,8 @@
 // and the backends); build_info() reports how the extension was built.
 #include "cpu/tile_epilogue.h"
 #include "cpu/tile_gemm.h"
+#include "input_checks.h"
+#include "uniform_rows.h"
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -49,6 +51,18 @@ at::Tensor exp_fast_for_testing(const at::Tensor& values) {
   return out;
 }
 
+// The shared row preparation and precision policy (plan_uniform_rows), for the kernels
+// that launch from Python (pyhypersphere/triton_kernels): (z, sq_norm, finite,
+// operand_precision_ok), z in the dtype the kernel must compute in.  The argument checks
+// are the operator's.
+std::tuple<at::Tensor, at::Tensor, bool, bool> plan_uniform_rows_py(const at::Tensor& x,
+                                                              const std::optional<at::Tensor>& queue,
+                                                              double t, double operand_roundoff) {
+  pyhypersphere::check_uniform_args(x, queue, t, true, 0, 1, false);
+  pyhypersphere::UniformRows rows = pyhypersphere::plan_uniform_rows(x, queue, t, operand_roundoff);
+  return {rows.z, rows.sq_norm, rows.finite, rows.operand_precision_ok};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, module) {
@@ -57,4 +71,10 @@ PYBIND11_MODULE(_C, module) {
              "How the extension was built: CUDA or not, CUDA arch list, torch version, "
              "OpenMP, threads, CPU tile GEMM backend.");
   module.def("_exp_fast_for_testing", &exp_fast_for_testing);
+  module.def("_plan_uniform_rows", &plan_uniform_rows_py, pybind11::arg("x"), pybind11::arg("queue"),
+             pybind11::arg("t"), pybind11::arg("operand_roundoff"),
+             "The rows a uniformity kernel reads and the precision it computes in (internal).");
+  module.attr("FLOAT32_UNIT_ROUNDOFF") = pyhypersphere::kFloat32UnitRoundoff;
+  module.attr("TF32_UNIT_ROUNDOFF") = pyhypersphere::kTf32UnitRoundoff;
+  module.attr("FLOAT64_UNIT_ROUNDOFF") = pyhypersphere::kFloat64UnitRoundoff;
 }

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <limits>
 #include <optional>
 
@@ -20,19 +21,50 @@ UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Te
   rows.k = has_queue ? queue->size(0) : 0;
   at::Tensor z = has_queue ? at::cat({x.to(acc), queue->to(acc)}, 0)
                            : x.to(acc, /*non_blocking=*/false, /*copy=*/true);
-  rows.finite = at::isfinite(z).all().item<bool>();
   z.sub_(z.mean(0, /*keepdim=*/true));
   rows.z = z.contiguous();
   rows.sq_norm = (rows.z * rows.z).sum(1).contiguous();
+  // One device-to-host read for both facts the policy needs.
+  const at::Tensor facts =
+      at::stack({at::isfinite(rows.z).all().to(at::kDouble),
+                 rows.sq_norm.numel() ? rows.sq_norm.max().to(at::kDouble)
+                                      : at::zeros({}, rows.sq_norm.options().dtype(at::kDouble))})
+          .cpu();
+  rows.finite = facts[0].item<double>() != 0;
+  rows.max_sq_norm = facts[1].item<double>();
   return rows;
 }
 
-bool gram_error_exceeds_budget(const UniformRows& rows, double t) {
-  if (rows.sq_norm.numel() == 0) return false;
-  const double unit_roundoff = rows.z.scalar_type() == at::kDouble ? 0x1p-53 : 0x1p-24;
-  const double max_sq = rows.sq_norm.max().item<double>();
+bool gram_error_exceeds_budget(const UniformRows& rows, double t, double unit_roundoff) {
+  const double max_sq = rows.max_sq_norm;
   // `!(<=)`: an overflowed (inf) norm exceeds the budget too.
   return !(t * 16.0 * unit_roundoff * max_sq <= kGramExponentErrorBudget);
+}
+
+UniformRows plan_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue,
+                              double t, double operand_roundoff) {
+  UniformRows rows = prepare_uniform_rows(x, queue);
+  if (!rows.finite) return rows;
+  bool inaccurate;
+  if (rows.z.scalar_type() == at::kDouble) {
+    inaccurate = gram_error_exceeds_budget(rows, t, kFloat64UnitRoundoff);
+  } else {
+    // The fast operand format first (TF32), then float32 accuracy, then float64.
+    rows.operand_precision_ok = !gram_error_exceeds_budget(rows, t, operand_roundoff);
+    inaccurate = !rows.operand_precision_ok &&
+                 gram_error_exceeds_budget(rows, t, std::min(operand_roundoff, kFloat32UnitRoundoff));
+    if (inaccurate) {
+      rows = prepare_uniform_rows(x, queue, at::kDouble);
+      inaccurate = gram_error_exceeds_budget(rows, t, kFloat64UnitRoundoff);
+    }
+  }
+  if (inaccurate) {
+    TORCH_WARN("uniform_loss: the rows spread so far (max ||x - mean||^2 = ",
+               rows.max_sq_norm, ") that, with t = ", t,
+               ", even float64 distances in Gram form carry exponent errors above ",
+               kGramExponentErrorBudget, "; normalize or rescale the features");
+  }
+  return rows;
 }
 
 UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& grad_rows,

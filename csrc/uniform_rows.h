@@ -20,6 +20,11 @@ struct UniformRows {
   int64_t n = 0;       // rows of x
   int64_t k = 0;       // rows of the queue
   bool finite = true;  // false if any input entry is NaN or +-inf
+  double max_sq_norm = 0;  // max ||z_i||^2, read with `finite` in one device-to-host copy
+  // False when the kernel's operand format (plan_uniform_rows' operand_roundoff, e.g.
+  // TF32) cannot resolve the distances but float32 can: the kernel must then multiply
+  // with float32 accuracy (3xTF32 or IEEE float32).
+  bool operand_precision_ok = true;
 };
 
 // `compute` overrides the dtype of z (default: accumulate_dtype of x's dtype).
@@ -31,8 +36,24 @@ UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Te
 // t * 16 * unit_roundoff * max ||z||^2.  Returns true when that error exceeds
 // kGramExponentErrorBudget (1e-3, i.e. 0.1% on the weights) in the rows' dtype.  The CPU
 // kernel then recomputes float32 rows in float64, and warns if even float64 is short.
+// `unit_roundoff` is that of the operands the kernel multiplies (2^-24 for float32,
+// 2^-11 for TF32, 2^-53 for float64).
 constexpr double kGramExponentErrorBudget = 1e-3;
-bool gram_error_exceeds_budget(const UniformRows& rows, double t);
+bool gram_error_exceeds_budget(const UniformRows& rows, double t, double unit_roundoff);
+
+// Unit roundoffs of the operand formats, for gram_error_exceeds_budget.
+constexpr double kFloat32UnitRoundoff = 0x1p-24;
+constexpr double kTf32UnitRoundoff = 0x1p-11;
+constexpr double kFloat64UnitRoundoff = 0x1p-53;
+
+// The precision policy of every backend, in one place: the rows prepared in the
+// accumulation dtype; if their Gram-form exponent error with operands of
+// `operand_roundoff` exceeds the budget and they are not float64 already, the rows
+// prepared again in float64; if even float64 is short, a warning.  z's dtype tells the
+// kernel which precision to compute in, operand_precision_ok whether its fast operand
+// format (e.g. TF32) suffices.  Non-finite inputs return at once with finite = false.
+UniformRows plan_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue,
+                              double t, double operand_roundoff);
 
 at::ScalarType accumulate_dtype(at::ScalarType input);
 

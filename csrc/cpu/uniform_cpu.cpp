@@ -251,19 +251,8 @@ UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tenso
   check_uniform_args(x, queue, t, intra_batch, part, num_parts, grad_queue);
   const bool compute_grad = grad_x || grad_queue;
   TORCH_CHECK_VALUE(x.device().is_cpu(), "uniform_loss: x must be on the CPU for the CPU kernel");
-  UniformRows rows = prepare_uniform_rows(x, queue);
+  const UniformRows rows = plan_uniform_rows(x, queue, t, kFloat32UnitRoundoff);
   if (!rows.finite) return nonfinite_uniform_outputs(x, queue, grad_x, grad_queue);
-  bool inaccurate = gram_error_exceeds_budget(rows, t);
-  if (inaccurate && rows.z.scalar_type() == at::kFloat) {
-    rows = prepare_uniform_rows(x, queue, at::kDouble);
-    inaccurate = gram_error_exceeds_budget(rows, t);
-  }
-  if (inaccurate) {
-    TORCH_WARN(
-        "uniform_loss: the rows spread so far (max ||x - mean||^2 = ", rows.sq_norm.max().item<double>(),
-        ") that, with t = ", t, ", even float64 distances in Gram form carry exponent errors above ",
-        kGramExponentErrorBudget, "; normalize or rescale the features");
-  }
 
   return AT_DISPATCH_FLOATING_TYPES(rows.z.scalar_type(), "uniform_lse_cpu", [&] {
     UniformCpuKernel<scalar_t> kernel(rows, static_cast<scalar_t>(t), compute_grad);
