@@ -2,219 +2,188 @@
 
     from pyhypersphere.distributed import uniform_loss
     loss = align_loss(x, y) + lam * uniform_loss(x, t=2)   # x: this rank's shard
+    u1, u2 = uniform_loss([z1, z2], t=2)                     # two views: one set of collectives
 
 ``uniform_loss`` returns the uniformity loss of the concatenation of every rank's shard
 (in rank order), the same value on every rank, so the N^2 pairs of the global batch are
-all counted, not just the (N/W)^2 within each shard.
+all counted, not just the (N/W)^2 within each shard.  The collective steps (metadata,
+gather, status, reduce-scatter, the backward as a scale) are the generic global-batch
+layer in ``_global_batch.py``; this module holds what is specific to uniformity.
 
-How the work is split: every rank all-gathers the features (O(N*d) traffic) and sums
-only its own ``part = rank`` of ``num_parts = W`` balanced slices of the pair tiles, so
-each rank does about 1/W of the pair work.  The partial log-sum-exps are combined by a
-max-shifted sum, and the gradient d loss / d x of the whole batch is the sum over ranks
-of each part's gradient weighted by exp(lse_r - lse); a reduce-scatter hands every
-rank the rows of its own shard (O(N*d) traffic again).
+How the pair work is split (backend-independent): rank r takes the rows [a_r, a_{r+1})
+of the gathered batch and sums the pairs (i, j), i < j, whose first row i is one of
+them: the pairs within its rows and those with every later row, one operator call
+with the later rows as the queue.  The boundaries cut the upper triangle into W parts
+of equal pair counts, and coverage is exact whatever block size each rank's kernel
+uses (CPU and CUDA ranks may be mixed).  Below a size where a split leaves a GPU idle
+(``split_pays_off``) every rank computes the whole loss instead.
 
 Gradient scaling under DistributedDataParallel: DDP *averages* the parameter gradients
-over the W ranks, i.e. it optimizes the mean over ranks of each rank's loss.  This loss
-has the same value L on every rank, so that mean is L itself, and the backward returns
-the exact gradient of the *sum* over ranks of the W copies of L with respect to this
-rank's rows (as ``torch.distributed.nn.functional.all_gather`` does): with the usual
-upstream gradient of 1 on every rank, W * dL/dx_r.  DDP's division by W then gives
-exactly dL/dtheta, the gradient of single-process training on the concatenated batch.
-If you sum gradients over ranks instead of averaging them, divide this loss by W.
+over the W ranks.  This loss has the same value L on every rank, and its backward
+returns W * g * dL/dx_r for an upstream gradient g, the same g on every rank (as with
+any loss written the same way on every rank: ``lam * loss``, GradScaler's scale).  DDP's
+division by W then gives exactly the gradient of single-process training on the
+concatenated batch.  If you sum gradients over ranks instead of averaging them,
+divide this loss by W.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
-from torch.autograd.function import once_differentiable
 
+from . import _global_batch as gb
 from . import _ops
-from .losses import DEFAULT_T, _as_float, _check_tensor, _needs_grad
+from .losses import DEFAULT_T
+from .losses import uniform_loss as _local_uniform_loss
 
 _FUNCTION = "pyhypersphere.distributed.uniform_loss"
-# Index of a dtype in the metadata the ranks exchange; anything else is rejected.
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# Metadata columns exchanged before the features, one row per rank.
-_VALID, _ROWS, _DIM, _DTYPE, _REQUIRES_GRAD, _T_BITS = range(6)
 
-# torch >= 2.13 names the single-tensor collectives *_single; older releases *_tensor.
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+# Below these sizes a split of the pairs leaves the devices idle: (rows per kernel
+# block, pair tiles per rank wanted).  CUDA: one 128-row tile per SM of a 132-SM GPU,
+# i.e. split when N >= 128 * sqrt(264 W).  CPU: 64-row tiles, 8 per rank.
+_SPLIT_THRESHOLD = {"cuda": (128, 132), "cpu": (64, 8)}
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """Where each rank's rows sit in the gathered batch (agreed on by every rank)."""
-
-    rank: int
-    world: int
-    rows: list[int]  # N_s of every rank s, in rank order
-    dim: int
-
-    @property
-    def total(self) -> int:
-        return sum(self.rows)
-
-    @property
-    def max_rows(self) -> int:
-        return max(self.rows)
-
-    @property
-    def equal(self) -> bool:
-        return all(r == self.rows[0] for r in self.rows)
-
-    def offset(self, s: int) -> int:
-        return sum(self.rows[:s])
+def split_pays_off(total: int, world: int, device_type: str) -> bool:
+    """Whether to split the pairs over the ranks (else every rank computes the whole
+    loss): when each rank still gets enough pair tiles, (N/B)^2 / (2W) >= tiles.  A pure
+    function of (N, W, the group's device type), so every rank decides alike."""
+    block, tiles = _SPLIT_THRESHOLD.get(device_type, _SPLIT_THRESHOLD["cuda"])
+    return total * total >= 2 * world * tiles * block * block
 
 
-def _t_bits(t: float) -> int:
-    return torch.tensor([t], dtype=torch.float64).view(torch.int64).item()
+def pair_rows(total: int, world: int, rank: int) -> tuple[int, int]:
+    """Rank r's rows [a_r, a_{r+1}): the first rows of the pairs it sums.  a_r is the
+    smallest a whose pairs (i < j, i < a) number at least r/W of all pairs; pure integer
+    arithmetic, so every rank computes the same boundaries."""
+
+    def boundary(r: int) -> int:
+        if r >= world:
+            return total
+        target = -(-r * total * (total - 1) // (2 * world))  # ceil(r * pairs / W)
+        # pairs_before(a) = a * (2N - 1 - a) / 2 is increasing on [0, N]: solve, then fix rounding.
+        b = 2 * total - 1
+        a = max(0, (b - math.isqrt(max(0, b * b - 8 * target))) // 2)
+        while a > 0 and a * (b - (a - 1)) // 2 >= target:
+            a -= 1
+        while a * (b - a) // 2 < target:
+            a += 1
+        return min(a, total)
+
+    return boundary(rank), boundary(rank + 1)
 
 
-def _agree_on_layout(x: torch.Tensor, t: float, needs_grad: bool, group) -> _Layout:
-    """Exchange (rows, d, dtype, requires_grad, t) and raise the same error on every rank
-    when they disagree, before any collective whose shapes depend on them (a check on one
-    rank only would leave the others waiting in the feature gather)."""
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
-    if rank < 0:
-        raise ValueError(f"{_FUNCTION}: this process is not a member of the given group")
-    valid = x.dim() == 2 and x.dtype in _FLOAT_DTYPES
-    mine = torch.tensor(
-        [
-            int(valid),
-            x.shape[0] if valid else -1,
-            x.shape[1] if valid else -1,
-            _FLOAT_DTYPES.index(x.dtype) if valid else -1,
-            int(needs_grad),
-            _t_bits(t),
-        ],
-        dtype=torch.int64,
-        device=x.device,
-    )
-    # Gloo gathers along the first dimension only (no stacked output): gather flat.
-    table = mine.new_empty((world * mine.numel(),))
-    _all_gather_single(table, mine, group=group)
-    meta = table.view(world, -1).cpu().tolist()
-
-    def column(c):
-        return [row[c] for row in meta]
-
-    bad = [s for s in range(world) if not meta[s][_VALID]]
-    if bad:
-        local = f" (here x has shape {tuple(x.shape)} and dtype {x.dtype})" if rank in bad else ""
-        raise ValueError(
-            f"{_FUNCTION}: x must be a 2-D floating-point tensor [N_r, d] on every rank; "
-            f"rank(s) {bad} passed something else{local}"
-        )
-    for c, what in ((_DIM, "the feature dimension d"), (_DTYPE, "the dtype of x"), (_T_BITS, "t")):
-        values = column(c)
-        if len(set(values)) > 1:
-            if c == _DTYPE:
-                values = [str(_FLOAT_DTYPES[v]).replace("torch.", "") for v in values]
-            elif c == _T_BITS:
-                values = [torch.tensor([v]).view(torch.float64).item() for v in values]
-            listing = ", ".join(f"rank {s}: {v}" for s, v in enumerate(values))
-            raise ValueError(f"{_FUNCTION}: the ranks disagree on {what} ({listing}); it must be the same on every rank")
-    if len(set(column(_REQUIRES_GRAD))) > 1:
-        which = [s for s in range(world) if meta[s][_REQUIRES_GRAD]]
-        raise ValueError(
-            f"{_FUNCTION}: x needs a gradient on rank(s) {which} only; the backward is a "
-            "collective, so every rank must build the graph (x.requires_grad and grad mode "
-            "the same on every rank) and call backward"
-        )
-    rows = column(_ROWS)
-    if sum(rows) < 2:
-        raise ValueError(f"{_FUNCTION}: needs at least 2 rows across all ranks, got shards of {rows} rows")
-    return _Layout(rank=rank, world=world, rows=rows, dim=meta[0][_DIM])
+def _capability_problem(x: torch.Tensor) -> Optional[str]:
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(x.device.type)
+    if key is None or not torch._C._dispatch_has_kernel_for_dispatch_key("pyhypersphere::uniform_lse", key):
+        return f"no uniform_lse kernel for {x.device.type} tensors in this build"
+    return None
 
 
-def _gather_rows(x: torch.Tensor, layout: _Layout, group) -> torch.Tensor:
-    """The concatenation of every rank's x in rank order, [N, d] (shards padded to equal
-    size for the collective, padding dropped after)."""
-    n, d, world = layout.max_rows, layout.dim, layout.world
-    if layout.equal:
-        gathered = x.new_empty((world * n, d))
-        _all_gather_single(gathered, x.detach().contiguous(), group=group)
-        return gathered
-    padded = x.new_zeros((n, d))
-    padded[: x.shape[0]] = x.detach()
-    gathered = x.new_empty((world * n, d))
-    _all_gather_single(gathered, padded, group=group)
-    return torch.cat([gathered[s * n : s * n + rows] for s, rows in enumerate(layout.rows)])
+def _pair_part(z: torch.Tensor, lo: int, hi: int, t: float, grad: bool):
+    """log-sum-exp and gradient rows [lo, N) of the pairs whose first row is in [lo, hi)."""
+    total = z.shape[0]
+    acc = _ops.accumulate_dtype(z.dtype)
+    if hi - lo < 1 or (hi - lo == 1 and hi == total):  # no pair starts here
+        return z.new_full((), -math.inf, dtype=acc), None, None
+    queue = z[hi:] if hi < total else None
+    lse, gx, gq = _ops.uniform_lse(z[lo:hi], queue, t, True, 0, 1, grad, grad and queue is not None)
+    return lse, gx, gq if queue is not None else None
 
 
-class _GlobalUniformity(torch.autograd.Function):
-    """Forward: this rank's part of the pairs of the gathered batch, combined over ranks.
-    Backward: this rank's rows of the summed, weighted part gradients, times the sum of
-    the upstream gradients of all ranks (see the module docstring for why)."""
-
-    @staticmethod
-    def forward(ctx, x, t, layout, group, compute_grad):
-        z = _gather_rows(x, layout, group)
-        lse_part, grad_part, _ = _ops._lib_ops.uniform_lse(
-            z, None, t, True, layout.rank, layout.world, compute_grad, False
-        )
-        lse_parts = lse_part.new_empty((layout.world,))
-        _all_gather_single(lse_parts, lse_part.reshape(1), group=group)
-        # Max-shifted combination (torch.logsumexp); every rank reduces the same vector in
-        # the same order, so the value is bitwise identical on every rank.
-        lse = torch.logsumexp(lse_parts, dim=0)
-        ctx.layout, ctx.group, ctx.x_dtype = layout, group, x.dtype
-        if compute_grad:
-            # d lse / dz = sum_r exp(lse_r - lse) * d lse_r / dz  (an empty part has weight 0).
-            ctx.save_for_backward(grad_part, torch.exp(lse_part - lse))
-        pairs = layout.total * (layout.total - 1) // 2
-        return lse - math.log(pairs)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss):
-        grad_part, weight = ctx.saved_tensors
-        layout, world, d = ctx.layout, ctx.layout.world, ctx.layout.dim
-        acc = weight.dtype
-        slot = layout.max_rows * d
-        # One reduce-scatter: slot s holds rank s's rows of the weighted part gradient and,
-        # in its last entry, this rank's upstream gradient, so rank s receives its rows
-        # of the full gradient and the sum of the upstream gradients over ranks.
-        send = grad_part.new_zeros((world, slot + 1), dtype=acc)
-        weighted = grad_part.to(acc) * weight
-        if layout.equal:
-            send[:, :slot] = weighted.reshape(world, slot)
+def _global_uniformity(views, layout: gb.Layout, params, group, sync: bool, split: Optional[bool], grad: bool):
+    t = params["t"][0]
+    z = gb.gather_views(views, layout, group)
+    total, d, world, width = layout.total, layout.dim, layout.world, layout.views * layout.dim
+    if split is None:
+        split = split_pays_off(total, world, layout.group_device.type)
+    lo, hi = pair_rows(total, world, layout.rank) if split else (0, total)
+    acc = _ops.accumulate_dtype(layout.dtype)
+    failure = gb.Failure()
+    if params["t"][1] is not None:  # only on the no-sync path: the exchange caught it otherwise
+        failure.error = gb.LossInputError(f"{_FUNCTION}: {params['t'][1]}")
+    partials, grads = None, None
+    if failure.error is None:
+        with failure:
+            lses = []
+            if grad:
+                grads = z.new_empty((total, width), dtype=acc)
+                grads[:lo].zero_()
+            for v in range(layout.views):
+                lse, gx, gq = _pair_part(z[:, v * d : (v + 1) * d], lo, hi, t, grad)
+                lses.append(lse)
+                if grad:
+                    columns = grads[lo:, v * d : (v + 1) * d]
+                    if gx is None:
+                        columns.zero_()
+                        continue
+                    columns[: hi - lo] = gx
+                    if gq is not None:
+                        columns[hi - lo :] = gq
+            partials = torch.stack(lses)
+    table = gb.exchange_status(partials, failure, layout, params, sync, group, _FUNCTION)  # [W, V]
+    # Every rank reduces the same table in the same order: bitwise the same loss everywhere.
+    lse = torch.logsumexp(table, dim=0) if split else table[0]
+    rows = None
+    if grad:
+        if failure.error is not None:
+            grads = z.new_full((total, width), math.nan, dtype=acc)
+        if split:
+            # d lse / dz = sum_r exp(lse_r - lse) d lse_r / dz: weight each part, then sum.
+            local = table[layout.rank].to(layout.device) if failure.error is None else lse.to(layout.device)
+            weight = torch.exp(local - lse.to(layout.device)).to(acc)
+            grads.view(total, layout.views, d).mul_(weight.view(1, -1, 1))
+            rows = gb.reduce_scatter_rows(grads, layout, group)
         else:
-            for s, rows in enumerate(layout.rows):
-                start = layout.offset(s)
-                send[s, : rows * d] = weighted[start : start + rows].reshape(-1)
-        send[:, slot] = grad_loss.to(acc)
-        received = send.new_empty((slot + 1,))
-        _reduce_scatter_single(received, send.view(-1), group=ctx.group)
-        rows = layout.rows[layout.rank]
-        grad_x = received[: rows * d].reshape(rows, d) * received[slot]
-        return grad_x.to(ctx.x_dtype), None, None, None, None
+            # A copy, so that the [N, V*d] buffer is not kept alive for the backward.
+            rows = grads[layout.my_offset : layout.my_offset + layout.my_rows].clone()
+    failure.reraise()  # the no-sync path's failed rank, after its last collective
+    pairs = total * (total - 1) // 2
+    values = (lse - math.log(pairs)).to(device=layout.device, dtype=layout.dtype)
+    return gb.attach_gradient(values, rows, float(world), views)
 
 
-def uniform_loss(x: torch.Tensor, t: float = DEFAULT_T, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+def uniform_loss(
+    x: Union[torch.Tensor, Sequence[torch.Tensor]],
+    t: float = DEFAULT_T,
+    group: Optional[dist.ProcessGroup] = None,
+    *,
+    equal_shards: bool = False,
+    split: Optional[bool] = None,
+):
     """Uniformity loss of the global batch: every rank's shard, concatenated in rank order.
 
     Args:
-        x: this rank's features [N_r, d]; N_r may differ between ranks (e.g. the last
-            batch of an epoch) and may be 0, d and dtype may not.
-        t: the potential's scale, a positive finite number, the same on every rank.
+        x: this rank's features [N_r, d], or a list of views (e.g. ``[z1, z2]``) of one
+            shape, each giving its own loss with one set of collectives for all.  N_r
+            may differ between ranks (the last batch of an epoch) and may be 0; d, dtype
+            and the number of views may not.
+        t: the potential's scale, a positive finite number, the same on every rank
+            (pass a Python number: a tensor is read with ``.item()``).
         group: the process group (default: the default group).
+        equal_shards: promise that every rank's shard has the same shape; skips the
+            metadata exchange and every host read (the no-sync path: CUDA-graph and
+            ``torch.compile(fullgraph=True)`` friendly).  A disagreement or a failure on
+            one rank then makes the loss NaN on every rank, and the rank at fault raises.
+        split: split the pair work over the ranks (True), compute the whole loss on every
+            rank (False: no reduce-scatter), or decide by size (None, ``split_pays_off``).
 
-    Returns the same 0-dim tensor on every rank, in x's dtype: the value of
-    ``pyhypersphere.uniform_loss(torch.cat(all shards))``.
+    Returns the loss (a 0-dim tensor in x's dtype, the same on every rank), or a list of
+    them for a list of views: the value of ``pyhypersphere.uniform_loss(torch.cat(all
+    shards))``.
 
-    Gradient convention: the backward returns W * dL/dx_r for an upstream gradient of 1
-    on every rank (in general, the sum of the upstream gradients over ranks times
-    dL/dx_r), so DistributedDataParallel's averaging over the W ranks yields exactly the
-    single-process gradient on the concatenated batch.  Summing gradients over ranks
-    instead of averaging: divide the loss by W.  The forward and the backward are
-    collectives: every rank must call both, in the same order as the other collectives.
+    Gradient: the backward returns W * g * dL/dx_r for an upstream gradient g that must
+    be the same on every rank, so DDP's averaging yields the single-process gradient
+    (summing over ranks instead: divide the loss by W).  It issues no collective.
+
+    Collectives: every rank must call this the same number of times, in the same order
+    relative to its other collectives (uneven loaders: DDP ``join()`` cannot stand in
+    for a missing call).  An exception from it is fatal for the step on every rank: with
+    ``equal_shards=False`` every rank raises together.
     """
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
@@ -222,9 +191,20 @@ def uniform_loss(x: torch.Tensor, t: float = DEFAULT_T, group: dist.ProcessGroup
             "torch.distributed.init_process_group first, or use pyhypersphere.uniform_loss "
             "for a single process"
         )
-    _check_tensor(x, "x", _FUNCTION)
-    t = _as_float(t, "t", _FUNCTION)
-    needs_grad = _needs_grad(x)
-    layout = _agree_on_layout(x, t, needs_grad, group)
-    loss = _GlobalUniformity.apply(x, t, layout, group, needs_grad)
-    return loss.to(x.dtype)
+    single = not isinstance(x, (list, tuple))
+    views = [x] if single else list(x)
+    rank, world = gb.world_of(group)
+    if rank < 0:
+        raise ValueError(f"{_FUNCTION}: this process is not a member of the given group")
+    if world == 1:  # no collectives at all
+        losses = [_local_uniform_loss(v, t) for v in views]
+        return losses[0] if single else losses
+    params = {"t": gb.parse_positive(t, "t")}
+    tensors = [v for v in views if isinstance(v, torch.Tensor)]
+    grad = torch.is_grad_enabled() and any(v.requires_grad for v in tensors)
+    if equal_shards:
+        layout = gb.assume_equal(views, params, group, _FUNCTION)
+    else:
+        layout = gb.agree(views, params, grad, _capability_problem, group, _FUNCTION)
+    losses = _global_uniformity(views, layout, params, group, not equal_shards, split, grad)
+    return losses[0] if single else losses

@@ -1,0 +1,393 @@
+"""The global-batch layer under the distributed losses (torch.distributed, any backend).
+
+A global-batch loss sees the concatenation of every rank's shard, in rank order.  Each
+such loss (uniformity here; the contrastive losses can plug in the same way) is built
+from these steps, and only the middle one is loss-specific:
+
+1. ``agree`` (or ``assume_equal`` on the no-sync path): one all-gather of a metadata
+   row per rank (validity of the inputs and of the loss's scalar parameters, rows, d,
+   dtype, number of views, whether a gradient is needed, device type, a capability
+   flag), read on the host once; every rank raises the same error before any
+   collective whose shapes depend on it.
+2. ``gather_views``: one all-gather of all views at once ([N_r, V*d] per rank, padded
+   to equal, 16-byte aligned chunks), un-padded by one indexed copy.
+3. (the loss) values and, per view, the gradient rows it contributes, in the
+   accumulation dtype; any exception is caught (``Failure``) rather than raised.
+4. ``exchange_status``: one all-gather of a float64 row per rank carrying the loss's
+   partial values, a success flag and the shape/parameter fingerprint.  With ``sync``
+   the host reads it and every rank raises together when any rank failed; without,
+   the failure turns every rank's result into NaN (no host read).
+5. ``reduce_scatter_rows``: the gradient rows of every view summed over ranks and
+   scattered, issued in the forward as soon as the weights are known (asynchronous:
+   the wait happens at first use, in the backward).
+6. ``attach_gradient``: the autograd node whose backward is a scale of this rank's
+   received rows, so the backward issues no collective.
+
+Every collective goes through ``_collective`` (one place to record or replace them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+import struct
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+DEVICE_TYPES = ("cpu", "cuda")  # index in the metadata row; anything else is len(DEVICE_TYPES)
+# Collective chunks start on 16-byte boundaries (NCCL's fast path; the issue's alignment rule).
+CHUNK_ALIGN_BYTES = 16
+
+# Metadata columns: a bitmask of what is valid, then the shape, then the parameters' bits.
+_OK_VIEWS, _OK_PARAMS, _OK_CAPABLE = 1, 2, 4
+_FLAGS, _ROWS, _DIM, _DTYPE, _VIEWS, _NEEDS_GRAD, _DEVICE, _PARAMS = range(8)
+
+
+def _collective(name: str, tensor: torch.Tensor, group) -> torch.Tensor:
+    """The only place that issues collectives (functional, so torch.compile traces them
+    and the result is waited for at first use)."""
+    group = dist.group.WORLD if group is None else group
+    if name == "all_gather":
+        return funcol.all_gather_single(tensor, 0, group)
+    if name == "reduce_scatter":
+        return funcol.reduce_scatter_single(tensor, "sum", 0, group)
+    raise ValueError(f"unknown collective {name!r}")
+
+
+def group_device(group) -> torch.device:
+    """Where this group's collectives live: the current CUDA device for NCCL, else the CPU."""
+    backend = str(dist.get_backend(group)).lower()
+    if "nccl" in backend and "gloo" not in backend:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def world_of(group) -> tuple[int, int]:
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def float_bits(value: float) -> int:
+    """The IEEE-754 bits of a float64, computed on the host (no device round trip)."""
+    return struct.unpack("<q", struct.pack("<d", value))[0]
+
+
+def bits_float(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", bits))[0]
+
+
+def parse_positive(value, name: str) -> tuple[float, Optional[str]]:
+    """(the float, None) for a positive finite number, else (nan, what is wrong).  A
+    tensor is read with .item() (a host sync: pass a Python number on the no-sync path)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return math.nan, f"{name} must be a number, got a tensor of shape {tuple(value.shape)}"
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return math.nan, f"{name} must be a number, got {type(value).__name__}"
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        return math.nan, f"{name} must be a positive finite number, got {value}"
+    return value, None
+
+
+def check_views(views: Sequence) -> Optional[str]:
+    """What is wrong with this rank's views (2-D floating tensors of one shape, dtype and
+    device), or None."""
+    if len(views) == 0:
+        return "got an empty list of views"
+    for i, v in enumerate(views):
+        if not isinstance(v, torch.Tensor):
+            return f"view {i} is a {type(v).__name__}, not a torch.Tensor"
+        if v.dim() != 2 or v.dtype not in FLOAT_DTYPES:
+            return f"view {i} has shape {tuple(v.shape)} and dtype {v.dtype}"
+    first = views[0]
+    for i, v in enumerate(views[1:], 1):
+        if v.shape != first.shape or v.dtype != first.dtype or v.device != first.device:
+            return (
+                f"view {i} is {tuple(v.shape)} {v.dtype} on {v.device}, view 0 is "
+                f"{tuple(first.shape)} {first.dtype} on {first.device}"
+            )
+    return None
+
+
+def device_index(device: torch.device) -> int:
+    return DEVICE_TYPES.index(device.type) if device.type in DEVICE_TYPES else len(DEVICE_TYPES)
+
+
+def chunk_rows(rows: int, row_elems: int, element_size: int) -> int:
+    """Rows per collective chunk: at least `rows`, padded so every chunk starts 16-byte aligned."""
+    step = CHUNK_ALIGN_BYTES // math.gcd(CHUNK_ALIGN_BYTES, row_elems * element_size)
+    return -(-max(rows, 1) // step) * step
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every rank's rows sit in the gathered batch (the same on every rank)."""
+
+    rank: int
+    world: int
+    rows: tuple[int, ...]  # N_s of every rank s, in rank order
+    dim: int
+    views: int
+    dtype: torch.dtype
+    device: torch.device  # the views' device (every gathered tensor lives there)
+    group_device: torch.device
+    offsets: tuple[int, ...]  # first global row of every rank, and the total at the end
+
+    @staticmethod
+    def build(rank, world, rows, dim, views, dtype, device, group_dev) -> "Layout":
+        offsets = tuple(itertools.accumulate(rows, initial=0))  # O(W), not O(W^2)
+        return Layout(rank, world, tuple(rows), dim, views, dtype, device, group_dev, offsets)
+
+    @property
+    def total(self) -> int:
+        return self.offsets[-1]
+
+    @property
+    def my_rows(self) -> int:
+        return self.rows[self.rank]
+
+    @property
+    def my_offset(self) -> int:
+        return self.offsets[self.rank]
+
+    @property
+    def equal(self) -> bool:
+        return all(r == self.rows[0] for r in self.rows)
+
+    def padded_rows(self, element_size: int) -> int:
+        return chunk_rows(max(self.rows), self.views * self.dim, element_size)
+
+    def padded_positions(self, padded: int) -> torch.Tensor:
+        """For every global row, its position in the padded [W * padded] gather layout."""
+        rows = torch.tensor(self.rows, device=self.device)
+        owner = torch.repeat_interleave(torch.arange(self.world, device=self.device), rows, output_size=self.total)
+        starts = torch.tensor(self.offsets[:-1], device=self.device)
+        return owner * padded + torch.arange(self.total, device=self.device) - starts[owner]
+
+
+class LossInputError(ValueError):
+    """Raised on every rank when the metadata exchange finds a problem."""
+
+
+def agree(
+    views: Sequence,
+    params: dict[str, tuple[float, Optional[str]]],
+    needs_grad: bool,
+    capable: Callable[[torch.Tensor], Optional[str]],
+    group,
+    function: str,
+) -> Layout:
+    """The metadata exchange: one all-gather of one int64 row per rank on the group's
+    device, one host read.  Raises the same error on every rank (naming the ranks at
+    fault) when inputs are invalid or disagree, before any other collective."""
+    rank, world = world_of(group)
+    gdev = group_device(group)
+    problem = check_views(views)
+    first = views[0] if problem is None else None
+    cap_problem = capable(first) if first is not None else None
+    flags = (
+        (_OK_VIEWS if problem is None else 0)
+        | (_OK_PARAMS if all(err is None for _, err in params.values()) else 0)
+        | (_OK_CAPABLE if cap_problem is None else 0)
+    )
+    values = [
+        flags,
+        first.shape[0] if first is not None else -1,
+        first.shape[1] if first is not None else -1,
+        FLOAT_DTYPES.index(first.dtype) if first is not None else -1,
+        len(views),
+        int(needs_grad),
+        device_index(first.device) if first is not None else -1,
+    ] + [float_bits(v) for v, _ in params.values()]
+    mine = torch.empty(len(values), dtype=torch.int64, device=gdev)
+    for i, v in enumerate(values):  # fills, not a host-to-device copy of a list
+        mine[i] = v
+    table = _collective("all_gather", mine, group).view(world, -1).tolist()  # the one host read
+    column = lambda c: [row[c] for row in table]  # noqa: E731
+
+    def ranks_without(bit):
+        return [s for s in range(world) if not table[s][_FLAGS] & bit]
+
+    bad = ranks_without(_OK_VIEWS)
+    if bad:
+        local = f" (here: {problem})" if rank in bad else ""
+        raise LossInputError(
+            f"{function}: x must be a 2-D floating-point tensor [N_r, d] (or a list of views of "
+            f"one shape) on every rank; rank(s) {bad} passed something else{local}"
+        )
+    bad = ranks_without(_OK_PARAMS)
+    if bad:
+        local = "; ".join(err for _, err in params.values() if err) if rank in bad else ""
+        raise LossInputError(f"{function}: invalid parameter on rank(s) {bad}" + (f" (here: {local})" if local else ""))
+    bad = ranks_without(_OK_CAPABLE)
+    if bad:
+        local = f" (here: {cap_problem})" if rank in bad else ""
+        raise LossInputError(f"{function}: rank(s) {bad} cannot run the kernel on their device{local}")
+    named = [(_DIM, "the feature dimension d", str), (_DTYPE, "the dtype of x", lambda v: str(FLOAT_DTYPES[v])[6:])]
+    named.append((_VIEWS, "the number of views", str))
+    named += [(_PARAMS + i, name, lambda v: repr(bits_float(v))) for i, name in enumerate(params)]
+    for c, what, show in named:
+        col = column(c)
+        if len(set(col)) > 1:
+            listing = ", ".join(f"rank {s}: {show(v)}" for s, v in enumerate(col))
+            raise LossInputError(f"{function}: the ranks disagree on {what} ({listing}); it must be the same on every rank")
+    if len(set(column(_NEEDS_GRAD))) > 1:
+        which = [s for s in range(world) if table[s][_NEEDS_GRAD]]
+        raise LossInputError(
+            f"{function}: x needs a gradient on rank(s) {which} only; the loss is a collective, "
+            "so every rank must build the graph (x.requires_grad and grad mode the same on every rank)"
+        )
+    rows = column(_ROWS)
+    if sum(rows) < 2:
+        raise LossInputError(f"{function}: needs at least 2 rows across all ranks, got shards of {rows} rows")
+    return Layout.build(rank, world, rows, first.shape[1], len(views), first.dtype, first.device, gdev)
+
+
+def assume_equal(views: Sequence, params: dict[str, tuple[float, Optional[str]]], group, function: str) -> Layout:
+    """The no-sync path: no metadata exchange, every rank is taken to hold a shard of the
+    same shape.  Only this rank's inputs are checked here (a rank whose views are not
+    even tensors cannot take part in the gather: it raises before the first collective);
+    an invalid parameter or a disagreement is carried to every rank by ``exchange_status``."""
+    rank, world = world_of(group)
+    problem = check_views(views)
+    if problem is not None:
+        raise LossInputError(f"{function}: x must be a 2-D floating-point tensor [N_r, d] (or a list of views); {problem}")
+    first = views[0]
+    if world * first.shape[0] < 2:
+        raise LossInputError(f"{function}: needs at least 2 rows across all ranks, got {world} shards of {first.shape[0]}")
+    return Layout.build(
+        rank, world, [first.shape[0]] * world, first.shape[1], len(views), first.dtype, first.device, group_device(group)
+    )
+
+
+def gather_views(views: Sequence[torch.Tensor], layout: Layout, group) -> torch.Tensor:
+    """All views of every rank in one all-gather: [N, V*d], view v in columns v*d:(v+1)*d."""
+    n, width = layout.my_rows, layout.views * layout.dim
+    padded = layout.padded_rows(views[0].element_size())
+    send = torch.cat([v.detach() for v in views], dim=1) if layout.views > 1 else views[0].detach()
+    if padded != n:
+        send = torch.cat([send, send.new_zeros((padded - n, width))])
+    gathered = _collective("all_gather", send.contiguous(), group)
+    if layout.equal and padded == n:  # equal, aligned shards: the gathered buffer is the batch
+        return gathered
+    return gathered.index_select(0, layout.padded_positions(padded))  # one indexed copy
+
+
+class Failure:
+    """An exception caught on this rank (``with failure:``), raised again once the peers
+    know of it: by ``exchange_status`` with ``sync``, else by ``reraise()`` after the
+    last collective of the call."""
+
+    def __init__(self):
+        self.error: Optional[BaseException] = None
+
+    def reraise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if kind is not None and issubclass(kind, Exception):
+            self.error = error
+            return True  # swallowed here, raised by exchange_status
+        return False
+
+
+def exchange_status(
+    partials: torch.Tensor,
+    failure: Failure,
+    layout: Layout,
+    params: dict[str, tuple[float, Optional[str]]],
+    sync: bool,
+    group,
+    function: str,
+) -> torch.Tensor:
+    """Gather every rank's partial values ([V] here) with a success flag and the
+    shape/parameter fingerprint; return the [W, V] table of partials (float64, on the
+    group's device).  With ``sync`` every rank raises when any rank failed; without, a
+    failure or a disagreement makes every entry NaN (no host read) and the failed rank
+    raises at ``failure.reraise()``, after its last collective."""
+    ok = failure.error is None
+    fingerprint = [float(ok), layout.my_rows, layout.dim, FLOAT_DTYPES.index(layout.dtype), layout.views]
+    fingerprint += [v for v, _ in params.values()]
+    row = torch.empty(layout.views + len(fingerprint), dtype=torch.float64, device=layout.group_device)
+    if ok:
+        row[: layout.views] = partials.to(device=layout.group_device, dtype=torch.float64)
+    else:
+        row[: layout.views] = math.nan
+    for i, v in enumerate(fingerprint):  # fills: no host-to-device copy
+        row[layout.views + i] = v
+    table = _collective("all_gather", row, group).view(layout.world, -1)
+    values, status = table[:, : layout.views], table[:, layout.views :]
+    if sync:
+        flags = status[:, 0].tolist()  # a host read
+        failed = [s for s, f in enumerate(flags) if f != 1.0]
+        if failed:
+            failure.reraise()
+            raise RuntimeError(
+                f"{function}: rank(s) {failed} failed inside the loss (see the error on that rank); "
+                "every rank raises so that none is left waiting in a collective"
+            )
+        return values
+    # The same fingerprint on every rank (equal shards are assumed on this path).
+    agreed = (status == status[:1]).all() & (status[:, 0] == 1.0).all()
+    return torch.where(agreed, values, torch.full_like(values, math.nan))
+
+
+def reduce_scatter_rows(grads: torch.Tensor, layout: Layout, group) -> torch.Tensor:
+    """Sum [N, V*d] gradient rows over ranks and hand every rank its own rows.
+
+    Issued at once and not waited for: the result is an asynchronous tensor of shape
+    [N_r, V*d] whose first use (in the backward) waits.  Chunks are padded to the
+    largest shard (16-byte aligned) by one indexed copy from `grads` with a zero row
+    appended, not a zero-filled buffer."""
+    n, width = layout.my_rows, layout.views * layout.dim
+    padded = layout.padded_rows(grads.element_size())
+    if layout.equal and padded == n:
+        send = grads
+    else:
+        source = torch.cat([grads, grads.new_zeros((1, width))])
+        index = torch.full((layout.world * padded,), layout.total, dtype=torch.long, device=grads.device)
+        index[layout.padded_positions(padded)] = torch.arange(layout.total, device=grads.device)
+        send = source.index_select(0, index)
+    received = _collective("reduce_scatter", send.contiguous(), group)
+    return received[:n]  # a view: still not waited for
+
+
+class _PrecomputedGradient(torch.autograd.Function):
+    """Outputs `values` (one per view); backward: view v's gradient is
+    ``scale * grad_v * rows[:, v]``, rounded once to the views' dtype."""
+
+    @staticmethod
+    def forward(ctx, values, rows, scale, *views):
+        ctx.save_for_backward(rows)
+        ctx.scale, ctx.dtype, ctx.count = scale, views[0].dtype, len(views)
+        return tuple(values[i].clone() for i in range(len(views)))
+
+    @staticmethod
+    def backward(ctx, *grad_values):
+        (rows,) = ctx.saved_tensors
+        d = rows.shape[1] // ctx.count
+        grads = []
+        for v, g in enumerate(grad_values):
+            part = rows[:, v * d : (v + 1) * d] * (g.to(rows.dtype) * ctx.scale)
+            grads.append(part.to(ctx.dtype))
+        return (None, None, None, *grads)
+
+
+def attach_gradient(values: torch.Tensor, rows: Optional[torch.Tensor], scale: float, views) -> list[torch.Tensor]:
+    """One 0-dim output per view carrying `values[v]`; when `rows` (this rank's [N_r, V*d]
+    gradient rows, possibly still in flight) is given, the outputs are differentiable
+    with respect to the views and the backward is a scale (no collective)."""
+    if rows is None:
+        return [values[v] for v in range(len(views))]
+    return list(_PrecomputedGradient.apply(values, rows, scale, *views))
