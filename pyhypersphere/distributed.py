@@ -58,21 +58,21 @@ def split_pays_off(total: int, world: int, device_type: str) -> bool:
 
 def pair_rows(total: int, world: int, rank: int) -> tuple[int, int]:
     """Rank r's rows [a_r, a_{r+1}): the first rows of the pairs it sums.  a_r is the
-    smallest a whose pairs (i < j, i < a) number at least r/W of all pairs; pure integer
-    arithmetic, so every rank computes the same boundaries."""
+    smallest a whose pairs (i < j, i < a) number at least r/W of all pairs (integer
+    arithmetic, the same on every rank; O(W log N) for all ranks, not O(W^2))."""
 
     def boundary(r: int) -> int:
-        if r >= world:
+        if r == world:
             return total
         target = -(-r * total * (total - 1) // (2 * world))  # ceil(r * pairs / W)
-        # pairs_before(a) = a * (2N - 1 - a) / 2 is increasing on [0, N]: solve, then fix rounding.
-        b = 2 * total - 1
-        a = max(0, (b - math.isqrt(max(0, b * b - 8 * target))) // 2)
-        while a > 0 and a * (b - (a - 1)) // 2 >= target:
-            a -= 1
-        while a * (b - a) // 2 < target:
-            a += 1
-        return min(a, total)
+        lo, hi = 0, total  # pairs_before(a) = a * (2N - 1 - a) / 2 increases on [0, N]: bisect
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if mid * (2 * total - 1 - mid) // 2 >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     return boundary(rank), boundary(rank + 1)
 
@@ -98,7 +98,8 @@ def _pair_part(z: torch.Tensor, lo: int, hi: int, t: float, grad: bool):
 def _global_uniformity(views, layout: gb.Layout, params, group, sync: bool, split: Optional[bool], grad: bool):
     t = params["t"][0]
     z = gb.gather_views(views, layout, group)
-    total, d, world, width = layout.total, layout.dim, layout.world, layout.views * layout.dim
+    # int(): under torch.compile the partition specializes on N (one compile per shard size).
+    total, d, world, width = int(layout.total), layout.dim, layout.world, layout.views * layout.dim
     if split is None:
         split = split_pays_off(total, world, layout.group_device.type)
     lo, hi = pair_rows(total, world, layout.rank) if split else (0, total)

@@ -1,112 +1,63 @@
-"""pyhypersphere.distributed.uniform_loss in real multi-process runs (gloo, CPU).
+"""pyhypersphere.distributed.uniform_loss in real multi-process runs (gloo, CPU): values
+and gradients.
 
 Every rank builds the same global batch from a fixed seed, keeps its shard, and checks
 the distributed loss and gradients against the float64 log-sum-exp reference on the
-whole batch.  One spawn of 3 ranks runs every scenario (the 2-rank ones on a subgroup),
-because starting processes (importing torch) costs more than the scenarios themselves.
+whole batch.  One spawn of 3 ranks runs most scenarios (the 2-rank ones on a subgroup,
+world size 1 on one-rank groups), because starting processes costs more than the
+scenarios themselves.
 """
-
-import datetime
-import os
-import tempfile
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+import pyhypersphere
 from pyhypersphere import distributed
 from pyhypersphere.reference import logsumexp_uniform_loss
 
-COLLECTIVE_TIMEOUT_S = 30  # a rank left waiting in a collective fails after this
-SPAWN_TIMEOUT_S = 120  # the whole spawn (process start-up on a loaded 2-core machine included)
+from dist_harness import global_batch, recorded_collectives, run, same_on_every_rank, shard
+
 D = 16
 D_IN = 12
 T = 2.0
-
-
-# ---------------------------------------------------------------- process harness
-
-
-def _entry(rank, world, store_path, scenario):
-    torch.set_num_threads(1)  # W ranks share the machine's cores
-    # A file rendezvous: no TCP port that a concurrent job could take between picking and binding.
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{store_path}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
-    )
-    try:
-        scenario(rank, world)
-        dist.barrier()  # no rank tears the group down while another still uses it
-    finally:
-        dist.destroy_process_group()
-
-
-def _run(scenario, world: int) -> None:
-    """Run scenario(rank, world) on `world` gloo ranks; a failure or a hang fails the test."""
-    with tempfile.TemporaryDirectory(prefix="pyhs-dist-") as store_dir:
-        store_path = os.path.join(store_dir, "store")
-        context = mp.start_processes(
-            _entry, args=(world, store_path, scenario), nprocs=world, join=False, start_method="spawn"
-        )
-        deadline = time.monotonic() + SPAWN_TIMEOUT_S
-        # join() raises (and stops the other ranks) as soon as one rank raised.
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    if process.is_alive():
-                        process.kill()
-                pytest.fail(f"{scenario.__name__} on {world} ranks did not finish in {SPAWN_TIMEOUT_S} s")
+MODES = (
+    {"split": True},
+    {"split": False},  # every rank computes the whole loss
+    {},  # by size (these sizes are below the split threshold: whole)
+)
 
 
 # ---------------------------------------------------------------- scenarios (run in every rank)
 
 
-def _global_batch(rows: list[int], dim: int, seed: int, dtype=torch.float64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(sum(rows), dim, generator=g, dtype=torch.float64), dim=1).to(dtype)
+def _check_loss_and_input_grad(rank, world, rows, group=None, views=1, dtype=torch.float64, rtol=1e-12, atol=1e-14, **kw):
+    fulls = [global_batch(rows, D, seed=sum(rows) + v, dtype=dtype) for v in range(views)]
+    xs = [shard(f, rows, rank).clone().requires_grad_(True) for f in fulls]
+    out = distributed.uniform_loss(xs if views > 1 else xs[0], T, group=group, **kw)
+    losses = out if views > 1 else [out]
+    sum((v + 1) * loss for v, loss in enumerate(losses)).backward()  # distinct upstream gradients per view
+    for v, (full, x, loss) in enumerate(zip(fulls, xs, losses)):
+        reference = full.double().clone().requires_grad_(True)
+        expected = logsumexp_uniform_loss(reference, T)
+        ((v + 1) * expected).backward()
+        assert loss.dtype == dtype
+        torch.testing.assert_close(loss.double(), expected.detach(), rtol=rtol, atol=0)
+        # The documented convention: W * dL/dx_r (DDP's averaging divides by W).
+        torch.testing.assert_close(x.grad.double(), world * shard(reference.grad, rows, rank), rtol=rtol, atol=atol)
+        same_on_every_rank(loss.item(), group)  # the same value on every rank, bit for bit
 
 
-def _shard(full: torch.Tensor, rows: list[int], rank: int) -> torch.Tensor:
-    start = sum(rows[:rank])
-    return full[start : start + rows[rank]]
-
-
-def _check_loss_and_input_grad(rank, world, rows, group=None, dtype=torch.float64, rtol=1e-12, atol=1e-14):
-    full = _global_batch(rows, D, seed=sum(rows), dtype=dtype)
-    x = _shard(full, rows, rank).clone().requires_grad_(True)
-    loss = distributed.uniform_loss(x, T, group=group)
-    loss.backward()
-
-    reference = full.double().clone().requires_grad_(True)
-    expected = logsumexp_uniform_loss(reference, T)
-    expected.backward()
-    assert loss.dtype == dtype
-    torch.testing.assert_close(loss.double(), expected.detach(), rtol=rtol, atol=0)
-    # The documented convention: W * dL/dx_r (DDP's averaging divides by W).
-    torch.testing.assert_close(
-        x.grad.double(), world * _shard(reference.grad, rows, rank), rtol=rtol, atol=atol
-    )
-    # The same value on every rank, bit for bit.
-    losses = [torch.empty_like(loss.detach()) for _ in range(world)]
-    dist.all_gather(losses, loss.detach(), group=group)
-    assert all(torch.equal(v, losses[0]) for v in losses), losses
-
-
-def _check_ddp_parameter_grads(rank, world, rows, group=None):
-    inputs = _global_batch(rows, D_IN, seed=7 + sum(rows))
+def _check_ddp_parameter_grads(rank, world, rows, group=None, **kw):
+    inputs = global_batch(rows, D_IN, seed=7 + sum(rows))
     torch.manual_seed(0)
     model = torch.nn.Linear(D_IN, D, dtype=torch.float64)
     single = torch.nn.Linear(D_IN, D, dtype=torch.float64)
     single.load_state_dict(model.state_dict())
 
     ddp = torch.nn.parallel.DistributedDataParallel(model, process_group=group)
-    loss = distributed.uniform_loss(F.normalize(ddp(_shard(inputs, rows, rank)), dim=1), T, group=group)
+    loss = distributed.uniform_loss(F.normalize(ddp(shard(inputs, rows, rank)), dim=1), T, group=group, **kw)
     loss.backward()
 
     expected = logsumexp_uniform_loss(F.normalize(single(inputs), dim=1), T)
@@ -116,66 +67,190 @@ def _check_ddp_parameter_grads(rank, world, rows, group=None):
     torch.testing.assert_close(model.bias.grad, single.bias.grad, rtol=1e-10, atol=1e-13)
 
 
+def _check_no_sync_accumulation(rank, world):
+    """Two micro-batches, the first under DDP's no_sync: the accumulated gradient is the
+    single-process sum of both global batches' gradients."""
+    batches = [([6, 4, 5], 11), ([5, 5, 5], 12)]
+    torch.manual_seed(1)
+    model = torch.nn.Linear(D_IN, D, dtype=torch.float64)
+    single = torch.nn.Linear(D_IN, D, dtype=torch.float64)
+    single.load_state_dict(model.state_dict())
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    for i, (rows, seed) in enumerate(batches):
+        inputs = global_batch(rows, D_IN, seed)
+        step = ddp.no_sync() if i == 0 else torch.enable_grad()
+        with step:
+            distributed.uniform_loss(F.normalize(ddp(shard(inputs, rows, rank)), dim=1), T, split=True).backward()
+        logsumexp_uniform_loss(F.normalize(single(inputs), dim=1), T).backward()
+    torch.testing.assert_close(model.weight.grad, single.weight.grad, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(model.bias.grad, single.bias.grad, rtol=1e-10, atol=1e-13)
+
+
+class _SideHeadNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Linear(D_IN, 20, dtype=torch.float64)
+        self.projection = torch.nn.Linear(20, D, dtype=torch.float64)
+        self.side = torch.nn.Linear(20, 3, dtype=torch.float64)
+
+    def forward(self, x):
+        h = torch.tanh(self.trunk(x))
+        return F.normalize(self.projection(h), dim=1), self.side(h)
+
+
+def _check_ddp_side_head(rank, world):
+    """A side head's per-rank loss next to the global-batch loss under DDP: gradients as
+    in one process, and the same collectives, in the same order, on every rank (none in
+    the backward, so they cannot interleave with DDP's bucket all-reduces)."""
+    rows = [8, 8, 8]
+    inputs = global_batch(rows, D_IN, seed=21)
+    torch.manual_seed(2)
+    model, single = _SideHeadNet(), _SideHeadNet()
+    single.load_state_dict(model.state_dict())
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    with recorded_collectives() as calls:
+        z, side = ddp(shard(inputs, rows, rank))
+        u1, u2 = distributed.uniform_loss([z, z.flip(0)], T, split=True)
+        forward_calls = len(calls)
+        (u1 + 0.5 * u2 + side.pow(2).mean()).backward()
+    assert len(calls) == forward_calls, "the backward issued a collective"
+    same_on_every_rank(calls)
+    z_all, side_all = single(inputs)
+    expected = 1.5 * logsumexp_uniform_loss(z_all, T) + side_all.pow(2).mean()  # equal shards: mean of means
+    expected.backward()
+    for (name, p), q in zip(model.named_parameters(), single.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-13, msg=name)
+
+
+def _check_low_precision(rank, world, dtype, bound):
+    """bf16/fp16 shards: the gradient rounded once, as in one process.  Each rank's
+    x.grad / W against float64 on the same rounded inputs, next to the single process's
+    error; the part gradients are summed in float32 before the one rounding."""
+    rows = [90, 60, 106]
+    full = global_batch(rows, D, seed=5, dtype=dtype)
+    x = shard(full, rows, rank).clone().requires_grad_(True)
+    distributed.uniform_loss(x, T, split=True).backward()
+    single = full.clone().requires_grad_(True)
+    pyhypersphere.uniform_loss(single, T).backward()
+    reference = full.double().requires_grad_(True)
+    logsumexp_uniform_loss(reference, T).backward()
+    mine = x.grad.double() / world
+    ref_rows = shard(reference.grad, rows, rank)
+    scale = reference.grad.abs().max()
+    err_dist = (mine - ref_rows).abs().max() / scale
+    err_single = (shard(single.grad.double(), rows, rank) - ref_rows).abs().max() / scale
+    assert err_dist <= bound * max(err_single, torch.finfo(dtype).eps / 2), (dtype, err_dist, err_single)
+
+
+def _check_saved_tensor_bound(rank, world, rows):
+    """Tensors saved for the backward: at most 2 * N_r * d elements for two views (this
+    rank's rows of each view's gradient; nothing of global size)."""
+    fulls = [global_batch(rows, D, seed=30 + v) for v in range(2)]
+    xs = [shard(f, rows, rank).clone().requires_grad_(True) for f in fulls]
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        u1, u2 = distributed.uniform_loss(xs, T, split=True)
+    assert sum(saved) <= 2 * rows[rank] * D, (saved, rows[rank])
+    (u1 + u2).backward()
+    reference = fulls[0].clone().requires_grad_(True)
+    logsumexp_uniform_loss(reference, T).backward()
+    torch.testing.assert_close(xs[0].grad, world * shard(reference.grad, rows, rank), rtol=1e-12, atol=1e-14)
+
+
+def _check_world_of_one(rank, solo):
+    """A one-rank group: the local loss, no collectives."""
+    x = global_batch([9], D, seed=4).requires_grad_(True)
+    with recorded_collectives() as calls:
+        loss = distributed.uniform_loss(x, T, group=solo)
+        u1, u2 = distributed.uniform_loss([x, x], T, group=solo)
+    assert calls == []
+    torch.testing.assert_close(loss, logsumexp_uniform_loss(x.detach(), T), rtol=1e-12, atol=0)
+    torch.testing.assert_close(u1, loss)
+
+
 def _check_no_grad_path(rank, world, rows, group=None):
-    full = _global_batch(rows, D, seed=3)
+    full = global_batch(rows, D, seed=3)
     with torch.no_grad():
-        loss = distributed.uniform_loss(_shard(full, rows, rank).requires_grad_(True), T, group=group)
+        loss = distributed.uniform_loss(shard(full, rows, rank).requires_grad_(True), T, group=group)
     assert not loss.requires_grad
     torch.testing.assert_close(loss, logsumexp_uniform_loss(full, T), rtol=1e-12, atol=0)
 
 
-def _check_disagreements(rank, world, group=None):
-    """Every rank raises the same error (none is left waiting), and the group still works."""
-    x = torch.randn(4, D, dtype=torch.float64)
-    with pytest.raises(ValueError, match="disagree on the feature dimension d"):
-        distributed.uniform_loss(x[:, : D - rank], group=group)
-    with pytest.raises(ValueError, match="disagree on the dtype of x"):
-        distributed.uniform_loss(x if rank == 0 else x.float(), group=group)
-    with pytest.raises(ValueError, match="disagree on t"):
-        distributed.uniform_loss(x, t=2.0 + rank, group=group)
-    with pytest.raises(ValueError, match="needs a gradient on rank"):
-        distributed.uniform_loss(x.clone().requires_grad_(rank == 0), group=group)
-    with pytest.raises(ValueError, match=r"2-D floating-point tensor .* rank\(s\) \[1\]"):
-        distributed.uniform_loss(x if rank == 0 else x[0], group=group)
-    with pytest.raises(ValueError, match="at least 2 rows across all ranks"):
-        distributed.uniform_loss(x[: 1 if rank == 0 else 0], group=group)
-    # No collective is left half-done: a valid call still agrees with the reference.
-    _check_no_grad_path(rank, world, [3] * world, group=group)
-
-
 def three_ranks(rank, world):
-    _check_loss_and_input_grad(rank, world, [70, 45, 100])  # unequal shards, several tiles
-    _check_loss_and_input_grad(rank, world, [2, 0, 1])  # an empty shard
-    _check_ddp_parameter_grads(rank, world, [70, 45, 100])
+    for mode in MODES:
+        _check_loss_and_input_grad(rank, world, [70, 45, 100], **mode)  # unequal shards, several tiles
+        _check_loss_and_input_grad(rank, world, [2, 0, 1], **mode)  # an empty shard
+        _check_loss_and_input_grad(rank, world, [33, 40, 20], views=2, **mode)  # two views, one set of collectives
+    _check_loss_and_input_grad(rank, world, [24, 24, 24], views=2, equal_shards=True, split=True)  # the no-sync path
+    _check_loss_and_input_grad(rank, world, [24, 24, 24], equal_shards=True, split=False)
+    _check_loss_and_input_grad(rank, world, [300, 200, 180], split=True)  # several CPU blocks in each rank's rows
+    _check_ddp_parameter_grads(rank, world, [70, 45, 100], split=True)
     _check_ddp_parameter_grads(rank, world, [40, 40, 33])  # a short last batch
+    _check_no_sync_accumulation(rank, world)
+    _check_ddp_side_head(rank, world)
+    _check_low_precision(rank, world, torch.bfloat16, bound=1.25)
+    _check_low_precision(rank, world, torch.float16, bound=1.25)
+    _check_saved_tensor_bound(rank, world, [16, 16, 16])
+    _check_saved_tensor_bound(rank, world, [20, 9, 16])
+    _check_no_grad_path(rank, world, [5, 9, 4])
 
 
 def two_ranks(rank, world, group):
     """On a subgroup of global ranks {1, 2}: group ranks differ from global ranks."""
-    _check_loss_and_input_grad(rank, world, [130, 67], group)
-    _check_loss_and_input_grad(rank, world, [64, 64], group)  # equal shards (no padding)
-    _check_loss_and_input_grad(rank, world, [3, 2], group)  # one tile: rank 1's part is empty
-    _check_loss_and_input_grad(rank, world, [100, 60], group, dtype=torch.float32, rtol=2e-5, atol=1e-6)
-    _check_ddp_parameter_grads(rank, world, [130, 67], group)
+    _check_loss_and_input_grad(rank, world, [130, 67], group, split=True)
+    _check_loss_and_input_grad(rank, world, [64, 64], group, split=True)  # equal shards (no padding)
+    _check_loss_and_input_grad(rank, world, [3, 2], group, split=True)  # rank 1 sums few pairs
+    _check_loss_and_input_grad(rank, world, [100, 60], group, dtype=torch.float32, rtol=2e-5, atol=1e-6, split=True)
+    _check_ddp_parameter_grads(rank, world, [130, 67], group, split=True)
     _check_no_grad_path(rank, world, [5, 9], group)
-    _check_disagreements(rank, world, group)
 
 
 def two_and_three_ranks(rank, world):
     assert world == 3
     three_ranks(rank, world)
-    pair = dist.new_group([1, 2])  # every rank takes part in creating it
+    pair = dist.new_group([1, 2])  # every rank takes part in creating every group
+    solos = [dist.new_group([r]) for r in range(world)]
     if rank != 0:
         two_ranks(dist.get_rank(pair), 2, pair)
+    _check_world_of_one(rank, solos[rank])
     dist.barrier()
+
+
+def compiled_changing_shards(rank, world):
+    """torch.compile(fullgraph=True) of the no-sync path, the shard size changing between calls."""
+    loss_fn = torch.compile(
+        lambda a, b: distributed.uniform_loss([a, b], T, equal_shards=True, split=True),
+        fullgraph=True,
+        backend="aot_eager",
+    )
+    for n in (8, 13):
+        rows = [n] * world
+        full = global_batch(rows, D, seed=n)
+        x = shard(full, rows, rank).clone().requires_grad_(True)
+        u1, u2 = loss_fn(x, 2.0 * x)
+        (u1 + u2).backward()
+        reference = full.clone().requires_grad_(True)
+        expected = logsumexp_uniform_loss(reference, T) + logsumexp_uniform_loss(2.0 * reference, T)
+        expected.backward()
+        torch.testing.assert_close(u1 + u2, expected.detach(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(x.grad, world * shard(reference.grad, rows, rank), rtol=1e-11, atol=1e-13)
 
 
 # ---------------------------------------------------------------- tests
 
 
 def test_two_and_three_ranks_match_single_process():
-    # One spawn for both world sizes: process start-up dominates the run time.
-    _run(two_and_three_ranks, world=3)
+    # One spawn for all world sizes: process start-up dominates the run time.
+    run(two_and_three_ranks, world=3)
+
+
+def test_compile_fullgraph_with_changing_shard_sizes():
+    run(compiled_changing_shards, world=2)
 
 
 def test_without_a_process_group_raises():
@@ -183,3 +258,24 @@ def test_without_a_process_group_raises():
     with pytest.raises(RuntimeError, match="no torch.distributed process group is initialized"):
         distributed.uniform_loss(torch.randn(4, 3))
 
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 7, 64])
+@pytest.mark.parametrize("total", [0, 1, 2, 3, 10, 257, 4096])
+def test_pair_rows_cover_every_pair_once_and_balance(total, world):
+    bounds = [distributed.pair_rows(total, world, r) for r in range(world)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == total
+    assert all(bounds[r][1] == bounds[r + 1][0] for r in range(world - 1))  # contiguous, in order
+    counts = [sum(total - 1 - i for i in range(lo, hi)) for lo, hi in bounds]
+    assert sum(counts) == total * (total - 1) // 2
+    # Balanced up to one row's pairs: each part within N of the mean.
+    mean = total * (total - 1) / 2 / world
+    assert all(abs(c - mean) <= total for c in counts), counts
+
+
+def test_split_threshold_follows_the_documented_rule():
+    # CUDA: split when N >= 128 * sqrt(264 W).
+    for world in (2, 8, 64):
+        edge = 128 * (264 * world) ** 0.5
+        assert distributed.split_pays_off(int(edge) + 1, world, "cuda")
+        assert not distributed.split_pays_off(int(edge) - 1, world, "cuda")
+    assert distributed.split_pays_off(4096, 8, "cuda") is False  # the issue's example: 66 CTAs for 132 SMs
