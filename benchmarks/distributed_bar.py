@@ -7,7 +7,9 @@ Global batch N x d float32 unit vectors, split into W equal shards.  Each rank t
 forward+backward of pyhypersphere.distributed.uniform_loss on its shard (median over
 --reps after one warm-up, a barrier before each step); one process times
 pyhypersphere.uniform_loss on the whole batch, with all cores and with one thread.
-Each rank also times its part of the kernel alone (no communication).  Then the
+Each rank also times its part of the kernel alone (no communication: its rows of the
+gathered batch against themselves and every later row, see distributed.pair_rows), the
+no-sync path (equal_shards=True), and two views in one call against two calls.  Then the
 distributed loss and gradients (each rank's x.grad / W, the DDP convention)
 are compared with the single-process ones: max |diff| / max |reference|, and
 ||diff|| / ||reference||, also against a float64 run for scale.
@@ -71,13 +73,26 @@ def rank_main(rank, world, port, args, out_dir):
     try:
         full = unit_rows(args.n, args.d)
         x = full.chunk(world)[rank].contiguous()
-        step = lambda: loss_and_grad(distributed.uniform_loss, x)
+        step = lambda: loss_and_grad(lambda v: distributed.uniform_loss(v, split=True), x)
         median, times = median_seconds(step, args.reps, before=dist.barrier)
         loss, grad = step()
+        no_sync = lambda: loss_and_grad(lambda v: distributed.uniform_loss(v, equal_shards=True, split=True), x)
+        no_sync_median, _ = median_seconds(no_sync, args.reps, before=dist.barrier)
+        # Two views: one call (one set of collectives) against two calls.
+        views = [x, x.flip(0).contiguous()]
+        leaves = lambda: [v.detach().clone().requires_grad_(True) for v in views]
+        one_call = lambda: sum(distributed.uniform_loss(leaves(), split=True)).backward()
+        two_calls = lambda: sum(distributed.uniform_loss(v, split=True) for v in leaves()).backward()
+        one_call_median, _ = median_seconds(one_call, args.reps, before=dist.barrier)
+        two_calls_median, _ = median_seconds(two_calls, args.reps, before=dist.barrier)
         # This rank's share of the pair work alone (no communication), for the overhead.
-        part = lambda: _ops.uniform_lse(full, None, 2.0, True, rank, world, True, False)
+        lo, hi = distributed.pair_rows(args.n, world, rank)
+        queue = full[hi:] if hi < args.n else None
+        part = lambda: _ops.uniform_lse(full[lo:hi], queue, 2.0, True, 0, 1, True, queue is not None)
         part_median, _ = median_seconds(part, args.reps, before=dist.barrier)
-        torch.save({"loss": loss, "grad": grad, "median": median, "times": times, "part_median": part_median},
+        torch.save({"loss": loss, "grad": grad, "median": median, "times": times, "part_median": part_median,
+                    "no_sync_median": no_sync_median, "two_views_one_call_median": one_call_median,
+                    "two_views_two_calls_median": two_calls_median},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -130,6 +145,9 @@ def main():
         "world": args.world, "n": args.n, "d": args.d, "threads_per_rank": args.threads_per_rank,
         "per_rank_median_s": per_rank,
         "per_rank_kernel_part_median_s": [r["part_median"] for r in ranks],
+        "per_rank_equal_shards_median_s": [r["no_sync_median"] for r in ranks],
+        "per_rank_two_views_one_call_median_s": [r["two_views_one_call_median"] for r in ranks],
+        "per_rank_two_views_two_calls_median_s": [r["two_views_two_calls_median"] for r in ranks],
         "single_process": single,
         "loss": {"distributed": loss_dist.item(), "single": loss_single.item(), "float64": loss_f64.item(),
                  "rel_diff_vs_single": abs(loss_dist.item() - loss_single.item()) / abs(loss_single.item()),
@@ -143,6 +161,9 @@ def main():
     print(f"{args.world} ranks x {args.threads_per_rank} thread(s): per-rank fwd+bwd medians "
           + ", ".join(f"{t:.3f}" for t in per_rank) + " s; its part of the kernel alone "
           + ", ".join(f"{r['part_median']:.3f}" for r in ranks) + " s")
+    for key in ("per_rank_equal_shards_median_s", "per_rank_two_views_one_call_median_s",
+                "per_rank_two_views_two_calls_median_s"):
+        print(f"  {key}: " + ", ".join(f"{t:.3f}" for t in result[key]))
     for threads, s in single.items():
         print(f"  slowest rank / single process ({threads} thread(s)): {slowest / s['median_s']:.2f}")
     print(f"loss: distributed {loss_dist.item():.8f}  single {loss_single.item():.8f}  "

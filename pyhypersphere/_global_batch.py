@@ -28,6 +28,7 @@ Every collective goes through ``_collective`` (one place to record or replace th
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
@@ -165,11 +166,18 @@ class Layout:
         return chunk_rows(max(self.rows), self.views * self.dim, element_size)
 
     def padded_positions(self, padded: int) -> torch.Tensor:
-        """For every global row, its position in the padded [W * padded] gather layout."""
-        rows = torch.tensor(self.rows, device=self.device)
-        owner = torch.repeat_interleave(torch.arange(self.world, device=self.device), rows, output_size=self.total)
-        starts = torch.tensor(self.offsets[:-1], device=self.device)
-        return owner * padded + torch.arange(self.total, device=self.device) - starts[owner]
+        """For every global row, its position in the padded [W * padded] gather layout
+        (unequal shards; cached, as the same shard sizes recur)."""
+        return _padded_positions(self.rows, padded, self.device)
+
+
+@functools.lru_cache(maxsize=8)
+def _padded_positions(rows: tuple[int, ...], padded: int, device: torch.device) -> torch.Tensor:
+    world, total = len(rows), sum(rows)
+    counts = torch.tensor(rows, device=device)
+    owner = torch.repeat_interleave(torch.arange(world, device=device), counts, output_size=total)
+    starts = torch.tensor(tuple(itertools.accumulate(rows, initial=0))[:-1], device=device)
+    return owner * padded + torch.arange(total, device=device) - starts[owner]
 
 
 class LossInputError(ValueError):
@@ -275,8 +283,8 @@ def gather_views(views: Sequence[torch.Tensor], layout: Layout, group) -> torch.
     if padded != n:
         send = torch.cat([send, send.new_zeros((padded - n, width))])
     gathered = _collective("all_gather", send.contiguous(), group)
-    if layout.equal and padded == n:  # equal, aligned shards: the gathered buffer is the batch
-        return gathered
+    if layout.equal:  # the gathered buffer is the batch, up to the alignment rows
+        return gathered if padded == n else gathered.view(layout.world, padded, width)[:, :n].reshape(-1, width)
     return gathered.index_select(0, layout.padded_positions(padded))  # one indexed copy
 
 
@@ -352,8 +360,10 @@ def reduce_scatter_rows(grads: torch.Tensor, layout: Layout, group) -> torch.Ten
     appended, not a zero-filled buffer."""
     n, width = layout.my_rows, layout.views * layout.dim
     padded = layout.padded_rows(grads.element_size())
-    if layout.equal and padded == n:
+    if layout.equal:
         send = grads
+        if padded != n:
+            send = torch.cat([grads.view(layout.world, n, width), grads.new_zeros((layout.world, padded - n, width))], 1)
     else:
         source = torch.cat([grads, grads.new_zeros((1, width))])
         index = torch.full((layout.world * padded,), layout.total, dtype=torch.long, device=grads.device)

@@ -204,7 +204,10 @@ class _Objective:
             return loss, loss.detach(), a.detach(), u.detach()
         if self.unif_scale is None:
             self.unif_scale = self._calibrate(z1)
-        u = (self.dist_uniform(z1, cfg.t) + self.dist_uniform(z2, cfg.t)) / 2
+        # Both views in one call (one set of collectives); the shards are equal (the batch
+        # size is a multiple of the world size), so the no-sync path applies.
+        u1, u2 = self.dist_uniform([z1, z2], cfg.t, equal_shards=True)
+        u = (u1 + u2) / 2
         loss = cfg.align_w * a + cfg.unif_w * u * self.unif_scale
         value = cfg.align_w * a.detach() + cfg.unif_w * u.detach()
         return loss, value, a.detach(), u.detach()
