@@ -17,9 +17,10 @@ from these steps, and only the middle one is loss-specific:
    partial values, a success flag and the shape/parameter fingerprint.  With ``sync``
    the host reads it and every rank raises together when any rank failed; without,
    the failure turns every rank's result into NaN (no host read).
-5. ``reduce_scatter_rows``: the gradient rows of every view summed over ranks and
-   scattered, issued in the forward as soon as the weights are known (asynchronous:
-   the wait happens at first use, in the backward).
+5. ``scatter_buffer`` (before the status exchange, so that running out of memory
+   there is a reported failure) and ``reduce_scatter_rows``: the gradient rows of every
+   view summed over ranks and scattered, issued in the forward as soon as the weights
+   are known (asynchronous: the wait happens at first use, in the backward).
 6. ``attach_gradient``: the autograd node whose backward is a scale of this rank's
    received rows, so the backward issues no collective.
 
@@ -351,26 +352,31 @@ def exchange_status(
     return torch.where(agreed, values, torch.full_like(values, math.nan))
 
 
-def reduce_scatter_rows(grads: torch.Tensor, layout: Layout, group) -> torch.Tensor:
-    """Sum [N, V*d] gradient rows over ranks and hand every rank its own rows.
-
-    Issued at once and not waited for: the result is an asynchronous tensor of shape
-    [N_r, V*d] whose first use (in the backward) waits.  Chunks are padded to the
-    largest shard (16-byte aligned) by one indexed copy from `grads` with a zero row
-    appended, not a zero-filled buffer."""
+def scatter_buffer(grads: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """The reduce-scatter's send buffer for [N, V*d] gradient rows: [W * padded, V*d],
+    chunk s holding rank s's rows, padded to the largest shard (16-byte aligned).  For
+    equal, aligned shards it is `grads` itself; otherwise one indexed copy from `grads`
+    with a zero row appended, not a zero-filled buffer.  Built before the status
+    exchange, so that running out of memory here is reported like any other failure."""
     n, width = layout.my_rows, layout.views * layout.dim
     padded = layout.padded_rows(grads.element_size())
     if layout.equal:
-        send = grads
-        if padded != n:
-            send = torch.cat([grads.view(layout.world, n, width), grads.new_zeros((layout.world, padded - n, width))], 1)
-    else:
-        source = torch.cat([grads, grads.new_zeros((1, width))])
-        index = torch.full((layout.world * padded,), layout.total, dtype=torch.long, device=grads.device)
-        index[layout.padded_positions(padded)] = torch.arange(layout.total, device=grads.device)
-        send = source.index_select(0, index)
-    received = _collective("reduce_scatter", send.contiguous(), group)
-    return received[:n]  # a view: still not waited for
+        if padded == n:
+            return grads
+        pad = grads.new_zeros((layout.world, padded - n, width))
+        return torch.cat([grads.view(layout.world, n, width), pad], 1).view(-1, width)
+    source = torch.cat([grads, grads.new_zeros((1, width))])
+    index = torch.full((layout.world * padded,), layout.total, dtype=torch.long, device=grads.device)
+    index[layout.padded_positions(padded)] = torch.arange(layout.total, device=grads.device)
+    return source.index_select(0, index)
+
+
+def reduce_scatter_rows(send: torch.Tensor, layout: Layout, group) -> torch.Tensor:
+    """Sum the send buffers (``scatter_buffer``) over ranks and hand every rank its own
+    rows.  Issued at once and not waited for: the result is an asynchronous [N_r, V*d]
+    tensor whose first use (in the backward) waits."""
+    received = _collective("reduce_scatter", send, group)
+    return received[: layout.my_rows]  # a view: still not waited for
 
 
 class _PrecomputedGradient(torch.autograd.Function):

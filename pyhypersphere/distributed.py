@@ -107,13 +107,13 @@ def _global_uniformity(views, layout: gb.Layout, params, group, sync: bool, spli
     failure = gb.Failure()
     if params["t"][1] is not None:  # only on the no-sync path: the exchange caught it otherwise
         failure.error = gb.LossInputError(f"{_FUNCTION}: {params['t'][1]}")
-    partials, grads = None, None
+    partials, send, rows = None, None, None
     if failure.error is None:
         with failure:
             lses = []
+            grads = z.new_empty((total, width), dtype=acc) if grad else None
             if grad:
-                grads = z.new_empty((total, width), dtype=acc)
-                grads[:lo].zero_()
+                grads[:lo].zero_()  # rows whose pairs this rank does not sum
             for v in range(layout.views):
                 lse, gx, gq = _pair_part(z[:, v * d : (v + 1) * d], lo, hi, t, grad)
                 lses.append(lse)
@@ -126,22 +126,25 @@ def _global_uniformity(views, layout: gb.Layout, params, group, sync: bool, spli
                     if gq is not None:
                         columns[hi - lo :] = gq
             partials = torch.stack(lses)
+            if grad and split:
+                send = gb.scatter_buffer(grads, layout)
+            elif grad:
+                # A copy, so that the [N, V*d] buffer is not kept alive for the backward.
+                rows = grads[layout.my_offset : layout.my_offset + layout.my_rows].clone()
+            del grads
     table = gb.exchange_status(partials, failure, layout, params, sync, group, _FUNCTION)  # [W, V]
     # Every rank reduces the same table in the same order: bitwise the same loss everywhere.
     lse = torch.logsumexp(table, dim=0) if split else table[0]
-    rows = None
-    if grad:
-        if failure.error is not None:
-            grads = z.new_full((total, width), math.nan, dtype=acc)
-        if split:
-            # d lse / dz = sum_r exp(lse_r - lse) d lse_r / dz: weight each part, then sum.
-            local = table[layout.rank].to(layout.device) if failure.error is None else lse.to(layout.device)
-            weight = torch.exp(local - lse.to(layout.device)).to(acc)
-            grads.view(total, layout.views, d).mul_(weight.view(1, -1, 1))
-            rows = gb.reduce_scatter_rows(grads, layout, group)
-        else:
-            # A copy, so that the [N, V*d] buffer is not kept alive for the backward.
-            rows = grads[layout.my_offset : layout.my_offset + layout.my_rows].clone()
+    if grad and failure.error is not None:  # the no-sync path: NaN, and the collectives still run
+        padded = layout.padded_rows(torch.finfo(acc).bits // 8)
+        send = z.new_full((world * padded, width), math.nan, dtype=acc) if split else None
+        rows = None if split else z.new_full((layout.my_rows, width), math.nan, dtype=acc)
+    if grad and split:
+        # d lse / dz = sum_r exp(lse_r - lse) d lse_r / dz: weight each part (in place), then sum.
+        local = table[layout.rank] if failure.error is None else lse
+        weight = torch.exp(local - lse).to(device=layout.device, dtype=acc)
+        send.view(-1, layout.views, d).mul_(weight.view(1, -1, 1))
+        rows = gb.reduce_scatter_rows(send, layout, group)
     failure.reraise()  # the no-sync path's failed rank, after its last collective
     pairs = total * (total - 1) // 2
     values = (lse - math.log(pairs)).to(device=layout.device, dtype=layout.dtype)
