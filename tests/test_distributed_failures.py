@@ -53,7 +53,6 @@ def _injected_op_error(active: bool):
 
 
 def _raises_quickly(expected_error, match, call):
-    dist.barrier()  # the ranks start together: the time measured is the call's, not the skew
     start = time.monotonic()
     with pytest.raises(expected_error, match=match):
         call()
@@ -122,10 +121,13 @@ def _check_failures(rank, world):
     """One rank fails: every rank raises within RAISE_WITHIN_S, and the group goes on."""
     rows = [6, 5, 4]
     x = shard(global_batch(rows, D, seed=9), rows, rank).clone().requires_grad_(True)
+    # The ranks start each case together (a barrier): the time measured is the call's, not the skew.
     # An invalid t on one rank, caught by the metadata exchange.
+    dist.barrier()
     _raises_quickly(ValueError, r"rank\(s\) \[1\]", lambda: distributed.uniform_loss(x, t=float("nan") if rank == 1 else T))
     # An error inside the operator on rank 1 only: it raises its own, the others a RuntimeError naming it.
     for split in (True, False):
+        dist.barrier()
         with _injected_op_error(rank == 1):
             match = "injected failure" if rank == 1 else r"rank\(s\) \[1\] failed inside the loss"
             _raises_quickly(RuntimeError, match, lambda: distributed.uniform_loss([x, x], T, split=split))
@@ -133,6 +135,7 @@ def _check_failures(rank, world):
     # The no-sync path: no host read, so the peers get NaN; the failed rank raises after
     # its last collective, and every rank issued the same collectives.
     n = torch.randn(4, D, dtype=torch.float64).requires_grad_(True)
+    dist.barrier()
     with recorded_collectives() as calls, _injected_op_error(rank == 1):
         if rank == 1:
             _raises_quickly(RuntimeError, "injected failure", lambda: distributed.uniform_loss(n, T, equal_shards=True, split=True))
@@ -143,6 +146,7 @@ def _check_failures(rank, world):
             assert torch.isnan(n.grad).all()
     same_on_every_rank(calls)
     # The no-sync path with an invalid t on one rank: NaN everywhere, that rank raises.
+    dist.barrier()
     if rank == 2:
         _raises_quickly(ValueError, "t must be a positive finite number", lambda: distributed.uniform_loss(n.detach(), -1.0, equal_shards=True))
     else:
