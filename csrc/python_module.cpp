@@ -5,6 +5,10 @@
 #include "input_checks.h"
 #include "uniform_rows.h"
 
+#ifdef PYHYPERSPHERE_WITH_CUDA
+#include "cuda/uniform_kernels.h"
+#endif
+
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -63,6 +67,45 @@ std::tuple<at::Tensor, at::Tensor, bool, bool> plan_uniform_rows_py(const at::Te
   return {rows.z, rows.sq_norm, rows.finite, rows.operand_precision_ok};
 }
 
+#ifdef PYHYPERSPHERE_WITH_CUDA
+// Rows per tile the CUDA glue runs with on a device allowing `smem_optin` bytes of
+// shared memory per block (0: no kernel fits), per precision: the tests' skip rule.
+pybind11::dict cuda_tile_rows_py(int64_t smem_optin) {
+  using pyhypersphere::cuda::UniformPrecision;
+  pybind11::dict out;
+  const std::pair<const char*, UniformPrecision> all[] = {
+      {"bfloat16", UniformPrecision::kBf16}, {"float16", UniformPrecision::kFp16},
+      {"tf32", UniformPrecision::kTf32},     {"float32", UniformPrecision::kFp32},
+      {"float64", UniformPrecision::kFp64}};
+  for (const auto& [name, precision] : all) {
+    out[name] = pyhypersphere::cuda::uniform_block_rows_for(precision, smem_optin);
+  }
+  return out;
+}
+#endif
+
+// The whole decision of plan_uniform_rows with the CUDA glue's options, for host-side
+// tests of the policy: the dtype of z and the flags the kernel selection reads.
+pybind11::dict uniform_rows_policy_py(const at::Tensor& x, const std::optional<at::Tensor>& queue,
+                                      double t, double operand_roundoff, bool raw_16bit_operands,
+                                      bool host_read) {
+  pyhypersphere::check_uniform_args(x, queue, t, true, 0, 1, false);
+  pyhypersphere::UniformPlanOptions options;
+  options.raw_16bit_operands = raw_16bit_operands;
+  options.host_read = host_read;
+  const pyhypersphere::UniformRows rows =
+      pyhypersphere::plan_uniform_rows(x, queue, t, operand_roundoff, options);
+  pybind11::dict out;
+  out["dtype"] = pybind11::str(c10::toString(rows.z.scalar_type()));
+  out["finite"] = rows.finite;
+  out["finite_on_device"] = rows.finite_on_device;
+  out["operand_precision_ok"] = rows.operand_precision_ok;
+  out["raw_operands_ok"] = rows.raw_operands_ok;
+  out["max_sq_norm"] = rows.max_sq_norm;
+  out["max_input_sq_norm"] = rows.max_input_sq_norm;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, module) {
@@ -74,6 +117,14 @@ PYBIND11_MODULE(_C, module) {
   module.def("_plan_uniform_rows", &plan_uniform_rows_py, pybind11::arg("x"), pybind11::arg("queue"),
              pybind11::arg("t"), pybind11::arg("operand_roundoff"),
              "The rows a uniformity kernel reads and the precision it computes in (internal).");
+#ifdef PYHYPERSPHERE_WITH_CUDA
+  module.def("_cuda_tile_rows", &cuda_tile_rows_py, pybind11::arg("smem_optin"),
+             "Rows per CUDA tile by precision for a shared-memory opt-in limit (internal).");
+#endif
+  module.def("_uniform_rows_policy", &uniform_rows_policy_py, pybind11::arg("x"),
+             pybind11::arg("queue"), pybind11::arg("t"), pybind11::arg("operand_roundoff"),
+             pybind11::arg("raw_16bit_operands"), pybind11::arg("host_read"),
+             "plan_uniform_rows' decision with the CUDA glue's options (internal, for tests).");
   module.attr("FLOAT32_UNIT_ROUNDOFF") = pyhypersphere::kFloat32UnitRoundoff;
   module.attr("TF32_UNIT_ROUNDOFF") = pyhypersphere::kTf32UnitRoundoff;
   module.attr("FLOAT64_UNIT_ROUNDOFF") = pyhypersphere::kFloat64UnitRoundoff;

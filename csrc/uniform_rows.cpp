@@ -13,7 +13,8 @@ at::ScalarType accumulate_dtype(at::ScalarType input) {
 }
 
 UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                                 std::optional<at::ScalarType> compute) {
+                                 std::optional<at::ScalarType> compute, bool host_read,
+                                 bool input_norms) {
   UniformRows rows;
   const auto acc = compute.value_or(accumulate_dtype(x.scalar_type()));
   rows.n = x.size(0);
@@ -21,41 +22,61 @@ UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Te
   rows.k = has_queue ? queue->size(0) : 0;
   at::Tensor z = has_queue ? at::cat({x.to(acc), queue->to(acc)}, 0)
                            : x.to(acc, /*non_blocking=*/false, /*copy=*/true);
+  const auto max_or_zero = [](const at::Tensor& v) {
+    return v.numel() ? v.max().to(at::kDouble) : at::zeros({}, v.options().dtype(at::kDouble));
+  };
+  const at::Tensor input_max =
+      input_norms ? max_or_zero((z * z).sum(1)) : at::zeros({}, z.options().dtype(at::kDouble));
   z.sub_(z.mean(0, /*keepdim=*/true));
   rows.z = z.contiguous();
   rows.sq_norm = (rows.z * rows.z).sum(1).contiguous();
-  // One device-to-host read for both facts the policy needs.
-  const at::Tensor facts =
-      at::stack({at::isfinite(rows.z).all().to(at::kDouble),
-                 rows.sq_norm.numel() ? rows.sq_norm.max().to(at::kDouble)
-                                      : at::zeros({}, rows.sq_norm.options().dtype(at::kDouble))})
-          .cpu();
-  rows.finite = facts[0].item<double>() != 0;
-  rows.max_sq_norm = facts[1].item<double>();
+  // z is finite iff the inputs are: a 16-bit input's centered value fits in float32.
+  rows.finite_on_device = at::isfinite(rows.z).all();
+  if (!host_read) return rows;
+  // One device-to-host read for every fact the policy needs.
+  const at::Tensor facts = at::stack({rows.finite_on_device.to(at::kDouble),
+                                      max_or_zero(rows.sq_norm), input_max})
+                               .cpu();
+  const double* f = facts.data_ptr<double>();
+  rows.finite = f[0] != 0;
+  rows.max_sq_norm = f[1];
+  rows.max_input_sq_norm = f[2];
   return rows;
 }
 
-bool gram_error_exceeds_budget(const UniformRows& rows, double t, double unit_roundoff) {
-  const double max_sq = rows.max_sq_norm;
+bool gram_error_exceeds_budget(double max_sq_norm, double t, double unit_roundoff) {
   // `!(<=)`: an overflowed (inf) norm exceeds the budget too.
-  return !(t * 16.0 * unit_roundoff * max_sq <= kGramExponentErrorBudget);
+  return !(t * 16.0 * unit_roundoff * max_sq_norm <= kGramExponentErrorBudget);
 }
 
 UniformRows plan_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                              double t, double operand_roundoff) {
-  UniformRows rows = prepare_uniform_rows(x, queue);
+                              double t, double operand_roundoff, UniformPlanOptions options) {
+  const bool sixteen_bit = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  const bool try_raw = options.raw_16bit_operands && sixteen_bit && options.host_read;
+  UniformRows rows = prepare_uniform_rows(x, queue, std::nullopt, options.host_read, try_raw);
+  if (!options.host_read) {
+    // No facts: the most accurate operands of the accumulation dtype, decided blind.
+    rows.operand_precision_ok = rows.z.scalar_type() == at::kDouble;
+    return rows;
+  }
   if (!rows.finite) return rows;
+  // 16-bit values multiply exactly into float32 sums: the raw inputs are the best
+  // operands when their (uncentered) spread allows, else the centered float32 rows.
+  rows.raw_operands_ok =
+      try_raw && !gram_error_exceeds_budget(rows.max_input_sq_norm, t, kFloat32UnitRoundoff);
+  if (rows.raw_operands_ok) return rows;
   bool inaccurate;
   if (rows.z.scalar_type() == at::kDouble) {
-    inaccurate = gram_error_exceeds_budget(rows, t, kFloat64UnitRoundoff);
+    inaccurate = gram_error_exceeds_budget(rows.max_sq_norm, t, kFloat64UnitRoundoff);
   } else {
     // The fast operand format first (TF32), then float32 accuracy, then float64.
-    rows.operand_precision_ok = !gram_error_exceeds_budget(rows, t, operand_roundoff);
+    rows.operand_precision_ok = !gram_error_exceeds_budget(rows.max_sq_norm, t, operand_roundoff);
     inaccurate = !rows.operand_precision_ok &&
-                 gram_error_exceeds_budget(rows, t, std::min(operand_roundoff, kFloat32UnitRoundoff));
+                 gram_error_exceeds_budget(rows.max_sq_norm, t,
+                                           std::min(operand_roundoff, kFloat32UnitRoundoff));
     if (inaccurate) {
       rows = prepare_uniform_rows(x, queue, at::kDouble);
-      inaccurate = gram_error_exceeds_budget(rows, t, kFloat64UnitRoundoff);
+      inaccurate = gram_error_exceeds_budget(rows.max_sq_norm, t, kFloat64UnitRoundoff);
     }
   }
   if (inaccurate) {
@@ -90,6 +111,16 @@ UniformOutputs nonfinite_uniform_outputs(const at::Tensor& x,
   at::Tensor lse = at::full({}, nan, acc);
   return {lse, grad_x ? at::full(x.sizes(), nan, acc) : at::empty({0}, acc),
           grad_queue ? at::full(queue->sizes(), nan, acc) : at::empty({0}, acc)};
+}
+
+UniformOutputs mask_nonfinite_outputs(const UniformOutputs& outputs, const at::Tensor& finite) {
+  // Device-side select (no host read): CUDA-graph capturable.
+  const auto mask = [&](const at::Tensor& v) {
+    return v.numel() ? at::where(finite, v, at::full({}, std::numeric_limits<double>::quiet_NaN(),
+                                                      v.options()))
+                     : v;
+  };
+  return {mask(std::get<0>(outputs)), mask(std::get<1>(outputs)), mask(std::get<2>(outputs))};
 }
 
 }  // namespace pyhypersphere

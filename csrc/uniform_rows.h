@@ -21,15 +21,27 @@ struct UniformRows {
   int64_t k = 0;       // rows of the queue
   bool finite = true;  // false if any input entry is NaN or +-inf
   double max_sq_norm = 0;  // max ||z_i||^2, read with `finite` in one device-to-host copy
+  // max ||x_i||^2 of the uncentered input rows (read with the above), when asked for.
+  double max_input_sq_norm = 0;
+  // The finiteness fact as a 0-dim bool tensor on the rows' device: without a host read
+  // (UniformPlanOptions::host_read false) the outputs are masked with it on the device.
+  at::Tensor finite_on_device;
   // False when the kernel's operand format (plan_uniform_rows' operand_roundoff, e.g.
   // TF32) cannot resolve the distances but float32 can: the kernel must then multiply
   // with float32 accuracy (3xTF32 or IEEE float32).
   bool operand_precision_ok = true;
+  // True when the kernel may multiply the raw 16-bit inputs (uncentered, exact) instead
+  // of z: their products are exact in float32, so the Gram form's error is float32
+  // accumulation on the uncentered norms (plan_uniform_rows' raw_16bit_operands).
+  bool raw_operands_ok = false;
 };
 
-// `compute` overrides the dtype of z (default: accumulate_dtype of x's dtype).
+// `compute` overrides the dtype of z (default: accumulate_dtype of x's dtype).  With
+// `host_read` false the facts stay on the device (finite_on_device); max_sq_norm and
+// max_input_sq_norm are then unknown (0).  `input_norms` also measures the uncentered rows.
 UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                                 std::optional<at::ScalarType> compute = std::nullopt);
+                                 std::optional<at::ScalarType> compute = std::nullopt,
+                                 bool host_read = true, bool input_norms = false);
 
 // The Gram form ||z_i - z_j||^2 = sq_i + sq_j - 2 <z_i, z_j> loses digits as the rows'
 // spread grows: the exponent -t d^2 carries an absolute error of about
@@ -39,7 +51,7 @@ UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Te
 // `unit_roundoff` is that of the operands the kernel multiplies (2^-24 for float32,
 // 2^-11 for TF32, 2^-53 for float64).
 constexpr double kGramExponentErrorBudget = 1e-3;
-bool gram_error_exceeds_budget(const UniformRows& rows, double t, double unit_roundoff);
+bool gram_error_exceeds_budget(double max_sq_norm, double t, double unit_roundoff);
 
 // Unit roundoffs of the operand formats, for gram_error_exceeds_budget.
 constexpr double kFloat32UnitRoundoff = 0x1p-24;
@@ -52,8 +64,24 @@ constexpr double kFloat64UnitRoundoff = 0x1p-53;
 // prepared again in float64; if even float64 is short, a warning.  z's dtype tells the
 // kernel which precision to compute in, operand_precision_ok whether its fast operand
 // format (e.g. TF32) suffices.  Non-finite inputs return at once with finite = false.
+//
+// Options (the CUDA kernels'):
+//   raw_16bit_operands  for 16-bit inputs, first ask whether the raw inputs can be the
+//                       operands (raw_operands_ok): exact products, float32 sums, error
+//                       budget on the uncentered norms.  Otherwise z (float32, centered:
+//                       no 16-bit overflow after centering) with float32-accurate products.
+//   host_read           false: no device-to-host read at all (CUDA-graph capture).  The
+//                       decision is then made without the facts: the accumulation dtype
+//                       with float32-accurate operands (operand_precision_ok false, no
+//                       raw 16-bit operands), no float64 fallback, no warning; non-finite
+//                       inputs are flagged on the device (finite_on_device).
+struct UniformPlanOptions {
+  bool raw_16bit_operands = false;
+  bool host_read = true;
+};
 UniformRows plan_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                              double t, double operand_roundoff);
+                              double t, double operand_roundoff,
+                              UniformPlanOptions options = UniformPlanOptions());
 
 at::ScalarType accumulate_dtype(at::ScalarType input);
 
@@ -71,5 +99,9 @@ UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& gra
 UniformOutputs nonfinite_uniform_outputs(const at::Tensor& x,
                                          const std::optional<at::Tensor>& queue, bool grad_x,
                                          bool grad_queue);
+
+// The same rule without a host read: every output replaced by NaN where `finite` (a
+// 0-dim bool tensor on the outputs' device) is false.
+UniformOutputs mask_nonfinite_outputs(const UniformOutputs& outputs, const at::Tensor& finite);
 
 }  // namespace pyhypersphere

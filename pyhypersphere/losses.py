@@ -58,7 +58,8 @@ def uniform_loss(
         intra_batch: include the pairs within x (only meaningful with a queue).
 
     Returns a 0-dim tensor in x's dtype (float16/bfloat16 inputs are accumulated in
-    float32).  Differentiable with respect to x and queue.
+    float32), or in float32 under autocast (as torch.pdist under CUDA autocast).
+    Differentiable with respect to x and queue.
     """
     function = "uniform_loss"
     _check_tensor(x, "x", function)
@@ -73,7 +74,7 @@ def uniform_loss(
     n = x.shape[0] if x.dim() >= 1 else 0
     k = queue.shape[0] if queue is not None and queue.dim() >= 1 else 0
     pairs = (n * (n - 1) // 2 if intra_batch else 0) + n * k
-    return (lse - math.log(pairs)).to(x.dtype)
+    return (lse - math.log(pairs)).to(_ops.loss_dtype(x))
 
 
 def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
@@ -83,7 +84,8 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = DEFAULT_ALPHA) -
         x, y: paired features [N, d] (positive pairs), same shape, dtype and device.
         alpha: exponent, a positive finite number.
 
-    Returns a 0-dim tensor in x's dtype.  Differentiable with respect to x and y.
+    Returns a 0-dim tensor in x's dtype, or in float32 under autocast (as the
+    reference's norm under CUDA autocast).  Differentiable with respect to x and y.
     """
     function = "align_loss"
     _check_tensor(x, "x", function)

@@ -4,12 +4,13 @@ Every precision mode (float64, float32 with and without TF32, bfloat16, float16)
 that are not multiples of the tile, queues, parts, non-contiguous inputs, streams and
 devices, torch.compile, opcheck, bitwise determinism and the O(N d) memory bound.
 
-Skipped without a CUDA device of compute capability 8.0+ or without a CUDA build of
-pyhypersphere.  PYHS_CUDA_TESTS_ON_CPU=1 runs the device-agnostic tests on the CPU
+Skipped without a CUDA device of compute capability 8.0+ (and shared memory for a tile:
+the glue's own rule, _C._cuda_tile_rows) or without a CUDA build of pyhypersphere.  PYHS_CUDA_TESTS_ON_CPU=1 runs the device-agnostic tests on the CPU
 kernel instead: it checks the tests themselves (references, tolerances) where there is
 no GPU.  The references are plain float64 torch code, independent of the kernels.
 """
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ def _skip_reason() -> Optional[str]:
     major, minor = torch.cuda.get_device_capability()
     if major < 8:
         return f"the CUDA kernels need compute capability 8.0+, this GPU has {major}.{minor}"
+    # The glue's rule (uniform_block_rows_for): a tile size whose shared memory fits.
+    optin = torch.cuda.get_device_properties(0).shared_memory_per_block_optin
+    rows = pyhypersphere._C._cuda_tile_rows(optin)
+    if min(rows.values()) == 0:
+        return f"no CUDA tile fits in {optin} bytes of shared memory per block: {rows}"
     return None
 
 
@@ -70,29 +76,41 @@ MODES = {
     "float64": Mode("float64", torch.float64, None, 1e-10, 1e-12, 1e-9),
     # 3xTF32 products reach float32 accuracy; float32 sums over ~N terms.
     "float32": Mode("float32", torch.float32, "ieee", 1e-5, 2e-6, 3e-4),
-    # TF32 keeps 10 mantissa bits of each product operand (relative step 2^-11): ~1e-3
-    # on the exponents, which only averages out over many coordinates (not at d = 1).
+    # TF32 keeps 10 mantissa bits of each product operand (relative step 2^-11); the
+    # policy uses it only where t * 16 * 2^-11 * max |z|^2 <= 1e-3, else 3xTF32.
     "tf32": Mode("tf32", torch.float32, "tf32", 5e-3, 0.0, 1e-2),
-    # 16-bit: the centered rows and the weights are rounded to the input type (and the
-    # gradient output too); also held to the flash-attention criterion (check_16bit).
+    # 16-bit: the raw inputs are the operands (exact), the weights are rounded to the
+    # input type in W Z (~2^-8 / 2^-11 relative on the gradient); also held to the
+    # flash-attention criterion (check_16bit).
     "bfloat16": Mode("bfloat16", torch.bfloat16, None, 1e-2, 0.0, 3e-2),
     "float16": Mode("float16", torch.float16, None, 3e-3, 0.0, 1e-2),
 }
 ALL_MODES = list(MODES)
 
 
+@contextlib.contextmanager
+def fp32_matmul(precision):
+    """torch.backends.cuda.matmul.fp32_precision = precision ("tf32" or "ieee") for the
+    block; allow_tf32 on torch before 2.9, which the glue reads there."""
+    matmul = torch.backends.cuda.matmul
+    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    old = getattr(matmul, name)
+    setattr(matmul, name, precision if name == "fp32_precision" else precision == "tf32")
+    try:
+        yield
+    finally:
+        setattr(matmul, name, old)
+
+
 @pytest.fixture
 def mode(request):
     """Runs the test under MODES[request.param]'s float32 matmul precision."""
     m = MODES[request.param]
-    matmul = torch.backends.cuda.matmul
-    old = matmul.fp32_precision
-    if m.fp32_precision is not None:
-        matmul.fp32_precision = m.fp32_precision
-    try:
+    if m.fp32_precision is None:
         yield m
-    finally:
-        matmul.fp32_precision = old
+        return
+    with fp32_matmul(m.fp32_precision):
+        yield m
 
 
 # ---------------------------------------------------------------- references
@@ -170,12 +188,13 @@ def check_against_reference(m, x, queue=None, t=2.0, intra=True, cond=1.0):
     """cond scales the tolerances: the exponents' absolute error grows with t |z|^2."""
     lse, gx, gq = fused(x, queue, t, intra)
     ref_lse, ref_gx, ref_gq = reference_lse_grad(x, queue, t, intra)
-    assert gx.dtype == x.dtype and gx.shape == x.shape and gx.device == x.device
+    # The op's gradients are in the accumulation dtype (csrc/ops.h).
+    assert gx.dtype == _ops.accumulate_dtype(x.dtype) and gx.shape == x.shape and gx.device == x.device
     assert math.isfinite(lse)
     assert abs(lse - ref_lse) <= cond * (m.lse_atol + m.lse_rtol * abs(ref_lse)), (m.name, lse, ref_lse)
     assert rel_err(gx, ref_gx) <= cond * m.grad_rtol, (m.name, rel_err(gx, ref_gx))
     if queue is not None:
-        assert gq.dtype == queue.dtype and gq.shape == queue.shape
+        assert gq.dtype == _ops.accumulate_dtype(queue.dtype) and gq.shape == queue.shape
         assert rel_err(gq, ref_gq) <= cond * m.grad_rtol, (m.name, rel_err(gq, ref_gq))
     if m.dtype in (torch.bfloat16, torch.float16):
         check_16bit_gradients(x, queue, t, intra, (gx, gq), (ref_gx, ref_gq))
@@ -427,19 +446,22 @@ def test_bitwise_reproducible(mode, deterministic):
 
 @cuda_only
 def test_tf32_setting_is_honored():
-    x = rows_on_device(1000, 128, torch.float32, seed=31)
+    # TF32 where its roundoff meets the budget (2 * 16 * 2^-11 * |z|^2 <= 1e-3: |z| = 0.2)...
+    x = rows_on_device(1000, 128, torch.float32, seed=31, scale=0.2)
     ref_lse, ref_gx, _ = reference_lse_grad(x)
-    matmul = torch.backends.cuda.matmul
-    old = matmul.fp32_precision
-    try:
-        matmul.fp32_precision = "ieee"
+    with fp32_matmul("ieee"):
         accurate = fused(x)
-        matmul.fp32_precision = "tf32"
+    with fp32_matmul("tf32"):
         fast = fused(x)
-    finally:
-        matmul.fp32_precision = old
     assert rel_err(accurate[1], ref_gx) < 5e-5
     assert rel_err(fast[1], ref_gx) > rel_err(accurate[1], ref_gx)
+    # ...and float32 accuracy (the same 3xTF32 kernel, bitwise) where it does not: unit rows.
+    unit = rows_on_device(1000, 128, torch.float32, seed=32)
+    with fp32_matmul("ieee"):
+        accurate = fused(unit)
+    with fp32_matmul("tf32"):
+        fallback = fused(unit)
+    assert fallback[0] == accurate[0] and torch.equal(fallback[1], accurate[1])
 
 
 @cuda_only
@@ -573,3 +595,200 @@ def test_align_bitwise_reproducible():
     runs = [_ops.align(x, y, 2.0, True) for _ in range(3)]
     for other in runs[1:]:
         assert torch.equal(other[0], runs[0][0]) and torch.equal(other[1], runs[0][1])
+
+
+# ---------------------------------------------------------------- review fixes (issue 10)
+
+
+@pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
+@pytest.mark.parametrize("k,num_parts", [(0, 1), (300, 1), (300, 3), (0, 4)])
+def test_loss_without_gradient_matches_reference(mode, k, num_parts):
+    # compute_grad false: one total per block, no ticket on block b's gradient state.
+    x = rows_on_device(700, 24, mode.dtype, seed=200 + k + num_parts)
+    q = rows_on_device(k, 24, mode.dtype, seed=201) if k else None
+    lses = [_ops.uniform_lse(x, q, 2.0, True, p, num_parts, False, False)[0].item()
+            for p in range(num_parts)]
+    combined = torch.logsumexp(torch.tensor(lses, dtype=torch.float64), 0).item()
+    ref_lse, _, _ = reference_lse_grad(x, q, 2.0, True)
+    assert abs(combined - ref_lse) <= 2 * (mode.lse_atol + mode.lse_rtol * abs(ref_lse))
+    with_grad = fused(x, q)[0] if num_parts == 1 else None
+    if with_grad is not None:
+        assert abs(lses[0] - with_grad) <= mode.lse_atol + mode.lse_rtol * abs(ref_lse)
+
+
+def _run_with_grid(monkeypatch, ctas, x, q, num_parts=1, no_grad=False):
+    monkeypatch.setenv("PYHS_CUDA_MAX_CTAS", str(ctas))
+    out = []
+    for p in range(num_parts):
+        lse, gx, gq = _ops.uniform_lse(x, q, 2.0, True, p, num_parts, not no_grad, q is not None and not no_grad)
+        out.append((lse.clone(), gx.clone(), gq.clone()))
+    return out
+
+
+def _assert_bitwise(a, b):
+    for (la, ga, qa), (lb, gb, qb) in zip(a, b):
+        assert torch.equal(la, lb) and torch.equal(ga, gb) and torch.equal(qa, qb)
+
+
+@cuda_only
+@pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
+@pytest.mark.parametrize("no_grad", [False, True])
+def test_bitwise_equal_across_grid_sizes(mode, no_grad, monkeypatch):
+    x = rows_on_device(1500, 40, mode.dtype, seed=210)
+    q = rows_on_device(700, 40, mode.dtype, seed=211)
+    full = _run_with_grid(monkeypatch, 0, x, q, no_grad=no_grad)
+    for ctas in (1, 2):
+        _assert_bitwise(_run_with_grid(monkeypatch, ctas, x, q, no_grad=no_grad), full)
+
+
+@cuda_only
+@pytest.mark.parametrize("mode", ["float32", "bfloat16"], indirect=True)
+@pytest.mark.parametrize("n,k,num_parts", [(256, 512 * 128, 1), (3 * 128 - 5, 511 * 128 + 7, 3)])
+def test_ticket_chain_stress(mode, n, k, num_parts, monkeypatch):
+    # Few x blocks against hundreds of queue blocks: every x block is in every round of
+    # the rectangle, so its updates form one long ticket chain; odd block counts and
+    # parts that cut a round in the middle.  Values, run-to-run and grid-size equality.
+    x = rows_on_device(n, 8, mode.dtype, seed=220 + n)
+    q = rows_on_device(k, 8, mode.dtype, seed=221 + n)
+    first = _run_with_grid(monkeypatch, 0, x, q, num_parts)
+    _assert_bitwise(_run_with_grid(monkeypatch, 0, x, q, num_parts), first)
+    _assert_bitwise(_run_with_grid(monkeypatch, 3, x, q, num_parts), first)
+    lses = torch.tensor([p[0].item() for p in first], dtype=torch.float64)
+    combined = torch.logsumexp(lses, 0).item()
+    weights = (lses - combined).exp().tolist()
+    gx = sum(w * p[1].double() for w, p in zip(weights, first))
+    gq = sum(w * p[2].double() for w, p in zip(weights, first))
+    ref_lse, ref_gx, ref_gq = reference_lse_grad(x, q, 2.0, True)
+    assert abs(combined - ref_lse) <= 2 * (mode.lse_atol + mode.lse_rtol * abs(ref_lse))
+    assert rel_err(gx, ref_gx) <= 2 * mode.grad_rtol
+    assert rel_err(gq, ref_gq) <= 2 * mode.grad_rtol
+
+
+@cuda_only
+@pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
+def test_small_tiles_of_99_kib_devices(mode, monkeypatch):
+    # The 64-row tiles a device with 99 KiB of shared memory per block runs, forced here.
+    monkeypatch.setenv("PYHS_CUDA_BLOCK_ROWS", "64")
+    x = rows_on_device(333, 70, mode.dtype, seed=230)
+    q = rows_on_device(130, 70, mode.dtype, seed=231)
+    check_against_reference(mode, x, q)
+
+
+@cuda_only
+def test_float16_near_the_edge_of_its_range():
+    # +-60000 entries: centered values reach 1.2e5 > 65504 (they overflowed when rounded
+    # back to float16).  t scaled so that the exponents are O(1).
+    g = torch.Generator().manual_seed(240)
+    x = (torch.rand(300, 8, generator=g, dtype=torch.float64) * 120000 - 60000).half().to(DEVICE)
+    assert torch.isfinite(x).all()
+    t = 1e-10
+    lse, gx, _ = _ops.uniform_lse(x, None, t, True, 0, 1, True, False)
+    ref_lse, ref_gx, _ = reference_lse_grad(x, None, t)
+    assert math.isfinite(lse.item()) and torch.isfinite(gx).all()
+    assert abs(lse.item() - ref_lse) <= 1e-4 * max(1.0, abs(ref_lse))
+    assert rel_err(gx, ref_gx) <= 1e-3
+
+
+@cuda_only
+@pytest.mark.parametrize("mode", ["float32", "tf32"], indirect=True)
+def test_float32_far_from_the_origin(mode):
+    # Radius 100 with one close pair: the Gram form in float32 (let alone TF32) misses the
+    # budget by far; the policy moves the rows to float64 (CPU: the same decision).
+    x = rows_on_device(300, 8, torch.float64, seed=250, scale=100.0)
+    x[1] = x[0] + 0.05
+    x = x.float()
+    lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
+    ref_lse, ref_gx, _ = reference_lse_grad(x)
+    assert abs(lse.item() - ref_lse) <= 2e-5 * max(1.0, abs(ref_lse))
+    assert rel_err(gx, ref_gx) <= 3e-4
+
+
+@cuda_only
+@pytest.mark.parametrize("mode", ["tf32"], indirect=True)
+def test_tf32_with_large_norms_falls_back_to_float32_accuracy(mode):
+    # |z| = 3: TF32's exponent error 2 * 16 * 2^-11 * 9 ~ 0.14 is over the budget; the
+    # kernel multiplies with 3xTF32 and meets the float32 tolerances.
+    x = rows_on_device(1000, 64, torch.float32, seed=260, scale=3.0)
+    check_against_reference(MODES["float32"], x)
+
+
+@cuda_only
+def test_concurrent_calls_on_two_streams():
+    xs = [rows_on_device(3000, 48, torch.float32, seed=270 + i) for i in range(2)]
+    want = [fused(x) for x in xs]
+    streams = [torch.cuda.Stream() for _ in xs]
+    out = [None, None]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    for _ in range(3):
+        for i, (s, x) in enumerate(zip(streams, xs)):
+            with torch.cuda.stream(s):
+                out[i] = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
+        torch.cuda.synchronize()
+        for (lse, gx, _), w in zip(out, want):
+            assert lse.item() == w[0] and torch.equal(gx, w[1])
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_cuda_graph_capture(dtype):
+    # No host read inside the op: it captures, replays on new data, and flags non-finite
+    # inputs with NaN on the device.
+    x = rows_on_device(900, 32, dtype, seed=280)
+    q = rows_on_device(200, 32, dtype, seed=281)
+    static_x, static_q = x.clone(), q.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        _ops.uniform_lse(static_x, static_q, 2.0, True, 0, 1, True, True)  # warm-up
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        lse, gx, gq = _ops.uniform_lse(static_x, static_q, 2.0, True, 0, 1, True, True)
+    m = MODES["float64" if dtype == torch.float64 else "float32"]
+    for seed in (282, 283):
+        static_x.copy_(rows_on_device(900, 32, dtype, seed=seed))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref_lse, ref_gx, ref_gq = reference_lse_grad(static_x, static_q)
+        assert abs(lse.item() - ref_lse) <= m.lse_atol + m.lse_rtol * abs(ref_lse)
+        assert rel_err(gx, ref_gx) <= m.grad_rtol and rel_err(gq, ref_gq) <= m.grad_rtol
+    static_x[5, 3] = math.inf
+    graph.replay()
+    torch.cuda.synchronize()
+    assert math.isnan(lse.item()) and torch.isnan(gx).all() and torch.isnan(gq).all()
+
+
+@cuda_only
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_compile_reduce_overhead():
+    x = rows_on_device(800, 32, torch.float32, seed=290)
+
+    def loss_fn(x):
+        return uniform_loss(x, 2.0)
+
+    compiled = torch.compile(loss_fn, mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):
+        got = compiled(x)
+    want = reference_lse_grad(x)[0] - math.log(800 * 799 / 2)
+    assert abs(got.item() - want) <= 1e-5 * max(1.0, abs(want))
+
+
+@cuda_only
+def test_cuda_autocast():
+    x = rows_on_device(400, 16, torch.float32, seed=300)
+    y = rows_on_device(400, 16, torch.float32, seed=301)
+    xb = x.bfloat16().requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        # The reference formula: pdist is on autocast's float32 list.
+        ref = torch.pdist(x, p=2).pow(2).mul(-2).exp().mean().log()
+        got = uniform_loss(xb)
+        got_align = align_loss(xb, y.bfloat16())
+    assert ref.dtype == torch.float32
+    assert got.dtype == torch.float32 and got_align.dtype == torch.float32
+    want = reference_lse_grad(xb)[0] - math.log(400 * 399 / 2)
+    assert abs(got.item() - want) <= 1e-4 * abs(want)
+    want_align = reference_align_loss(xb.detach().double(), y.bfloat16().double())
+    assert abs(got_align.item() - want_align.item()) <= 1e-6 * abs(want_align.item())
+    (got + got_align).backward()
+    assert xb.grad.dtype == torch.bfloat16

@@ -1,6 +1,6 @@
 // Standalone smoke test and benchmark of the CUDA uniformity kernels (no torch).
 //
-//   uniform_bench_cuda [--d D] [--reps R] [--t T] [--skip-check] [N ...]
+//   uniform_bench_cuda [--d D] [--reps R] [--t T] [--skip-check] [--skip-timing] [N ...]
 //
 // 1. Smoke test (first, unless --skip-check): every precision, on problems whose sizes
 //    are not multiples of the tile (odd d, a queue, queue-only pairs, 3 parts combined),
@@ -9,7 +9,8 @@
 // 2. Timings: random unit-norm rows, d = 128 (--d), N = 8192 32768 65536 131072 (or the
 //    N given), TF32 / FP32 (3xTF32) / BF16; each call is the whole op (workspace
 //    initialization, packing, tiles, finish, gradient), timed with CUDA events, median
-//    of R (--reps, default 5) after 2 warm-up calls.
+//    of R (--reps, default 5) after 2 warm-up calls.  --skip-timing: the smoke test only
+//    (the compute-sanitizer run of docs/cuda.md).
 //    TFLOP/s count the Gram products of an exact triangle: N(N-1)/2 pairs x 2d flops
 //    for the forward, three such products (Gram, W Z, W^T Z) with the gradient.
 #include "cuda/uniform_kernels.h"
@@ -233,11 +234,14 @@ bool smoke_test(double t) {
                                          UniformPrecision::kBf16};
   bool ok = true;
   std::printf("smoke test: CUDA kernels vs float64 host reference (t = %g)\n", t);
-  std::printf("%-13s %6s %6s %5s %5s %6s %12s %12s\n", "precision", "n", "k", "d", "intra", "parts",
-              "|lse err|", "grad err");
+  std::printf("%-13s %4s %6s %6s %5s %5s %6s %12s %12s\n", "precision", "B", "n", "k", "d", "intra",
+              "parts", "|lse err|", "grad err");
   for (const Case& c : cases) {
     const std::vector<double> z = random_rows(c.n + c.k, c.d, 1234u + unsigned(c.n + c.k + c.d));
-    for (UniformPrecision p : precisions) {
+    // Each precision's default tiles, then the 64-row tiles of 99 KiB devices.
+    for (UniformPrecision p : precisions)
+    for (const int64_t block_rows : {int64_t(0), int64_t(64)}) {
+      if (block_rows == pyhypersphere::cuda::uniform_block_rows(p)) continue;  // float64's default
       std::vector<double> stored;
       const std::vector<unsigned char> bytes = encode(z, p, stored);
       const DeviceRun ref = reference(stored, c.n, c.k, c.d, t, c.intra);
@@ -255,6 +259,7 @@ bool smoke_test(double t) {
         problem.num_parts = c.parts;
         problem.compute_grad = true;
         problem.precision = p;
+        problem.block_rows = block_rows;
         parts.push_back(run_once(problem, bytes));
         top = std::max(top, parts.back().lse);
       }
@@ -276,7 +281,9 @@ bool smoke_test(double t) {
       const Tolerance tol = tolerance_of(p);
       const bool pass = lse_err <= tol.lse && grad_err <= tol.grad && std::isfinite(lse);
       ok = ok && pass;
-      std::printf("%-13s %6lld %6lld %5lld %5d %6lld %12.3e %12.3e %s\n", name_of(p), (long long)c.n,
+      std::printf("%-13s %4lld %6lld %6lld %5lld %5d %6lld %12.3e %12.3e %s\n", name_of(p),
+                  (long long)(block_rows ? block_rows : pyhypersphere::cuda::uniform_block_rows(p)),
+                  (long long)c.n,
                   (long long)c.k, (long long)c.d, (int)c.intra, (long long)c.parts, lse_err, grad_err,
                   pass ? "ok" : "FAIL");
     }
@@ -325,7 +332,7 @@ int main(int argc, char** argv) {
   int64_t d = 128;
   int reps = 5;
   double t = 2.0;
-  bool check = true;
+  bool check = true, timing = true;
   std::vector<int64_t> sizes;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -337,10 +344,13 @@ int main(int argc, char** argv) {
       t = std::atof(argv[++i]);
     } else if (arg == "--skip-check") {
       check = false;
+    } else if (arg == "--skip-timing") {
+      timing = false;
     } else if (!arg.empty() && arg[0] != '-') {
       sizes.push_back(std::atoll(arg.c_str()));
     } else {
-      std::fprintf(stderr, "usage: %s [--d D] [--reps R] [--t T] [--skip-check] [N ...]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--d D] [--reps R] [--t T] [--skip-check] [--skip-timing] [N ...]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -359,11 +369,14 @@ int main(int argc, char** argv) {
 
   bool ok = true;
   if (check) ok = smoke_test(t);
+  if (!timing) sizes.clear();
 
-  std::printf("\ntimings: d = %lld, t = %g, median of %d (whole op, CUDA events)\n", (long long)d, t,
-              reps);
-  std::printf("%-13s %8s %10s %10s %12s %12s %14s\n", "precision", "N", "fwd ms", "fwd TF/s",
-              "fwd+grad ms", "fwd+grad TF/s", "lse");
+  if (timing) {
+    std::printf("\ntimings: d = %lld, t = %g, median of %d (whole op, CUDA events)\n", (long long)d,
+                t, reps);
+    std::printf("%-13s %8s %10s %10s %12s %12s %14s\n", "precision", "N", "fwd ms", "fwd TF/s",
+                "fwd+grad ms", "fwd+grad TF/s", "lse");
+  }
   const UniformPrecision timed[] = {UniformPrecision::kTf32, UniformPrecision::kFp32,
                                     UniformPrecision::kBf16};
   for (int64_t n : sizes) {

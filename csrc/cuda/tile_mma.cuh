@@ -10,6 +10,9 @@
 //                       gradient products (both 128 bytes of op_t, or 256 for fp64's kChunkD)
 //   prepare(operand)    turns a loaded fragment into what mma() expects (TF32 rounding,
 //                       3xTF32 split)
+//   round_operand(v)    the value an operand element v takes in the products: the kernel
+//                       stores rows and weights rounded by it, so squared norms, row sums
+//                       and s_i z_i use exactly the values the tensor cores multiply
 //   mma(c, a, b)        c += a * b
 #pragma once
 
@@ -72,7 +75,15 @@ struct WmmaShape {
   using Frag = wmma::fragment<Use, M, N, K, FragT, Layout>;
 };
 
-struct Bf16Mma : WmmaShape<__nv_bfloat16, 16, 16, 16, __nv_bfloat16> {
+// Operands taken as they are (16-bit, float64, 3xTF32's float32 split exactly).
+struct ExactOperands {
+  template <class T>
+  static __device__ __forceinline__ T round_operand(T v) {
+    return v;
+  }
+};
+
+struct Bf16Mma : WmmaShape<__nv_bfloat16, 16, 16, 16, __nv_bfloat16>, ExactOperands {
   using acc_t = float;
   using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
   static constexpr int kBlock = 128, kChunkK = 64, kChunkD = 64;
@@ -84,7 +95,7 @@ struct Bf16Mma : WmmaShape<__nv_bfloat16, 16, 16, 16, __nv_bfloat16> {
   }
 };
 
-struct F16Mma : WmmaShape<__half, 16, 16, 16, __half> {
+struct F16Mma : WmmaShape<__half, 16, 16, 16, __half>, ExactOperands {
   using acc_t = float;
   using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
   static constexpr int kBlock = 128, kChunkK = 64, kChunkD = 64;
@@ -97,10 +108,13 @@ struct F16Mma : WmmaShape<__half, 16, 16, 16, __half> {
 };
 
 // float32 rows on TF32 tensor cores: operands rounded to TF32 (cvt.rna), float32 sums.
+// The rows and weights are stored TF32-rounded already (round_operand), so the norms
+// and row sums match the products and the exponent error shrinks with the distance.
 struct Tf32Mma : WmmaShape<float, 16, 16, 8, wmma::precision::tf32> {
   using acc_t = float;
   using Acc = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
   static constexpr int kBlock = 128, kChunkK = 32, kChunkD = 32;
+  static __device__ __forceinline__ float round_operand(float v) { return wmma::__float_to_tf32(v); }
   template <class F>
   static __device__ __forceinline__ void prepare(Operand<F>& x) {
 #pragma unroll
@@ -116,6 +130,7 @@ struct Tf32Mma : WmmaShape<float, 16, 16, 8, wmma::precision::tf32> {
 // big = tf32(x), small = tf32(x - big); a*b ~ big_a*big_b + big_a*small_b + small_a*big_b
 // (the dropped small*small term is ~2^-22 relative).  Small terms are added first.
 struct Tf32x3Mma : Tf32Mma {
+  static __device__ __forceinline__ float round_operand(float v) { return v; }
   template <class F>
   static __device__ __forceinline__ void prepare(Operand<F>& x) {
 #pragma unroll
@@ -136,7 +151,7 @@ struct Tf32x3Mma : Tf32Mma {
 
 // float64 rows on FP64 tensor cores (DMMA, 8x8x4); 64-row blocks keep the shared
 // memory and registers of a double tile within those of the 128-row float tiles.
-struct F64Mma : WmmaShape<double, 8, 8, 4, double> {
+struct F64Mma : WmmaShape<double, 8, 8, 4, double>, ExactOperands {
   using acc_t = double;
   using Acc = wmma::fragment<wmma::accumulator, 8, 8, 4, double>;
   static constexpr int kBlock = 64, kChunkK = 16, kChunkD = 32;
@@ -146,6 +161,13 @@ struct F64Mma : WmmaShape<double, 8, 8, 4, double> {
   static __device__ __forceinline__ void mma(Acc& c, const Operand<FA>& a, const Operand<FB>& b) {
     wmma::mma_sync(c, a.hi, b.hi, c);
   }
+};
+
+// A precision's product with blocks of kB rows (the 64-row tiles of devices with 99 KiB
+// of shared memory per block).
+template <class Mma, int kB>
+struct WithBlock : Mma {
+  static constexpr int kBlock = kB;
 };
 
 // ---------------------------------------------------------------- asynchronous copies

@@ -2,13 +2,17 @@
 // device guard and stream, the precision of the tile products, the workspace and the
 // outputs of the ops.h contract.  Host compiler only; the kernels live in .cu files.
 //
-// Precision follows PyTorch's matmul settings:
+// Precision: the shared policy (plan_uniform_rows, csrc/uniform_rows.cpp) with the
+// operand format PyTorch's matmul settings ask for:
 //   float32   TF32 tensor cores when torch.backends.cuda.matmul.fp32_precision is "tf32"
 //             (torch.set_float32_matmul_precision("high"/"medium"),
-//             torch.backends.cuda.matmul.allow_tf32 = True), else 3xTF32 (float32 accuracy)
-//   bf16/fp16 tensor cores on the centered rows rounded back to the input type, float32
-//             accumulation
+//             torch.backends.cuda.matmul.allow_tf32 = True) and the rows' spread allows
+//             TF32's roundoff (2^-11), else 3xTF32 (float32 accuracy), else float64 rows
+//   bf16/fp16 tensor cores on the raw 16-bit inputs (exact products, float32 sums) when
+//             their uncentered spread allows, else the centered float32 rows as float32
 //   float64   FP64 tensor cores
+// Under CUDA-graph capture there is no host read: float32 accuracy (3xTF32) for every
+// non-float64 input, NaN outputs for non-finite inputs by a device-side select.
 // The kernels are deterministic (fixed-order updates and reductions, no float atomics),
 // so torch.use_deterministic_algorithms(True) needs no other path.
 #include "../input_checks.h"
@@ -23,41 +27,65 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <torch/version.h>
+
 #include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdlib>
 
 namespace pyhypersphere {
 namespace {
 
 bool tf32_allowed() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+  // The API that does not throw when legacy and new TF32 settings are mixed (torch 2.9+).
   return at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
          at::Float32Precision::TF32;
+#else
+  return at::globalContext().allowTF32CuBLAS();
+#endif
 }
 
-cuda::UniformPrecision tile_precision(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kBFloat16:
-      return cuda::UniformPrecision::kBf16;
-    case at::kHalf:
-      return cuda::UniformPrecision::kFp16;
-    case at::kDouble:
-      return cuda::UniformPrecision::kFp64;
-    default:
-      return tf32_allowed() ? cuda::UniformPrecision::kTf32 : cuda::UniformPrecision::kFp32;
+bool stream_is_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// The kernel for the rows the policy chose: their dtype, and for float32 rows whether
+// the fast operand format (TF32) is allowed and suffices.
+cuda::UniformPrecision tile_precision(const UniformRows& rows, at::ScalarType input, bool tf32) {
+  if (rows.raw_operands_ok) {
+    return input == at::kBFloat16 ? cuda::UniformPrecision::kBf16 : cuda::UniformPrecision::kFp16;
   }
+  if (rows.z.scalar_type() == at::kDouble) return cuda::UniformPrecision::kFp64;
+  return tf32 && rows.operand_precision_ok ? cuda::UniformPrecision::kTf32
+                                           : cuda::UniformPrecision::kFp32;
 }
 
-void check_device_capability(const at::Tensor& x, cuda::UniformPrecision precision) {
+// Debug knobs for the GPU tests, read per call (0 or unset: off):
+//   PYHS_CUDA_MAX_CTAS=n     caps the tile kernel's grid (results must not depend on it)
+//   PYHS_CUDA_BLOCK_ROWS=64  the 64-row tiles of 99 KiB devices, on any device
+int64_t debug_knob(const char* name) {
+  const char* value = std::getenv(name);
+  return value ? std::max<int64_t>(0, std::atoll(value)) : 0;
+}
+
+void check_device_capability(const at::Tensor& x) {
   const int device = x.get_device();
-  int major = 0, minor = 0, smem_optin = 0;
+  int major = 0, minor = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   TORCH_CHECK(major >= 8, "uniform_loss: the CUDA kernels need a GPU of compute capability 8.0 or "
               "newer (A100, H100, ...); ", x.device(), " has ", major, ".", minor);
-  const size_t needed = cuda::uniform_shared_memory_bytes(precision);
-  TORCH_CHECK(static_cast<size_t>(smem_optin) >= needed, "uniform_loss: the CUDA kernel for ",
-              x.scalar_type(), " needs ", needed, " bytes of shared memory per block; ", x.device(),
-              " (compute capability ", major, ".", minor, ") allows ", smem_optin);
+}
+
+int shared_memory_optin(const at::Tensor& x) {
+  int smem_optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                        x.get_device()));
+  return smem_optin;
 }
 
 }  // namespace
@@ -70,25 +98,30 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
   TORCH_CHECK_VALUE(x.is_cuda(), "uniform_loss: x must be a CUDA tensor for the CUDA kernel, got ",
                     x.device());
   const c10::cuda::CUDAGuard guard(x.device());
-  const cuda::UniformPrecision precision = tile_precision(x.scalar_type());
-  check_device_capability(x, precision);
+  check_device_capability(x);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool tf32 = tf32_allowed();
 
-  UniformRows rows = prepare_uniform_rows(x, queue);
+  UniformPlanOptions options;
+  options.raw_16bit_operands = true;
+  options.host_read = !stream_is_capturing(stream);
+  UniformRows rows = plan_uniform_rows(x, queue, t, tf32 ? kTf32UnitRoundoff : kFloat32UnitRoundoff,
+                                       options);
   if (!rows.finite) return nonfinite_uniform_outputs(x, queue, grad_x, grad_queue);
-  // The kernels read the centered rows in the operand type (16-bit for the 16-bit
-  // tensor-core paths) and compute their own squared norms of what they read.  The
-  // other paths read the accumulation type: float32 for the float8 types too, which the
-  // input checks accept and tile_precision sends to the float32 kernels.
-  const bool sixteen_bit = precision == cuda::UniformPrecision::kBf16 ||
-                           precision == cuda::UniformPrecision::kFp16;
-  const at::Tensor operand = sixteen_bit ? rows.z.to(x.scalar_type()) : rows.z;
-  rows.z = at::Tensor();  // keep the peak at a few copies of the rows
-  rows.sq_norm = at::Tensor();
+  const cuda::UniformPrecision precision = tile_precision(rows, x.scalar_type(), tf32);
+  // The operands: the raw 16-bit inputs (stacked), or the centered rows in the dtype the
+  // policy chose.  The kernels compute the squared norms of exactly what they read.
+  const bool has_queue = queue.has_value() && queue->defined();
+  const at::Tensor operand = !rows.raw_operands_ok ? rows.z
+                             : has_queue           ? at::cat({x, *queue}, 0)
+                                                   : x.contiguous();
+  const at::Tensor finite = rows.finite_on_device;
+  rows = UniformRows();  // keep the peak at a few copies of the rows
 
   cuda::UniformProblem problem;
   problem.rows = operand.data_ptr();
-  problem.n = rows.n;
-  problem.k = rows.k;
+  problem.n = x.size(0);
+  problem.k = has_queue ? queue->size(0) : 0;
   problem.d = x.size(1);
   problem.t = t;
   problem.intra_batch = intra_batch;
@@ -96,19 +129,35 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
   problem.num_parts = num_parts;
   problem.compute_grad = compute_grad;
   problem.precision = precision;
+  const int64_t forced_rows = debug_knob("PYHS_CUDA_BLOCK_ROWS");
+  problem.block_rows = cuda::uniform_block_rows_for(
+      precision, forced_rows == 64 ? cuda::uniform_shared_memory_bytes(precision, 64)
+                                   : shared_memory_optin(x));
+  problem.max_ctas = debug_knob("PYHS_CUDA_MAX_CTAS");
+  TORCH_CHECK(problem.block_rows > 0, "uniform_loss: the CUDA kernel for ", x.scalar_type(),
+              " needs ", cuda::uniform_shared_memory_bytes(precision, 64),
+              " bytes of shared memory per block at least; ", x.device(), " allows ",
+              shared_memory_optin(x));
 
-  const auto acc_options = x.options().dtype(accumulate_dtype(x.scalar_type()));
+  // The kernel writes lse and the gradient in its own accumulation type (float64 for
+  // float64 rows, also when the policy moved float32 rows there).
+  const auto kernel_options = x.options().dtype(operand.scalar_type() == at::kDouble ? at::kDouble
+                                                                                     : at::kFloat);
   const at::Tensor workspace = at::empty(
       {static_cast<int64_t>(cuda::uniform_workspace_bytes(problem))}, x.options().dtype(at::kByte));
-  at::Tensor lse = at::empty({}, acc_options);
+  at::Tensor lse = at::empty({}, kernel_options);
   at::Tensor grad_rows =
-      compute_grad ? at::empty({rows.n + rows.k, problem.d}, acc_options) : at::Tensor();
+      compute_grad ? at::empty({problem.n + problem.k, problem.d}, kernel_options) : at::Tensor();
   const cudaError_t err = cuda::launch_uniform_lse(
       problem, workspace.data_ptr(), lse.data_ptr(), compute_grad ? grad_rows.data_ptr() : nullptr,
-      c10::cuda::getCurrentCUDAStream());
+      stream);
   TORCH_CHECK(err == cudaSuccess, "uniform_loss: CUDA kernel launch failed: ", cudaGetErrorString(err));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return make_uniform_outputs(lse, grad_rows, x, queue, grad_x, grad_queue);
+  const auto acc = accumulate_dtype(x.scalar_type());
+  lse = lse.to(acc);
+  if (compute_grad) grad_rows = grad_rows.to(acc);
+  UniformOutputs outputs = make_uniform_outputs(lse, grad_rows, x, queue, grad_x, grad_queue);
+  return options.host_read ? outputs : mask_nonfinite_outputs(outputs, finite);
 }
 
 TORCH_LIBRARY_IMPL(pyhypersphere, CUDA, m) { m.impl("uniform_lse", &uniform_lse_cuda); }

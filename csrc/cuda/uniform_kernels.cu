@@ -187,10 +187,12 @@ class TileWorker {
       update_block_state(tile, tile_max, diagonal);
       if (p_.grad) gradient_products(row_a, row_b, diagonal);
     }
-    // Publish: this tile's writes happen before any later tile of a or b reads them.
-    __threadfence();
+    // Publish: this tile's writes happen before any later tile of a or b reads them.  The
+    // barrier orders every thread's writes before thread 0's fence, whose release is
+    // cumulative (the pattern of cooperative_groups' grid sync): one fence, not 256.
     __syncthreads();
     if (tid == 0) {
+      __threadfence();
       store_release(&p_.tickets[tile.a], static_cast<unsigned long long>(f) + 1);
       if (!diagonal) store_release(&p_.tickets[tile.b], static_cast<unsigned long long>(f) + 1);
     }
@@ -310,7 +312,7 @@ class TileWorker {
       if constexpr (G::kSeparateW) {
         w_[i * G::LDW + j] = from_acc<op_t>(w);
       } else {
-        s_[i * G::LDS + j] = w;
+        s_[i * G::LDS + j] = Mma::round_operand(w);  // the weights W Z multiplies
       }
     }
     __syncthreads();
@@ -329,6 +331,15 @@ class TileWorker {
       col_sums_[j] = sum;
     }
     __syncthreads();
+    // Without the gradient a tile adds one total to block a: summed here, before the
+    // turn, by warp 0 in a fixed order (read by thread 0 after the turn's barrier).
+    if (!p_.grad && warp == 0) {
+      acc_t total = 0;
+      for (int i = lane; i < B; i += 32) total += row_sums_[i];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
+      if (lane == 0) scratch_[kTileTotal] = total;
+    }
   }
 
   __device__ acc_t weight(int i, int j) const {
@@ -349,8 +360,7 @@ class TileWorker {
       acc_t f_a, alpha_a, f_b = 1, alpha_b = 0;
       raise_block(tile.a, tile_max, f_a, alpha_a);
       if (!p_.grad) {
-        acc_t total = 0;
-        for (int i = 0; i < B; ++i) total += row_sums_[i];
+        acc_t total = scratch_[kTileTotal];
         if (diagonal) total *= acc_t(0.5);  // a diagonal tile holds each pair twice
         p_.block_sum[tile.a] = __ldcg(&p_.block_sum[tile.a]) * f_a + alpha_a * total;
       } else if (!diagonal) {
@@ -466,32 +476,41 @@ class TileWorker {
   }
 
   // acc[row .. row+B, col .. col+DC] <- acc * f + alpha * staging, 16 bytes at a time.
-  // Rows and columns past the data hold zero products and stay zero.
+  // Rows and columns past the data hold zero products and stay zero.  Every load is
+  // issued before the first store (one L2 round trip per chunk, not one per vector).
   __device__ void accumulate(int64_t row, int64_t col, acc_t f, acc_t alpha) {
+    using Vec = typename std::conditional<std::is_same<acc_t, float>::value, float4, double2>::type;
     constexpr int kVec = 16 / int(sizeof(acc_t));
     constexpr int kPerRow = G::DC / kVec;
-    acc_t* base = p_.acc + row * p_.ld + col;
-    for (int idx = threadIdx.x; idx < B * kPerRow; idx += kTileThreads) {
+    constexpr int kItems = B * kPerRow / kTileThreads;
+    static_assert(B * kPerRow % kTileThreads == 0, "whole vectors per thread");
+    acc_t* __restrict__ base = p_.acc + row * p_.ld + col;
+    const acc_t* __restrict__ staged = staging_;
+    Vec held[kItems];
+#pragma unroll
+    for (int it = 0; it < kItems; ++it) {
+      const int idx = threadIdx.x + it * kTileThreads;
       const int r = idx / kPerRow, c = (idx % kPerRow) * kVec;
-      acc_t* g = base + static_cast<int64_t>(r) * p_.ld + c;
-      const acc_t* s = staging_ + r * G::LDO + c;
-      update16(g, s, f, alpha);
+      held[it] = __ldcg(reinterpret_cast<const Vec*>(base + static_cast<int64_t>(r) * p_.ld + c));
+    }
+#pragma unroll
+    for (int it = 0; it < kItems; ++it) {
+      const int idx = threadIdx.x + it * kTileThreads;
+      const int r = idx / kPerRow, c = (idx % kPerRow) * kVec;
+      update16(held[it], staged + r * G::LDO + c, f, alpha);
+      __stcg(reinterpret_cast<Vec*>(base + static_cast<int64_t>(r) * p_.ld + c), held[it]);
     }
   }
 
-  static __device__ __forceinline__ void update16(float* g, const float* s, float f, float alpha) {
-    float4 v = __ldcg(reinterpret_cast<const float4*>(g));
+  static __device__ __forceinline__ void update16(float4& v, const float* s, float f, float alpha) {
     v.x = v.x * f + alpha * s[0];
     v.y = v.y * f + alpha * s[1];
     v.z = v.z * f + alpha * s[2];
     v.w = v.w * f + alpha * s[3];
-    __stcg(reinterpret_cast<float4*>(g), v);
   }
-  static __device__ __forceinline__ void update16(double* g, const double* s, double f, double alpha) {
-    double2 v = __ldcg(reinterpret_cast<const double2*>(g));
+  static __device__ __forceinline__ void update16(double2& v, const double* s, double f, double alpha) {
     v.x = v.x * f + alpha * s[0];
     v.y = v.y * f + alpha * s[1];
-    __stcg(reinterpret_cast<double2*>(g), v);
   }
 
   // Largest value over the CTA (exact in any order).
@@ -521,6 +540,8 @@ class TileWorker {
   op_t* w_;
   int ldw_;
   acc_t* staging_;
+  // scratch_[0..3]: the update factors; scratch_[kTileTotal]: the tile's total (no gradient).
+  static constexpr int kTileTotal = 4;
 };
 
 template <class Mma>
@@ -562,8 +583,9 @@ __device__ __forceinline__ T warp_sum(T v) {
 
 // Padded row p holds data row src(p): x's rows at [0, n), the queue's at
 // [x_rows, x_rows + k), zeros elsewhere and in columns [d, ld).  sq[p] = ||row||^2 of
-// the values as stored (op_t), so the tile distances are those of the stored rows.
-template <class op_t, class acc_t>
+// the values as stored (op_t, rounded by Mma::round_operand), so the tile distances are
+// those of the rows the tensor cores multiply.
+template <class Mma, class op_t = typename Mma::op_t, class acc_t = typename Mma::acc_t>
 __global__ void pack_rows_kernel(const op_t* rows, int64_t n, int64_t k, int64_t d, int64_t x_rows,
                                  int64_t padded_rows, int64_t ld, op_t* z, acc_t* sq) {
   const int lane = threadIdx.x % 32;
@@ -573,7 +595,8 @@ __global__ void pack_rows_kernel(const op_t* rows, int64_t n, int64_t k, int64_t
     const int64_t src = p < x_rows ? (p < n ? p : -1) : (p - x_rows < k ? n + (p - x_rows) : -1);
     acc_t s = 0;
     for (int64_t c = lane; c < ld; c += 32) {
-      const op_t v = (src >= 0 && c < d) ? rows[src * d + c] : from_acc<op_t>(acc_t(0));
+      const op_t v = (src >= 0 && c < d) ? Mma::round_operand(rows[src * d + c])
+                                         : from_acc<op_t>(acc_t(0));
       z[p * ld + c] = v;
       const acc_t a = to_acc(v);
       s += a * a;
@@ -603,18 +626,22 @@ __global__ void __launch_bounds__(kFinishThreads)
   const acc_t global = static_cast<acc_t>(scratch[0]);
   __syncthreads();
 
+  // Each block's held sum by one warp: lanes stride over its row sums (coalesced), a
+  // fixed shuffle tree combines them; lane 0 keeps its warp's running total.
+  const int warp = tid / 32, lane = tid % 32;
   double total = 0;
-  for (int64_t b = tid; b < blocks; b += kFinishThreads) {
-    if (shift[b] == negative_infinity<acc_t>()) continue;  // a block without pairs
+  for (int64_t b = warp; b < blocks; b += kFinishThreads / 32) {
     double held;
     if (grad) {
       double rows = 0;
-      for (int i = 0; i < block_rows; ++i) rows += static_cast<double>(row_sum[b * block_rows + i]);
-      held = 0.5 * rows;
+      for (int i = lane; i < block_rows; i += 32) rows += static_cast<double>(row_sum[b * block_rows + i]);
+      held = 0.5 * warp_sum(rows);
     } else {
       held = static_cast<double>(block_sum[b]);
     }
-    total += held * std::exp(static_cast<double>(shift[b]) - static_cast<double>(global));
+    if (lane == 0 && shift[b] != negative_infinity<acc_t>()) {  // else a block without pairs
+      total += held * std::exp(static_cast<double>(shift[b]) - static_cast<double>(global));
+    }
   }
   scratch[tid] = total;
   __syncthreads();
@@ -743,7 +770,7 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   }
   fill_kernel<acc_t><<<grid_for(blocks, 256), 256, 0, stream>>>(p.shift, blocks,
                                                           -std::numeric_limits<acc_t>::infinity());
-  pack_rows_kernel<op_t, acc_t><<<grid_for(w.padded_rows, kRowWarps), 32 * kRowWarps, 0, stream>>>(
+  pack_rows_kernel<Mma><<<grid_for(w.padded_rows, kRowWarps), 32 * kRowWarps, 0, stream>>>(
       static_cast<const op_t*>(problem.rows), problem.n, problem.k, problem.d,
       w.x_blocks * G::B, w.padded_rows, w.ld, const_cast<op_t*>(p.z), const_cast<acc_t*>(p.sq));
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
@@ -765,7 +792,8 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
       return err;
     }
     if (per_sm < 1) return cudaErrorInvalidConfiguration;
-    const int64_t ctas = std::min<int64_t>(p.end - p.begin, int64_t(sms) * per_sm);
+    int64_t ctas = std::min<int64_t>(p.end - p.begin, int64_t(sms) * per_sm);
+    if (problem.max_ctas > 0) ctas = std::min<int64_t>(ctas, problem.max_ctas);
     kernel<<<static_cast<int>(ctas), kTileThreads, smem, stream>>>(p);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
@@ -781,48 +809,64 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   return cudaGetLastError();
 }
 
+// The kernel of a precision and block size: the default block, or 64 rows for the
+// float and 16-bit kernels (float64's default is 64 already).
 template <class F>
-auto with_mma(UniformPrecision precision, F&& f) {
+auto with_mma(UniformPrecision precision, int64_t block_rows, F&& f) {
+  const bool small = block_rows == 64;
   switch (precision) {
     case UniformPrecision::kBf16:
-      return f(Bf16Mma{});
+      return small ? f(WithBlock<Bf16Mma, 64>{}) : f(Bf16Mma{});
     case UniformPrecision::kFp16:
-      return f(F16Mma{});
+      return small ? f(WithBlock<F16Mma, 64>{}) : f(F16Mma{});
     case UniformPrecision::kTf32:
-      return f(Tf32Mma{});
+      return small ? f(WithBlock<Tf32Mma, 64>{}) : f(Tf32Mma{});
     case UniformPrecision::kFp64:
       return f(F64Mma{});
     case UniformPrecision::kFp32:
     default:
-      return f(Tf32x3Mma{});
+      return small ? f(WithBlock<Tf32x3Mma, 64>{}) : f(Tf32x3Mma{});
   }
 }
 
 }  // namespace
 
 int64_t uniform_block_rows(UniformPrecision precision) {
-  return with_mma(precision, [](auto mma) -> int64_t { return decltype(mma)::kBlock; });
+  return with_mma(precision, 0, [](auto mma) -> int64_t { return decltype(mma)::kBlock; });
 }
 
-size_t uniform_shared_memory_bytes(UniformPrecision precision) {
-  return with_mma(precision, [](auto mma) -> size_t {
+size_t uniform_shared_memory_bytes(UniformPrecision precision, int64_t block_rows) {
+  return with_mma(precision, block_rows, [](auto mma) -> size_t {
     return TileGeometry<decltype(mma)>::kSmemBytes;
   });
 }
 
+int64_t uniform_block_rows_for(UniformPrecision precision, int64_t smem_optin) {
+  const int64_t rows = uniform_block_rows(precision);
+  for (const int64_t candidate : {rows, rows / 2}) {
+    if (candidate < 64) break;  // no 32-row kernel
+    if (static_cast<int64_t>(uniform_shared_memory_bytes(precision, candidate)) <= smem_optin) {
+      return candidate;
+    }
+  }
+  return 0;
+}
+
 size_t uniform_workspace_bytes(const UniformProblem& problem) {
-  return with_mma(problem.precision,
+  return with_mma(problem.precision, problem.block_rows,
                   [&](auto mma) -> size_t { return plan_workspace<decltype(mma)>(problem).bytes; });
 }
 
 cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, void* lse,
                                void* grad_rows, cudaStream_t stream) {
   if (problem.n < 1 || problem.k < 0 || problem.d < 1 || problem.num_parts < 1 ||
-      problem.part < 0 || problem.part >= problem.num_parts ||
+      problem.part < 0 || problem.part >= problem.num_parts || problem.max_ctas < 0 ||
+      (problem.block_rows != 0 && problem.block_rows != 64 &&
+       problem.block_rows != uniform_block_rows(problem.precision)) ||
       (problem.compute_grad && grad_rows == nullptr) || lse == nullptr || workspace == nullptr) {
     return cudaErrorInvalidValue;
   }
-  return with_mma(problem.precision, [&](auto mma) {
+  return with_mma(problem.precision, problem.block_rows, [&](auto mma) {
     return launch_with<decltype(mma)>(problem, workspace, lse, grad_rows, stream);
   });
 }

@@ -45,14 +45,26 @@ struct UniformProblem {
   int64_t num_parts = 1;
   bool compute_grad = false;
   UniformPrecision precision = UniformPrecision::kFp32;
+  // Rows per schedule block: 0 for uniform_block_rows(precision), or half of it where
+  // the device's shared memory is short (uniform_block_rows_for).
+  int64_t block_rows = 0;
+  // Upper bound on the tile kernel's CTAs (0: as many as fit).  A debug knob: results
+  // are bitwise the same for every grid size.
+  int64_t max_ctas = 0;
 };
 
-// Rows per schedule block (the tile edge) for a precision: 128, or 64 for kFp64.
+// Rows per schedule block (the tile edge) for a precision by default: 128, or 64 for kFp64.
 int64_t uniform_block_rows(UniformPrecision precision);
 
-// Dynamic shared memory per CTA of the tile kernel (about 140 KiB, 90 KiB for kFp64):
-// the device's opt-in limit must allow it (A100 and H100 do; GPUs with 99 KiB do not).
-size_t uniform_shared_memory_bytes(UniformPrecision precision);
+// Dynamic shared memory per CTA of the tile kernel with blocks of `block_rows` rows
+// (0: the default): about 140 KiB at 128 rows (90 KiB for kFp64 at 64), about 55 KiB
+// for the float and 16-bit kernels at 64 rows.
+size_t uniform_shared_memory_bytes(UniformPrecision precision, int64_t block_rows = 0);
+
+// The block size to run with on a device whose opt-in shared memory per block is
+// `smem_optin` bytes: the default where it fits (A100, H100), else 64 rows (sm_86, sm_89,
+// sm_120: 99 KiB), else 0 (no kernel fits).  One rule for the glue and the tests.
+int64_t uniform_block_rows_for(UniformPrecision precision, int64_t smem_optin);
 
 // Bytes of device workspace launch_uniform_lse needs: O((n + k) * d), padded copies of
 // the rows plus, with compute_grad, one accumulator row per row.
