@@ -2,6 +2,7 @@
 #   pyhypersphere_cuda_kernels   static library of csrc/cuda/*.cu
 #   uniform_bench_cuda           standalone benchmark + smoke test (needs a GPU to run)
 #   tile_order_test              host test of the kernels' closed-form tile order
+#   tile_size_test               host test of the tile-size rule (uniform_block_rows_for)
 #
 #   cmake -S . -B build/cmake-cuda -DPYHYPERSPHERE_CUDA_KERNELS_ONLY=ON
 #   cmake --build build/cmake-cuda && build/cmake-cuda/tile_order_test
@@ -36,5 +37,11 @@ target_compile_options(uniform_bench_cuda PRIVATE
 add_executable(tile_order_test csrc/cuda/tests/tile_order_test.cpp csrc/tile_schedule.cpp)
 target_include_directories(tile_order_test PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/csrc)
 
+add_executable(tile_size_test csrc/cuda/tests/tile_size_test.cu)
+target_link_libraries(tile_size_test PRIVATE pyhypersphere_cuda_kernels)
+target_compile_options(tile_size_test PRIVATE
+                       $<$<COMPILE_LANGUAGE:CUDA>:${PYHYPERSPHERE_NVCC_FLAGS}>)
+
 enable_testing()
 add_test(NAME tile_order_test COMMAND tile_order_test)
+add_test(NAME tile_size_test COMMAND tile_size_test)

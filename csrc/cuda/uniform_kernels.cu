@@ -312,7 +312,8 @@ class TileWorker {
       if constexpr (G::kSeparateW) {
         w_[i * G::LDW + j] = from_acc<op_t>(w);
       } else {
-        s_[i * G::LDS + j] = Mma::round_operand(w);  // the weights W Z multiplies
+        // With the gradient, the weights W Z multiplies, so that the row sums match them.
+        s_[i * G::LDS + j] = p_.grad ? Mma::round_operand(w) : w;
       }
     }
     __syncthreads();
@@ -476,29 +477,34 @@ class TileWorker {
   }
 
   // acc[row .. row+B, col .. col+DC] <- acc * f + alpha * staging, 16 bytes at a time.
-  // Rows and columns past the data hold zero products and stay zero.  Every load is
-  // issued before the first store (one L2 round trip per chunk, not one per vector).
+  // Rows and columns past the data hold zero products and stay zero.  Loads are issued in
+  // batches of up to kBatch vectors before their stores (one L2 round trip per batch, not
+  // per vector; the batch bounds the registers of the 16-bit kernels, at 255 already).
   __device__ void accumulate(int64_t row, int64_t col, acc_t f, acc_t alpha) {
     using Vec = typename std::conditional<std::is_same<acc_t, float>::value, float4, double2>::type;
     constexpr int kVec = 16 / int(sizeof(acc_t));
     constexpr int kPerRow = G::DC / kVec;
     constexpr int kItems = B * kPerRow / kTileThreads;
-    static_assert(B * kPerRow % kTileThreads == 0, "whole vectors per thread");
+    constexpr int kBatch = kItems < 4 ? kItems : 4;
+    static_assert(B * kPerRow % kTileThreads == 0 && kItems % kBatch == 0, "whole batches per thread");
     acc_t* __restrict__ base = p_.acc + row * p_.ld + col;
     const acc_t* __restrict__ staged = staging_;
-    Vec held[kItems];
 #pragma unroll
-    for (int it = 0; it < kItems; ++it) {
-      const int idx = threadIdx.x + it * kTileThreads;
-      const int r = idx / kPerRow, c = (idx % kPerRow) * kVec;
-      held[it] = __ldcg(reinterpret_cast<const Vec*>(base + static_cast<int64_t>(r) * p_.ld + c));
-    }
+    for (int first = 0; first < kItems; first += kBatch) {
+      Vec held[kBatch];
 #pragma unroll
-    for (int it = 0; it < kItems; ++it) {
-      const int idx = threadIdx.x + it * kTileThreads;
-      const int r = idx / kPerRow, c = (idx % kPerRow) * kVec;
-      update16(held[it], staged + r * G::LDO + c, f, alpha);
-      __stcg(reinterpret_cast<Vec*>(base + static_cast<int64_t>(r) * p_.ld + c), held[it]);
+      for (int it = 0; it < kBatch; ++it) {
+        const int idx = threadIdx.x + (first + it) * kTileThreads;
+        const int r = idx / kPerRow, c = (idx % kPerRow) * kVec;
+        held[it] = __ldcg(reinterpret_cast<const Vec*>(base + static_cast<int64_t>(r) * p_.ld + c));
+      }
+#pragma unroll
+      for (int it = 0; it < kBatch; ++it) {
+        const int idx = threadIdx.x + (first + it) * kTileThreads;
+        const int r = idx / kPerRow, c = (idx % kPerRow) * kVec;
+        update16(held[it], staged + r * G::LDO + c, f, alpha);
+        __stcg(reinterpret_cast<Vec*>(base + static_cast<int64_t>(r) * p_.ld + c), held[it]);
+      }
     }
   }
 
