@@ -12,7 +12,7 @@
 // Precision of the tile products (Gram matrix, weights times rows):
 //   kBf16, kFp16   rows in that 16-bit type; tensor cores, float32 accumulation; the
 //                  weights enter the second product rounded to the same type
-//   kTf32          float32 rows; TF32 tensor cores (10-bit mantissa products)
+//   kTf32          float32 rows, stored TF32-rounded (norms and weights too); TF32 tensor cores
 //   kFp32          float32 rows; 3xTF32 (big + small split, float32-level products)
 //   kFp64          float64 rows; FP64 tensor cores (DMMA)
 // Everything else (exponents, exp, sums, shifts, the gradient assembly) is in the
