@@ -213,3 +213,14 @@ def test_cli_dry_run_lists_the_quick_runs(capsys):
     assert cli_main(["sweep", "--grid", "weights", "--quick", "--out", "unused", "--dry-run"]) == 0
     ids = capsys.readouterr().out.split()
     assert ids == [r.id for r in sweep.load("weights", quick=True).runs]
+
+
+def test_workers_default_to_the_usable_cores_with_one_thread_each(monkeypatch):
+    from pyhypersphere.sweep import runner
+
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1, 2, 5}, raising=False)
+    assert runner.default_workers() == 4
+    run = sweep.expand({"grid": {"t": [1.0]}}).runs[0]
+    assert grid_mod.replace_threads(run.config, 1).threads == 1
+    pinned = sweep.expand({"base": {"threads": 3}}).runs[0]
+    assert grid_mod.replace_threads(pinned.config, 1).threads == 3  # a grid's own choice wins

@@ -4,7 +4,7 @@
   linear-probe accuracy (the paper's Figure 5 / 9); circles for align+uniform, triangles for
   InfoNCE.
 * ``accuracy_vs_params.png``: linear-probe accuracy against each swept field (seed aside),
-  every run a dot, the mean over the other fields a line.
+  over the runs that set it: every run a dot, the mean over the other fields a line.
 * ``weights_heatmap.png`` (when both align_w and unif_w are swept): mean accuracy per pair of
   weights (the paper's Figure 6).
 """
@@ -90,7 +90,8 @@ def accuracy_vs_params(rows: Sequence[dict], params: Sequence[str], path: Path) 
     fig = _figure(4.2 * cols, 3.4 * nrows)
     for k, name in enumerate(params):
         ax = fig.add_subplot(nrows, cols, k + 1)
-        pairs = [(value(r, name), value(r, ACCURACY)) for r in rows if value(r, name) is not None]
+        # only the runs that set the field: InfoNCE's tau means nothing for align+uniform runs
+        pairs = [(r["point"][name], value(r, ACCURACY)) for r in rows if name in r.get("point", {})]
         numeric = all(is_number(v) for v, _ in pairs)
         keys = sorted({json.dumps(v) for v, _ in pairs}, key=lambda s: (json.loads(s) if numeric else s))
         pos = {s: (json.loads(s) if numeric else i) for i, s in enumerate(keys)}

@@ -94,6 +94,8 @@ def run(
                 if row["status"] == FAILED:
                     last = (row["error"].splitlines() or [""])[-1]
                     _note(f"run {rid} failed (exit {proc.returncode}): {last}", bar)
+                elif bar is None and progress:  # no tqdm: a line per run instead of the bar
+                    _note(f"run {rid} ok: linear probe {row['summary']['linear_probe_acc']:.4f}", bar)
     except BaseException:
         for proc, *_ in active.values():
             proc.terminate()
@@ -131,7 +133,7 @@ def _row(r: grid_mod.Run, out: Path, returncode: int, seconds: float) -> dict:
         "id": r.id,
         "status": FAILED,
         "point": r.point,
-        "config": r.config.to_dict(),
+        "config": r.config.resolved().to_dict(),  # presets filled in (epochs, lr, ...)
         "summary": None,
         "error": None,
         "returncode": returncode,
