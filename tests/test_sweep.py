@@ -194,7 +194,7 @@ def test_weights_heatmap_when_both_weights_are_swept(tmp_path):
             "config": {"align_w": a, "unif_w": u, "loss": "align_uniform"},
             "summary": {"linear_probe_acc": 0.1 + 0.2 * i, "knn_acc": 0.5, "align_alpha2": 0.1 * i, "uniform_t2": -i},
         })
-    made = results.write_outputs(tmp_path, rows, plots=True)
+    made = results.write_outputs(tmp_path / "pooled", rows, plots=True)  # a new folder: pooled rows
     assert set(made["plots"]) == {"scatter.png", "accuracy_vs_params.png", "weights_heatmap.png"}
     assert made["correlations"]["linear_probe_acc"]["uniform_t2"]["rho"] == pytest.approx(-1.0)
 

@@ -4,7 +4,7 @@
   linear-probe accuracy (the paper's Figure 5 / 9); circles for align+uniform, triangles for
   InfoNCE.
 * ``accuracy_vs_params.png``: linear-probe accuracy against each swept field (seed aside),
-  over the runs that set it: every run a dot, the mean over the other fields a line.
+  over the runs whose objective uses it: every run a dot, the mean over the rest a line.
 * ``weights_heatmap.png`` (when both align_w and unif_w are swept): mean accuracy per pair of
   weights (the paper's Figure 6).
 """
@@ -25,6 +25,10 @@ from .results import METRICS, ok_rows, value
 __all__ = ["PlotsUnavailable", "write_plots"]
 
 ACCURACY = "linear_probe_acc"
+# Fields that shape only one objective (InfoNCE ignores the weights, t and alpha; align+uniform
+# ignores tau): their panels show only that objective's runs.
+ONLY_FOR_LOSS = {"tau": "infonce", "align_w": "align_uniform", "unif_w": "align_uniform", "t": "align_uniform",
+                 "alpha": "align_uniform"}
 MARKERS = {"align_uniform": "o", "infonce": "^"}
 
 
@@ -90,8 +94,7 @@ def accuracy_vs_params(rows: Sequence[dict], params: Sequence[str], path: Path) 
     fig = _figure(4.2 * cols, 3.4 * nrows)
     for k, name in enumerate(params):
         ax = fig.add_subplot(nrows, cols, k + 1)
-        # only the runs that set the field: InfoNCE's tau means nothing for align+uniform runs
-        pairs = [(r["point"][name], value(r, ACCURACY)) for r in rows if name in r.get("point", {})]
+        pairs = [(value(r, name), value(r, ACCURACY)) for r in rows if _applies(name, r)]
         numeric = all(is_number(v) for v, _ in pairs)
         keys = sorted({json.dumps(v) for v, _ in pairs}, key=lambda s: (json.loads(s) if numeric else s))
         pos = {s: (json.loads(s) if numeric else i) for i, s in enumerate(keys)}
@@ -140,6 +143,10 @@ def weights_heatmap(rows: Sequence[dict], path: Path) -> Path:
     fig.colorbar(im, ax=ax)
     _save(fig, path)
     return path
+
+
+def _applies(name: str, row: dict) -> bool:
+    return value(row, name) is not None and ONLY_FOR_LOSS.get(name, value(row, "loss")) == value(row, "loss")
 
 
 def _mean(values) -> float:

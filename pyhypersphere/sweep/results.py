@@ -140,6 +140,7 @@ def write_outputs(out, rows: Sequence[dict], sweep=None, plots: bool = True) -> 
     from .plots import PlotsUnavailable, write_plots
 
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     fields = list(sweep.swept) if sweep is not None else swept_fields(rows)
     write_csv(out / CSV, rows, fields)
     table = correlations(rows)
