@@ -155,6 +155,8 @@ def test_sweep_writes_rows_resumes_records_failures_and_plots(tmp_path):
         summary = r["summary"]
         assert 0.0 <= summary["linear_probe_acc"] <= 1.0
         assert summary["align_alpha2"] >= 0 and summary["uniform_t2"] <= 0
+        # trained at the paper's alpha = t = 2: the fixed-scale metrics are the run's own
+        assert summary["align_alpha2"] == summary["align"] and summary["uniform_t2"] == summary["uniform"]
         assert r["config"]["unif_w"] == r["point"]["unif_w"]
         assert (out / r["dir"] / "summary.json").exists()
     lines = (out / "sweep.jsonl").read_text().splitlines()
