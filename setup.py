@@ -76,6 +76,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["pyhypersphere", "pyhypersphere.*"]),
+    package_data={"pyhypersphere.sweep": ["grids/*.json"]},  # the shipped study grids
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     install_requires=["torch>=2.4", "numpy", "tqdm"],

@@ -1,4 +1,4 @@
-"""Command line: `pyhypersphere {info,demo,train,bench} ...` (also `python -m pyhypersphere`)."""
+"""Command line: `pyhypersphere {info,demo,train,bench,sweep} ...` (also `python -m pyhypersphere`)."""
 
 import argparse
 import importlib
@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "demo": ("pyhypersphere.demo", "the fused loss next to the reference: values, time, memory"),
     "train": ("pyhypersphere.train.cli", "train an encoder with align+uniform (or InfoNCE)"),
     "bench": ("pyhypersphere.bench.cli", "benchmark the fused loss against peers and the roofline"),
+    "sweep": ("pyhypersphere.sweep.cli", "train many encoders over a grid of settings; scatter, CSV, correlations"),
 }
 
 

@@ -436,6 +436,7 @@ def _train(cfg: TrainConfig, raw: TrainConfig, t_start: float) -> dict:
         **{
             k: last_eval[k]
             for k in ("linear_probe_acc", "knn_acc", "linear_probe_acc_output", "knn_acc_output", "align", "uniform")
+            + tuple(eval_mod.FIXED_METRIC_KEYS)
         },
         "seconds": round(time.perf_counter() - t_start, 3),
         "seconds_all_sessions": round(elapsed_before + time.perf_counter() - t_start, 3),

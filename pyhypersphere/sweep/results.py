@@ -1,0 +1,172 @@
+"""A sweep's results: rows from sweep.jsonl, the CSV, Spearman correlations, the plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .grid import is_number
+
+JSONL = "sweep.jsonl"
+CSV = "sweep.csv"
+CORRELATIONS = "correlations.json"
+# Accuracies and the metrics correlated with them: the paper's metrics at alpha = t = 2,
+# comparable across every run whatever its own alpha, t or objective.
+ACCURACIES = ("linear_probe_acc", "knn_acc")
+METRICS = ("align_alpha2", "uniform_t2")
+SUMMARY_COLUMNS = (
+    "linear_probe_acc",
+    "knn_acc",
+    "linear_probe_acc_output",
+    "knn_acc_output",
+    "align_alpha2",
+    "uniform_t2",
+    "align",
+    "uniform",
+    "train_loss",
+    "seconds",
+)
+
+
+def append_row(out, row: dict) -> None:
+    with open(Path(out) / JSONL, "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+
+
+def load_rows(out) -> List[dict]:
+    """The latest row of each run in ``out/sweep.jsonl`` (a resumed sweep appends a new row
+    when it reruns a failed run), in the order the runs first appeared."""
+    path = Path(out) / JSONL
+    if not path.exists():
+        return []
+    latest: Dict[str, dict] = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill: that run reruns on resume
+            latest[row["id"]] = row
+    return list(latest.values())
+
+
+def ok_rows(rows: Sequence[dict]) -> List[dict]:
+    return [r for r in rows if r.get("status") == "ok" and r.get("summary")]
+
+
+def value(row: dict, name: str):
+    """A summary value, else a configuration field (the point's value first)."""
+    summary = row.get("summary") or {}
+    if name in summary:
+        return summary[name]
+    if name in row.get("point", {}):
+        return row["point"][name]
+    return row.get("config", {}).get(name)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties get their average rank); NaN when either side is
+    constant or there are fewer than 3 pairs."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman: x and y must have the same length, got {len(x)} and {len(y)}")
+    if len(x) < 3:
+        return math.nan
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    if sxx == 0 or syy == 0:
+        return math.nan
+    return sxy / math.sqrt(sxx * syy)
+
+
+def _ranks(v: Sequence[float]) -> List[float]:
+    order = sorted(range(len(v)), key=lambda i: v[i])
+    ranks = [0.0] * len(v)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def correlations(rows: Sequence[dict]) -> Dict[str, Dict[str, dict]]:
+    """Spearman's rho of each metric with each accuracy over the finished runs with finite
+    values: ``{accuracy: {metric: {"rho": ..., "n": ...}}}``.  The paper's finding is that
+    lower alignment and lower uniformity go with higher accuracy: rho < 0."""
+    table: Dict[str, Dict[str, dict]] = {}
+    for acc in ACCURACIES:
+        table[acc] = {}
+        for metric in METRICS:
+            pairs = [(value(r, metric), value(r, acc)) for r in ok_rows(rows)]
+            pairs = [(m, a) for m, a in pairs if is_number(m) and is_number(a)]
+            rho = spearman([m for m, _ in pairs], [a for _, a in pairs])
+            table[acc][metric] = {"rho": None if math.isnan(rho) else round(rho, 4), "n": len(pairs)}
+    return table
+
+
+def write_csv(path, rows: Sequence[dict], fields: Sequence[str]) -> None:
+    """One line per run: id, status, the swept fields, the summary's main numbers, the error."""
+    columns = ["id", "status", *fields, *SUMMARY_COLUMNS, "wall_seconds", "error"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for r in rows:
+            line = []
+            for c in columns:
+                v = r.get(c) if c in ("id", "status", "wall_seconds") else value(r, c)
+                if c == "error":
+                    v = (r.get("error") or "").strip().splitlines()[-1:] or [""]
+                    v = v[0]
+                line.append("" if v is None else v)
+            w.writerow(line)
+
+
+def write_outputs(out, rows: Sequence[dict], sweep=None, plots: bool = True) -> Dict[str, object]:
+    """sweep.csv, correlations.json and the plots for ``rows`` (``sweep`` names the swept
+    fields; without it they are inferred from the rows' points)."""
+    from .plots import PlotsUnavailable, write_plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = list(sweep.swept) if sweep is not None else swept_fields(rows)
+    write_csv(out / CSV, rows, fields)
+    table = correlations(rows)
+    (out / CORRELATIONS).write_text(json.dumps(table, indent=2) + "\n")
+    made: List[str] = []
+    if plots:
+        try:
+            made = write_plots(out, rows, fields, table)
+        except PlotsUnavailable as e:
+            print(f"note: {e}", flush=True)
+    return {"csv": str(out / CSV), "correlations": table, "plots": made}
+
+
+def swept_fields(rows: Sequence[dict]) -> List[str]:
+    names: List[str] = []
+    for r in rows:
+        names += [n for n in r.get("point", {}) if n not in names]
+    return [n for n in names if len({json.dumps(value(r, n)) for r in rows}) > 1]
+
+
+def format_correlations(table: Dict[str, Dict[str, dict]], accuracy: Optional[str] = None) -> str:
+    lines = []
+    for acc, by_metric in table.items():
+        if accuracy and acc != accuracy:
+            continue
+        cells = [f"{m} rho={c['rho'] if c['rho'] is not None else 'n/a'}" for m, c in by_metric.items()]
+        n = next(iter(by_metric.values()))["n"] if by_metric else 0
+        lines.append(f"Spearman with {acc} over {n} runs: " + ", ".join(cells))
+    return "\n".join(lines)

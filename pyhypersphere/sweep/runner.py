@@ -1,0 +1,171 @@
+"""Runs a sweep's configurations, one worker process each, a few at a time.
+
+Layout of the output folder::
+
+    OUT/grid.json              the grid as run (after --quick)
+    OUT/sweep.jsonl            one row per finished attempt: id, status, point, config, summary
+    OUT/runs/<id>/             the trainer's folder (summary.json, metrics.jsonl, ...) and log.txt
+
+Resuming skips the runs that have an "ok" row; failed and interrupted runs run again (an
+interrupted one continues from its last checkpoint, since every run trains with resume on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from . import grid as grid_mod
+from . import results
+from .worker import RUN_CONFIG
+
+OK, FAILED = "ok", "failed"
+RUNS_DIR = "runs"
+GRID_FILE = "grid.json"
+LOG_FILE = "log.txt"
+ERROR_TAIL_LINES = 20  # of a failed run's log, kept in its row
+POLL_SECONDS = 0.2
+
+
+class SweepExistsError(RuntimeError):
+    """The output folder already holds a sweep and resume was not asked for."""
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """One single-threaded run per usable core: the encoders are small, so runs side by side
+    use the cores better than one run's intra-op threads."""
+    return usable_cores()
+
+
+def run(
+    sweep: grid_mod.Sweep,
+    out,
+    workers: Optional[int] = None,
+    resume: bool = False,
+    progress: bool = True,
+    python: str = sys.executable,
+) -> List[dict]:
+    """Run every configuration of ``sweep`` not yet finished in ``out``; returns all rows
+    (the latest per run) and writes sweep.jsonl, sweep.csv, correlations.json and the plots."""
+    out = Path(out).expanduser()
+    jsonl = out / results.JSONL
+    if jsonl.exists() and not resume:
+        raise SweepExistsError(f"{out} already holds a sweep ({results.JSONL}): pass --resume to continue it, or another --out")
+    workers = int(workers or default_workers())
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    threads = max(1, usable_cores() // workers)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / GRID_FILE).write_text(json.dumps(sweep.source, indent=2) + "\n")
+
+    done = {r["id"] for r in results.load_rows(out) if r["status"] == OK}
+    pending = [r for r in sweep.runs if r.id not in done]
+    bar = _bar(len(sweep.runs), len(sweep.runs) - len(pending), progress)
+    failed = 0
+    active: Dict[str, tuple] = {}  # id -> (process, run, started, log file)
+    try:
+        while pending or active:
+            while pending and len(active) < workers:
+                r = pending.pop(0)
+                active[r.id] = _start(r, out, threads, python)
+            time.sleep(POLL_SECONDS)
+            for rid in [rid for rid, a in active.items() if a[0].poll() is not None]:
+                proc, r, started, log = active.pop(rid)
+                log.close()
+                row = _row(r, out, proc.returncode, time.perf_counter() - started)
+                results.append_row(out, row)
+                failed += row["status"] == FAILED
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(failed=failed, refresh=False)
+                if row["status"] == FAILED:
+                    last = (row["error"].splitlines() or [""])[-1]
+                    _note(f"run {rid} failed (exit {proc.returncode}): {last}", bar)
+                elif bar is None and progress:  # no tqdm: a line per run instead of the bar
+                    _note(f"run {rid} ok: linear probe {row['summary']['linear_probe_acc']:.4f}", bar)
+    except BaseException:
+        for proc, *_ in active.values():
+            proc.terminate()
+        for proc, *_ in active.values():
+            proc.wait()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    rows = results.load_rows(out)
+    results.write_outputs(out, rows, sweep)
+    return rows
+
+
+def _start(r: grid_mod.Run, out: Path, threads: int, python: str):
+    run_dir = out / RUNS_DIR / r.id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(
+        grid_mod.replace_threads(r.config, threads), out=str(run_dir), resume=True, progress=False
+    )
+    (run_dir / RUN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    env = dict(os.environ)
+    # numpy/scikit-learn BLAS pools too: runs side by side must not oversubscribe the cores
+    env.update({k: str(config.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+    log = open(run_dir / LOG_FILE, "w")
+    proc = subprocess.Popen(
+        [python, "-m", "pyhypersphere.sweep.worker", str(run_dir)], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    return proc, r, time.perf_counter(), log
+
+
+def _row(r: grid_mod.Run, out: Path, returncode: int, seconds: float) -> dict:
+    run_dir = out / RUNS_DIR / r.id
+    row = {
+        "id": r.id,
+        "status": FAILED,
+        "point": r.point,
+        "config": r.config.resolved().to_dict(),  # presets filled in (epochs, lr, ...)
+        "summary": None,
+        "error": None,
+        "returncode": returncode,
+        "wall_seconds": round(seconds, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "dir": str(Path(RUNS_DIR) / r.id),
+    }
+    summary_path = run_dir / "summary.json"
+    if returncode == 0 and summary_path.exists():
+        row["status"] = OK
+        row["summary"] = json.loads(summary_path.read_text())
+    else:
+        try:
+            lines = (run_dir / LOG_FILE).read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        row["error"] = "\n".join(lines[-ERROR_TAIL_LINES:]) or f"exit status {returncode}, no output"
+    return row
+
+
+def _bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc="sweep", unit="run", dynamic_ncols=True, file=sys.stderr)
+
+
+def _note(msg: str, bar) -> None:
+    if bar is not None:
+        bar.write(msg, file=sys.stderr)
+    else:
+        print(msg, file=sys.stderr, flush=True)

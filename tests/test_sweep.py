@@ -1,0 +1,228 @@
+"""pyhypersphere.sweep: grid validation and expansion, the runner (rows, resume, failures,
+plots), Spearman against an independent formula, and the CLI."""
+
+import json
+import math
+import random
+
+import pytest
+
+from pyhypersphere import sweep
+from pyhypersphere.cli import main as cli_main
+from pyhypersphere.sweep import grid as grid_mod
+from pyhypersphere.sweep import results
+
+# Two tiny one-epoch runs (a few seconds each on one thread).
+TINY_BASE = dict(num_samples=200, epochs=1, batch_size=32, feature_dim=8, eval_every=1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYHYPERSPHERE_CACHE", str(tmp_path / "cache"))
+
+
+def tiny_grid(**extra):
+    return {"base": dict(TINY_BASE), "grid": {"unif_w": [0.5, 1.0]}, "seeds": [0], **extra}
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def test_grid_is_the_cartesian_product_for_each_seed():
+    s = sweep.expand({"base": {"epochs": 2}, "grid": {"t": [1.0, 2.0, 4.0], "alpha": [1, 2]}, "seeds": [0, 1]})
+    got = sorted((r.point["t"], r.point["alpha"], r.point["seed"]) for r in s.runs)
+    want = sorted((t, a, seed) for t in (1.0, 2.0, 4.0) for a in (1, 2) for seed in (0, 1))
+    assert got == want
+    assert all(r.config.epochs == 2 and r.config.t == r.point["t"] for r in s.runs)
+    assert len({r.id for r in s.runs}) == 12
+    assert set(s.swept) == {"t", "alpha", "seed"}
+
+
+def test_grid_blocks_are_a_union_and_random_search_is_seeded_and_in_range():
+    raw = {
+        "grid": [{"loss": ["infonce"], "tau": [0.1, 0.5]}, {"align_w": [0.0, 1.0]}],
+        "random": {"count": 5, "seed": 3, "fields": {"t": {"log_uniform": [0.5, 8]}, "alpha": {"choice": [1, 3]}}},
+    }
+    s = sweep.expand(raw)
+    assert len(s.runs) == 2 + 2 + 5
+    drawn = [r.point for r in s.runs if "t" in r.point]
+    assert all(0.5 <= p["t"] <= 8 and p["alpha"] in (1, 3) for p in drawn)
+    assert [r.id for r in sweep.expand(raw).runs] == [r.id for r in s.runs]  # same seed, same draws
+
+
+def test_run_id_depends_on_the_configuration_not_the_grid_order():
+    a = sweep.expand({"grid": {"t": [1.0, 2.0]}})
+    b = sweep.expand({"grid": {"t": [2.0, 1.0]}})
+    assert {r.id for r in a.runs} == {r.id for r in b.runs}
+    c = sweep.expand({"base": {"epochs": 3}, "grid": {"t": [1.0, 2.0]}})
+    assert not {r.id for r in a.runs} & {r.id for r in c.runs}
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"grid": {"temperature": [1.0]}}, "unknown TrainConfig field 'temperature'"),
+        ({"base": {"epochs": "ten"}}, "epochs = 'ten' is not a valid int"),
+        ({"grid": {"t": [1.0, -2.0]}}, "must be positive"),
+        ({"grid": {"loss": ["triplet"]}}, "unknown loss 'triplet'"),
+        ({"grid": {"t": []}}, "'t' must be a non-empty list"),
+        ({"grid": {"align_w": [True]}}, "align_w = True is not a valid float"),
+        ({"base": {"out": "x"}}, "'out' is set by the sweep"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"grid": {"seed": [0]}, "seeds": [1]}, "either in 'seeds' or as a grid field"),
+        ({"gird": {"t": [1.0]}}, "unknown key(s) 'gird'"),
+        ({"random": {"count": 2, "fields": {"t": {"normal": [0, 1]}}}}, "expected one of"),
+        ({"random": {"count": 2, "fields": {"t": {"log_uniform": [0, 1]}}}}, "log_uniform needs positive bounds"),
+        ({"grid": {"t": [1.0]}}, None),
+    ],
+)
+def test_bad_grids_are_rejected_before_anything_runs(raw, message):
+    if message is None:
+        sweep.expand(raw)
+        return
+    with pytest.raises(sweep.GridError) as e:
+        sweep.expand(raw)
+    assert message in str(e.value)
+
+
+def test_quick_merges_base_and_replaces_the_rest():
+    raw = {"base": {"epochs": 20, "t": 4.0}, "grid": {"alpha": [1, 2, 3]}, "seeds": [0, 1],
+           "quick": {"base": {"epochs": 2}, "grid": {"alpha": [2]}, "seeds": [0]}}
+    s = sweep.expand(raw, quick=True)
+    assert [(r.config.epochs, r.config.t, r.config.alpha, r.config.seed) for r in s.runs] == [(2, 4.0, 2, 0)]
+    with pytest.raises(sweep.GridError, match="needs a 'quick' section"):
+        sweep.expand({"grid": {"t": [1.0]}}, quick=True)
+
+
+@pytest.mark.parametrize("name", sorted(grid_mod.shipped_grids()))
+def test_shipped_grids_are_valid_and_cover_the_issue(name):
+    full, quick = sweep.load(name), sweep.load(name, quick=True)
+    assert quick.runs and len(quick.runs) < len(full.runs)
+    ts = {r.config.t for r in full.runs}
+    if name == "weights":
+        aw = sorted({r.config.align_w for r in full.runs})
+        uw = sorted({r.config.unif_w for r in full.runs})
+        assert len(aw) >= 4 and len(uw) >= 4 and aw[0] == 0 and uw[0] == 0
+        assert len({r.config.seed for r in full.runs}) >= 2
+    if name == "scales":
+        assert {0.5, 1.0, 2.0, 4.0, 8.0} <= ts and {1.0, 2.0, 3.0} <= {r.config.alpha for r in full.runs}
+    if name == "encoders":
+        assert len(full.runs) >= 40
+        assert len({r.config.tau for r in full.runs if r.config.loss == "infonce"}) >= 3
+
+
+# --------------------------------------------------------------------------- Spearman
+
+
+def test_spearman_matches_the_no_ties_formula_and_handles_ties():
+    rng = random.Random(0)
+    x = [rng.random() for _ in range(30)]
+    y = [v + rng.gauss(0, 0.3) for v in x]
+    rank = lambda v: {i: r + 1 for r, i in enumerate(sorted(range(len(v)), key=v.__getitem__))}
+    rx, ry = rank(x), rank(y)
+    n = len(x)
+    d2 = sum((rx[i] - ry[i]) ** 2 for i in range(n))
+    assert sweep.spearman(x, y) == pytest.approx(1 - 6 * d2 / (n * (n * n - 1)), abs=1e-12)
+    assert sweep.spearman([1, 2, 3, 4], [8, 6, 4, 2]) == pytest.approx(-1.0)
+    # ties take the average rank: ranks (1.5, 1.5, 3, 4) against (1, 2, 3, 4)
+    r1, r2 = [1.5, 1.5, 3, 4], [1, 2, 3, 4]
+    m1, m2 = sum(r1) / 4, sum(r2) / 4
+    cov = sum((a - m1) * (b - m2) for a, b in zip(r1, r2))
+    want = cov / math.sqrt(sum((a - m1) ** 2 for a in r1) * sum((b - m2) ** 2 for b in r2))
+    assert sweep.spearman([5, 5, 6, 7], [1, 2, 3, 4]) == pytest.approx(want)
+    assert math.isnan(sweep.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_spearman_agrees_with_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = random.Random(1)
+    x = [rng.choice([0.1, 0.2, 0.3, 0.4]) for _ in range(25)]
+    y = [rng.random() for _ in range(25)]
+    assert sweep.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+def test_sweep_writes_rows_resumes_records_failures_and_plots(tmp_path):
+    pytest.importorskip("mnist1d")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "sweep"
+    s = sweep.expand(tiny_grid())
+    rows = sweep.run(s, out, workers=2, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    for r in rows:
+        summary = r["summary"]
+        assert 0.0 <= summary["linear_probe_acc"] <= 1.0
+        assert summary["align_alpha2"] >= 0 and summary["uniform_t2"] <= 0
+        # trained at the paper's alpha = t = 2: the fixed-scale metrics are the run's own
+        assert summary["align_alpha2"] == summary["align"] and summary["uniform_t2"] == summary["uniform"]
+        assert r["config"]["unif_w"] == r["point"]["unif_w"]
+        assert (out / r["dir"] / "summary.json").exists()
+    lines = (out / "sweep.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    csv_lines = (out / "sweep.csv").read_text().splitlines()
+    assert len(csv_lines) == 3 and "unif_w" in csv_lines[0].split(",")
+    for png in ("scatter.png", "accuracy_vs_params.png"):
+        assert (out / png).stat().st_size > 1000
+    assert json.loads((out / "correlations.json").read_text())["linear_probe_acc"]["align_alpha2"]["n"] == 2
+
+    with pytest.raises(sweep.SweepExistsError, match="--resume"):
+        sweep.run(s, out, progress=False)
+
+    # Resume with a configuration added before a good one that fails (batch larger than the
+    # training set): the finished runs are not rerun, the failure is recorded, the sweep goes on.
+    bigger = tiny_grid(grid=[{"batch_size": [4096]}, {"unif_w": [0.5, 1.0, 2.0]}])
+    rows = sweep.run(sweep.expand(bigger), out, workers=1, resume=True, progress=False)
+    lines = [json.loads(x) for x in (out / "sweep.jsonl").read_text().splitlines()]
+    assert len(lines) == 4  # the two new runs only, the failing one first (workers=1)
+    assert [x["status"] for x in lines[2:]] == ["failed", "ok"]
+    by_status = {}
+    for r in rows:
+        by_status.setdefault(r["status"], []).append(r)
+    assert len(by_status["ok"]) == 3 and len(by_status["failed"]) == 1
+    bad = by_status["failed"][0]
+    assert bad["point"]["batch_size"] == 4096 and bad["returncode"] != 0
+    assert "larger than the training set" in bad["error"]
+    assert bad["summary"] is None
+
+
+def test_weights_heatmap_when_both_weights_are_swept(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = []
+    for i, (a, u) in enumerate([(0.0, 1.0), (1.0, 0.0), (1.0, 1.0), (0.0, 0.0)]):
+        rows.append({
+            "id": f"r{i}", "status": "ok", "point": {"align_w": a, "unif_w": u},
+            "config": {"align_w": a, "unif_w": u, "loss": "align_uniform"},
+            "summary": {"linear_probe_acc": 0.1 + 0.2 * i, "knn_acc": 0.5, "align_alpha2": 0.1 * i, "uniform_t2": -i},
+        })
+    made = results.write_outputs(tmp_path / "pooled", rows, plots=True)  # a new folder: pooled rows
+    assert set(made["plots"]) == {"scatter.png", "accuracy_vs_params.png", "weights_heatmap.png"}
+    assert made["correlations"]["linear_probe_acc"]["uniform_t2"]["rho"] == pytest.approx(-1.0)
+
+
+def test_cli_rejects_a_bad_grid_before_running(tmp_path, capsys):
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"grid": {"lr": ["fast"]}}))
+    assert cli_main(["sweep", "--grid", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "lr = 'fast' is not a valid" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert cli_main(["sweep", "--grid", "no-such-grid", "--out", str(tmp_path / "o")]) == 2
+    assert "neither a file nor a shipped grid" in capsys.readouterr().err
+
+
+def test_cli_dry_run_lists_the_quick_runs(capsys):
+    assert cli_main(["sweep", "--grid", "weights", "--quick", "--out", "unused", "--dry-run"]) == 0
+    ids = capsys.readouterr().out.split()
+    assert ids == [r.id for r in sweep.load("weights", quick=True).runs]
+
+
+def test_workers_default_to_the_usable_cores_with_one_thread_each(monkeypatch):
+    from pyhypersphere.sweep import runner
+
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1, 2, 5}, raising=False)
+    assert runner.default_workers() == 4
+    run = sweep.expand({"grid": {"t": [1.0]}}).runs[0]
+    assert grid_mod.replace_threads(run.config, 1).threads == 1
+    pinned = sweep.expand({"base": {"threads": 3}}).runs[0]
+    assert grid_mod.replace_threads(pinned.config, 1).threads == 3  # a grid's own choice wins
