@@ -16,6 +16,27 @@
 //   the input dtype once.  A kernel computes only the gradients asked for.
 //   The uniformity loss is lse - log |P|.  NaN or inf in the inputs give NaN outputs.
 //
+// contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts) -> (lse_a, lse_b)
+//   a [N_a, d], b [N_b, d]: floating point, same dtype and device; scale > 0.  The logits
+//   are s(u, v) = scale <u, v>.  Each row's partners:
+//     cross pairs (self_pairs false): a_i's are the rows of b, b_j's the rows of a;
+//     self pairs (self_pairs true):   every row of a and b stacked, except the row itself
+//                                     (SimCLR's 2N views).
+//   lse_a[i] = log sum_{partners v of a_i} exp(s(a_i, v)), [N_a]; lse_b likewise for b's
+//   rows when lse_b (with cross pairs these are the column log-sum-exps of a b^T), else
+//   an empty [0] (self pairs need lse_b = True).  In the accumulation dtype.  With
+//   num_parts > 1 only the part-th slice of the pair tiles is summed (see
+//   tile_schedule.h); rows without pairs in the slice get -inf, and the slices' lse
+//   combine by log-sum-exp.  NaN or inf in the inputs give NaN outputs.
+//
+// contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b,
+//                          part, num_parts, grad_a, grad_b) -> (grad_a, grad_b)
+//   Given the (whole, not per-part) lse of the forward and upstream gradients grad_lse_a
+//   [N_a] and grad_lse_b [N_b] (or [0]: zero; needed with self pairs), the gradients of
+//   sum_i grad_lse_a[i] lse_a[i] + sum_j grad_lse_b[j] lse_b[j] with respect to a and b
+//   from this part's tiles (they sum over parts), each an empty [0] tensor when its flag
+//   is false; in the accumulation dtype.
+//
 // align_loss(x, y, alpha, compute_grad) -> (loss, grad_x)
 //   loss = mean_i ||x_i - y_i||^alpha in x's dtype; grad_x = d loss / d x (d loss / d y
 //   is -grad_x), or an empty [0] tensor.  At x_i == y_i the gradient is 0.
@@ -30,12 +51,21 @@ namespace pyhypersphere {
 
 using UniformResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using AlignResult = std::tuple<at::Tensor, at::Tensor>;
+using ContrastiveLseResult = std::tuple<at::Tensor, at::Tensor>;
+using ContrastiveGradResult = std::tuple<at::Tensor, at::Tensor>;
 
 UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tensor>& queue,
                               double t, bool intra_batch, int64_t part, int64_t num_parts,
                               bool grad_x, bool grad_queue);
 AlignResult align_loss_cpu(const at::Tensor& x, const at::Tensor& y, double alpha,
                            bool compute_grad);
+ContrastiveLseResult contrastive_lse_cpu(const at::Tensor& a, const at::Tensor& b, double scale,
+                                         bool self_pairs, bool lse_b, int64_t part,
+                                         int64_t num_parts);
+ContrastiveGradResult contrastive_lse_backward_cpu(
+    const at::Tensor& a, const at::Tensor& b, double scale, bool self_pairs,
+    const at::Tensor& lse_a, const at::Tensor& lse_b, const at::Tensor& grad_lse_a,
+    const at::Tensor& grad_lse_b, int64_t part, int64_t num_parts, bool grad_a, bool grad_b);
 
 #ifdef PYHYPERSPHERE_WITH_CUDA
 UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tensor>& queue,

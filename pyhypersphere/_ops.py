@@ -59,13 +59,13 @@ def _align_loss_fake(x, y, alpha, compute_grad):
 # ---------------------------------------------------------------- autograd
 
 _DOUBLE_BACKWARD_MESSAGE = (
-    "pyhypersphere: double backward (create_graph=True through uniform_loss or "
-    "align_loss, e.g. a gradient penalty or a Hessian) is not supported: the fused "
-    "kernels return first derivatives only"
+    "pyhypersphere: double backward (create_graph=True through a fused loss, e.g. a "
+    "gradient penalty or a Hessian) is not supported: the fused kernels return first "
+    "derivatives only"
 )
 
 
-def _first_order_only(result: torch.Tensor) -> torch.Tensor:
+def first_order_only(result: torch.Tensor) -> torch.Tensor:
     """Make `result` raise when differentiated again instead of silently missing terms."""
     if not torch.is_grad_enabled():
         return result
@@ -96,9 +96,9 @@ def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq):
     # The op's gradients are in the accumulation dtype: round to the inputs' once.
     out_x = out_q = None
     if need_x:
-        out_x = _first_order_only((grad_x * grad_lse.to(grad_x.dtype)).to(ctx.dtypes[0]))
+        out_x = first_order_only((grad_x * grad_lse.to(grad_x.dtype)).to(ctx.dtypes[0]))
     if need_q:
-        out_q = _first_order_only((grad_q * grad_lse.to(grad_q.dtype)).to(ctx.dtypes[1]))
+        out_q = first_order_only((grad_q * grad_lse.to(grad_q.dtype)).to(ctx.dtypes[1]))
     return out_x, out_q, None, None, None, None, None, None
 
 
@@ -122,8 +122,8 @@ def _backward_align(ctx, grad_loss, _grad_gx):
     else:
         (grad_x,) = ctx.saved_tensors
     g = grad_x * grad_loss.to(grad_x.dtype)
-    out_x = _first_order_only(g) if ctx.needs_input_grad[0] else None
-    out_y = _first_order_only(-g) if ctx.needs_input_grad[1] else None
+    out_x = first_order_only(g) if ctx.needs_input_grad[0] else None
+    out_y = first_order_only(-g) if ctx.needs_input_grad[1] else None
     return out_x, out_y, None, None
 
 

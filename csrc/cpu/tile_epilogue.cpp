@@ -1,53 +1,25 @@
 #include "tile_epilogue.h"
 
 #include "../uniform_math.h"
+#include "cpu_isa.h"
+#include "float_vec.h"
 
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
-#include <string>
 #include <type_traits>
-
-#define PYHS_INLINE inline __attribute__((always_inline))
 
 namespace pyhypersphere {
 namespace cpu {
 namespace {
 
-// exp for the float tiles.  Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-7
-// Taylor polynomial (truncation < 6e-9 relative, below float's half-ulp) and 2^n built
-// in the exponent bits.  For x <= 88 (the kernel passes x <= 0); inputs below -87 are
-// clamped: e^-87 ~ 1.6e-38 is negligible next to the shifted weights (the largest is 1)
-// and keeps 2^n a normal float.  Written for a scalar or a GCC vector of 16 floats.
-template <typename F, typename I>
-PYHS_INLINE F exp_fast_generic(F x) {
-  const F lowest = F{} + -87.0f;
-  x = x > lowest ? x : lowest;
-  const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const F n = (x * 1.44269504088896341f + round_magic) - round_magic;
-  const F r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
-  F p = F{} + 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  I bits;
-  if constexpr (std::is_same_v<F, float>) {
-    bits = (static_cast<int32_t>(n) + 127) << 23;
-  } else {
-    bits = (__builtin_convertvector(n, I) + 127) << 23;
-  }
-  F scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
+using vec::exp_of;
+using vec::f32x16;
+using vec::kLanes;
+using vec::load16;
+using vec::max_lanes;
+using vec::store16;
+using vec::sum_lanes;
 
-PYHS_INLINE float exp_of(float x) { return exp_fast_generic<float, int32_t>(x); }
-PYHS_INLINE double exp_of(double x) { return std::exp(x); }
 
 // Max exponent over columns [j0, j1) of one row.
 template <typename T>
@@ -79,31 +51,6 @@ PYHS_INLINE T row_weights(T* g, const T* sq_b, T t, T sq_i, T shift, T* col_sum,
   return m;
 }
 
-// The float rows in explicit 16-lane vectors (GCC vector extensions, lowered to one
-// AVX-512, two AVX2 or four SSE registers by the function's target): the loops do not
-// depend on the auto-vectorizer's if-conversion, and the lanes are summed in a fixed
-// order, so results are reproducible.  Tails go through the scalar loops above.
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
-constexpr int64_t kLanes = 16;
-
-PYHS_INLINE f32x16 load16(const float* p) {
-  f32x16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-PYHS_INLINE void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof(v)); }
-PYHS_INLINE float max_lanes(f32x16 v) {
-  float m = v[0];
-  for (int l = 1; l < kLanes; ++l) m = v[l] > m ? v[l] : m;
-  return m;
-}
-PYHS_INLINE float sum_lanes(f32x16 v) {
-  float s = 0;
-  for (int l = 0; l < kLanes; ++l) s += v[l];
-  return s;
-}
-
 template <>
 PYHS_INLINE float row_max_exponent<float>(const float* g, const float* sq_b, float t, float sq_i,
                                           int64_t j0, int64_t j1) {
@@ -132,7 +79,7 @@ PYHS_INLINE float row_weights_f32(float* g, const float* sq_b, float t, float sq
   int64_t j = j0;
   for (; j + kLanes <= j1; j += kLanes) {
     const f32x16 e = math::pair_exponent(vt, vsq, load16(sq_b + j), load16(g + j));
-    const f32x16 w = exp_fast_generic<f32x16, i32x16>(e - vshift);
+    const f32x16 w = vec::exp16(e - vshift);
     store16(g + j, w);
     vs += w;
     if (kColSums) store16(col_sum + j, load16(col_sum + j) + w);
@@ -203,10 +150,7 @@ PYHS_INLINE T weights_dispatch(T* tile, int64_t rows, int64_t cols, int64_t ld, 
 
 }  // namespace
 
-// The float loops are compiled once per x86 ISA level and picked at run time by what
-// the CPU supports: the extension is built for baseline x86-64, but the exp loop is
-// worth AVX2+FMA / AVX-512 where present.  (Not target_clones: its "arch=" clones test
-// the CPU model, not its features, and miss newer CPUs.)
+// The float loops once per x86 ISA level (cpu_isa.h).
 #define PYHS_FLOAT_TILE_FUNCTIONS(suffix, target_attribute)                                   \
   target_attribute float max_exponent_##suffix(const float* tile, int64_t rows, int64_t cols, \
                                                int64_t ld, const float* sq_a,                 \
@@ -223,46 +167,16 @@ PYHS_INLINE T weights_dispatch(T* tile, int64_t rows, int64_t cols, int64_t ld, 
 
 namespace {
 PYHS_FLOAT_TILE_FUNCTIONS(baseline, )
-#if defined(__x86_64__) && defined(__GNUC__)
-PYHS_FLOAT_TILE_FUNCTIONS(avx2, __attribute__((target("avx2,fma"))))
-PYHS_FLOAT_TILE_FUNCTIONS(avx512, __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))))
+#ifdef PYHS_X86_DISPATCH
+PYHS_FLOAT_TILE_FUNCTIONS(avx2, PYHS_TARGET_AVX2)
+PYHS_FLOAT_TILE_FUNCTIONS(avx512, PYHS_TARGET_AVX512)
 #endif
-
-enum class Isa { kBaseline, kAvx2, kAvx512 };
-
-Isa detect_isa() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
-    return Isa::kAvx512;
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
-#endif
-  return Isa::kBaseline;
-}
-
-// PYHYPERSPHERE_CPU_ISA=baseline|avx2 caps the ISA below what the CPU supports, so the
-// tests can run every variant of the float loops on one machine.  Read once per process.
-Isa choose_isa() {
-  const Isa detected = detect_isa();
-  const char* forced = std::getenv("PYHYPERSPHERE_CPU_ISA");
-  if (forced == nullptr) return detected;
-  if (std::strcmp(forced, "baseline") == 0) return Isa::kBaseline;
-  if (std::strcmp(forced, "avx2") == 0 && detected != Isa::kBaseline) return Isa::kAvx2;
-  return detected;
-}
-
-Isa isa() {
-  static const Isa chosen = choose_isa();
-  return chosen;
-}
 }  // namespace
 
 float tile_max_exponent(const float* tile, int64_t rows, int64_t cols, int64_t ld,
                         const float* sq_a, const float* sq_b, float t, bool diagonal) {
-  switch (isa()) {
-#if defined(__x86_64__) && defined(__GNUC__)
+  switch (float_loop_isa()) {
+#ifdef PYHS_X86_DISPATCH
     case Isa::kAvx512: return max_exponent_avx512(tile, rows, cols, ld, sq_a, sq_b, t, diagonal);
     case Isa::kAvx2: return max_exponent_avx2(tile, rows, cols, ld, sq_a, sq_b, t, diagonal);
 #endif
@@ -273,8 +187,8 @@ float tile_max_exponent(const float* tile, int64_t rows, int64_t cols, int64_t l
 float tile_weights(float* tile, int64_t rows, int64_t cols, int64_t ld, const float* sq_a,
                    const float* sq_b, float t, float shift, float* row_sum, float* col_sum,
                    bool diagonal) {
-  switch (isa()) {
-#if defined(__x86_64__) && defined(__GNUC__)
+  switch (float_loop_isa()) {
+#ifdef PYHS_X86_DISPATCH
     case Isa::kAvx512:
       return weights_avx512(tile, rows, cols, ld, sq_a, sq_b, t, shift, row_sum, col_sum, diagonal);
     case Isa::kAvx2:
@@ -294,14 +208,6 @@ double tile_weights(double* tile, int64_t rows, int64_t cols, int64_t ld, const 
                     const double* sq_b, double t, double shift, double* row_sum, double* col_sum,
                     bool diagonal) {
   return weights_dispatch(tile, rows, cols, ld, sq_a, sq_b, t, shift, row_sum, col_sum, diagonal);
-}
-
-std::string tile_isa() {
-  switch (isa()) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "baseline";
-  }
 }
 
 float exp_fast(float x) { return exp_of(x); }

@@ -13,8 +13,9 @@
 // picked at run time; the double versions use std::exp (accuracy first).
 #pragma once
 
+#include "cpu_isa.h"
+
 #include <cstdint>
-#include <string>
 
 namespace pyhypersphere {
 namespace cpu {
@@ -30,10 +31,6 @@ float tile_weights(float* tile, int64_t rows, int64_t cols, int64_t ld, const fl
 double tile_weights(double* tile, int64_t rows, int64_t cols, int64_t ld, const double* sq_a,
                     const double* sq_b, double t, double shift, double* row_sum,
                     double* col_sum, bool diagonal);
-
-// The instruction set the float loops run with: "avx512", "avx2" or "baseline"
-// (PYHYPERSPHERE_CPU_ISA=baseline|avx2 forces a lower one, for testing).
-std::string tile_isa();
 
 // exp(x) in float for x <= 88, the polynomial the float tile_weights use; exposed so a
 // test can hold it to std::exp.

@@ -11,7 +11,7 @@
 #include "../tile_schedule.h"
 #include "../uniform_math.h"
 #include "../uniform_rows.h"
-#include "block_turns.h"
+#include "ordered_tiles.h"
 #include "tile_epilogue.h"
 #include "tile_gemm.h"
 
@@ -20,21 +20,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 namespace pyhypersphere {
 namespace {
-
-// Rows per block: large enough for efficient tile GEMMs and L2-resident tiles,
-// small enough that small problems still have tiles for every thread.
-int64_t cpu_block_rows(int64_t rows) {
-  if (rows >= 8192) return 256;
-  if (rows >= 2048) return 128;
-  return 64;
-}
 
 template <typename T>
 class UniformCpuKernel {
@@ -47,7 +38,7 @@ class UniformCpuKernel {
         n_(rows.n),
         t_(t),
         grad_(compute_grad),
-        block_(cpu_block_rows(rows.z.size(0))),
+        block_(cpu::cpu_block_rows(rows.z.size(0))),
         x_blocks_(blocks_for(rows.n, block_)),
         queue_blocks_(blocks_for(rows.k, block_)),
         shift_(x_blocks_ + queue_blocks_, -std::numeric_limits<T>::infinity()),
@@ -60,27 +51,17 @@ class UniformCpuKernel {
 
   // Sums the pair tiles of this part; returns (lse, gradient over all rows or undefined).
   std::pair<double, at::Tensor> run(bool intra_batch, int64_t part, int64_t num_parts) {
-    const std::vector<ScheduledTile> tiles =
-        number_tiles(make_tile_rounds(x_blocks_, queue_blocks_, intra_batch, part, num_parts));
-    const int64_t total = static_cast<int64_t>(tiles.size());
-    const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total));
-    workspace_.assign(static_cast<size_t>(at::get_num_threads()) * workspace_stride(), T(0));
-    cpu::BlockTurns turns(x_blocks_ + queue_blocks_);
-    std::atomic<int64_t> next{0};
-    // One worker per thread claims tiles in schedule order (dynamic load balance).
-    at::parallel_for(0, threads, 1, [&](int64_t lo, int64_t hi) {
-      T* ws = workspace_.data() + static_cast<size_t>(at::get_thread_num()) * workspace_stride();
-      for (int64_t worker = lo; worker < hi; ++worker) {
-        try {
-          for (int64_t k; (k = next.fetch_add(1)) < total;) {
-            if (!visit_tile(tiles[k], ws, turns)) return;
-          }
-        } catch (...) {
-          turns.abandon();
-          throw;
-        }
-      }
-    });
+    const int64_t blocks = x_blocks_ + queue_blocks_;
+    // Without a gradient only block a's accumulator is written.
+    const std::vector<cpu::ScheduledTile> tiles = cpu::number_tiles(
+        make_tile_rounds(x_blocks_, queue_blocks_, intra_batch, part, num_parts), blocks,
+        [](const BlockPair&) { return true; },
+        [&](const BlockPair& pair) { return grad_ && pair.a != pair.b; });
+    cpu::BlockTurns turns(blocks);
+    cpu::run_ordered_tiles<T>(tiles, turns, workspace_stride(),
+                              [&](const cpu::ScheduledTile& tile, T* ws) {
+                                return visit_tile(tile, ws, turns);
+                              });
     return finish();
   }
 
@@ -111,29 +92,8 @@ class UniformCpuKernel {
     return std::exp(shift - shift_[b]);
   }
 
-  // A tile and, for each of its blocks, how many earlier tiles of the schedule update it.
-  struct ScheduledTile {
-    BlockPair blocks;
-    int64_t turn_a;
-    int64_t turn_b;
-  };
-
-  std::vector<ScheduledTile> number_tiles(const TileRounds& rounds) const {
-    std::vector<int64_t> seen(x_blocks_ + queue_blocks_, 0);
-    std::vector<ScheduledTile> tiles;
-    for (const auto& round : rounds) {
-      for (const auto& pair : round) {
-        const bool diagonal = pair.a == pair.b;
-        // Without a gradient only block a's accumulator is written.
-        const bool writes_b = grad_ && !diagonal;
-        tiles.push_back({pair, seen[pair.a]++, writes_b ? seen[pair.b]++ : -1});
-      }
-    }
-    return tiles;
-  }
-
   // Returns false if another thread failed and the loop must stop.
-  bool visit_tile(const ScheduledTile& scheduled, T* ws, cpu::BlockTurns& turns) {
+  bool visit_tile(const cpu::ScheduledTile& scheduled, T* ws, cpu::BlockTurns& turns) {
     const BlockPair tile = scheduled.blocks;
     const bool diagonal = tile.a == tile.b;
     const int64_t begin_a = block_begin(tile.a), rows_a = block_size(tile.a);
@@ -239,7 +199,7 @@ class UniformCpuKernel {
   T t_;
   bool grad_;
   int64_t block_, x_blocks_, queue_blocks_;
-  std::vector<T> shift_, block_sum_, row_sum_, workspace_;
+  std::vector<T> shift_, block_sum_, row_sum_;
   at::Tensor acc_;
 };
 

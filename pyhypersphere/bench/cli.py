@@ -2,6 +2,7 @@
 results.json, results.csv, PNG plots and a table to --out.
 
 Example:  pyhypersphere bench --device cpu --n 1024,4096 --d 128 --out bench-out
+          pyhypersphere bench --loss clip --n 4096,16384 --impl pyhypersphere,dense
 """
 
 import argparse
@@ -10,6 +11,7 @@ import platform
 import sys
 
 from . import memory, peers
+from .contrastive import CONTRASTIVE_IMPLS, DEFAULT_TAU, LOSSES, UNIFORM
 from .impls import IMPLS, ROOFLINE
 from .record import CaseSpec
 from .sweep import ISOLATIONS
@@ -26,6 +28,7 @@ DEFAULT_TIMEOUT_S = 1800.0
 # Share of the host memory available at start that one case may use before it counts
 # as out of memory (see memory.cap_address_space).
 DEFAULT_HOST_MEM_SHARE = 0.8
+_ALL_IMPLS = tuple(dict.fromkeys([*IMPLS, *CONTRASTIVE_IMPLS]))
 
 
 def _int_list(name, least):
@@ -58,8 +61,8 @@ def _max_n(text):
     limits = {}
     for item in (v.strip() for v in text.split(",") if v.strip()):
         impl, _, n = item.partition("=")
-        if impl not in IMPLS or not n.isdigit():
-            raise argparse.ArgumentTypeError(f"--max-n: expected IMPL=N with IMPL in {', '.join(IMPLS)}, got {item!r}")
+        if impl not in _ALL_IMPLS or not n.isdigit():
+            raise argparse.ArgumentTypeError(f"--max-n: expected IMPL=N with IMPL in {', '.join(_ALL_IMPLS)}, got {item!r}")
         limits[impl] = int(n)
     return limits
 
@@ -97,10 +100,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cpu, cuda or cpu,cuda (default: cuda if available, else cpu)",
     )
     add(
+        "--loss",
+        choices=LOSSES,
+        default=UNIFORM,
+        help="the loss measured (default uniform); nt_xent, info_nce and clip compare the fused "
+        "contrastive losses with the dense PyTorch formula (logits + F.cross_entropy)",
+    )
+    add(
         "--impl",
-        type=_choice_list("--impl", tuple(IMPLS)),
-        default=list(IMPLS),
-        help=f"comma-separated subset of {','.join(IMPLS)} (default: all; {ROOFLINE}, the roofline, always runs)",
+        type=_choice_list("--impl", _ALL_IMPLS),
+        default=None,
+        help=f"comma-separated implementations (default: all of the loss's); uniform: {','.join(IMPLS)} "
+        f"({ROOFLINE}, the roofline, always runs); contrastive: {','.join(CONTRASTIVE_IMPLS)}",
     )
     add(
         "--max-n",
@@ -109,7 +120,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="IMPL=N[,IMPL=N]",
         help="run IMPL only up to N rows, e.g. keops=4096 (larger sizes are recorded as skipped)",
     )
-    add("--t", type=float, default=_DEFAULTS.t, help=f"the loss's t (default {_DEFAULTS.t:g})")
+    add("--t", type=float, default=_DEFAULTS.t, help=f"the uniformity loss's t (default {_DEFAULTS.t:g})")
+    add(
+        "--tau",
+        type=float,
+        default=None,
+        help="the contrastive temperature (default: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TAU.items()) + ")",
+    )
     add("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     add("--warmup", type=int, default=_DEFAULTS.warmup, help=f"untimed calls per phase (default {_DEFAULTS.warmup})")
     add(
@@ -195,6 +212,14 @@ def main(args) -> int:
             flag = "--" + name.replace("_", "-")
             print(f"pyhypersphere bench: {flag} must be >= {least:g}, got {getattr(args, name)}", file=sys.stderr)
             return 2
+    impls = CONTRASTIVE_IMPLS if args.loss != UNIFORM else IMPLS
+    if args.impl is None:
+        args.impl = list(impls)
+    unknown = [i for i in args.impl if i not in impls]
+    if unknown:
+        print(f"pyhypersphere bench: --impl {','.join(unknown)} is not an implementation of --loss {args.loss} "
+              f"(expected a subset of {','.join(impls)})", file=sys.stderr)  # fmt: skip
+        return 2
     devices = args.device or [_default_device()]
     if args.max_host_mem_gb is not None:
         cap = int(args.max_host_mem_gb * 2**30)
@@ -204,7 +229,7 @@ def main(args) -> int:
     specs = sweep.plan(
         args.impl, args.n, args.d, args.dtype, devices,
         t=args.t, warmup=args.warmup, repeat=args.repeat, max_seconds=args.max_seconds,
-        seed=args.seed, host_mem_cap_bytes=cap, threads=args.threads,
+        seed=args.seed, host_mem_cap_bytes=cap, threads=args.threads, loss=args.loss, tau=args.tau,
     )  # fmt: skip
     if "keops" in args.impl and not peers.keops_available():
         print(f"note: {peers.KEOPS_MISSING}; its rows are recorded as unsupported", file=sys.stderr)

@@ -19,6 +19,7 @@ FIELDS = (
     "fwd_roofline_frac", "fwdbwd_roofline_frac",
     "fwd_status", "fwdbwd_status", "fwd_samples", "fwdbwd_samples",
     "loss", "t", "threads", "torch_version", "memory_method", "isolation",
+    "loss_name", "tau",
 )  # fmt: skip
 
 
@@ -38,17 +39,20 @@ class CaseSpec:
     seed: int = 0
     host_mem_cap_bytes: Optional[int] = None  # CPU only: more raises out-of-memory
     threads: Optional[int] = None
+    loss: str = "uniform"  # or a contrastive loss (bench/contrastive.py)
+    tau: Optional[float] = None  # contrastive temperature (None: the loss's default)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def series(self) -> tuple:
         """The cases that differ only in n."""
-        return (self.impl, self.d, self.dtype, self.device)
+        return (self.loss, self.impl, self.d, self.dtype, self.device)
 
 
 def new_record(spec: CaseSpec, status: str = OK, message: str = "") -> dict:
     record = dict.fromkeys(FIELDS)
     record.update(impl=spec.impl, n=spec.n, d=spec.d, dtype=spec.dtype, device=spec.device, t=spec.t)
+    record.update(loss_name=spec.loss, tau=spec.tau)
     record.update(status=status, message=message)
     return record

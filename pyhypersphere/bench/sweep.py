@@ -9,6 +9,7 @@ import tempfile
 from typing import Dict, Iterable, List, Optional
 
 from . import worker
+from .contrastive import UNIFORM
 from .impls import ROOFLINE
 from .record import ERROR, OOM, SKIPPED, TIMEOUT, UNSUPPORTED, CaseSpec, new_record
 
@@ -19,8 +20,10 @@ _GIVE_UP = (OOM, TIMEOUT)
 
 def plan(impls: Iterable[str], ns: Iterable[int], ds: Iterable[int], dtypes: Iterable[str],
          devices: Iterable[str], **settings) -> List[CaseSpec]:  # fmt: skip
-    """Every (device, dtype, d, impl, n), the roofline GEMM first, sizes ascending."""
-    impls = [ROOFLINE] + [i for i in impls if i != ROOFLINE]
+    """Every (device, dtype, d, impl, n), the roofline GEMM first (uniformity only), sizes ascending."""
+    impls = [i for i in impls if i != ROOFLINE]
+    if settings.get("loss", UNIFORM) == UNIFORM:
+        impls = [ROOFLINE] + impls
     return [
         CaseSpec(impl=impl, n=n, d=d, dtype=dtype, device=device, **settings)
         for device in devices

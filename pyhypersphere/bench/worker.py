@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from . import memory, roofline
+from . import contrastive, memory, roofline
 from .impls import IMPLS, ROOFLINE
 from .record import ERROR, OK, OOM, SKIPPED, UNSUPPORTED, CaseSpec, new_record
 from .timing import median_time
@@ -40,10 +40,17 @@ def describe(exc: BaseException, limit: int = 400) -> str:
     return f"{type(exc).__name__}: {text[:limit]}"
 
 
+def _is_contrastive(spec: CaseSpec) -> bool:
+    return spec.loss != contrastive.UNIFORM
+
+
 def unsupported_reason(spec: CaseSpec) -> Optional[str]:
     """Why the case cannot run at all here, known before running it; None if it may."""
-    if spec.impl != ROOFLINE and spec.impl not in IMPLS:
-        return f"unknown implementation {spec.impl!r}; expected one of {', '.join(IMPLS)}"
+    if spec.loss not in contrastive.LOSSES:
+        return f"unknown loss {spec.loss!r}; expected one of {', '.join(contrastive.LOSSES)}"
+    impls = contrastive.CONTRASTIVE_IMPLS if _is_contrastive(spec) else IMPLS
+    if spec.impl not in impls and (spec.impl != ROOFLINE or _is_contrastive(spec)):
+        return f"unknown implementation {spec.impl!r} for loss {spec.loss}; expected one of {', '.join(impls)}"
     dtype = getattr(torch, spec.dtype, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         return f"dtype {spec.dtype!r} is not a torch floating-point dtype"
@@ -52,6 +59,8 @@ def unsupported_reason(spec: CaseSpec) -> Optional[str]:
         return "CUDA is not available (torch.cuda.is_available() is False)"
     if device.type not in ("cpu", "cuda"):
         return f"device {spec.device!r}: only cpu and cuda are benchmarked"
+    if _is_contrastive(spec):
+        return impls[spec.impl].unsupported(spec.loss, device, dtype)
     if spec.impl == ROOFLINE:
         return None
     return IMPLS[spec.impl].unsupported(device, dtype)
@@ -82,6 +91,26 @@ def _loss_phases(spec: CaseSpec, n: int, dtype, device):
     return [("fwd", forward, 1.0), ("fwdbwd", forward_backward, 1.0)]
 
 
+def _contrastive_phases(spec: CaseSpec, n: int, dtype, device):
+    """As _loss_phases, for a loss of two inputs (both differentiated)."""
+    loss_fn = contrastive.CONTRASTIVE_IMPLS[spec.impl].build(spec.loss, contrastive.tau_for(spec.loss, spec.tau))
+    x = unit_rows(n, spec.d, dtype, device, spec.seed)
+    y = unit_rows(n, spec.d, dtype, device, spec.seed + 1)
+    x_grad, y_grad = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+
+    def forward():
+        with torch.no_grad():
+            return loss_fn(x, y)
+
+    def forward_backward():
+        loss = loss_fn(x_grad, y_grad)
+        loss.backward()
+        x_grad.grad = y_grad.grad = None
+        return loss
+
+    return [("fwd", forward, 1.0), ("fwdbwd", forward_backward, 1.0)]
+
+
 def _roofline_phases(spec: CaseSpec, n: int, dtype, device):
     a = unit_rows(n, spec.d, dtype, device, spec.seed)
     return [
@@ -99,6 +128,8 @@ def phases(spec: CaseSpec, n: Optional[int] = None):
     (default spec.n).  Inputs and per-size set-up are built here, outside any timing."""
     n = spec.n if n is None else n
     device, dtype = torch.device(spec.device), getattr(torch, spec.dtype)
+    if _is_contrastive(spec):
+        return _contrastive_phases(spec, n, dtype, device)
     if spec.impl == ROOFLINE:
         return _roofline_phases(spec, n, dtype, device)
     return _loss_phases(spec, n, dtype, device)
@@ -117,6 +148,9 @@ def measure(spec: CaseSpec, *, isolation: str = "process") -> dict:
         pairs=roofline.pairs(n), threads=torch.get_num_threads(), torch_version=torch.__version__,
         isolation=isolation, fwd_flops=roofline.flops("fwd", n, d), fwdbwd_flops=roofline.flops("fwdbwd", n, d),
     )  # fmt: skip
+    if _is_contrastive(spec):  # no roofline model for these: the pairs are the logits
+        record.update(pairs=contrastive.logits(spec.loss, n), fwd_flops=None, fwdbwd_flops=None)
+        record["tau"] = contrastive.tau_for(spec.loss, spec.tau)
     record["memory_method"] = (
         "cuda-allocator-peak"
         if device.type == "cuda"

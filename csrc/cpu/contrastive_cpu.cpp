@@ -1,0 +1,247 @@
+// CPU contrastive kernel: the log-sum-exp of every row's logits s_ij = scale <a_i, b_j>
+// (and of every column's), in tiles through BLAS, never holding the logit matrix.
+//
+// Forward: per tile one Gram GEMM, the tile's row (and column) maxima and shifted exp
+// sums, merged into each row's running (max, sum) in schedule order.  Backward (a second
+// pass, since every weight p_ij = exp(s_ij - lse_i) needs row i's final lse): per tile the
+// Gram GEMM again, the weights W (logit_epilogue.h) and grad_a += scale W b,
+// grad_b += scale W^T a: three GEMMs, two when only one side needs a gradient.  Tiles
+// run in the uniformity kernel's ordered schedule (ordered_tiles.h): deterministic, no
+// barriers, extra memory O((N_a + N_b) d).
+#include "../input_checks.h"
+#include "../ops.h"
+#include "../tile_schedule.h"
+#include "../uniform_rows.h"
+#include "logit_epilogue.h"
+#include "ordered_tiles.h"
+#include "tile_gemm.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace pyhypersphere {
+namespace {
+
+// a's rows then b's rows, in blocks that never straddle the two; a row's index in this
+// stacked order addresses the per-row state.  Self pairs: every block against every
+// block (upper triangle, diagonal tiles skip i == i); cross pairs: a's blocks against
+// b's blocks.
+template <typename T>
+struct LogitRows {
+  LogitRows(const at::Tensor& a_rows, const at::Tensor& b_rows, bool self)
+      : a(a_rows.data_ptr<T>()),
+        b(b_rows.data_ptr<T>()),
+        na(a_rows.size(0)),
+        nb(b_rows.size(0)),
+        d(a_rows.size(1)),
+        block(cpu::cpu_block_rows(self ? na + nb : std::max(na, nb))),
+        a_blocks(blocks_for(na, block)),
+        b_blocks(blocks_for(nb, block)),
+        self_pairs(self) {}
+
+  int64_t blocks() const { return a_blocks + b_blocks; }
+  bool is_a(int64_t k) const { return k < a_blocks; }
+  int64_t begin(int64_t k) const { return is_a(k) ? k * block : na + (k - a_blocks) * block; }
+  int64_t size(int64_t k) const { return std::min(block, (is_a(k) ? na : na + nb) - begin(k)); }
+  const T* rows(int64_t k) const {
+    return is_a(k) ? a + k * block * d : b + (k - a_blocks) * block * d;
+  }
+  TileRounds rounds(int64_t part, int64_t num_parts) const {
+    return self_pairs ? make_tile_rounds(blocks(), 0, true, part, num_parts)
+                      : make_tile_rounds(a_blocks, b_blocks, false, part, num_parts);
+  }
+  // Tile workspace: the logits plus four per-row/column vectors.
+  int64_t workspace() const { return block * block + 4 * block; }
+
+  const T* a;
+  const T* b;
+  int64_t na, nb, d, block, a_blocks, b_blocks;
+  bool self_pairs;
+};
+
+// Merges a tile's (max, sum) of each row into the row's running (max, sum), kept in double.
+template <typename T>
+void merge_rows(const T* tile_max, const T* tile_sum, int64_t rows, double* max, double* sum) {
+  for (int64_t i = 0; i < rows; ++i) {
+    if (!(tile_sum[i] > 0)) continue;  // a row with no pair in this tile
+    const double m = tile_max[i], s = tile_sum[i];
+    if (m > max[i]) {
+      sum[i] = sum[i] * std::exp(max[i] - m) + s;
+      max[i] = m;
+    } else {
+      sum[i] += s * std::exp(m - max[i]);
+    }
+  }
+}
+
+// Per-row lse over this part's tiles (-inf for a row without pairs), stacked a then b.
+template <typename T>
+std::vector<double> forward_lse(const LogitRows<T>& r, T scale, bool lse_b, int64_t part,
+                                int64_t num_parts) {
+  const int64_t total_rows = r.na + r.nb;
+  std::vector<double> max(total_rows, -std::numeric_limits<double>::infinity());
+  std::vector<double> sum(total_rows, 0.0);
+  // Self pairs: a diagonal tile holds whole rows of its block; other tiles give their
+  // column sums to the second block's rows.  Cross pairs: column sums are b's lse.
+  const bool self = r.self_pairs;
+  const auto tiles = cpu::number_tiles(
+      r.rounds(part, num_parts), r.blocks(), [](const BlockPair&) { return true; },
+      [&](const BlockPair& p) { return self ? p.a != p.b : lse_b; });
+  cpu::BlockTurns turns(r.blocks());
+  cpu::run_ordered_tiles<T>(tiles, turns, r.workspace(), [&](const cpu::ScheduledTile& tile, T* ws) {
+    const int64_t ka = tile.blocks.a, kb = tile.blocks.b;
+    const int64_t rows_a = r.size(ka), rows_b = r.size(kb);
+    const bool diagonal = ka == kb;
+    const bool cols = tile.turn_b >= 0;
+    T* s = ws;
+    T* row_max = ws + r.block * r.block;
+    T* row_sum = row_max + r.block;
+    T* col_max = row_sum + r.block;
+    T* col_sum = col_max + r.block;
+    cpu::gemm_row_major<T>(false, true, rows_a, rows_b, r.d, scale, r.rows(ka), r.d, r.rows(kb),
+                           r.d, T(0), s, rows_b);
+    cpu::logit_max(s, rows_a, rows_b, rows_b, row_max, cols ? col_max : nullptr, diagonal);
+    cpu::logit_exp_sums(s, rows_a, rows_b, rows_b, row_max, row_sum, cols ? col_max : nullptr,
+                        cols ? col_sum : nullptr, diagonal);
+    if (!turns.wait(ka, tile.turn_a)) return false;
+    merge_rows(row_max, row_sum, rows_a, max.data() + r.begin(ka), sum.data() + r.begin(ka));
+    turns.finish(ka);
+    if (!cols) return true;
+    if (!turns.wait(kb, tile.turn_b)) return false;
+    merge_rows(col_max, col_sum, rows_b, max.data() + r.begin(kb), sum.data() + r.begin(kb));
+    turns.finish(kb);
+    return true;
+  });
+  std::vector<double> lse(total_rows);
+  for (int64_t i = 0; i < total_rows; ++i) {
+    lse[i] = sum[i] > 0 ? max[i] + std::log(sum[i]) : -std::numeric_limits<double>::infinity();
+  }
+  return lse;
+}
+
+// Gradients of sum_i g_i lse_i over this part's tiles into grad_a / grad_b (undefined
+// when not asked for).  lse and g are stacked a then b; with cross pairs and no
+// b-side upstream gradient (`col_terms` false) only the row terms exist.
+template <typename T>
+void backward_grads(const LogitRows<T>& r, T scale, const T* lse, const T* g, bool col_terms,
+                    at::Tensor& grad_a, at::Tensor& grad_b, int64_t part, int64_t num_parts) {
+  const bool want_a = grad_a.defined(), want_b = grad_b.defined();
+  T* acc_a = want_a ? grad_a.data_ptr<T>() : nullptr;
+  T* acc_b = want_b ? grad_b.data_ptr<T>() : nullptr;
+  const auto writes = [&](int64_t k) { return r.is_a(k) ? want_a : want_b; };
+  const auto tiles = cpu::number_tiles(
+      r.rounds(part, num_parts), r.blocks(), [&](const BlockPair& p) { return writes(p.a); },
+      [&](const BlockPair& p) { return p.a != p.b && writes(p.b); });
+  const auto acc = [&](int64_t k) {
+    return r.is_a(k) ? acc_a + k * r.block * r.d : acc_b + (k - r.a_blocks) * r.block * r.d;
+  };
+  const bool cols = r.self_pairs || col_terms;
+  cpu::BlockTurns turns(r.blocks());
+  cpu::run_ordered_tiles<T>(tiles, turns, r.workspace(), [&](const cpu::ScheduledTile& tile, T* ws) {
+    const int64_t ka = tile.blocks.a, kb = tile.blocks.b;
+    const int64_t rows_a = r.size(ka), rows_b = r.size(kb);
+    const int64_t ia = r.begin(ka), ib = r.begin(kb);
+    T* w = ws;
+    cpu::gemm_row_major<T>(false, true, rows_a, rows_b, r.d, scale, r.rows(ka), r.d, r.rows(kb),
+                           r.d, T(0), w, rows_b);
+    cpu::logit_grad_weights(w, rows_a, rows_b, rows_b, lse + ia, g + ia, cols ? lse + ib : nullptr,
+                            cols ? g + ib : nullptr, ka == kb);
+    if (tile.turn_a >= 0) {
+      if (!turns.wait(ka, tile.turn_a)) return false;
+      cpu::gemm_row_major<T>(false, false, rows_a, r.d, rows_b, scale, w, rows_b, r.rows(kb), r.d,
+                             T(1), acc(ka), r.d);
+      turns.finish(ka);
+    }
+    if (tile.turn_b >= 0) {
+      if (!turns.wait(kb, tile.turn_b)) return false;
+      cpu::gemm_row_major<T>(true, false, rows_b, r.d, rows_a, scale, w, rows_b, r.rows(ka), r.d,
+                             T(1), acc(kb), r.d);
+      turns.finish(kb);
+    }
+    return true;
+  });
+}
+
+// The rows in the accumulation dtype, contiguous (no copy when they already are).
+at::Tensor compute_rows(const at::Tensor& t) {
+  return t.to(accumulate_dtype(t.scalar_type())).contiguous();
+}
+
+bool all_finite(const at::Tensor& a, const at::Tensor& b) {
+  return at::isfinite(a).all().item<bool>() && at::isfinite(b).all().item<bool>();
+}
+
+}  // namespace
+
+ContrastiveLseResult contrastive_lse_cpu(const at::Tensor& a, const at::Tensor& b, double scale,
+                                         bool self_pairs, bool lse_b, int64_t part,
+                                         int64_t num_parts) {
+  check_contrastive_args(a, b, scale, self_pairs, lse_b, part, num_parts);
+  TORCH_CHECK_VALUE(a.device().is_cpu(), "contrastive_lse: a must be on the CPU for the CPU kernel");
+  const at::Tensor za = compute_rows(a), zb = compute_rows(b);
+  const auto acc = za.options();
+  if (!all_finite(za, zb)) {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    return {at::full({a.size(0)}, nan, acc), lse_b ? at::full({b.size(0)}, nan, acc) : at::empty({0}, acc)};
+  }
+  return AT_DISPATCH_FLOATING_TYPES(za.scalar_type(), "contrastive_lse_cpu", [&] {
+    const LogitRows<scalar_t> r(za, zb, self_pairs);
+    const std::vector<double> lse =
+        forward_lse(r, static_cast<scalar_t>(scale), lse_b, part, num_parts);
+    const at::Tensor all = at::tensor(lse, acc.dtype(at::kDouble)).to(za.scalar_type());
+    return ContrastiveLseResult{all.narrow(0, 0, r.na).clone(),
+                                lse_b ? all.narrow(0, r.na, r.nb).clone() : at::empty({0}, acc)};
+  });
+}
+
+ContrastiveGradResult contrastive_lse_backward_cpu(
+    const at::Tensor& a, const at::Tensor& b, double scale, bool self_pairs,
+    const at::Tensor& lse_a, const at::Tensor& lse_b, const at::Tensor& grad_lse_a,
+    const at::Tensor& grad_lse_b, int64_t part, int64_t num_parts, bool grad_a, bool grad_b) {
+  check_contrastive_backward_args(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b,
+                                  part, num_parts);
+  TORCH_CHECK_VALUE(a.device().is_cpu(), "contrastive_lse_backward: a must be on the CPU for the CPU kernel");
+  const at::Tensor za = compute_rows(a), zb = compute_rows(b);
+  const auto acc = za.options();
+  at::Tensor ga = grad_a ? at::zeros(za.sizes(), acc) : at::Tensor();
+  at::Tensor gb = grad_b ? at::zeros(zb.sizes(), acc) : at::Tensor();
+  const auto outputs = [&] {
+    return ContrastiveGradResult{ga.defined() ? ga : at::empty({0}, acc),
+                                 gb.defined() ? gb : at::empty({0}, acc)};
+  };
+  if (!grad_a && !grad_b) return outputs();
+  // b's side of the weights: always with self pairs, with cross pairs when b's lse has
+  // an upstream gradient.
+  const bool col_terms = self_pairs || grad_lse_b.numel() > 0;
+  const auto stacked = [&](const at::Tensor& for_a, const at::Tensor& for_b) {
+    const at::Tensor b_part = for_b.numel() > 0 ? for_b : at::zeros({b.size(0)}, acc);
+    return at::cat({for_a.to(acc.dtype()), b_part.to(acc.dtype())}).contiguous();
+  };
+  const at::Tensor lse = stacked(lse_a, lse_b), g = stacked(grad_lse_a, grad_lse_b);
+  // -inf is a valid lse (a row without pairs in this part: its weights never occur);
+  // NaN or +inf is not, and would pass the clamped float exp as a finite weight.
+  const bool lse_valid = !(at::isnan(lse).any().item<bool>() || at::isposinf(lse).any().item<bool>());
+  if (!all_finite(za, zb) || !lse_valid) {
+    if (ga.defined()) ga.fill_(std::numeric_limits<double>::quiet_NaN());
+    if (gb.defined()) gb.fill_(std::numeric_limits<double>::quiet_NaN());
+    return outputs();
+  }
+  AT_DISPATCH_FLOATING_TYPES(za.scalar_type(), "contrastive_lse_backward_cpu", [&] {
+    const LogitRows<scalar_t> r(za, zb, self_pairs);
+    backward_grads(r, static_cast<scalar_t>(scale), lse.data_ptr<scalar_t>(),
+                   g.data_ptr<scalar_t>(), col_terms, ga, gb, part, num_parts);
+  });
+  return outputs();
+}
+
+TORCH_LIBRARY_IMPL(pyhypersphere, CPU, m) {
+  m.impl("contrastive_lse", &contrastive_lse_cpu);
+  m.impl("contrastive_lse_backward", &contrastive_lse_backward_cpu);
+}
+
+}  // namespace pyhypersphere

@@ -1,0 +1,81 @@
+// Running a tile schedule (tile_schedule.h) on the CPU threads, each block's
+// accumulators updated in schedule order (block_turns.h): the loop shared by the CPU
+// kernels (uniform_cpu.cpp, contrastive_cpu.cpp).
+#pragma once
+
+#include "../tile_schedule.h"
+#include "block_turns.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+namespace pyhypersphere {
+namespace cpu {
+
+// Rows per block: large enough for efficient tile GEMMs and L2-resident tiles,
+// small enough that small problems still have tiles for every thread.
+inline int64_t cpu_block_rows(int64_t rows) {
+  if (rows >= 8192) return 256;
+  if (rows >= 2048) return 128;
+  return 64;
+}
+
+// A tile and, for each of its two blocks, how many earlier tiles of the schedule update
+// that block (-1: this tile does not update it).
+struct ScheduledTile {
+  BlockPair blocks;
+  int64_t turn_a;
+  int64_t turn_b;
+};
+
+// Numbers the tiles of `rounds` in order.  writes_a(pair) / writes_b(pair) say whether a
+// tile updates the accumulators of its first / second block.
+template <typename WritesA, typename WritesB>
+std::vector<ScheduledTile> number_tiles(const TileRounds& rounds, int64_t blocks,
+                                        WritesA writes_a, WritesB writes_b) {
+  std::vector<int64_t> seen(blocks, 0);
+  std::vector<ScheduledTile> tiles;
+  for (const auto& round : rounds) {
+    for (const auto& pair : round) {
+      const int64_t turn_a = writes_a(pair) ? seen[pair.a]++ : -1;
+      const int64_t turn_b = writes_b(pair) ? seen[pair.b]++ : -1;
+      tiles.push_back({pair, turn_a, turn_b});
+    }
+  }
+  return tiles;
+}
+
+// Calls visit(tile, workspace) for every tile, one worker per thread claiming tiles in
+// schedule order (dynamic load balance); `workspace` is that thread's slice of
+// `workspace_per_thread` elements.  visit brackets each update of a block with
+// turns.wait(block, turn) / turns.finish(block) and returns false when wait does (another
+// thread failed: stop).  An exception in one worker releases the others and propagates.
+template <typename T, typename Visit>
+void run_ordered_tiles(const std::vector<ScheduledTile>& tiles, BlockTurns& turns,
+                       int64_t workspace_per_thread, Visit visit) {
+  const int64_t total = static_cast<int64_t>(tiles.size());
+  if (total == 0) return;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total));
+  std::vector<T> workspace(static_cast<size_t>(at::get_num_threads()) * workspace_per_thread, T(0));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t lo, int64_t hi) {
+    T* ws = workspace.data() + static_cast<size_t>(at::get_thread_num()) * workspace_per_thread;
+    for (int64_t worker = lo; worker < hi; ++worker) {
+      try {
+        for (int64_t k; (k = next.fetch_add(1)) < total;) {
+          if (!visit(tiles[k], ws)) return;
+        }
+      } catch (...) {
+        turns.abandon();
+        throw;
+      }
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace pyhypersphere

@@ -1,0 +1,78 @@
+"""The contrastive operators: fake (meta) implementations and the autograd formula.
+
+`torch.ops.pyhypersphere.contrastive_lse` returns the log-sum-exps of every row's logits
+(and, for the symmetric and self-pair forms, of b's rows); its backward is a second op,
+`contrastive_lse_backward`, since every weight exp(s_ij - lse_i) needs row i's final lse.
+Schemas in csrc/op_schemas.cpp, contract in csrc/ops.h.
+"""
+
+import torch
+
+from . import _C  # noqa: F401  (loads the library and registers the operators)
+from ._ops import accumulate_dtype, first_order_only
+
+_lib_ops = torch.ops.pyhypersphere
+
+
+@torch.library.register_fake("pyhypersphere::contrastive_lse")
+def _contrastive_lse_fake(a, b, scale, self_pairs, lse_b, part, num_parts):
+    # With mixed devices this runs instead of a real kernel's checks, so it raises too.
+    if b.device != a.device:
+        raise ValueError(f"contrastive_lse: b must be on the same device as a ({a.device}), got {b.device}")
+    acc = accumulate_dtype(a.dtype)
+    lse_rows_b = b.shape[0] if lse_b else 0
+    return a.new_empty((a.shape[0],), dtype=acc), a.new_empty((lse_rows_b,), dtype=acc)
+
+
+@torch.library.register_fake("pyhypersphere::contrastive_lse_backward")
+def _contrastive_lse_backward_fake(
+    a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b, part, num_parts, grad_a, grad_b
+):
+    if b.device != a.device:
+        raise ValueError(f"contrastive_lse_backward: b must be on the same device as a ({a.device}), got {b.device}")
+    acc = accumulate_dtype(a.dtype)
+    ga = a.new_empty(tuple(a.shape), dtype=acc) if grad_a else a.new_empty((0,), dtype=acc)
+    gb = b.new_empty(tuple(b.shape), dtype=acc) if grad_b else a.new_empty((0,), dtype=acc)
+    return ga, gb
+
+
+def _setup_contrastive(ctx, inputs, output):
+    a, b, scale, self_pairs, lse_b, part, num_parts = inputs
+    ctx.args = (scale, self_pairs, part, num_parts)
+    ctx.has_lse_b = bool(lse_b)
+    ctx.dtypes = (a.dtype, b.dtype)
+    # An lse nobody differentiates gets None, not zeros: the kernel then skips its terms.
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(a, b, *output)
+
+
+def _backward_contrastive(ctx, grad_lse_a, grad_lse_b):
+    a, b, lse_a, lse_b = ctx.saved_tensors
+    scale, self_pairs, part, num_parts = ctx.args
+    need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_a or need_b) or (grad_lse_a is None and grad_lse_b is None):
+        return None, None, None, None, None, None, None
+    acc = lse_a.dtype
+    grad_lse_a = grad_lse_a.to(acc) if grad_lse_a is not None else lse_a.new_zeros(lse_a.shape)
+    if grad_lse_b is not None:
+        grad_lse_b = grad_lse_b.to(acc)
+    elif self_pairs:
+        grad_lse_b = lse_b.new_zeros(lse_b.shape)
+    else:
+        grad_lse_b = lse_a.new_empty((0,))
+    grad_a, grad_b = _lib_ops.contrastive_lse_backward(
+        a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b, part, num_parts, need_a, need_b
+    )
+    # In the accumulation dtype: round to the inputs' once.
+    out_a = first_order_only(grad_a.to(ctx.dtypes[0])) if need_a else None
+    out_b = first_order_only(grad_b.to(ctx.dtypes[1])) if need_b else None
+    return out_a, out_b, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "pyhypersphere::contrastive_lse", _backward_contrastive, setup_context=_setup_contrastive
+)
+
+
+def contrastive_lse(a, b, scale, self_pairs, lse_b, part=0, num_parts=1):
+    return _lib_ops.contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts)
