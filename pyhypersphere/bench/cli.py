@@ -11,7 +11,7 @@ import platform
 import sys
 
 from . import memory, peers
-from .contrastive import CONTRASTIVE_IMPLS, DEFAULT_TAU, LOSSES, UNIFORM
+from .contrastive import CONTRASTIVE_IMPLS, DEFAULT_TAU, LOSSES, UNIFORM, tau_for
 from .impls import IMPLS, ROOFLINE
 from .record import CaseSpec
 from .sweep import ISOLATIONS
@@ -229,7 +229,8 @@ def main(args) -> int:
     specs = sweep.plan(
         args.impl, args.n, args.d, args.dtype, devices,
         t=args.t, warmup=args.warmup, repeat=args.repeat, max_seconds=args.max_seconds,
-        seed=args.seed, host_mem_cap_bytes=cap, threads=args.threads, loss=args.loss, tau=args.tau,
+        seed=args.seed, host_mem_cap_bytes=cap, threads=args.threads, loss=args.loss,
+        tau=None if args.loss == UNIFORM else tau_for(args.loss, args.tau),
     )  # fmt: skip
     if "keops" in args.impl and not peers.keops_available():
         print(f"note: {peers.KEOPS_MISSING}; its rows are recorded as unsupported", file=sys.stderr)
