@@ -10,8 +10,7 @@ def dense_nt_xent(x, y, tau):
     z = torch.cat([x, y])
     m = z.shape[0]
     logits = (z @ z.T) / tau
-    off_diagonal = ~torch.eye(m, dtype=torch.bool)
-    lse = torch.stack([torch.logsumexp(logits[i][off_diagonal[i]], 0) for i in range(m)])
+    lse = logits.masked_fill(torch.eye(m, dtype=torch.bool), float("-inf")).logsumexp(1)
     n = x.shape[0]
     partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
     positive = logits[torch.arange(m), partner]
@@ -20,15 +19,11 @@ def dense_nt_xent(x, y, tau):
 
 def dense_info_nce(q, k, tau, queue=None, in_batch=True):
     """Mean over i of  -log softmax([<q_i, k_j> (j, if in_batch; else only k_i), <q_i, queue_m>] / tau)[positive]."""
-    losses = []
-    for i in range(q.shape[0]):
-        keys = k if in_batch else k[i : i + 1]
-        if queue is not None:
-            keys = torch.cat([keys, queue])
-        logits = keys @ q[i] / tau
-        positive = (q[i] * k[i]).sum() / tau
-        losses.append(torch.logsumexp(logits, 0) - positive)
-    return torch.stack(losses).mean()
+    positive = (q * k).sum(1) / tau
+    columns = [q @ k.T / tau] if in_batch else [positive[:, None]]
+    if queue is not None:
+        columns.append(q @ queue.T / tau)
+    return (torch.cat(columns, 1).logsumexp(1) - positive).mean()
 
 
 def dense_clip(x, y, tau):
