@@ -6,7 +6,7 @@ replaces the reference code of Wang & Isola (ICML 2020) with the same values.
 """
 
 from . import _ops  # noqa: F401  (registers the operators)
-from ._C import build_info
+from .gpu_backend import build_info
 from .losses import align_loss, uniform_loss
 from .nn import AlignmentLoss, AlignUniformLoss, UniformityLoss
 
