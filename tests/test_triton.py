@@ -55,10 +55,10 @@ def reference(x, queue, t, intra_batch):
 
 
 # Tolerances against float64 evaluated on the same (rounded) inputs: float32 and the
-# 16-bit formats accumulate in float32; gradients of 16-bit inputs carry TF32-rounded
-# weights (2^-11).
+# 16-bit formats accumulate in float32; gradients of 16-bit inputs carry weights rounded
+# to the 16-bit format (bf16 2^-9, fp16 2^-11 relative), as their output rounding does.
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-4, torch.float16: 2e-4}
-GRAD_TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-3, torch.float16: 2e-3}
+GRAD_TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 8e-3, torch.float16: 2e-3}
 
 CASES = [  # n, k, d, intra_batch, t, dtype
     (2, 0, 3, True, 2.0, torch.float64),
@@ -118,8 +118,9 @@ def test_far_apart_and_unnormalized_rows(scale, offset, dtype):
 @pytest.mark.parametrize("num_parts", [2, 3])
 @pytest.mark.parametrize("k", [0, 70])
 def test_parts_sum_to_the_whole(num_parts, k):
-    # 130 rows: three 64-row part blocks, so tiles of the triangle and the rectangle are split.
-    x, queue = rows(130, 5, torch.float64, 7), rows(k, 5, torch.float64, 8)
+    # 70 rows: two 64-row part blocks (and two for the queue), so the triangle's and the
+    # rectangle's tiles are spread over the parts.
+    x, queue = rows(70, 5, torch.float64, 7), rows(k, 5, torch.float64, 8)
     has_q = queue is not None
     whole, gx, gq = tk.uniform_lse(x, queue, 0.5, True, 0, 1, True, has_q)
     parts = [tk.uniform_lse(x, queue, 0.5, True, p, num_parts, True, has_q) for p in range(num_parts)]

@@ -36,8 +36,8 @@ _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
 # (operand dtype, Gram precision, gradient precision): every operand format
 # uniform._plan_operands can choose.
 UNIFORM_FORMATS = [
-    (torch.bfloat16, "ieee", "tf32"),
-    (torch.float16, "ieee", "tf32"),
+    (torch.bfloat16, "ieee", "ieee"),
+    (torch.float16, "ieee", "ieee"),
     (torch.float32, "tf32", "tf32"),
     (torch.float32, "tf32x3", "tf32x3"),
     (torch.float64, "ieee", "ieee"),
@@ -47,28 +47,26 @@ UNIFORM_FORMATS = [
 def _uniform_jobs():
     for dtype, gram_p, grad_p in UNIFORM_FORMATS:
         acc = "*fp64" if dtype == torch.float64 else "*fp32"
-        widths = sorted({uniform.uniform_config(dtype, d, gram_p)["BLOCK_D"] for d in (1, 32, 64, 128, 4096)})
-        for block_d in widths:
-            cfg = uniform.uniform_config(dtype, block_d, gram_p)
-            widest = uniform.uniform_config(dtype, 1 << 20, gram_p)["BLOCK_D"]
-            chunk_cases = [True, False] if block_d == widest else [True]
-            for one_chunk in chunk_cases:
+        widths = sorted({uniform.uniform_config(dtype, d, gram_p, False)["BLOCK_D"] for d in (1, 32, 64, 128, 4096)})
+        widest = widths[-1]
+        for block_d, one_chunk in [(w, True) for w in widths] + [(widest, False)]:
+            for has_parts in (False, True):
+                cfg = uniform.uniform_config(dtype, block_d, gram_p, has_parts)
                 for with_grad in (False, True):
-                    for has_parts in (False, True):
-                        sig = {"z_ptr": _PTR[dtype], "sq_ptr": acc, "m_ptr": acc, "l_ptr": acc, "lw_ptr": acc,
-                               "acc_ptr": acc, "row_start": "i64", "n_rows": "i64", "col_start": "i64",
-                               "col_end": "i64", "cols_per_split": "i64", "n_x": "i64", "d": "i64",
-                               "stride_z": "i64", "neg_t_ptr": acc,
-                               "part_lo": "i32", "part_hi": "i32", "part_tri": "i32",
-                               "x_part_blocks": "i32", "q_part_blocks": "i32"}
-                        consts = {"WITH_GRAD": with_grad, "HAS_PARTS": has_parts, "PART_ROWS": uniform.PART_BLOCK,
-                                  "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": block_d,
-                                  "ONE_CHUNK": one_chunk, "GRAM_PRECISION": gram_p, "GRAD_PRECISION": grad_p,
-                                  "WIDEN_OPERANDS": False}
-                        name = (f"uniform {str(dtype).split('.')[-1]}/{gram_p} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
-                                f"D{block_d}{'' if one_chunk else ' chunked'}{' grad' if with_grad else ''}"
-                                f"{' parts' if has_parts else ''}")
-                        yield name, "uniform", sig, consts, cfg["num_warps"], cfg["num_stages"], True
+                    sig = {"z_ptr": _PTR[dtype], "sq_ptr": acc, "m_ptr": acc, "l_ptr": acc, "lw_ptr": acc,
+                           "acc_ptr": acc, "row_start": "i64", "n_rows": "i64", "col_start": "i64",
+                           "col_end": "i64", "cols_per_split": "i64", "n_x": "i64", "d": "i64",
+                           "stride_z": "i64", "neg_t_ptr": acc,
+                           "part_lo": "i32", "part_hi": "i32", "part_tri": "i32",
+                           "x_part_blocks": "i32", "q_part_blocks": "i32"}
+                    consts = {"WITH_GRAD": with_grad, "HAS_PARTS": has_parts, "PART_ROWS": uniform.PART_BLOCK,
+                              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": block_d,
+                              "ONE_CHUNK": one_chunk, "GRAM_PRECISION": gram_p, "GRAD_PRECISION": grad_p,
+                              "WIDEN_OPERANDS": False}
+                    name = (f"uniform {str(dtype).split('.')[-1]}/{gram_p} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
+                            f"D{block_d}{'' if one_chunk else ' chunked'}{' grad' if with_grad else ''}"
+                            f"{' parts' if has_parts else ''}")
+                    yield name, "uniform", sig, consts, cfg["num_warps"], cfg["num_stages"], True
 
 
 def _align_jobs():
@@ -155,10 +153,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     archs = [int(a) for a in args.arch.split(",") if a.strip()]
     work = [(job, arch) for job in _jobs() if args.filter in job[0] for arch in archs]
+    rows = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        rows = list(pool.map(compile_one, *zip(*work)))
-    for row in rows:
-        print(_format(row))
+        for row in pool.map(compile_one, *zip(*work)):  # in order, as they finish
+            rows.append(row)
+            print(_format(row), flush=True)
     failed = [r for r in rows if r["problem"]]
     print(f"compile_check: {len(rows)} compiles, {len(failed)} failed (triton {triton.__version__})")
     return 1 if failed else 0

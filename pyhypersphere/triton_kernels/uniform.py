@@ -16,7 +16,8 @@ Precision (docs/triton.md): the rows and the policy come from the C++ plan_unifo
 (centering, float64 for far-spread float32 rows, TF32 only when it resolves the
 distances).  bf16/fp16 inputs are multiplied as they are (exact products, float32
 accumulation) with norms from exactly those values when the raw rows pass the float32
-budget, and otherwise as float32 centered rows.
+budget, and otherwise as float32 centered rows.  The gradient's product P Z_j takes the
+weights in the 16-bit format (flash-attention style).
 """
 
 import torch
@@ -125,8 +126,16 @@ def _uniform_rows_kernel(
             else:
                 z_c = tl.load(z_ptr + cols[:, None] * stride_z + chunk_d[None, :],
                               mask=col_ok[:, None] & (chunk_d[None, :] < d), other=0.0)
-            # p stays in the accumulation dtype; 16-bit z_j are exact in TF32.
-            a_i = a_i * scale[:, None] + tl.dot(p, z_c.to(acc_t), input_precision=GRAD_PRECISION)
+            if z_ptr.dtype.element_ty == acc_t:
+                a_i = a_i * scale[:, None] + tl.dot(p, z_c, input_precision=GRAD_PRECISION)
+            else:
+                # 16-bit operands: the weights in the operands' format (as flash attention
+                # does; relative 2^-9 for bf16, the gradient's own output rounding).
+                p_op = p.to(z_ptr.dtype.element_ty)
+                if WIDEN_OPERANDS:
+                    p_op = p_op.to(acc_t)
+                    z_c = z_c.to(acc_t)
+                a_i = a_i * scale[:, None] + tl.dot(p_op, z_c, input_precision=GRAD_PRECISION, out_dtype=acc_t)
         m_i = m_new
 
     out = split.to(tl.int64) * n_rows + local
@@ -142,17 +151,19 @@ def _uniform_rows_kernel(
 # ---------------------------------------------------------------- launcher
 
 
-def uniform_config(operand_dtype: torch.dtype, d: int, precision: str) -> dict:
+def uniform_config(operand_dtype: torch.dtype, d: int, precision: str, has_parts: bool) -> dict:
     """The block configuration the launcher picks for operands of this dtype, Gram
-    precision and width (also what compile_check compiles).  The caps keep the row
-    block's accumulator [BLOCK_M, BLOCK_D] in registers without spills (compile_check)."""
+    precision, width and part mask (also what compile_check compiles).  The caps keep the
+    row block's accumulator [BLOCK_M, BLOCK_D] and the part mask's integer tiles in
+    registers without spills (compile_check)."""
     wide = operand_dtype == torch.float64
     split = precision == "tf32x3"  # three products on hi/lo halves: more registers
     cap = 64 if wide or split else 128
     block_d = min(cap, max(16, triton.next_power_of_2(d)))
     block = 32 if wide else 64
     warps = 8 if block_d >= 128 or split else 4
-    return {"BLOCK_M": block, "BLOCK_N": 32 if split else block, "BLOCK_D": block_d, "num_warps": warps,
+    narrow = split or (has_parts and block_d >= 128)
+    return {"BLOCK_M": block, "BLOCK_N": 32 if narrow else block, "BLOCK_D": block_d, "num_warps": warps,
             "num_stages": 2}
 
 
@@ -188,7 +199,7 @@ def _plan_operands(x, queue, t):
         # Exact 16-bit products accumulated in float32: the float32 budget applies to the
         # raw (uncentered) rows' norms, which are those of the operands multiplied.
         if not _C._gram_error_exceeds_budget(float(raw_sq.max()), t, _C.FLOAT32_UNIT_ROUNDOFF):
-            return raw, raw_sq, "ieee", "tf32"
+            return raw, raw_sq, "ieee", "ieee"
         operand_ok = tf32 and not _C._gram_error_exceeds_budget(float(sq.max()), t, _C.TF32_UNIT_ROUNDOFF)
     precision = "tf32" if tf32 and operand_ok else "tf32x3"
     return z, sq, precision, precision
@@ -200,7 +211,8 @@ def _row_pass(z, sq, row_start, n_rows, col_start, col_end, n_x, t, with_grad, p
     and merges the column splits: per row (m, l, lw, a) with a None without gradient."""
     d = z.shape[1]
     acc_t = sq.dtype
-    cfg = uniform_config(z.dtype, d, gram_precision)
+    part_lo, part_hi, part_tri, x_blocks, q_blocks = parts
+    cfg = uniform_config(z.dtype, d, gram_precision, part_hi >= 0)
     block_m, block_n, block_d = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
     row_blocks = triton.cdiv(n_rows, block_m)
     col_blocks = max(1, triton.cdiv(col_end - col_start, block_n))
