@@ -105,6 +105,7 @@ def test_matches_cpu_operator(n, k, d, intra, t, dtype):
     (30.0, 0.0, torch.float64),  # unnormalized, far apart: most weights underflow
     (3.0, 1e4, torch.float32),  # far from the origin: centering keeps the digits
     (40.0, 0.0, torch.float32),  # spread beyond TF32 and float32: computed in float64
+    (1.0, 30.0, torch.bfloat16),  # raw 16-bit rows beyond the float32 budget: centered float32
 ])
 def test_far_apart_and_unnormalized_rows(scale, offset, dtype):
     x, queue = rows(50, 8, dtype, 5, scale, offset), rows(20, 8, dtype, 6, scale, offset)

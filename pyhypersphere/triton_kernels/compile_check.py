@@ -149,10 +149,10 @@ def main(argv=None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="80,90", help="comma-separated compute capabilities, e.g. 80,90")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
-    parser.add_argument("--filter", default="", help="only configurations whose name contains this")
+    parser.add_argument("--filter", default="", help="only configurations whose name matches this regular expression")
     args = parser.parse_args(argv)
     archs = [int(a) for a in args.arch.split(",") if a.strip()]
-    work = [(job, arch) for job in _jobs() if args.filter in job[0] for arch in archs]
+    work = [(job, arch) for job in _jobs() if re.search(args.filter, job[0]) for arch in archs]
     rows = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for row in pool.map(compile_one, *zip(*work)):  # in order, as they finish
