@@ -47,11 +47,12 @@ UNIFORM_FORMATS = [
 def _uniform_jobs():
     for dtype, gram_p, grad_p in UNIFORM_FORMATS:
         acc = "*fp64" if dtype == torch.float64 else "*fp32"
-        widths = sorted({uniform.uniform_config(dtype, d, gram_p, False)["BLOCK_D"] for d in (1, 32, 64, 128, 4096)})
-        widest = widths[-1]
-        for block_d, one_chunk in [(w, True) for w in widths] + [(widest, False)]:
+        # One d per configuration the launcher can pick (duplicates dropped in _jobs).
+        for d in (16, 32, 64, 128, 4096):
             for has_parts in (False, True):
-                cfg = uniform.uniform_config(dtype, block_d, gram_p, has_parts)
+                cfg = uniform.uniform_config(dtype, d, gram_p, has_parts)
+                block_d = cfg["BLOCK_D"]
+                one_chunk = d <= block_d
                 for with_grad in (False, True):
                     sig = {"z_ptr": _PTR[dtype], "sq_ptr": acc, "m_ptr": acc, "l_ptr": acc, "lw_ptr": acc,
                            "acc_ptr": acc, "row_start": "i64", "n_rows": "i64", "col_start": "i64",

@@ -79,12 +79,14 @@ def _uniform_rows_kernel(
             gram = tl.dot(z_i, tl.trans(z_j), input_precision=GRAM_PRECISION, out_dtype=acc_t)
         else:
             gram = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
+            # Row pointers as vectors, broadcast inside the loop: hoisted [M, D] pointer
+            # tiles of 64-bit addresses would take the registers.
+            zi_rows = z_ptr + rows * stride_z
+            zj_rows = z_ptr + cols * stride_z
             for k0 in range(0, d, BLOCK_D):
                 dk = k0 + offs_d
-                zi_k = tl.load(z_ptr + rows[:, None] * stride_z + dk[None, :],
-                               mask=row_ok[:, None] & (dk[None, :] < d), other=0.0)
-                zj_k = tl.load(z_ptr + cols[:, None] * stride_z + dk[None, :],
-                               mask=col_ok[:, None] & (dk[None, :] < d), other=0.0)
+                zi_k = tl.load(zi_rows[:, None] + dk[None, :], mask=row_ok[:, None] & (dk[None, :] < d), other=0.0)
+                zj_k = tl.load(zj_rows[:, None] + dk[None, :], mask=col_ok[:, None] & (dk[None, :] < d), other=0.0)
                 if WIDEN_OPERANDS:
                     zi_k = zi_k.to(acc_t)
                     zj_k = zj_k.to(acc_t)
@@ -159,12 +161,18 @@ def uniform_config(operand_dtype: torch.dtype, d: int, precision: str, has_parts
     wide = operand_dtype == torch.float64
     split = precision == "tf32x3"  # three products on hi/lo halves: more registers
     cap = 64 if wide or split else 128
-    block_d = min(cap, max(16, triton.next_power_of_2(d)))
-    block = 32 if wide else 64
-    warps = 8 if block_d >= 128 or split else 4
-    narrow = split or (has_parts and block_d >= 128)
-    return {"BLOCK_M": block, "BLOCK_N": 32 if narrow else block, "BLOCK_D": block_d, "num_warps": warps,
-            "num_stages": 2}
+    chunked = d > cap
+    # Past the cap the Gram loops over 64-wide chunks (32 for 3xTF32), one stage, and the
+    # gradient's accumulator is cut into slices that wide over the grid's third axis.
+    block_d = (32 if split else 64) if chunked else max(16, triton.next_power_of_2(d))
+    warps = 8 if block_d >= 128 or chunked else 4
+    if wide or split:
+        block_m, block_n = 32, 32
+    else:
+        # The part mask at full width needs the registers of half a row block.
+        block_m, block_n = (32 if chunked or (has_parts and block_d >= 128) else 64), 64
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": warps,
+            "num_stages": 1 if chunked else 2}
 
 
 def _target_programs(device: torch.device) -> int:
