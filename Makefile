@@ -10,7 +10,9 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.deps-stamp
 BUILT := $(VENV)/.built-stamp
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
-DEPS := numpy ninja pybind11 tqdm pytest pytest-benchmark hypothesis mnist1d scikit-learn matplotlib pykeops
+# triton: the Triton kernels' interpreter tests and compile check (no torch dependency; the
+# GPU machines use the Triton that ships with their torch, 3.4 or later).
+DEPS := numpy ninja pybind11 tqdm pytest pytest-benchmark hypothesis mnist1d scikit-learn matplotlib pykeops triton==3.9.0
 
 .PHONY: venv build demo test test-all bench bench-cpu cmake-cpu cmake-cuda-kernels clean
 

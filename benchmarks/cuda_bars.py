@@ -1,7 +1,13 @@
-"""The CUDA bars of issue 3, measured side by side in one run on one GPU (meant: an H100).
+"""The CUDA bars of issues 3 and 9, measured side by side in one run on one GPU (meant: an H100).
 
     python benchmarks/cuda_bars.py [--n 65536] [--d 128] [--big-n 1048576] [--reps 5]
+                                   [--queue-n 256] [--queue-k 65536]
                                    [--json bench-out/cuda_bars.json] [--skip-peers] [--skip-big]
+
+Both GPU backends run side by side: the fused op (whichever backend the operators use,
+build_info()["gpu_backend"]: the C++ CUDA kernels, or Triton's without them) and, when
+that is not Triton already, the Triton kernels called directly
+(pyhypersphere.triton_kernels.loss).
 
 Inputs are random unit-norm rows (the paper's setting), t = 2.  Every time is the median
 of --reps calls after warm-up, measured with CUDA events around the whole call:
@@ -21,7 +27,9 @@ pass and the backward only scales it).
 3. N = 1,048,576, d = 128, fwd+bwd (TF32 and bfloat16), one timed call each.
 4. Peers at N = 65536 (pyhypersphere.bench.impls: KeOps LazyTensor log-sum-exp, compiled
    FlexAttention with q = k = x and the diagonal masked), fwd+bwd, same inputs.
-5. Extra GPU memory of every call: torch.cuda.max_memory_allocated() during the call
+5. A MoCo queue shape: --queue-n rows against a --queue-k queue (a buffer, no gradient),
+   fwd+bwd, per backend (issue 9's bar: under 0.5 ms at N = 256, K = 65536 on an H100).
+6. Extra GPU memory of every call: torch.cuda.max_memory_allocated() during the call
    minus the memory allocated before it (inputs excluded), in MiB and in units of the
    input rows (N * d * element size).
 
@@ -142,30 +150,34 @@ def main():
     parser.add_argument("--big-n", type=int, default=1_048_576)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--json", default="bench-out/cuda_bars.json")
+    parser.add_argument("--queue-n", type=int, default=256)
+    parser.add_argument("--queue-k", type=int, default=65536)
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--skip-big", action="store_true")
     args = parser.parse_args()
 
     if not torch.cuda.is_available():
         sys.exit("cuda_bars: needs a CUDA device")
-    if not pyhypersphere.build_info()["with_cuda"]:
-        sys.exit("cuda_bars: pyhypersphere was built without CUDA kernels (rebuild with PYHYPERSPHERE_CUDA=1)")
+    info = pyhypersphere.build_info()
+    if info["gpu_backend"] == "none":
+        sys.exit(f"cuda_bars: no GPU backend ({info['gpu_backend_reason']})")
 
     n, d = args.n, args.d
     macs = pair_macs(n, d)
     rows = []
-    fused = lambda x: uniform_loss(x, T)  # noqa: E731
+    backends = gpu_backends(info)
 
     # 1 + 2: fused fwd+bwd and the GEMM bar with the same multiply-adds, per precision.
     settings = [("tf32", torch.float32, "tf32"), ("fp32 (3xTF32)", torch.float32, "ieee"), ("bf16", torch.bfloat16, None)]
     for name, dtype, precision in settings:
         with Fp32Precision(precision):
             x = unit_rows(n, d, dtype)
-            row = measure(rows, f"pyhypersphere {name}", fused, x, args.reps, macs)
             mm_ms, m = mm_bar_ms(macs, dtype, args.reps)
-            row["mm_equal_macs_ms"] = mm_ms
-            row["mm_square_size"] = m
-            row["x_mm"] = row["fwd_bwd_ms"] / mm_ms
+            for backend, loss in backends.items():
+                row = measure(rows, f"pyhypersphere {backend} {name}", loss, x, args.reps, macs)
+                row["mm_equal_macs_ms"] = mm_ms
+                row["mm_square_size"] = m
+                row["x_mm"] = row["fwd_bwd_ms"] / mm_ms
             record(rows, method=f"torch.mm {name} ({m}x{m}, scaled to the same MACs)", n=n, d=d,
                    dtype=str(dtype).replace("torch.", ""), fwd_bwd_ms=mm_ms, tflops=2 * macs / (mm_ms * 1e-3) / 1e12)
             del x
@@ -176,9 +188,20 @@ def main():
         for name, dtype, precision in (("tf32", torch.float32, "tf32"), ("bf16", torch.bfloat16, None)):
             with Fp32Precision(precision):
                 x = unit_rows(args.big_n, d, dtype, seed=1)
-                measure(rows, f"pyhypersphere {name}", fused, x, reps=1, macs=big_macs)
+                for backend, loss in backends.items():
+                    measure(rows, f"pyhypersphere {backend} {name}", loss, x, reps=1, macs=big_macs)
+                    torch.cuda.empty_cache()
                 del x
-                torch.cuda.empty_cache()
+
+    # 5: a MoCo queue shape: x's rows against a queue that takes no gradient.
+    for name, dtype, precision in settings:
+        with Fp32Precision(precision):
+            x = unit_rows(args.queue_n, d, dtype, seed=2)
+            queue = unit_rows(args.queue_k, d, dtype, seed=3)
+            for backend, loss in backends.items():
+                measure(rows, f"pyhypersphere {backend} {name} queue K={args.queue_k}",
+                        lambda v, loss=loss: loss(v, queue=queue), x, args.reps)
+            del x, queue
 
     # 4: peers at N = n.
     if not args.skip_peers:
@@ -221,6 +244,20 @@ def main():
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
     print(f"\nwrote {args.json}")
+
+
+def gpu_backends(info):
+    """{backend name: loss(x, queue=None)}: the operators' active GPU backend, and Triton's
+    kernels called directly when that backend is not Triton already."""
+    backends = {info["gpu_backend"]: lambda x, queue=None: uniform_loss(x, T, queue=queue)}
+    if info["gpu_backend"] != "triton":
+        try:
+            from pyhypersphere.triton_kernels.loss import uniform_loss as triton_uniform_loss
+        except ImportError as exc:
+            print(f"cuda_bars: no Triton rows ({exc})")
+        else:
+            backends["triton"] = lambda x, queue=None: triton_uniform_loss(x, T, queue=queue)
+    return backends
 
 
 def print_table(rows, n, d, macs):

@@ -106,6 +106,17 @@ pybind11::dict uniform_rows_policy_py(const at::Tensor& x, const std::optional<a
   return out;
 }
 
+// The operators' argument checks and the Gram-form error test, for the same kernels: one
+// source of truth for the error messages and the precision budget.
+void check_uniform_args_py(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
+                           bool intra_batch, int64_t part, int64_t num_parts, bool grad_queue) {
+  pyhypersphere::check_uniform_args(x, queue, t, intra_batch, part, num_parts, grad_queue);
+}
+
+bool gram_error_exceeds_budget_py(double max_sq_norm, double t, double unit_roundoff) {
+  return pyhypersphere::gram_error_exceeds_budget(max_sq_norm, t, unit_roundoff);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, module) {
@@ -125,6 +136,14 @@ PYBIND11_MODULE(_C, module) {
              pybind11::arg("queue"), pybind11::arg("t"), pybind11::arg("operand_roundoff"),
              pybind11::arg("raw_16bit_operands"), pybind11::arg("host_read"),
              "plan_uniform_rows' decision with the CUDA glue's options (internal, for tests).");
+  module.def("_check_uniform_args", &check_uniform_args_py,
+             "Raises the uniformity operator's ValueError for bad arguments (internal).");
+  module.def("_check_align_args", &pyhypersphere::check_align_args,
+             "Raises the alignment operator's ValueError for bad arguments (internal).");
+  module.def("_gram_error_exceeds_budget", &gram_error_exceeds_budget_py,
+             pybind11::arg("max_sq_norm"), pybind11::arg("t"), pybind11::arg("unit_roundoff"),
+             "Whether rows of this max squared norm miss the Gram-form exponent budget "
+             "with operands of this unit roundoff (internal).");
   module.attr("FLOAT32_UNIT_ROUNDOFF") = pyhypersphere::kFloat32UnitRoundoff;
   module.attr("TF32_UNIT_ROUNDOFF") = pyhypersphere::kTf32UnitRoundoff;
   module.attr("FLOAT64_UNIT_ROUNDOFF") = pyhypersphere::kFloat64UnitRoundoff;

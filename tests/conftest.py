@@ -1,9 +1,15 @@
 """Shared test parametrization: every device (CUDA skipped without a GPU) x dtype."""
 
-import pytest
-import torch
+import os
 
-import pyhypersphere
+# The Triton kernels' tests run them on CPU tensors through the interpreter; the flag is
+# read when triton is imported, so it is set before anything imports it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import pyhypersphere  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available() and pyhypersphere.build_info()["with_cuda"]
 DEVICES = [

@@ -38,9 +38,26 @@ def _always(_device, _dtype) -> Optional[str]:
 def _fused_unsupported(device, _dtype) -> Optional[str]:
     import pyhypersphere
 
-    if device.type == "cuda" and not pyhypersphere.build_info().get("with_cuda", False):
-        return "pyhypersphere was built without CUDA kernels (see setup.py, PYHYPERSPHERE_CUDA)"
+    info = pyhypersphere.build_info()
+    if device.type == "cuda" and info.get("gpu_backend", "cuda" if info.get("with_cuda") else "none") == "none":
+        return f"no GPU backend: {info.get('gpu_backend_reason', 'built without CUDA kernels')}"
     return None
+
+
+def _triton_unsupported(device, _dtype) -> Optional[str]:
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if device.type != "cuda":
+        return "the Triton kernels run on CUDA tensors (on CPU only under the test interpreter)"
+    return None
+
+
+def _build_triton(_n, _device, _dtype, t) -> LossFn:
+    from pyhypersphere.triton_kernels.loss import uniform_loss
+
+    return lambda x: uniform_loss(x, t)
 
 
 def _build_fused(_n, _device, _dtype, t) -> LossFn:
@@ -96,6 +113,7 @@ IMPLS = {
     impl.name: impl
     for impl in (
         Impl("pyhypersphere", "the fused op (pyhypersphere.uniform_loss)", _fused_unsupported, _build_fused),
+        Impl("triton", "the Triton kernels (pyhypersphere.triton_kernels)", _triton_unsupported, _build_triton),
         Impl("reference", "torch.pdist formula of Wang & Isola", _always, _build_reference),
         Impl(
             "blocked",

@@ -1,0 +1,168 @@
+"""Ahead-of-time compile of every Triton kernel configuration, without a GPU.
+
+    python -m pyhypersphere.triton_kernels.compile_check --arch 80,90
+
+For each kernel, each configuration the launchers can pick (operand dtype and dot
+precision, block sizes, gradient or not, part mask or not) and each arch, compiles to
+PTX and cubin with triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32)),
+then reads registers and spills from ptxas -v.  Prints one line each and exits non-zero
+on a compile error, any spill, shared memory above the arch's limit, or a kernel that
+multiplies tiles (tl.dot) without a tensor-core instruction (mma / wgmma) in its PTX.
+Catches what the interpreter lets pass (e.g. tl.dot operand dtypes).
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from . import align, uniform  # noqa: E402
+
+# Largest shared memory one block may use (opt-in), bytes.
+SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+
+_PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
+
+# (operand dtype, Gram precision, gradient precision): every operand format
+# uniform._plan_operands can choose.
+UNIFORM_FORMATS = [
+    (torch.bfloat16, "ieee", "ieee"),
+    (torch.float16, "ieee", "ieee"),
+    (torch.float32, "tf32", "tf32"),
+    (torch.float32, "tf32x3", "tf32x3"),
+    (torch.float64, "ieee", "ieee"),
+]
+
+
+def _uniform_jobs():
+    for dtype, gram_p, grad_p in UNIFORM_FORMATS:
+        acc = "*fp64" if dtype == torch.float64 else "*fp32"
+        # One d per configuration the launcher can pick (duplicates dropped in _jobs).
+        for d in (16, 32, 64, 128, 4096):
+            for has_parts in (False, True):
+                cfg = uniform.uniform_config(dtype, d, gram_p, has_parts)
+                block_d = cfg["BLOCK_D"]
+                one_chunk = d <= block_d
+                for with_grad in (False, True):
+                    sig = {"z_ptr": _PTR[dtype], "sq_ptr": acc, "m_ptr": acc, "l_ptr": acc, "lw_ptr": acc,
+                           "acc_ptr": acc, "row_start": "i64", "n_rows": "i64", "col_start": "i64",
+                           "col_end": "i64", "cols_per_split": "i64", "n_x": "i64", "d": "i64",
+                           "stride_z": "i64", "neg_t_ptr": acc,
+                           "part_lo": "i32", "part_hi": "i32", "part_tri": "i32",
+                           "x_part_blocks": "i32", "q_part_blocks": "i32"}
+                    consts = {"WITH_GRAD": with_grad, "HAS_PARTS": has_parts, "PART_ROWS": uniform.PART_BLOCK,
+                              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": block_d,
+                              "ONE_CHUNK": one_chunk, "GRAM_PRECISION": gram_p, "GRAD_PRECISION": grad_p,
+                              "WIDEN_OPERANDS": False}
+                    name = (f"uniform {str(dtype).split('.')[-1]}/{gram_p} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
+                            f"D{block_d}{'' if one_chunk else ' chunked'}{' grad' if with_grad else ''}"
+                            f"{' parts' if has_parts else ''}")
+                    yield name, "uniform", sig, consts, cfg["num_warps"], cfg["num_stages"], True
+
+
+def _align_jobs():
+    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+        acc = "*fp64" if dtype == torch.float64 else "*fp32"
+        for d in (1, 32, 64, 4096):
+            cfg = align.align_config(d)
+            for with_grad in (False, True):
+                sig = {"x_ptr": _PTR[dtype], "y_ptr": _PTR[dtype], "term_ptr": acc, "grad_ptr": _PTR[dtype],
+                       "n": "i64", "d": "i64", "stride_x": "i64", "stride_y": "i64", "scalars_ptr": acc}
+                consts = {"WITH_GRAD": with_grad, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_D": cfg["BLOCK_D"]}
+                name = f"align {str(dtype).split('.')[-1]} M{cfg['BLOCK_M']} D{cfg['BLOCK_D']}{' grad' if with_grad else ''}"
+                yield name, "align", sig, consts, cfg["num_warps"], cfg["num_stages"], False
+
+
+def _jobs():
+    # De-duplicated: small d values can map to the same configuration.
+    seen = set()
+    for job in list(_uniform_jobs()) + list(_align_jobs()):
+        if job[0] not in seen:
+            seen.add(job[0])
+            yield job
+
+
+_KERNELS = {"uniform": lambda: uniform._uniform_rows_kernel, "align": lambda: align._align_rows_kernel}
+
+
+def _ptxas_stats(ptx: str, arch: int) -> tuple:
+    """(registers, spill bytes) from ptxas -v, with the ptxas Triton itself uses."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name={sm_arch_from_capability(arch)}",
+                              src, "-o", os.path.join(tmp, "k.cubin")], capture_output=True, text=True, check=True)
+    log = out.stderr + out.stdout
+    regs = int(re.search(r"Used (\d+) registers", log).group(1))
+    spills = sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
+    return regs, spills
+
+
+def compile_one(job, arch: int) -> dict:
+    name, kernel, sig, consts, num_warps, num_stages, uses_dot = job
+    row = {"name": name, "arch": arch}
+    try:
+        full_sig = dict(sig, **{k: "constexpr" for k in consts})
+        src = ASTSource(fn=_KERNELS[kernel](), signature=full_sig, constexprs=consts)
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": num_warps, "num_stages": num_stages})
+        ptx = compiled.asm["ptx"]
+        regs, spills = _ptxas_stats(ptx, arch)
+        kinds = sorted(set(re.findall(r"\b(wgmma\.mma_async|mma\.sync)\b", ptx)))
+        row.update(regs=regs, spills=spills, smem=int(compiled.metadata.shared), tensor_core=",".join(kinds) or "-")
+        problems = []
+        if spills:
+            problems.append(f"{spills} bytes spilled")
+        if row["smem"] > SMEM_LIMIT.get(arch, 99 * 1024):
+            problems.append(f"shared memory {row['smem']} B above the sm_{arch} limit")
+        if uses_dot and not kinds:
+            problems.append("no tensor-core instruction (mma/wgmma) in the PTX")
+        row["problem"] = "; ".join(problems)
+    except Exception as exc:  # noqa: BLE001  (reported, and fails the check)
+        row["problem"] = f"compile error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return row
+
+
+def _format(row: dict) -> str:
+    if "regs" not in row:
+        return f"FAIL {row['name']:<48} sm_{row['arch']}  {row['problem']}"
+    status = "FAIL" if row["problem"] else "ok  "
+    return (f"{status} {row['name']:<48} sm_{row['arch']}  regs {row['regs']:>3}  smem {row['smem']:>6} B  "
+            f"spill {row['spills']:>3} B  tensor-core {row['tensor_core']}"
+            + (f"  <- {row['problem']}" if row["problem"] else ""))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pyhypersphere.triton_kernels.compile_check",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="80,90", help="comma-separated compute capabilities, e.g. 80,90")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
+    parser.add_argument("--filter", default="", help="only configurations whose name matches this regular expression")
+    args = parser.parse_args(argv)
+    archs = [int(a) for a in args.arch.split(",") if a.strip()]
+    work = [(job, arch) for job in _jobs() if re.search(args.filter, job[0]) for arch in archs]
+    rows = []
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for row in pool.map(compile_one, *zip(*work)):  # in order, as they finish
+            rows.append(row)
+            print(_format(row), flush=True)
+    failed = [r for r in rows if r["problem"]]
+    print(f"compile_check: {len(rows)} compiles, {len(failed)} failed (triton {triton.__version__})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
