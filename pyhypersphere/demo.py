@@ -98,11 +98,12 @@ def main(args):
             continue
         results[impl] = json.loads(done.stdout.strip().splitlines()[-1])
     timed = f"fwd+bwd (s), median{' (range)' if args.repeats > 1 else ''} of {args.repeats}"
-    print(f"{'implementation':<16}{'loss':>14}  {timed:<28}{'peak extra memory':>18}")
+    width = len(timed) + 2
+    print(f"{'implementation':<16}{'loss':>14}  {timed:<{width}}{'peak extra memory':>17}")
     for impl, r in results.items():
         if r is not None:
-            print(f"{impl:<16}{r['loss']:>14.7f}  {_seconds(r['seconds']):<28}"
-                  f"{r['peak_growth_bytes'] / 2**20:>14.1f} MiB")
+            print(f"{impl:<16}{r['loss']:>14.7f}  {_seconds(r['seconds']):<{width}}"
+                  f"{r['peak_growth_bytes'] / 2**20:>13.1f} MiB")
     fused, ref = results.get("fused"), results.get("reference")
     if fused and ref:
         speedup = statistics.median(ref["seconds"]) / statistics.median(fused["seconds"])
