@@ -98,7 +98,8 @@ def test_cuda_without_an_index_is_this_process_gpu(two_fake_gpus):
         resources.pick_device("cuda:2")
 
 
-def test_train_with_device_cuda_sets_an_indexed_device(tmp_path, two_fake_gpus, monkeypatch):
+@pytest.mark.parametrize("local_rank,index", [(None, 0), ("1", 1)])
+def test_train_with_device_cuda_sets_an_indexed_device(tmp_path, two_fake_gpus, monkeypatch, local_rank, index):
     # torch.cuda.set_device(torch.device("cuda")) raised "Expected a torch.device with a
     # specified index"; the trainer must hand it cuda:N.  Stop right after that call.
     calls = []
@@ -113,10 +114,12 @@ def test_train_with_device_cuda_sets_an_indexed_device(tmp_path, two_fake_gpus, 
         raise Stop
 
     monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    if local_rank is not None:  # torchrun's process on the second GPU
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
     out = tmp_path / "run"
     with pytest.raises(Stop):
         train(tiny(out, device="cuda", threads=None))
-    assert calls == [torch.device("cuda", 0)]
+    assert calls == [torch.device("cuda", index)]
     assert not out.exists()
 
 
@@ -208,3 +211,30 @@ def test_failed_first_epoch_in_an_existing_folder_keeps_the_folder(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         train(tiny(out))
     assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path):
+    """`torchrun --nproc_per_node 2 -m pyhypersphere train`, as the README spells it (gloo)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "pyhypersphere", "train", *TINY_ARGS, "--threads", "1", "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, PYHYPERSPHERE_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["world_size"] == 2 and summary["loss_backend"] == "pyhypersphere"
+
+
+def test_dataset_cache_goes_to_PYHYPERSPHERE_CACHE(tmp_path):
+    from pyhypersphere.train import data
+
+    data.mnist1d_arrays(200)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["mnist1d-n200-s%d.npz" % data.MNIST1D_SEED]
