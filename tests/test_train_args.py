@@ -163,6 +163,18 @@ def test_resume_warnings_point_at_the_callers_line(tmp_path):
     assert all(w.filename == __file__ for w in messages), [(w.filename, w.lineno) for w in messages]
 
 
+def test_cli_prints_resume_warnings_as_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(TINY_ARGS + ["--threads", "1", "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert run_cli(TINY_ARGS + ["--threads", "1", "--quiet", "--out", str(out), "--resume", "--batch-size", "32"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "pyhypersphere train: warning: resuming: ignored settings that differ from the checkpoint: "
+        "batch_size=32 (the run uses 64)"
+    ]
+
+
 # ----------------------------------------------------------------------------- Ctrl-C
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from .config import DATASETS, LOSSES, TrainConfig
 
@@ -88,12 +89,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**kwargs)
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line for the command line (no file:line of the library's caller)."""
+    print(f"pyhypersphere train: warning: {message}", file=sys.stderr)
+
+
 def main(args: argparse.Namespace) -> int:
     from .data import DataError
     from .loop import NonFiniteLossError, RunExistsError, train
 
     try:
-        summary = train(config_from_args(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _print_warning
+            summary = train(config_from_args(args))
     except NonFiniteLossError as e:
         print(f"pyhypersphere train: error: {e}", file=sys.stderr)
         return 3
