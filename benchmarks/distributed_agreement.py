@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/distributed_agreement.py [--n 1020,4092,16380] [--d 16,128]
         [--seeds 3] [--grad-max-n 4096] [--json out.json]
 
-Both compute the same sum over the same pairs; they differ only in how it is grouped:
-one process sums every pair tile into one log-sum-exp, W ranks each sum 1/W of the
-tiles and combine their W partial log-sum-exps.  So the two losses differ by rounding
-only.  This script measures by how much: 4 gloo ranks (1 thread each; subgroups of 2
+Both compute the same sum over the same pairs; with ``split=True`` (measured here) they
+differ only in how it is grouped: one process sums every pair tile into one
+log-sum-exp, W ranks each sum about 1/W of the pairs and combine their W partial
+log-sum-exps.  So the two losses differ by rounding only.  This script measures by how much: 4 gloo ranks (1 thread each; subgroups of 2
 and 3 ranks for W = 2, 3), unit-norm Gaussian rows, t = 2, float32 and float64, equal
 shards (N divisible by 12).  For every case it prints |L_dist - L_single| (absolute:
 the loss is a log, so this is the relative error of the pair sum) next to the single
@@ -70,7 +70,7 @@ def rank_main(rank, world, store, args, out_path):
             if rank >= w:
                 continue
             shard = full[rank * (n // w) : (rank + 1) * (n // w)].clone().requires_grad_(want_grad)
-            loss = distributed.uniform_loss(shard, T, group=groups[w])
+            loss = distributed.uniform_loss(shard, T, group=groups[w], split=True)
             if want_grad:
                 loss.backward()
                 pieces = [torch.empty_like(shard) for _ in range(w)]  # equal shards: N % 12 == 0

@@ -55,9 +55,11 @@ def global_batch(step: int, batch: int, dtype=torch.float32):
     return view(), view()
 
 
-def objective(z1, z2, uniformity, align_w: float = 1.0, unif_w: float = 1.0, t: float = 2.0):
-    """The paper's loss: align_w * align(z1, z2) + unif_w * (unif(z1) + unif(z2)) / 2."""
-    return align_w * align_loss(z1, z2) + unif_w * (uniformity(z1, t) + uniformity(z2, t)) / 2
+def objective(z1, z2, align_w: float = 1.0, unif_w: float = 1.0, t: float = 2.0):
+    """The paper's loss, align_w * align(z1, z2) + unif_w * (unif(z1) + unif(z2)) / 2, with
+    the uniformity of each view over the global batch (both views: one set of collectives)."""
+    u1, u2 = uniform_loss([z1, z2], t)
+    return align_w * align_loss(z1, z2) + unif_w * (u1 + u2) / 2
 
 
 def parse_args(argv=None):
@@ -94,7 +96,7 @@ def main(argv=None) -> None:
         for step in range(args.steps):
             v1, v2 = (v[shard].to(device) for v in global_batch(step, args.batch, dtype))
             z1, z2 = model(torch.cat([v1, v2])).chunk(2)  # one forward for both views
-            loss = objective(z1, z2, uniform_loss)
+            loss = objective(z1, z2)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # a collective: every process calls it
             opt.step()
