@@ -18,14 +18,13 @@ class PlotsUnavailable(RuntimeError):
     pass
 
 
-def _figure(width, height):
+def _figure(width, height, layout=None):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
         raise PlotsUnavailable("plots need matplotlib: pip install matplotlib (or pass --no-plots)") from e
-    # constrained layout reserves room for the figure title above the panels' titles
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=110, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -50,7 +49,7 @@ def curves_figure(history: List[dict], title: str = ""):
     rows = [h for h in history if "epoch" in h]
     if not rows:
         return None
-    fig = _figure(16, 3.6)
+    fig = _figure(16, 3.6, layout="constrained")  # the figure title clear of the panels' titles
     axes = fig.subplots(1, 4)
     ep = [h["epoch"] for h in rows]
 
@@ -115,7 +114,7 @@ def circle_figure(features: torch.Tensor, labels: torch.Tensor, class_names, tit
     ncls = len(classes)
     cols = min(ncls, 5)
     crow = math.ceil(ncls / cols)
-    fig = _figure(3.0 * (cols + 2), 3.0 * max(crow, 1) + 0.4)
+    fig = _figure(3.0 * (cols + 2), 3.0 * max(crow, 1) + 0.4, layout="constrained")
     gs = fig.add_gridspec(max(crow, 1), cols + 2)
     ax = fig.add_subplot(gs[:, :2])
     cmap = _cmap(ncls)
