@@ -9,14 +9,17 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.deps-stamp
 BUILT := $(VENV)/.built-stamp
+# Records TORCH_SPEC, dated when the venv's torch was installed: checked on every make, a
+# torch that does not satisfy TORCH_SPEC is replaced, and a changed torch rebuilds the extension.
+TORCH_STAMP := $(VENV)/.torch-stamp
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 # triton: the Triton kernels' interpreter tests and compile check (no torch dependency; the
 # GPU machines use the Triton that ships with their torch, 3.4 or later).
 DEPS := numpy ninja pybind11 tqdm pytest pytest-benchmark hypothesis mnist1d scikit-learn matplotlib pykeops triton==3.9.0
 
-.PHONY: venv build demo test test-all bench bench-cpu cmake-cpu cmake-cuda-kernels clean
+.PHONY: venv build demo test test-all bench bench-cpu cmake-cpu cmake-cuda-kernels clean FORCE
 
-venv: $(STAMP)
+venv: $(TORCH_STAMP)
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
@@ -24,8 +27,11 @@ $(STAMP):
 	$(PIP) install -q $(DEPS)
 	touch $@
 
+$(TORCH_STAMP): $(STAMP) FORCE
+	@$(PY) tools/torch_spec.py "$(TORCH_SPEC)" $@
+
 build: $(BUILT)
-$(BUILT): $(STAMP) $(SOURCES)
+$(BUILT): $(TORCH_STAMP) $(SOURCES)
 	PYHYPERSPHERE_CUDA=$${PYHYPERSPHERE_CUDA:-auto} MAX_JOBS=$${MAX_JOBS:-2} \
 	  $(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@
@@ -44,7 +50,7 @@ bench: build
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds -q
 
 # The C++ library and the Python-free CPU benchmark, against LibTorch from the venv.
-cmake-cpu: $(STAMP)
+cmake-cpu: $(TORCH_STAMP)
 	cmake -S . -B build/cmake-cpu -DCMAKE_BUILD_TYPE=Release \
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
 	cmake --build build/cmake-cpu -j 2

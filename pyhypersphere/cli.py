@@ -17,14 +17,33 @@ SUBCOMMANDS = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # `info` takes none
-    del parser
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # `info`'s arguments
+    parser.add_argument("--json", action="store_true", help="print the build info as one JSON object")
 
 
-def main_info(_args) -> int:
+def format_info(info: dict) -> str:
+    """`key: value` lines; a multi-line value (torch's parallel info) indented below its key."""
+    width = max(len(k) for k in info) + 1
+    lines = []
+    for key, value in info.items():
+        text = str(value).strip()
+        if "\n" in text:
+            lines.append(f"{key}:")
+            lines.extend("    " + line.replace("\t", "    ").rstrip() for line in text.splitlines())
+        else:
+            lines.append(f"{key + ':':<{width}} {text}")
+    return "\n".join(lines)
+
+
+def main_info(args) -> int:
     import pyhypersphere
 
-    print(json.dumps(pyhypersphere.build_info(), indent=2))
+    try:
+        info = pyhypersphere.build_info()
+    except ValueError as e:  # e.g. a misspelled PYHYPERSPHERE_CPU_ISA / PYHYPERSPHERE_CPU_GEMM
+        print(f"pyhypersphere info: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
 

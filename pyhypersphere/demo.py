@@ -8,22 +8,33 @@ growth of one does not hide in the allocator pool of another.
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 
 import torch
 
+from .argtypes import int_at_least, positive_float
+
 DEFAULT_N = 8192
 DEFAULT_D = 128
+DEFAULT_REPEATS = 5
 SEED = 0
 
 
 def add_arguments(parser):
-    parser.add_argument("--n", type=int, default=DEFAULT_N, help=f"rows (default {DEFAULT_N})")
-    parser.add_argument("--d", type=int, default=DEFAULT_D, help=f"feature dimension (default {DEFAULT_D})")
-    parser.add_argument("--t", type=float, default=2.0, help="uniformity scale t (default 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions, median reported")
+    parser.add_argument("--n", type=int_at_least(2), default=DEFAULT_N, help=f"rows (default {DEFAULT_N})")
+    parser.add_argument(
+        "--d", type=int_at_least(1), default=DEFAULT_D, help=f"feature dimension (default {DEFAULT_D})"
+    )
+    parser.add_argument("--t", type=positive_float, default=2.0, help="uniformity scale t (default 2)")
+    parser.add_argument(
+        "--repeats",
+        type=int_at_least(1),
+        default=DEFAULT_REPEATS,
+        help=f"timed repetitions per implementation; the median and the range are reported (default {DEFAULT_REPEATS})",
+    )
     # internal: run one implementation's measurement in this (child) process
     parser.add_argument("--child-impl", choices=["fused", "reference"], help=argparse.SUPPRESS)
 
@@ -34,7 +45,7 @@ def embedded_input(n, d):
 
 
 def _measure(impl, n, d, t, repeats):
-    """Child process: loss value, median forward+backward seconds, peak extra memory."""
+    """Child process: loss value, forward+backward seconds of every repeat, peak extra memory."""
     import pyhypersphere
     from pyhypersphere.bench.memory import peak_extra_bytes
     from pyhypersphere.reference import reference_uniform_loss
@@ -56,8 +67,14 @@ def _measure(impl, n, d, t, repeats):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    times.sort()
-    return {"loss": result["loss"], "seconds": times[len(times) // 2], "peak_growth_bytes": peak or 0}
+    return {"loss": result["loss"], "seconds": times, "peak_growth_bytes": peak or 0}
+
+
+def _seconds(times):
+    """'median (min-max)' of the repeats' seconds."""
+    if len(times) == 1:
+        return f"{times[0]:.3f}"
+    return f"{statistics.median(times):.3f} ({min(times):.3f}-{max(times):.3f})"
 
 
 def main(args):
@@ -80,13 +97,17 @@ def main(args):
             print(f"{impl}: failed ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})")
             continue
         results[impl] = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"{'implementation':<16}{'loss':>14}{'fwd+bwd (s)':>14}{'peak extra memory':>20}")
+    timed = f"fwd+bwd (s), median{' (range)' if args.repeats > 1 else ''} of {args.repeats}"
+    width = len(timed) + 2
+    print(f"{'implementation':<16}{'loss':>14}  {timed:<{width}}{'peak extra memory':>17}")
     for impl, r in results.items():
         if r is not None:
-            print(f"{impl:<16}{r['loss']:>14.7f}{r['seconds']:>14.3f}{r['peak_growth_bytes'] / 2**20:>16.1f} MiB")
+            print(f"{impl:<16}{r['loss']:>14.7f}  {_seconds(r['seconds']):<{width}}"
+                  f"{r['peak_growth_bytes'] / 2**20:>13.1f} MiB")
     fused, ref = results.get("fused"), results.get("reference")
     if fused and ref:
+        speedup = statistics.median(ref["seconds"]) / statistics.median(fused["seconds"])
         print(f"\n|loss difference| = {abs(fused['loss'] - ref['loss']):.2e}; "
-              f"fused is {ref['seconds'] / fused['seconds']:.1f}x faster and uses "
+              f"fused is {speedup:.1f}x faster (ratio of the medians) and uses "
               f"{ref['peak_growth_bytes'] / max(fused['peak_growth_bytes'], 1):.1f}x less extra memory")
     return 0 if fused else 1

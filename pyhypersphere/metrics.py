@@ -7,6 +7,7 @@ Both return Python floats, computed in float32 (float64 for float64 inputs).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -20,6 +21,19 @@ ALIGN_CHUNK_ROWS = 65536
 PROGRESS_PARTS = 64
 
 
+@contextlib.contextmanager
+def _errors_named(function: str, op_label: str):
+    """The operators label their argument errors with the loss they serve (e.g.
+    "uniform_loss: x must have at least 2 rows"); name the metric that was called."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        if not message.startswith(op_label + ":"):
+            raise
+        raise type(e)(function + message[len(op_label) :]) from None
+
+
 def _check_features(x, name: str, function: str) -> None:
     _check_tensor(x, name, function)
     if x.dim() != 2:
@@ -29,7 +43,7 @@ def _check_features(x, name: str, function: str) -> None:
 @torch.no_grad()
 def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> float:
     """Mean over rows of ||x_i - y_i||^alpha (x_i, y_i: the two views of sample i)."""
-    function = "alignment"
+    function = "metrics.alignment"
     _check_features(x, "x", function)
     _check_features(y, "y", function)
     if x.shape != y.shape:
@@ -43,7 +57,8 @@ def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = DEFAULT_ALPHA) ->
     for start in range(0, n, ALIGN_CHUNK_ROWS):
         xc = x[start : start + ALIGN_CHUNK_ROWS].to(acc)
         yc = y[start : start + ALIGN_CHUNK_ROWS].to(acc)
-        mean, _ = _ops.align(xc, yc, alpha, False)
+        with _errors_named(function, "align_loss"):
+            mean, _ = _ops.align(xc, yc, alpha, False)
         total += mean.item() * xc.shape[0]
     return total / n
 
@@ -56,18 +71,20 @@ def uniformity(x: torch.Tensor, t: float = DEFAULT_T, *, progress: bool = False)
     ``part``/``num_parts``) with a tqdm bar advancing per slice; the slices' log-sum-exps
     are combined with a max shift, so the value equals the one-call value up to rounding.
     """
-    function = "uniformity"
+    function = "metrics.uniformity"
     _check_features(x, "x", function)
     t = _as_float(t, "t", function)
     n = x.shape[0]
     if not progress:
-        lse, _, _ = _ops.uniform_lse(x, None, t, True, 0, 1, False, False)
+        with _errors_named(function, "uniform_loss"):
+            lse, _, _ = _ops.uniform_lse(x, None, t, True, 0, 1, False, False)
     else:
         from tqdm.auto import tqdm
 
         parts = []
         for part in tqdm(range(PROGRESS_PARTS), desc=function, unit="part"):
-            lse_part, _, _ = _ops.uniform_lse(x, None, t, True, part, PROGRESS_PARTS, False, False)
+            with _errors_named(function, "uniform_loss"):
+                lse_part, _, _ = _ops.uniform_lse(x, None, t, True, part, PROGRESS_PARTS, False, False)
             parts.append(lse_part)
         lse = torch.logsumexp(torch.stack(parts), dim=0)
     return lse.item() - math.log(n * (n - 1) // 2)

@@ -183,6 +183,17 @@ def _check_no_grad_path(rank, world, rows, group=None):
     torch.testing.assert_close(loss, logsumexp_uniform_loss(full, T), rtol=1e-12, atol=0)
 
 
+def _check_agrees_with_single_process(rank, world, rows, group=None):
+    """The documented guarantee: the single process's value up to rounding, within
+    4 eps |L| (benchmarks/distributed_agreement.py measures the actual differences)."""
+    for dtype in (torch.float32, torch.float64):
+        full = global_batch(rows, D, seed=11 + sum(rows), dtype=dtype)
+        loss = distributed.uniform_loss(shard(full, rows, rank), T, group=group, split=True)
+        single = pyhypersphere.uniform_loss(full, T)
+        bound = 4 * torch.finfo(dtype).eps * abs(single.item())
+        assert abs(loss.item() - single.item()) <= bound, (dtype, loss.item(), single.item())
+
+
 def three_ranks(rank, world):
     for mode in MODES:
         _check_loss_and_input_grad(rank, world, [70, 45, 100], **mode)  # unequal shards, several tiles
@@ -202,6 +213,7 @@ def three_ranks(rank, world):
     _check_saved_tensor_bound(rank, world, [16, 16, 16])
     _check_saved_tensor_bound(rank, world, [20, 9, 16])
     _check_no_grad_path(rank, world, [5, 9, 4])
+    _check_agrees_with_single_process(rank, world, [400, 300, 350])
 
 
 def two_ranks(rank, world, group):
@@ -212,6 +224,7 @@ def two_ranks(rank, world, group):
     _check_loss_and_input_grad(rank, world, [100, 60], group, dtype=torch.float32, rtol=2e-5, atol=1e-6, split=True)
     _check_ddp_parameter_grads(rank, world, [130, 67], group, split=True)
     _check_no_grad_path(rank, world, [5, 9], group)
+    _check_agrees_with_single_process(rank, world, [500, 520], group)
 
 
 def two_and_three_ranks(rank, world):

@@ -99,3 +99,22 @@ def test_metric_argument_errors():
         metrics.uniformity(torch.randn(4))
     with pytest.raises(TypeError, match="uniformity: x must be a torch.Tensor"):
         metrics.uniformity([[0.0, 1.0], [1.0, 0.0]])
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_metric_errors_from_the_operator_name_the_metric(progress):
+    # The operators label their checks "uniform_loss:" / "align_loss:"; a metric's caller
+    # must read the name of the function they called.
+    cases = [
+        (lambda: metrics.uniformity(torch.randn(1, 3), progress=progress), "x must have at least 2 rows"),
+        (lambda: metrics.uniformity(torch.ones(4, 3, dtype=torch.int64), progress=progress), "floating-point"),
+        (lambda: metrics.uniformity(torch.randn(4, 3), t=-1.0, progress=progress), "t must be a positive finite"),
+    ]
+    for call, what in cases:
+        with pytest.raises(ValueError) as info:
+            call()
+        assert str(info.value).startswith("metrics.uniformity: ") and what in str(info.value), str(info.value)
+        assert "uniform_loss" not in str(info.value)
+    with pytest.raises(ValueError) as info:
+        metrics.alignment(torch.randn(4, 3), torch.randn(4, 3), alpha=0.0)
+    assert str(info.value).startswith("metrics.alignment: alpha must be a positive finite number"), str(info.value)

@@ -106,7 +106,7 @@ def test_build_info():
 def test_cli_info(capsys):
     from pyhypersphere.cli import main
 
-    assert main(["info"]) == 0
+    assert main(["info", "--json"]) == 0
     assert '"with_cuda"' in capsys.readouterr().out
 
 

@@ -10,21 +10,14 @@ import torch
 
 pytest.importorskip("mnist1d")
 
+from helpers import isolated_cache, tiny_config  # noqa: E402,F401  (isolated_cache: autouse fixture)
 from pyhypersphere.train import NonFiniteLossError, RunExistsError, TrainConfig, train  # noqa: E402
 from pyhypersphere.train import augment, checkpoint, cli, data, evaluate, loop, losses  # noqa: E402
 
 TIMING_KEYS = {"train_seconds", "epoch_seconds", "elapsed_seconds"}
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYHYPERSPHERE_CACHE", str(tmp_path / "cache"))
-
-
-def tiny(out, **kw):
-    base = dict(num_samples=400, epochs=3, batch_size=64, out=str(out), progress=False, plots=False, threads=1)
-    base.update(kw)
-    return TrainConfig(**base)
+tiny = tiny_config
 
 
 def read_log(path):

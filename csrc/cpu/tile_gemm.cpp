@@ -89,8 +89,16 @@ bool blas_self_test(typename BlasSymbol<T>::fn gemm) {
 
 enum class Backend { kBlas, kAten };
 
+// PYHYPERSPHERE_CPU_GEMM=blas|aten; unset or empty: blas when it works.  Any other value
+// is an error (a typo must not silently time the default).  Not cached when it throws,
+// so every call raises.
 Backend choose_backend() {
   const char* forced = std::getenv("PYHYPERSPHERE_CPU_GEMM");
+  if (forced != nullptr && forced[0] == '\0') forced = nullptr;
+  TORCH_CHECK_VALUE(forced == nullptr || std::strcmp(forced, "blas") == 0 ||
+                        std::strcmp(forced, "aten") == 0,
+                    "PYHYPERSPHERE_CPU_GEMM=", forced, " is not a valid value: expected blas or "
+                    "aten (or unset)");
   if (forced != nullptr && std::strcmp(forced, "aten") == 0) return Backend::kAten;
   auto s = find_blas<float>();
   auto d = find_blas<double>();

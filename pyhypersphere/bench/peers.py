@@ -9,7 +9,7 @@ import math
 
 import torch
 
-KEOPS_MISSING = "pykeops is not installed (pip install 'pyhypersphere[bench]')"
+KEOPS_MISSING = "pykeops is not installed (pip install pykeops)"
 
 
 def keops_available() -> bool:

@@ -9,7 +9,7 @@ from typing import List, Optional
 from .impls import ROOFLINE
 from .record import FIELDS
 
-MATPLOTLIB_MISSING = "matplotlib is not installed (pip install 'pyhypersphere[bench]'): no plots written"
+MATPLOTLIB_MISSING = "matplotlib is not installed (pip install matplotlib): no plots written"
 _MIB = 2**20
 
 

@@ -8,6 +8,6 @@ Also ``pyhypersphere train ...`` / ``python -m pyhypersphere train ...`` on the 
 
 from .config import TrainConfig
 from .data import DataError
-from .loop import NonFiniteLossError, RunExistsError, train
+from .loop import NonFiniteLossError, RunExistsError, TrainingInterrupted, train
 
-__all__ = ["DataError", "NonFiniteLossError", "RunExistsError", "TrainConfig", "train"]
+__all__ = ["DataError", "NonFiniteLossError", "RunExistsError", "TrainConfig", "TrainingInterrupted", "train"]

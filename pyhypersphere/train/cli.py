@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from .config import DATASETS, LOSSES, TrainConfig
 
@@ -61,12 +62,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = parser.add_argument_group("run")
     r.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<loss>-<time>)")
     r.add_argument("--seed", type=int, default=_D.seed)
-    r.add_argument("--device", default=_D.device, help="auto (cuda, then mps, then cpu), or e.g. cpu, cuda:1")
+    r.add_argument(
+        "--device",
+        default=_D.device,
+        help="auto (cuda, then mps, then cpu), cpu, cuda (under torchrun: the process's GPU), cuda:N or mps",
+    )
     r.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: torch's, or fewer when the CPU is already busy)",
+        help="torch CPU threads, at least 1 (default: torch's, or fewer when the CPU is already busy; "
+        "on --resume, the count the run used)",
     )
     r.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest in runs/)")
     r.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run in --out")
@@ -83,18 +89,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**kwargs)
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line for the command line (no file:line of the library's caller)."""
+    print(f"pyhypersphere train: warning: {message}", file=sys.stderr)
+
+
 def main(args: argparse.Namespace) -> int:
     from .data import DataError
     from .loop import NonFiniteLossError, RunExistsError, train
 
     try:
-        summary = train(config_from_args(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _print_warning
+            summary = train(config_from_args(args))
     except NonFiniteLossError as e:
         print(f"pyhypersphere train: error: {e}", file=sys.stderr)
         return 3
     except (RunExistsError, DataError, ValueError) as e:
         print(f"pyhypersphere train: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # TrainingInterrupted says what was kept; before training: nothing
+        print(f"pyhypersphere train: {str(e) or 'interrupted before training started; nothing was written'}", file=sys.stderr)
+        return 130
     if summary:  # rank 0 only under torchrun
         keys = (
             "linear_probe_acc",

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 LOSSES = ("align_uniform", "infonce")
 DATASETS = ("mnist1d", "digits", "folder", "stl10")
+
+# Real-valued settings: each must be finite (NaN would pass every range check).
+_FLOAT_FIELDS = (
+    "test_fraction", "align_w", "unif_w", "alpha", "t", "tau", "lr", "momentum", "weight_decay", "lr_gamma"
+)
 
 # Per-dataset defaults for the fields left as None.  MNIST-1D is sized so that the default
 # run finishes in about a minute on two CPU cores; STL-10 is the paper's setting
@@ -76,16 +82,33 @@ class TrainConfig:
         if c.image_size is None:
             c.image_size = 64 if c.dataset == "stl10" else 32
         c.lr_milestones = tuple(float(m) for m in c.lr_milestones)
-        for name in ("epochs", "batch_size", "feature_dim", "eval_every", "knn_k", "num_samples"):
-            if int(getattr(c, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(c, name)}")
-        if c.batch_size < 2:
-            raise ValueError("batch_size must be at least 2 (uniformity needs pairs)")
-        if not 0.0 < c.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {c.test_fraction}")
-        if c.t <= 0 or c.tau <= 0 or c.alpha <= 0:
-            raise ValueError("t, tau and alpha must be positive")
+        c._validate()
         return c
+
+    def _validate(self) -> None:
+        """Every check that needs no data: a bad setting fails before the run writes anything."""
+        for name in ("epochs", "batch_size", "feature_dim", "eval_every", "knn_k", "num_samples", "image_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads} (leave it unset for the automatic count)")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (uniformity needs pairs)")
+        values = {name: getattr(self, name) for name in _FLOAT_FIELDS}
+        values.update({f"lr_milestones[{i}]": m for i, m in enumerate(self.lr_milestones)})
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        for name in ("t", "tau", "alpha", "lr", "lr_gamma"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("align_w", "unif_w", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

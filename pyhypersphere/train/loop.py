@@ -23,6 +23,7 @@ from . import evaluate as eval_mod
 from . import losses
 from . import models
 from .config import RESULT_FIELDS, TrainConfig
+from .resources import auto_threads, choose_threads, pick_device  # noqa: F401  (auto_threads: public here too)
 
 LOG = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -37,32 +38,21 @@ class RunExistsError(RuntimeError):
     """The output folder already holds a run and neither resume nor overwrite was asked for."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says what was kept and how to resume."""
+
+
+def _warn(message: str) -> None:
+    """A UserWarning attributed to the first caller outside this package (the user's
+    ``train(...)`` line, or the command line's dispatcher), however deep it is raised."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(0), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
 # --------------------------------------------------------------------------- setup
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def auto_threads() -> Optional[int]:
-    """CPU threads for this process: torch's default, fewer when other processes already keep
-    cores busy (1-minute load average), since OpenMP threads that outnumber the free cores
-    spin against each other and can make a step several times slower than one thread."""
-    n = torch.get_num_threads()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-    per_process = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    free = ((os.cpu_count() or n) - busy) / per_process
-    return max(1, min(max(1, n // per_process), int(free + 0.5)))
 
 
 def _init_distributed():
@@ -94,20 +84,53 @@ def resolve_out(cfg: TrainConfig) -> Path:
     return runs / (prefix + time.strftime("%Y%m%d-%H%M%S"))
 
 
-def _prepare_out(out: Path, cfg: TrainConfig) -> None:
+def _check_out(out: Path, cfg: TrainConfig) -> None:
+    """Raise if ``out`` cannot take this run; writes nothing."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out {str(out)!r} exists and is not a folder")
     taken = [name for name in (ckpt.CHECKPOINT, SUMMARY, LOG) if (out / name).exists()]
-    if taken and not cfg.resume:
-        if not cfg.overwrite:
-            raise RunExistsError(
-                f"{out} already holds a run ({', '.join(taken)}): pass --resume to continue it, "
-                f"--overwrite to start over, or another --out"
-            )
+    if taken and not cfg.resume and not cfg.overwrite:
+        raise RunExistsError(
+            f"{out} already holds a run ({', '.join(taken)}): pass --resume to continue it, "
+            f"--overwrite to start over, or another --out"
+        )
+
+
+def _prepare_out(out: Path, cfg: TrainConfig) -> bool:
+    """Create ``out`` (or clear it for --overwrite); True if this call created the folder."""
+    if cfg.overwrite and not cfg.resume:
         for name in RUN_FILES:
             try:
                 (out / name).unlink()
             except FileNotFoundError:
                 pass
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_unfinished(out: Path, created: bool) -> None:
+    """Remove the files of a run that failed before its first checkpoint, and the folder
+    if this run created it."""
+    for name in RUN_FILES:
+        try:
+            (out / name).unlink()
+        except FileNotFoundError:
+            pass
+    if created:
+        try:
+            out.rmdir()
+        except OSError:
+            pass  # something else is in there: leave it
+
+
+def check_batch_size(batch_size: int, train_samples: int, world: int) -> None:
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes {world}")
+    if batch_size // world < 2:
+        raise ValueError(f"batch_size {batch_size} gives each of the {world} processes fewer than 2 samples")
+    if batch_size > train_samples:
+        raise ValueError(f"batch_size {batch_size} is larger than the training set ({train_samples} samples)")
 
 
 # Settings that may be changed on purpose when resuming (e.g. a lower lr after a NaN stop).
@@ -133,12 +156,11 @@ def _merge_resumed_config(cfg: TrainConfig, raw: TrainConfig, saved: dict) -> Tr
             ignored.append(f"{name}={given!r} (the run uses {theirs!r})")
         setattr(cfg, name, theirs)
     if ignored:
-        warnings.warn("resuming: ignored settings that differ from the checkpoint: " + ", ".join(ignored), stacklevel=3)
+        _warn("resuming: ignored settings that differ from the checkpoint: " + ", ".join(ignored))
     if changed:
-        warnings.warn(
+        _warn(
             "resuming with changed settings: " + ", ".join(changed) + "; the result will differ from the "
-            "uninterrupted run",
-            stacklevel=3,
+            "uninterrupted run"
         )
     return cfg
 
@@ -225,12 +247,9 @@ def _check_finite(value: torch.Tensor, world: int) -> bool:
 def train_one_epoch(model, opt, objective, data, aug, pool, cfg, epoch, device, rank, world, progress):
     """One pass over the training pool; raises NonFiniteLossError at the first NaN/Inf loss."""
     b = cfg.batch_size
-    if b % world:
-        raise ValueError(f"batch_size {b} must be divisible by the number of processes {world}")
+    check_batch_size(b, pool.shape[0], world)
     per_rank = b // world
     steps = pool.shape[0] // b
-    if steps < 1:
-        raise ValueError(f"batch_size {b} is larger than the training set ({pool.shape[0]} samples)")
     perm = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(_seed_for(cfg.seed, epoch)))
     g = torch.Generator(device=device).manual_seed(_seed_for(cfg.seed, epoch, rank, 1))
     sums = torch.zeros(3, dtype=torch.float64)
@@ -309,9 +328,6 @@ def train(config: Optional[TrainConfig] = None, **overrides) -> dict:
         raw = dataclasses.replace(raw, **overrides)
     cfg = raw.resolved()
     threads_before = torch.get_num_threads()
-    threads = cfg.threads or (auto_threads() if pick_device(cfg.device).type == "cpu" else None)
-    if threads:
-        torch.set_num_threads(int(threads))
     try:
         return _train(cfg, raw, t_start)
     finally:
@@ -319,11 +335,10 @@ def train(config: Optional[TrainConfig] = None, **overrides) -> dict:
 
 
 def _train(cfg: TrainConfig, raw: TrainConfig, t_start: float) -> dict:
+    # Everything that can reject the settings runs before the first write to the run folder.
     rank, world, local_rank = _init_distributed()
     main = rank == 0
     device = pick_device(cfg.device, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
 
     out = resolve_out(cfg)
     if world > 1:  # the default folder name has a time stamp: take rank 0's
@@ -333,19 +348,25 @@ def _train(cfg: TrainConfig, raw: TrainConfig, t_start: float) -> dict:
         dist.broadcast_object_list(box, src=0)
         out = Path(box[0])
     if main:
-        _prepare_out(out, cfg)
-    _barrier(world)
+        _check_out(out, cfg)
 
     saved = ckpt.load(out / ckpt.CHECKPOINT) if cfg.resume else None
     if saved is not None:
         cfg = _merge_resumed_config(cfg, raw, saved["config"])
-    elif cfg.resume and main:
-        _say(f"--resume: no checkpoint in {out}, starting a new run", cfg.verbose)
+    threads, threads_warning = choose_threads(cfg.threads, saved.get("threads") if saved else None, device)
+    if threads_warning and main:
+        _warn(threads_warning)
+    if threads:
+        torch.set_num_threads(int(threads))
 
     data = data_mod.load(cfg)
+    pool = data.train_pool()
+    check_batch_size(cfg.batch_size, pool.shape[0], world)
     aug = augment_mod.for_data(data, cfg.image_size)
     cfg.encoder = models.resolve_name(cfg.encoder, data, cfg.image_size)
     torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     model = models.build(cfg.encoder, data, cfg.feature_dim, cfg.image_size).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     objective = _Objective(cfg, world)
@@ -356,6 +377,27 @@ def _train(cfg: TrainConfig, raw: TrainConfig, t_start: float) -> dict:
         opt.load_state_dict(saved["optimizer"])
         start_epoch, history = int(saved["epoch"]), list(saved["history"])
         elapsed_before = float(saved.get("elapsed", 0.0))
+    elif cfg.resume and main:
+        _say(f"--resume: no checkpoint in {out}, starting a new run", cfg.verbose)
+
+    created = _prepare_out(out, cfg) if main else False
+    _barrier(world)
+    try:
+        return _run_epochs(
+            cfg, out, data, aug, pool, model, opt, objective, device, rank, world,
+            start_epoch, history, elapsed_before, saved, t_start,
+        )  # fmt: skip
+    except BaseException:
+        if main and not (out / ckpt.CHECKPOINT).exists():
+            _remove_unfinished(out, created)  # no empty or half-written run left behind
+        raise
+
+
+def _run_epochs(
+    cfg, out, data, aug, pool, model, opt, objective, device, rank, world, start_epoch, history, elapsed_before,
+    saved, t_start,
+) -> dict:  # fmt: skip
+    main = rank == 0
     log_path = out / LOG
     if main:
         _write_log(log_path, history)  # drops lines of an epoch that never reached its checkpoint
@@ -367,7 +409,6 @@ def _train(cfg: TrainConfig, raw: TrainConfig, t_start: float) -> dict:
 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    pool = data.train_pool()
     if device.type == "cuda" and pool.numel() * pool.element_size() < (4 << 30):
         pool = pool.to(device)  # small enough: keep the whole training set on the GPU
     _say(
@@ -390,6 +431,14 @@ def _train(cfg: TrainConfig, raw: TrainConfig, t_start: float) -> dict:
             stats = train_one_epoch(
                 train_model, opt, objective, data, aug, pool, cfg, epoch, device, rank, world, cfg.progress
             )
+        except KeyboardInterrupt:
+            kept = (
+                f"the checkpoint after epoch {history[-1]['epoch']} is kept; continue with "
+                f"`pyhypersphere train --resume --out {out}`"
+                if history
+                else "no epoch had finished, nothing was kept"
+            )
+            raise TrainingInterrupted(f"interrupted during epoch {epoch + 1}: {kept}") from None
         except NonFiniteLossError as e:
             good = start_epoch if not history else history[-1]["epoch"]
             where = (
@@ -420,6 +469,7 @@ def _train(cfg: TrainConfig, raw: TrainConfig, t_start: float) -> dict:
                 "elapsed": row["elapsed_seconds"],
                 "loss_backend": objective.backend,
                 "torch": torch.__version__,
+                "threads": torch.get_num_threads(),  # reused on resume: the rounding depends on it
             }
             ckpt.save(out / ckpt.CHECKPOINT, state)
             _append_log(log_path, row)

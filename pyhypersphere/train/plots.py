@@ -18,13 +18,13 @@ class PlotsUnavailable(RuntimeError):
     pass
 
 
-def _figure(width, height):
+def _figure(width, height, layout=None):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
         raise PlotsUnavailable("plots need matplotlib: pip install matplotlib (or pass --no-plots)") from e
-    fig = Figure(figsize=(width, height), dpi=110)
+    fig = Figure(figsize=(width, height), dpi=110, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -36,11 +36,20 @@ def _save(fig, path: Path) -> None:
 
 
 def training_curves(history: List[dict], path, title: str = "") -> Optional[Path]:
+    fig = curves_figure(history, title)
+    if fig is None:
+        return None
+    path = Path(path)
+    _save(fig, path)
+    return path
+
+
+def curves_figure(history: List[dict], title: str = ""):
+    """The figure of ``training_curves`` (None without an epoch row)."""
     rows = [h for h in history if "epoch" in h]
     if not rows:
         return None
-    path = Path(path)
-    fig = _figure(16, 3.6)
+    fig = _figure(16, 3.6, layout="constrained")  # the figure title clear of the panels' titles
     axes = fig.subplots(1, 4)
     ep = [h["epoch"] for h in rows]
 
@@ -76,8 +85,7 @@ def training_curves(history: List[dict], path, title: str = "") -> Optional[Path
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    _save(fig, path)
-    return path
+    return fig
 
 
 def _vm_density(angles: torch.Tensor, grid: torch.Tensor, kappa: float = 40.0) -> torch.Tensor:
@@ -92,6 +100,13 @@ def _vm_density(angles: torch.Tensor, grid: torch.Tensor, kappa: float = 40.0) -
 def circle(features: torch.Tensor, labels: torch.Tensor, class_names, path, title: str = "") -> Path:
     """Features on S^1: a scatter on the circle and the angle density of each class."""
     path = Path(path)
+    _save(circle_figure(features, labels, class_names, title), path)
+    return path
+
+
+def circle_figure(features: torch.Tensor, labels: torch.Tensor, class_names, title: str = ""):
+    """The figure of ``circle``: every feature on the unit circle itself (classes overlap
+    where the encoder mixes them; the per-class panels show each class's angles)."""
     x = torch.nn.functional.normalize(features.float(), dim=1)
     theta = torch.atan2(x[:, 1], x[:, 0])
     grid = torch.linspace(-math.pi, math.pi, 361)
@@ -99,7 +114,7 @@ def circle(features: torch.Tensor, labels: torch.Tensor, class_names, path, titl
     ncls = len(classes)
     cols = min(ncls, 5)
     crow = math.ceil(ncls / cols)
-    fig = _figure(3.0 * (cols + 2), 3.0 * max(crow, 1) + 0.4)
+    fig = _figure(3.0 * (cols + 2), 3.0 * max(crow, 1) + 0.4, layout="constrained")
     gs = fig.add_gridspec(max(crow, 1), cols + 2)
     ax = fig.add_subplot(gs[:, :2])
     cmap = _cmap(ncls)
@@ -107,14 +122,11 @@ def circle(features: torch.Tensor, labels: torch.Tensor, class_names, path, titl
     ax.plot(torch.cos(t), torch.sin(t), color="0.8", lw=1)
     for c in classes:
         m = labels == c
-        r = 1.0 + 0.03 * c  # a small radial offset per class keeps the classes readable
-        ax.scatter(
-            r * torch.cos(theta[m]), r * torch.sin(theta[m]), s=4, alpha=0.5, color=cmap(c), label=str(class_names[c])
-        )
+        ax.scatter(torch.cos(theta[m]), torch.sin(theta[m]), s=6, alpha=0.5, color=cmap(c), label=str(class_names[c]))
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title("features on the circle")
+    ax.set_title("held-out features on the unit circle")
     ax.legend(fontsize=7, markerscale=3, loc="center", ncol=2, frameon=False)
     for i, c in enumerate(classes):
         sub = fig.add_subplot(gs[i // cols, 2 + i % cols])
@@ -124,9 +136,8 @@ def circle(features: torch.Tensor, labels: torch.Tensor, class_names, path, titl
         sub.set_xticks([-math.pi, 0, math.pi], ["-pi", "0", "pi"])
         sub.set_yticks([])
         sub.set_title(f"class {class_names[c]}", fontsize=9)
-    fig.suptitle(title or "angle density per class (von Mises KDE)")
-    _save(fig, path)
-    return path
+    fig.suptitle((title + ": " if title else "") + "features on S^1 and their angle density per class (von Mises KDE)")
+    return fig
 
 
 def _cmap(n):

@@ -1,0 +1,131 @@
+"""The `pyhypersphere` command line: info, demo argument checks, demo's median and range,
+and the message when the compiled extension is missing or misconfigured."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import pyhypersphere
+from pyhypersphere.cli import format_info, main
+
+PACKAGE = Path(pyhypersphere.__file__).parent
+
+
+def test_info_is_readable_and_json_is_kept(capsys):
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"^with_cuda:\s+(True|False)$", text, re.M)
+    assert re.search(r"^cpu_tile_gemm:\s+(blas|aten)$", text, re.M)
+    # the parallel info's lines, each on its own line, not one escaped string
+    assert "\\n" not in text and "\\t" not in text
+    assert re.search(r"^parallel_info:\n    ATen/Parallel:\n        at::get_num_threads\(\) : \d+$", text, re.M)
+    assert main(["info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pyhypersphere.build_info()
+
+
+def test_format_info_aligns_keys_and_indents_multiline_values():
+    text = format_info({"a": 1, "long_key": "x", "block": "one\n\ttwo\n"})
+    assert text.splitlines() == ["a:        1", "long_key: x", "block:", "    one", "        two"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--t", "-1"], "argument --t: must be a positive finite number, got -1"),
+        (["--t", "nan"], "argument --t: must be a positive finite number"),
+        (["--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+        (["--n", "1"], "argument --n: must be at least 2, got 1"),
+        (["--d", "0"], "argument --d: must be at least 1, got 0"),
+        (["--n", "many"], "argument --n: expected an integer, got 'many'"),
+    ],
+)
+def test_demo_rejects_bad_arguments_before_running(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo"] + args)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert captured.out == ""  # no table, no child process run
+
+
+def test_demo_reports_median_and_range_of_its_repeats(capsys):
+    assert main(["demo", "--n", "200", "--d", "8", "--repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "fwd+bwd (s), median (range) of 3" in out
+    for impl in ("fused", "reference"):
+        (line,) = [row for row in out.splitlines() if row.startswith(impl + " ")]
+        m = re.search(r"\s(\d+\.\d{3}) \((\d+\.\d{3})-(\d+\.\d{3})\)\s", line)
+        assert m, line
+        median, low, high = map(float, m.groups())
+        assert low <= median <= high
+    assert "x faster (ratio of the medians)" in out
+
+
+def _without_extension(tmp_path):
+    """A copy of the Python package without the compiled extension."""
+    copy = tmp_path / "src" / "pyhypersphere"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    return copy.parent
+
+
+@pytest.mark.parametrize("command", [["-c", "import pyhypersphere"], ["-m", "pyhypersphere", "info"]])
+def test_missing_extension_says_how_to_build(tmp_path, command):
+    src = _without_extension(tmp_path)
+    # -S: no site processing, so the editable install's import hook (a .pth file) cannot
+    # supply the built extension; torch still imports from site-packages via PYTHONPATH.
+    env = dict(os.environ, PYTHONPATH=sysconfig.get_paths()["purelib"])
+    done = subprocess.run(
+        [sys.executable, "-S", *command], cwd=src, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "the compiled extension pyhypersphere._C is not built" in last, done.stderr
+    assert "make build" in last and "pip install --no-build-isolation -e ." in last
+    assert "partially initialized" not in done.stderr and "circular" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "variable,value,allowed",
+    [
+        ("PYHYPERSPHERE_CPU_ISA", "avx3", "expected baseline or avx2"),
+        ("PYHYPERSPHERE_CPU_ISA", "AVX2", "expected baseline or avx2"),
+        ("PYHYPERSPHERE_CPU_GEMM", "mkl", "expected blas or aten"),
+    ],
+)
+def test_misspelled_cpu_override_is_rejected(variable, value, allowed):
+    script = (
+        "import torch, pyhypersphere\n"
+        "for _ in range(2):  # every call raises, not only the first\n"
+        "    try:\n"
+        "        pyhypersphere.uniform_loss(torch.randn(6, 3))\n"
+        "    except ValueError as e:\n"
+        "        print('ValueError:', e)\n"
+    )
+    env = dict(os.environ, **{variable: value})
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert line.startswith(f"ValueError: {variable}={value} is not a valid value: {allowed}"), line
+    info = subprocess.run(
+        [sys.executable, "-m", "pyhypersphere", "info"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert info.returncode == 2
+    assert info.stderr.count("\n") == 1, info.stderr  # one line, no traceback
+    assert info.stderr.startswith(f"pyhypersphere info: error: {variable}={value} is not a valid value: {allowed}")
+
+
+def test_empty_cpu_override_means_unset():
+    script = "import torch, pyhypersphere; print(pyhypersphere.uniform_loss(torch.ones(3, 2).cumsum(0)).item())"
+    env = dict(os.environ, PYHYPERSPHERE_CPU_ISA="", PYHYPERSPHERE_CPU_GEMM="")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    float(done.stdout)
