@@ -144,6 +144,13 @@ PYBIND11_MODULE(_C, module) {
              pybind11::arg("max_sq_norm"), pybind11::arg("t"), pybind11::arg("unit_roundoff"),
              "Whether rows of this max squared norm miss the Gram-form exponent budget "
              "with operands of this unit roundoff (internal).");
+  // Read at import (the GPU backend choice) without build_info's run-time queries, which
+  // raise on a misspelled CPU override that only the first op call should report.
+#ifdef PYHYPERSPHERE_WITH_CUDA
+  module.attr("WITH_CUDA") = true;
+#else
+  module.attr("WITH_CUDA") = false;
+#endif
   module.attr("FLOAT32_UNIT_ROUNDOFF") = pyhypersphere::kFloat32UnitRoundoff;
   module.attr("TF32_UNIT_ROUNDOFF") = pyhypersphere::kTf32UnitRoundoff;
   module.attr("FLOAT64_UNIT_ROUNDOFF") = pyhypersphere::kFloat64UnitRoundoff;

@@ -61,7 +61,7 @@ def _register_triton() -> None:
 
 BACKEND, REASON = choose(
     os.environ.get(ENV_VAR, "auto").strip().lower() or "auto",
-    bool(_C.build_info()["with_cuda"]),
+    bool(_C.WITH_CUDA),
     importlib.util.find_spec("triton") is not None,
 )
 if BACKEND == "triton":
