@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", default="16384,4096,1024,256", help="comma-separated batch sizes, run in this order")
     p.add_argument("--samples", type=int, default=20480, help="MNIST-1D samples (80%% train: 16384 for 20480)")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--chunk-size", type=int, default=1024)
     p.add_argument("--lr-rule", choices=("linear", "sqrt"), default="linear")
     p.add_argument("--threads", type=int, default=1)
