@@ -263,16 +263,9 @@ def train_one_epoch(model, opt, objective, data, aug, pool, cfg, epoch, device, 
             xb = pool[idx].to(device, non_blocking=True)
             v1, v2 = aug(xb, g), aug(xb, g)
             opt.zero_grad(set_to_none=True)
-            if chunk < per_rank:
-                value, a, u = _chunked_step(model, objective, v1, v2, chunk, progress and rank == 0)
-            else:
-                _, z = model(torch.cat([v1, v2]))  # one pass over both views, as the paper's code does
-                z1, z2 = z.chunk(2)
-                loss, value, a, u = objective(z1, z2)
+            value, a, u = backward_step(model, objective, v1, v2, chunk, progress and rank == 0)
             if not _check_finite(value, world):
                 raise NonFiniteLossError(f"the loss is {value.item()} at epoch {epoch + 1}, step {step + 1}")
-            if chunk >= per_rank:
-                loss.backward()
             opt.step()
             sums += torch.tensor([value.item(), a.item(), u.item()], dtype=torch.float64)
             if bar is not None:
@@ -285,6 +278,19 @@ def train_one_epoch(model, opt, objective, data, aug, pool, cfg, epoch, device, 
             bar.close()
     m = (sums / steps).tolist()
     return {"train_loss": m[0], "train_align": m[1], "train_uniform": m[2], "steps": steps}
+
+
+def backward_step(model, objective, v1, v2, chunk: int, progress: bool = False):
+    """The gradient of one step's objective into the parameters' .grad; returns (loss value,
+    align value, uniform value).  ``chunk`` < batch runs the encoder on ``chunk`` samples
+    (both views) at a time, the loss still over the whole batch."""
+    if chunk < v1.shape[0]:
+        return _chunked_step(model, objective, v1, v2, chunk, progress)
+    _, z = model(torch.cat([v1, v2]))  # one pass over both views, as the paper's code does
+    z1, z2 = z.chunk(2)
+    loss, value, a, u = objective(z1, z2)
+    loss.backward()
+    return value, a, u
 
 
 def _paired_order(b: int, chunk: int, device) -> torch.Tensor:
