@@ -136,19 +136,27 @@ def _concat(outputs: list) -> Any:
 
 class _RngReplay:
     """CPU and CUDA generator states recorded before a chunk's first pass, restored for its
-    second, so dropout and other stochastic layers draw the same numbers in both."""
+    second, so dropout and other stochastic layers draw the same numbers in both.  CUDA: the
+    current device and the devices of the inputs (as torch.utils.checkpoint does), so no
+    context is created on devices the step does not use."""
 
-    def __init__(self):
-        self.cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    def __init__(self, views):
+        self.devices = sorted({t.device.index for v in views for t in _leaves(v) if t.is_cuda})
+
+    def _cuda_devices(self):
+        if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+            return []
+        return sorted(set(self.devices) | {torch.cuda.current_device()})
 
     def record(self):
-        return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if self.cuda else None)
+        cuda = [(i, torch.cuda.get_rng_state(i)) for i in self._cuda_devices()]
+        return torch.get_rng_state(), cuda
 
     def restore(self, state) -> None:
         cpu, cuda = state
         torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        for i, value in cuda:
+            torch.cuda.set_rng_state(value, i)
 
 
 def _running_stats(model) -> list:
@@ -170,6 +178,35 @@ def _sync_contexts(model, chunks: int):
     no_sync = getattr(model, "no_sync", None)
     for i in range(chunks):
         yield no_sync() if no_sync is not None and i < chunks - 1 else nullcontext()
+
+
+def _backward_chunk(model, chunk, part: slice, pairs) -> None:
+    """Runs the model on one chunk with a graph and back-propagates, from each output the loss
+    used, its rows ``part`` of the full-batch gradient; ``pairs``: (first-pass output, gradient)."""
+    out = _leaves(_call(model, chunk))
+    if len(out) != len(pairs):
+        raise RuntimeError(
+            f"{_FUNCTION}: the model returned {len(out)} tensors in the second pass and "
+            f"{len(pairs)} in the first; its output must not depend on anything but the input"
+        )
+    rows = part.stop - part.start
+    roots, seeds = [], []
+    for o, (whole, g) in zip(out, pairs):
+        if g is None:
+            continue  # an output the loss does not use
+        if o.shape[0] != rows or o.shape[1:] != whole.shape[1:]:
+            raise RuntimeError(
+                f"{_FUNCTION}: the model's output has shape {tuple(o.shape)} in the second pass "
+                f"and a slice of shape {(rows, *whole.shape[1:])} in the first"
+            )
+        if not o.requires_grad:
+            raise ValueError(
+                f"{_FUNCTION}: the model's output does not require grad (no trainable "
+                "parameter reaches it, or the model runs under torch.no_grad())"
+            )
+        roots.append(o)
+        seeds.append(g[part])
+    torch.autograd.backward(roots, seeds)
 
 
 # --------------------------------------------------------------------------- the step
@@ -241,7 +278,7 @@ def chunked_backward(
             on_chunk(done, total)
 
     # 1. Features of every chunk without a graph, recording the generators before each.
-    rng = _RngReplay()
+    rng = _RngReplay(views)
     states, features = [], []
     with torch.no_grad():
         for view in views:
@@ -277,40 +314,19 @@ def chunked_backward(
     after_loss = rng.record()  # where the generators continue once the step is done
 
     # 3. Each chunk again with a graph, the same random numbers, and its slice of the gradient.
-    syncs = _sync_contexts(model, len(slices) * len(views))
-    index = 0
-    for view, feats in zip(views, features):
-        pairs = [(t, grad_of.get(id(t))) for t in _leaves(feats)]
-        for part in slices:
-            rng.restore(states[index])
-            index += 1
-            with next(syncs):
-                out = _leaves(_call(model, _map(view, lambda t: t[part])))
-                if len(out) != len(pairs):
-                    raise RuntimeError(
-                        f"{_FUNCTION}: the model returned {len(out)} tensors in the second pass and "
-                        f"{len(pairs)} in the first; its output must not depend on anything but the input"
-                    )
-                roots, seeds = [], []
-                for o, (whole, g) in zip(out, pairs):
-                    if g is None:
-                        continue  # an output the loss does not use
-                    if o.shape[1:] != whole.shape[1:] or o.shape[0] != part.stop - part.start:
-                        raise RuntimeError(
-                            f"{_FUNCTION}: the model's output has shape {tuple(o.shape)} in the second pass "
-                            f"and a slice of shape {(part.stop - part.start, *whole.shape[1:])} in the first"
-                        )
-                    if not o.requires_grad:
-                        raise ValueError(
-                            f"{_FUNCTION}: the model's output does not require grad (no trainable "
-                            "parameter reaches it, or the model runs under torch.no_grad())"
-                        )
-                    roots.append(o)
-                    seeds.append(g[part])
-                torch.autograd.backward(roots, seeds)
-                del out, roots, seeds
-            tick()
-    rng.restore(after_loss)
-    for buffer, value in keep_stats:
-        buffer.copy_(value)
+    try:
+        syncs = _sync_contexts(model, len(slices) * len(views))
+        index = 0
+        for view, feats in zip(views, features):
+            pairs = [(t, grad_of.get(id(t))) for t in _leaves(feats)]
+            for part in slices:
+                rng.restore(states[index])
+                index += 1
+                with next(syncs):
+                    _backward_chunk(model, _map(view, lambda t: t[part]), part, pairs)
+                tick()
+    finally:  # also when the model raises: the generators and running statistics as promised
+        rng.restore(after_loss)
+        for buffer, value in keep_stats:
+            buffer.copy_(value)
     return loss

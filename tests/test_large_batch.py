@@ -400,3 +400,17 @@ def test_train_chunk_size_option(tmp_path, monkeypatch):
     assert cli.config_from_args(parser.parse_args(["--chunk-size", "128"])).chunk_size == 128
     with pytest.raises(ValueError, match="chunk_size must be at least 1"):
         TrainConfig(chunk_size=0).resolved()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dropout_masks_are_replayed_on_cuda():
+    torch.manual_seed(0)
+    model = mlp(dropout=0.5).double().cuda()
+    vs = [v.cuda() for v in views()]
+    torch.manual_seed(123)
+    ref = same_chunks_step(model, vs, align_uniform, 8)
+    torch.manual_seed(123)
+    model.zero_grad(set_to_none=True)
+    chunked_backward(model, vs, align_uniform, 8)
+    assert rel_err(grads(model), ref) <= 1e-10
