@@ -262,8 +262,9 @@ def chunked_backward(
 
     autocast: call it inside ``torch.autocast(...)``; both passes and the loss run under it.
     DDP: every backward but the last runs under ``model.no_sync()``, so gradients are
-    all-reduced once, after the last chunk.  DDP's forward is a collective (buffer
-    broadcast), so every rank must run the same number of chunks (same local B).
+    all-reduced once, after the last chunk (and buffers broadcast once per step: DDP does
+    that only in forwards that follow a synchronized backward); ranks may run different
+    numbers of chunks (different local B, e.g. the last batch of an epoch).
     """
     batch = _check_arguments(model, views, loss_fn, chunk_size, batchnorm_stats)
     starts = list(range(0, batch, chunk_size))

@@ -345,6 +345,20 @@ def _ddp_with_distributed_loss(rank, world):
     assert rel_err(grads(model), ref) <= 1e-10
     assert torch.isfinite(loss)
 
+    # Ranks with different batch sizes and chunk counts (11 and 7 rows: 3 and 2 chunks) and a
+    # model with buffers: DDP broadcasts buffers and all-reduces gradients once per step, so
+    # nothing waits for a collective the other rank never calls; the gradients agree.
+    torch.manual_seed(0)
+    bn = DDP(conv_bn().double())
+    local = [v[: 11 if rank == 0 else 7] for v in shard]
+    for _ in range(2):
+        bn.zero_grad(set_to_none=True)
+        chunked_backward(bn, local, global_align_uniform, 4)
+    flat = torch.cat([p.grad.reshape(-1) for p in bn.parameters()])
+    both = [torch.empty_like(flat) for _ in range(world)]
+    torch.distributed.all_gather(both, flat)
+    assert torch.equal(both[0], both[1]) and torch.isfinite(flat).all()
+
 
 def test_ddp_and_distributed_loss_on_two_ranks():
     from test_distributed import _run
