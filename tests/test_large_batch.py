@@ -361,9 +361,9 @@ def _ddp_with_distributed_loss(rank, world):
 
 
 def test_ddp_and_distributed_loss_on_two_ranks():
-    from test_distributed import _run
+    from dist_harness import run
 
-    _run(_ddp_with_distributed_loss, world=2)
+    run(_ddp_with_distributed_loss, world=2)
 
 
 # --------------------------------------------------------------------------- the trainer's --chunk-size
