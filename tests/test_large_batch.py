@@ -395,6 +395,30 @@ def test_trainer_chunk_runs_both_views_of_its_samples_together():
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, msg=name)  # running stats once
 
 
+def test_trainer_shows_the_chunks_of_a_step(monkeypatch):
+    from pyhypersphere.train import TrainConfig, loop, models
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, enabled):
+            self.total, self.desc, self.updates, self.closed = total, desc, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.updates += n
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(loop, "_progress", Bar)
+    objective = loop._Objective(TrainConfig(batch_size=10).resolved(), world=1)
+    model = models.Encoder(models.conv1d_trunk(width=4, hidden=8), 8, 4)
+    loop.backward_step(model, objective, torch.randn(10, 40), torch.randn(10, 40), 4, progress=True)
+    (bar,) = bars
+    assert (bar.desc, bar.total, bar.updates, bar.closed) == ("chunks", 6, 6, True)  # 2 passes x 3 chunks
+
+
 def test_train_chunk_size_option(tmp_path, monkeypatch):
     pytest.importorskip("mnist1d")
     from pyhypersphere.train import TrainConfig, cli, train
