@@ -71,6 +71,12 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> Optional
     return max(0, peak - before) * 1024
 
 
+def peak_rss_bytes() -> Optional[int]:
+    """The process's resident-set high-water mark (VmHWM; since the last reset), or None."""
+    kib = _status_kib("VmHWM")
+    return kib * 1024 if kib is not None else None
+
+
 def available_host_bytes() -> Optional[int]:
     try:
         with open("/proc/meminfo") as f:

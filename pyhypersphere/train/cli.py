@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--feature-dim", type=int, default=None, help="output dimension; 2 also draws circle.png")
     m.add_argument("--epochs", type=int, default=None)
     m.add_argument("--batch-size", type=int, default=None, help="global batch (split over torchrun processes)")
+    m.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="samples per encoder call (both views of each), when smaller than the batch: the loss still "
+        "sees the whole batch (gradient caching, pyhypersphere.large_batch); default: the whole batch",
+    )
     m.add_argument("--lr", type=float, default=None, help="default 0.12 * batch / 256")
     m.add_argument("--momentum", type=float, default=_D.momentum)
     m.add_argument("--weight-decay", type=float, default=_D.weight_decay)

@@ -47,6 +47,7 @@ class TrainConfig:
     # optimization (SGD, momentum 0.9, wd 1e-4, lr 0.12 * batch / 256, step decay x0.1)
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
+    chunk_size: Optional[int] = None  # samples per encoder call (None: the whole batch); see large_batch
     lr: Optional[float] = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -90,6 +91,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "feature_dim", "eval_every", "knn_k", "num_samples", "image_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.chunk_size is not None and int(self.chunk_size) < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size} (leave it unset for the whole batch)")
         if self.threads is not None and int(self.threads) < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads} (leave it unset for the automatic count)")
         if self.batch_size < 2:
@@ -141,6 +144,7 @@ RESULT_FIELDS = (
     "feature_dim",
     "epochs",
     "batch_size",
+    "chunk_size",
     "lr",
     "momentum",
     "weight_decay",

@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from ..large_batch import chunked_backward
 from . import augment as augment_mod
 from . import checkpoint as ckpt
 from . import data as data_mod
@@ -249,6 +250,7 @@ def train_one_epoch(model, opt, objective, data, aug, pool, cfg, epoch, device, 
     b = cfg.batch_size
     check_batch_size(b, pool.shape[0], world)
     per_rank = b // world
+    chunk = cfg.chunk_size or per_rank
     steps = pool.shape[0] // b
     perm = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(_seed_for(cfg.seed, epoch)))
     g = torch.Generator(device=device).manual_seed(_seed_for(cfg.seed, epoch, rank, 1))
@@ -260,13 +262,10 @@ def train_one_epoch(model, opt, objective, data, aug, pool, cfg, epoch, device, 
             idx = perm[step * b + rank * per_rank : step * b + (rank + 1) * per_rank]
             xb = pool[idx].to(device, non_blocking=True)
             v1, v2 = aug(xb, g), aug(xb, g)
-            _, z = model(torch.cat([v1, v2]))  # one pass over both views, as the paper's code does
-            z1, z2 = z.chunk(2)
-            loss, value, a, u = objective(z1, z2)
+            opt.zero_grad(set_to_none=True)
+            value, a, u = backward_step(model, objective, v1, v2, chunk, progress and rank == 0)
             if not _check_finite(value, world):
                 raise NonFiniteLossError(f"the loss is {value.item()} at epoch {epoch + 1}, step {step + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             opt.step()
             sums += torch.tensor([value.item(), a.item(), u.item()], dtype=torch.float64)
             if bar is not None:
@@ -279,6 +278,59 @@ def train_one_epoch(model, opt, objective, data, aug, pool, cfg, epoch, device, 
             bar.close()
     m = (sums / steps).tolist()
     return {"train_loss": m[0], "train_align": m[1], "train_uniform": m[2], "steps": steps}
+
+
+def backward_step(model, objective, v1, v2, chunk: int, progress: bool = False):
+    """The gradient of one step's objective into the parameters' .grad; returns (loss value,
+    align value, uniform value).  ``chunk`` < batch runs the encoder on ``chunk`` samples
+    (both views) at a time, the loss still over the whole batch."""
+    if chunk < v1.shape[0]:
+        return _chunked_step(model, objective, v1, v2, chunk, progress)
+    _, z = model(torch.cat([v1, v2]))  # one pass over both views, as the paper's code does
+    z1, z2 = z.chunk(2)
+    loss, value, a, u = objective(z1, z2)
+    loss.backward()
+    return value, a, u
+
+
+def _paired_order(b: int, chunk: int, device) -> torch.Tensor:
+    """Rows of ``cat([v1, v2])`` reordered so that each run of 2 * chunk rows holds both views
+    of the same ``chunk`` samples: every encoder call sees both views together (BatchNorm
+    statistics over both), as the unchunked step's single call over the whole batch does."""
+    rows = torch.arange(b)
+    parts = []
+    for s in range(0, b, chunk):
+        parts += [rows[s : s + chunk], rows[s : s + chunk] + b]
+    return torch.cat(parts).to(device)
+
+
+def _chunked_step(model, objective, v1, v2, chunk, progress):
+    """Gradient of the full-batch objective with the encoder run on ``chunk`` samples (both
+    views) at a time; returns (loss value, align value, uniform value)."""
+    b = v1.shape[0]
+    order = _paired_order(b, chunk, v1.device)
+    restore = torch.argsort(order)
+    values = {}
+
+    def loss_fn(out):
+        z1, z2 = out[1][restore].chunk(2)
+        loss, values["value"], values["align"], values["uniform"] = objective(z1, z2)
+        return loss
+
+    calls = 2 * ((b + chunk - 1) // chunk)
+    bar = _progress(calls, "chunks", progress)
+    try:
+        chunked_backward(
+            model,
+            [torch.cat([v1, v2])[order]],
+            loss_fn,
+            2 * chunk,
+            on_chunk=(lambda done, total: bar.update(1)) if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    return values["value"], values["align"], values["uniform"]
 
 
 def _progress(total, desc, enabled):
@@ -413,7 +465,9 @@ def _run_epochs(
         pool = pool.to(device)  # small enough: keep the whole training set on the GPU
     _say(
         f"training {cfg.encoder} on {data.name} ({pool.shape[0]} training / {data.x_test.shape[0]} held-out samples), "
-        f"loss {cfg.loss} [{objective.backend}], {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g}, "
+        f"loss {cfg.loss} [{objective.backend}], {cfg.epochs} epochs, batch {cfg.batch_size}"
+        + (f" in chunks of {cfg.chunk_size}" if cfg.chunk_size and cfg.chunk_size < cfg.batch_size else "")
+        + f", lr {cfg.lr:g}, "
         f"device {device}{f' x{world}' if world > 1 else ''}"
         + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
         + f", out {out}"
@@ -500,6 +554,8 @@ def _run_epochs(
         "loss_backend": objective.backend,
         "encoder": cfg.encoder,
         "feature_dim": cfg.feature_dim,
+        "batch_size": cfg.batch_size,
+        "chunk_size": min(cfg.chunk_size or cfg.batch_size, cfg.batch_size),
         "device": str(device),
         "world_size": world,
         "threads": torch.get_num_threads(),
