@@ -89,8 +89,9 @@ UniformRows plan_uniform_rows(const at::Tensor& x, const std::optional<at::Tenso
 }
 
 UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& grad_rows,
-                                    const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                                    bool grad_x, bool grad_queue) {
+                                    int64_t first_row, const at::Tensor& x,
+                                    const std::optional<at::Tensor>& queue, bool grad_x,
+                                    bool grad_queue) {
   const bool has_queue = queue.has_value() && queue->defined();
   // Outputs of an op must not share storage: each empty output is its own tensor, and
   // when both parts are returned the queue's part gets its own copy.
@@ -98,8 +99,14 @@ UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& gra
   const int64_t n = x.size(0);
   if (!has_queue) return {lse, grad_x ? grad_rows : empty(), empty()};
   at::Tensor gx = empty(), gq = empty();
-  if (grad_x) gx = grad_queue ? grad_rows.narrow(0, 0, n).clone() : grad_rows.narrow(0, 0, n);
-  if (grad_queue) gq = grad_rows.narrow(0, n, queue->size(0)).clone();
+  if (grad_x) {
+    TORCH_INTERNAL_ASSERT(first_row == 0, "x's rows come first in the stacked gradient");
+    gx = grad_queue ? grad_rows.narrow(0, 0, n).clone() : grad_rows.narrow(0, 0, n);
+  }
+  if (grad_queue) {
+    gq = grad_rows.narrow(0, n - first_row, queue->size(0));
+    if (grad_x) gq = gq.clone();
+  }
   return {lse, gx, gq};
 }
 

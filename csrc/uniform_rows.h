@@ -90,10 +90,12 @@ at::ScalarType accumulate_dtype(at::ScalarType input);
 using UniformOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;  // = UniformResult (ops.h)
 
 // Splits a gradient over the stacked rows (accumulation dtype) back into x's and the
-// queue's parts, keeping only the ones asked for.
+// queue's parts, keeping only the ones asked for.  grad_rows holds the stacked rows from
+// `first_row` on (0: all of them; n: the queue's only).
 UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& grad_rows,
-                                    const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                                    bool grad_x, bool grad_queue);
+                                    int64_t first_row, const at::Tensor& x,
+                                    const std::optional<at::Tensor>& queue, bool grad_x,
+                                    bool grad_queue);
 
 // Outputs for inputs holding NaN or inf: NaN loss and NaN gradient, as torch ops give.
 UniformOutputs nonfinite_uniform_outputs(const at::Tensor& x,
