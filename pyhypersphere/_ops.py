@@ -9,7 +9,7 @@ by the upstream gradient.
 
 import torch
 
-from . import _C  # noqa: F401  (loads the library and registers the operators)
+from . import _C, _differentiable  # noqa: F401  (loads the library and registers the operators)
 
 _lib_ops = torch.ops.pyhypersphere
 
@@ -57,48 +57,47 @@ def _align_loss_fake(x, y, alpha, compute_grad):
 
 
 # ---------------------------------------------------------------- autograd
-
-_DOUBLE_BACKWARD_MESSAGE = (
-    "pyhypersphere: double backward (create_graph=True through uniform_loss or "
-    "align_loss, e.g. a gradient penalty or a Hessian) is not supported: the fused "
-    "kernels return first derivatives only"
-)
-
-
-def _first_order_only(result: torch.Tensor) -> torch.Tensor:
-    """Make `result` raise when differentiated again instead of silently missing terms."""
-    if not torch.is_grad_enabled():
-        return result
-    # The same mechanism as torch.autograd.function.once_differentiable, with our message.
-    err = torch._C._functions.DelayedError(_DOUBLE_BACKWARD_MESSAGE, 1)
-    return err(result.detach().requires_grad_(True))
+#
+# Without grad mode in the backward (a plain .backward()), the gradients the kernels
+# computed in the forward are scaled by the upstream gradient.  With grad mode on
+# (create_graph=True, torch.func.grad), they are recomputed as differentiable
+# expressions (_differentiable.py), so second and higher derivatives are exact.
 
 
 def _setup_uniform(ctx, inputs, output):
     x, queue, t, intra_batch, part, num_parts, want_x, want_queue = inputs
-    _, grad_x, grad_q = output
+    lse, grad_x, grad_q = output
     ctx.mark_non_differentiable(grad_x, grad_q)
     ctx.has_queue = queue is not None
     ctx.dtypes = (x.dtype, queue.dtype if queue is not None else None)
     ctx.args = (t, intra_batch, part, num_parts)
     ctx.computed = (bool(want_x), bool(want_queue))
     # Called without every gradient in mind but differentiated anyway: keep the inputs
-    # too, to recompute what is missing.
-    ctx.save_for_backward(grad_x, grad_q, x, queue)
+    # too, to recompute what is missing (and for the differentiable form).
+    ctx.save_for_backward(grad_x, grad_q, x, queue, lse)
+
+
+def _differentiable_uniform(ctx, x, queue, lse, need_x, need_q):
+    t, intra_batch, part, num_parts = ctx.args
+    if num_parts != 1:
+        raise RuntimeError(
+            "pyhypersphere: second derivatives of a slice of the pairs (num_parts > 1, as the "
+            "distributed loss uses) are not supported; differentiate uniform_loss on the whole batch"
+        )
+    return _differentiable.uniform_lse_gradients(x, queue, t, intra_batch, lse, need_x, need_q)
 
 
 def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq):
-    grad_x, grad_q, x, queue = ctx.saved_tensors
+    grad_x, grad_q, x, queue, lse = ctx.saved_tensors
     need_x = ctx.needs_input_grad[0]
     need_q = ctx.has_queue and ctx.needs_input_grad[1]
-    if (need_x and not ctx.computed[0]) or (need_q and not ctx.computed[1]):
+    if torch.is_grad_enabled():
+        grad_x, grad_q = _differentiable_uniform(ctx, x, queue, lse, need_x, need_q)
+    elif (need_x and not ctx.computed[0]) or (need_q and not ctx.computed[1]):
         _, grad_x, grad_q = _lib_ops.uniform_lse(x, queue, *ctx.args, need_x, need_q)
-    # The op's gradients are in the accumulation dtype: round to the inputs' once.
-    out_x = out_q = None
-    if need_x:
-        out_x = _first_order_only((grad_x * grad_lse.to(grad_x.dtype)).to(ctx.dtypes[0]))
-    if need_q:
-        out_q = _first_order_only((grad_q * grad_lse.to(grad_q.dtype)).to(ctx.dtypes[1]))
+    # The gradients are in the accumulation dtype (or float64): round to the inputs' once.
+    out_x = (grad_x * grad_lse.to(grad_x.dtype)).to(ctx.dtypes[0]) if need_x else None
+    out_q = (grad_q * grad_lse.to(grad_q.dtype)).to(ctx.dtypes[1]) if need_q else None
     return out_x, out_q, None, None, None, None, None, None
 
 
@@ -107,23 +106,20 @@ def _setup_align(ctx, inputs, output):
     _, grad_x = output
     ctx.mark_non_differentiable(grad_x)
     ctx.alpha = alpha
-    if compute_grad:
-        ctx.save_for_backward(grad_x)
-        ctx.saved_inputs = False
-    else:
-        ctx.save_for_backward(x, y)
-        ctx.saved_inputs = True
+    ctx.dtypes = (x.dtype, y.dtype)
+    ctx.save_for_backward(grad_x, x, y)
+    ctx.computed = bool(compute_grad)
 
 
 def _backward_align(ctx, grad_loss, _grad_gx):
-    if ctx.saved_inputs:
-        x, y = ctx.saved_tensors
+    grad_x, x, y = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        grad_x = _differentiable.align_gradient(x, y, ctx.alpha)
+    elif not ctx.computed:
         _, grad_x = _lib_ops.align_loss(x, y, ctx.alpha, True)
-    else:
-        (grad_x,) = ctx.saved_tensors
     g = grad_x * grad_loss.to(grad_x.dtype)
-    out_x = _first_order_only(g) if ctx.needs_input_grad[0] else None
-    out_y = _first_order_only(-g) if ctx.needs_input_grad[1] else None
+    out_x = g.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+    out_y = (-g).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
     return out_x, out_y, None, None
 
 
@@ -131,9 +127,70 @@ torch.library.register_autograd("pyhypersphere::uniform_lse", _backward_uniform,
 torch.library.register_autograd("pyhypersphere::align_loss", _backward_align, setup_context=_setup_align)
 
 
+# ---------------------------------------------------------------- torch.func
+#
+# The autograd that torch.library registers on an op is not usable under torch.func
+# transforms (grad, vmap, jacrev: "must override the setup_context staticmethod").  The
+# losses therefore call the ops through these autograd.Functions, with the same
+# formulas, a vmap rule and a forward-mode rule that raises.  Under torch.compile they
+# call the ops directly (their registered autograd and fake kernels are what it traces).
+
+_FORWARD_MODE_MESSAGE = (
+    "pyhypersphere: forward-mode AD (torch.func.jvp, jacfwd, torch.func.hessian, "
+    "torch.autograd.forward_ad) is not supported by the fused losses; for second "
+    "derivatives use reverse mode: torch.autograd.functional.hessian, "
+    "torch.func.jacrev(torch.func.jacrev(f)) or autograd.grad(..., create_graph=True)"
+)
+
+
+def _no_forward_mode(ctx, *tangents):
+    raise RuntimeError(_FORWARD_MODE_MESSAGE)
+
+
+def _vmap_by_loop(function):
+    """A vmap rule calling `function` once per batch entry: a kernel call is one whole
+    problem whose tiles already use every thread, so a loop is what a batch costs."""
+
+    def rule(info, in_dims, *args):
+        results = [
+            function(*(a.select(dim, b) if dim is not None else a for a, dim in zip(args, in_dims)))
+            for b in range(info.batch_size)
+        ]
+        outputs = tuple(torch.stack(parts) for parts in zip(*results))
+        return outputs, (0,) * len(outputs)
+
+    return staticmethod(rule)
+
+
+class _UniformLse(torch.autograd.Function):
+    @staticmethod
+    def forward(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue):
+        return _lib_ops.uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
+
+    setup_context = staticmethod(_setup_uniform)
+    backward = staticmethod(_backward_uniform)
+    jvp = staticmethod(_no_forward_mode)
+
+
+class _AlignLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(x, y, alpha, compute_grad):
+        return _lib_ops.align_loss(x, y, alpha, compute_grad)
+
+    setup_context = staticmethod(_setup_align)
+    backward = staticmethod(_backward_align)
+    jvp = staticmethod(_no_forward_mode)
+
+
+_UniformLse.vmap = _vmap_by_loop(lambda *args: _UniformLse.apply(*args))
+_AlignLoss.vmap = _vmap_by_loop(lambda *args: _AlignLoss.apply(*args))
+
+
 def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue):
-    return _lib_ops.uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
+    args = (x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
+    return _lib_ops.uniform_lse(*args) if torch.compiler.is_compiling() else _UniformLse.apply(*args)
 
 
 def align(x, y, alpha, compute_grad):
-    return _lib_ops.align_loss(x, y, alpha, compute_grad)
+    args = (x, y, alpha, compute_grad)
+    return _lib_ops.align_loss(*args) if torch.compiler.is_compiling() else _AlignLoss.apply(*args)
