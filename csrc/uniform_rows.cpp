@@ -5,8 +5,14 @@
 #include <algorithm>
 #include <limits>
 #include <optional>
+#include <string>
+#include <utility>
 
 namespace pyhypersphere {
+namespace {
+thread_local bool capturing_precision_warning = false;
+thread_local std::string captured_precision_warning;
+}  // namespace
 
 at::ScalarType accumulate_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
@@ -80,13 +86,26 @@ UniformRows plan_uniform_rows(const at::Tensor& x, const std::optional<at::Tenso
     }
   }
   if (inaccurate) {
-    TORCH_WARN("uniform_loss: the rows spread so far (max ||x - mean||^2 = ",
-               rows.max_sq_norm, ") that, with t = ", t,
-               ", even float64 distances in Gram form carry exponent errors above ",
-               kGramExponentErrorBudget, "; normalize or rescale the features");
+    std::string message = c10::str(
+        "uniform_loss: the rows spread so far (max ||x - mean||^2 = ", rows.max_sq_norm,
+        ") that, with t = ", t, ", even float64 distances in Gram form carry exponent errors above ",
+        kGramExponentErrorBudget, "; normalize or rescale the features");
+    if (capturing_precision_warning) {
+      captured_precision_warning = std::move(message);
+    } else {
+      TORCH_WARN(message);
+    }
   }
   return rows;
 }
+
+bool capture_precision_warnings(bool on) {
+  const bool previous = capturing_precision_warning;
+  capturing_precision_warning = on;
+  return previous;
+}
+
+std::string take_precision_warning() { return std::exchange(captured_precision_warning, std::string()); }
 
 UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& grad_rows,
                                     int64_t first_row, const at::Tensor& x,

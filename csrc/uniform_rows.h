@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 
 namespace pyhypersphere {
@@ -82,6 +83,15 @@ struct UniformPlanOptions {
 UniformRows plan_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue,
                               double t, double operand_roundoff,
                               UniformPlanOptions options = UniformPlanOptions());
+
+// The warning plan_uniform_rows gives when even float64 cannot resolve the rows' spread.
+// By default a TORCH_WARN (C++ and LibTorch callers).  A TORCH_WARN from inside an op does
+// not reach Python's warnings machinery as a warning of our own category, so the Python
+// layer turns capturing on around its op calls, takes the message afterwards and issues
+// it as pyhypersphere.PrecisionWarning (filters, -W error, once per call site).  Both are
+// per thread: an op's preparation runs on the thread that called it.
+bool capture_precision_warnings(bool on);  // returns the previous setting
+std::string take_precision_warning();      // the captured message ("" if none); clears it
 
 at::ScalarType accumulate_dtype(at::ScalarType input);
 

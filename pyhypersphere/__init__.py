@@ -7,6 +7,7 @@ replaces the reference code of Wang & Isola (ICML 2020) with the same values.
 
 from . import _ops  # noqa: F401  (registers the operators)
 from ._C import build_info
+from ._ops import PrecisionWarning
 from .losses import align_loss, uniform_loss
 from .nn import AlignmentLoss, AlignUniformLoss, UniformityLoss
 
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AlignUniformLoss",
     "AlignmentLoss",
+    "PrecisionWarning",
     "UniformityLoss",
     "align_loss",
     "build_info",

@@ -7,6 +7,8 @@ csrc/ops.h).  Both compute the gradient in the forward pass when asked (uniform_
 by the upstream gradient.
 """
 
+import warnings
+
 import torch
 
 from . import _C, _differentiable  # noqa: F401  (loads the library and registers the operators)
@@ -24,6 +26,23 @@ def loss_dtype(x: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(x.device.type):
         return torch.promote_types(x.dtype, torch.float32)
     return x.dtype
+
+
+class PrecisionWarning(UserWarning):
+    """The rows given to uniform_loss spread so far that even float64 distances in Gram
+    form carry exponent errors above the budget: normalize or rescale the features."""
+
+
+def _capturing_precision_warning(function, *args):
+    """(function(*args), the precision warning the kernels gave meanwhile or "").  The op's
+    warning is captured by the extension (csrc/uniform_rows.h) instead of printed, so that
+    Python can issue it as a PrecisionWarning; an enclosing capture keeps it for itself."""
+    enclosing = _C._capture_precision_warnings(True)
+    try:
+        result = function(*args)
+    finally:
+        _C._capture_precision_warnings(enclosing)
+    return result, "" if enclosing else _C._take_precision_warning()
 
 
 # ---------------------------------------------------------------- fake kernels
@@ -94,7 +113,10 @@ def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq):
     if torch.is_grad_enabled():
         grad_x, grad_q = _differentiable_uniform(ctx, x, queue, lse, need_x, need_q)
     elif (need_x and not ctx.computed[0]) or (need_q and not ctx.computed[1]):
-        _, grad_x, grad_q = _lib_ops.uniform_lse(x, queue, *ctx.args, need_x, need_q)
+        # The forward call already reported any precision warning.
+        (_, grad_x, grad_q), _ = _capturing_precision_warning(
+            _lib_ops.uniform_lse, x, queue, *ctx.args, need_x, need_q
+        )
     # The gradients are in the accumulation dtype (or float64): round to the inputs' once.
     out_x = (grad_x * grad_lse.to(grad_x.dtype)).to(ctx.dtypes[0]) if need_x else None
     out_q = (grad_q * grad_lse.to(grad_q.dtype)).to(ctx.dtypes[1]) if need_q else None
@@ -186,9 +208,18 @@ _UniformLse.vmap = _vmap_by_loop(lambda *args: _UniformLse.apply(*args))
 _AlignLoss.vmap = _vmap_by_loop(lambda *args: _AlignLoss.apply(*args))
 
 
-def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue):
+def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *, warn_stacklevel=3):
+    """The op, differentiable (torch.func included).  Its precision warning is issued as a
+    PrecisionWarning attributed to the frame `warn_stacklevel` levels up (3: the caller of
+    the public function that called this one), so Python's default filter shows it once
+    per call site.  Under torch.compile the op is called directly and warns through c10."""
     args = (x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
-    return _lib_ops.uniform_lse(*args) if torch.compiler.is_compiling() else _UniformLse.apply(*args)
+    if torch.compiler.is_compiling():
+        return _lib_ops.uniform_lse(*args)
+    result, message = _capturing_precision_warning(_UniformLse.apply, *args)
+    if message:
+        warnings.warn(message, PrecisionWarning, stacklevel=warn_stacklevel)
+    return result
 
 
 def align(x, y, alpha, compute_grad):
