@@ -4,7 +4,10 @@ The C++ extension registers `torch.ops.pyhypersphere.uniform_lse` and
 `torch.ops.pyhypersphere.align_loss` (schemas in csrc/op_schemas.cpp, contract in
 csrc/ops.h).  Both compute the gradient in the forward pass when asked (uniform_lse's
 `grad_x` / `grad_queue` flags, align_loss's `compute_grad`), so the backward is a scale
-by the upstream gradient.
+by the upstream gradient; under create_graph it is a differentiable recomputation
+(_differentiable.py).  The losses call the ops through `uniform_lse` / `align` below:
+autograd.Functions usable by torch.func, and uniform_lse's precision warning issued as a
+PrecisionWarning.  Gradient routes and their costs: docs/autograd.md.
 """
 
 import warnings
