@@ -125,6 +125,11 @@ PYBIND11_MODULE(_C, module) {
              "How the extension was built: CUDA or not, CUDA arch list, torch version, "
              "OpenMP, threads, CPU tile GEMM backend.");
   module.def("_exp_fast_for_testing", &exp_fast_for_testing);
+  module.def("_capture_precision_warnings", &pyhypersphere::capture_precision_warnings,
+             "Capture (True) or TORCH_WARN (False) the precision warning on this thread; "
+             "returns the previous setting (internal).");
+  module.def("_take_precision_warning", &pyhypersphere::take_precision_warning,
+             "The captured precision warning, or an empty string; clears it (internal).");
   module.def("_plan_uniform_rows", &plan_uniform_rows_py, pybind11::arg("x"), pybind11::arg("queue"),
              pybind11::arg("t"), pybind11::arg("operand_roundoff"),
              "The rows a uniformity kernel reads and the precision it computes in (internal).");

@@ -5,8 +5,14 @@
 #include <algorithm>
 #include <limits>
 #include <optional>
+#include <string>
+#include <utility>
 
 namespace pyhypersphere {
+namespace {
+thread_local bool capturing_precision_warning = false;
+thread_local std::string captured_precision_warning;
+}  // namespace
 
 at::ScalarType accumulate_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
@@ -80,17 +86,31 @@ UniformRows plan_uniform_rows(const at::Tensor& x, const std::optional<at::Tenso
     }
   }
   if (inaccurate) {
-    TORCH_WARN("uniform_loss: the rows spread so far (max ||x - mean||^2 = ",
-               rows.max_sq_norm, ") that, with t = ", t,
-               ", even float64 distances in Gram form carry exponent errors above ",
-               kGramExponentErrorBudget, "; normalize or rescale the features");
+    std::string message = c10::str(
+        "uniform_loss: the rows spread so far (max ||x - mean||^2 = ", rows.max_sq_norm,
+        ") that, with t = ", t, ", even float64 distances in Gram form carry exponent errors above ",
+        kGramExponentErrorBudget, "; normalize or rescale the features");
+    if (capturing_precision_warning) {
+      captured_precision_warning = std::move(message);
+    } else {
+      TORCH_WARN(message);
+    }
   }
   return rows;
 }
 
+bool capture_precision_warnings(bool on) {
+  const bool previous = capturing_precision_warning;
+  capturing_precision_warning = on;
+  return previous;
+}
+
+std::string take_precision_warning() { return std::exchange(captured_precision_warning, std::string()); }
+
 UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& grad_rows,
-                                    const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                                    bool grad_x, bool grad_queue) {
+                                    int64_t first_row, const at::Tensor& x,
+                                    const std::optional<at::Tensor>& queue, bool grad_x,
+                                    bool grad_queue) {
   const bool has_queue = queue.has_value() && queue->defined();
   // Outputs of an op must not share storage: each empty output is its own tensor, and
   // when both parts are returned the queue's part gets its own copy.
@@ -98,8 +118,14 @@ UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& gra
   const int64_t n = x.size(0);
   if (!has_queue) return {lse, grad_x ? grad_rows : empty(), empty()};
   at::Tensor gx = empty(), gq = empty();
-  if (grad_x) gx = grad_queue ? grad_rows.narrow(0, 0, n).clone() : grad_rows.narrow(0, 0, n);
-  if (grad_queue) gq = grad_rows.narrow(0, n, queue->size(0)).clone();
+  if (grad_x) {
+    TORCH_INTERNAL_ASSERT(first_row == 0, "x's rows come first in the stacked gradient");
+    gx = grad_queue ? grad_rows.narrow(0, 0, n).clone() : grad_rows.narrow(0, 0, n);
+  }
+  if (grad_queue) {
+    gq = grad_rows.narrow(0, n - first_row, queue->size(0));
+    if (grad_x) gq = gq.clone();
+  }
   return {lse, gx, gq};
 }
 

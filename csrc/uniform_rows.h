@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 
 namespace pyhypersphere {
@@ -83,6 +84,15 @@ UniformRows plan_uniform_rows(const at::Tensor& x, const std::optional<at::Tenso
                               double t, double operand_roundoff,
                               UniformPlanOptions options = UniformPlanOptions());
 
+// The warning plan_uniform_rows gives when even float64 cannot resolve the rows' spread.
+// By default a TORCH_WARN (C++ and LibTorch callers).  A TORCH_WARN from inside an op does
+// not reach Python's warnings machinery as a warning of our own category, so the Python
+// layer turns capturing on around its op calls, takes the message afterwards and issues
+// it as pyhypersphere.PrecisionWarning (filters, -W error, once per call site).  Both are
+// per thread: an op's preparation runs on the thread that called it.
+bool capture_precision_warnings(bool on);  // returns the previous setting
+std::string take_precision_warning();      // the captured message ("" if none); clears it
+
 at::ScalarType accumulate_dtype(at::ScalarType input);
 
 // The op's three outputs: lse (0-dim, accumulation dtype), grad_x ([n, d], or [0] when
@@ -90,10 +100,12 @@ at::ScalarType accumulate_dtype(at::ScalarType input);
 using UniformOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;  // = UniformResult (ops.h)
 
 // Splits a gradient over the stacked rows (accumulation dtype) back into x's and the
-// queue's parts, keeping only the ones asked for.
+// queue's parts, keeping only the ones asked for.  grad_rows holds the stacked rows from
+// `first_row` on (0: all of them; n: the queue's only).
 UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& grad_rows,
-                                    const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                                    bool grad_x, bool grad_queue);
+                                    int64_t first_row, const at::Tensor& x,
+                                    const std::optional<at::Tensor>& queue, bool grad_x,
+                                    bool grad_queue);
 
 // Outputs for inputs holding NaN or inf: NaN loss and NaN gradient, as torch ops give.
 UniformOutputs nonfinite_uniform_outputs(const at::Tensor& x,

@@ -391,6 +391,14 @@ class _PrecomputedGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grad_values):
+        if torch.is_grad_enabled():
+            # The rows are numbers, not a graph: a second derivative through them would
+            # silently miss this loss's terms.
+            raise RuntimeError(
+                "pyhypersphere.distributed: second derivatives (a backward with create_graph=True, "
+                "Hessians, gradient penalties, torch.func.grad) are not supported; "
+                "pyhypersphere.uniform_loss on the gathered batch supports them"
+            )
         (rows,) = ctx.saved_tensors
         d = rows.shape[1] // ctx.count
         grads = []

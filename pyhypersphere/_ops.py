@@ -4,12 +4,17 @@ The C++ extension registers `torch.ops.pyhypersphere.uniform_lse` and
 `torch.ops.pyhypersphere.align_loss` (schemas in csrc/op_schemas.cpp, contract in
 csrc/ops.h).  Both compute the gradient in the forward pass when asked (uniform_lse's
 `grad_x` / `grad_queue` flags, align_loss's `compute_grad`), so the backward is a scale
-by the upstream gradient.
+by the upstream gradient; under create_graph it is a differentiable recomputation
+(_differentiable.py).  The losses call the ops through `uniform_lse` / `align` below:
+autograd.Functions usable by torch.func, and uniform_lse's precision warning issued as a
+PrecisionWarning.  Gradient routes and their costs: docs/autograd.md.
 """
+
+import warnings
 
 import torch
 
-from . import _C  # noqa: F401  (loads the library and registers the operators)
+from . import _C, _differentiable  # noqa: F401  (loads the library and registers the operators)
 
 _lib_ops = torch.ops.pyhypersphere
 
@@ -24,6 +29,23 @@ def loss_dtype(x: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(x.device.type):
         return torch.promote_types(x.dtype, torch.float32)
     return x.dtype
+
+
+class PrecisionWarning(UserWarning):
+    """The rows given to uniform_loss spread so far that even float64 distances in Gram
+    form carry exponent errors above the budget: normalize or rescale the features."""
+
+
+def _capturing_precision_warning(function, *args):
+    """(function(*args), the precision warning the kernels gave meanwhile or "").  The op's
+    warning is captured by the extension (csrc/uniform_rows.h) instead of printed, so that
+    Python can issue it as a PrecisionWarning; an enclosing capture keeps it for itself."""
+    enclosing = _C._capture_precision_warnings(True)
+    try:
+        result = function(*args)
+    finally:
+        _C._capture_precision_warnings(enclosing)
+    return result, "" if enclosing else _C._take_precision_warning()
 
 
 # ---------------------------------------------------------------- fake kernels
@@ -57,6 +79,11 @@ def _align_loss_fake(x, y, alpha, compute_grad):
 
 
 # ---------------------------------------------------------------- autograd
+#
+# Without grad mode in the backward (a plain .backward()), the gradients the kernels
+# computed in the forward are scaled by the upstream gradient.  With grad mode on
+# (create_graph=True, torch.func.grad), they are recomputed as differentiable
+# expressions (_differentiable.py), so second and higher derivatives are exact.
 
 _DOUBLE_BACKWARD_MESSAGE = (
     "pyhypersphere: double backward (create_graph=True through a fused loss, e.g. a "
@@ -76,29 +103,41 @@ def first_order_only(result: torch.Tensor) -> torch.Tensor:
 
 def _setup_uniform(ctx, inputs, output):
     x, queue, t, intra_batch, part, num_parts, want_x, want_queue = inputs
-    _, grad_x, grad_q = output
+    lse, grad_x, grad_q = output
     ctx.mark_non_differentiable(grad_x, grad_q)
     ctx.has_queue = queue is not None
     ctx.dtypes = (x.dtype, queue.dtype if queue is not None else None)
     ctx.args = (t, intra_batch, part, num_parts)
     ctx.computed = (bool(want_x), bool(want_queue))
     # Called without every gradient in mind but differentiated anyway: keep the inputs
-    # too, to recompute what is missing.
-    ctx.save_for_backward(grad_x, grad_q, x, queue)
+    # too, to recompute what is missing (and for the differentiable form).
+    ctx.save_for_backward(grad_x, grad_q, x, queue, lse)
+
+
+def _differentiable_uniform(ctx, x, queue, lse, need_x, need_q):
+    t, intra_batch, part, num_parts = ctx.args
+    if num_parts != 1:
+        raise RuntimeError(
+            "pyhypersphere: second derivatives of a slice of the pairs (num_parts > 1, as the "
+            "distributed loss uses) are not supported; differentiate uniform_loss on the whole batch"
+        )
+    return _differentiable.uniform_lse_gradients(x, queue, t, intra_batch, lse, need_x, need_q)
 
 
 def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq):
-    grad_x, grad_q, x, queue = ctx.saved_tensors
+    grad_x, grad_q, x, queue, lse = ctx.saved_tensors
     need_x = ctx.needs_input_grad[0]
     need_q = ctx.has_queue and ctx.needs_input_grad[1]
-    if (need_x and not ctx.computed[0]) or (need_q and not ctx.computed[1]):
-        _, grad_x, grad_q = _lib_ops.uniform_lse(x, queue, *ctx.args, need_x, need_q)
-    # The op's gradients are in the accumulation dtype: round to the inputs' once.
-    out_x = out_q = None
-    if need_x:
-        out_x = first_order_only((grad_x * grad_lse.to(grad_x.dtype)).to(ctx.dtypes[0]))
-    if need_q:
-        out_q = first_order_only((grad_q * grad_lse.to(grad_q.dtype)).to(ctx.dtypes[1]))
+    if torch.is_grad_enabled():
+        grad_x, grad_q = _differentiable_uniform(ctx, x, queue, lse, need_x, need_q)
+    elif (need_x and not ctx.computed[0]) or (need_q and not ctx.computed[1]):
+        # The forward call already reported any precision warning.
+        (_, grad_x, grad_q), _ = _capturing_precision_warning(
+            _lib_ops.uniform_lse, x, queue, *ctx.args, need_x, need_q
+        )
+    # The gradients are in the accumulation dtype (or float64): round to the inputs' once.
+    out_x = (grad_x * grad_lse.to(grad_x.dtype)).to(ctx.dtypes[0]) if need_x else None
+    out_q = (grad_q * grad_lse.to(grad_q.dtype)).to(ctx.dtypes[1]) if need_q else None
     return out_x, out_q, None, None, None, None, None, None
 
 
@@ -107,23 +146,20 @@ def _setup_align(ctx, inputs, output):
     _, grad_x = output
     ctx.mark_non_differentiable(grad_x)
     ctx.alpha = alpha
-    if compute_grad:
-        ctx.save_for_backward(grad_x)
-        ctx.saved_inputs = False
-    else:
-        ctx.save_for_backward(x, y)
-        ctx.saved_inputs = True
+    ctx.dtypes = (x.dtype, y.dtype)
+    ctx.save_for_backward(grad_x, x, y)
+    ctx.computed = bool(compute_grad)
 
 
 def _backward_align(ctx, grad_loss, _grad_gx):
-    if ctx.saved_inputs:
-        x, y = ctx.saved_tensors
+    grad_x, x, y = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        grad_x = _differentiable.align_gradient(x, y, ctx.alpha)
+    elif not ctx.computed:
         _, grad_x = _lib_ops.align_loss(x, y, ctx.alpha, True)
-    else:
-        (grad_x,) = ctx.saved_tensors
     g = grad_x * grad_loss.to(grad_x.dtype)
-    out_x = first_order_only(g) if ctx.needs_input_grad[0] else None
-    out_y = first_order_only(-g) if ctx.needs_input_grad[1] else None
+    out_x = g.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+    out_y = (-g).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
     return out_x, out_y, None, None
 
 
@@ -131,9 +167,79 @@ torch.library.register_autograd("pyhypersphere::uniform_lse", _backward_uniform,
 torch.library.register_autograd("pyhypersphere::align_loss", _backward_align, setup_context=_setup_align)
 
 
-def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue):
-    return _lib_ops.uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
+# ---------------------------------------------------------------- torch.func
+#
+# The autograd that torch.library registers on an op is not usable under torch.func
+# transforms (grad, vmap, jacrev: "must override the setup_context staticmethod").  The
+# losses therefore call the ops through these autograd.Functions, with the same
+# formulas, a vmap rule and a forward-mode rule that raises.  Under torch.compile they
+# call the ops directly (their registered autograd and fake kernels are what it traces).
+
+_FORWARD_MODE_MESSAGE = (
+    "pyhypersphere: forward-mode AD (torch.func.jvp, jacfwd, torch.func.hessian, "
+    "torch.autograd.forward_ad) is not supported by the fused losses; for second "
+    "derivatives use reverse mode: torch.autograd.functional.hessian, "
+    "torch.func.jacrev(torch.func.jacrev(f)) or autograd.grad(..., create_graph=True)"
+)
+
+
+def _no_forward_mode(ctx, *tangents):
+    raise RuntimeError(_FORWARD_MODE_MESSAGE)
+
+
+def _vmap_by_loop(function):
+    """A vmap rule calling `function` once per batch entry: a kernel call is one whole
+    problem whose tiles already use every thread, so a loop is what a batch costs."""
+
+    def rule(info, in_dims, *args):
+        results = [
+            function(*(a.select(dim, b) if dim is not None else a for a, dim in zip(args, in_dims)))
+            for b in range(info.batch_size)
+        ]
+        outputs = tuple(torch.stack(parts) for parts in zip(*results))
+        return outputs, (0,) * len(outputs)
+
+    return staticmethod(rule)
+
+
+class _UniformLse(torch.autograd.Function):
+    @staticmethod
+    def forward(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue):
+        return _lib_ops.uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
+
+    setup_context = staticmethod(_setup_uniform)
+    backward = staticmethod(_backward_uniform)
+    jvp = staticmethod(_no_forward_mode)
+
+
+class _AlignLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(x, y, alpha, compute_grad):
+        return _lib_ops.align_loss(x, y, alpha, compute_grad)
+
+    setup_context = staticmethod(_setup_align)
+    backward = staticmethod(_backward_align)
+    jvp = staticmethod(_no_forward_mode)
+
+
+_UniformLse.vmap = _vmap_by_loop(lambda *args: _UniformLse.apply(*args))
+_AlignLoss.vmap = _vmap_by_loop(lambda *args: _AlignLoss.apply(*args))
+
+
+def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *, warn_stacklevel=3):
+    """The op, differentiable (torch.func included).  Its precision warning is issued as a
+    PrecisionWarning attributed to the frame `warn_stacklevel` levels up (3: the caller of
+    the public function that called this one), so Python's default filter shows it once
+    per call site.  Under torch.compile the op is called directly and warns through c10."""
+    args = (x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
+    if torch.compiler.is_compiling():
+        return _lib_ops.uniform_lse(*args)
+    result, message = _capturing_precision_warning(_UniformLse.apply, *args)
+    if message:
+        warnings.warn(message, PrecisionWarning, stacklevel=warn_stacklevel)
+    return result
 
 
 def align(x, y, alpha, compute_grad):
-    return _lib_ops.align_loss(x, y, alpha, compute_grad)
+    args = (x, y, alpha, compute_grad)
+    return _lib_ops.align_loss(*args) if torch.compiler.is_compiling() else _AlignLoss.apply(*args)

@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from . import _global_batch as gb
 from . import _ops
-from .losses import DEFAULT_T
+from .losses import DEFAULT_T, _learned, _scale_to_learned_t
 from .losses import uniform_loss as _local_uniform_loss
 
 _FUNCTION = "pyhypersphere.distributed.uniform_loss"
@@ -91,7 +91,11 @@ def _pair_part(z: torch.Tensor, lo: int, hi: int, t: float, grad: bool):
     if hi - lo < 1 or (hi - lo == 1 and hi == total):  # no pair starts here
         return z.new_full((), -math.inf, dtype=acc), None, None
     queue = z[hi:] if hi < total else None
-    lse, gx, gq = _ops.uniform_lse(z[lo:hi], queue, t, True, 0, 1, grad, grad and queue is not None)
+    # A precision warning points at the caller of uniform_loss: 5 frames up from the op
+    # call (this function, _global_uniformity, uniform_loss, its caller).
+    lse, gx, gq = _ops.uniform_lse(
+        z[lo:hi], queue, t, True, 0, 1, grad, grad and queue is not None, warn_stacklevel=5
+    )
     return lse, gx, gq if queue is not None else None
 
 
@@ -203,6 +207,9 @@ def uniform_loss(
     if world == 1:  # no collectives at all
         losses = [_local_uniform_loss(v, t) for v in views]
         return losses[0] if single else losses
+    t_tensor = _learned(t)
+    if t_tensor is not None:  # the rows scaled by exactly 1: dL/dt flows through the scale
+        views = list(_scale_to_learned_t(t_tensor, gb.parse_positive(t, "t")[0], *views))
     params = {"t": gb.parse_positive(t, "t")}
     tensors = [v for v in views if isinstance(v, torch.Tensor)]
     grad = torch.is_grad_enabled() and any(v.requires_grad for v in tensors)

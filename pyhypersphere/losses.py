@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from . import _ops
+from . import _differentiable, _ops
 
 DEFAULT_T = 2.0
 DEFAULT_ALPHA = 2.0
@@ -40,6 +40,28 @@ def _check_tensor(value, name: str, function: str) -> None:
         raise TypeError(f"{function}: {name} must be a torch.Tensor, got {type(value).__name__}")
 
 
+def _learned(value) -> Optional[torch.Tensor]:
+    """`value` if it is a tensor that autograd must differentiate, else None."""
+    if isinstance(value, torch.Tensor) and _needs_grad(value):
+        return value
+    return None
+
+
+def _scale_to_learned_t(t_tensor: torch.Tensor, t: float, *rows):
+    """Rows scaled by s = sqrt(t_tensor / t), which is exactly 1 (t = float(t_tensor)).
+
+    The loss depends on (rows, t) only through t ||z_i - z_j||^2, so uniform(z, t) equals
+    uniform(s z, t) with the numbers unchanged, while autograd passes the gradient to
+    t_tensor through s: dL/dt = sum_rows <z, dL/dz> / (2t), with no extra kernel work
+    beyond the rows' gradients.  Non-floating rows are left alone (the op rejects them).
+    """
+    s = torch.sqrt(t_tensor / t)
+    return tuple(
+        r * s.to(device=r.device, dtype=r.dtype) if r is not None and r.is_floating_point() else r
+        for r in rows
+    )
+
+
 def uniform_loss(
     x: torch.Tensor,
     t: float = DEFAULT_T,
@@ -59,7 +81,7 @@ def uniform_loss(
 
     Returns a 0-dim tensor in x's dtype (float16/bfloat16 inputs are accumulated in
     float32), or in float32 under autocast (as torch.pdist under CUDA autocast).
-    Differentiable with respect to x and queue.
+    Differentiable with respect to x, queue and a tensor t, to any order.
     """
     function = "uniform_loss"
     _check_tensor(x, "x", function)
@@ -67,7 +89,10 @@ def uniform_loss(
         _check_tensor(queue, "queue", function)
     elif not intra_batch:
         raise ValueError(f"{function}: intra_batch=False needs a queue (there would be no pairs)")
+    t_tensor = _learned(t)
     t = _as_float(t, "t", function)
+    if t_tensor is not None:
+        x, queue = _scale_to_learned_t(t_tensor, t, x, queue)
     lse, _, _ = _ops.uniform_lse(
         x, queue, t, bool(intra_batch), 0, 1, _needs_grad(x), queue is not None and _needs_grad(queue)
     )
@@ -85,11 +110,20 @@ def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = DEFAULT_ALPHA) -
         alpha: exponent, a positive finite number.
 
     Returns a 0-dim tensor in x's dtype, or in float32 under autocast (as the
-    reference's norm under CUDA autocast).  Differentiable with respect to x and y.
+    reference's norm under CUDA autocast).  Differentiable with respect to x, y and a
+    tensor alpha, to any order.
     """
     function = "align_loss"
     _check_tensor(x, "x", function)
     _check_tensor(y, "y", function)
+    alpha_tensor = _learned(alpha)
     alpha = _as_float(alpha, "alpha", function)
-    loss, _ = _ops.align(x, y, alpha, _needs_grad(x, y))
-    return loss
+    if alpha_tensor is None:
+        loss, _ = _ops.align(x, y, alpha, _needs_grad(x, y))
+        return loss
+    # A learned exponent: the closed form in plain torch ops (O(N d) like the kernel),
+    # after the kernel's checks of the arguments.
+    with torch.no_grad():
+        _ops.align(x, y, alpha, False)
+    powers = _differentiable.align_row_powers(x, y, alpha_tensor.to(x.device))
+    return powers.mean().to(_ops.loss_dtype(x))

@@ -1,4 +1,8 @@
-"""nn.Module wrappers of the losses."""
+"""nn.Module wrappers of the losses.
+
+`t` and `alpha` may be numbers or tensors; an `nn.Parameter` is registered as the
+module's parameter and learned (the losses pass it its gradient).
+"""
 
 import math
 from typing import Optional
@@ -17,6 +21,10 @@ from .contrastive import (
 from .losses import DEFAULT_ALPHA, DEFAULT_T, align_loss, uniform_loss
 
 
+def _shown(value) -> str:
+    return str(value.item()) if isinstance(value, torch.Tensor) else str(value)
+
+
 class UniformityLoss(nn.Module):
     """`uniform_loss(x, t)` as a module."""
 
@@ -28,7 +36,7 @@ class UniformityLoss(nn.Module):
         return uniform_loss(x, self.t)
 
     def extra_repr(self) -> str:
-        return f"t={self.t}"
+        return f"t={_shown(self.t)}"
 
 
 class AlignmentLoss(nn.Module):
@@ -42,7 +50,7 @@ class AlignmentLoss(nn.Module):
         return align_loss(x, y, self.alpha)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"
+        return f"alpha={_shown(self.alpha)}"
 
 
 class AlignUniformLoss(nn.Module):
@@ -61,7 +69,7 @@ class AlignUniformLoss(nn.Module):
         return self.align_w * align + self.unif_w * unif
 
     def extra_repr(self) -> str:
-        return f"align_w={self.align_w}, unif_w={self.unif_w}, alpha={self.alpha}, t={self.t}"
+        return f"align_w={self.align_w}, unif_w={self.unif_w}, alpha={_shown(self.alpha)}, t={_shown(self.t)}"
 
 
 class NTXentLoss(nn.Module):

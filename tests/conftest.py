@@ -1,5 +1,6 @@
 """Shared test parametrization: every device (CUDA skipped without a GPU) x dtype."""
 
+import math
 import os
 
 # The Triton kernels' tests run them on CPU tensors through the interpreter; the flag is
@@ -46,3 +47,21 @@ def dense_uniform_loss(x, t=2.0):
     iu = torch.triu_indices(n, n, offset=1, device=x.device)
     e = d2[iu[0], iu[1]].mul(-t)
     return torch.logsumexp(e, 0) - torch.log(torch.tensor(float(e.numel()), dtype=x.dtype, device=x.device))
+
+
+def explicit_uniform_loss(x, t=2.0, queue=None, intra_batch=True):
+    """log mean over the pair set of exp(-t ||a - b||^2) from explicit pair differences:
+    twice differentiable (pdist has no double backward), in x, queue and a tensor t."""
+    terms = []
+    if intra_batch:
+        iu = torch.triu_indices(x.shape[0], x.shape[0], offset=1)
+        terms.append((x[iu[0]] - x[iu[1]]).pow(2).sum(1))
+    if queue is not None:
+        terms.append((x[:, None, :] - queue[None, :, :]).pow(2).sum(-1).reshape(-1))
+    d2 = torch.cat(terms)
+    return torch.logsumexp(d2 * -t, 0) - math.log(d2.numel())
+
+
+def explicit_align_loss(x, y, alpha=2.0):
+    """mean_i ||x_i - y_i||^alpha, differentiable to every order away from x_i == y_i."""
+    return (x - y).pow(2).sum(1).pow(alpha / 2).mean()

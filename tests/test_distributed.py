@@ -8,6 +8,9 @@ world size 1 on one-rank groups), because starting processes costs more than the
 scenarios themselves.
 """
 
+import inspect
+import warnings
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -194,6 +197,32 @@ def _check_agrees_with_single_process(rank, world, rows, group=None):
         assert abs(loss.item() - single.item()) <= bound, (dtype, loss.item(), single.item())
 
 
+def _check_learned_t_and_no_second_order(rank, world, rows, **kw):
+    full = global_batch(rows, D, seed=11)
+    x = shard(full, rows, rank).clone().requires_grad_(True)
+    t = torch.tensor(T, dtype=torch.float64, requires_grad=True)
+    distributed.uniform_loss(x, t, **kw).backward()
+    dist.all_reduce(t.grad)  # a replicated t: DDP averages its gradient over the ranks
+    tr = torch.tensor(T, dtype=torch.float64, requires_grad=True)
+    logsumexp_uniform_loss(full, tr).backward()
+    torch.testing.assert_close(t.grad / world, tr.grad, rtol=1e-10, atol=1e-13)
+    # Every rank raises in its backward (which has no collective): none is left waiting.
+    with pytest.raises(RuntimeError, match="second derivatives .* are not supported"):
+        torch.autograd.functional.hessian(lambda v: distributed.uniform_loss(v, T, **kw), shard(full, rows, rank).clone())
+
+
+def _check_precision_warning_points_at_the_caller(rank, world):
+    x = torch.zeros(2, 4, dtype=torch.float64)
+    if rank == 0:
+        x[1] = 1e19  # beyond what float64 Gram-form distances resolve
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distributed.uniform_loss(x, T, split=False)
+        line = inspect.currentframe().f_lineno - 1
+    ours = [w for w in caught if issubclass(w.category, pyhypersphere.PrecisionWarning)]
+    assert ours and all((w.filename, w.lineno) == (__file__, line) for w in ours), ours
+
+
 def three_ranks(rank, world):
     for mode in MODES:
         _check_loss_and_input_grad(rank, world, [70, 45, 100], **mode)  # unequal shards, several tiles
@@ -214,6 +243,9 @@ def three_ranks(rank, world):
     _check_saved_tensor_bound(rank, world, [20, 9, 16])
     _check_no_grad_path(rank, world, [5, 9, 4])
     _check_agrees_with_single_process(rank, world, [400, 300, 350])
+    _check_learned_t_and_no_second_order(rank, world, [30, 20, 25], split=True)
+    _check_learned_t_and_no_second_order(rank, world, [30, 20, 25], split=False)
+    _check_precision_warning_points_at_the_caller(rank, world)
 
 
 def two_ranks(rank, world, group):

@@ -41,7 +41,7 @@ def _injected_op_error(active: bool):
     kernel that cannot run on this GPU)."""
     original = _ops.uniform_lse
 
-    def failing(*args):
+    def failing(*args, **kwargs):
         raise RuntimeError("injected failure inside the operator")
 
     if active:

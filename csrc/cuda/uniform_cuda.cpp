@@ -156,7 +156,7 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
   const auto acc = accumulate_dtype(x.scalar_type());
   lse = lse.to(acc);
   if (compute_grad) grad_rows = grad_rows.to(acc);
-  UniformOutputs outputs = make_uniform_outputs(lse, grad_rows, x, queue, grad_x, grad_queue);
+  UniformOutputs outputs = make_uniform_outputs(lse, grad_rows, 0, x, queue, grad_x, grad_queue);
   return options.host_read ? outputs : mask_nonfinite_outputs(outputs, finite);
 }
 
