@@ -57,14 +57,17 @@ at::Tensor exp_fast_for_testing(const at::Tensor& values) {
 
 // The shared row preparation and precision policy (plan_uniform_rows), for the kernels
 // that launch from Python (pyhypersphere/triton_kernels): (z, sq_norm, finite,
-// operand_precision_ok), z in the dtype the kernel must compute in.  The argument checks
-// are the operator's.
-std::tuple<at::Tensor, at::Tensor, bool, bool> plan_uniform_rows_py(const at::Tensor& x,
-                                                              const std::optional<at::Tensor>& queue,
-                                                              double t, double operand_roundoff) {
+// operand_precision_ok, raw_operands_ok), z in the dtype the kernel must compute in.  The
+// argument checks are the operator's.
+std::tuple<at::Tensor, at::Tensor, bool, bool, bool> plan_uniform_rows_py(
+    const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
+    double operand_roundoff, bool raw_16bit_operands) {
   pyhypersphere::check_uniform_args(x, queue, t, true, 0, 1, false);
-  pyhypersphere::UniformRows rows = pyhypersphere::plan_uniform_rows(x, queue, t, operand_roundoff);
-  return {rows.z, rows.sq_norm, rows.finite, rows.operand_precision_ok};
+  pyhypersphere::UniformPlanOptions options;
+  options.raw_16bit_operands = raw_16bit_operands;
+  pyhypersphere::UniformRows rows =
+      pyhypersphere::plan_uniform_rows(x, queue, t, operand_roundoff, options);
+  return {rows.z, rows.sq_norm, rows.finite, rows.operand_precision_ok, rows.raw_operands_ok};
 }
 
 #ifdef PYHYPERSPHERE_WITH_CUDA
@@ -106,15 +109,11 @@ pybind11::dict uniform_rows_policy_py(const at::Tensor& x, const std::optional<a
   return out;
 }
 
-// The operators' argument checks and the Gram-form error test, for the same kernels: one
-// source of truth for the error messages and the precision budget.
+// The operators' argument checks, for the same kernels: one source of truth for the
+// error messages.
 void check_uniform_args_py(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
                            bool intra_batch, int64_t part, int64_t num_parts, bool grad_queue) {
   pyhypersphere::check_uniform_args(x, queue, t, intra_batch, part, num_parts, grad_queue);
-}
-
-bool gram_error_exceeds_budget_py(double max_sq_norm, double t, double unit_roundoff) {
-  return pyhypersphere::gram_error_exceeds_budget(max_sq_norm, t, unit_roundoff);
 }
 
 }  // namespace
@@ -132,6 +131,7 @@ PYBIND11_MODULE(_C, module) {
              "The captured precision warning, or an empty string; clears it (internal).");
   module.def("_plan_uniform_rows", &plan_uniform_rows_py, pybind11::arg("x"), pybind11::arg("queue"),
              pybind11::arg("t"), pybind11::arg("operand_roundoff"),
+             pybind11::arg("raw_16bit_operands") = false,
              "The rows a uniformity kernel reads and the precision it computes in (internal).");
 #ifdef PYHYPERSPHERE_WITH_CUDA
   module.def("_cuda_tile_rows", &cuda_tile_rows_py, pybind11::arg("smem_optin"),
@@ -145,10 +145,6 @@ PYBIND11_MODULE(_C, module) {
              "Raises the uniformity operator's ValueError for bad arguments (internal).");
   module.def("_check_align_args", &pyhypersphere::check_align_args,
              "Raises the alignment operator's ValueError for bad arguments (internal).");
-  module.def("_gram_error_exceeds_budget", &gram_error_exceeds_budget_py,
-             pybind11::arg("max_sq_norm"), pybind11::arg("t"), pybind11::arg("unit_roundoff"),
-             "Whether rows of this max squared norm miss the Gram-form exponent budget "
-             "with operands of this unit roundoff (internal).");
   // Read at import (the GPU backend choice) without build_info's run-time queries, which
   // raise on a misspelled CPU override that only the first op call should report.
 #ifdef PYHYPERSPHERE_WITH_CUDA

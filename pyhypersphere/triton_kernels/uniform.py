@@ -192,23 +192,19 @@ def _plan_operands(x, queue, t):
 
     The policy is the C++ one (plan_uniform_rows); here only the choice of operand format.
     """
-    low = x.dtype in (torch.bfloat16, torch.float16)
     tf32 = _fp32_matmul_allows_tf32()
-    roundoff = _C.TF32_UNIT_ROUNDOFF if tf32 and not low else _C.FLOAT32_UNIT_ROUNDOFF
-    z, sq, finite, operand_ok = _C._plan_uniform_rows(x, queue, t, roundoff)
+    roundoff = _C.TF32_UNIT_ROUNDOFF if tf32 else _C.FLOAT32_UNIT_ROUNDOFF
+    # The CUDA glue's options: for 16-bit inputs the policy first asks whether the raw
+    # inputs can be the operands (exact products, float32 sums, budget on their norms).
+    z, sq, finite, operand_ok, raw_ok = _C._plan_uniform_rows(x, queue, t, roundoff, raw_16bit_operands=True)
     if not finite:
         return None
+    if raw_ok:
+        raw = (x if queue is None else torch.cat([x, queue], 0)).contiguous()
+        # The norms of exactly the operands multiplied.
+        return raw, raw.float().square().sum(1), "ieee", "ieee"
     if z.dtype == torch.float64:
         return z, sq, "ieee", "ieee"
-    if low:
-        raw = x if queue is None else torch.cat([x, queue], 0)
-        raw = raw.contiguous()
-        raw_sq = raw.float().square().sum(1)
-        # Exact 16-bit products accumulated in float32: the float32 budget applies to the
-        # raw (uncentered) rows' norms, which are those of the operands multiplied.
-        if not _C._gram_error_exceeds_budget(float(raw_sq.max()), t, _C.FLOAT32_UNIT_ROUNDOFF):
-            return raw, raw_sq, "ieee", "ieee"
-        operand_ok = tf32 and not _C._gram_error_exceeds_budget(float(sq.max()), t, _C.TF32_UNIT_ROUNDOFF)
     precision = "tf32" if tf32 and operand_ok else "tf32x3"
     return z, sq, precision, precision
 
