@@ -59,15 +59,20 @@ at::Tensor exp_fast_for_testing(const at::Tensor& values) {
 // that launch from Python (pyhypersphere/triton_kernels): (z, sq_norm, finite,
 // operand_precision_ok, raw_operands_ok), z in the dtype the kernel must compute in.  The
 // argument checks are the operator's.
-std::tuple<at::Tensor, at::Tensor, bool, bool, bool> plan_uniform_rows_py(
+// (z, sq_norm, finite, operand_precision_ok, raw_operands_ok, finite_on_device): with
+// host_read false (CUDA-graph capture) `finite` is unknown (true) and the caller masks its
+// outputs with finite_on_device, as the CUDA glue does.
+std::tuple<at::Tensor, at::Tensor, bool, bool, bool, at::Tensor> plan_uniform_rows_py(
     const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
-    double operand_roundoff, bool raw_16bit_operands) {
+    double operand_roundoff, bool raw_16bit_operands, bool host_read) {
   pyhypersphere::check_uniform_args(x, queue, t, true, 0, 1, false);
   pyhypersphere::UniformPlanOptions options;
   options.raw_16bit_operands = raw_16bit_operands;
+  options.host_read = host_read;
   pyhypersphere::UniformRows rows =
       pyhypersphere::plan_uniform_rows(x, queue, t, operand_roundoff, options);
-  return {rows.z, rows.sq_norm, rows.finite, rows.operand_precision_ok, rows.raw_operands_ok};
+  return {rows.z, rows.sq_norm, rows.finite, rows.operand_precision_ok, rows.raw_operands_ok,
+          rows.finite_on_device};
 }
 
 #ifdef PYHYPERSPHERE_WITH_CUDA
@@ -131,7 +136,7 @@ PYBIND11_MODULE(_C, module) {
              "The captured precision warning, or an empty string; clears it (internal).");
   module.def("_plan_uniform_rows", &plan_uniform_rows_py, pybind11::arg("x"), pybind11::arg("queue"),
              pybind11::arg("t"), pybind11::arg("operand_roundoff"),
-             pybind11::arg("raw_16bit_operands") = false,
+             pybind11::arg("raw_16bit_operands") = false, pybind11::arg("host_read") = true,
              "The rows a uniformity kernel reads and the precision it computes in (internal).");
 #ifdef PYHYPERSPHERE_WITH_CUDA
   module.def("_cuda_tile_rows", &cuda_tile_rows_py, pybind11::arg("smem_optin"),

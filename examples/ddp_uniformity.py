@@ -1,6 +1,6 @@
 """Alignment + global-batch uniformity with DistributedDataParallel, complete and runnable.
 
-    torchrun --nproc_per_node 2 examples/ddp_uniformity.py                 # CPU: gloo
+    torchrun --nproc_per_node 2 examples/ddp_uniformity.py                 # CPU (gloo), unless 2 GPUs
     torchrun --nproc_per_node 4 examples/ddp_uniformity.py --steps 300      # GPUs: nccl, one per process
 
 Each of the W processes holds a shard of every global batch: the alignment term is
@@ -69,19 +69,28 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: one GPU per process (nccl) when there are enough GPUs for every "
+                        "local process, else the CPU (gloo)")
     p.add_argument("--save", help="rank 0 writes the trained encoder's state_dict here")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")  # torchrun sets the rendezvous
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    use_cuda = args.device == "cuda" or (
+        args.device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() >= local_world)
+    if use_cuda and torch.cuda.device_count() < local_world:
+        raise SystemExit(f"--device cuda needs one GPU per process: {local_world} processes on this node, "
+                         f"{torch.cuda.device_count()} GPUs")
+    dist.init_process_group("nccl" if use_cuda else "gloo")  # torchrun sets the rendezvous
     rank, world = dist.get_rank(), dist.get_world_size()
     if args.batch % world:
         raise SystemExit(f"--batch {args.batch} must be divisible by the {world} processes")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if torch.cuda.is_available():
+    if use_cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     else:

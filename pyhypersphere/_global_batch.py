@@ -46,6 +46,11 @@ DEVICE_TYPES = ("cpu", "cuda")  # index in the metadata row; anything else is le
 # Collective chunks start on 16-byte boundaries (NCCL's fast path; the issue's alignment rule).
 CHUNK_ALIGN_BYTES = 16
 
+# torch 2.13 renamed the functional tensor collectives (the old names warn there); torch
+# before it has only the old names.
+_ALL_GATHER = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+_REDUCE_SCATTER = getattr(funcol, "reduce_scatter_single", None) or funcol.reduce_scatter_tensor
+
 # Metadata columns: a bitmask of what is valid, then the shape, then the parameters' bits.
 _OK_VIEWS, _OK_PARAMS, _OK_CAPABLE = 1, 2, 4
 _FLAGS, _ROWS, _DIM, _DTYPE, _VIEWS, _NEEDS_GRAD, _DEVICE, _PARAMS = range(8)
@@ -56,9 +61,9 @@ def _collective(name: str, tensor: torch.Tensor, group) -> torch.Tensor:
     and the result is waited for at first use)."""
     group = dist.group.WORLD if group is None else group
     if name == "all_gather":
-        return funcol.all_gather_single(tensor, 0, group)
+        return _ALL_GATHER(tensor, 0, group)
     if name == "reduce_scatter":
-        return funcol.reduce_scatter_single(tensor, "sum", 0, group)
+        return _REDUCE_SCATTER(tensor, "sum", 0, group)
     raise ValueError(f"unknown collective {name!r}")
 
 
@@ -332,9 +337,12 @@ def exchange_status(
     if ok:
         row[: layout.views] = partials.to(device=layout.group_device, dtype=torch.float64)
     else:
-        row[: layout.views] = math.nan
-    for i, v in enumerate(fingerprint):  # fills: no host-to-device copy
-        row[layout.views + i] = v
+        row[: layout.views].fill_(math.nan)
+    # fill_ with a Python number launches a fill with the value as an argument; `row[i] = v`
+    # copies a CPU scalar tensor to the device instead, a synchronizing copy (seen under
+    # torch.cuda.set_sync_debug_mode("error") on the GPU machine, torch 2.11).
+    for i, v in enumerate(fingerprint):
+        row[layout.views + i].fill_(v)
     table = _collective("all_gather", row, group).view(layout.world, -1)
     values, status = table[:, : layout.views], table[:, layout.views :]
     if sync:

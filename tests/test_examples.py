@@ -38,7 +38,7 @@ def test_ddp_example_equals_single_process_training(tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(EXAMPLE), "--steps", str(STEPS), "--batch", str(BATCH), "--lr", str(LR),
-        "--dtype", "float64", "--threads", "1", "--save", str(saved),
+        "--dtype", "float64", "--threads", "1", "--device", "cpu", "--save", str(saved),
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)

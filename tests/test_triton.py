@@ -1,7 +1,8 @@
 """The Triton kernels (pyhypersphere/triton_kernels) under the Triton interpreter.
 
 TRITON_INTERPRET=1 (set in conftest.py before triton is imported) runs the kernels on CPU
-tensors through numpy: indices, masks, block tails, the online max, the column split and
+tensors through numpy; on a GPU machine with TRITON_INTERPRET=0 the same tests run compiled
+on CUDA tensors (the CPU operator stays on the CPU as the cross-check): indices, masks, block tails, the online max, the column split and
 its merge, the part slicing.  References are float64 (explicit pair differences and a
 log-sum-exp), and the CPU operator.  The interpreter is slow: shapes are small but cross
 the block sizes (64 rows, 128 features for float32; 32 and 64 for float64).
@@ -22,8 +23,11 @@ from pyhypersphere import triton_kernels as tk  # noqa: E402
 
 ops = torch.ops.pyhypersphere
 
+INTERPRET = bool(triton.knobs.runtime.interpret)
+DEVICE = "cpu" if INTERPRET else "cuda"
 pytestmark = pytest.mark.skipif(
-    not triton.knobs.runtime.interpret, reason="needs TRITON_INTERPRET=1 before triton is imported"
+    not INTERPRET and not torch.cuda.is_available(),
+    reason="needs TRITON_INTERPRET=1 before triton is imported, or a CUDA device",
 )
 
 
@@ -32,7 +36,11 @@ def rows(n, d, dtype, seed, scale=1.0, offset=0.0):
         return None
     g = torch.Generator().manual_seed(seed)
     x = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
-    return (scale * x + offset).to(dtype)
+    return (scale * x + offset).to(dtype).to(DEVICE)
+
+
+def on_cpu(t):
+    return None if t is None else t.cpu()
 
 
 def reference_lse(x, queue, t, intra_batch):
@@ -93,9 +101,9 @@ def test_values_and_gradients_against_float64(n, k, d, intra, t, dtype):
 @pytest.mark.parametrize("n,k,d,intra,t,dtype", [CASES[2], CASES[5], CASES[7]])
 def test_matches_cpu_operator(n, k, d, intra, t, dtype):
     x, queue = rows(n, d, dtype, 3), rows(k, d, dtype, 4)
-    want = ops.uniform_lse(x, queue, t, intra, 0, 1, True, queue is not None)
+    want = ops.uniform_lse(on_cpu(x), on_cpu(queue), t, intra, 0, 1, True, queue is not None)
     got = tk.uniform_lse(x, queue, t, intra, 0, 1, True, queue is not None)
-    for g, w in zip(got, want):
+    for g, w in zip((g.cpu() for g in got), want):
         assert g.dtype == w.dtype and g.shape == w.shape
         scale = float(w.abs().max()) if w.numel() else 1.0
         torch.testing.assert_close(g, w, rtol=GRAD_TOL[dtype], atol=GRAD_TOL[dtype] * max(1.0, scale))
@@ -139,8 +147,8 @@ def test_parts_sum_to_the_whole(num_parts, k):
 def test_empty_part_gives_minus_inf_and_zero_gradient():
     x = rows(2, 3, torch.float64, 9)
     lse, gx, _ = tk.uniform_lse(x, None, 2.0, True, 0, 3, True, False)  # one tile, three parts
-    want = ops.uniform_lse(x, None, 2.0, True, 0, 3, True, False)
-    assert lse == want[0] == -math.inf
+    want = ops.uniform_lse(x.cpu(), None, 2.0, True, 0, 3, True, False)
+    assert lse.item() == want[0].item() == -math.inf
     assert torch.equal(gx, torch.zeros_like(gx))
 
 
@@ -189,7 +197,7 @@ def test_bad_input_gets_the_operators_error(args):
     with pytest.raises(ValueError) as want:
         ops.uniform_lse(*args)
     with pytest.raises(ValueError) as got:
-        tk.uniform_lse(*args)
+        tk.uniform_lse(*(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args))
     assert str(got.value) == str(want.value)
 
 
@@ -198,17 +206,18 @@ def test_bad_input_gets_the_operators_error(args):
 def test_align_against_cpu_operator(dtype, n, d, alpha):
     x, y = rows(n, d, dtype, 15), rows(n, d, dtype, 16)
     y[0] = x[0]  # coincident rows: gradient 0
-    want_loss, want_grad = ops.align_loss(x, y, alpha, True)
+    want_loss, want_grad = ops.align_loss(x.cpu(), y.cpu(), alpha, True)
     loss, grad = tk.align_loss(x, y, alpha, True)
+    loss, grad = loss.cpu(), grad.cpu()
     assert loss.dtype == want_loss.dtype and grad.dtype == want_grad.dtype and grad.shape == x.shape
     tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 1e-2)
     torch.testing.assert_close(loss, want_loss, rtol=tol, atol=tol)
     torch.testing.assert_close(grad, want_grad, rtol=tol, atol=tol / n)
     assert torch.equal(grad[0], torch.zeros_like(grad[0]))
-    ref = (x.double() - y.double()).norm(dim=1).pow(alpha).mean()
+    ref = (x.double() - y.double()).norm(dim=1).pow(alpha).mean().cpu()
     torch.testing.assert_close(loss.double(), ref, rtol=tol, atol=tol)
     no_grad = tk.align_loss(x, y, alpha, False)
-    assert no_grad[1].numel() == 0 and torch.equal(no_grad[0], loss)
+    assert no_grad[1].numel() == 0 and torch.equal(no_grad[0].cpu(), loss)
 
 
 def test_align_bad_input_gets_the_operators_error():
@@ -216,7 +225,7 @@ def test_align_bad_input_gets_the_operators_error():
         with pytest.raises(ValueError) as want:
             ops.align_loss(*args, False)
         with pytest.raises(ValueError) as got:
-            tk.align_loss(*args, False)
+            tk.align_loss(*(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args), False)
         assert str(got.value) == str(want.value)
 
 
@@ -247,3 +256,37 @@ def test_build_info_names_the_gpu_backend_and_registers_it():
     assert info["gpu_backend"] == gpu_backend.BACKEND and info["gpu_backend_reason"] == gpu_backend.REASON
     has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key("pyhypersphere::uniform_lse", "CUDA")
     assert has_cuda_kernel == (info["gpu_backend"] != "none")
+
+
+def test_tf32_rule_survives_mixed_legacy_and_new_settings():
+    # torch 2.9+ raises in torch.get_float32_matmul_precision() once both the legacy
+    # (allow_tf32) and the new (fp32_precision) settings were used (seen on the GPU
+    # machine, torch 2.11); the launcher reads the CUDA matmul setting itself.
+    from pyhypersphere.triton_kernels.uniform import _fp32_matmul_allows_tf32
+
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip("torch before 2.9 has only allow_tf32")
+    old = matmul.fp32_precision
+    try:
+        matmul.allow_tf32 = True  # legacy
+        assert _fp32_matmul_allows_tf32()
+        matmul.fp32_precision = "ieee"  # new
+        assert not _fp32_matmul_allows_tf32()
+        matmul.fp32_precision = "tf32"
+        assert _fp32_matmul_allows_tf32()
+    finally:
+        matmul.fp32_precision = old
+
+
+def test_plan_without_host_read_flags_nonfinite_rows_on_the_device():
+    # The CUDA-graph-capture path: no device-to-host read, the decision made blind, the
+    # finiteness fact left on the device for the launcher to mask its outputs with.
+    x = torch.randn(6, 3)
+    for bad, want in ((False, True), (True, False)):
+        if bad:
+            x[2, 1] = float("inf")
+        z, sq, finite, operand_ok, raw_ok, finite_dev = pyhypersphere._C._plan_uniform_rows(
+            x, None, 2.0, pyhypersphere._C.FLOAT32_UNIT_ROUNDOFF, raw_16bit_operands=True, host_read=False)
+        assert finite and not raw_ok and finite_dev.dim() == 0 and bool(finite_dev) == want
+        assert z.shape == x.shape and sq.shape == (6,)

@@ -53,6 +53,10 @@ def main(argv=None, install=pip_install) -> int:
     except InvalidRequirement as e:
         print(f"TORCH_SPEC={text!r} is not a pip requirement: {e}", file=sys.stderr)
         return 2
+    if any(not s.version for s in spec.specifier):  # some packaging versions accept "torch==="
+        print(f"TORCH_SPEC={text!r} is not a pip requirement: a version operator without a version",
+              file=sys.stderr)
+        return 2
     if spec.name.lower() != "torch":
         print(f"TORCH_SPEC={text!r} must name torch, e.g. 'torch==2.13.0'", file=sys.stderr)
         return 2

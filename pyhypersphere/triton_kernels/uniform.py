@@ -184,11 +184,22 @@ def _target_programs(device: torch.device) -> int:
 
 
 def _fp32_matmul_allows_tf32() -> bool:
-    return torch.get_float32_matmul_precision() != "highest"
+    """The CUDA glue's rule (tf32_allowed in csrc/cuda/uniform_cuda.cpp).  Not
+    torch.get_float32_matmul_precision(): torch 2.9+ raises there once the legacy and the
+    new TF32 settings have both been used."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:  # torch before 2.9
+        return bool(matmul.allow_tf32)
+    if precision == "none":  # inherits the generic setting
+        precision = getattr(torch.backends, "fp32_precision", "ieee")
+    return precision == "tf32"
 
 
-def _plan_operands(x, queue, t):
-    """(z, sq_norm, gram_precision, grad_precision) or None for non-finite inputs.
+def _plan_operands(x, queue, t, host_read):
+    """(z, sq_norm, gram_precision, grad_precision, finite_on_device) or None for non-finite
+    inputs.  Without a host read (CUDA-graph capture) the decision is blind and the outputs
+    are masked with finite_on_device instead.
 
     The policy is the C++ one (plan_uniform_rows); here only the choice of operand format.
     """
@@ -196,17 +207,19 @@ def _plan_operands(x, queue, t):
     roundoff = _C.TF32_UNIT_ROUNDOFF if tf32 else _C.FLOAT32_UNIT_ROUNDOFF
     # The CUDA glue's options: for 16-bit inputs the policy first asks whether the raw
     # inputs can be the operands (exact products, float32 sums, budget on their norms).
-    z, sq, finite, operand_ok, raw_ok = _C._plan_uniform_rows(x, queue, t, roundoff, raw_16bit_operands=True)
+    z, sq, finite, operand_ok, raw_ok, finite_dev = _C._plan_uniform_rows(
+        x, queue, t, roundoff, raw_16bit_operands=True, host_read=host_read)
     if not finite:
         return None
+    finite_dev = None if host_read else finite_dev
     if raw_ok:
         raw = (x if queue is None else torch.cat([x, queue], 0)).contiguous()
         # The norms of exactly the operands multiplied.
-        return raw, raw.float().square().sum(1), "ieee", "ieee"
+        return raw, raw.float().square().sum(1), "ieee", "ieee", finite_dev
     if z.dtype == torch.float64:
-        return z, sq, "ieee", "ieee"
+        return z, sq, "ieee", "ieee", finite_dev
     precision = "tf32" if tf32 and operand_ok else "tf32x3"
-    return z, sq, precision, precision
+    return z, sq, precision, precision, finite_dev
 
 
 def _row_pass(z, sq, row_start, n_rows, col_start, col_end, n_x, t, with_grad, parts,
@@ -287,13 +300,15 @@ def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *
     acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
     n = x.shape[0]
     k = 0 if queue is None else queue.shape[0]
-    planned = _plan_operands(x, queue, t)
+    # No device-to-host read while a CUDA graph is being captured (as the CUDA glue).
+    host_read = not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    planned = _plan_operands(x, queue, t, host_read)
     if planned is None:
         nan = float("nan")
         return (torch.full((), nan, dtype=acc_t, device=x.device),
                 torch.full(x.shape, nan, dtype=acc_t, device=x.device) if grad_x else x.new_empty((0,), dtype=acc_t),
                 torch.full(queue.shape, nan, dtype=acc_t, device=x.device) if grad_queue else x.new_empty((0,), dtype=acc_t))
-    z, sq, gram_p, grad_p = planned
+    z, sq, gram_p, grad_p, finite_dev = planned
     parts = _part_bounds(n, k, intra_batch, part, num_parts)
     first_col = 0 if intra_batch else n
     m, l, lw, a = _row_pass(z, sq, 0, n, first_col, n + k, n, t, grad_x, parts, gram_p, grad_p, col_splits)
@@ -307,4 +322,8 @@ def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *
     if grad_queue:
         mq, lq, _, aq = _row_pass(z, sq, n, k, 0, n, n, t, True, parts, gram_p, grad_p, col_splits)
         gq = _row_gradient(mq, lq, aq, z[n:], lse, t).to(acc_t)
-    return lse.to(acc_t), gx, gq
+    outputs = (lse.to(acc_t), gx, gq)
+    if finite_dev is not None:  # a device-side select: NaN outputs for non-finite inputs
+        nan = torch.full((), float("nan"), dtype=acc_t, device=x.device)
+        outputs = tuple(torch.where(finite_dev, v, nan) if v.numel() else v for v in outputs)
+    return outputs
