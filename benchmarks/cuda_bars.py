@@ -48,6 +48,7 @@ import torch
 
 import pyhypersphere
 from pyhypersphere import uniform_loss
+from pyhypersphere._matmul_precision import cuda_fp32_matmul
 
 T = 2.0
 
@@ -56,21 +57,6 @@ def unit_rows(n, d, dtype, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(n, d, generator=g, device="cuda", dtype=torch.float32)
     return torch.nn.functional.normalize(x, dim=1).to(dtype)
-
-
-class Fp32Precision:
-    """Context: torch.backends.cuda.matmul.fp32_precision set to `value` (None: unchanged)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __enter__(self):
-        self.old = torch.backends.cuda.matmul.fp32_precision
-        if self.value is not None:
-            torch.backends.cuda.matmul.fp32_precision = self.value
-
-    def __exit__(self, *exc):
-        torch.backends.cuda.matmul.fp32_precision = self.old
 
 
 def cuda_ms(fn, reps, warmup=1):
@@ -170,7 +156,7 @@ def main():
     # 1 + 2: fused fwd+bwd and the GEMM bar with the same multiply-adds, per precision.
     settings = [("tf32", torch.float32, "tf32"), ("fp32 (3xTF32)", torch.float32, "ieee"), ("bf16", torch.bfloat16, None)]
     for name, dtype, precision in settings:
-        with Fp32Precision(precision):
+        with cuda_fp32_matmul(precision):
             x = unit_rows(n, d, dtype)
             mm_ms, m = mm_bar_ms(macs, dtype, args.reps)
             for backend, loss in backends.items():
@@ -186,7 +172,7 @@ def main():
     if not args.skip_big:
         big_macs = pair_macs(args.big_n, d)
         for name, dtype, precision in (("tf32", torch.float32, "tf32"), ("bf16", torch.bfloat16, None)):
-            with Fp32Precision(precision):
+            with cuda_fp32_matmul(precision):
                 x = unit_rows(args.big_n, d, dtype, seed=1)
                 for backend, loss in backends.items():
                     measure(rows, f"pyhypersphere {backend} {name}", loss, x, reps=1, macs=big_macs)
@@ -195,7 +181,7 @@ def main():
 
     # 5: a MoCo queue shape: x's rows against a queue that takes no gradient.
     for name, dtype, precision in settings:
-        with Fp32Precision(precision):
+        with cuda_fp32_matmul(precision):
             x = unit_rows(args.queue_n, d, dtype, seed=2)
             queue = unit_rows(args.queue_k, d, dtype, seed=3)
             for backend, loss in backends.items():
@@ -220,7 +206,7 @@ def main():
                 if reason is not None:
                     record(rows, method=f"{impl_name} {name}", n=n, d=d, error=reason)
                     continue
-                with Fp32Precision(precision):
+                with cuda_fp32_matmul(precision):
                     x = unit_rows(n, d, dtype)
                     try:
                         loss_fn = impl.build(n, device, dtype, T)

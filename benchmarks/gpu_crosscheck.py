@@ -13,7 +13,6 @@ per precision mode) or returns a non-finite value.
 """
 
 import argparse
-import contextlib
 import json
 import sys
 
@@ -21,6 +20,7 @@ import torch
 
 import pyhypersphere
 from pyhypersphere import triton_kernels as tk
+from pyhypersphere._matmul_precision import cuda_fp32_matmul
 
 ops = torch.ops.pyhypersphere
 
@@ -48,18 +48,6 @@ CASES = [  # mode, n, k, d, t, intra, scale, offset
         (600, 0, 8, 2.0, True, 4.0, 0.0),  # spread: the float32 / float64 fallbacks
     ]
 ]
-
-
-@contextlib.contextmanager
-def fp32_matmul(precision):
-    matmul = torch.backends.cuda.matmul
-    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
-    old = getattr(matmul, name)
-    setattr(matmul, name, precision if name == "fp32_precision" else precision == "tf32")
-    try:
-        yield
-    finally:
-        setattr(matmul, name, old)
 
 
 def rows(n, d, dtype, seed, scale, offset):
@@ -110,7 +98,7 @@ def main():
         gq = queue is not None
         ref = reference(x, queue, t, intra)
         precision = "tf32" if mode == "tf32" else "ieee"
-        with fp32_matmul(precision):
+        with cuda_fp32_matmul(precision):
             runs = {
                 "op-cuda": lambda: ops.uniform_lse(x, queue, t, intra, 0, 1, True, gq),
                 "triton": lambda: tk.uniform_lse(x, queue, t, intra, 0, 1, True, gq),

@@ -10,7 +10,6 @@ kernel instead: it checks the tests themselves (references, tolerances) where th
 no GPU.  The references are plain float64 torch code, independent of the kernels.
 """
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 import pyhypersphere
 from conftest import unit_rows
 from pyhypersphere import _ops, align_loss, uniform_loss
+from pyhypersphere._matmul_precision import cuda_fp32_matmul
 from pyhypersphere.reference import reference_align_loss
 
 ON_CPU = os.environ.get("PYHS_CUDA_TESTS_ON_CPU", "") not in ("", "0")
@@ -88,18 +88,7 @@ MODES = {
 ALL_MODES = list(MODES)
 
 
-@contextlib.contextmanager
-def fp32_matmul(precision):
-    """torch.backends.cuda.matmul.fp32_precision = precision ("tf32" or "ieee") for the
-    block; allow_tf32 on torch before 2.9, which the glue reads there."""
-    matmul = torch.backends.cuda.matmul
-    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
-    old = getattr(matmul, name)
-    setattr(matmul, name, precision if name == "fp32_precision" else precision == "tf32")
-    try:
-        yield
-    finally:
-        setattr(matmul, name, old)
+fp32_matmul = cuda_fp32_matmul  # the precision modes run under the glue's own reading of it
 
 
 @pytest.fixture

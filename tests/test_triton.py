@@ -262,7 +262,7 @@ def test_tf32_rule_survives_mixed_legacy_and_new_settings():
     # torch 2.9+ raises in torch.get_float32_matmul_precision() once both the legacy
     # (allow_tf32) and the new (fp32_precision) settings were used (seen on the GPU
     # machine, torch 2.11); the launcher reads the CUDA matmul setting itself.
-    from pyhypersphere.triton_kernels.uniform import _fp32_matmul_allows_tf32
+    from pyhypersphere._matmul_precision import cuda_matmul_allows_tf32
 
     matmul = torch.backends.cuda.matmul
     if not hasattr(matmul, "fp32_precision"):
@@ -270,11 +270,11 @@ def test_tf32_rule_survives_mixed_legacy_and_new_settings():
     old = matmul.fp32_precision
     try:
         matmul.allow_tf32 = True  # legacy
-        assert _fp32_matmul_allows_tf32()
+        assert cuda_matmul_allows_tf32()
         matmul.fp32_precision = "ieee"  # new
-        assert not _fp32_matmul_allows_tf32()
+        assert not cuda_matmul_allows_tf32()
         matmul.fp32_precision = "tf32"
-        assert _fp32_matmul_allows_tf32()
+        assert cuda_matmul_allows_tf32()
     finally:
         matmul.fp32_precision = old
 

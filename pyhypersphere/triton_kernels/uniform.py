@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from .. import _C
+from .._matmul_precision import cuda_matmul_allows_tf32
 
 # Rows per part-slicing block: `part`/`num_parts` cut the pair set into tiles of
 # PART_BLOCK x PART_BLOCK rows (upper triangle of x, then x by queue) and keep a
@@ -183,19 +184,6 @@ def _target_programs(device: torch.device) -> int:
     return 8
 
 
-def _fp32_matmul_allows_tf32() -> bool:
-    """The CUDA glue's rule (tf32_allowed in csrc/cuda/uniform_cuda.cpp).  Not
-    torch.get_float32_matmul_precision(): torch 2.9+ raises there once the legacy and the
-    new TF32 settings have both been used."""
-    matmul = torch.backends.cuda.matmul
-    precision = getattr(matmul, "fp32_precision", None)
-    if precision is None:  # torch before 2.9
-        return bool(matmul.allow_tf32)
-    if precision == "none":  # inherits the generic setting
-        precision = getattr(torch.backends, "fp32_precision", "ieee")
-    return precision == "tf32"
-
-
 def _plan_operands(x, queue, t, host_read):
     """(z, sq_norm, gram_precision, grad_precision, finite_on_device) or None for non-finite
     inputs.  Without a host read (CUDA-graph capture) the decision is blind and the outputs
@@ -203,7 +191,7 @@ def _plan_operands(x, queue, t, host_read):
 
     The policy is the C++ one (plan_uniform_rows); here only the choice of operand format.
     """
-    tf32 = _fp32_matmul_allows_tf32()
+    tf32 = cuda_matmul_allows_tf32()
     roundoff = _C.TF32_UNIT_ROUNDOFF if tf32 else _C.FLOAT32_UNIT_ROUNDOFF
     # The CUDA glue's options: for 16-bit inputs the policy first asks whether the raw
     # inputs can be the operands (exact products, float32 sums, budget on their norms).
