@@ -8,9 +8,9 @@ ValueError from the raw operator, and the PrecisionWarning path on each device. 
 line per case, exits 1 if any case crashed or did not raise/warn as it should.
 
 Why it exists: on the GPU machine's first run (2026-11-26) every such path crashed with
-SIGSEGV inside libstdc++ when the extension was built with a newer g++ (/opt/gcc) than the
-libstdc++ the process had loaded; benchmarks/gpu_run.sh runs this after building and, if
-it fails, retries with the compiler's own libstdc++ preloaded.
+SIGSEGV inside libstdc++; torch had built the extension with the image's /opt/gcc g++, and
+preloading the system libstdc++ fixed it (docs/gpu_results.md).  benchmarks/gpu_run.sh
+runs this after building and, if it fails, retries with that preload.
 """
 
 import subprocess

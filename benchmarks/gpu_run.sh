@@ -18,7 +18,7 @@
 #          N = 1,048,576, a queue shape), the `pyhypersphere bench --device cuda` sweep, the
 #          peers (FlexAttention, KeOps) each case in its own process.
 # After the build, benchmarks/error_path_check.py checks that C++ errors and warnings
-# reach Python (see there); a failure is retried with the compiler's libstdc++ preloaded.
+# reach Python (see there); a failure is retried with the system libstdc++ preloaded.
 #   slow   tests/test_cuda.py -m slow (N = 1e5, 1e6, 64-bit offsets; about 60 GiB).
 # Every stage has a time cap and the whole run ends within GPU_RUN_BUDGET seconds, so the
 # logs come back: $OUT/summary.txt (a line per stage), $OUT/logs.tgz (every log and JSON).
@@ -93,14 +93,14 @@ if [[ " $STAGES " == *" build "* ]]; then
   grep -q '"with_cuda": true' "$LOG/build_info.log" || { note "no CUDA build: stopping"; exit 1; }
 fi
 
-# C++ errors and warnings must reach Python.  A g++ newer than the libstdc++ the process
-# loads (the image's /opt/gcc) made every such path crash on the first run: then the
-# compiler's own libstdc++ is preloaded for everything that follows.
+# C++ errors and warnings must reach Python.  On the first run, with the extension built by
+# the image's /opt/gcc g++, every such path crashed inside libstdc++; preloading the PATH
+# g++'s libstdc++ (the system one there) fixed it, so that is tried for what follows.
 if ! run error_paths 120 $PY benchmarks/error_path_check.py; then
   lib=$(g++ -print-file-name=libstdc++.so.6 2>/dev/null)
   if [[ -f "$lib" ]] && LD_PRELOAD=$lib run error_paths_preloaded 120 $PY benchmarks/error_path_check.py; then
     export LD_PRELOAD=$lib
-    note "error paths: fixed by preloading $lib (the compiler's libstdc++)"
+    note "error paths: fixed by preloading $lib"
   elif [[ -x /usr/bin/g++ && "$(command -v g++)" != /usr/bin/g++ ]]; then
     note "error paths still crash with LD_PRELOAD=$lib: rebuilding with /usr/bin/g++"
     rm -rf build/temp.*

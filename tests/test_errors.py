@@ -1,6 +1,9 @@
 """Bad input gets an error that names the argument and what was expected."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +118,12 @@ def test_numpy_scalars_are_numbers():
     torch.testing.assert_close(align_loss(X, X.flip(0), np.int64(1)), align_loss(X, X.flip(0), 1.0))
     with pytest.raises(TypeError, match="t must be a number"):
         uniform_loss(X, np.bool_(True))
+
+
+def test_error_path_check_script_passes_here():
+    # benchmarks/error_path_check.py (run by benchmarks/gpu_run.sh after a build): C++
+    # errors and warnings reach Python in fresh processes, no crash.
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "error_path_check.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok  ") >= 3
