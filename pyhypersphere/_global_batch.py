@@ -79,6 +79,21 @@ def world_of(group) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+def member_of(group, function: str, local: str) -> tuple[int, int]:
+    """(rank, world) of this process in `group`, with clear errors when there is no
+    process group (`local`: the single-process function to use instead) or this
+    process is not in it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            f"{function}: no torch.distributed process group is initialized; call "
+            f"torch.distributed.init_process_group first, or use {local} for a single process"
+        )
+    rank, world = world_of(group)
+    if rank < 0:
+        raise ValueError(f"{function}: this process is not a member of the given group")
+    return rank, world
+
+
 def float_bits(value: float) -> int:
     """The IEEE-754 bits of a float64, computed on the host (no device round trip)."""
     return struct.unpack("<q", struct.pack("<d", value))[0]
@@ -197,13 +212,23 @@ def agree(
     capable: Callable[[torch.Tensor], Optional[str]],
     group,
     function: str,
+    *,
+    check: Callable[[Sequence], Optional[str]] = check_views,
+    expected: str = "x must be a 2-D floating-point tensor [N_r, d] (or a list of views of one shape)",
+    inputs: str = "x",
+    min_rows: int = 2,
 ) -> Layout:
     """The metadata exchange: one all-gather of one int64 row per rank on the group's
     device, one host read.  Raises the same error on every rank (naming the ranks at
-    fault) when inputs are invalid or disagree, before any other collective."""
+    fault) when inputs are invalid or disagree, before any other collective.
+
+    A loss other than uniformity names its own inputs: ``check`` (what is wrong with
+    this rank's views, or None; it must also rule out everything ``check_views`` does),
+    ``expected`` (what every rank must pass), ``inputs`` (their names) and ``min_rows``
+    (the fewest rows of the global batch)."""
     rank, world = world_of(group)
     gdev = group_device(group)
-    problem = check_views(views)
+    problem = check(views)
     first = views[0] if problem is None else None
     cap_problem = capable(first) if first is not None else None
     flags = (
@@ -232,10 +257,7 @@ def agree(
     bad = ranks_without(_OK_VIEWS)
     if bad:
         local = f" (here: {problem})" if rank in bad else ""
-        raise LossInputError(
-            f"{function}: x must be a 2-D floating-point tensor [N_r, d] (or a list of views of "
-            f"one shape) on every rank; rank(s) {bad} passed something else{local}"
-        )
+        raise LossInputError(f"{function}: {expected} on every rank; rank(s) {bad} passed something else{local}")
     bad = ranks_without(_OK_PARAMS)
     if bad:
         local = "; ".join(err for _, err in params.values() if err) if rank in bad else ""
@@ -255,12 +277,15 @@ def agree(
     if len(set(column(_NEEDS_GRAD))) > 1:
         which = [s for s in range(world) if table[s][_NEEDS_GRAD]]
         raise LossInputError(
-            f"{function}: x needs a gradient on rank(s) {which} only; the loss is a collective, "
-            "so every rank must build the graph (x.requires_grad and grad mode the same on every rank)"
+            f"{function}: {inputs} needs a gradient on rank(s) {which} only; the loss is a collective, "
+            f"so every rank must build the graph (requires_grad of {inputs} and grad mode the same on every rank)"
         )
     rows = column(_ROWS)
-    if sum(rows) < 2:
-        raise LossInputError(f"{function}: needs at least 2 rows across all ranks, got shards of {rows} rows")
+    if sum(rows) < min_rows:
+        plural = "s" if min_rows != 1 else ""
+        raise LossInputError(
+            f"{function}: needs at least {min_rows} row{plural} across all ranks, got shards of {rows} rows"
+        )
     return Layout.build(rank, world, rows, first.shape[1], len(views), first.dtype, first.device, gdev)
 
 
@@ -388,14 +413,16 @@ def reduce_scatter_rows(send: torch.Tensor, layout: Layout, group) -> torch.Tens
 
 
 class _PrecomputedGradient(torch.autograd.Function):
-    """Outputs `values` (one per view); backward: view v's gradient is
-    ``scale * grad_v * rows[:, v]``, rounded once to the views' dtype."""
+    """Outputs `values`: one per view (a loss per view, as uniformity's), or one for all
+    views (one loss of several inputs, as the contrastive losses').  Backward: view v's
+    gradient is ``scale * g * rows[:, v]`` with g the upstream gradient of its output,
+    rounded once to the views' dtype."""
 
     @staticmethod
     def forward(ctx, values, rows, scale, *views):
         ctx.save_for_backward(rows)
         ctx.scale, ctx.dtype, ctx.count = scale, views[0].dtype, len(views)
-        return tuple(values[i].clone() for i in range(len(views)))
+        return tuple(values[i].clone() for i in range(values.shape[0]))
 
     @staticmethod
     def backward(ctx, *grad_values):
@@ -410,16 +437,18 @@ class _PrecomputedGradient(torch.autograd.Function):
         (rows,) = ctx.saved_tensors
         d = rows.shape[1] // ctx.count
         grads = []
-        for v, g in enumerate(grad_values):
+        for v in range(ctx.count):
+            g = grad_values[v if len(grad_values) > 1 else 0]
             part = rows[:, v * d : (v + 1) * d] * (g.to(rows.dtype) * ctx.scale)
             grads.append(part.to(ctx.dtype))
         return (None, None, None, *grads)
 
 
 def attach_gradient(values: torch.Tensor, rows: Optional[torch.Tensor], scale: float, views) -> list[torch.Tensor]:
-    """One 0-dim output per view carrying `values[v]`; when `rows` (this rank's [N_r, V*d]
-    gradient rows, possibly still in flight) is given, the outputs are differentiable
-    with respect to the views and the backward is a scale (no collective)."""
+    """One 0-dim output per entry of `values` (one per view, or one for all views); when
+    `rows` (this rank's [N_r, V*d] gradient rows, possibly still in flight) is given, the
+    outputs are differentiable with respect to the views and the backward is a scale
+    (no collective)."""
     if rows is None:
-        return [values[v] for v in range(len(views))]
+        return [values[i] for i in range(values.shape[0])]
     return list(_PrecomputedGradient.apply(values, rows, scale, *views))

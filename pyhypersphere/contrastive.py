@@ -25,7 +25,7 @@ DEFAULT_CLIP_TAU = 0.07  # CLIP's initial temperature
 Temperature = Union[float, torch.Tensor]
 
 
-def _check_features(t, name: str, function: str) -> None:
+def _check_features(t, name: str, function: str, min_rows: int = 1) -> None:
     _check_tensor(t, name, function)
     if t.dim() != 2:
         raise ValueError(f"{function}: {name} must be a 2-D tensor of shape [N, d], got shape {tuple(t.shape)}")
@@ -33,8 +33,9 @@ def _check_features(t, name: str, function: str) -> None:
         raise ValueError(
             f"{function}: {name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {t.dtype}"
         )
-    if t.shape[0] < 1 or t.shape[1] < 1:
-        raise ValueError(f"{function}: {name} must have at least one row and one column, got shape {tuple(t.shape)}")
+    if t.shape[0] < min_rows or t.shape[1] < 1:
+        rows = "one row" if min_rows == 1 else f"{min_rows} rows"
+        raise ValueError(f"{function}: {name} must have at least {rows} and one column, got shape {tuple(t.shape)}")
 
 
 def _check_matches(first, first_name: str, other, other_name: str, function: str, same_rows: bool) -> None:
@@ -62,12 +63,20 @@ def _check_pair(first, second, names: Tuple[str, str], function: str) -> None:
     _check_kernel(first, function)
 
 
+def kernel_problem(x: torch.Tensor) -> Optional[str]:
+    """Why the contrastive kernel cannot run on x's device in this build, or None."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(x.device.type)
+    if key is not None and not torch._C._dispatch_has_kernel_for_dispatch_key("pyhypersphere::contrastive_lse", key):
+        return f"no {x.device.type} kernel for the contrastive losses in this build"
+    return None
+
+
 def _check_kernel(x: torch.Tensor, function: str) -> None:
     if torch.compiler.is_compiling():  # fake tensors; the dispatcher raises for real ones
         return
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(x.device.type)
-    if key is not None and not torch._C._dispatch_has_kernel_for_dispatch_key("pyhypersphere::contrastive_lse", key):
-        raise NotImplementedError(f"{function}: no {x.device.type} kernel for the contrastive losses in this build")
+    problem = kernel_problem(x)
+    if problem is not None:
+        raise NotImplementedError(f"{function}: {problem}")
 
 
 def _temperature(tau: Temperature, function: str) -> Tuple[float, Optional[torch.Tensor]]:

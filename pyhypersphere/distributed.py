@@ -9,6 +9,8 @@
 all counted, not just the (N/W)^2 within each shard.  The collective steps (metadata,
 gather, status, reduce-scatter, the backward as a scale) are the generic global-batch
 layer in ``_global_batch.py``; this module holds what is specific to uniformity.
+``nt_xent_loss`` and ``clip_loss`` (the global-batch contrastive losses) are defined in
+``distributed_contrastive.py`` and re-exported here.
 
 How the pair work is split (backend-independent): rank r takes the rows [a_r, a_{r+1})
 of the gathered batch and sums the pairs (i, j), i < j, whose first row i is one of
@@ -38,6 +40,7 @@ import torch.distributed as dist
 from . import _global_batch as gb
 from . import _ops
 from .losses import DEFAULT_T, _learned, _scale_to_learned_t
+from .distributed_contrastive import clip_loss, nt_xent_loss  # noqa: F401  (the contrastive losses)
 from .losses import uniform_loss as _local_uniform_loss
 
 _FUNCTION = "pyhypersphere.distributed.uniform_loss"
@@ -193,17 +196,9 @@ def uniform_loss(
     for a missing call).  An exception from it is fatal for the step on every rank: with
     ``equal_shards=False`` every rank raises together.
     """
-    if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError(
-            f"{_FUNCTION}: no torch.distributed process group is initialized; call "
-            "torch.distributed.init_process_group first, or use pyhypersphere.uniform_loss "
-            "for a single process"
-        )
+    _, world = gb.member_of(group, _FUNCTION, "pyhypersphere.uniform_loss")
     single = not isinstance(x, (list, tuple))
     views = [x] if single else list(x)
-    rank, world = gb.world_of(group)
-    if rank < 0:
-        raise ValueError(f"{_FUNCTION}: this process is not a member of the given group")
     if world == 1:  # no collectives at all
         losses = [_local_uniform_loss(v, t) for v in views]
         return losses[0] if single else losses

@@ -94,3 +94,27 @@ def same_on_every_rank(value, group=None) -> list:
     dist.all_gather_object(values, value, group=group)
     assert all(v == values[0] for v in values), values
     return values[0]
+
+
+def on_subgroups(rank, world, two_ranks, world_of_one) -> None:
+    """In a 3-rank run: ``two_ranks(group rank, 2, group)`` on the subgroup of global ranks
+    {1, 2} (group ranks differ from global ranks), then ``world_of_one(rank, group)`` on
+    one-rank groups."""
+    assert world == 3
+    pair = dist.new_group([1, 2])  # every rank takes part in creating every group
+    solos = [dist.new_group([r]) for r in range(world)]
+    if rank != 0:
+        two_ranks(dist.get_rank(pair), 2, pair)
+    world_of_one(rank, solos[rank])
+    dist.barrier()
+
+
+def raise_after_metadata_only(cases) -> None:
+    """Each (regex, call) raises a ValueError matching regex on this rank after exactly the
+    metadata exchange, the same collectives on every rank."""
+    for match, call in cases:
+        with recorded_collectives() as calls:
+            with pytest.raises(ValueError, match=match):
+                call()
+        assert [c[0] for c in calls] == ["all_gather"], (match, calls)  # the metadata row only
+        same_on_every_rank(calls)

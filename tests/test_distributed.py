@@ -20,7 +20,7 @@ import pyhypersphere
 from pyhypersphere import distributed
 from pyhypersphere.reference import logsumexp_uniform_loss
 
-from dist_harness import global_batch, recorded_collectives, run, same_on_every_rank, shard
+from dist_harness import global_batch, on_subgroups, recorded_collectives, run, same_on_every_rank, shard
 
 D = 16
 D_IN = 12
@@ -260,14 +260,8 @@ def two_ranks(rank, world, group):
 
 
 def two_and_three_ranks(rank, world):
-    assert world == 3
     three_ranks(rank, world)
-    pair = dist.new_group([1, 2])  # every rank takes part in creating every group
-    solos = [dist.new_group([r]) for r in range(world)]
-    if rank != 0:
-        two_ranks(dist.get_rank(pair), 2, pair)
-    _check_world_of_one(rank, solos[rank])
-    dist.barrier()
+    on_subgroups(rank, world, two_ranks, _check_world_of_one)
 
 
 def compiled_changing_shards(rank, world):

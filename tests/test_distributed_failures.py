@@ -13,7 +13,15 @@ from pyhypersphere import _global_batch, _ops, distributed
 from pyhypersphere.reference import logsumexp_uniform_loss
 
 from conftest import HAS_CUDA
-from dist_harness import COLLECTIVE_TIMEOUT_S, global_batch, recorded_collectives, run, same_on_every_rank, shard
+from dist_harness import (
+    COLLECTIVE_TIMEOUT_S,
+    global_batch,
+    raise_after_metadata_only,
+    recorded_collectives,
+    run,
+    same_on_every_rank,
+    shard,
+)
 
 D = 16
 T = 2.0
@@ -108,12 +116,7 @@ def _check_disagreements(rank, world):
         (r"invalid parameter on rank\(s\) \[0\]", lambda: distributed.uniform_loss(x, t="2" if rank == 0 else T)),
         ("at least 2 rows across all ranks", lambda: distributed.uniform_loss(x[: 1 if rank == 0 else 0])),
     ]
-    for match, call in cases:
-        with recorded_collectives() as calls:
-            with pytest.raises(ValueError, match=match):
-                call()
-        assert [c[0] for c in calls] == ["all_gather"], (match, calls)  # the metadata row only
-        same_on_every_rank(calls)
+    raise_after_metadata_only(cases)
     _group_still_works(rank, world)
 
 

@@ -1,0 +1,193 @@
+"""Global-batch contrastive losses across processes: NT-Xent and CLIP (torch.distributed).
+
+    from pyhypersphere.distributed import nt_xent_loss, clip_loss
+    loss = nt_xent_loss(z1, z2, tau=0.5)        # z1, z2: this rank's shards of the two views
+    loss = clip_loss(image, text, tau=0.07)
+
+Each returns the loss of the global batch (every rank's shards of x and y concatenated
+in rank order), the same value on every rank: the value of the single-process loss in
+``pyhypersphere.contrastive`` on the concatenated batch.  The collective steps are the
+global-batch layer (``_global_batch.py``, with the views [x, y]); this module holds the
+loss-specific step: rank r computes the log-sum-exps of its own rows only (its rows
+against every row of the gathered batch, with the fused ``contrastive_lse``; never an
+N x N matrix) and the gradient of its share of the loss with respect to every row of
+the gathered batch, which one reduce-scatter sums over the ranks.  The gradient follows
+the distributed uniformity loss's DDP convention (docs/distributed.md): the backward
+returns W * g * dL/dx_r, so DDP's averaging yields the single-process gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from . import _global_batch as gb
+from . import contrastive
+from ._contrastive_ops import contrastive_lse
+from ._ops import accumulate_dtype
+from .contrastive import DEFAULT_CLIP_TAU, DEFAULT_NT_XENT_TAU, Temperature
+from .losses import _learned
+
+_EXPECTED = "x and y must be 2-D floating-point tensors [N_r, d] of one shape, dtype and device"
+
+
+def _input_problem(function: str) -> Callable[[list], Optional[str]]:
+    """The single-process losses' checks of x and y, as a message (an empty shard is
+    allowed here: the loss is over the global batch)."""
+
+    def problem(views) -> Optional[str]:
+        x, y = views
+        try:
+            contrastive._check_features(x, "x", function, min_rows=0)
+            contrastive._check_features(y, "y", function, min_rows=0)
+            contrastive._check_matches(x, "x", y, "y", function, same_rows=True)
+        except (TypeError, ValueError) as error:
+            return str(error).removeprefix(f"{function}: ")
+        return None
+
+    return problem
+
+
+def _tau_param(tau: Temperature) -> tuple[float, Optional[str]]:
+    if isinstance(tau, torch.Tensor) and not tau.is_floating_point():
+        return math.nan, f"tau must be a number or a one-element floating-point tensor, got a {tau.dtype} tensor"
+    return gb.parse_positive(tau, "tau")
+
+
+def _to_learned_tau(tau_tensor: torch.Tensor, tau: float, x, y, both: bool):
+    """x (and y when `both`) times s = tau / tau_tensor (sqrt of it when `both`), which is
+    exactly 1 (tau = float(tau_tensor)).  The logits <x, y> / tau then carry d/d tau
+    through s on this rank's rows, while the gathered numbers and the kernel's scale
+    1 / tau are those of a plain number: ranks may mix a tensor and a number of one value."""
+    s = tau / tau_tensor
+    if both:
+        s = s.sqrt()
+    x = x * s.to(device=x.device, dtype=x.dtype)
+    return (x, y * s.to(device=y.device, dtype=y.dtype)) if both else (x, y)
+
+
+def _row_lse(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """log sum_j exp(scale <a_i, b_j>) for every row of a (-inf with no b rows)."""
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return a.new_full((a.shape[0],), -math.inf)
+    return contrastive_lse(a, b, scale, False, False)[0]
+
+
+def _nt_xent_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tensor:
+    """This rank's share of NT-Xent: its 2 N_r views' terms over the global 2N views.
+    A view's partners are its own rank's other views (the kernel's self pairs) and every
+    view of the other ranks (cross pairs); the two log-sum-exps combine by logaddexp."""
+    d, lo, hi, total = layout.dim, layout.my_offset, layout.my_offset + layout.my_rows, layout.total
+    x, y = z[:, :d], z[:, d:]
+    mine_x, mine_y = x[lo:hi], y[lo:hi]
+    if layout.my_rows == 0:
+        return z[:0].sum()  # 0, still a function of z
+    others = torch.cat([x[:lo], x[hi:], y[:lo], y[hi:]])
+    own_x, own_y = contrastive_lse(mine_x, mine_y, scale, True, True)
+    lse = torch.logaddexp(torch.cat([own_x, own_y]), _row_lse(torch.cat([mine_x, mine_y]), others, scale))
+    positive = torch.linalg.vecdot(mine_x, mine_y) * scale
+    return (lse.sum() - 2 * positive.sum()) / (2 * total)
+
+
+def _clip_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tensor:
+    """This rank's share of CLIP's loss: its rows' log-sum-exps over all of y (rows of
+    the logits) and its y rows' over all of x (columns), minus its positives."""
+    d, lo, hi = layout.dim, layout.my_offset, layout.my_offset + layout.my_rows
+    x, y = z[:, :d], z[:, d:]
+    rows, columns = _row_lse(x[lo:hi], y, scale), _row_lse(y[lo:hi], x, scale)
+    positive = torch.linalg.vecdot(x[lo:hi], y[lo:hi]) * scale
+    return ((rows + columns).sum() / 2 - positive.sum()) / layout.total
+
+
+def _plain_saving():
+    return torch.autograd.graph.saved_tensors_hooks(_keep, _keep)
+
+
+def _keep(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def _global_loss(x, y, tau: Temperature, group, local: Callable, share: Callable, symmetric_scale: bool):
+    """The global-batch loss whose single-process form is `local` and whose rank share
+    of the gathered batch is `share`; `symmetric_scale`: tau scales both inputs (a Gram
+    matrix's logits) rather than x alone."""
+    function = f"pyhypersphere.distributed.{local.__name__}"
+    _, world = gb.member_of(group, function, f"pyhypersphere.{local.__name__}")
+    if world == 1:  # no collectives at all
+        return local(x, y, tau)
+    params = {"tau": _tau_param(tau)}
+    views = [x, y]
+    tau_tensor = _learned(tau)
+    if tau_tensor is not None and params["tau"][1] is None and _input_problem(function)(views) is None:
+        views = list(_to_learned_tau(tau_tensor, params["tau"][0], x, y, symmetric_scale))
+    grad = torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in views)
+    layout = gb.agree(
+        views, params, grad, contrastive.kernel_problem, group, function,
+        check=_input_problem(function), expected=_EXPECTED, inputs="x, y or tau", min_rows=1,
+    )  # fmt: skip
+    z = gb.gather_views(views, layout, group)
+    acc = accumulate_dtype(layout.dtype)
+    failure = gb.Failure()
+    partials, send = None, None
+    with failure:
+        # The share as a function of the whole gathered batch, in the accumulation dtype
+        # (16-bit gradients stay float32 through the reduce-scatter): autograd through the
+        # operator gives its gradient with respect to every row at once.  That graph lives
+        # only within this call: the caller's saved-tensor hooks (CPU offloading) are
+        # replaced by plain saving for it.
+        with torch.enable_grad() if grad else torch.no_grad(), _plain_saving():
+            z = z.to(acc).requires_grad_(grad)
+            value = share(z, layout, 1.0 / params["tau"][0])
+            (grads,) = torch.autograd.grad(value, z) if grad else (None,)
+        if grad:
+            send = gb.scatter_buffer(grads, layout)
+            del grads
+        # exchange_status carries one partial per view: the share, and a 0.
+        partials = torch.stack([value.detach(), value.new_zeros(())])
+    table = gb.exchange_status(partials, failure, layout, params, True, group, function)  # [W, 2]
+    # Every rank sums the same table in the same order: bitwise the same loss everywhere.
+    loss = table[:, 0].sum().to(device=layout.device, dtype=layout.dtype)
+    rows = gb.reduce_scatter_rows(send, layout, group) if grad else None
+    return gb.attach_gradient(loss.reshape(1), rows, float(world), views)[0]
+
+
+def nt_xent_loss(
+    x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_NT_XENT_TAU, group: Optional[dist.ProcessGroup] = None
+) -> torch.Tensor:
+    """SimCLR's NT-Xent over the global batch's 2N views (``pyhypersphere.nt_xent_loss``
+    of every rank's x and y shards concatenated in rank order).
+
+    Args:
+        x, y: this rank's shards of the two views [N_r, d] (same shape, dtype, device);
+            N_r may differ between ranks and may be 0; d and dtype may not.
+        tau: the temperature, the same value on every rank: a positive number, or a
+            one-element tensor (read with ``.item()``: a host sync); one that requires
+            grad gets this rank's share of dL/dtau (DDP's averaging of a replicated
+            tau gives dL/dtau).
+        group: the process group (default: the default group).
+
+    Returns the loss (a 0-dim tensor in x's dtype), the same on every rank.  The backward
+    returns W * g * dL/dx_r (and dL/dy_r) for an upstream gradient g that must be the
+    same on every rank, and issues no collective; DDP's averaging then yields the
+    single-process gradient (summing over ranks instead: divide the loss by W).  Every
+    rank must call it (the same number of times, in the same order); an invalid or
+    disagreeing input raises the same error on every rank.  World size 1 calls the
+    single-process loss.
+    """
+    return _global_loss(x, y, tau, group, contrastive.nt_xent_loss, _nt_xent_share, True)
+
+
+def clip_loss(
+    x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_CLIP_TAU, group: Optional[dist.ProcessGroup] = None
+) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE over the global batch (``pyhypersphere.clip_loss`` of
+    every rank's x and y shards concatenated in rank order): every x_i against all N
+    y_j of every rank, and every y_j against all N x_i.
+
+    Arguments, value, gradient and collectives as for :func:`nt_xent_loss`; a learned
+    temperature (``tau = 1 / logit_scale.exp()``) gets this rank's share of dL/dtau.
+    """
+    return _global_loss(x, y, tau, group, contrastive.clip_loss, _clip_share, False)

@@ -1,0 +1,263 @@
+"""pyhypersphere.distributed.nt_xent_loss and clip_loss in real multi-process runs (gloo,
+CPU): values and gradients of the global batch against the single-process losses on the
+concatenated batch and against the dense float64 formulas (tests/dense_contrastive.py),
+the DDP gradient convention, a learned temperature, and inputs that disagree.
+
+One spawn of 3 ranks runs every scenario (2 ranks on a subgroup, world size 1 on
+one-rank groups): starting processes costs more than the scenarios.
+"""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import pyhypersphere
+from pyhypersphere import distributed, distributed_contrastive
+
+from dense_contrastive import dense_clip, dense_nt_xent, value_and_grads
+from dist_harness import (
+    global_batch,
+    on_subgroups,
+    raise_after_metadata_only,
+    recorded_collectives,
+    run,
+    same_on_every_rank,
+    shard,
+)
+
+D = 8
+D_IN = 6
+LOSSES = (
+    # (distributed loss, single-process loss, dense float64 formula, a tau)
+    (distributed.nt_xent_loss, pyhypersphere.nt_xent_loss, dense_nt_xent, 0.5),
+    (distributed.clip_loss, pyhypersphere.clip_loss, dense_clip, 0.07),
+)
+UPSTREAM = 1.5  # the same upstream gradient on every rank
+
+
+def _views(rows, seed, dtype=torch.float64):
+    """The global batch's two views: unit rows times norms in [0.5, 1.5] (the losses do
+    not assume normalized inputs)."""
+    g = torch.Generator().manual_seed(seed)
+    scales = 0.5 + torch.rand(sum(rows), 1, generator=g, dtype=torch.float64)
+    return [(global_batch(rows, D, seed + v) * scales).to(dtype) for v in range(2)]
+
+
+def _shards(fulls, rows, rank):
+    return [shard(f, rows, rank).clone().requires_grad_(True) for f in fulls]
+
+
+# ---------------------------------------------------------------- scenarios (run in every rank)
+
+
+def _check_values_and_grads(rank, world, rows, group=None, dtype=torch.float64, rtol=1e-12, atol=1e-13):
+    """The loss and W * g * dL/dx_r, dL/dy_r against the dense float64 formula and the
+    single-process loss on the concatenated batch; the same loss on every rank."""
+    for loss_fn, local_fn, dense_fn, tau in LOSSES:
+        fulls = _views(rows, seed=sum(rows), dtype=dtype)
+        x, y = _shards(fulls, rows, rank)
+        with recorded_collectives() as calls:
+            loss = loss_fn(x, y, tau, group=group)
+            forward_calls = len(calls)
+            (UPSTREAM * loss).backward()
+        assert len(calls) == forward_calls, "the backward issued a collective"
+        assert loss.dtype == dtype
+        expected, (gx, gy) = value_and_grads(dense_fn, *fulls, tau=tau)
+        # (atol: at N = 1 the loss is 0 up to the rounding of the positive logit)
+        torch.testing.assert_close(loss.double(), expected, rtol=rtol, atol=atol / 100)
+        scale = world * UPSTREAM  # the documented convention (DDP's averaging divides by W)
+        torch.testing.assert_close(x.grad.double(), scale * shard(gx, rows, rank), rtol=rtol, atol=atol)
+        torch.testing.assert_close(y.grad.double(), scale * shard(gy, rows, rank), rtol=rtol, atol=atol)
+        torch.testing.assert_close(loss, local_fn(*fulls, tau), rtol=rtol, atol=atol / 100)
+        same_on_every_rank(loss.item(), group)  # bit for bit
+
+
+def _check_saved_tensor_bound(rank, world, rows):
+    """Saved for the backward: this rank's gradient rows of x and y (2 N_r d elements),
+    nothing of global size."""
+    x, y = _shards(_views(rows, seed=23), rows, rank)
+    for loss_fn, _, _, tau in LOSSES:
+        saved = []
+
+        def pack(tensor):
+            saved.append(tensor.numel())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = loss_fn(x, y, tau)
+        assert sum(saved) <= 2 * rows[rank] * D, (saved, rows[rank])
+        loss.backward()
+
+
+def _check_grads_sum_to_single_process(rank, world, rows, group=None):
+    """Sum over ranks of the returned gradients / W: the single process's gradient of the
+    whole batch (every row, as DDP's averaging of parameter gradients sees it)."""
+    for loss_fn, local_fn, _, tau in LOSSES:
+        fulls = _views(rows, seed=3 + sum(rows))
+        x, y = _shards(fulls, rows, rank)
+        loss_fn(x, y, tau, group=group).backward()
+        summed = [torch.zeros_like(f) for f in fulls]
+        start = sum(rows[:rank])
+        for total, part in zip(summed, (x.grad, y.grad)):
+            total[start : start + rows[rank]] = part
+            dist.all_reduce(total, group=group)
+        _, single_grads = value_and_grads(local_fn, *fulls, tau=tau)
+        for total, single in zip(summed, single_grads):
+            torch.testing.assert_close(total / world, single, rtol=1e-12, atol=1e-13)
+
+
+def _check_under_ddp(rank, world, rows):
+    """A DDP-wrapped encoder of both views: parameter gradients as in one process."""
+    inputs = [global_batch(rows, D_IN, seed=50 + v) for v in range(2)]
+    for loss_fn, _, dense_fn, tau in LOSSES:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(D_IN, D, dtype=torch.float64)
+        single = torch.nn.Linear(D_IN, D, dtype=torch.float64)
+        single.load_state_dict(model.state_dict())
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        mine = [shard(i, rows, rank) for i in inputs]
+        x, y = F.normalize(ddp(torch.cat(mine)), dim=1).split(rows[rank])
+        loss_fn(x, y, tau).backward()
+        z1, z2 = F.normalize(single(torch.cat(inputs)), dim=1).split(sum(rows))
+        dense_fn(z1, z2, tau).backward()
+        for p, q in zip(model.parameters(), single.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-13)
+
+
+def _check_learned_tau(rank, world, rows):
+    """tau a tensor that requires grad: each rank gets its share of dL/dtau (summed over
+    ranks / W: dL/dtau); ranks may pass a number of the same value instead."""
+    for loss_fn, _, dense_fn, tau in LOSSES:
+        fulls = _views(rows, seed=7)
+        x, y = _shards(fulls, rows, rank)
+        t = torch.tensor(tau, dtype=torch.float64, requires_grad=True)
+        loss_fn(x, y, t).backward()
+        dist.all_reduce(t.grad)  # a replicated tau: DDP averages its gradient over the ranks
+        expected, grads = value_and_grads(dense_fn, *fulls, torch.tensor(tau, dtype=torch.float64))
+        torch.testing.assert_close(t.grad / world, grads[2], rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(x.grad, world * shard(grads[0], rows, rank), rtol=1e-10, atol=1e-13)
+        with torch.no_grad():
+            mixed = loss_fn(*[shard(f, rows, rank) for f in fulls], t if rank == 0 else tau)
+        torch.testing.assert_close(mixed, expected, rtol=1e-12, atol=0)
+
+
+def _check_low_precision(rank, world, rows, dtype, loss_rtol, grad_tol):
+    """float32 and bf16 shards against the dense float64 formula on the same rounded
+    inputs: the loss (in x's dtype) within `loss_rtol` relative, the gradients within
+    `grad_tol` of their largest element (float32 accumulation, one rounding to bf16)."""
+    for loss_fn, _, dense_fn, tau in LOSSES:
+        fulls = _views(rows, seed=11, dtype=dtype)
+        x, y = _shards(fulls, rows, rank)
+        loss = loss_fn(x, y, tau)
+        loss.backward()
+        expected, grads = value_and_grads(dense_fn, *fulls, tau=tau)
+        assert loss.dtype == x.grad.dtype == dtype
+        torch.testing.assert_close(loss.double(), expected, rtol=loss_rtol, atol=0)
+        for mine, full in zip((x.grad, y.grad), grads):
+            target = world * shard(full, rows, rank)
+            assert (mine.double() - target).abs().max() <= grad_tol * target.abs().max(), (dtype, loss_fn)
+
+
+def _check_no_grad(rank, world, rows):
+    fulls = _views(rows, seed=17)
+    for loss_fn, _, dense_fn, tau in LOSSES:
+        with torch.no_grad():
+            loss = loss_fn(*_shards(fulls, rows, rank), tau)
+        assert not loss.requires_grad
+        torch.testing.assert_close(loss, dense_fn(*fulls, tau), rtol=1e-12, atol=0)
+
+
+def _check_disagreements(rank, world):
+    """Invalid or disagreeing inputs on one rank: the same ValueError on every rank after
+    the metadata exchange alone, and the group goes on."""
+    x = torch.randn(4, D, dtype=torch.float64)
+    here = r" \(here: y must have the same shape" if rank == 1 else "$"  # only the rank at fault says why
+    learned_on_rank_2 = torch.tensor(0.5, requires_grad=rank == 2)
+    for loss_fn, _, _, _ in LOSSES:
+        cases = [
+            ("disagree on the feature dimension d", lambda: loss_fn(x[:, : D - rank], x[:, : D - rank])),
+            ("disagree on tau", lambda: loss_fn(x, x, 0.5 + 0.1 * (rank == 2))),
+            ("disagree on the dtype of x", lambda: loss_fn(*[x if rank == 0 else x.float()] * 2)),
+            (r"invalid parameter on rank\(s\) \[0\]", lambda: loss_fn(x, x, -1.0 if rank == 0 else 0.5)),
+            (r"invalid parameter on rank\(s\) \[1\]", lambda: loss_fn(x, x, torch.ones(2) if rank == 1 else 0.5)),
+            (r"rank\(s\) \[1\] passed something else" + here, lambda: loss_fn(x, x[: 3 if rank == 1 else 4])),
+            (r"rank\(s\) \[2\] passed something else", lambda: loss_fn(x, "y" if rank == 2 else x)),
+            (r"needs a gradient on rank\(s\) \[0\]", lambda: loss_fn(x, x.clone().requires_grad_(rank == 0))),
+            (r"x, y or tau needs a gradient on rank\(s\) \[2\]", lambda: loss_fn(x, x, learned_on_rank_2)),
+            (r"needs at least 1 row across all ranks, got shards of \[0, 0, 0\]", lambda: loss_fn(x[:0], x[:0])),
+        ]
+        raise_after_metadata_only(cases)
+    _check_no_grad(rank, world, [2, 3, 1])  # the group still works
+
+
+def _check_failure_inside_the_loss(rank, world):
+    """The operator fails on rank 1 only: it raises its error, every other rank a
+    RuntimeError naming it, and nobody waits in a collective."""
+    original = distributed_contrastive.contrastive_lse
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("injected failure inside the operator")
+
+    x = torch.randn(3, D, dtype=torch.float64, requires_grad=True)
+    if rank == 1:
+        distributed_contrastive.contrastive_lse = failing
+    try:
+        match = "injected failure" if rank == 1 else r"rank\(s\) \[1\] failed inside the loss"
+        with pytest.raises(RuntimeError, match=match):
+            distributed.clip_loss(x, x.detach())
+    finally:
+        distributed_contrastive.contrastive_lse = original
+
+
+def _check_world_of_one(rank, solo):
+    """A one-rank group: the single-process loss, no collectives."""
+    fulls = _views([6], seed=19)
+    for loss_fn, local_fn, _, tau in LOSSES:
+        with recorded_collectives() as calls:
+            loss = loss_fn(*fulls, tau, group=solo)
+        assert calls == []
+        torch.testing.assert_close(loss, local_fn(*fulls, tau), rtol=0, atol=0)
+
+
+def three_ranks(rank, world):
+    _check_values_and_grads(rank, world, [6, 4, 9])  # unequal shards
+    _check_values_and_grads(rank, world, [5, 0, 7])  # an empty shard
+    _check_values_and_grads(rank, world, [1, 1, 1])  # one row per rank
+    _check_values_and_grads(rank, world, [0, 1, 0])  # N = 1: the loss has no negatives
+    _check_grads_sum_to_single_process(rank, world, [6, 3, 8])
+    _check_saved_tensor_bound(rank, world, [20, 9, 16])
+    _check_under_ddp(rank, world, [5, 4, 6])
+    _check_learned_tau(rank, world, [4, 0, 5])
+    _check_low_precision(rank, world, [30, 17, 25], torch.float32, 1e-5, 1e-5)
+    _check_low_precision(rank, world, [12, 10, 14], torch.bfloat16, 2 * 2**-8, 1.1 * 2**-8)
+    _check_no_grad(rank, world, [3, 4, 2])
+    _check_disagreements(rank, world)
+    _check_failure_inside_the_loss(rank, world)
+
+
+def two_ranks(rank, world, group):
+    """On a subgroup of global ranks {1, 2}: group ranks differ from global ranks."""
+    _check_values_and_grads(rank, world, [7, 3], group)
+    _check_values_and_grads(rank, world, [0, 5], group)
+    _check_values_and_grads(rank, world, [20, 13], group, dtype=torch.float32, rtol=2e-5, atol=1e-6)
+    _check_grads_sum_to_single_process(rank, world, [4, 9], group)
+
+
+def all_scenarios(rank, world):
+    three_ranks(rank, world)
+    on_subgroups(rank, world, two_ranks, _check_world_of_one)
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_two_and_three_ranks_match_single_process_and_dense_formulas():
+    run(all_scenarios, world=3)
+
+
+def test_without_a_process_group_raises():
+    assert not dist.is_initialized()
+    for loss_fn in (distributed.nt_xent_loss, distributed.clip_loss):
+        with pytest.raises(RuntimeError, match="no torch.distributed process group is initialized"):
+            loss_fn(torch.randn(4, 3), torch.randn(4, 3))
