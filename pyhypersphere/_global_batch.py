@@ -431,7 +431,7 @@ class _PrecomputedGradient(torch.autograd.Function):
             # silently miss this loss's terms.
             raise RuntimeError(
                 "pyhypersphere.distributed: second derivatives (a backward with create_graph=True, "
-                "Hessians, gradient penalties, torch.func.grad) are not supported; "
+                "Hessians, gradient penalties, torch.func.grad) are not supported; for uniformity, "
                 "pyhypersphere.uniform_loss on the gathered batch supports them"
             )
         (rows,) = ctx.saved_tensors

@@ -142,6 +142,15 @@ def _check_learned_tau(rank, world, rows):
         torch.testing.assert_close(mixed, expected, rtol=1e-12, atol=0)
 
 
+def _check_no_second_order(rank, world):
+    """A backward with create_graph=True raises on every rank (its backward has no
+    collective, so none is left waiting)."""
+    for loss_fn, _, _, tau in LOSSES:
+        x, y = torch.randn(3, D, dtype=torch.float64), torch.randn(3, D, dtype=torch.float64)
+        with pytest.raises(RuntimeError, match="second derivatives .* are not supported"):
+            torch.autograd.functional.hessian(lambda v: loss_fn(v, y, tau), x)
+
+
 def _check_low_precision(rank, world, rows, dtype, loss_rtol, grad_tol):
     """float32 and bf16 shards against the dense float64 formula on the same rounded
     inputs: the loss (in x's dtype) within `loss_rtol` relative, the gradients within
@@ -232,6 +241,7 @@ def three_ranks(rank, world):
     _check_low_precision(rank, world, [30, 17, 25], torch.float32, 1e-5, 1e-5)
     _check_low_precision(rank, world, [12, 10, 14], torch.bfloat16, 2 * 2**-8, 1.1 * 2**-8)
     _check_no_grad(rank, world, [3, 4, 2])
+    _check_no_second_order(rank, world)
     _check_disagreements(rank, world)
     _check_failure_inside_the_loss(rank, world)
 
