@@ -1,8 +1,9 @@
 """The global-batch layer under the distributed losses (torch.distributed, any backend).
 
 A global-batch loss sees the concatenation of every rank's shard, in rank order.  Each
-such loss (uniformity here; the contrastive losses can plug in the same way) is built
-from these steps, and only the middle one is loss-specific:
+such loss (uniformity in ``distributed.py``, NT-Xent and CLIP in
+``distributed_contrastive.py``) is built from these steps, and only the middle one is
+loss-specific:
 
 1. ``agree`` (or ``assume_equal`` on the no-sync path): one all-gather of a metadata
    row per rank (validity of the inputs and of the loss's scalar parameters, rows, d,
@@ -349,27 +350,30 @@ def exchange_status(
     sync: bool,
     group,
     function: str,
+    width: Optional[int] = None,
 ) -> torch.Tensor:
-    """Gather every rank's partial values ([V] here) with a success flag and the
-    shape/parameter fingerprint; return the [W, V] table of partials (float64, on the
-    group's device).  With ``sync`` every rank raises when any rank failed; without, a
+    """Gather every rank's partial values ([width] of them: one per view by default) with
+    a success flag and the shape/parameter fingerprint; return the [W, width] table of
+    partials (float64, on the group's device).  With ``sync`` every rank raises when any
+    rank failed; without, a
     failure or a disagreement makes every entry NaN (no host read) and the failed rank
     raises at ``failure.reraise()``, after its last collective."""
     ok = failure.error is None
+    width = layout.views if width is None else width
     fingerprint = [float(ok), layout.my_rows, layout.dim, FLOAT_DTYPES.index(layout.dtype), layout.views]
     fingerprint += [v for v, _ in params.values()]
-    row = torch.empty(layout.views + len(fingerprint), dtype=torch.float64, device=layout.group_device)
+    row = torch.empty(width + len(fingerprint), dtype=torch.float64, device=layout.group_device)
     if ok:
-        row[: layout.views] = partials.to(device=layout.group_device, dtype=torch.float64)
+        row[:width] = partials.to(device=layout.group_device, dtype=torch.float64)
     else:
-        row[: layout.views].fill_(math.nan)
+        row[:width].fill_(math.nan)
     # fill_ with a Python number launches a fill with the value as an argument; `row[i] = v`
     # copies a CPU scalar tensor to the device instead, a synchronizing copy (seen under
     # torch.cuda.set_sync_debug_mode("error") on the GPU machine, torch 2.11).
     for i, v in enumerate(fingerprint):
-        row[layout.views + i].fill_(v)
+        row[width + i].fill_(v)
     table = _collective("all_gather", row, group).view(layout.world, -1)
-    values, status = table[:, : layout.views], table[:, layout.views :]
+    values, status = table[:, :width], table[:, width:]
     if sync:
         flags = status[:, 0].tolist()  # a host read
         failed = [s for s, f in enumerate(flags) if f != 1.0]

@@ -145,11 +145,10 @@ def _global_loss(x, y, tau: Temperature, group, local: Callable, share: Callable
         if grad:
             send = gb.scatter_buffer(grads, layout)
             del grads
-        # exchange_status carries one partial per view: the share, and a 0.
-        partials = torch.stack([value.detach(), value.new_zeros(())])
-    table = gb.exchange_status(partials, failure, layout, params, True, group, function)  # [W, 2]
+        partials = value.detach().reshape(1)
+    table = gb.exchange_status(partials, failure, layout, params, True, group, function, width=1)  # [W, 1]
     # Every rank sums the same table in the same order: bitwise the same loss everywhere.
-    loss = table[:, 0].sum().to(device=layout.device, dtype=layout.dtype)
+    loss = table.sum().to(device=layout.device, dtype=layout.dtype)
     rows = gb.reduce_scatter_rows(send, layout, group) if grad else None
     return gb.attach_gradient(loss.reshape(1), rows, float(world), views)[0]
 
