@@ -226,3 +226,21 @@ def test_workers_default_to_the_usable_cores_with_one_thread_each(monkeypatch):
     assert grid_mod.replace_threads(run.config, 1).threads == 1
     pinned = sweep.expand({"base": {"threads": 3}}).runs[0]
     assert grid_mod.replace_threads(pinned.config, 1).threads == 3  # a grid's own choice wins
+
+
+def test_joint_fit_recovers_an_exact_linear_relation_and_reports_its_quality():
+    # accuracy = 0.9 - 0.2 * align - 0.05 * uniform exactly, on points where each metric
+    # alone is a poor predictor (they trade off), so the fit is what shows the relation.
+    aligns = [0.0, 0.1, 0.8, 0.5, 0.3, 1.2, 0.05]
+    unifs = [-0.1, -1.0, -3.7, -2.4, -3.0, -3.6, -0.4]
+    rows = [{"id": f"r{i}", "status": "ok", "point": {}, "config": {},
+             "summary": {"align_alpha2": a, "uniform_t2": u, "linear_probe_acc": 0.9 - 0.2 * a - 0.05 * u,
+                         "knn_acc": 0.5}}
+            for i, (a, u) in enumerate(zip(aligns, unifs))]
+    rows.append({"id": "failed", "status": "failed", "point": {}, "config": {}, "summary": None})
+    fit = sweep.joint_fit(rows)["linear_probe_acc"]
+    assert fit["n"] == 7 and fit["r2"] == pytest.approx(1.0, abs=1e-4) and fit["rho"] == pytest.approx(1.0)
+    assert (fit["intercept"], fit["align_alpha2"], fit["uniform_t2"]) == pytest.approx((0.9, -0.2, -0.05), abs=1e-4)
+    knn = sweep.joint_fit(rows)["knn_acc"]  # constant accuracy: no spread to explain
+    assert knn["n"] == 7 and knn["r2"] is None
+    assert sweep.joint_fit(rows[:2])["linear_probe_acc"] == {"n": 2, "r2": None, "rho": None}

@@ -10,7 +10,7 @@ documented in ``pyhypersphere.sweep.grid`` and docs/reproduction.md.
 """
 
 from .grid import GridError, Run, Sweep, describe, expand, load, shipped_grids
-from .results import correlations, load_rows, spearman, write_outputs
+from .results import correlations, joint_fit, load_rows, spearman, write_outputs
 from .runner import FAILED, OK, SweepExistsError, default_workers, run
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Sweep",
     "SweepExistsError",
     "correlations",
+    "joint_fit",
     "default_workers",
     "describe",
     "expand",

@@ -52,4 +52,5 @@ def main(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"  failed: {r['id']} (see {args.out}/{r['dir']}/{runner.LOG_FILE})")
     print(results.format_correlations(results.correlations(rows)))
+    print(results.format_joint_fit(results.joint_fit(rows)))
     return 1 if failed else 0

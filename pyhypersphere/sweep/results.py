@@ -13,6 +13,7 @@ from .grid import is_number
 JSONL = "sweep.jsonl"
 CSV = "sweep.csv"
 CORRELATIONS = "correlations.json"
+JOINT_FIT = "joint_fit.json"
 # Accuracies and the metrics correlated with them: the paper's metrics at alpha = t = 2,
 # comparable across every run whatever its own alpha, t or objective.
 ACCURACIES = ("linear_probe_acc", "knn_acc")
@@ -117,6 +118,49 @@ def correlations(rows: Sequence[dict]) -> Dict[str, Dict[str, dict]]:
     return table
 
 
+def joint_fit(rows: Sequence[dict]) -> Dict[str, dict]:
+    """Least-squares fit of each accuracy on both metrics together,
+    ``accuracy ~ intercept + a * align_alpha2 + b * uniform_t2``, over the finished runs
+    with finite values: ``{accuracy: {"intercept", "align_alpha2", "uniform_t2", "r2",
+    "rho", "n"}}`` with ``rho`` Spearman's rho of the fitted values with the accuracy
+    (in-sample).  The paper's claim is about both metrics at once: encoders can trade one
+    for the other (collapse: perfect alignment, no uniformity), so each metric's own rho
+    can be weak while the pair predicts accuracy well."""
+    import numpy as np
+
+    out: Dict[str, dict] = {}
+    for acc in ACCURACIES:
+        data = [[value(r, m) for m in METRICS] + [value(r, acc)] for r in ok_rows(rows)]
+        data = np.array([d for d in data if all(is_number(v) for v in d)], dtype=float).reshape(-1, len(METRICS) + 1)
+        n = len(data)
+        if n <= len(METRICS) + 1:
+            out[acc] = {"n": n, "r2": None, "rho": None}
+            continue
+        design = np.column_stack([np.ones(n), data[:, :-1]])
+        coef, *_ = np.linalg.lstsq(design, data[:, -1], rcond=None)
+        fitted = design @ coef
+        spread = float(((data[:, -1] - data[:, -1].mean()) ** 2).sum())
+        r2 = 1.0 - float(((data[:, -1] - fitted) ** 2).sum()) / spread if spread > 0 else math.nan
+        rho = spearman(list(fitted), list(data[:, -1]))
+        out[acc] = {"intercept": round(float(coef[0]), 4),
+                    **{m: round(float(c), 4) for m, c in zip(METRICS, coef[1:])},
+                    "r2": None if math.isnan(r2) else round(r2, 4),
+                    "rho": None if math.isnan(rho) else round(rho, 4), "n": n}
+    return out
+
+
+def format_joint_fit(fit: Dict[str, dict]) -> str:
+    lines = []
+    for acc, f in fit.items():
+        if f.get("r2") is None:
+            lines.append(f"joint fit of {acc}: too few runs ({f['n']})")
+            continue
+        terms = " ".join(f"{f[m]:+.4f}*{m}" for m in METRICS)
+        lines.append(f"joint fit of {acc} over {f['n']} runs: {f['intercept']:.4f} {terms}, "
+                     f"R^2={f['r2']}, rho(fit, {acc})={f['rho']}")
+    return "\n".join(lines)
+
+
 def write_csv(path, rows: Sequence[dict], fields: Sequence[str]) -> None:
     """One line per run: id, status, the swept fields, the summary's main numbers, the error."""
     columns = ["id", "status", *fields, *SUMMARY_COLUMNS, "wall_seconds", "error"]
@@ -145,13 +189,15 @@ def write_outputs(out, rows: Sequence[dict], sweep=None, plots: bool = True) -> 
     write_csv(out / CSV, rows, fields)
     table = correlations(rows)
     (out / CORRELATIONS).write_text(json.dumps(table, indent=2) + "\n")
+    fit = joint_fit(rows)
+    (out / JOINT_FIT).write_text(json.dumps(fit, indent=2) + "\n")
     made: List[str] = []
     if plots:
         try:
             made = write_plots(out, rows, fields, table)
         except PlotsUnavailable as e:
             print(f"note: {e}", flush=True)
-    return {"csv": str(out / CSV), "correlations": table, "plots": made}
+    return {"csv": str(out / CSV), "correlations": table, "joint_fit": fit, "plots": made}
 
 
 def swept_fields(rows: Sequence[dict]) -> List[str]:
