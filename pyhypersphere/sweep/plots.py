@@ -20,7 +20,7 @@ from typing import Dict, List, Sequence
 from pyhypersphere.train.plots import PlotsUnavailable, _figure, _save
 
 from .grid import is_number
-from .results import METRICS, ok_rows, value
+from .results import METRICS, joint_fit, ok_rows, value
 
 __all__ = ["PlotsUnavailable", "write_plots"]
 
@@ -78,9 +78,11 @@ def scatter(rows: Sequence[dict], path: Path, table: Dict[str, Dict[str, dict]])
     ax.set_xlabel("alignment metric (alpha = 2), lower is better")
     ax.set_ylabel("uniformity metric (t = 2), lower is better")
     rho = table.get(ACCURACY, {})
+    fit = joint_fit(rows).get(ACCURACY, {})
     ax.set_title(
         f"{len(rows)} encoders; Spearman with accuracy: "
-        + ", ".join(f"{m.split('_')[0]} {_fmt(rho.get(m, {}).get('rho'))}" for m in METRICS),
+        + ", ".join(f"{m.split('_')[0]} {_fmt(rho.get(m, {}).get('rho'))}" for m in METRICS)
+        + f"\nboth metrics together (linear fit): R^2 {"n/a" if fit.get("r2") is None else f"{fit['r2']:.2f}"}, Spearman {_fmt(fit.get('rho'))}",
         fontsize=9,
     )
     ax.grid(alpha=0.3)
