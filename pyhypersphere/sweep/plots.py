@@ -79,10 +79,11 @@ def scatter(rows: Sequence[dict], path: Path, table: Dict[str, Dict[str, dict]])
     ax.set_ylabel("uniformity metric (t = 2), lower is better")
     rho = table.get(ACCURACY, {})
     fit = joint_fit(rows).get(ACCURACY, {})
+    r2 = "n/a" if fit.get("r2") is None else f"{fit['r2']:.2f}"
     ax.set_title(
         f"{len(rows)} encoders; Spearman with accuracy: "
         + ", ".join(f"{m.split('_')[0]} {_fmt(rho.get(m, {}).get('rho'))}" for m in METRICS)
-        + f"\nboth metrics together (linear fit): R^2 {"n/a" if fit.get("r2") is None else f"{fit['r2']:.2f}"}, Spearman {_fmt(fit.get('rho'))}",
+        + f"\nboth metrics together (linear fit): R^2 {r2}, Spearman {_fmt(fit.get('rho'))}",
         fontsize=9,
     )
     ax.grid(alpha=0.3)
