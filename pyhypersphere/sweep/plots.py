@@ -110,6 +110,10 @@ def accuracy_vs_params(rows: Sequence[dict], params: Sequence[str], path: Path) 
         ax.plot(gx, [sum(groups[x]) / len(groups[x]) for x in gx], color="black", lw=1, label="mean")
         if numeric and len(gx) > 2 and gx[0] > 0 and gx[-1] / gx[0] >= 10:
             ax.set_xscale("log")
+            if len(gx) <= 12:  # label the grid values, not a log axis' minor ticks
+                ax.set_xticks(gx)
+                ax.set_xticklabels([f"{x:g}" for x in gx])
+                ax.minorticks_off()
         if not numeric:
             ax.set_xticks(range(len(keys)))
             ax.set_xticklabels([str(json.loads(s)) for s in keys], rotation=30, fontsize=8)
