@@ -166,6 +166,7 @@ def test_sweep_writes_rows_resumes_records_failures_and_plots(tmp_path):
     for png in ("scatter.png", "accuracy_vs_params.png"):
         assert (out / png).stat().st_size > 1000
     assert json.loads((out / "correlations.json").read_text())["linear_probe_acc"]["align_alpha2"]["n"] == 2
+    assert json.loads((out / "joint_fit.json").read_text())["linear_probe_acc"]["n"] == 2  # too few for a fit
 
     with pytest.raises(sweep.SweepExistsError, match="--resume"):
         sweep.run(s, out, progress=False)
