@@ -57,11 +57,10 @@ at::Tensor exp_fast_for_testing(const at::Tensor& values) {
 
 // The shared row preparation and precision policy (plan_uniform_rows), for the kernels
 // that launch from Python (pyhypersphere/triton_kernels): (z, sq_norm, finite,
-// operand_precision_ok, raw_operands_ok), z in the dtype the kernel must compute in.  The
-// argument checks are the operator's.
-// (z, sq_norm, finite, operand_precision_ok, raw_operands_ok, finite_on_device): with
-// host_read false (CUDA-graph capture) `finite` is unknown (true) and the caller masks its
-// outputs with finite_on_device, as the CUDA glue does.
+// operand_precision_ok, raw_operands_ok, finite_on_device), z in the dtype the kernel must
+// compute in.  With host_read false (CUDA-graph capture) `finite` is unknown (true) and the
+// caller masks its outputs with finite_on_device, as the CUDA glue does.  The argument
+// checks are the operator's.
 std::tuple<at::Tensor, at::Tensor, bool, bool, bool, at::Tensor> plan_uniform_rows_py(
     const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
     double operand_roundoff, bool raw_16bit_operands, bool host_read) {

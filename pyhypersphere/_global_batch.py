@@ -355,9 +355,8 @@ def exchange_status(
     """Gather every rank's partial values ([width] of them: one per view by default) with
     a success flag and the shape/parameter fingerprint; return the [W, width] table of
     partials (float64, on the group's device).  With ``sync`` every rank raises when any
-    rank failed; without, a
-    failure or a disagreement makes every entry NaN (no host read) and the failed rank
-    raises at ``failure.reraise()``, after its last collective."""
+    rank failed; without, a failure or a disagreement makes every entry NaN (no host
+    read) and the failed rank raises at ``failure.reraise()``, after its last collective."""
     ok = failure.error is None
     width = layout.views if width is None else width
     fingerprint = [float(ok), layout.my_rows, layout.dim, FLOAT_DTYPES.index(layout.dtype), layout.views]

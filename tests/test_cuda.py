@@ -88,9 +88,6 @@ MODES = {
 ALL_MODES = list(MODES)
 
 
-fp32_matmul = cuda_fp32_matmul  # the precision modes run under the glue's own reading of it
-
-
 @pytest.fixture
 def mode(request):
     """Runs the test under MODES[request.param]'s float32 matmul precision."""
@@ -98,7 +95,7 @@ def mode(request):
     if m.fp32_precision is None:
         yield m
         return
-    with fp32_matmul(m.fp32_precision):
+    with cuda_fp32_matmul(m.fp32_precision):
         yield m
 
 
@@ -438,17 +435,17 @@ def test_tf32_setting_is_honored():
     # TF32 where its roundoff meets the budget (2 * 16 * 2^-11 * |z|^2 <= 1e-3: |z| = 0.2)...
     x = rows_on_device(1000, 128, torch.float32, seed=31, scale=0.2)
     ref_lse, ref_gx, _ = reference_lse_grad(x)
-    with fp32_matmul("ieee"):
+    with cuda_fp32_matmul("ieee"):
         accurate = fused(x)
-    with fp32_matmul("tf32"):
+    with cuda_fp32_matmul("tf32"):
         fast = fused(x)
     assert rel_err(accurate[1], ref_gx) < 5e-5
     assert rel_err(fast[1], ref_gx) > rel_err(accurate[1], ref_gx)
     # ...and float32 accuracy (the same 3xTF32 kernel, bitwise) where it does not: unit rows.
     unit = rows_on_device(1000, 128, torch.float32, seed=32)
-    with fp32_matmul("ieee"):
+    with cuda_fp32_matmul("ieee"):
         accurate = fused(unit)
-    with fp32_matmul("tf32"):
+    with cuda_fp32_matmul("tf32"):
         fallback = fused(unit)
     assert fallback[0] == accurate[0] and torch.equal(fallback[1], accurate[1])
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Sequence
 from pyhypersphere.train.plots import PlotsUnavailable, _figure, _save
 
 from .grid import is_number
-from .results import METRICS, joint_fit, ok_rows, value
+from .results import METRICS, ok_rows, value
 
 __all__ = ["PlotsUnavailable", "write_plots"]
 
@@ -32,13 +32,15 @@ ONLY_FOR_LOSS = {"tau": "infonce", "align_w": "align_uniform", "unif_w": "align_
 MARKERS = {"align_uniform": "o", "infonce": "^"}
 
 
-def write_plots(out, rows: Sequence[dict], fields: Sequence[str], table: Dict[str, Dict[str, dict]]) -> List[str]:
-    """Draws the plots that the rows support; returns the file names written."""
+def write_plots(out, rows: Sequence[dict], fields: Sequence[str], table: Dict[str, Dict[str, dict]],
+                fit: Dict[str, dict]) -> List[str]:
+    """Draws the plots that the rows support (``table`` and ``fit``: their correlations and
+    joint fit, for the scatter's title); returns the file names written."""
     out = Path(out)
     rows = [r for r in ok_rows(rows) if is_number(value(r, ACCURACY))]
     if not rows:
         return []
-    made = [scatter(rows, out / "scatter.png", table).name]
+    made = [scatter(rows, out / "scatter.png", table, fit).name]
     params = [f for f in fields if f != "seed"]
     if params:
         made.append(accuracy_vs_params(rows, params, out / "accuracy_vs_params.png").name)
@@ -47,7 +49,7 @@ def write_plots(out, rows: Sequence[dict], fields: Sequence[str], table: Dict[st
     return made
 
 
-def scatter(rows: Sequence[dict], path: Path, table: Dict[str, Dict[str, dict]]) -> Path:
+def scatter(rows: Sequence[dict], path: Path, table: Dict[str, Dict[str, dict]], fit: Dict[str, dict]) -> Path:
     fig = _figure(6.4, 5.2)
     ax = fig.add_subplot(1, 1, 1)
     xs_all = [value(r, METRICS[0]) for r in rows]
@@ -78,7 +80,7 @@ def scatter(rows: Sequence[dict], path: Path, table: Dict[str, Dict[str, dict]])
     ax.set_xlabel("alignment metric (alpha = 2), lower is better")
     ax.set_ylabel("uniformity metric (t = 2), lower is better")
     rho = table.get(ACCURACY, {})
-    fit = joint_fit(rows).get(ACCURACY, {})
+    fit = fit.get(ACCURACY, {})
     r2 = "n/a" if fit.get("r2") is None else f"{fit['r2']:.2f}"
     ax.set_title(
         f"{len(rows)} encoders; Spearman with accuracy: "

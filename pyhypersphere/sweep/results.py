@@ -194,7 +194,7 @@ def write_outputs(out, rows: Sequence[dict], sweep=None, plots: bool = True) -> 
     made: List[str] = []
     if plots:
         try:
-            made = write_plots(out, rows, fields, table)
+            made = write_plots(out, rows, fields, table, fit)
         except PlotsUnavailable as e:
             print(f"note: {e}", flush=True)
     return {"csv": str(out / CSV), "correlations": table, "joint_fit": fit, "plots": made}
