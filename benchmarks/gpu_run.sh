@@ -9,7 +9,7 @@
 #          TORCH_CUDA_ARCH_LIST, default 9.0) and the kernels-only CMake build (smoke test,
 #          tile tests), side by side; skipped when .gpubuild/gpubuild.tgz holds a build of
 #          the same sources (it is written to $OUT after a build, to be carried back);
-#   check  side by side: tests/test_cuda.py, tests/test_triton.py on CUDA tensors, the
+#   check  side by side: tests/test_cuda.py, tests/test_triton*.py on CUDA tensors, the
 #          CUDA tests through the Triton backend, the rest of the suite (its CUDA cases),
 #          the backend cross-check (benchmarks/gpu_crosscheck.py), compute-sanitizer
 #          (memcheck, racecheck, synccheck) over the standalone smoke test
@@ -118,10 +118,11 @@ if [[ " $STAGES " == *" check "* ]]; then
   run tile_tests 30 bash -c "$KBUILD/tile_order_test && $KBUILD/tile_size_test"
   run smoke 60 "$KBUILD/uniform_bench_cuda" --reps 1 --skip-timing
   run test_cuda $CAP $PT -n 4 tests/test_cuda.py -m "not slow" --junitxml="$LOG/test_cuda.xml" &
-  run test_triton_cuda $CAP $PT tests/test_triton.py &
+  run test_triton_cuda $CAP $PT tests/test_triton.py tests/test_triton_contrastive.py &
   run test_cuda_via_triton $CAP env PYHYPERSPHERE_GPU_BACKEND=triton $PT -n 4 tests/test_cuda.py -m "not slow" &
   run crosscheck $CAP $PY benchmarks/gpu_crosscheck.py --json "$LOG/crosscheck.json" &
-  run test_suite $CAP $PT -n 8 tests -m "not slow" --ignore=tests/test_cuda.py --ignore=tests/test_triton.py &
+  run test_suite $CAP $PT -n 8 tests -m "not slow" --ignore=tests/test_cuda.py --ignore=tests/test_triton.py \
+    --ignore=tests/test_triton_contrastive.py &
   if [[ ${GPU_RUN_SANITIZER:-1} == 1 ]]; then
     (for tool in memcheck racecheck synccheck; do
       run "sanitizer_$tool" 120 compute-sanitizer --tool "$tool" --error-exitcode 1 "$KBUILD/uniform_bench_cuda" --reps 1 --skip-timing
@@ -138,6 +139,13 @@ if [[ " $STAGES " == *" bench "* ]]; then
     run "sweep_$dtype" 120 $PY -m pyhypersphere bench --device cuda --n 256,1024,4096,16384,65536 --dtype $dtype \
       --impl pyhypersphere,triton,reference --max-n reference=8192 --isolation none --repeat 5 \
       --max-seconds 3 --no-plot --no-progress --out "$LOG/sweep_$dtype"
+  done
+  # The contrastive losses on the Triton kernels against the dense formula (and Inf-CL
+  # when installed; the image has no registry, so only if carried).
+  for loss in clip nt_xent; do
+    run "contrastive_$loss" 90 $PY -m pyhypersphere bench --device cuda --loss $loss --n 4096,16384,65536 \
+      --dtype float32,bfloat16 --impl pyhypersphere,dense,inf-cl --max-n dense=16384 --isolation none \
+      --repeat 5 --max-seconds 3 --no-plot --no-progress --out "$LOG/contrastive_$loss"
   done
   run sweep_peers 150 $PY -m pyhypersphere bench --device cuda --n 4096,65536 --dtype float32 \
     --impl pyhypersphere,flex,keops --isolation process --timeout 60 --repeat 5 --max-seconds 3 \

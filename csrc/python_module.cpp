@@ -149,6 +149,10 @@ PYBIND11_MODULE(_C, module) {
              "Raises the uniformity operator's ValueError for bad arguments (internal).");
   module.def("_check_align_args", &pyhypersphere::check_align_args,
              "Raises the alignment operator's ValueError for bad arguments (internal).");
+  module.def("_check_contrastive_args", &pyhypersphere::check_contrastive_args,
+             "Raises the contrastive operator's ValueError for bad arguments (internal).");
+  module.def("_check_contrastive_backward_args", &pyhypersphere::check_contrastive_backward_args,
+             "Raises the contrastive backward operator's ValueError for bad arguments (internal).");
   // Read at import (the GPU backend choice) without build_info's run-time queries, which
   // raise on a misspelled CPU override that only the first op call should report.
 #ifdef PYHYPERSPHERE_WITH_CUDA

@@ -63,12 +63,19 @@ def _check_pair(first, second, names: Tuple[str, str], function: str) -> None:
     _check_kernel(first, function)
 
 
+def device_problem(device: torch.device) -> Optional[str]:
+    """Why the contrastive kernel cannot run on this device in this build, or None (CUDA
+    needs triton: gpu_backend.py)."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    if key is not None and not torch._C._dispatch_has_kernel_for_dispatch_key("pyhypersphere::contrastive_lse", key):
+        hint = " (the CUDA kernels are Triton's: install triton)" if key == "CUDA" else ""
+        return f"no {device.type} kernel for the contrastive losses in this build{hint}"
+    return None
+
+
 def kernel_problem(x: torch.Tensor) -> Optional[str]:
     """Why the contrastive kernel cannot run on x's device in this build, or None."""
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(x.device.type)
-    if key is not None and not torch._C._dispatch_has_kernel_for_dispatch_key("pyhypersphere::contrastive_lse", key):
-        return f"no {x.device.type} kernel for the contrastive losses in this build"
-    return None
+    return device_problem(x.device)
 
 
 def _check_kernel(x: torch.Tensor, function: str) -> None:

@@ -4,6 +4,9 @@ PYHYPERSPHERE_GPU_BACKEND=cuda|triton|auto (default auto): auto takes the CUDA k
 when the extension was built with them, otherwise the Triton kernels when triton is
 installed.  The Triton kernels are registered for the CUDA dispatch key from Python;
 they are imported on first use, so `import pyhypersphere` does not import triton.
+
+The contrastive operators have no C++ CUDA kernel: on CUDA tensors they run on Triton
+whenever triton is installed, whatever the choice above.
 """
 
 import importlib.util
@@ -48,30 +51,49 @@ def _triton_align_loss(x, y, alpha, compute_grad):
     return align_loss(x, y, alpha, compute_grad)
 
 
-_lib = None
+def _triton_contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts):
+    from .triton_kernels import contrastive_lse
+
+    return contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts)
 
 
-def _register_triton() -> None:
-    global _lib
-    _lib = torch.library.Library("pyhypersphere", "IMPL")
+def _triton_contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b, part,
+                                     num_parts, grad_a, grad_b):
+    from .triton_kernels import contrastive_lse_backward
+
+    return contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b, part,
+                                    num_parts, grad_a, grad_b)
+
+
+_lib = torch.library.Library("pyhypersphere", "IMPL")
+
+
+def _register_triton_uniformity() -> None:
     # With a CUDA build this overrides the C++ registration (torch warns once).
     _lib.impl("uniform_lse", _triton_uniform_lse, "CUDA")
     _lib.impl("align_loss", _triton_align_loss, "CUDA")
 
 
-BACKEND, REASON = choose(
-    os.environ.get(ENV_VAR, "auto").strip().lower() or "auto",
-    bool(_C.WITH_CUDA),
-    importlib.util.find_spec("triton") is not None,
-)
+def _register_triton_contrastive() -> None:
+    _lib.impl("contrastive_lse", _triton_contrastive_lse, "CUDA")
+    _lib.impl("contrastive_lse_backward", _triton_contrastive_lse_backward, "CUDA")
+
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+BACKEND, REASON = choose(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto", bool(_C.WITH_CUDA), HAS_TRITON)
 if BACKEND == "triton":
-    _register_triton()
+    _register_triton_uniformity()
+if HAS_TRITON:
+    _register_triton_contrastive()
+CONTRASTIVE_BACKEND = "triton" if HAS_TRITON else "none"
 
 
 def build_info() -> dict:
     """How the extension was built (CUDA, arch list, torch, OpenMP, threads, CPU tile
-    GEMM) and which GPU backend the operators use on CUDA tensors, and why."""
+    GEMM) and which GPU backend the operators use on CUDA tensors, and why
+    (`contrastive_gpu_backend`: the contrastive operators', triton or none)."""
     info = dict(_C.build_info())
     info["gpu_backend"] = BACKEND
     info["gpu_backend_reason"] = REASON
+    info["contrastive_gpu_backend"] = CONTRASTIVE_BACKEND
     return info

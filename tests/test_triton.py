@@ -20,15 +20,11 @@ triton = pytest.importorskip("triton")
 import pyhypersphere  # noqa: E402
 from pyhypersphere import gpu_backend  # noqa: E402
 from pyhypersphere import triton_kernels as tk  # noqa: E402
+from triton_device import DEVICE, INTERPRET, RUNNABLE  # noqa: E402
 
 ops = torch.ops.pyhypersphere
 
-INTERPRET = bool(triton.knobs.runtime.interpret)
-DEVICE = "cpu" if INTERPRET else "cuda"
-pytestmark = pytest.mark.skipif(
-    not INTERPRET and not torch.cuda.is_available(),
-    reason="needs TRITON_INTERPRET=1 before triton is imported, or a CUDA device",
-)
+pytestmark = RUNNABLE
 
 
 def rows(n, d, dtype, seed, scale=1.0, offset=0.0):

@@ -84,9 +84,9 @@ class ContrastiveImpl:
 
 
 def _fused_unsupported(_loss, device, _dtype) -> Optional[str]:
-    if device.type != "cpu":
-        return "the fused contrastive losses have a CPU kernel only so far (the Triton one is in progress)"
-    return None
+    from .. import contrastive
+
+    return contrastive.device_problem(device)
 
 
 CONTRASTIVE_IMPLS = {

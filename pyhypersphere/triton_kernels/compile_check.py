@@ -26,7 +26,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from . import align, uniform  # noqa: E402
+from . import align, contrastive, uniform  # noqa: E402
 
 # Largest shared memory one block may use (opt-in), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -83,16 +83,53 @@ def _align_jobs():
                 yield name, "align", sig, consts, cfg["num_warps"], cfg["num_stages"], False
 
 
+def _contrastive_jobs():
+    # Per operand format: the full-width and the chunked configuration, each with every
+    # mask (self pairs and parts: the most registers), plus the plain cross-pair variants
+    # the single-process losses launch (no parts).
+    for dtype, precision, _ in UNIFORM_FORMATS:
+        acc = "*fp64" if dtype == torch.float64 else "*fp32"
+        for d in (128, 4096):
+            for self_pairs, has_parts in ((True, True), (False, False)):
+                cfg = contrastive.contrastive_config(dtype, d, precision, has_parts)
+                one_chunk = d <= cfg["BLOCK_D"]
+                consts = {"SELF_PAIRS": self_pairs, "HAS_PARTS": has_parts, "PART_ROWS": contrastive.PART_BLOCK,
+                          "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"],
+                          "ONE_CHUNK": one_chunk, "PRECISION": precision, "WIDEN_OPERANDS": False}
+                common = {"row_start": "i64", "n_rows": "i64", "n_cols": "i64", "cols_per_split": "i64", "d": "i64",
+                          "stride_r": "i64", "stride_c": "i64", "scale_ptr": acc, "part_lo": "i32", "part_hi": "i32",
+                          "row_tile_stride": "i32", "col_tile_stride": "i32", "tri_blocks": "i32"}
+                label = (f"{str(dtype).split('.')[-1]}/{precision} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
+                         f"D{cfg['BLOCK_D']}{'' if one_chunk else ' chunked'}"
+                         f"{' self' if self_pairs else ' cross'}{' parts' if has_parts else ''}")
+                sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "m_ptr": acc, "l_ptr": acc, **common}
+                yield (f"contrastive lse {label}", "contrastive_lse", sig, consts, cfg["num_warps"],
+                       cfg["num_stages"], True)
+                sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "lse_r_ptr": acc, "g_r_ptr": acc,
+                       "lse_c_ptr": acc, "g_c_ptr": acc, "out_ptr": acc, **common}
+                # Both terms (self pairs, CLIP); cross pairs also with column terms only (b's
+                # gradient when only a's lse has an upstream gradient: InfoNCE's keys).
+                for row_terms in ((True,) if self_pairs else (True, False)):
+                    grad_consts = dict(consts, ROW_TERMS=row_terms, COL_TERMS=True)
+                    yield (f"contrastive grad {label}{'' if row_terms else ' col-terms'}", "contrastive_grad",
+                           sig, grad_consts, cfg["num_warps"], cfg["num_stages"], True)
+
+
 def _jobs():
     # De-duplicated: small d values can map to the same configuration.
     seen = set()
-    for job in list(_uniform_jobs()) + list(_align_jobs()):
+    for job in list(_uniform_jobs()) + list(_align_jobs()) + list(_contrastive_jobs()):
         if job[0] not in seen:
             seen.add(job[0])
             yield job
 
 
-_KERNELS = {"uniform": lambda: uniform._uniform_rows_kernel, "align": lambda: align._align_rows_kernel}
+_KERNELS = {
+    "uniform": lambda: uniform._uniform_rows_kernel,
+    "align": lambda: align._align_rows_kernel,
+    "contrastive_lse": lambda: contrastive._row_lse_kernel,
+    "contrastive_grad": lambda: contrastive._row_grad_kernel,
+}
 
 
 def _ptxas_stats(ptx: str, arch: int) -> tuple:
@@ -138,9 +175,9 @@ def compile_one(job, arch: int) -> dict:
 
 def _format(row: dict) -> str:
     if "regs" not in row:
-        return f"FAIL {row['name']:<48} sm_{row['arch']}  {row['problem']}"
+        return f"FAIL {row['name']:<60} sm_{row['arch']}  {row['problem']}"
     status = "FAIL" if row["problem"] else "ok  "
-    return (f"{status} {row['name']:<48} sm_{row['arch']}  regs {row['regs']:>3}  smem {row['smem']:>6} B  "
+    return (f"{status} {row['name']:<60} sm_{row['arch']}  regs {row['regs']:>3}  smem {row['smem']:>6} B  "
             f"spill {row['spills']:>3} B  tensor-core {row['tensor_core']}"
             + (f"  <- {row['problem']}" if row["problem"] else ""))
 

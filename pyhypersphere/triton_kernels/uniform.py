@@ -26,6 +26,8 @@ import triton.language as tl
 
 from .. import _C
 from .._matmul_precision import cuda_matmul_allows_tf32
+from .splits import merge_splits, split_columns
+from .tiles import logit_tile, row_block
 
 # Rows per part-slicing block: `part`/`num_parts` cut the pair set into tiles of
 # PART_BLOCK x PART_BLOCK rows (upper triangle of x, then x by queue) and keep a
@@ -44,23 +46,15 @@ def _uniform_rows_kernel(
     ONE_CHUNK: tl.constexpr, GRAM_PRECISION: tl.constexpr, GRAD_PRECISION: tl.constexpr,
     WIDEN_OPERANDS: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
     split = tl.program_id(1)
     d_chunk = tl.program_id(2)  # the slice of a_i this program accumulates (d > BLOCK_D)
     acc_t = sq_ptr.dtype.element_ty
     neg_t = tl.load(neg_t_ptr)  # a pointer: a Python float argument would be float32
 
-    local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = local < n_rows
-    rows = (row_start + local).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D)
-    chunk_d = d_chunk * BLOCK_D + offs_d
+    local, row_ok, rows, z_i = row_block(z_ptr, row_start, n_rows, d, stride_z, ONE_CHUNK, BLOCK_M, BLOCK_D,
+                                         WIDEN_OPERANDS, acc_t)
+    chunk_d = d_chunk * BLOCK_D + tl.arange(0, BLOCK_D)
     sq_i = tl.load(sq_ptr + rows, mask=row_ok, other=0.0)
-    if ONE_CHUNK:
-        z_i = tl.load(z_ptr + rows[:, None] * stride_z + offs_d[None, :],
-                      mask=row_ok[:, None] & (offs_d[None, :] < d), other=0.0)
-        if WIDEN_OPERANDS:
-            z_i = z_i.to(acc_t)
 
     m_i = tl.full([BLOCK_M], float("-inf"), acc_t)
     l_i = tl.zeros([BLOCK_M], acc_t)
@@ -72,26 +66,8 @@ def _uniform_rows_kernel(
     for c0 in range(c_lo, c_hi, BLOCK_N):
         cols = (c0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         col_ok = cols < c_hi
-        if ONE_CHUNK:
-            z_j = tl.load(z_ptr + cols[:, None] * stride_z + offs_d[None, :],
-                          mask=col_ok[:, None] & (offs_d[None, :] < d), other=0.0)
-            if WIDEN_OPERANDS:
-                z_j = z_j.to(acc_t)
-            gram = tl.dot(z_i, tl.trans(z_j), input_precision=GRAM_PRECISION, out_dtype=acc_t)
-        else:
-            gram = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
-            # Row pointers as vectors, broadcast inside the loop: hoisted [M, D] pointer
-            # tiles of 64-bit addresses would take the registers.
-            zi_rows = z_ptr + rows * stride_z
-            zj_rows = z_ptr + cols * stride_z
-            for k0 in range(0, d, BLOCK_D):
-                dk = k0 + offs_d
-                zi_k = tl.load(zi_rows[:, None] + dk[None, :], mask=row_ok[:, None] & (dk[None, :] < d), other=0.0)
-                zj_k = tl.load(zj_rows[:, None] + dk[None, :], mask=col_ok[:, None] & (dk[None, :] < d), other=0.0)
-                if WIDEN_OPERANDS:
-                    zi_k = zi_k.to(acc_t)
-                    zj_k = zj_k.to(acc_t)
-                gram += tl.dot(zi_k, tl.trans(zj_k), input_precision=GRAM_PRECISION, out_dtype=acc_t)
+        gram, z_j = logit_tile(z_ptr, z_ptr, rows, cols, row_ok, col_ok, z_i, d, stride_z, stride_z, ONE_CHUNK,
+                               BLOCK_M, BLOCK_N, BLOCK_D, GRAM_PRECISION, WIDEN_OPERANDS, acc_t)
         sq_j = tl.load(sq_ptr + cols, mask=col_ok, other=0.0)
         dist2 = tl.maximum(sq_i[:, None] + sq_j[None, :] - 2.0 * gram, 0.0)
         expo = dist2 * neg_t
@@ -176,14 +152,6 @@ def uniform_config(operand_dtype: torch.dtype, d: int, precision: str, has_parts
             "num_stages": 1 if chunked else 2}
 
 
-def _target_programs(device: torch.device) -> int:
-    # Enough programs for every SM to hold a few; on CPU (the interpreter) a small number
-    # so that tests exercise the column split.
-    if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 8
-
-
 def _plan_operands(x, queue, t, host_read):
     """(z, sq_norm, gram_precision, grad_precision, finite_on_device) or None for non-finite
     inputs.  Without a host read (CUDA-graph capture) the decision is blind and the outputs
@@ -220,12 +188,7 @@ def _row_pass(z, sq, row_start, n_rows, col_start, col_end, n_x, t, with_grad, p
     cfg = uniform_config(z.dtype, d, gram_precision, part_hi >= 0)
     block_m, block_n, block_d = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
     row_blocks = triton.cdiv(n_rows, block_m)
-    col_blocks = max(1, triton.cdiv(col_end - col_start, block_n))
-    if col_splits is None:
-        col_splits = triton.cdiv(_target_programs(z.device), row_blocks)
-    col_splits = max(1, min(col_splits, col_blocks))
-    cols_per_split = triton.cdiv(col_blocks, col_splits) * block_n
-    col_splits = max(1, triton.cdiv(col_end - col_start, cols_per_split))
+    col_splits, cols_per_split = split_columns(n_rows, col_end - col_start, block_m, block_n, z.device, col_splits)
     d_chunks = triton.cdiv(d, block_d) if with_grad else 1
 
     m = torch.empty((col_splits, n_rows), dtype=acc_t, device=z.device)
@@ -245,18 +208,7 @@ def _row_pass(z, sq, row_start, n_rows, col_start, col_end, n_x, t, with_grad, p
         WIDEN_OPERANDS=triton.knobs.runtime.interpret and z.dtype in (torch.bfloat16, torch.float16),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    return _merge_splits(m, l, lw, acc if with_grad else None)
-
-
-def _merge_splits(m, l, lw, acc):
-    """Combines the column splits' partial (max, sums, accumulator) in split order."""
-    if m.shape[0] == 1:
-        return m[0], l[0], lw[0], None if acc is None else acc[0]
-    top = m.amax(0)
-    shift = torch.where(torch.isneginf(top), torch.zeros_like(top), top)
-    scale = torch.exp(m - shift)
-    merged_acc = None if acc is None else (acc * scale[..., None]).sum(0)
-    return top, (l * scale).sum(0), (lw * scale).sum(0), merged_acc
+    return merge_splits(m, (l, lw), acc if with_grad else None)
 
 
 def _part_bounds(n, k, intra_batch, part, num_parts):

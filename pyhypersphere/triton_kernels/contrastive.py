@@ -1,0 +1,335 @@
+"""Triton kernels and launchers for `contrastive_lse` and `contrastive_lse_backward`
+(contract: csrc/ops.h).
+
+Both kernels are flash-style row blocks: a program owns BLOCK_M rows R_i and sweeps a
+contiguous range of partner columns C_j with the logits s_ij = scale <R_i, C_j> computed
+tile by tile, never stored.  No program waits for another and there are no atomics.
+
+- `_row_lse_kernel`: per row an online max m_i and l_i = sum_j exp(s_ij - m_i).
+- `_row_grad_kernel`: per row scale * sum_j w_ij C_j with the softmax weights of both
+  sides of each logit, w_ij = g_i exp(s_ij - lse_i) + h_j exp(s_ij - lse_j) (each <= |g|
+  since an lse bounds its logits), for the upstream gradients g (rows) and h (columns).
+
+Every side of the contract is one of these with the roles of the inputs chosen:
+- cross pairs: a's lse = rows a against columns b; b's (CLIP's column lse) = rows b
+  against columns a.  d/da = rows a (row terms g = grad_lse_a, column terms h =
+  grad_lse_b); d/db = rows b against columns a with the two terms' roles exchanged.
+- self pairs: a and b stacked into Z, rows Z against columns Z without the diagonal; the
+  logit matrix is symmetric, so the gradient of a row has both terms with the stacked lse
+  and upstream gradients.
+A symmetric logit is thus computed twice (once per side), which buys determinism without
+ordering programs.  Few row blocks (queue shapes) split the columns over programs whose
+partials merge in split order (splits.py).
+
+Precision: float64 in float64; float32 with TF32 products when torch allows TF32 for
+float32 matmuls (as `a @ b.T` would), else 3xTF32 (float32 accuracy); bf16/fp16 inputs
+multiplied as given on 16-bit tensor cores with float32 accumulation (exact products),
+and in the gradient's second product the weights rounded to the 16-bit format (as flash
+attention does).  Unlike the uniformity loss there is no centering: an inner product has
+no cancellation to protect.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _C  # noqa: F401  (loads the operator schemas and their checks)
+from .._matmul_precision import cuda_matmul_allows_tf32
+from .splits import merge_splits, split_columns
+from .tiles import logit_tile, row_block
+from .uniform import uniform_config
+
+# Rows per part-slicing block: `part`/`num_parts` cut the pair set into tiles of
+# PART_BLOCK x PART_BLOCK rows (self pairs: the upper triangle of the stacked rows' blocks;
+# cross pairs: a's blocks by b's blocks, row-major) and keep a contiguous, balanced range.
+PART_BLOCK = 64
+
+
+@triton.jit
+def _pair_mask(rows, cols, row_ok, col_ok, part_lo, part_hi, row_tile_stride, col_tile_stride,
+               tri_blocks, SELF_PAIRS: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr):
+    """Which (row, column) entries of the tile are pairs of this call."""
+    ok = row_ok[:, None] & col_ok[None, :]
+    if SELF_PAIRS:
+        ok = ok & (rows[:, None] != cols[None, :])
+    if HAS_PARTS:
+        # The pair's tile from per-row and per-column block indices (int32 per element: the
+        # launcher checks the tile count fits), the same whichever side is the row.
+        rb = (rows // PART_ROWS).to(tl.int32)
+        cb = (cols // PART_ROWS).to(tl.int32)
+        if SELF_PAIRS:
+            lo_b = tl.minimum(rb[:, None], cb[None, :])
+            hi_b = tl.maximum(rb[:, None], cb[None, :])
+            tile = lo_b * tri_blocks - (lo_b * (lo_b - 1)) // 2 + hi_b - lo_b
+        else:
+            tile = rb[:, None] * row_tile_stride + cb[None, :] * col_tile_stride
+        ok = ok & (tile >= part_lo) & (tile < part_hi)
+    return ok
+
+
+@triton.jit
+def _logits(r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale,
+            part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks,
+            SELF_PAIRS: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
+            ONE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+            PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, acc_t: tl.constexpr):
+    """The column tile from c0: (columns, their mask, the logits scale <R_i, C_j>, which
+    entries are pairs of this call, the columns' features when they fit one chunk)."""
+    cols = (c0 + tl.arange(0, BLOCK_N)).to(tl.int64)
+    col_ok = cols < c_hi
+    gram, c_j = logit_tile(r_ptr, c_ptr, rows, cols, row_ok, col_ok, r_i, d, stride_r, stride_c,
+                           ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, acc_t)
+    ok = _pair_mask(rows, cols, row_ok, col_ok, part_lo, part_hi, row_tile_stride, col_tile_stride,
+                    tri_blocks, SELF_PAIRS, HAS_PARTS, PART_ROWS)
+    return cols, col_ok, gram * scale, ok, c_j
+
+
+@triton.jit
+def _row_lse_kernel(
+    r_ptr, c_ptr, m_ptr, l_ptr,
+    row_start, n_rows, n_cols, cols_per_split, d, stride_r, stride_c, scale_ptr,
+    part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks,
+    SELF_PAIRS: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ONE_CHUNK: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr,
+):
+    split = tl.program_id(1)
+    acc_t = m_ptr.dtype.element_ty
+    scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be float32
+    local, row_ok, rows, r_i = row_block(r_ptr, row_start, n_rows, d, stride_r, ONE_CHUNK, BLOCK_M, BLOCK_D,
+                                         WIDEN_OPERANDS, acc_t)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), acc_t)
+    l_i = tl.zeros([BLOCK_M], acc_t)
+    c_lo = split * cols_per_split
+    c_hi = tl.minimum(n_cols, c_lo + cols_per_split)
+    for c0 in range(c_lo, c_hi, BLOCK_N):
+        cols, col_ok, s, ok, _ = _logits(
+            r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale,
+            part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, SELF_PAIRS, HAS_PARTS, PART_ROWS,
+            ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, acc_t)
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l_i = l_i * tl.exp(m_i - shift) + tl.sum(tl.exp(s - shift[:, None]), 1)
+        m_i = m_new
+
+    out = split.to(tl.int64) * n_rows + local
+    tl.store(m_ptr + out, m_i, mask=row_ok)
+    tl.store(l_ptr + out, l_i, mask=row_ok)
+
+
+@triton.jit
+def _row_grad_kernel(
+    r_ptr, c_ptr, lse_r_ptr, g_r_ptr, lse_c_ptr, g_c_ptr, out_ptr,
+    row_start, n_rows, n_cols, cols_per_split, d, stride_r, stride_c, scale_ptr,
+    part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks,
+    ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr,
+    SELF_PAIRS: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ONE_CHUNK: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr,
+):
+    split = tl.program_id(1)
+    d_chunk = tl.program_id(2)  # the slice of the gradient this program accumulates (d > BLOCK_D)
+    acc_t = out_ptr.dtype.element_ty
+    scale = tl.load(scale_ptr)
+    local, row_ok, rows, r_i = row_block(r_ptr, row_start, n_rows, d, stride_r, ONE_CHUNK, BLOCK_M, BLOCK_D,
+                                         WIDEN_OPERANDS, acc_t)
+    chunk_d = d_chunk * BLOCK_D + tl.arange(0, BLOCK_D)
+    # A row whose lse is -inf has no pairs: its weights never occur (and exp(s + inf)
+    # would), so its terms are masked out rather than computed.
+    if ROW_TERMS:
+        lse_i = tl.load(lse_r_ptr + rows, mask=row_ok, other=float("-inf"))
+        g_i = tl.load(g_r_ptr + rows, mask=row_ok, other=0.0)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], acc_t)
+    c_lo = split * cols_per_split
+    c_hi = tl.minimum(n_cols, c_lo + cols_per_split)
+    for c0 in range(c_lo, c_hi, BLOCK_N):
+        cols, col_ok, s, ok, c_j = _logits(
+            r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale,
+            part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, SELF_PAIRS, HAS_PARTS, PART_ROWS,
+            ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, acc_t)
+        w = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
+        if ROW_TERMS:
+            live = ok & (lse_i[:, None] > float("-inf"))
+            w += g_i[:, None] * tl.exp(tl.where(live, s - lse_i[:, None], float("-inf")))
+        if COL_TERMS:
+            lse_j = tl.load(lse_c_ptr + cols, mask=col_ok, other=float("-inf"))
+            g_j = tl.load(g_c_ptr + cols, mask=col_ok, other=0.0)
+            live = ok & (lse_j[None, :] > float("-inf"))
+            w += g_j[None, :] * tl.exp(tl.where(live, s - lse_j[None, :], float("-inf")))
+        if not ONE_CHUNK:
+            c_j = tl.load(c_ptr + cols[:, None] * stride_c + chunk_d[None, :],
+                          mask=col_ok[:, None] & (chunk_d[None, :] < d), other=0.0)
+            if WIDEN_OPERANDS:
+                c_j = c_j.to(acc_t)
+        if c_ptr.dtype.element_ty == acc_t:
+            acc += tl.dot(w, c_j, input_precision=PRECISION)
+        else:
+            # 16-bit operands: the weights in the operands' format (flash attention's
+            # choice; relative 2^-9 for bf16, the gradient's own output rounding).
+            w_op = w.to(c_ptr.dtype.element_ty)
+            if WIDEN_OPERANDS:
+                w_op = w_op.to(acc_t)
+            acc += tl.dot(w_op, c_j, input_precision=PRECISION, out_dtype=acc_t)
+
+    out = split.to(tl.int64) * n_rows + local
+    tl.store(out_ptr + out[:, None] * d + chunk_d[None, :], acc * scale,
+             mask=row_ok[:, None] & (chunk_d[None, :] < d))
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def contrastive_config(operand_dtype: torch.dtype, d: int, precision: str, has_parts: bool) -> dict:
+    """The block configuration for operands of this dtype, product precision, width and
+    part mask (also what compile_check compiles): the uniformity kernel's, whose tiles
+    hold the same registers (a Gram tile, a [BLOCK_M, BLOCK_D] accumulator, the mask)."""
+    return uniform_config(operand_dtype, d, precision, has_parts)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32:
+        return "tf32" if cuda_matmul_allows_tf32() else "tf32x3"
+    return "ieee"  # float64 (DMMA) and 16-bit tensor cores with float32 accumulation
+
+
+class _Problem:
+    """The rows a launch reads and where its pairs live: the inputs (stacked for self
+    pairs), the part slicing and the product precision."""
+
+    def __init__(self, a, b, scale, self_pairs, part, num_parts):
+        self.a, self.b = a.contiguous(), b.contiguous()
+        self.na, self.nb = a.shape[0], b.shape[0]
+        self.self_pairs = self_pairs
+        self.acc_t = torch.float64 if a.dtype == torch.float64 else torch.float32
+        self.z = torch.cat([self.a, self.b]) if self_pairs else None
+        self.scale = torch.full((1,), float(scale), dtype=self.acc_t, device=a.device)
+        self.precision = _precision(a.dtype)
+        a_blocks, b_blocks = triton.cdiv(self.na, PART_BLOCK), triton.cdiv(self.nb, PART_BLOCK)
+        self.tri_blocks = triton.cdiv(self.na + self.nb, PART_BLOCK)
+        total = self.tri_blocks * (self.tri_blocks + 1) // 2 if self_pairs else a_blocks * b_blocks
+        self.b_blocks = b_blocks
+        if num_parts == 1:
+            self.part_lo, self.part_hi = 0, -1
+        else:
+            if total >= 2**31:  # the kernel's tile index is int32
+                raise ValueError(f"contrastive_lse: num_parts > 1 on the Triton kernels supports at most 2^31 "
+                                 f"{PART_BLOCK}-row tiles, got {total} (N_a = {self.na}, N_b = {self.nb})")
+            self.part_lo, self.part_hi = total * part // num_parts, total * (part + 1) // num_parts
+
+    def sides(self, rows_are_a: bool):
+        """(rows tensor, columns tensor, row tile stride, column tile stride) for a's rows
+        against their partners, or b's."""
+        if self.self_pairs:
+            return self.z, self.z, 0, 0
+        if rows_are_a:
+            return self.a, self.b, self.b_blocks, 1
+        return self.b, self.a, 1, self.b_blocks
+
+    def launch_args(self, rows, cols, row_start, n_rows, row_stride, col_stride, col_splits):
+        d = rows.shape[1]
+        cfg = contrastive_config(rows.dtype, d, self.precision, self.part_hi >= 0)
+        n_cols = cols.shape[0]
+        splits, per_split = split_columns(n_rows, n_cols, cfg["BLOCK_M"], cfg["BLOCK_N"], rows.device, col_splits)
+        args = (row_start, n_rows, n_cols, per_split, d, rows.stride(0), cols.stride(0), self.scale,
+                self.part_lo, self.part_hi, row_stride, col_stride, self.tri_blocks)
+        consts = dict(
+            SELF_PAIRS=self.self_pairs, HAS_PARTS=self.part_hi >= 0, PART_ROWS=PART_BLOCK,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], ONE_CHUNK=d <= cfg["BLOCK_D"],
+            PRECISION=self.precision,
+            # The interpreter's 16-bit tl.dot is wrong (Triton 3.9): widen (exactly) there.
+            WIDEN_OPERANDS=triton.knobs.runtime.interpret and rows.dtype in (torch.bfloat16, torch.float16),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )
+        return cfg, splits, args, consts
+
+    def row_lse(self, rows_are_a: bool, col_splits=None) -> torch.Tensor:
+        rows, cols, row_stride, col_stride = self.sides(rows_are_a)
+        n_rows = rows.shape[0]
+        cfg, splits, args, consts = self.launch_args(rows, cols, 0, n_rows, row_stride, col_stride,
+                                                     col_splits)
+        m = torch.empty((splits, n_rows), dtype=self.acc_t, device=rows.device)
+        l = torch.empty_like(m)
+        _row_lse_kernel[(triton.cdiv(n_rows, cfg["BLOCK_M"]), splits)](rows, cols, m, l, *args, **consts)
+        top, total, _ = merge_splits(m, (l,))
+        return torch.where(total > 0, top + torch.log(total), torch.full_like(top, float("-inf")))
+
+    def row_grad(self, rows_are_a, lse, g, lse_cols, g_cols, col_splits=None) -> torch.Tensor:
+        """The gradient of a's rows (or b's) from the row terms (lse, g; None: none) and the
+        column terms (lse_cols, g_cols; None: none), each vector over the rows it names."""
+        rows, cols, row_stride, col_stride = self.sides(rows_are_a)
+        if self.self_pairs:
+            row_start, n_rows = (0, self.na) if rows_are_a else (self.na, self.nb)
+        else:
+            row_start, n_rows = 0, rows.shape[0]
+        cfg, splits, args, consts = self.launch_args(rows, cols, row_start, n_rows, row_stride, col_stride,
+                                                     col_splits)
+        d = rows.shape[1]
+        d_chunks = 1 if consts["ONE_CHUNK"] else triton.cdiv(d, cfg["BLOCK_D"])
+        out = torch.empty((splits, n_rows, d), dtype=self.acc_t, device=rows.device)
+        unused = self.scale  # a pointer the kernel never reads (its terms are off)
+        _row_grad_kernel[(triton.cdiv(n_rows, cfg["BLOCK_M"]), splits, d_chunks)](
+            rows, cols, unused if lse is None else lse, unused if g is None else g,
+            unused if lse_cols is None else lse_cols, unused if g_cols is None else g_cols, out,
+            *args, ROW_TERMS=lse is not None, COL_TERMS=lse_cols is not None, **consts,
+        )
+        return out[0] if splits == 1 else out.sum(0)
+
+    def all_finite(self) -> torch.Tensor:
+        """On the device, without a host read (CUDA-graph capture)."""
+        return torch.isfinite(self.a).all() & torch.isfinite(self.b).all()
+
+
+def _where_finite(ok: torch.Tensor, *outputs):
+    nan = torch.full((), float("nan"), dtype=outputs[0].dtype, device=outputs[0].device)
+    return tuple(torch.where(ok, v, nan) if v.numel() else v for v in outputs)
+
+
+def contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, *, col_splits=None):
+    """`torch.ops.pyhypersphere.contrastive_lse` on Triton: same arguments, same results.
+
+    `col_splits` (tests only) forces how many programs share a row block's columns.
+    """
+    _C._check_contrastive_args(a, b, scale, self_pairs, lse_b, part, num_parts)
+    p = _Problem(a, b, scale, self_pairs, part, num_parts)
+    if self_pairs:
+        both = p.row_lse(True, col_splits)
+        out_a, out_b = both[: p.na], both[p.na:]
+    else:
+        out_a = p.row_lse(True, col_splits)
+        out_b = p.row_lse(False, col_splits) if lse_b else a.new_empty((0,), dtype=p.acc_t)
+    return _where_finite(p.all_finite(), out_a, out_b)
+
+
+def contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b, part, num_parts,
+                             grad_a, grad_b, *, col_splits=None):
+    """`torch.ops.pyhypersphere.contrastive_lse_backward` on Triton: same arguments, same results."""
+    _C._check_contrastive_backward_args(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b,
+                                        part, num_parts)
+    p = _Problem(a, b, scale, self_pairs, part, num_parts)
+    empty = a.new_empty((0,), dtype=p.acc_t)
+    if not (grad_a or grad_b):
+        return empty, empty
+    acc = p.acc_t
+    # b's side of the weights: always with self pairs, with cross pairs when b's lse has an
+    # upstream gradient (csrc/ops.h).
+    col_terms = self_pairs or grad_lse_b.numel() > 0
+    la, ga = lse_a.to(acc).contiguous(), grad_lse_a.to(acc).contiguous()
+    lb = lse_b.to(acc).contiguous() if col_terms else None
+    gb = grad_lse_b.to(acc).contiguous() if col_terms and grad_lse_b.numel() else None
+    if self_pairs:
+        lse = torch.cat([la, lb])
+        g = torch.cat([ga, gb if gb is not None else torch.zeros_like(lb)])
+        out_a = p.row_grad(True, lse, g, lse, g, col_splits) if grad_a else empty
+        out_b = p.row_grad(False, lse, g, lse, g, col_splits) if grad_b else empty
+        lse_all = lse
+    else:
+        row_b = (lb, gb) if col_terms else (None, None)
+        out_a = p.row_grad(True, la, ga, *row_b, col_splits) if grad_a else empty
+        out_b = p.row_grad(False, *row_b, la, ga, col_splits) if grad_b else empty
+        lse_all = la if lb is None else torch.cat([la, lb])
+    # -inf is a valid lse (a row without pairs); NaN or +inf is not.
+    ok = p.all_finite() & ~(torch.isnan(lse_all) | torch.isposinf(lse_all)).any()
+    return _where_finite(ok, out_a, out_b)

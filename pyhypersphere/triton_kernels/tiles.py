@@ -1,0 +1,54 @@
+"""Tile pieces shared by the Triton kernels: a program's block of rows and the inner
+products of a tile of rows with a tile of partner columns."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def row_block(r_ptr, row_start, n_rows, d, stride_r, ONE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_D: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, acc_t: tl.constexpr):
+    """(local row numbers, their mask, global int64 row indices, the rows' features when
+    they fit one BLOCK_D chunk: loaded once, reused against every column tile)."""
+    local = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = local < n_rows
+    rows = (row_start + local).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    r_i = tl.zeros([BLOCK_M, BLOCK_D], acc_t)  # unused when chunked
+    if ONE_CHUNK:
+        r_i = tl.load(r_ptr + rows[:, None] * stride_r + offs_d[None, :],
+                      mask=row_ok[:, None] & (offs_d[None, :] < d), other=0.0)
+        if WIDEN_OPERANDS:
+            r_i = r_i.to(acc_t)
+    return local, row_ok, rows, r_i
+
+
+@triton.jit
+def logit_tile(r_ptr, c_ptr, rows, cols, row_ok, col_ok, r_i, d, stride_r, stride_c,
+               ONE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr,
+               acc_t: tl.constexpr):
+    """(<R_i, C_j> over the tile, the column rows C_j when they fit one chunk)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    if ONE_CHUNK:
+        c_j = tl.load(c_ptr + cols[:, None] * stride_c + offs_d[None, :],
+                      mask=col_ok[:, None] & (offs_d[None, :] < d), other=0.0)
+        if WIDEN_OPERANDS:
+            c_j = c_j.to(acc_t)
+        gram = tl.dot(r_i, tl.trans(c_j), input_precision=PRECISION, out_dtype=acc_t)
+    else:
+        c_j = r_i  # unused: the chunked gradient loads its own slice of C_j
+        gram = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
+        # Row pointers as vectors, broadcast inside the loop: hoisted [M, D] pointer tiles
+        # of 64-bit addresses would take the registers.
+        ri_rows = r_ptr + rows * stride_r
+        cj_rows = c_ptr + cols * stride_c
+        for k0 in range(0, d, BLOCK_D):
+            dk = k0 + offs_d
+            ri_k = tl.load(ri_rows[:, None] + dk[None, :], mask=row_ok[:, None] & (dk[None, :] < d), other=0.0)
+            cj_k = tl.load(cj_rows[:, None] + dk[None, :], mask=col_ok[:, None] & (dk[None, :] < d), other=0.0)
+            if WIDEN_OPERANDS:
+                ri_k = ri_k.to(acc_t)
+                cj_k = cj_k.to(acc_t)
+            gram += tl.dot(ri_k, tl.trans(cj_k), input_precision=PRECISION, out_dtype=acc_t)
+    return gram, c_j

@@ -1,0 +1,14 @@
+"""Where the Triton kernels' tests run: on CPU tensors under the interpreter
+(TRITON_INTERPRET=1, set by conftest.py before triton is imported), or compiled on CUDA
+tensors when TRITON_INTERPRET=0 on a GPU machine.  Import after pytest.importorskip("triton")."""
+
+import pytest
+import torch
+import triton
+
+INTERPRET = bool(triton.knobs.runtime.interpret)
+DEVICE = "cpu" if INTERPRET else "cuda"
+RUNNABLE = pytest.mark.skipif(
+    not INTERPRET and not torch.cuda.is_available(),
+    reason="needs TRITON_INTERPRET=1 before triton is imported, or a CUDA device",
+)
