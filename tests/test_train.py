@@ -355,7 +355,7 @@ def test_dispatcher_runs_train(tmp_path, capsys):
 # ----------------------------------------------------------------------------- torchrun
 
 
-def _ddp_worker(rank, world, store_path, result_path):
+def _ddp_worker(rank, world, store_path, result_path, loss_name):
     """Two gloo processes: the distributed step must equal one process on the global batch."""
     import torch.distributed as dist
 
@@ -363,7 +363,7 @@ def _ddp_worker(rank, world, store_path, result_path):
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        cfg = TrainConfig(batch_size=16).resolved()
+        cfg = TrainConfig(batch_size=16, loss=loss_name).resolved()
         g = torch.Generator().manual_seed(0)
         x = torch.randn(16, 6, generator=g)
         w0 = torch.randn(4, 6, generator=g)
@@ -378,28 +378,30 @@ def _ddp_worker(rank, world, store_path, result_path):
         loss, value, _, u = obj(z1, z2)
         loss.backward()
         if rank == 0:
-            torch.save({"grad": lin.weight.grad, "u": u, "x": x, "w0": w0}, result_path)
+            torch.save({"grad": lin.weight.grad, "u": u, "value": value, "x": x, "w0": w0}, result_path)
         dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 
 
-def test_distributed_gradient_equals_single_process(tmp_path):
+@pytest.mark.parametrize("loss_name", ["align_uniform", "infonce"])
+def test_distributed_gradient_equals_single_process(tmp_path, loss_name):
     import torch.multiprocessing as mp
 
     path = str(tmp_path / "r.pt")
     store = str(tmp_path / "store")
-    mp.start_processes(_ddp_worker, args=(2, store, path), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_ddp_worker, args=(2, store, path, loss_name), nprocs=2, join=True, start_method="spawn")
     r = torch.load(path)
-    cfg = TrainConfig(batch_size=16).resolved()
+    cfg = TrainConfig(batch_size=16, loss=loss_name).resolved()
     w = r["w0"].clone().requires_grad_(True)
     x = r["x"]
     z1 = torch.nn.functional.normalize(x @ w.T, dim=1)
     z2 = torch.nn.functional.normalize(x.flip(1) @ w.T, dim=1)
     obj = loop._Objective(cfg, 1)
-    loss, _, _, u = obj(z1, z2)
+    loss, value, _, u = obj(z1, z2)
     loss.backward()
     assert r["u"].item() == pytest.approx(u.item(), rel=1e-5, abs=1e-6)
+    assert r["value"].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6)
     torch.testing.assert_close(r["grad"], w.grad, rtol=1e-4, atol=1e-6)
 
 

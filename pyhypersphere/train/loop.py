@@ -186,6 +186,8 @@ class _Objective:
         self.world = world
         self.uniform, self.align, self.backend = losses.loss_functions()
         self.dist_uniform = losses.distributed_uniform_loss() if world > 1 else None
+        # InfoNCE over the global batch too: each view's negatives are every rank's views.
+        self.dist_nt_xent = losses.distributed_nt_xent_loss() if world > 1 else None
         self.unif_scale: Optional[float] = None  # see _calibrate
 
     def _calibrate(self, z: torch.Tensor) -> float:
@@ -210,15 +212,33 @@ class _Objective:
             raise RuntimeError(f"pyhypersphere.distributed.uniform_loss has an unexpected gradient (scale {c})")
         return self.world / c
 
+    def _global_mean(self, local: torch.Tensor) -> torch.Tensor:
+        """A per-sample mean over the global batch from each rank's (equal shards: the
+        ranks' average), detached; the local value with one process."""
+        local = local.detach()
+        if self.world == 1:
+            return local
+        import torch.distributed as dist
+
+        total = local.clone()
+        dist.all_reduce(total)
+        return total / self.world
+
     def __call__(self, z1: torch.Tensor, z2: torch.Tensor):
         """(loss for backward, loss value, align value, uniform value)."""
         cfg = self.cfg
         z1, z2 = z1.float(), z2.float()
         if cfg.loss == "infonce":
-            loss = losses.info_nce(z1, z2, cfg.tau)
+            if self.dist_nt_xent is None:
+                loss = losses.info_nce(z1, z2, cfg.tau)
+            else:
+                loss = self.dist_nt_xent(z1, z2, cfg.tau)
             with torch.no_grad():
-                a = self.align(z1, z2, cfg.alpha)
-                u = (self.uniform(z1, cfg.t) + self.uniform(z2, cfg.t)) / 2
+                a = self._global_mean(self.align(z1, z2, cfg.alpha))
+                if self.dist_uniform is None:
+                    u = (self.uniform(z1, cfg.t) + self.uniform(z2, cfg.t)) / 2
+                else:
+                    u = sum(self.dist_uniform([z1, z2], cfg.t, equal_shards=True)) / 2
             return loss, loss.detach(), a, u
         a = self.align(z1, z2, cfg.alpha)
         if self.dist_uniform is None:
@@ -232,8 +252,9 @@ class _Objective:
         u1, u2 = self.dist_uniform([z1, z2], cfg.t, equal_shards=True)
         u = (u1 + u2) / 2
         loss = cfg.align_w * a + cfg.unif_w * u * self.unif_scale
-        value = cfg.align_w * a.detach() + cfg.unif_w * u.detach()
-        return loss, value, a.detach(), u.detach()
+        a = self._global_mean(a)  # the logged value: the global batch's, as the uniformity's
+        value = cfg.align_w * a + cfg.unif_w * u.detach()
+        return loss, value, a, u.detach()
 
 
 def _check_finite(value: torch.Tensor, world: int) -> bool:

@@ -1,6 +1,6 @@
-"""The objectives: the package's fused losses (InfoNCE as the fused NT-Xent), and the
-global-batch uniformity from ``pyhypersphere.distributed`` under torch.distributed with
-more than one process."""
+"""The objectives: the package's fused losses (InfoNCE as the fused NT-Xent), and their
+global-batch forms from ``pyhypersphere.distributed`` (uniformity, NT-Xent) under
+torch.distributed with more than one process."""
 
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ def distributed_uniform_loss() -> Callable:
     from pyhypersphere.distributed import uniform_loss
 
     return uniform_loss
+
+
+def distributed_nt_xent_loss() -> Callable:
+    """Global-batch NT-Xent (same value on every rank; DDP's gradient averaging gives the
+    single-process gradient), imported only when needed."""
+    from pyhypersphere.distributed import nt_xent_loss as global_nt_xent
+
+    return global_nt_xent
 
 
 def info_nce(x: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
