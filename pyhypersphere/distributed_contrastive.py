@@ -110,10 +110,11 @@ def _keep(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _global_loss(x, y, tau: Temperature, group, local: Callable, share: Callable, symmetric_scale: bool):
+def _global_loss(x, y, tau: Temperature, group, local: Callable, share: Callable, symmetric_scale: bool,
+                 equal_shards: bool):
     """The global-batch loss whose single-process form is `local` and whose rank share
     of the gathered batch is `share`; `symmetric_scale`: tau scales both inputs (a Gram
-    matrix's logits) rather than x alone."""
+    matrix's logits) rather than x alone; `equal_shards`: the no-sync path."""
     function = f"pyhypersphere.distributed.{local.__name__}"
     _, world = gb.member_of(group, function, f"pyhypersphere.{local.__name__}")
     if world == 1:  # no collectives at all
@@ -124,15 +125,22 @@ def _global_loss(x, y, tau: Temperature, group, local: Callable, share: Callable
     if tau_tensor is not None and params["tau"][1] is None and _input_problem(function)(views) is None:
         views = list(_to_learned_tau(tau_tensor, params["tau"][0], x, y, symmetric_scale))
     grad = torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in views)
-    layout = gb.agree(
-        views, params, grad, contrastive.kernel_problem, group, function,
-        check=_input_problem(function), expected=_EXPECTED, inputs="x, y or tau", min_rows=1,
-    )  # fmt: skip
+    if equal_shards:
+        layout = _assume_equal(views, params, group, function)
+    else:
+        layout = gb.agree(
+            views, params, grad, contrastive.kernel_problem, group, function,
+            check=_input_problem(function), expected=_EXPECTED, inputs="x, y or tau", min_rows=1,
+        )  # fmt: skip
     z = gb.gather_views(views, layout, group)
     acc = accumulate_dtype(layout.dtype)
     failure = gb.Failure()
+    if params["tau"][1] is not None:  # only on the no-sync path: agree() raised otherwise
+        failure.error = gb.LossInputError(f"{function}: {params['tau'][1]}")
     partials, send = None, None
     with failure:
+        if failure.error is not None:
+            raise failure.error
         # The share as a function of the whole gathered batch, in the accumulation dtype
         # (16-bit gradients stay float32 through the reduce-scatter): autograd through the
         # operator gives its gradient with respect to every row at once.  That graph lives
@@ -146,15 +154,34 @@ def _global_loss(x, y, tau: Temperature, group, local: Callable, share: Callable
             send = gb.scatter_buffer(grads, layout)
             del grads
         partials = value.detach().reshape(1)
-    table = gb.exchange_status(partials, failure, layout, params, True, group, function, width=1)  # [W, 1]
-    # Every rank sums the same table in the same order: bitwise the same loss everywhere.
+    table = gb.exchange_status(partials, failure, layout, params, not equal_shards, group, function, width=1)
+    # Every rank sums the same [W, 1] table in the same order: bitwise the same loss everywhere.
     loss = table.sum().to(device=layout.device, dtype=layout.dtype)
+    if grad and failure.error is not None:  # the no-sync path: NaN, and the collectives still run
+        padded = layout.padded_rows(torch.finfo(acc).bits // 8)
+        send = z.new_full((world * padded, layout.views * layout.dim), math.nan, dtype=acc)
     rows = gb.reduce_scatter_rows(send, layout, group) if grad else None
+    failure.reraise()  # the no-sync path's failed rank, after its last collective
     return gb.attach_gradient(loss.reshape(1), rows, float(world), views)[0]
 
 
+def _assume_equal(views, params, group, function: str) -> gb.Layout:
+    """The no-sync path's layout: this rank's inputs checked before the first collective
+    (a rank that raises here leaves its peers waiting in it, as on the uniformity's path);
+    the ranks' agreement is checked by the status exchange, which makes the loss NaN."""
+    problem = _input_problem(function)(views) or contrastive.kernel_problem(views[0])
+    if problem is not None:
+        raise gb.LossInputError(f"{function}: {problem}")
+    return gb.assume_equal(views, params, group, function)
+
+
 def nt_xent_loss(
-    x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_NT_XENT_TAU, group: Optional[dist.ProcessGroup] = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tau: Temperature = DEFAULT_NT_XENT_TAU,
+    group: Optional[dist.ProcessGroup] = None,
+    *,
+    equal_shards: bool = False,
 ) -> torch.Tensor:
     """SimCLR's NT-Xent over the global batch's 2N views (``pyhypersphere.nt_xent_loss``
     of every rank's x and y shards concatenated in rank order).
@@ -167,6 +194,11 @@ def nt_xent_loss(
             grad gets this rank's share of dL/dtau (DDP's averaging of a replicated
             tau gives dL/dtau).
         group: the process group (default: the default group).
+        equal_shards: promise that every rank's shards have the same shape; skips the
+            metadata exchange and every host read of the collective layer (the no-sync
+            path, as for ``distributed.uniform_loss``: pass tau as a Python number).  A
+            disagreement or a failure on one rank then makes the loss and gradient NaN
+            on every rank, and the rank at fault raises after its last collective.
 
     Returns the loss (a 0-dim tensor in x's dtype), the same on every rank.  The backward
     returns W * g * dL/dx_r (and dL/dy_r) for an upstream gradient g that must be the
@@ -176,17 +208,23 @@ def nt_xent_loss(
     disagreeing input raises the same error on every rank.  World size 1 calls the
     single-process loss.
     """
-    return _global_loss(x, y, tau, group, contrastive.nt_xent_loss, _nt_xent_share, True)
+    return _global_loss(x, y, tau, group, contrastive.nt_xent_loss, _nt_xent_share, True, equal_shards)
 
 
 def clip_loss(
-    x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_CLIP_TAU, group: Optional[dist.ProcessGroup] = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tau: Temperature = DEFAULT_CLIP_TAU,
+    group: Optional[dist.ProcessGroup] = None,
+    *,
+    equal_shards: bool = False,
 ) -> torch.Tensor:
     """CLIP's symmetric InfoNCE over the global batch (``pyhypersphere.clip_loss`` of
     every rank's x and y shards concatenated in rank order): every x_i against all N
     y_j of every rank, and every y_j against all N x_i.
 
-    Arguments, value, gradient and collectives as for :func:`nt_xent_loss`; a learned
-    temperature (``tau = 1 / logit_scale.exp()``) gets this rank's share of dL/dtau.
+    Arguments (``equal_shards`` too), value, gradient and collectives as for
+    :func:`nt_xent_loss`; a learned temperature (``tau = 1 / logit_scale.exp()``) gets
+    this rank's share of dL/dtau.
     """
-    return _global_loss(x, y, tau, group, contrastive.clip_loss, _clip_share, False)
+    return _global_loss(x, y, tau, group, contrastive.clip_loss, _clip_share, False, equal_shards)

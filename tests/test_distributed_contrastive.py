@@ -1,7 +1,8 @@
 """pyhypersphere.distributed.nt_xent_loss and clip_loss in real multi-process runs (gloo,
 CPU): values and gradients of the global batch against the single-process losses on the
 concatenated batch and against the dense float64 formulas (tests/dense_contrastive.py),
-the DDP gradient convention, a learned temperature, and inputs that disagree.
+the DDP gradient convention, a learned temperature, inputs that disagree, and the
+no-sync path (equal_shards=True).
 
 One spawn of 3 ranks runs every scenario (2 ranks on a subgroup, world size 1 on
 one-rank groups): starting processes costs more than the scenarios.
@@ -51,14 +52,15 @@ def _shards(fulls, rows, rank):
 # ---------------------------------------------------------------- scenarios (run in every rank)
 
 
-def _check_values_and_grads(rank, world, rows, group=None, dtype=torch.float64, rtol=1e-12, atol=1e-13):
+def _check_values_and_grads(rank, world, rows, group=None, dtype=torch.float64, rtol=1e-12, atol=1e-13,
+                            **options):
     """The loss and W * g * dL/dx_r, dL/dy_r against the dense float64 formula and the
     single-process loss on the concatenated batch; the same loss on every rank."""
     for loss_fn, local_fn, dense_fn, tau in LOSSES:
         fulls = _views(rows, seed=sum(rows), dtype=dtype)
         x, y = _shards(fulls, rows, rank)
         with recorded_collectives() as calls:
-            loss = loss_fn(x, y, tau, group=group)
+            loss = loss_fn(x, y, tau, group=group, **options)
             forward_calls = len(calls)
             (UPSTREAM * loss).backward()
         assert len(calls) == forward_calls, "the backward issued a collective"
@@ -219,6 +221,52 @@ def _check_failure_inside_the_loss(rank, world):
         distributed_contrastive.contrastive_lse = original
 
 
+def _check_no_sync_path(rank, world):
+    """equal_shards=True: the same values and gradients; no metadata exchange (one
+    all-gather of the features, one of the status, the reduce-scatter); a failure, an
+    invalid or a disagreeing tau make the loss (and gradient) NaN on every rank instead
+    of raising everywhere, the rank at fault raising after its last collective."""
+    _check_values_and_grads(rank, world, [5, 5, 5], equal_shards=True)
+    _check_values_and_grads(rank, world, [1, 1, 1], equal_shards=True)
+    x = torch.randn(4, D, dtype=torch.float64, requires_grad=True)
+    for loss_fn, _, _, tau in LOSSES:
+        with recorded_collectives() as calls:
+            loss_fn(x, x.detach(), tau, equal_shards=True).backward()
+        assert [c[0] for c in same_on_every_rank(calls)] == ["all_gather", "all_gather", "reduce_scatter"], calls
+        x.grad = None
+        # The operator fails on rank 1 only.
+        original = distributed_contrastive.contrastive_lse
+        if rank == 1:
+            distributed_contrastive.contrastive_lse = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("injected"))
+        try:
+            with recorded_collectives() as calls:
+                if rank == 1:
+                    with pytest.raises(RuntimeError, match="injected"):
+                        loss_fn(x, x.detach(), tau, equal_shards=True)
+                else:
+                    loss = loss_fn(x, x.detach(), tau, equal_shards=True)
+                    assert torch.isnan(loss)
+                    loss.backward()
+                    assert torch.isnan(x.grad).all()
+                    x.grad = None
+            same_on_every_rank(calls)
+        finally:
+            distributed_contrastive.contrastive_lse = original
+        # An invalid tau on rank 2: it raises, the others get NaN.
+        if rank == 2:
+            with pytest.raises(ValueError, match="tau must be a positive finite number"):
+                loss_fn(x.detach(), x.detach(), -1.0, equal_shards=True)
+        else:
+            assert torch.isnan(loss_fn(x.detach(), x.detach(), tau, equal_shards=True))
+        # Ranks that disagree on tau (each valid): NaN everywhere rather than a wrong number.
+        assert torch.isnan(loss_fn(x.detach(), x.detach(), tau * (1 + rank), equal_shards=True))
+        # An input the rank's own check refuses raises there before any collective; the
+        # others would wait (as for the uniformity's no-sync path), so all refuse here.
+        with pytest.raises(ValueError, match="y must have the same shape as x"):
+            loss_fn(x, x[:3], tau, equal_shards=True)
+    _check_no_grad(rank, world, [3, 4, 2])  # the group still works
+
+
 def _check_world_of_one(rank, solo):
     """A one-rank group: the single-process loss, no collectives."""
     fulls = _views([6], seed=19)
@@ -244,6 +292,7 @@ def three_ranks(rank, world):
     _check_no_second_order(rank, world)
     _check_disagreements(rank, world)
     _check_failure_inside_the_loss(rank, world)
+    _check_no_sync_path(rank, world)
 
 
 def two_ranks(rank, world, group):

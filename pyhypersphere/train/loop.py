@@ -232,7 +232,7 @@ class _Objective:
             if self.dist_nt_xent is None:
                 loss = losses.info_nce(z1, z2, cfg.tau)
             else:
-                loss = self.dist_nt_xent(z1, z2, cfg.tau)
+                loss = self.dist_nt_xent(z1, z2, cfg.tau, equal_shards=True)  # equal shards, as below
             with torch.no_grad():
                 a = self._global_mean(self.align(z1, z2, cfg.alpha))
                 if self.dist_uniform is None:
