@@ -1,8 +1,10 @@
-"""Global-batch contrastive losses across processes: NT-Xent and CLIP (torch.distributed).
+"""Global-batch contrastive losses across processes: NT-Xent, CLIP and InfoNCE
+(torch.distributed).
 
-    from pyhypersphere.distributed import nt_xent_loss, clip_loss
+    from pyhypersphere.distributed import nt_xent_loss, clip_loss, info_nce_loss
     loss = nt_xent_loss(z1, z2, tau=0.5)        # z1, z2: this rank's shards of the two views
     loss = clip_loss(image, text, tau=0.07)
+    loss = info_nce_loss(q, k, tau=0.07, queue=queue)   # MoCo: the queue the same on every rank
 
 Each returns the loss of the global batch (every rank's shards of x and y concatenated
 in rank order), the same value on every rank: the value of the single-process loss in
@@ -19,6 +21,7 @@ returns W * g * dL/dx_r, so DDP's averaging yields the single-process gradient.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -28,27 +31,42 @@ from . import _global_batch as gb
 from . import contrastive
 from ._contrastive_ops import contrastive_lse
 from ._ops import accumulate_dtype
-from .contrastive import DEFAULT_CLIP_TAU, DEFAULT_NT_XENT_TAU, Temperature
+from .contrastive import DEFAULT_CLIP_TAU, DEFAULT_INFO_NCE_TAU, DEFAULT_NT_XENT_TAU, Temperature
 from .losses import _learned
 
-_EXPECTED = "x and y must be 2-D floating-point tensors [N_r, d] of one shape, dtype and device"
+@dataclass(frozen=True)
+class _Spec:
+    """A contrastive loss over the global batch: its single-process form `local(x, y,
+    tau)`, this rank's share of the gathered batch `share(z, layout, scale)`, whether tau
+    scales both inputs (a Gram matrix's logits) or the first alone, the inputs' names,
+    numbers every rank must agree on besides tau, and a check of other arguments."""
 
+    local: Callable
+    share: Callable
+    symmetric_scale: bool
+    names: tuple = ("x", "y")
+    params: dict = field(default_factory=dict)
+    other_problem: Callable[[list], Optional[str]] = lambda views: None
 
-def _input_problem(function: str) -> Callable[[list], Optional[str]]:
-    """The single-process losses' checks of x and y, as a message (an empty shard is
-    allowed here: the loss is over the global batch)."""
+    @property
+    def function(self) -> str:
+        return f"pyhypersphere.distributed.{self.local.__name__}"
 
-    def problem(views) -> Optional[str]:
-        x, y = views
+    def expected(self) -> str:
+        a, b = self.names
+        return f"{a} and {b} must be 2-D floating-point tensors [N_r, d] of one shape, dtype and device"
+
+    def input_problem(self, views) -> Optional[str]:
+        """The single-process loss's checks of the views, as a message (an empty shard is
+        allowed here: the loss is over the global batch), then of its other arguments."""
+        (x, y), (a, b), function = views, self.names, self.function
         try:
-            contrastive._check_features(x, "x", function, min_rows=0)
-            contrastive._check_features(y, "y", function, min_rows=0)
-            contrastive._check_matches(x, "x", y, "y", function, same_rows=True)
+            contrastive._check_features(x, a, function, min_rows=0)
+            contrastive._check_features(y, b, function, min_rows=0)
+            contrastive._check_matches(x, a, y, b, function, same_rows=True)
         except (TypeError, ValueError) as error:
             return str(error).removeprefix(f"{function}: ")
-        return None
-
-    return problem
+        return self.other_problem(views)
 
 
 def _tau_param(tau: Temperature) -> tuple[float, Optional[str]]:
@@ -102,6 +120,35 @@ def _clip_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tenso
     return ((rows + columns).sum() / 2 - positive.sum()) / layout.total
 
 
+def _info_nce_share(z: torch.Tensor, layout: gb.Layout, scale: float, queue, in_batch: bool) -> torch.Tensor:
+    """This rank's share of InfoNCE: its queries' terms over the global batch, each query
+    against every rank's keys (when in_batch) and the queue, which every rank holds whole."""
+    d, lo, hi = layout.dim, layout.my_offset, layout.my_offset + layout.my_rows
+    q, k = z[:, :d], z[:, d:]
+    if layout.my_rows == 0:
+        return z[:0].sum()  # 0, still a function of z
+    keys = ([k] if in_batch else []) + ([queue.detach().to(z.dtype)] if queue is not None else [])
+    positive = torch.linalg.vecdot(q[lo:hi], k[lo:hi]) * scale
+    lse = _row_lse(q[lo:hi], torch.cat(keys), scale)
+    if not in_batch:  # the positive is not among the keys: add its term to the sum
+        lse = torch.logaddexp(lse, positive)
+    return (lse - positive).sum() / layout.total
+
+
+def _queue_problem(q, queue, in_batch: bool, function: str) -> Optional[str]:
+    """What is wrong with InfoNCE's queue (q already checked), or None."""
+    if queue is None:
+        return None if in_batch else "in_batch=False needs a queue (there would be no negatives)"
+    try:
+        contrastive._check_features(queue, "queue", function)
+        contrastive._check_matches(q, "q", queue, "queue", function, same_rows=False)
+    except (TypeError, ValueError) as error:
+        return str(error).removeprefix(f"{function}: ")
+    if queue.requires_grad and torch.is_grad_enabled():
+        return "queue must not require grad: across ranks it is a constant (MoCo's holds detached keys)"
+    return None
+
+
 def _plain_saving():
     return torch.autograd.graph.saved_tensors_hooks(_keep, _keep)
 
@@ -110,27 +157,24 @@ def _keep(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _global_loss(x, y, tau: Temperature, group, local: Callable, share: Callable, symmetric_scale: bool,
-                 equal_shards: bool):
-    """The global-batch loss whose single-process form is `local` and whose rank share
-    of the gathered batch is `share`; `symmetric_scale`: tau scales both inputs (a Gram
-    matrix's logits) rather than x alone; `equal_shards`: the no-sync path."""
-    function = f"pyhypersphere.distributed.{local.__name__}"
-    _, world = gb.member_of(group, function, f"pyhypersphere.{local.__name__}")
+def _global_loss(x, y, tau: Temperature, group, spec: _Spec, equal_shards: bool):
+    """The global-batch loss of `spec` (`equal_shards`: the no-sync path)."""
+    function = spec.function
+    _, world = gb.member_of(group, function, f"pyhypersphere.{spec.local.__name__}")
     if world == 1:  # no collectives at all
-        return local(x, y, tau)
-    params = {"tau": _tau_param(tau)}
+        return spec.local(x, y, tau)
+    params = {"tau": _tau_param(tau), **spec.params}
     views = [x, y]
     tau_tensor = _learned(tau)
-    if tau_tensor is not None and params["tau"][1] is None and _input_problem(function)(views) is None:
-        views = list(_to_learned_tau(tau_tensor, params["tau"][0], x, y, symmetric_scale))
+    if tau_tensor is not None and params["tau"][1] is None and spec.input_problem(views) is None:
+        views = list(_to_learned_tau(tau_tensor, params["tau"][0], x, y, spec.symmetric_scale))
     grad = torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in views)
     if equal_shards:
-        layout = _assume_equal(views, params, group, function)
+        layout = _assume_equal(views, params, group, spec)
     else:
         layout = gb.agree(
-            views, params, grad, contrastive.kernel_problem, group, function,
-            check=_input_problem(function), expected=_EXPECTED, inputs="x, y or tau", min_rows=1,
+            views, params, grad, contrastive.kernel_problem, group, function, check=spec.input_problem,
+            expected=spec.expected(), inputs=f"{spec.names[0]}, {spec.names[1]} or tau", min_rows=1,
         )  # fmt: skip
     z = gb.gather_views(views, layout, group)
     acc = accumulate_dtype(layout.dtype)
@@ -148,7 +192,7 @@ def _global_loss(x, y, tau: Temperature, group, local: Callable, share: Callable
         # replaced by plain saving for it.
         with torch.enable_grad() if grad else torch.no_grad(), _plain_saving():
             z = z.to(acc).requires_grad_(grad)
-            value = share(z, layout, 1.0 / params["tau"][0])
+            value = spec.share(z, layout, 1.0 / params["tau"][0])
             (grads,) = torch.autograd.grad(value, z) if grad else (None,)
         if grad:
             send = gb.scatter_buffer(grads, layout)
@@ -165,14 +209,14 @@ def _global_loss(x, y, tau: Temperature, group, local: Callable, share: Callable
     return gb.attach_gradient(loss.reshape(1), rows, float(world), views)[0]
 
 
-def _assume_equal(views, params, group, function: str) -> gb.Layout:
+def _assume_equal(views, params, group, spec: _Spec) -> gb.Layout:
     """The no-sync path's layout: this rank's inputs checked before the first collective
     (a rank that raises here leaves its peers waiting in it, as on the uniformity's path);
     the ranks' agreement is checked by the status exchange, which makes the loss NaN."""
-    problem = _input_problem(function)(views) or contrastive.kernel_problem(views[0])
+    problem = spec.input_problem(views) or contrastive.kernel_problem(views[0])
     if problem is not None:
-        raise gb.LossInputError(f"{function}: {problem}")
-    return gb.assume_equal(views, params, group, function)
+        raise gb.LossInputError(f"{spec.function}: {problem}")
+    return gb.assume_equal(views, params, group, spec.function)
 
 
 def nt_xent_loss(
@@ -208,7 +252,7 @@ def nt_xent_loss(
     disagreeing input raises the same error on every rank.  World size 1 calls the
     single-process loss.
     """
-    return _global_loss(x, y, tau, group, contrastive.nt_xent_loss, _nt_xent_share, True, equal_shards)
+    return _global_loss(x, y, tau, group, _Spec(contrastive.nt_xent_loss, _nt_xent_share, True), equal_shards)
 
 
 def clip_loss(
@@ -227,4 +271,38 @@ def clip_loss(
     :func:`nt_xent_loss`; a learned temperature (``tau = 1 / logit_scale.exp()``) gets
     this rank's share of dL/dtau.
     """
-    return _global_loss(x, y, tau, group, contrastive.clip_loss, _clip_share, False, equal_shards)
+    return _global_loss(x, y, tau, group, _Spec(contrastive.clip_loss, _clip_share, False), equal_shards)
+
+
+def info_nce_loss(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    tau: Temperature = DEFAULT_INFO_NCE_TAU,
+    group: Optional[dist.ProcessGroup] = None,
+    *,
+    queue: Optional[torch.Tensor] = None,
+    in_batch: bool = True,
+    equal_shards: bool = False,
+) -> torch.Tensor:
+    """InfoNCE over the global batch (``pyhypersphere.info_nce_loss`` of every rank's q and
+    k shards concatenated in rank order): each query against its positive key, every
+    rank's keys as negatives (when ``in_batch``) and the rows of ``queue``.
+
+    The queue is MoCo's: the same [K, d] tensor on every rank (its shape is checked to
+    agree, its values are not), a constant (one that requires grad is refused).
+    Arguments otherwise, value, gradient (to q and k) and collectives as for
+    :func:`nt_xent_loss`; a learned temperature gets this rank's share of dL/dtau.
+    """
+    function = "pyhypersphere.distributed.info_nce_loss"
+
+    def local(q_, k_, tau_):
+        return contrastive.info_nce_loss(q_, k_, tau_, queue=queue, in_batch=in_batch)
+
+    local.__name__ = "info_nce_loss"
+    rows = 0 if queue is None else (queue.shape[0] if isinstance(queue, torch.Tensor) and queue.dim() == 2 else -1)
+    spec = _Spec(
+        local, lambda z, layout, scale: _info_nce_share(z, layout, scale, queue, in_batch), False, names=("q", "k"),
+        params={"queue rows": (float(rows), None), "in_batch": (float(bool(in_batch)), None)},
+        other_problem=lambda views: _queue_problem(views[0], queue, in_batch, function),
+    )  # fmt: skip
+    return _global_loss(q, k, tau, group, spec, equal_shards)

@@ -1,4 +1,4 @@
-"""pyhypersphere.distributed.nt_xent_loss and clip_loss in real multi-process runs (gloo,
+"""pyhypersphere.distributed.nt_xent_loss, clip_loss and info_nce_loss in real multi-process runs (gloo,
 CPU): values and gradients of the global batch against the single-process losses on the
 concatenated batch and against the dense float64 formulas (tests/dense_contrastive.py),
 the DDP gradient convention, a learned temperature, inputs that disagree, and the
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import pyhypersphere
 from pyhypersphere import distributed, distributed_contrastive
 
-from dense_contrastive import dense_clip, dense_nt_xent, value_and_grads
+from dense_contrastive import dense_clip, dense_info_nce, dense_nt_xent, value_and_grads
 from dist_harness import (
     global_batch,
     on_subgroups,
@@ -29,10 +29,30 @@ from dist_harness import (
 
 D = 8
 D_IN = 6
-LOSSES = (
+# MoCo's queue, the same on every rank; exactly representable in bf16, so that the
+# low-precision checks compare against the same numbers.
+QUEUE = torch.nn.functional.normalize(torch.randn(11, D, generator=torch.Generator().manual_seed(99),
+                                                  dtype=torch.float64), dim=1).bfloat16().double()
+
+
+def _with_queue(fn, in_batch):
+    """InfoNCE with the queue (in x's dtype) as a function of (x, y, tau, **options)."""
+
+    def call(x, y, tau, **options):
+        return fn(x, y, tau, queue=QUEUE.to(x.dtype), in_batch=in_batch, **options)
+
+    return call
+
+
+PAIR_LOSSES = (
     # (distributed loss, single-process loss, dense float64 formula, a tau)
     (distributed.nt_xent_loss, pyhypersphere.nt_xent_loss, dense_nt_xent, 0.5),
     (distributed.clip_loss, pyhypersphere.clip_loss, dense_clip, 0.07),
+)
+LOSSES = PAIR_LOSSES + (
+    (distributed.info_nce_loss, pyhypersphere.info_nce_loss, dense_info_nce, 0.1),  # in-batch keys only
+    *[(_with_queue(distributed.info_nce_loss, b), _with_queue(pyhypersphere.info_nce_loss, b),
+       _with_queue(dense_info_nce, b), 0.2) for b in (True, False)],  # MoCo: keys and queue, the queue alone
 )
 UPSTREAM = 1.5  # the same upstream gradient on every rank
 
@@ -185,7 +205,7 @@ def _check_disagreements(rank, world):
     x = torch.randn(4, D, dtype=torch.float64)
     here = r" \(here: y must have the same shape" if rank == 1 else "$"  # only the rank at fault says why
     learned_on_rank_2 = torch.tensor(0.5, requires_grad=rank == 2)
-    for loss_fn, _, _, _ in LOSSES:
+    for loss_fn, _, _, _ in PAIR_LOSSES:
         cases = [
             ("disagree on the feature dimension d", lambda: loss_fn(x[:, : D - rank], x[:, : D - rank])),
             ("disagree on tau", lambda: loss_fn(x, x, 0.5 + 0.1 * (rank == 2))),
@@ -199,6 +219,17 @@ def _check_disagreements(rank, world):
             (r"needs at least 1 row across all ranks, got shards of \[0, 0, 0\]", lambda: loss_fn(x[:0], x[:0])),
         ]
         raise_after_metadata_only(cases)
+    info_nce = distributed.info_nce_loss
+    raise_after_metadata_only([
+        (r"disagree on queue rows", lambda: info_nce(x, x, queue=QUEUE[: 5 + rank])),
+        (r"disagree on in_batch", lambda: info_nce(x, x, queue=QUEUE, in_batch=rank != 1)),
+        (r"rank\(s\) \[0, 1, 2\] passed something else.*in_batch=False needs a queue",
+         lambda: info_nce(x, x, in_batch=False)),
+        (r"rank\(s\) \[0\] passed something else" + (r" \(here: queue must not require grad" if rank == 0 else "$"),
+         lambda: info_nce(x, x, queue=QUEUE.clone().requires_grad_(rank == 0))),
+        (r"rank\(s\) \[2\] passed something else" + (r" \(here: queue must have the same dtype" if rank == 2 else "$"),
+         lambda: info_nce(x, x, queue=QUEUE.float() if rank == 2 else QUEUE)),
+    ])  # fmt: skip
     _check_no_grad(rank, world, [2, 3, 1])  # the group still works
 
 
@@ -262,7 +293,7 @@ def _check_no_sync_path(rank, world):
         assert torch.isnan(loss_fn(x.detach(), x.detach(), tau * (1 + rank), equal_shards=True))
         # An input the rank's own check refuses raises there before any collective; the
         # others would wait (as for the uniformity's no-sync path), so all refuse here.
-        with pytest.raises(ValueError, match="y must have the same shape as x"):
+        with pytest.raises(ValueError, match="must have the same shape as"):
             loss_fn(x, x[:3], tau, equal_shards=True)
     _check_no_grad(rank, world, [3, 4, 2])  # the group still works
 
@@ -317,6 +348,6 @@ def test_two_and_three_ranks_match_single_process_and_dense_formulas():
 
 def test_without_a_process_group_raises():
     assert not dist.is_initialized()
-    for loss_fn in (distributed.nt_xent_loss, distributed.clip_loss):
+    for loss_fn in (distributed.nt_xent_loss, distributed.clip_loss, distributed.info_nce_loss):
         with pytest.raises(RuntimeError, match="no torch.distributed process group is initialized"):
             loss_fn(torch.randn(4, 3), torch.randn(4, 3))
