@@ -152,6 +152,11 @@ def _global_uniformity(views, layout: gb.Layout, params, group, sync: bool, spli
         weight = torch.exp(local - lse).to(device=layout.device, dtype=acc)
         send.view(-1, layout.views, d).mul_(weight.view(1, -1, 1))
         rows = gb.reduce_scatter_rows(send, layout, group)
+    elif grad and not sync:
+        # Ranks that disagree got a NaN table: the gradient rows computed before the
+        # exchange are NaN too, not a finite guess (a device-side select, no host read).
+        nan_where_lost = torch.where(torch.isnan(lse), math.nan, 1.0).to(device=rows.device, dtype=acc)
+        rows = (rows.view(-1, layout.views, d) * nan_where_lost.view(1, -1, 1)).view(rows.shape)
     failure.reraise()  # the no-sync path's failed rank, after its last collective
     pairs = total * (total - 1) // 2
     values = (lse - math.log(pairs)).to(device=layout.device, dtype=layout.dtype)

@@ -204,6 +204,10 @@ def _global_loss(x, y, tau: Temperature, group, spec: _Spec, equal_shards: bool)
     if grad and failure.error is not None:  # the no-sync path: NaN, and the collectives still run
         padded = layout.padded_rows(torch.finfo(acc).bits // 8)
         send = z.new_full((world * padded, layout.views * layout.dim), math.nan, dtype=acc)
+    elif grad and equal_shards:
+        # Ranks that disagree (each valid on its own) got a NaN table: the gradient is
+        # NaN too, not each rank's own finite guess (a device-side select, no host read).
+        send = send * torch.where(torch.isnan(table).any(), math.nan, 1.0).to(send.dtype)
     rows = gb.reduce_scatter_rows(send, layout, group) if grad else None
     failure.reraise()  # the no-sync path's failed rank, after its last collective
     return gb.attach_gradient(loss.reshape(1), rows, float(world), views)[0]

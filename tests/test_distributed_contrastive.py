@@ -289,8 +289,13 @@ def _check_no_sync_path(rank, world):
                 loss_fn(x.detach(), x.detach(), -1.0, equal_shards=True)
         else:
             assert torch.isnan(loss_fn(x.detach(), x.detach(), tau, equal_shards=True))
-        # Ranks that disagree on tau (each valid): NaN everywhere rather than a wrong number.
-        assert torch.isnan(loss_fn(x.detach(), x.detach(), tau * (1 + rank), equal_shards=True))
+        # Ranks that disagree on tau (each valid): NaN everywhere rather than a wrong
+        # number, the gradient too.
+        loss = loss_fn(x, x.detach(), tau * (1 + rank), equal_shards=True)
+        assert torch.isnan(loss)
+        loss.backward()
+        assert torch.isnan(x.grad).all()
+        x.grad = None
         # An input the rank's own check refuses raises there before any collective; the
         # others would wait (as for the uniformity's no-sync path), so all refuse here.
         with pytest.raises(ValueError, match="must have the same shape as"):

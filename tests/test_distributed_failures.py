@@ -157,6 +157,11 @@ def _check_failures(rank, world):
     # The no-sync path with ranks that disagree on t (each valid): the status row's
     # fingerprint differs, so the loss is NaN on every rank rather than a wrong number.
     assert torch.isnan(distributed.uniform_loss(n.detach(), T + rank, equal_shards=True, split=True))
+    # ... and its gradient, in both modes (the whole-loss mode computes it before the exchange).
+    for split in (True, False):
+        n.grad = None
+        distributed.uniform_loss(n, T + rank, equal_shards=True, split=split).backward()
+        assert torch.isnan(n.grad).all(), split
     _group_still_works(rank, world)
 
 

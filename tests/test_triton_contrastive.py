@@ -6,8 +6,9 @@ log-sum-exps of explicit float64 logit matrices with autograd (op level) and the
 float64 loss formulas of dense_contrastive.py (loss level, through the operators'
 dispatch: on CUDA the registered Triton kernels, under the interpreter the same kernels
 registered for the CPU key for the duration of those tests).  Shapes cross the block
-sizes (64 rows and 128 features for float32, 32 and 64 for float64) and the 64-row part
-blocks; the interpreter is slow, so they stay small.
+sizes (32 rows for float32 with 3xTF32, float64 and the part mask at full width; 64
+rows for TF32 and 16-bit inputs; 128-wide features, 64 for float64, 32 for 3xTF32) and
+the 64-row part blocks; the interpreter is slow, so they stay small.
 """
 
 import math
@@ -21,6 +22,7 @@ from dense_contrastive import dense_clip, dense_info_nce, dense_nt_xent, value_a
 from pyhypersphere import clip_loss, info_nce_loss, nt_xent_loss  # noqa: E402
 from pyhypersphere import gpu_backend  # noqa: E402
 from pyhypersphere import triton_kernels as tk  # noqa: E402
+from pyhypersphere._matmul_precision import cuda_fp32_matmul  # noqa: E402
 from triton_device import DEVICE, INTERPRET, RUNNABLE  # noqa: E402
 
 ops = torch.ops.pyhypersphere
@@ -96,6 +98,60 @@ def test_lse_and_gradients_against_float64(na, nb, d, scale, self_pairs, lse_b, 
     ga, gb = tk.contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b_in, g, h_in, 0, 1, True, True)
     assert ga.dtype == gb.dtype == acc and ga.shape == a.shape and gb.shape == b.shape
     for got, want in ((ga, want_ga), (gb, want_gb)):
+        torch.testing.assert_close(got.cpu().double(), want, rtol=0, atol=GRAD_TOL[dtype] * want.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16bit_gradient_of_a_mean_loss_keeps_its_small_weights(dtype):
+    # NT-Xent's upstream gradient is 1/(2N) and its softmax weights ~1/(2N): products
+    # near 1/(4N^2) = 2.4e-7 at N = 1024, deep in fp16's subnormals unless scaled first.
+    n = 1024
+    a, b = rows(n, 16, dtype, 31), rows(n, 16, dtype, 32)
+    g = torch.full((n,), 1 / (2 * n), dtype=torch.float32, device=DEVICE)
+    want_a, want_b, want_ga, want_gb = reference(a, b, 2.0, True, g, g)
+    lse = (want_a.float().to(DEVICE), want_b.float().to(DEVICE))
+    ga, gb = tk.contrastive_lse_backward(a, b, 2.0, True, *lse, g, g, 0, 1, True, True)
+    for got, want in ((ga, want_ga), (gb, want_gb)):
+        torch.testing.assert_close(got.cpu().double(), want, rtol=0, atol=GRAD_TOL[dtype] * want.abs().max())
+
+
+def test_tf32_products_when_torch_allows_them():
+    # torch's TF32 setting picks the 64-row TF32 configuration (3xTF32, 32 rows, otherwise).
+    a, b = rows(70, 40, torch.float32, 33), rows(50, 40, torch.float32, 34)
+    with cuda_fp32_matmul("tf32"):
+        assert tk.contrastive._precision(torch.float32) == "tf32"
+        got = tk.contrastive_lse(a, b, 2.0, False, True, 0, 1)
+        g, h = torch.full((70,), 0.5, device=DEVICE), torch.full((50,), 0.25, device=DEVICE)
+        grads = tk.contrastive_lse_backward(a, b, 2.0, False, *got, g, h, 0, 1, True, True)
+    want_a, want_b, want_ga, want_gb = reference(a, b, 2.0, False, g, h)
+    # TF32 rounds the operands to 11 bits: logit errors ~ scale |a||b| 2^-11 on a GPU (the
+    # interpreter multiplies in float32).
+    tol = 4e-3 if not INTERPRET else 2e-5
+    torch.testing.assert_close(got[0].cpu().double(), want_a, rtol=tol, atol=tol)
+    torch.testing.assert_close(got[1].cpu().double(), want_b, rtol=tol, atol=tol)
+    for x, w in zip(grads, (want_ga, want_gb)):
+        torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=10 * tol * w.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_chunked_width_parts_and_strided_inputs(dtype):
+    # d = 160 past the 128-wide block (chunked) in 16 bits, float32 parts, and column
+    # slices of a wider tensor (the distributed share's z[:, :d]) as inputs.
+    wide = rows(66, 2 * 160, dtype, 35)
+    a, b = wide[:, :160], wide[:, 160:]
+    assert not a.is_contiguous()
+    g = torch.full((66,), 0.3, device=DEVICE)
+    want_a, want_b, want_ga, want_gb = reference(a, b, 1.0, False, g, g)
+    whole = tk.contrastive_lse(a, b, 1.0, False, True, 0, 1)
+    parts = [tk.contrastive_lse(a, b, 1.0, False, True, p, 2) for p in range(2)]
+    for side, want in ((0, want_a), (1, want_b)):
+        torch.testing.assert_close(whole[side].cpu().double(), want, rtol=2e-5, atol=2e-5)
+        combined = torch.logsumexp(torch.stack([p[side] for p in parts]), 0)
+        torch.testing.assert_close(combined.cpu().double(), want, rtol=2e-5, atol=2e-5)
+    lse = (want_a.float().to(DEVICE), want_b.float().to(DEVICE))
+    grads = [tk.contrastive_lse_backward(a, b, 1.0, False, *lse, g, g, p, 2, True, True) for p in range(2)]
+    for side, want in ((0, want_ga), (1, want_gb)):
+        got = grads[0][side] + grads[1][side]
         torch.testing.assert_close(got.cpu().double(), want, rtol=0, atol=GRAD_TOL[dtype] * want.abs().max())
 
 
@@ -211,6 +267,14 @@ def test_nonfinite_inputs_and_lse_give_nan():
     g, h = torch.ones(10, device=DEVICE), torch.ones(12, device=DEVICE)
     ga, gb = tk.contrastive_lse_backward(a, b, 1.0, False, lse_a, lse_b, g, h, 0, 1, True, True)
     assert torch.isnan(ga).all() and torch.isnan(gb).all()
+    # A NaN lse_b given without its upstream gradient: NaN too, as on the CPU.
+    lse_a, lse_b = tk.contrastive_lse(a, b, 1.0, False, True, 0, 1)
+    lse_b[0] = float("nan")
+    empty = g.new_empty((0,))
+    ga, _ = tk.contrastive_lse_backward(a, b, 1.0, False, lse_a, lse_b, g, empty, 0, 1, True, False)
+    want, _ = ops.contrastive_lse_backward(*(v.cpu() for v in (a, b)), 1.0, False,
+                                           *(v.cpu() for v in (lse_a, lse_b, g, empty)), 0, 1, True, False)
+    assert torch.isnan(ga).all() and torch.isnan(want).all()
 
 
 @pytest.mark.parametrize("args", [

@@ -32,6 +32,9 @@ from . import align, contrastive, uniform  # noqa: E402
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
+# Integer arguments as the JIT passes them: int32 below 2^31 (every size and stride in
+# practice; the launchers' 64-bit offsets are computed inside the kernels).
+_INT = "i32"
 
 # (operand dtype, Gram precision, gradient precision): every operand format
 # uniform._plan_operands can choose.
@@ -55,11 +58,10 @@ def _uniform_jobs():
                 one_chunk = d <= block_d
                 for with_grad in (False, True):
                     sig = {"z_ptr": _PTR[dtype], "sq_ptr": acc, "m_ptr": acc, "l_ptr": acc, "lw_ptr": acc,
-                           "acc_ptr": acc, "row_start": "i64", "n_rows": "i64", "col_start": "i64",
-                           "col_end": "i64", "cols_per_split": "i64", "n_x": "i64", "d": "i64",
-                           "stride_z": "i64", "neg_t_ptr": acc,
-                           "part_lo": "i32", "part_hi": "i32", "part_tri": "i32",
-                           "x_part_blocks": "i32", "q_part_blocks": "i32"}
+                           "acc_ptr": acc, "neg_t_ptr": acc,
+                           **{name: _INT for name in ("row_start", "n_rows", "col_start", "col_end",
+                                                      "cols_per_split", "n_x", "d", "stride_z", "part_lo",
+                                                      "part_hi", "part_tri", "x_part_blocks", "q_part_blocks")}}
                     consts = {"WITH_GRAD": with_grad, "HAS_PARTS": has_parts, "PART_ROWS": uniform.PART_BLOCK,
                               "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": block_d,
                               "ONE_CHUNK": one_chunk, "GRAM_PRECISION": gram_p, "GRAD_PRECISION": grad_p,
@@ -77,48 +79,59 @@ def _align_jobs():
             cfg = align.align_config(d)
             for with_grad in (False, True):
                 sig = {"x_ptr": _PTR[dtype], "y_ptr": _PTR[dtype], "term_ptr": acc, "grad_ptr": _PTR[dtype],
-                       "n": "i64", "d": "i64", "stride_x": "i64", "stride_y": "i64", "scalars_ptr": acc}
+                       "n": _INT, "d": _INT, "stride_x": _INT, "stride_y": _INT, "scalars_ptr": acc}
                 consts = {"WITH_GRAD": with_grad, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_D": cfg["BLOCK_D"]}
                 name = f"align {str(dtype).split('.')[-1]} M{cfg['BLOCK_M']} D{cfg['BLOCK_D']}{' grad' if with_grad else ''}"
                 yield name, "align", sig, consts, cfg["num_warps"], cfg["num_stages"], False
 
 
-def _contrastive_jobs():
-    # Per operand format: the full-width and the chunked configuration, each with every
-    # mask (self pairs and parts: the most registers), plus the plain cross-pair variants
-    # the single-process losses launch (no parts).
+# CI's subset of the contrastive configurations (--quick): the widths and masks the
+# losses launch in one process and across ranks (self pairs with parts, cross pairs
+# without), both gradient terms; the full matrix is for changes to the kernels or blocks.
+QUICK_CONTRASTIVE = {"d": (32, 128), "masks": ((True, True), (False, False))}
+
+
+def _contrastive_jobs(quick: bool = False):
+    # Per operand format and d: each kernel with each combination of the self-pair and
+    # part masks (the block sizes depend on both), the gradient with both terms, and for
+    # cross pairs with the column terms only (b's gradient under InfoNCE).
+    widths = QUICK_CONTRASTIVE["d"] if quick else (16, 32, 64, 128, 4096)
+    masks = QUICK_CONTRASTIVE["masks"] if quick else ((s, p) for s in (True, False) for p in (False, True))
+    masks = tuple(masks)
     for dtype, precision, _ in UNIFORM_FORMATS:
         acc = "*fp64" if dtype == torch.float64 else "*fp32"
-        for d in (128, 4096):
-            for self_pairs, has_parts in ((True, True), (False, False)):
-                cfg = contrastive.contrastive_config(dtype, d, precision, has_parts)
-                one_chunk = d <= cfg["BLOCK_D"]
-                consts = {"SELF_PAIRS": self_pairs, "HAS_PARTS": has_parts, "PART_ROWS": contrastive.PART_BLOCK,
-                          "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"],
-                          "ONE_CHUNK": one_chunk, "PRECISION": precision, "WIDEN_OPERANDS": False}
-                common = {"row_start": "i64", "n_rows": "i64", "n_cols": "i64", "cols_per_split": "i64", "d": "i64",
-                          "stride_r": "i64", "stride_c": "i64", "scale_ptr": acc, "part_lo": "i32", "part_hi": "i32",
-                          "row_tile_stride": "i32", "col_tile_stride": "i32", "tri_blocks": "i32"}
-                label = (f"{str(dtype).split('.')[-1]}/{precision} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
-                         f"D{cfg['BLOCK_D']}{'' if one_chunk else ' chunked'}"
-                         f"{' self' if self_pairs else ' cross'}{' parts' if has_parts else ''}")
-                sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "m_ptr": acc, "l_ptr": acc, **common}
-                yield (f"contrastive lse {label}", "contrastive_lse", sig, consts, cfg["num_warps"],
-                       cfg["num_stages"], True)
-                sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "lse_r_ptr": acc, "g_r_ptr": acc,
-                       "lse_c_ptr": acc, "g_c_ptr": acc, "out_ptr": acc, **common}
-                # Both terms (self pairs, CLIP); cross pairs also with column terms only (b's
-                # gradient when only a's lse has an upstream gradient: InfoNCE's keys).
-                for row_terms in ((True,) if self_pairs else (True, False)):
-                    grad_consts = dict(consts, ROW_TERMS=row_terms, COL_TERMS=True)
-                    yield (f"contrastive grad {label}{'' if row_terms else ' col-terms'}", "contrastive_grad",
-                           sig, grad_consts, cfg["num_warps"], cfg["num_stages"], True)
+        common = {name: _INT for name in ("row_start", "n_rows", "n_cols", "cols_per_split", "d", "stride_r",
+                                          "stride_c", "part_lo", "part_hi", "row_tile_stride", "col_tile_stride",
+                                          "tri_blocks")}
+        common["scale_ptr"] = acc
+        lse_sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "m_ptr": acc, "l_ptr": acc, **common}
+        grad_sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "lse_r_ptr": acc, "g_r_ptr": acc,
+                    "lse_c_ptr": acc, "g_c_ptr": acc, "out_ptr": acc, **common}
+        for d in widths:
+            for self_pairs, has_parts in masks:
+                for grad in (False, True):
+                    cfg = contrastive.contrastive_config(dtype, d, precision, has_parts, grad)
+                    one_chunk = d <= cfg["BLOCK_D"]
+                    consts = {"SELF_PAIRS": self_pairs, "HAS_PARTS": has_parts,
+                              "PART_ROWS": contrastive.PART_BLOCK, "BLOCK_M": cfg["BLOCK_M"],
+                              "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"], "ONE_CHUNK": one_chunk,
+                              "PRECISION": precision, "WIDEN_OPERANDS": False}
+                    label = (f"{str(dtype).split('.')[-1]}/{precision} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
+                             f"D{cfg['BLOCK_D']}{'' if one_chunk else ' chunked'}"
+                             f"{' self' if self_pairs else ' cross'}{' parts' if has_parts else ''}")
+                    run = (cfg["num_warps"], cfg["num_stages"], True)
+                    if not grad:
+                        yield (f"contrastive lse {label}", "contrastive_lse", lse_sig, consts, *run)
+                        continue
+                    for row_terms in ((True,) if self_pairs or quick else (True, False)):
+                        yield (f"contrastive grad {label}{'' if row_terms else ' col-terms'}", "contrastive_grad",
+                               grad_sig, dict(consts, ROW_TERMS=row_terms, COL_TERMS=True), *run)
 
 
-def _jobs():
+def _jobs(quick: bool = False):
     # De-duplicated: small d values can map to the same configuration.
     seen = set()
-    for job in list(_uniform_jobs()) + list(_align_jobs()) + list(_contrastive_jobs()):
+    for job in list(_uniform_jobs()) + list(_align_jobs()) + list(_contrastive_jobs(quick)):
         if job[0] not in seen:
             seen.add(job[0])
             yield job
@@ -187,10 +200,12 @@ def main(argv=None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="80,90", help="comma-separated compute capabilities, e.g. 80,90")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI's subset of the contrastive configurations (QUICK_CONTRASTIVE)")
     parser.add_argument("--filter", default="", help="only configurations whose name matches this regular expression")
     args = parser.parse_args(argv)
     archs = [int(a) for a in args.arch.split(",") if a.strip()]
-    work = [(job, arch) for job in _jobs() if re.search(args.filter, job[0]) for arch in archs]
+    work = [(job, arch) for job in _jobs(args.quick) if re.search(args.filter, job[0]) for arch in archs]
     rows = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for row in pool.map(compile_one, *zip(*work)):  # in order, as they finish

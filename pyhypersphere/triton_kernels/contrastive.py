@@ -36,7 +36,7 @@ import triton.language as tl
 from .. import _C  # noqa: F401  (loads the operator schemas and their checks)
 from .._matmul_precision import cuda_matmul_allows_tf32
 from .splits import merge_splits, split_columns
-from .tiles import logit_tile, row_block
+from .tiles import check_device, logit_tile, part_index_fits, row_block
 from .uniform import uniform_config
 
 # Rows per part-slicing block: `part`/`num_parts` cut the pair set into tiles of
@@ -133,6 +133,7 @@ def _row_grad_kernel(
     d_chunk = tl.program_id(2)  # the slice of the gradient this program accumulates (d > BLOCK_D)
     acc_t = out_ptr.dtype.element_ty
     scale = tl.load(scale_ptr)
+    w_scale = tl.load(scale_ptr + 1)  # see the 16-bit product below
     local, row_ok, rows, r_i = row_block(r_ptr, row_start, n_rows, d, stride_r, ONE_CHUNK, BLOCK_M, BLOCK_D,
                                          WIDEN_OPERANDS, acc_t)
     chunk_d = d_chunk * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -168,12 +169,16 @@ def _row_grad_kernel(
             acc += tl.dot(w, c_j, input_precision=PRECISION)
         else:
             # 16-bit operands: the weights in the operands' format (flash attention's
-            # choice; relative 2^-9 for bf16, the gradient's own output rounding).
-            w_op = w.to(c_ptr.dtype.element_ty)
+            # choice; relative 2^-9 for bf16, the gradient's own output rounding), first
+            # scaled by the power of two w_scale that brings the largest upstream
+            # gradient near 1: a mean loss's weights are ~1/N^2, below fp16's range.
+            w_op = (w * w_scale).to(c_ptr.dtype.element_ty)
             if WIDEN_OPERANDS:
                 w_op = w_op.to(acc_t)
             acc += tl.dot(w_op, c_j, input_precision=PRECISION, out_dtype=acc_t)
 
+    if c_ptr.dtype.element_ty != acc_t:
+        acc = acc / w_scale  # exact: a power of two
     out = split.to(tl.int64) * n_rows + local
     tl.store(out_ptr + out[:, None] * d + chunk_d[None, :], acc * scale,
              mask=row_ok[:, None] & (chunk_d[None, :] < d))
@@ -182,11 +187,23 @@ def _row_grad_kernel(
 # ---------------------------------------------------------------- launchers
 
 
-def contrastive_config(operand_dtype: torch.dtype, d: int, precision: str, has_parts: bool) -> dict:
+def contrastive_config(operand_dtype: torch.dtype, d: int, precision: str, has_parts: bool, grad: bool) -> dict:
     """The block configuration for operands of this dtype, product precision, width and
-    part mask (also what compile_check compiles): the uniformity kernel's, whose tiles
-    hold the same registers (a Gram tile, a [BLOCK_M, BLOCK_D] accumulator, the mask)."""
-    return uniform_config(operand_dtype, d, precision, has_parts)
+    part mask, for the lse or the gradient kernel (also what compile_check compiles).
+
+    The lse kernel's tiles hold what the uniformity kernel's forward holds (a Gram tile,
+    the mask): its configuration.  The gradient kernel adds the accumulator and the
+    column terms' vectors: with 64-row blocks it spilled on sm_80 (Triton 3.9; the TF32
+    one on sm_90 too).  32-row blocks with 8 warps, and 32 columns where the feature
+    block is 32 wide or less, compile without spills in every format, mask and width
+    (found by compiling the candidates for both archs), at the cost of wgmma on sm_90:
+    to be tuned on a GPU."""
+    cfg = uniform_config(operand_dtype, d, precision, has_parts)
+    if grad:
+        cfg.update(BLOCK_M=32, num_warps=8)
+        if cfg["BLOCK_D"] <= 32:
+            cfg["BLOCK_N"] = 32
+    return cfg
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -205,7 +222,8 @@ class _Problem:
         self.self_pairs = self_pairs
         self.acc_t = torch.float64 if a.dtype == torch.float64 else torch.float32
         self.z = torch.cat([self.a, self.b]) if self_pairs else None
-        self.scale = torch.full((1,), float(scale), dtype=self.acc_t, device=a.device)
+        # [scale, the gradient kernel's 16-bit weight scale (row_grad sets it)]
+        self.scale = torch.tensor([float(scale), 1.0], dtype=self.acc_t, device=a.device)
         self.precision = _precision(a.dtype)
         a_blocks, b_blocks = triton.cdiv(self.na, PART_BLOCK), triton.cdiv(self.nb, PART_BLOCK)
         self.tri_blocks = triton.cdiv(self.na + self.nb, PART_BLOCK)
@@ -214,9 +232,9 @@ class _Problem:
         if num_parts == 1:
             self.part_lo, self.part_hi = 0, -1
         else:
-            if total >= 2**31:  # the kernel's tile index is int32
-                raise ValueError(f"contrastive_lse: num_parts > 1 on the Triton kernels supports at most 2^31 "
-                                 f"{PART_BLOCK}-row tiles, got {total} (N_a = {self.na}, N_b = {self.nb})")
+            if not part_index_fits(total, self.tri_blocks if self_pairs else 0):
+                raise ValueError(f"contrastive_lse: num_parts > 1 on the Triton kernels needs the {PART_BLOCK}-row "
+                                 f"tile index to fit int32, got {total} tiles (N_a = {self.na}, N_b = {self.nb})")
             self.part_lo, self.part_hi = total * part // num_parts, total * (part + 1) // num_parts
 
     def sides(self, rows_are_a: bool):
@@ -228,9 +246,9 @@ class _Problem:
             return self.a, self.b, self.b_blocks, 1
         return self.b, self.a, 1, self.b_blocks
 
-    def launch_args(self, rows, cols, row_start, n_rows, row_stride, col_stride, col_splits):
+    def launch_args(self, rows, cols, row_start, n_rows, row_stride, col_stride, col_splits, grad):
         d = rows.shape[1]
-        cfg = contrastive_config(rows.dtype, d, self.precision, self.part_hi >= 0)
+        cfg = contrastive_config(rows.dtype, d, self.precision, self.part_hi >= 0, grad)
         n_cols = cols.shape[0]
         splits, per_split = split_columns(n_rows, n_cols, cfg["BLOCK_M"], cfg["BLOCK_N"], rows.device, col_splits)
         args = (row_start, n_rows, n_cols, per_split, d, rows.stride(0), cols.stride(0), self.scale,
@@ -249,7 +267,7 @@ class _Problem:
         rows, cols, row_stride, col_stride = self.sides(rows_are_a)
         n_rows = rows.shape[0]
         cfg, splits, args, consts = self.launch_args(rows, cols, 0, n_rows, row_stride, col_stride,
-                                                     col_splits)
+                                                     col_splits, False)
         m = torch.empty((splits, n_rows), dtype=self.acc_t, device=rows.device)
         l = torch.empty_like(m)
         _row_lse_kernel[(triton.cdiv(n_rows, cfg["BLOCK_M"]), splits)](rows, cols, m, l, *args, **consts)
@@ -265,9 +283,11 @@ class _Problem:
         else:
             row_start, n_rows = 0, rows.shape[0]
         cfg, splits, args, consts = self.launch_args(rows, cols, row_start, n_rows, row_stride, col_stride,
-                                                     col_splits)
+                                                     col_splits, True)
         d = rows.shape[1]
         d_chunks = 1 if consts["ONE_CHUNK"] else triton.cdiv(d, cfg["BLOCK_D"])
+        if rows.dtype in (torch.float16, torch.bfloat16):
+            self.scale[1:] = _weight_scale([v for v in (g, g_cols) if v is not None])
         out = torch.empty((splits, n_rows, d), dtype=self.acc_t, device=rows.device)
         unused = self.scale  # a pointer the kernel never reads (its terms are off)
         _row_grad_kernel[(triton.cdiv(n_rows, cfg["BLOCK_M"]), splits, d_chunks)](
@@ -282,6 +302,17 @@ class _Problem:
         return torch.isfinite(self.a).all() & torch.isfinite(self.b).all()
 
 
+def _weight_scale(upstream: list) -> torch.Tensor:
+    """2^-floor(log2(max |g|)) over the upstream gradients, on the device (no host read):
+    every weight |w_ij| <= |g_i| + |h_j| then stays below 4 after scaling, and a mean
+    loss's weights (g ~ 1/N, softmax terms ~ 1/N) keep fp16's precision; 1 when there is
+    no finite positive maximum."""
+    top = torch.stack([v.abs().amax() for v in upstream]).amax()
+    usable = torch.isfinite(top) & (top > 0)
+    exponent = torch.floor(torch.log2(torch.where(usable, top, torch.ones_like(top))))
+    return torch.exp2(-exponent).reshape(1)
+
+
 def _where_finite(ok: torch.Tensor, *outputs):
     nan = torch.full((), float("nan"), dtype=outputs[0].dtype, device=outputs[0].device)
     return tuple(torch.where(ok, v, nan) if v.numel() else v for v in outputs)
@@ -293,6 +324,7 @@ def contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, *, col_spli
     `col_splits` (tests only) forces how many programs share a row block's columns.
     """
     _C._check_contrastive_args(a, b, scale, self_pairs, lse_b, part, num_parts)
+    check_device(a.device, "contrastive_lse")
     p = _Problem(a, b, scale, self_pairs, part, num_parts)
     if self_pairs:
         both = p.row_lse(True, col_splits)
@@ -308,6 +340,7 @@ def contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, 
     """`torch.ops.pyhypersphere.contrastive_lse_backward` on Triton: same arguments, same results."""
     _C._check_contrastive_backward_args(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b,
                                         part, num_parts)
+    check_device(a.device, "contrastive_lse_backward")
     p = _Problem(a, b, scale, self_pairs, part, num_parts)
     empty = a.new_empty((0,), dtype=p.acc_t)
     if not (grad_a or grad_b):
@@ -329,7 +362,9 @@ def contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, 
         row_b = (lb, gb) if col_terms else (None, None)
         out_a = p.row_grad(True, la, ga, *row_b, col_splits) if grad_a else empty
         out_b = p.row_grad(False, *row_b, la, ga, col_splits) if grad_b else empty
-        lse_all = la if lb is None else torch.cat([la, lb])
+        # lse_b given but unused (no upstream gradient for it) still has to be valid, as
+        # for the CPU kernel.
+        lse_all = torch.cat([la, lse_b.to(acc)]) if lse_b.numel() else la
     # -inf is a valid lse (a row without pairs); NaN or +inf is not.
     ok = p.all_finite() & ~(torch.isnan(lse_all) | torch.isposinf(lse_all)).any()
     return _where_finite(ok, out_a, out_b)

@@ -27,7 +27,7 @@ import triton.language as tl
 from .. import _C
 from .._matmul_precision import cuda_matmul_allows_tf32
 from .splits import merge_splits, split_columns
-from .tiles import logit_tile, row_block
+from .tiles import logit_tile, part_index_fits, row_block
 
 # Rows per part-slicing block: `part`/`num_parts` cut the pair set into tiles of
 # PART_BLOCK x PART_BLOCK rows (upper triangle of x, then x by queue) and keep a
@@ -220,9 +220,9 @@ def _part_bounds(n, k, intra_batch, part, num_parts):
     if num_parts == 1:
         return 0, -1, tri, x_blocks, q_blocks
     total = tri + x_blocks * q_blocks
-    if total >= 2**31:  # the kernel's tile index is int32
-        raise ValueError(f"uniform_loss: num_parts > 1 on the Triton kernels supports at most 2^31 "
-                         f"{PART_BLOCK}-row tiles, got {total} (N = {n}, K = {k})")
+    if not part_index_fits(total, x_blocks):
+        raise ValueError(f"uniform_loss: num_parts > 1 on the Triton kernels needs the {PART_BLOCK}-row tile "
+                         f"index to fit int32, got {total} tiles (N = {n}, K = {k})")
     return total * part // num_parts, total * (part + 1) // num_parts, tri, x_blocks, q_blocks
 
 
