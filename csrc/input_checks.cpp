@@ -68,9 +68,10 @@ void check_uniform_args(const at::Tensor& x, const std::optional<at::Tensor>& qu
   check_part(part, num_parts, fn);
 }
 
-void check_contrastive_args(const at::Tensor& a, const at::Tensor& b, double scale,
-                            bool self_pairs, bool lse_b, int64_t part, int64_t num_parts) {
-  constexpr const char* fn = "contrastive_lse";
+namespace {
+
+// The logit inputs a, b and scale of the contrastive operators.
+void check_logit_inputs(const at::Tensor& a, const at::Tensor& b, double scale, const char* fn) {
   check_feature_matrix(a, fn, "a", 1);
   check_feature_matrix(b, fn, "b", 1);
   TORCH_CHECK_VALUE(b.size(1) == a.size(1), fn, ": b must have the same feature dimension as a (",
@@ -80,6 +81,14 @@ void check_contrastive_args(const at::Tensor& a, const at::Tensor& b, double sca
   TORCH_CHECK_VALUE(b.scalar_type() == a.scalar_type(), fn, ": b must have the same dtype as a (",
                     a.scalar_type(), "), got ", b.scalar_type());
   check_positive_finite(scale, fn, "scale");
+}
+
+}  // namespace
+
+void check_contrastive_args(const at::Tensor& a, const at::Tensor& b, double scale,
+                            bool self_pairs, bool lse_b, int64_t part, int64_t num_parts) {
+  constexpr const char* fn = "contrastive_lse";
+  check_logit_inputs(a, b, scale, fn);
   TORCH_CHECK_VALUE(!self_pairs || lse_b, fn,
                     ": self_pairs=True computes the lse of every row of a and b; pass lse_b=True");
   check_part(part, num_parts, fn);
@@ -105,6 +114,10 @@ void check_contrastive_backward_args(const at::Tensor& a, const at::Tensor& b, d
   // always with self pairs.
   check_vector(grad_lse_b, "grad_lse_b", b.size(0), !self_pairs);
   check_vector(lse_b, "lse_b", b.size(0), !self_pairs && grad_lse_b.numel() == 0);
+}
+
+void check_contrastive_mean_lse_args(const at::Tensor& a, const at::Tensor& b, double scale) {
+  check_logit_inputs(a, b, scale, "contrastive_mean_lse");
 }
 
 void check_align_args(const at::Tensor& x, const at::Tensor& y, double alpha) {

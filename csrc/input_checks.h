@@ -41,6 +41,9 @@ void check_contrastive_backward_args(const at::Tensor& a, const at::Tensor& b, d
                                      const at::Tensor& grad_lse_b, int64_t part,
                                      int64_t num_parts);
 
+// All checks of the contrastive mean-lse op (a and b: see ops.h).
+void check_contrastive_mean_lse_args(const at::Tensor& a, const at::Tensor& b, double scale);
+
 // All checks of the alignment op.
 void check_align_args(const at::Tensor& x, const at::Tensor& y, double alpha);
 

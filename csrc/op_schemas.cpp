@@ -13,5 +13,8 @@ TORCH_LIBRARY(pyhypersphere, m) {
       "contrastive_lse_backward(Tensor a, Tensor b, float scale, bool self_pairs, Tensor lse_a, "
       "Tensor lse_b, Tensor grad_lse_a, Tensor grad_lse_b, int part, int num_parts, bool grad_a, "
       "bool grad_b) -> (Tensor, Tensor)");
+  m.def(
+      "contrastive_mean_lse(Tensor a, Tensor b, float scale, bool grad_a, bool grad_b) -> (Tensor, "
+      "Tensor, Tensor)");
   m.def("align_loss(Tensor x, Tensor y, float alpha, bool compute_grad) -> (Tensor, Tensor)");
 }

@@ -37,6 +37,15 @@
 //   from this part's tiles (they sum over parts), each an empty [0] tensor when its flag
 //   is false; in the accumulation dtype.
 //
+// contrastive_mean_lse(a, b, scale, grad_a, grad_b) -> (mean_lse, grad_a, grad_b)
+//   a, b, scale and the logits as for contrastive_lse with cross pairs:
+//   mean_lse = (1 / N_a) sum_i log sum_j exp(scale <a_i, b_j>), a 0-dim tensor; grad_a
+//   [N_a, d] and grad_b [N_b, d] its gradients with respect to a and b when their flags
+//   are set, each an empty [0] tensor otherwise.  All in the accumulation dtype.  Every
+//   row's lse has the same upstream gradient (1 / N_a), so the gradients come out of the
+//   forward pass (in-batch InfoNCE: 3 GEMMs' worth where contrastive_lse and its
+//   backward need 4).  NaN or inf in the inputs give NaN outputs.
+//
 // align_loss(x, y, alpha, compute_grad) -> (loss, grad_x)
 //   loss = mean_i ||x_i - y_i||^alpha in x's dtype; grad_x = d loss / d x (d loss / d y
 //   is -grad_x), or an empty [0] tensor.  At x_i == y_i the gradient is 0.
@@ -53,6 +62,7 @@ using UniformResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using AlignResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveLseResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveGradResult = std::tuple<at::Tensor, at::Tensor>;
+using ContrastiveMeanLseResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tensor>& queue,
                               double t, bool intra_batch, int64_t part, int64_t num_parts,
@@ -66,6 +76,8 @@ ContrastiveGradResult contrastive_lse_backward_cpu(
     const at::Tensor& a, const at::Tensor& b, double scale, bool self_pairs,
     const at::Tensor& lse_a, const at::Tensor& lse_b, const at::Tensor& grad_lse_a,
     const at::Tensor& grad_lse_b, int64_t part, int64_t num_parts, bool grad_a, bool grad_b);
+ContrastiveMeanLseResult contrastive_mean_lse_cpu(const at::Tensor& a, const at::Tensor& b,
+                                                  double scale, bool grad_a, bool grad_b);
 
 #ifdef PYHYPERSPHERE_WITH_CUDA
 UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tensor>& queue,

@@ -1,5 +1,6 @@
 // The Python module pyhypersphere._C: loading it registers the operators (op_schemas.cpp
 // and the backends); build_info() reports how the extension was built.
+#include "cpu/mean_lse_strips.h"
 #include "cpu/tile_epilogue.h"
 #include "cpu/tile_gemm.h"
 #include "input_checks.h"
@@ -153,6 +154,16 @@ PYBIND11_MODULE(_C, module) {
              "Raises the contrastive operator's ValueError for bad arguments (internal).");
   module.def("_check_contrastive_backward_args", &pyhypersphere::check_contrastive_backward_args,
              "Raises the contrastive backward operator's ValueError for bad arguments (internal).");
+  module.def("_check_contrastive_mean_lse_args", &pyhypersphere::check_contrastive_mean_lse_args,
+             "Raises the contrastive mean-lse operator's ValueError for bad arguments (internal).");
+  module.def(
+      "_mean_lse_strip_rows",
+      [](int64_t na, int64_t nb, int64_t elem_bytes) {
+        return pyhypersphere::cpu::mean_lse_strip_rows(
+            na, nb, elem_bytes, pyhypersphere::cpu::mean_lse_strip_budget_bytes());
+      },
+      "Rows per strip the CPU contrastive_mean_lse kernel takes for this shape under the "
+      "current budget; 0: the two-pass fallback (internal, for tests).");
   // Read at import (the GPU backend choice) without build_info's run-time queries, which
   // raise on a misspelled CPU override that only the first op call should report.
 #ifdef PYHYPERSPHERE_WITH_CUDA

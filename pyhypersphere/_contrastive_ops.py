@@ -3,6 +3,8 @@
 `torch.ops.pyhypersphere.contrastive_lse` returns the log-sum-exps of every row's logits
 (and, for the symmetric and self-pair forms, of b's rows); its backward is a second op,
 `contrastive_lse_backward`, since every weight exp(s_ij - lse_i) needs row i's final lse.
+`contrastive_mean_lse` returns the mean of the rows' lse with its gradients computed in the
+forward (in-batch InfoNCE, where every row's lse has the same upstream gradient).
 Schemas in csrc/op_schemas.cpp, contract in csrc/ops.h.
 """
 
@@ -76,3 +78,55 @@ torch.library.register_autograd(
 
 def contrastive_lse(a, b, scale, self_pairs, lse_b, part=0, num_parts=1):
     return _lib_ops.contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts)
+
+
+# ---------------------------------------------------------------- contrastive_mean_lse
+#
+# The mean of the rows' lse has the same upstream gradient for every row, so the kernel
+# computes the gradients in the forward (as uniform_lse does) and the backward scales them.
+
+
+@torch.library.register_fake("pyhypersphere::contrastive_mean_lse")
+def _contrastive_mean_lse_fake(a, b, scale, grad_a, grad_b):
+    if b.device != a.device:
+        raise ValueError(f"contrastive_mean_lse: b must be on the same device as a ({a.device}), got {b.device}")
+    acc = accumulate_dtype(a.dtype)
+    ga = a.new_empty(tuple(a.shape), dtype=acc) if grad_a else a.new_empty((0,), dtype=acc)
+    gb = b.new_empty(tuple(b.shape), dtype=acc) if grad_b else a.new_empty((0,), dtype=acc)
+    return a.new_empty((), dtype=acc), ga, gb
+
+
+def _setup_mean_lse(ctx, inputs, output):
+    a, b, scale, want_a, want_b = inputs
+    _, grad_a, grad_b = output
+    ctx.mark_non_differentiable(grad_a, grad_b)
+    ctx.scale = scale
+    ctx.dtypes = (a.dtype, b.dtype)
+    ctx.computed = (bool(want_a), bool(want_b))
+    # Called without every gradient in mind but differentiated anyway: keep the inputs
+    # to recompute what is missing.
+    ctx.save_for_backward(grad_a, grad_b, a, b)
+
+
+def _backward_mean_lse(ctx, grad_mean, _grad_ga, _grad_gb):
+    grad_a, grad_b, a, b = ctx.saved_tensors
+    need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if (need_a and not ctx.computed[0]) or (need_b and not ctx.computed[1]):
+        _, grad_a, grad_b = _lib_ops.contrastive_mean_lse(a, b, ctx.scale, need_a, need_b)
+    # In the accumulation dtype: round to the inputs' once.
+    out_a = first_order_only((grad_a * grad_mean.to(grad_a.dtype)).to(ctx.dtypes[0])) if need_a else None
+    out_b = first_order_only((grad_b * grad_mean.to(grad_b.dtype)).to(ctx.dtypes[1])) if need_b else None
+    return out_a, out_b, None, None, None
+
+
+torch.library.register_autograd(
+    "pyhypersphere::contrastive_mean_lse", _backward_mean_lse, setup_context=_setup_mean_lse
+)
+
+
+def contrastive_mean_lse(a, b, scale):
+    """mean_i log sum_j exp(scale <a_i, b_j>), differentiable; the kernel computes the
+    gradients of the inputs that will need them (grad mode on and requires_grad)."""
+    grad_on = torch.is_grad_enabled()
+    mean, _, _ = _lib_ops.contrastive_mean_lse(a, b, scale, grad_on and a.requires_grad, grad_on and b.requires_grad)
+    return mean

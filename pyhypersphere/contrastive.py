@@ -14,7 +14,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from ._contrastive_ops import contrastive_lse
+from ._contrastive_ops import contrastive_lse, contrastive_mean_lse
 from ._ops import accumulate_dtype
 from .losses import _as_float, _check_tensor
 
@@ -181,15 +181,16 @@ def info_nce_loss(
         q = _divide(q, tau_tensor)
         k = k.to(q.dtype)
         queue = queue.to(q.dtype) if queue is not None else None
-    if queue is None:
-        keys = k
-    else:
-        keys = torch.cat([k, queue]) if in_batch else queue
-    lse, _ = contrastive_lse(q, keys, scale, False, False)
     positive = _row_dots(q, k) * scale
-    if not in_batch:  # the positive is not among the keys: add its term to the sum
-        lse = torch.logaddexp(lse, positive)
-    return (lse - positive).mean().to(out_dtype)
+    if in_batch:
+        # Every row's lse enters with weight 1/N: the kernel's gradients come out of its
+        # single pass over the logits (contrastive_mean_lse).
+        keys = k if queue is None else torch.cat([k, queue])
+        return (contrastive_mean_lse(q, keys, scale) - positive.mean()).to(out_dtype)
+    # The positive is not among the keys: its term joins each row's sum, which weights
+    # the rows' lse unequally (two passes: contrastive_lse and its backward).
+    lse, _ = contrastive_lse(q, queue, scale, False, False)
+    return (torch.logaddexp(lse, positive) - positive).mean().to(out_dtype)
 
 
 def clip_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_CLIP_TAU) -> torch.Tensor:

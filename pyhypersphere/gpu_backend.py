@@ -65,6 +65,12 @@ def _triton_contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad
                                     num_parts, grad_a, grad_b)
 
 
+def _triton_contrastive_mean_lse(a, b, scale, grad_a, grad_b):
+    from .triton_kernels import contrastive_mean_lse
+
+    return contrastive_mean_lse(a, b, scale, grad_a, grad_b)
+
+
 _lib = torch.library.Library("pyhypersphere", "IMPL")
 
 
@@ -77,6 +83,7 @@ def _register_triton_uniformity() -> None:
 def _register_triton_contrastive() -> None:
     _lib.impl("contrastive_lse", _triton_contrastive_lse, "CUDA")
     _lib.impl("contrastive_lse_backward", _triton_contrastive_lse_backward, "CUDA")
+    _lib.impl("contrastive_mean_lse", _triton_contrastive_mean_lse, "CUDA")
 
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None

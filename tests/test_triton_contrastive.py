@@ -306,7 +306,52 @@ def test_backward_bad_input_gets_the_operators_error():
 def test_registered_for_cuda_whatever_the_uniformity_backend():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("pyhypersphere::contrastive_lse", "CUDA")
     assert torch._C._dispatch_has_kernel_for_dispatch_key("pyhypersphere::contrastive_lse_backward", "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("pyhypersphere::contrastive_mean_lse", "CUDA")
     assert gpu_backend.build_info()["contrastive_gpu_backend"] == "triton"
+
+
+MEAN_LSE_CASES = [  # na, nb, d, scale, dtype, col_splits
+    (2, 2, 1, 0.5, torch.float32, None),
+    (70, 45, 33, 14.3, torch.float32, None),  # past a 64-row block
+    (10, 300, 8, 1 / 0.07, torch.float32, 3),  # MoCo's shape: columns split over programs
+    (67, 35, 100, 3.0, torch.float64, None),  # chunked d
+    (33, 40, 64, 10.0, torch.bfloat16, None),
+]
+
+
+@pytest.mark.parametrize("na,nb,d,scale,dtype,col_splits", MEAN_LSE_CASES)
+def test_mean_lse_and_gradients_against_float64(na, nb, d, scale, dtype, col_splits):
+    a, b = rows(na, d, dtype, 31), rows(nb, d, dtype, 32)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    g = torch.full((na,), 1.0 / na, dtype=torch.float64)
+    want_a, _, want_ga, want_gb = reference(a, b, scale, False, g, None)
+    for grad_a, grad_b in ((True, True), (True, False), (False, True)):
+        mean, ga, gb = tk.contrastive_mean_lse(a, b, scale, grad_a, grad_b, col_splits=col_splits)
+        assert mean.shape == () and mean.dtype == acc
+        torch.testing.assert_close(mean.cpu().double(), want_a.mean(), rtol=TOL[dtype], atol=TOL[dtype] * scale)
+        assert ga.shape == (a.shape if grad_a else (0,)) and gb.shape == (b.shape if grad_b else (0,))
+        for flag, got, want in ((grad_a, ga, want_ga), (grad_b, gb, want_gb)):
+            if flag:
+                assert got.dtype == acc
+                # A floor: with N = 2, d = 1 the gradient cancels to ~1e-17.
+                atol = GRAD_TOL[dtype] * max(want.abs().max().item(), 1e-3)
+                torch.testing.assert_close(got.cpu().double(), want, rtol=0, atol=atol)
+
+
+def test_mean_lse_matches_cpu_operator_and_gives_nan_for_nonfinite_inputs():
+    a, b = rows(40, 12, torch.float32, 33), rows(90, 12, torch.float32, 34)
+    want = ops.contrastive_mean_lse(a.cpu(), b.cpu(), 5.0, True, True)
+    got = tk.contrastive_mean_lse(a, b, 5.0, True, True)
+    for x, w in zip(got, want):
+        assert x.dtype == w.dtype and x.shape == w.shape
+        torch.testing.assert_close(x.cpu(), w, rtol=1e-5, atol=1e-6)
+    b[7, 2] = float("nan")
+    assert all(torch.isnan(v).all() for v in tk.contrastive_mean_lse(a, b, 5.0, True, True))
+    with pytest.raises(ValueError) as want_error:
+        ops.contrastive_mean_lse(a.cpu(), b.cpu(), -1.0, True, True)
+    with pytest.raises(ValueError) as got_error:
+        tk.contrastive_mean_lse(a, b, -1.0, True, True)
+    assert str(got_error.value) == str(want_error.value)
 
 
 # ------------------------------------------------------------- the losses, through dispatch
@@ -326,6 +371,7 @@ def kernels_on_device():
         warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
         lib.impl("contrastive_lse", tk.contrastive_lse, "CPU")
         lib.impl("contrastive_lse_backward", tk.contrastive_lse_backward, "CPU")
+        lib.impl("contrastive_mean_lse", tk.contrastive_mean_lse, "CPU")
     try:
         yield
     finally:
@@ -343,6 +389,7 @@ def _fused(fn, tensors, **kwargs):
     (clip_loss, dense_clip, {"tau": 0.07}),
     (info_nce_loss, dense_info_nce, {"tau": 0.1}),
     (info_nce_loss, dense_info_nce, {"tau": 0.1, "queue": "queue", "in_batch": False}),
+    (info_nce_loss, dense_info_nce, {"tau": 0.1, "queue": "queue"}),  # in-batch and a queue
 ])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_losses_through_dispatch_against_dense_float64(kernels_on_device, loss, dense, kwargs, dtype):

@@ -8,11 +8,15 @@
 // grad_b += scale W^T a: three GEMMs, two when only one side needs a gradient.  Tiles
 // run in the uniformity kernel's ordered schedule (ordered_tiles.h): deterministic, no
 // barriers, extra memory O((N_a + N_b) d).
+//
+// contrastive_mean_lse (in-batch InfoNCE) runs in row strips instead (mean_lse_strips.h:
+// one pass, 3 GEMMs), and falls back to these two passes when a strip would not fit.
 #include "../input_checks.h"
 #include "../ops.h"
 #include "../tile_schedule.h"
 #include "../uniform_rows.h"
 #include "logit_epilogue.h"
+#include "mean_lse_strips.h"
 #include "ordered_tiles.h"
 #include "tile_gemm.h"
 
@@ -64,21 +68,6 @@ struct LogitRows {
   bool self_pairs;
 };
 
-// Merges a tile's (max, sum) of each row into the row's running (max, sum), kept in double.
-template <typename T>
-void merge_rows(const T* tile_max, const T* tile_sum, int64_t rows, double* max, double* sum) {
-  for (int64_t i = 0; i < rows; ++i) {
-    if (!(tile_sum[i] > 0)) continue;  // a row with no pair in this tile
-    const double m = tile_max[i], s = tile_sum[i];
-    if (m > max[i]) {
-      sum[i] = sum[i] * std::exp(max[i] - m) + s;
-      max[i] = m;
-    } else {
-      sum[i] += s * std::exp(m - max[i]);
-    }
-  }
-}
-
 // Per-row lse over this part's tiles (-inf for a row without pairs), stacked a then b.
 template <typename T>
 std::vector<double> forward_lse(const LogitRows<T>& r, T scale, bool lse_b, int64_t part,
@@ -109,11 +98,11 @@ std::vector<double> forward_lse(const LogitRows<T>& r, T scale, bool lse_b, int6
     cpu::logit_exp_sums(s, rows_a, rows_b, rows_b, row_max, row_sum, cols ? col_max : nullptr,
                         cols ? col_sum : nullptr, diagonal);
     if (!turns.wait(ka, tile.turn_a)) return false;
-    merge_rows(row_max, row_sum, rows_a, max.data() + r.begin(ka), sum.data() + r.begin(ka));
+    cpu::merge_rows(row_max, row_sum, rows_a, max.data() + r.begin(ka), sum.data() + r.begin(ka));
     turns.finish(ka);
     if (!cols) return true;
     if (!turns.wait(kb, tile.turn_b)) return false;
-    merge_rows(col_max, col_sum, rows_b, max.data() + r.begin(kb), sum.data() + r.begin(kb));
+    cpu::merge_rows(col_max, col_sum, rows_b, max.data() + r.begin(kb), sum.data() + r.begin(kb));
     turns.finish(kb);
     return true;
   });
@@ -239,9 +228,56 @@ ContrastiveGradResult contrastive_lse_backward_cpu(
   return outputs();
 }
 
+ContrastiveMeanLseResult contrastive_mean_lse_cpu(const at::Tensor& a, const at::Tensor& b,
+                                                  double scale, bool grad_a, bool grad_b) {
+  check_contrastive_mean_lse_args(a, b, scale);
+  TORCH_CHECK_VALUE(a.device().is_cpu(), "contrastive_mean_lse: a must be on the CPU for the CPU kernel");
+  const at::Tensor za = compute_rows(a), zb = compute_rows(b);
+  const auto acc = za.options();
+  at::Tensor ga = grad_a ? at::zeros(za.sizes(), acc) : at::empty({0}, acc);
+  at::Tensor gb = grad_b ? at::zeros(zb.sizes(), acc) : at::empty({0}, acc);
+  if (!all_finite(za, zb)) {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    ga.fill_(nan);
+    gb.fill_(nan);
+    return {at::scalar_tensor(nan, acc), ga, gb};
+  }
+  const int64_t na = za.size(0), nb = zb.size(0);
+  std::vector<double> lse(na);
+  AT_DISPATCH_FLOATING_TYPES(za.scalar_type(), "contrastive_mean_lse_cpu", [&] {
+    const auto s = static_cast<scalar_t>(scale);
+    const int64_t strip_rows = cpu::mean_lse_strip_rows(na, nb, sizeof(scalar_t),
+                                                        cpu::mean_lse_strip_budget_bytes());
+    if (strip_rows > 0) {
+      cpu::mean_lse_strips<scalar_t>(za.data_ptr<scalar_t>(), na, zb.data_ptr<scalar_t>(), nb,
+                                     za.size(1), s, strip_rows, lse,
+                                     grad_a ? ga.data_ptr<scalar_t>() : nullptr,
+                                     grad_b ? gb.data_ptr<scalar_t>() : nullptr);
+      return;
+    }
+    // A queue so long that even the smallest strip's logits exceed the budget: the
+    // two-pass kernel, O(tile) memory per thread, with every row's upstream gradient 1 / N_a.
+    const LogitRows<scalar_t> r(za, zb, false);
+    lse = forward_lse(r, s, false, 0, 1);
+    lse.resize(na);
+    if (!grad_a && !grad_b) return;
+    std::vector<scalar_t> lse_rows(na + nb, scalar_t(0)), weights(na + nb, scalar_t(0));
+    for (int64_t i = 0; i < na; ++i) {
+      lse_rows[i] = static_cast<scalar_t>(lse[i]);
+      weights[i] = scalar_t(1) / static_cast<scalar_t>(na);
+    }
+    at::Tensor ga_out = grad_a ? ga : at::Tensor(), gb_out = grad_b ? gb : at::Tensor();
+    backward_grads(r, s, lse_rows.data(), weights.data(), false, ga_out, gb_out, 0, 1);
+  });
+  double total = 0;  // in row order: the same sum at any thread count
+  for (const double v : lse) total += v;
+  return {at::scalar_tensor(total / static_cast<double>(na), acc), ga, gb};
+}
+
 TORCH_LIBRARY_IMPL(pyhypersphere, CPU, m) {
   m.impl("contrastive_lse", &contrastive_lse_cpu);
   m.impl("contrastive_lse_backward", &contrastive_lse_backward_cpu);
+  m.impl("contrastive_mean_lse", &contrastive_mean_lse_cpu);
 }
 
 }  // namespace pyhypersphere

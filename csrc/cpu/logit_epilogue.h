@@ -18,6 +18,7 @@
 // std::exp.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace pyhypersphere {
@@ -40,6 +41,22 @@ void logit_grad_weights(float* s, int64_t rows, int64_t cols, int64_t ld, const 
 void logit_grad_weights(double* s, int64_t rows, int64_t cols, int64_t ld, const double* lse_row,
                         const double* g_row, const double* lse_col, const double* g_col,
                         bool diagonal);
+
+// Merges a tile's (max, sum) of each row (from logit_max / logit_exp_sums) into the row's
+// running (max, sum), kept in double.
+template <typename T>
+void merge_rows(const T* tile_max, const T* tile_sum, int64_t rows, double* max, double* sum) {
+  for (int64_t i = 0; i < rows; ++i) {
+    if (!(tile_sum[i] > 0)) continue;  // a row with no pair in this tile
+    const double m = tile_max[i], s = tile_sum[i];
+    if (m > max[i]) {
+      sum[i] = sum[i] * std::exp(max[i] - m) + s;
+      max[i] = m;
+    } else {
+      sum[i] += s * std::exp(m - max[i]);
+    }
+  }
+}
 
 }  // namespace cpu
 }  // namespace pyhypersphere

@@ -1,5 +1,5 @@
-"""Triton kernels and launchers for `contrastive_lse` and `contrastive_lse_backward`
-(contract: csrc/ops.h).
+"""Triton kernels and launchers for `contrastive_lse`, `contrastive_lse_backward` and
+`contrastive_mean_lse` (contract: csrc/ops.h).
 
 Both kernels are flash-style row blocks: a program owns BLOCK_M rows R_i and sweeps a
 contiguous range of partner columns C_j with the logits s_ij = scale <R_i, C_j> computed
@@ -368,3 +368,22 @@ def contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, 
     # -inf is a valid lse (a row without pairs); NaN or +inf is not.
     ok = p.all_finite() & ~(torch.isnan(lse_all) | torch.isposinf(lse_all)).any()
     return _where_finite(ok, out_a, out_b)
+
+
+def contrastive_mean_lse(a, b, scale, grad_a, grad_b, *, col_splits=None):
+    """`torch.ops.pyhypersphere.contrastive_mean_lse` on Triton: same arguments, same results.
+
+    The row lse kernel, then the gradient kernel with every row's upstream gradient 1 / N_a
+    (rows a against columns b for grad_a; rows b against columns a, a's terms as the
+    column terms, for grad_b).
+    """
+    _C._check_contrastive_mean_lse_args(a, b, scale)
+    p = _Problem(a, b, scale, False, 0, 1)
+    lse = p.row_lse(True, col_splits)
+    g = torch.full_like(lse, 1.0 / p.na)
+    empty = a.new_empty((0,), dtype=p.acc_t)
+    out_a = p.row_grad(True, lse, g, None, None, col_splits) if grad_a else empty
+    out_b = p.row_grad(False, None, None, lse, g, col_splits) if grad_b else empty
+    # The mean in float64 (as the CPU kernel sums): no cancellation between rows' lse.
+    mean = lse.to(torch.float64).mean().to(p.acc_t)
+    return _where_finite(p.all_finite(), mean, out_a, out_b)

@@ -1,0 +1,102 @@
+#include "mean_lse_strips.h"
+
+#include "logit_epilogue.h"
+#include "ordered_tiles.h"
+#include "tile_gemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+namespace pyhypersphere {
+namespace cpu {
+namespace {
+
+constexpr int64_t kDefaultStripBudgetBytes = int64_t{64} << 20;
+// Below 16 rows the P^T A_blk GEMM (inner dimension = the strip's rows) loses its
+// efficiency, and grad_b is read and written once per strip.
+constexpr int64_t kMinStripRows = 16;
+// Strips per problem when rows allow, so that few queries (MoCo: 256 against a long
+// queue) still spread over the threads; a function of the shape, not of the thread count.
+constexpr int64_t kMinStrips = 8;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+int64_t mean_lse_strip_rows(int64_t na, int64_t nb, int64_t elem_bytes, int64_t budget_bytes) {
+  int64_t rows = cpu_block_rows(na);
+  while (rows > kMinStripRows && ceil_div(na, rows) < kMinStrips) rows /= 2;
+  while (rows > kMinStripRows && rows * nb * elem_bytes > budget_bytes) rows /= 2;
+  return rows * nb * elem_bytes <= budget_bytes ? rows : 0;
+}
+
+int64_t mean_lse_strip_budget_bytes() {
+  const char* forced = std::getenv("PYHYPERSPHERE_STRIP_BUDGET_BYTES");
+  if (forced == nullptr || *forced == '\0') return kDefaultStripBudgetBytes;
+  char* end = nullptr;
+  const long long value = std::strtoll(forced, &end, 10);
+  return (end != nullptr && *end == '\0' && value >= 0) ? value : kDefaultStripBudgetBytes;
+}
+
+template <typename T>
+void mean_lse_strips(const T* a, int64_t na, const T* b, int64_t nb, int64_t d, T scale,
+                     int64_t strip_rows, std::vector<double>& lse, T* grad_a, T* grad_b) {
+  const int64_t strips = ceil_div(na, strip_rows);
+  const int64_t cols = cpu_block_rows(nb);
+  const int64_t col_blocks = ceil_div(nb, cols);
+  const T weight = T(1) / static_cast<T>(na);  // d mean / d lse_i
+  // Running (max, sum) of every row, in double; each strip owns its rows.
+  std::vector<double> max(na, -std::numeric_limits<double>::infinity()), sum(na, 0.0);
+  std::vector<ScheduledTile> tiles;
+  for (int64_t k = 0; k < strips; ++k) tiles.push_back({BlockPair{k, 0}, -1, -1});
+  BlockTurns turns(col_blocks);  // grad_b's column blocks, updated in strip order
+  const int64_t workspace = strip_rows * nb + 2 * strip_rows;
+  run_ordered_tiles<T>(tiles, turns, workspace, [&](const ScheduledTile& tile, T* ws) {
+    const int64_t k = tile.blocks.a, i0 = k * strip_rows;
+    const int64_t rows = std::min(strip_rows, na - i0);
+    const T* a_rows = a + i0 * d;
+    T* strip = ws;
+    T* row_lse = ws + strip_rows * nb;  // block maxima, then the rows' lse
+    T* row_g = row_lse + strip_rows;    // block exp sums, then the rows' weight
+    for (int64_t c = 0; c < col_blocks; ++c) {
+      const int64_t j0 = c * cols, n = std::min(cols, nb - j0);
+      T* s = strip + j0;
+      gemm_row_major<T>(false, true, rows, n, d, scale, a_rows, d, b + j0 * d, d, T(0), s, nb);
+      logit_max(s, rows, n, nb, row_lse, nullptr, false);
+      logit_exp_sums(s, rows, n, nb, row_lse, row_g, nullptr, nullptr, false);
+      merge_rows(row_lse, row_g, rows, max.data() + i0, sum.data() + i0);
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+      lse[i0 + i] = max[i0 + i] + std::log(sum[i0 + i]);
+      row_lse[i] = static_cast<T>(lse[i0 + i]);
+      row_g[i] = weight;
+    }
+    if (grad_a == nullptr && grad_b == nullptr) return true;
+    for (int64_t c = 0; c < col_blocks; ++c) {
+      const int64_t j0 = c * cols, n = std::min(cols, nb - j0);
+      T* p = strip + j0;
+      logit_grad_weights(p, rows, n, nb, row_lse, row_g, nullptr, nullptr, false);
+      if (grad_a != nullptr) {
+        gemm_row_major<T>(false, false, rows, d, n, scale, p, nb, b + j0 * d, d, T(1),
+                          grad_a + i0 * d, d);
+      }
+      if (grad_b != nullptr) {
+        if (!turns.wait(c, k)) return false;
+        gemm_row_major<T>(true, false, n, d, rows, scale, p, nb, a_rows, d, T(1), grad_b + j0 * d,
+                          d);
+        turns.finish(c);
+      }
+    }
+    return true;
+  });
+}
+
+template void mean_lse_strips<float>(const float*, int64_t, const float*, int64_t, int64_t, float,
+                                     int64_t, std::vector<double>&, float*, float*);
+template void mean_lse_strips<double>(const double*, int64_t, const double*, int64_t, int64_t,
+                                      double, int64_t, std::vector<double>&, double*, double*);
+
+}  // namespace cpu
+}  // namespace pyhypersphere

@@ -1,0 +1,40 @@
+// The CPU kernel of contrastive_mean_lse (ops.h) in row strips: every row's lse and the
+// gradients of their mean, 3 GEMMs' worth of logits instead of the two-pass kernel's 4.
+//
+// A strip is a block of a's rows against all of b: its logits S = scale A_blk B^T
+// [rows x N_b] are computed once into the thread's workspace, column block by column
+// block (GEMM, then the block's row maxima and exp sums while it is in cache), which
+// gives the rows' final lse; then, column block by column block again, the weights
+// P = exp(S - lse) / N_a in place, grad_a rows += scale P B (rows owned by the strip)
+// and grad_b's column block += scale P^T A_blk, each column block's updates in strip
+// order (block_turns.h), so the results are bitwise identical at any thread count.
+// The strip's rows depend on the shape only, never on the thread count.
+//
+// Only a uniform upstream gradient allows this: the weights need nothing but their own
+// rows' lse.  A loss that weights rows differently after the fact, or that needs the
+// column lse (CLIP), takes the two-pass kernel (contrastive_cpu.cpp).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace pyhypersphere {
+namespace cpu {
+
+// Rows per strip for a [N_a, d] against [N_b, d] problem with elements of `elem_bytes`,
+// a strip's logits within `budget_bytes`; 0 when even the smallest strip exceeds it
+// (the caller then takes the two-pass kernel).
+int64_t mean_lse_strip_rows(int64_t na, int64_t nb, int64_t elem_bytes, int64_t budget_bytes);
+
+// The per-thread budget for a strip's logits: 64 MiB, or PYHYPERSPHERE_STRIP_BUDGET_BYTES
+// (tests only: forces the two-pass fallback with small problems).
+int64_t mean_lse_strip_budget_bytes();
+
+// Every row's lse into lse[0, N_a) and, when grad_a / grad_b are non-null, the gradients
+// of mean_i lse_i accumulated into them (zero-initialized [N_a, d] / [N_b, d]).
+template <typename T>
+void mean_lse_strips(const T* a, int64_t na, const T* b, int64_t nb, int64_t d, T scale,
+                     int64_t strip_rows, std::vector<double>& lse, T* grad_a, T* grad_b);
+
+}  // namespace cpu
+}  // namespace pyhypersphere
