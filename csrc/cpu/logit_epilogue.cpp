@@ -66,6 +66,49 @@ PYHS_INLINE T exp_sum_range(const T* s, T row_max, const T* col_max, T* col_sum,
   return sum;
 }
 
+// s_j <- exp(s_j - shift) over [0, cols); returns their sum.
+template <typename T>
+PYHS_INLINE T exp_store_range(T* s, T shift, int64_t cols) {
+  T sum = 0;
+  int64_t j = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    const f32x16 vr = f32x16{} + shift;
+    f32x16 vs = f32x16{};
+    for (; j + kLanes <= cols; j += kLanes) {
+      const f32x16 e = exp16(load16(s + j) - vr);
+      store16(s + j, e);
+      vs += e;
+    }
+    sum = sum_lanes(vs);
+  }
+  for (; j < cols; ++j) {
+    s[j] = exp_of(s[j] - shift);
+    sum += s[j];
+  }
+  return sum;
+}
+
+template <typename T>
+PYHS_INLINE void scale_range(T* s, T factor, int64_t cols) {
+  int64_t j = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    const f32x16 vf = f32x16{} + factor;
+    for (; j + kLanes <= cols; j += kLanes) store16(s + j, load16(s + j) * vf);
+  }
+  for (; j < cols; ++j) s[j] *= factor;
+}
+
+template <typename T>
+PYHS_INLINE void exp_store_impl(T* tile, int64_t rows, int64_t cols, int64_t ld, const T* row_max,
+                                T* row_sum) {
+  for (int64_t i = 0; i < rows; ++i) row_sum[i] = exp_store_range(tile + i * ld, row_max[i], cols);
+}
+
+template <typename T>
+PYHS_INLINE void scale_rows_impl(T* tile, int64_t rows, int64_t cols, int64_t ld, const T* factor) {
+  for (int64_t i = 0; i < rows; ++i) scale_range(tile + i * ld, factor[i], cols);
+}
+
 template <typename T, bool kCols>
 PYHS_INLINE void grad_weight_range(T* s, T lse_i, T g_i, const T* lse_col, const T* g_col,
                                    int64_t j0, int64_t j1) {
@@ -195,6 +238,14 @@ PYHS_INLINE void grad_weights_dispatch(T* s, int64_t rows, int64_t cols, int64_t
                                               const float* g_row, const float* lse_col,        \
                                               const float* g_col, bool diagonal) {             \
     grad_weights_dispatch(s, rows, cols, ld, lse_row, g_row, lse_col, g_col, diagonal);        \
+  }                                                                                            \
+  target_attribute void exp_store_##suffix(float* s, int64_t rows, int64_t cols, int64_t ld,   \
+                                           const float* row_max, float* row_sum) {             \
+    exp_store_impl(s, rows, cols, ld, row_max, row_sum);                                       \
+  }                                                                                            \
+  target_attribute void scale_rows_##suffix(float* s, int64_t rows, int64_t cols, int64_t ld,  \
+                                            const float* factor) {                             \
+    scale_rows_impl(s, rows, cols, ld, factor);                                                \
   }
 
 namespace {
@@ -248,6 +299,24 @@ void logit_grad_weights(double* s, int64_t rows, int64_t cols, int64_t ld, const
                         const double* g_row, const double* lse_col, const double* g_col,
                         bool diagonal) {
   grad_weights_dispatch(s, rows, cols, ld, lse_row, g_row, lse_col, g_col, diagonal);
+}
+
+void logit_exp_store(float* s, int64_t rows, int64_t cols, int64_t ld, const float* row_max,
+                     float* row_sum) {
+  PYHS_FLOAT_LOGIT_CALL(exp_store, s, rows, cols, ld, row_max, row_sum)
+}
+
+void logit_exp_store(double* s, int64_t rows, int64_t cols, int64_t ld, const double* row_max,
+                     double* row_sum) {
+  exp_store_impl(s, rows, cols, ld, row_max, row_sum);
+}
+
+void logit_scale_rows(float* s, int64_t rows, int64_t cols, int64_t ld, const float* factor) {
+  PYHS_FLOAT_LOGIT_CALL(scale_rows, s, rows, cols, ld, factor)
+}
+
+void logit_scale_rows(double* s, int64_t rows, int64_t cols, int64_t ld, const double* factor) {
+  scale_rows_impl(s, rows, cols, ld, factor);
 }
 
 }  // namespace cpu

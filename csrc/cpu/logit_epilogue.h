@@ -11,6 +11,9 @@
 //                               + g_col[j] exp(s_ij - lse_col[j])  (when lse_col is given),
 //                       and 0 at (i, i): the weights of the gradient of
 //                       sum_i g_row[i] lse_row[i] + sum_j g_col[j] lse_col[j].
+//   logit_exp_store:    s_ij <- exp(s_ij - row_max[i]) and row_sum[i] = sum_j of them
+//                       (no diagonal: the row strips of mean_lse_strips.h).
+//   logit_scale_rows:   s_ij <- factor[i] s_ij.
 // Every exp has an argument <= 0 (shifts are maxima or log-sum-exps), so nothing
 // overflows.  Each row and column gets its own shift: a softmax needs every row's
 // log-sum-exp accurately, not only the dominant ones.  The float versions use the
@@ -41,6 +44,14 @@ void logit_grad_weights(float* s, int64_t rows, int64_t cols, int64_t ld, const 
 void logit_grad_weights(double* s, int64_t rows, int64_t cols, int64_t ld, const double* lse_row,
                         const double* g_row, const double* lse_col, const double* g_col,
                         bool diagonal);
+
+void logit_exp_store(float* s, int64_t rows, int64_t cols, int64_t ld, const float* row_max,
+                     float* row_sum);
+void logit_exp_store(double* s, int64_t rows, int64_t cols, int64_t ld, const double* row_max,
+                     double* row_sum);
+
+void logit_scale_rows(float* s, int64_t rows, int64_t cols, int64_t ld, const float* factor);
+void logit_scale_rows(double* s, int64_t rows, int64_t cols, int64_t ld, const double* factor);
 
 // Merges a tile's (max, sum) of each row (from logit_max / logit_exp_sums) into the row's
 // running (max, sum), kept in double.

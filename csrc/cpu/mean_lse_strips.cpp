@@ -46,38 +46,40 @@ void mean_lse_strips(const T* a, int64_t na, const T* b, int64_t nb, int64_t d, 
   const int64_t strips = ceil_div(na, strip_rows);
   const int64_t cols = cpu_block_rows(nb);
   const int64_t col_blocks = ceil_div(nb, cols);
-  const T weight = T(1) / static_cast<T>(na);  // d mean / d lse_i
   // Running (max, sum) of every row, in double; each strip owns its rows.
   std::vector<double> max(na, -std::numeric_limits<double>::infinity()), sum(na, 0.0);
   std::vector<ScheduledTile> tiles;
   for (int64_t k = 0; k < strips; ++k) tiles.push_back({BlockPair{k, 0}, -1, -1});
   BlockTurns turns(col_blocks);  // grad_b's column blocks, updated in strip order
-  const int64_t workspace = strip_rows * nb + 2 * strip_rows;
+  const int64_t workspace = strip_rows * nb + strip_rows + strip_rows * col_blocks;
   run_ordered_tiles<T>(tiles, turns, workspace, [&](const ScheduledTile& tile, T* ws) {
     const int64_t k = tile.blocks.a, i0 = k * strip_rows;
     const int64_t rows = std::min(strip_rows, na - i0);
     const T* a_rows = a + i0 * d;
     T* strip = ws;
-    T* row_lse = ws + strip_rows * nb;  // block maxima, then the rows' lse
-    T* row_g = row_lse + strip_rows;    // block exp sums, then the rows' weight
+    T* row_sum = ws + strip_rows * nb;    // a column block's exp sums
+    T* block_max = row_sum + strip_rows;  // [col_blocks][strip_rows]: maxima, then factors
     for (int64_t c = 0; c < col_blocks; ++c) {
       const int64_t j0 = c * cols, n = std::min(cols, nb - j0);
       T* s = strip + j0;
+      T* m = block_max + c * strip_rows;
       gemm_row_major<T>(false, true, rows, n, d, scale, a_rows, d, b + j0 * d, d, T(0), s, nb);
-      logit_max(s, rows, n, nb, row_lse, nullptr, false);
-      logit_exp_sums(s, rows, n, nb, row_lse, row_g, nullptr, nullptr, false);
-      merge_rows(row_lse, row_g, rows, max.data() + i0, sum.data() + i0);
+      logit_max(s, rows, n, nb, m, nullptr, false);
+      logit_exp_store(s, rows, n, nb, m, row_sum);
+      merge_rows(m, row_sum, rows, max.data() + i0, sum.data() + i0);
     }
-    for (int64_t i = 0; i < rows; ++i) {
-      lse[i0 + i] = max[i0 + i] + std::log(sum[i0 + i]);
-      row_lse[i] = static_cast<T>(lse[i0 + i]);
-      row_g[i] = weight;
-    }
+    for (int64_t i = 0; i < rows; ++i) lse[i0 + i] = max[i0 + i] + std::log(sum[i0 + i]);
     if (grad_a == nullptr && grad_b == nullptr) return true;
     for (int64_t c = 0; c < col_blocks; ++c) {
       const int64_t j0 = c * cols, n = std::min(cols, nb - j0);
       T* p = strip + j0;
-      logit_grad_weights(p, rows, n, nb, row_lse, row_g, nullptr, nullptr, false);
+      // P = exp(s - m_c) exp(m_c - lse) / N_a: the stored exps times a factor per row.
+      T* factor = block_max + c * strip_rows;
+      for (int64_t i = 0; i < rows; ++i) {
+        factor[i] = static_cast<T>(std::exp(static_cast<double>(factor[i]) - lse[i0 + i]) /
+                                   static_cast<double>(na));
+      }
+      logit_scale_rows(p, rows, n, nb, factor);
       if (grad_a != nullptr) {
         gemm_row_major<T>(false, false, rows, d, n, scale, p, nb, b + j0 * d, d, T(1),
                           grad_a + i0 * d, d);
