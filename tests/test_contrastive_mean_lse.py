@@ -5,11 +5,6 @@ fallback for queues too long for a strip, and in-batch info_nce_loss through it.
 References: explicit float64 logit matrices, torch.logsumexp and autograd; the dense
 InfoNCE formula of dense_contrastive.py."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -163,29 +158,6 @@ def test_nonfinite_inputs_give_nan(where, monkeypatch):
         (a if where == "a" else b)[3, 1] = float("nan" if where == "a" else "inf")
         mean, ga, gb = ops.contrastive_mean_lse(a, b, 1.0, True, True)
         assert torch.isnan(mean) and torch.isnan(ga).all() and torch.isnan(gb).all()
-
-
-ISA_CHECK = """
-import json, torch
-from pyhypersphere import build_info
-g = torch.Generator().manual_seed(6)
-a, b = (torch.nn.functional.normalize(torch.randn(n, 19, generator=g, dtype=torch.float64), dim=1) for n in (67, 300))
-mean, ga, gb = torch.ops.pyhypersphere.contrastive_mean_lse(a.float(), b.float(), 10.0, True, True)
-print(json.dumps({"isa": build_info()["cpu_tile_isa"], "a": a.tolist(), "b": b.tolist(),
-                  "got": [mean.item(), ga.double().tolist(), gb.double().tolist()]}))
-"""
-
-
-@pytest.mark.parametrize("isa", ["baseline", "avx2"])
-def test_every_float_isa_path_matches_float64(isa):
-    env = dict(os.environ, PYHYPERSPHERE_CPU_ISA=isa, OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-c", ISA_CHECK], env=env, capture_output=True, text=True, check=True)
-    out = json.loads(done.stdout)
-    levels = ["baseline", "avx2", "avx512"]
-    assert out["isa"] == min(isa, _C.build_info()["cpu_tile_isa"], key=levels.index)
-    a, b = (torch.tensor(out[k], dtype=torch.float64) for k in ("a", "b"))
-    got = tuple(torch.tensor(v, dtype=torch.float64) for v in out["got"])
-    assert_matches(got, reference(a, b, 10.0), rtol=2e-5, atol=2e-4)
 
 
 @pytest.mark.parametrize(

@@ -131,12 +131,12 @@ def test_no_grad_needed_no_graph():
 
 ISA_CHECK = """
 import json, torch
-from pyhypersphere import build_info, clip_loss, nt_xent_loss
+from pyhypersphere import build_info, clip_loss, info_nce_loss, nt_xent_loss
 g = torch.Generator().manual_seed(5)
 out = {"isa": build_info()["cpu_tile_isa"]}
 for n, d in [(2, 1), (67, 5), (300, 19)]:
     x, y = (torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1) for _ in range(2))
-    for name, fn in [("nt_xent", nt_xent_loss), ("clip", clip_loss)]:
+    for name, fn in [("nt_xent", nt_xent_loss), ("clip", clip_loss), ("info_nce", info_nce_loss)]:
         x32 = x.float().requires_grad_()
         loss = fn(x32, y.float(), 0.1)
         loss.backward()
@@ -152,7 +152,7 @@ def test_every_float_isa_path_matches_float64(isa):
     got = json.loads(done.stdout)
     levels = ["baseline", "avx2", "avx512"]
     assert got.pop("isa") == min(isa, _C.build_info()["cpu_tile_isa"], key=levels.index)
-    dense = {"nt_xent": dense_nt_xent, "clip": dense_clip}
+    dense = {"nt_xent": dense_nt_xent, "clip": dense_clip, "info_nce": dense_info_nce}
     for key, (loss, grad, x, y) in got.items():
         want, (want_grad,) = value_and_grads(lambda x: dense[key.split()[0]](x, torch.tensor(y, dtype=torch.float64), 0.1),
                                              torch.tensor(x, dtype=torch.float64))
