@@ -14,6 +14,9 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kDefaultStripBudgetBytes = int64_t{64} << 20;
+// All workers' strips together: fewer workers than threads past it (a 64-core machine
+// would otherwise hold 64 strips of up to 64 MiB); the results do not depend on it.
+constexpr int64_t kAllStripsBudgetBytes = int64_t{256} << 20;
 // Below 16 rows the P^T A_blk GEMM (inner dimension = the strip's rows) loses its
 // efficiency, and grad_b is read and written once per strip.
 constexpr int64_t kMinStripRows = 16;
@@ -52,6 +55,8 @@ void mean_lse_strips(const T* a, int64_t na, const T* b, int64_t nb, int64_t d, 
   for (int64_t k = 0; k < strips; ++k) tiles.push_back({BlockPair{k, 0}, -1, -1});
   BlockTurns turns(col_blocks);  // grad_b's column blocks, updated in strip order
   const int64_t workspace = strip_rows * nb + strip_rows + strip_rows * col_blocks;
+  const int64_t max_workers =
+      std::max<int64_t>(1, kAllStripsBudgetBytes / (workspace * static_cast<int64_t>(sizeof(T))));
   run_ordered_tiles<T>(tiles, turns, workspace, [&](const ScheduledTile& tile, T* ws) {
     const int64_t k = tile.blocks.a, i0 = k * strip_rows;
     const int64_t rows = std::min(strip_rows, na - i0);
@@ -92,7 +97,7 @@ void mean_lse_strips(const T* a, int64_t na, const T* b, int64_t nb, int64_t d, 
       }
     }
     return true;
-  });
+  }, max_workers);
 }
 
 template void mean_lse_strips<float>(const float*, int64_t, const float*, int64_t, int64_t, float,

@@ -10,7 +10,9 @@
 // once, 5% faster than recomputing exp(S - lse)), grad_a rows += scale P B (rows owned
 // by the strip) and grad_b's column block += scale P^T A_blk, each column block's
 // updates in strip order (block_turns.h), so the results are bitwise identical at any
-// thread count.  The strip's rows depend on the shape only, never on the thread count.
+// thread count.  The strip's rows depend on the shape only, never on the thread count;
+// the workers (threads) holding a strip at once are capped so that all strips together
+// stay within 256 MiB.
 //
 // Only a uniform upstream gradient allows this: the weights need nothing but their own
 // rows' lse.  A loss that weights rows differently after the fact, or that needs the
@@ -28,7 +30,7 @@ namespace cpu {
 // (the caller then takes the two-pass kernel).
 int64_t mean_lse_strip_rows(int64_t na, int64_t nb, int64_t elem_bytes, int64_t budget_bytes);
 
-// The per-thread budget for a strip's logits: 64 MiB, or PYHYPERSPHERE_STRIP_BUDGET_BYTES
+// The budget for one strip's logits: 64 MiB, or PYHYPERSPHERE_STRIP_BUDGET_BYTES
 // (tests only: forces the two-pass fallback with small problems).
 int64_t mean_lse_strip_budget_bytes();
 

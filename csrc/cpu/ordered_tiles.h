@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace pyhypersphere {
@@ -49,22 +50,26 @@ std::vector<ScheduledTile> number_tiles(const TileRounds& rounds, int64_t blocks
   return tiles;
 }
 
-// Calls visit(tile, workspace) for every tile, one worker per thread claiming tiles in
-// schedule order (dynamic load balance); `workspace` is that thread's slice of
-// `workspace_per_thread` elements.  visit brackets each update of a block with
-// turns.wait(block, turn) / turns.finish(block) and returns false when wait does (another
-// thread failed: stop).  An exception in one worker releases the others and propagates.
+// Calls visit(tile, workspace) for every tile, one worker per thread (at most
+// `max_workers`) claiming tiles in schedule order (dynamic load balance); `workspace` is
+// that worker's slice of `workspace_per_worker` elements.  visit brackets each update of a
+// block with turns.wait(block, turn) / turns.finish(block) and returns false when wait
+// does (another worker failed: stop).  An exception in one worker releases the others and
+// propagates.  The results do not depend on the number of workers (the turns order every
+// update), so `max_workers` only bounds the workspace's memory.
 template <typename T, typename Visit>
 void run_ordered_tiles(const std::vector<ScheduledTile>& tiles, BlockTurns& turns,
-                       int64_t workspace_per_thread, Visit visit) {
+                       int64_t workspace_per_worker, Visit visit,
+                       int64_t max_workers = std::numeric_limits<int64_t>::max()) {
   const int64_t total = static_cast<int64_t>(tiles.size());
   if (total == 0) return;
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total));
-  std::vector<T> workspace(static_cast<size_t>(at::get_num_threads()) * workspace_per_thread, T(0));
+  const int64_t workers =
+      std::max<int64_t>(1, std::min({static_cast<int64_t>(at::get_num_threads()), total, max_workers}));
+  std::vector<T> workspace(static_cast<size_t>(workers) * workspace_per_worker, T(0));
   std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t lo, int64_t hi) {
-    T* ws = workspace.data() + static_cast<size_t>(at::get_thread_num()) * workspace_per_thread;
+  at::parallel_for(0, workers, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t worker = lo; worker < hi; ++worker) {
+      T* ws = workspace.data() + static_cast<size_t>(worker) * workspace_per_worker;
       try {
         for (int64_t k; (k = next.fetch_add(1)) < total;) {
           if (!visit(tiles[k], ws)) return;
