@@ -355,33 +355,40 @@ def test_dispatcher_runs_train(tmp_path, capsys):
 # ----------------------------------------------------------------------------- torchrun
 
 
+def _ddp_step(rank, world, result_path, loss_name):
+    """One DDP step of the objective on this rank's half of the batch; rank 0 saves it."""
+    cfg = TrainConfig(batch_size=16, loss=loss_name).resolved()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 6, generator=g)
+    w0 = torch.randn(4, 6, generator=g)
+    lin = torch.nn.Linear(6, 4, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w0)
+    model = torch.nn.parallel.DistributedDataParallel(lin)
+    obj = loop._Objective(cfg, world)
+    xs = x[rank * 8 : (rank + 1) * 8]
+    z1 = torch.nn.functional.normalize(model(xs), dim=1)
+    z2 = torch.nn.functional.normalize(model(xs.flip(1)), dim=1)
+    loss, value, _, u = obj(z1, z2)
+    loss.backward()
+    if rank == 0:
+        torch.save({"grad": lin.weight.grad, "u": u, "value": value, "x": x, "w0": w0}, result_path)
+
+
 def _ddp_worker(rank, world, store_path, result_path, loss_name):
     """Two gloo processes: the distributed step must equal one process on the global batch."""
     import torch.distributed as dist
+    from dist_harness import leave_without_finalizing
 
     # a file rendezvous: no TCP port that a concurrent job could take
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        cfg = TrainConfig(batch_size=16, loss=loss_name).resolved()
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(16, 6, generator=g)
-        w0 = torch.randn(4, 6, generator=g)
-        lin = torch.nn.Linear(6, 4, bias=False)
-        with torch.no_grad():
-            lin.weight.copy_(w0)
-        model = torch.nn.parallel.DistributedDataParallel(lin)
-        obj = loop._Objective(cfg, world)
-        xs = x[rank * 8 : (rank + 1) * 8]
-        z1 = torch.nn.functional.normalize(model(xs), dim=1)
-        z2 = torch.nn.functional.normalize(model(xs.flip(1)), dim=1)
-        loss, value, _, u = obj(z1, z2)
-        loss.backward()
-        if rank == 0:
-            torch.save({"grad": lin.weight.grad, "u": u, "value": value, "x": x, "w0": w0}, result_path)
+        _ddp_step(rank, world, result_path, loss_name)
         dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
+    leave_without_finalizing()
 
 
 @pytest.mark.parametrize("loss_name", ["align_uniform", "infonce"])
