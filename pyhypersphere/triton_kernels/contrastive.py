@@ -216,7 +216,8 @@ class _Problem:
     """The rows a launch reads and where its pairs live: the inputs (stacked for self
     pairs), the part slicing and the product precision."""
 
-    def __init__(self, a, b, scale, self_pairs, part, num_parts):
+    def __init__(self, function, a, b, scale, self_pairs, part, num_parts):
+        check_device(a.device, function)
         self.a, self.b = a.contiguous(), b.contiguous()
         self.na, self.nb = a.shape[0], b.shape[0]
         self.self_pairs = self_pairs
@@ -233,7 +234,7 @@ class _Problem:
             self.part_lo, self.part_hi = 0, -1
         else:
             if not part_index_fits(total, self.tri_blocks if self_pairs else 0):
-                raise ValueError(f"contrastive_lse: num_parts > 1 on the Triton kernels needs the {PART_BLOCK}-row "
+                raise ValueError(f"{function}: num_parts > 1 on the Triton kernels needs the {PART_BLOCK}-row "
                                  f"tile index to fit int32, got {total} tiles (N_a = {self.na}, N_b = {self.nb})")
             self.part_lo, self.part_hi = total * part // num_parts, total * (part + 1) // num_parts
 
@@ -324,8 +325,7 @@ def contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, *, col_spli
     `col_splits` (tests only) forces how many programs share a row block's columns.
     """
     _C._check_contrastive_args(a, b, scale, self_pairs, lse_b, part, num_parts)
-    check_device(a.device, "contrastive_lse")
-    p = _Problem(a, b, scale, self_pairs, part, num_parts)
+    p = _Problem("contrastive_lse", a, b, scale, self_pairs, part, num_parts)
     if self_pairs:
         both = p.row_lse(True, col_splits)
         out_a, out_b = both[: p.na], both[p.na:]
@@ -340,21 +340,20 @@ def contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, 
     """`torch.ops.pyhypersphere.contrastive_lse_backward` on Triton: same arguments, same results."""
     _C._check_contrastive_backward_args(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b,
                                         part, num_parts)
-    check_device(a.device, "contrastive_lse_backward")
-    p = _Problem(a, b, scale, self_pairs, part, num_parts)
+    p = _Problem("contrastive_lse_backward", a, b, scale, self_pairs, part, num_parts)
     empty = a.new_empty((0,), dtype=p.acc_t)
     if not (grad_a or grad_b):
         return empty, empty
     acc = p.acc_t
-    # b's side of the weights: always with self pairs, with cross pairs when b's lse has an
-    # upstream gradient (csrc/ops.h).
+    # b's side of the weights: always with self pairs (whose grad_lse_b the check requires),
+    # with cross pairs when b's lse has an upstream gradient (csrc/ops.h).
     col_terms = self_pairs or grad_lse_b.numel() > 0
     la, ga = lse_a.to(acc).contiguous(), grad_lse_a.to(acc).contiguous()
     lb = lse_b.to(acc).contiguous() if col_terms else None
     gb = grad_lse_b.to(acc).contiguous() if col_terms and grad_lse_b.numel() else None
     if self_pairs:
         lse = torch.cat([la, lb])
-        g = torch.cat([ga, gb if gb is not None else torch.zeros_like(lb)])
+        g = torch.cat([ga, gb])
         out_a = p.row_grad(True, lse, g, lse, g, col_splits) if grad_a else empty
         out_b = p.row_grad(False, lse, g, lse, g, col_splits) if grad_b else empty
         lse_all = lse
@@ -378,7 +377,7 @@ def contrastive_mean_lse(a, b, scale, grad_a, grad_b, *, col_splits=None):
     column terms, for grad_b).
     """
     _C._check_contrastive_mean_lse_args(a, b, scale)
-    p = _Problem(a, b, scale, False, 0, 1)
+    p = _Problem("contrastive_mean_lse", a, b, scale, False, 0, 1)
     lse = p.row_lse(True, col_splits)
     g = torch.full_like(lse, 1.0 / p.na)
     empty = a.new_empty((0,), dtype=p.acc_t)
