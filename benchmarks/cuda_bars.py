@@ -59,8 +59,8 @@ def unit_rows(n, d, dtype, seed=0):
     return torch.nn.functional.normalize(x, dim=1).to(dtype)
 
 
-def cuda_ms(fn, reps, warmup=1):
-    """Median milliseconds of fn() over `reps` calls, CUDA events around each call."""
+def cuda_times(fn, reps, warmup=1):
+    """Milliseconds of each of `reps` calls of fn(), CUDA events around each call."""
     for _ in range(warmup):
         fn()
     times = []
@@ -71,7 +71,12 @@ def cuda_ms(fn, reps, warmup=1):
         stop.record()
         stop.synchronize()
         times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+    return times
+
+
+def cuda_ms(fn, reps, warmup=1):
+    """Median milliseconds of fn() over `reps` calls (cuda_times)."""
+    return statistics.median(cuda_times(fn, reps, warmup))
 
 
 def extra_memory(fn):

@@ -16,9 +16,13 @@
 #          (GPU_RUN_SANITIZER=0 skips it);
 #   bench  one at a time: uniform_bench_cuda, benchmarks/cuda_bars.py (both backends,
 #          N = 1,048,576, a queue shape), the `pyhypersphere bench --device cuda` sweep, the
-#          peers (FlexAttention, KeOps) each case in its own process.
+#          peers (FlexAttention, KeOps) each case in its own process; GPU_RUN_BENCH lists
+#          the items and their order (standalone bars sweep_float32 sweep_bfloat16
+#          contrastive_clip contrastive_nt_xent peers);
 # After the build, benchmarks/error_path_check.py checks that C++ errors and warnings
 # reach Python (see there); a failure is retried with the system libstdc++ preloaded.
+#   profile  ncu (hardware counters, stall reasons) over one call per case of
+#          GPU_RUN_PROFILE_CASES (loss:backend:dtype:grad|no-grad), N = GPU_RUN_PROFILE_N;
 #   slow   tests/test_cuda.py -m slow (N = 1e5, 1e6, 64-bit offsets; about 60 GiB).
 # Every stage has a time cap and the whole run ends within GPU_RUN_BUDGET seconds, so the
 # logs come back: $OUT/summary.txt (a line per stage), $OUT/logs.tgz (every log and JSON).
@@ -86,7 +90,7 @@ if [[ " $STAGES " == *" build "* ]]; then
     wait
     echo "$hash" >.gpubuild-hash
     tar czf "$OUT/gpubuild.tgz" pyhypersphere/_C*.so .gpubuild-hash \
-      $KBUILD/uniform_bench_cuda $KBUILD/tile_order_test $KBUILD/tile_size_test 2>>"$LOG/build_ext.log"
+      $KBUILD/uniform_bench_cuda $KBUILD/tile_order_test $KBUILD/tile_size_test $KBUILD/tile_elements_test 2>>"$LOG/build_ext.log"
   fi
   $PY -c "import json, pyhypersphere; print(json.dumps(pyhypersphere.build_info()))" >"$LOG/build_info.log" 2>&1
   tail -1 "$LOG/build_info.log" | cut -c1-300 >>"$SUMMARY"
@@ -115,7 +119,7 @@ fi
 if [[ " $STAGES " == *" check "* ]]; then
   CAP=${GPU_RUN_CHECK_CAP:-240}
   PT="env OMP_NUM_THREADS=2 $PY -m pytest -q -p no:cacheprovider -rfE"
-  run tile_tests 30 bash -c "$KBUILD/tile_order_test && $KBUILD/tile_size_test"
+  run tile_tests 30 bash -c "$KBUILD/tile_order_test && $KBUILD/tile_size_test && $KBUILD/tile_elements_test"
   run smoke 60 "$KBUILD/uniform_bench_cuda" --reps 1 --skip-timing
   run test_cuda $CAP $PT -n 4 tests/test_cuda.py -m "not slow" --junitxml="$LOG/test_cuda.xml" &
   run test_triton_cuda $CAP $PT tests/test_triton.py tests/test_triton_contrastive.py &
@@ -131,25 +135,49 @@ if [[ " $STAGES " == *" check "* ]]; then
   wait
 fi
 
-if [[ " $STAGES " == *" bench "* ]]; then
-  run bench_cuda_standalone 60 "$KBUILD/uniform_bench_cuda" --skip-check --reps 5
-  # Peers separately: KeOps 2.3 segfaulted compiling its float32 formula on the first run.
-  run cuda_bars 200 $PY benchmarks/cuda_bars.py --skip-peers --json "$LOG/cuda_bars.json"
-  for dtype in float32 bfloat16; do
-    run "sweep_$dtype" 120 $PY -m pyhypersphere bench --device cuda --n 256,1024,4096,16384,65536 --dtype $dtype \
-      --impl pyhypersphere,triton,reference --max-n reference=8192 --isolation none --repeat 5 \
-      --max-seconds 3 --no-plot --no-progress --out "$LOG/sweep_$dtype"
+if [[ " $STAGES " == *" profile "* ]]; then
+  # ncu over one fwd+bwd call per case (benchmarks/gpu_profile.py brackets it with
+  # cudaProfilerStart/Stop); the text report lands in $LOG/profile_<case>.log.
+  NCU="ncu --clock-control none --profile-from-start off --section SpeedOfLight --section Occupancy \
+    --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+    --section MemoryWorkloadAnalysis --section SourceCounters"
+  for case in ${GPU_RUN_PROFILE_CASES:-uniform:cuda:bfloat16:grad uniform:cuda:bfloat16:no-grad \
+      uniform:triton:bfloat16:grad uniform:cuda:float32:grad nt_xent:triton:bfloat16:grad}; do
+    IFS=: read -r loss backend dtype grad <<<"$case"
+    run "profile_${loss}_${backend}_${dtype}_${grad}" 60 $NCU $PY benchmarks/gpu_profile.py --loss "$loss" \
+      --backend "$backend" --dtype "$dtype" --"$grad" --n ${GPU_RUN_PROFILE_N:-65536}
   done
-  # The contrastive losses on the Triton kernels against the dense formula (and Inf-CL
-  # when installed; the image has no registry, so only if carried).
-  for loss in clip nt_xent; do
-    run "contrastive_$loss" 90 $PY -m pyhypersphere bench --device cuda --loss $loss --n 4096,16384,65536 \
-      --dtype float32,bfloat16 --impl pyhypersphere,dense,inf-cl --max-n dense=16384 --isolation none \
-      --repeat 5 --max-seconds 3 --no-plot --no-progress --out "$LOG/contrastive_$loss"
-  done
+fi
+
+# The bench stage's items, each a function; GPU_RUN_BENCH names which run and in what order.
+bench_standalone() { run bench_cuda_standalone 60 "$KBUILD/uniform_bench_cuda" --skip-check --reps 5; }
+# Peers separately: KeOps 2.3 segfaulted compiling its float32 formula on the first run.
+bench_bars() { run cuda_bars 200 $PY benchmarks/cuda_bars.py --skip-peers --json "$LOG/cuda_bars.json"; }
+bench_sweep_float32() { sweep float32; }
+bench_sweep_bfloat16() { sweep bfloat16; }
+sweep() {
+  run "sweep_$1" 120 $PY -m pyhypersphere bench --device cuda --n 256,1024,4096,16384,65536 --dtype "$1" \
+    --impl pyhypersphere,triton,reference --max-n reference=8192 --isolation none --repeat 5 \
+    --max-seconds 3 --no-plot --no-progress --out "$LOG/sweep_$1"
+}
+# The contrastive losses on the Triton kernels against the dense formula (and Inf-CL when
+# installed; the image has no registry, so only if carried).
+bench_contrastive_clip() { contrastive clip; }
+bench_contrastive_nt_xent() { contrastive nt_xent; }
+contrastive() {
+  run "contrastive_$1" 90 $PY -m pyhypersphere bench --device cuda --loss "$1" --n 4096,16384,65536 \
+    --dtype float32,bfloat16 --impl pyhypersphere,dense,inf-cl --max-n dense=16384 --isolation none \
+    --repeat 5 --max-seconds 3 --no-plot --no-progress --out "$LOG/contrastive_$1"
+}
+bench_peers() {
   run sweep_peers 150 $PY -m pyhypersphere bench --device cuda --n 4096,65536 --dtype float32 \
     --impl pyhypersphere,flex,keops --isolation process --timeout 60 --repeat 5 --max-seconds 3 \
     --no-plot --no-progress --out "$LOG/sweep_peers"
+}
+if [[ " $STAGES " == *" bench "* ]]; then
+  for item in ${GPU_RUN_BENCH:-standalone bars sweep_float32 sweep_bfloat16 contrastive_clip contrastive_nt_xent peers}; do
+    "bench_$item"
+  done
 fi
 
 if [[ " $STAGES " == *" slow "* ]]; then

@@ -3,6 +3,7 @@
 #   uniform_bench_cuda           standalone benchmark + smoke test (needs a GPU to run)
 #   tile_order_test              host test of the kernels' closed-form tile order
 #   tile_size_test               host test of the tile-size rule (uniform_block_rows_for)
+#   tile_elements_test           host test of the tile kernel's element mapping
 #
 #   cmake -S . -B build/cmake-cuda -DPYHYPERSPHERE_CUDA_KERNELS_ONLY=ON
 #   cmake --build build/cmake-cuda && build/cmake-cuda/tile_order_test
@@ -36,6 +37,8 @@ target_compile_options(uniform_bench_cuda PRIVATE
 
 add_executable(tile_order_test csrc/cuda/tests/tile_order_test.cpp csrc/tile_schedule.cpp)
 target_include_directories(tile_order_test PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/csrc)
+
+add_executable(tile_elements_test csrc/cuda/tests/tile_elements_test.cpp)
 
 add_executable(tile_size_test csrc/cuda/tests/tile_size_test.cu)
 target_link_libraries(tile_size_test PRIVATE pyhypersphere_cuda_kernels)

@@ -182,9 +182,11 @@ def uniform_loss(
             (pass a Python number: a tensor is read with ``.item()``).
         group: the process group (default: the default group).
         equal_shards: promise that every rank's shard has the same shape; skips the
-            metadata exchange and every host read (the no-sync path: CUDA-graph and
-            ``torch.compile(fullgraph=True)`` friendly).  A disagreement or a failure on
-            one rank then makes the loss NaN on every rank, and the rank at fault raises.
+            metadata exchange and every host read outside the operator (the no-sync
+            path: CUDA-graph and ``torch.compile(fullgraph=True)`` friendly; on a GPU the
+            operator's precision policy reads once per call, except under capture).  A
+            disagreement or a failure on one rank then makes the loss NaN on every rank,
+            and the rank at fault raises.
         split: split the pair work over the ranks (True), compute the whole loss on every
             rank (False: no reduce-scatter), or decide by size (None, ``split_pays_off``).
 

@@ -412,7 +412,7 @@ def test_losses_through_dispatch_against_dense_float64(kernels_on_device, loss, 
     assert got.dtype == dtype
     torch.testing.assert_close(got.cpu().double(), want, **tol)
     for g, w in zip(got_grads, want_grads):
-        torch.testing.assert_close(g.cpu().double(), w, **tol)
+        torch.testing.assert_close(g.cpu().double(), w.cpu(), **tol)
 
 
 def test_learned_temperature_through_dispatch(kernels_on_device):

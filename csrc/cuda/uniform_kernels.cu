@@ -28,6 +28,7 @@
 // Within a round of the schedule no block occurs twice, so a window of claimed tiles
 // about one round wide runs without waiting.  One launch per round would need ~N/B
 // launches with a tail each; atomics would need a fixed shift known in advance.
+#include "tile_elements.h"
 #include "tile_mma.cuh"
 #include "tile_order.h"
 #include "uniform_kernels.h"
@@ -56,6 +57,12 @@ template <class T>
 __device__ __forceinline__ T negative_infinity() {
   return -std::numeric_limits<T>::infinity();
 }
+
+// kCols elements moved as one vector (16 bytes for float, 8 for 16-bit types).
+template <class T>
+struct alignas(4 * sizeof(T)) Quad {
+  T v[4];
+};
 
 // Shared-memory plan and warp tiling of one tile, per precision.
 template <class Mma>
@@ -105,6 +112,13 @@ struct TileGeometry {
   static constexpr size_t kScratch = round_up(kTileThreads / 32 * sizeof(acc_t), 128);
   static constexpr size_t kSmemBytes = kRegionG + kRegionS + kVectors + kScratch;
 
+  // The element passes' column partials (TileElements) use the Gram stages' first
+  // 2 * kChunk bytes, which hold nothing between the Gram product and the gradient chunks.
+  static constexpr size_t kColumnPartials =
+      size_t(TileElements<B, kTileThreads>::kRowsPerPass) * B * sizeof(acc_t);
+  static_assert(kColumnPartials <= 2 * kChunk, "column partials must fit before W / staging");
+  static_assert(TileElements<B, kTileThreads>::kCols == 4, "Quad and the row sums take 4 columns");
+
   // Feature columns are padded to a multiple of both chunk widths.
   static constexpr int kPadD = BK > DC ? BK : DC;
   static_assert(kPadD % BK == 0 && kPadD % DC == 0, "chunk widths must divide each other");
@@ -137,6 +151,9 @@ class TileWorker {
   template <class Use, class Layout>
   using Frag = typename Mma::template Frag<Use, Layout>;
   static constexpr int B = G::B;
+  using Elements = TileElements<B, kTileThreads>;
+  static constexpr int kCols = Elements::kCols;
+  using Exponents = acc_t[Elements::kRowsPerThread][kCols];
 
  public:
   __device__ TileWorker(const TileParams<acc_t, op_t>& p, unsigned char* smem)
@@ -172,9 +189,10 @@ class TileWorker {
       sq_b_[tid] = p_.sq[row_b + tid];
     }
     gram(row_a, row_b, diagonal);  // S = Z_a Z_b^T; ends with a barrier
-    const acc_t tile_max = exponents(valid_rows(tile.a), valid_rows(tile.b), diagonal);
+    Exponents e;
+    const acc_t tile_max = exponents(valid_rows(tile.a), valid_rows(tile.b), diagonal, e);
     const bool has_pairs = tile_max != negative_infinity<acc_t>();
-    if (has_pairs) weights_and_sums(tile_max, /*columns=*/p_.grad && !diagonal);
+    if (has_pairs) weights_and_sums(tile_max, /*columns=*/p_.grad && !diagonal, e);
 
     // The blocks' turn: wait for the tiles before this one on a and on b.
     if (tid == 0) {
@@ -285,55 +303,100 @@ class TileWorker {
     __syncthreads();
   }
 
-  // S <- exponents -t ||z_i - z_j||^2, -inf outside the tile's pairs (rows past the
-  // data, and i == j on a diagonal tile, whose self pair must not set the shift).
-  // Returns the tile's largest exponent.
-  __device__ acc_t exponents(int rows_a, int rows_b, bool diagonal) {
-    acc_t local = negative_infinity<acc_t>();
-    for (int e = threadIdx.x; e < B * B; e += kTileThreads) {
-      const int i = e / B, j = e % B;
-      const bool pair = i < rows_a && j < rows_b && !(diagonal && i == j);
-      acc_t& v = s_[i * G::LDS + j];
-      const acc_t ex = pair ? math::pair_exponent(p_.t, sq_a_[i], sq_b_[j], v)
-                            : negative_infinity<acc_t>();
-      v = ex;
-      local = ex > local ? ex : local;
-    }
+  // Each thread's exponents -t ||z_i - z_j||^2 of its elements (TileElements), -inf
+  // outside the tile's pairs (rows past the data, and i == j on a diagonal tile, whose
+  // self pair must not set the shift), read from the Gram tile S.  Returns the tile's
+  // largest exponent.  Most tiles are full and off the diagonal: they skip the masks.
+  __device__ acc_t exponents(int rows_a, int rows_b, bool diagonal, Exponents& e) {
+    const bool masked = diagonal || rows_a < B || rows_b < B;
+    const acc_t local = masked ? thread_exponents<true>(rows_a, rows_b, diagonal, e)
+                               : thread_exponents<false>(rows_a, rows_b, diagonal, e);
     return block_max(local);
+  }
+
+  template <bool kMasked>
+  __device__ acc_t thread_exponents(int rows_a, int rows_b, bool diagonal, Exponents& e) const {
+    const int tid = threadIdx.x;
+    const int j0 = Elements::col0(tid);
+    acc_t sq_b[kCols];
+    load_quad(sq_b, sq_b_ + j0);
+    acc_t local = negative_infinity<acc_t>();
+#pragma unroll
+    for (int k = 0; k < Elements::kRowsPerThread; ++k) {
+      const int i = Elements::row(tid, k);
+      const acc_t sq_i = sq_a_[i];
+      acc_t gram[kCols];
+      load_quad(gram, s_ + i * G::LDS + j0);
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) {
+        acc_t ex = math::pair_exponent(p_.t, sq_i, sq_b[c], gram[c]);
+        if constexpr (kMasked) {
+          const bool pair = i < rows_a && j0 + c < rows_b && !(diagonal && i == j0 + c);
+          ex = pair ? ex : negative_infinity<acc_t>();
+        }
+        e[k][c] = ex;
+        local = fmax(local, ex);  // skips a NaN exponent: NaN must not become the shift
+      }
+    }
+    return local;
   }
 
   // W = exp(E - tile_max) (0 outside the pairs), row sums and, when asked, column sums,
   // each in a fixed order.  With 16-bit operands W is rounded to op_t and the sums are
   // of the rounded weights, so sum_j w_ij (z_i - z_j) stays exactly translation-free.
-  __device__ void weights_and_sums(acc_t tile_max, bool columns) {
-    for (int e = threadIdx.x; e < B * B; e += kTileThreads) {
-      const int i = e / B, j = e % B;
-      const acc_t w = std::exp(s_[i * G::LDS + j] - tile_max);
-      if constexpr (G::kSeparateW) {
-        w_[i * G::LDW + j] = from_acc<op_t>(w);
-      } else {
-        // With the gradient, the weights W Z multiplies, so that the row sums match them.
-        s_[i * G::LDS + j] = p_.grad ? Mma::round_operand(w) : w;
-      }
-    }
-    __syncthreads();
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int i = warp; i < B; i += kTileThreads / 32) {
-      acc_t sum = 0;
-      for (int j = lane; j < B; j += 32) sum += weight(i, j);
+  __device__ void weights_and_sums(acc_t tile_max, bool columns, const Exponents& e) {
+    const int tid = threadIdx.x;
+    const int j0 = Elements::col0(tid);
+    acc_t col_part[kCols];
 #pragma unroll
-      for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-      if (lane == 0) row_sums_[i] = sum;
+    for (int c = 0; c < kCols; ++c) col_part[c] = 0;
+#pragma unroll
+    for (int k = 0; k < Elements::kRowsPerThread; ++k) {
+      const int i = Elements::row(tid, k);
+      acc_t w[kCols];
+      if constexpr (G::kSeparateW) {
+        op_t rounded[kCols];
+#pragma unroll
+        for (int c = 0; c < kCols; ++c) {
+          rounded[c] = from_acc<op_t>(std::exp(e[k][c] - tile_max));
+          w[c] = to_acc(rounded[c]);
+        }
+        store_quad(w_ + i * G::LDW + j0, rounded);
+      } else {
+#pragma unroll
+        for (int c = 0; c < kCols; ++c) {
+          const acc_t v = std::exp(e[k][c] - tile_max);
+          // With the gradient, the weights W Z multiplies, so that the row sums match them.
+          w[c] = p_.grad ? Mma::round_operand(v) : v;
+        }
+        store_quad(s_ + i * G::LDS + j0, w);
+      }
+      acc_t row = (w[0] + w[1]) + (w[2] + w[3]);
+#pragma unroll
+      for (int offset = Elements::kLanesPerRow / 2; offset > 0; offset /= 2) {
+        row += __shfl_xor_sync(0xffffffffu, row, offset);
+      }
+      if (Elements::row_leader(tid)) row_sums_[i] = row;
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) col_part[c] += w[c];
     }
-    if (columns && threadIdx.x < B) {
-      const int j = threadIdx.x;
-      acc_t sum = 0;
-      for (int i = 0; i < B; ++i) sum += weight(i, j);
-      col_sums_[j] = sum;
+    if (columns) {
+      // Each row group's column partials, then their sum in row-group order.  The Gram
+      // operand stages are free until the gradient products load their chunks.
+      acc_t* partials = reinterpret_cast<acc_t*>(region_g_);
+      store_quad(partials + Elements::row_group(tid) * B + j0, col_part);
+      __syncthreads();
+      if (tid < B) {
+        acc_t sum = 0;
+#pragma unroll
+        for (int g = 0; g < Elements::kRowsPerPass; ++g) sum += partials[g * B + tid];
+        col_sums_[tid] = sum;
+      }
     }
     __syncthreads();
     // Without the gradient a tile adds one total to block a: summed here, before the
     // turn, by warp 0 in a fixed order (read by thread 0 after the turn's barrier).
+    const int warp = tid / 32, lane = tid % 32;
     if (!p_.grad && warp == 0) {
       acc_t total = 0;
       for (int i = lane; i < B; i += 32) total += row_sums_[i];
@@ -343,12 +406,20 @@ class TileWorker {
     }
   }
 
-  __device__ acc_t weight(int i, int j) const {
-    if constexpr (G::kSeparateW) {
-      return to_acc(w_[i * G::LDW + j]);
-    } else {
-      return s_[i * G::LDS + j];
-    }
+  // kCols consecutive elements from / to shared memory, as vectors (aligned: row
+  // strides and column offsets are multiples of the vector width, TileGeometry).
+  template <class T>
+  static __device__ __forceinline__ void load_quad(T (&v)[kCols], const T* src) {
+    const Quad<T> q = *reinterpret_cast<const Quad<T>*>(src);
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) v[c] = q.v[c];
+  }
+  template <class T>
+  static __device__ __forceinline__ void store_quad(T* dst, const T (&v)[kCols]) {
+    Quad<T> q;
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) q.v[c] = v[c];
+    *reinterpret_cast<Quad<T>*>(dst) = q;
   }
 
   // In the blocks' turn: raise their shifts (rescaling what they hold) and add the
@@ -550,8 +621,11 @@ class TileWorker {
   static constexpr int kTileTotal = 4;
 };
 
+// One CTA per SM (the tile's shared memory allows no second on A100/H100, nor the 64-row
+// tile's on 99 KiB devices): every kernel may use all 255 registers, and ptxas's own cap
+// for the 64-row tiles (128, for two CTAs that never fit) does not force spills.
 template <class Mma>
-__global__ void __launch_bounds__(kTileThreads)
+__global__ void __launch_bounds__(kTileThreads, Mma::kBlock == 64 ? 1 : 0)
     uniform_tiles_kernel(TileParams<typename Mma::acc_t, typename Mma::op_t> p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];

@@ -1,0 +1,71 @@
+"""One loss call on the GPU, for a profiler: warm-up calls, then one call between
+cudaProfilerStart and cudaProfilerStop, so that `ncu --profile-from-start off` records the
+kernels of exactly that call; then the same call timed with CUDA events (medians).
+
+    ncu --clock-control none --profile-from-start off --section SpeedOfLight ... \
+        python3 benchmarks/gpu_profile.py --loss uniform --backend cuda --dtype bfloat16
+
+`--grad` (the default) takes the gradient of the input too; `--no-grad` runs the forward
+alone, which for the uniformity loss is the kernels' compute_grad=false path.  The backend
+is chosen through PYHYPERSPHERE_GPU_BACKEND, which must be set before pyhypersphere loads.
+"""
+import argparse
+import os
+import statistics
+import sys
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--loss", choices=["uniform", "nt_xent", "clip"], default="uniform")
+    parser.add_argument("--backend", choices=["cuda", "triton"], default="cuda")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16")
+    parser.add_argument("--n", type=int, default=65536)
+    parser.add_argument("--d", type=int, default=128)
+    parser.add_argument("--grad", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5, help="event-timed calls after the profiled one")
+    args = parser.parse_args()
+    os.environ["PYHYPERSPHERE_GPU_BACKEND"] = args.backend
+
+    import torch
+    import pyhypersphere
+    from cuda_bars import cuda_times  # benchmarks/, this script's directory
+
+    dtype = getattr(torch, args.dtype)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(args.n, args.d, generator=g, device="cuda"), dim=1).to(dtype)
+    y = torch.nn.functional.normalize(torch.randn(args.n, args.d, generator=g, device="cuda"), dim=1).to(dtype)
+    losses = {
+        "uniform": lambda a: pyhypersphere.uniform_loss(a, t=2),
+        "nt_xent": lambda a: pyhypersphere.nt_xent_loss(a, y, tau=0.1),
+        "clip": lambda a: pyhypersphere.clip_loss(a, y, tau=0.07),
+    }
+    loss_fn = losses[args.loss]
+
+    def call():
+        a = x.detach().requires_grad_(args.grad)
+        if args.grad:
+            loss_fn(a).backward()
+        else:
+            with torch.no_grad():
+                loss_fn(a)
+
+    for _ in range(args.warmup):
+        call()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    call()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+    times = cuda_times(call, args.reps, warmup=0)
+    pairs = args.n * (args.n - 1) / 2 if args.loss == "uniform" else args.n * args.n
+    print(f"{args.loss} backend={args.backend} dtype={args.dtype} n={args.n} d={args.d} grad={args.grad}: "
+          f"median {statistics.median(times):.3f} ms (min {min(times):.3f}, max {max(times):.3f}; "
+          f"{pairs * args.d * 2 / (statistics.median(times) * 1e-3) / 1e12:.1f} TFLOP/s per pair GEMM)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
