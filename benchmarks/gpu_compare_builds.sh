@@ -6,8 +6,9 @@
 #
 #   OUT=dir bash benchmarks/gpu_compare_builds.sh path/to/old/gpubuild.tgz
 #
-# GPU_COMPARE_CASES: "dtype --grad|--no-grad" items separated by commas (default bf16 and
-# float32, each with and without the gradient); GPU_COMPARE_N (default 65536).
+# GPU_COMPARE_CASES: "dtype --grad|--no-grad [more gpu_profile.py flags]" items separated
+# by commas (default bf16 and float32, each with and without the gradient; MoCo's queue
+# shape is "bfloat16 --grad --n 256 --queue 65536"); GPU_COMPARE_N (default 65536).
 # $OUT/summary.txt gets a line per step; the logs stay in $OUT.
 set -u
 OLD=${1:?usage: gpu_compare_builds.sh OLD_GPUBUILD_TGZ}

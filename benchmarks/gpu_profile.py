@@ -22,6 +22,8 @@ def main():
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16")
     parser.add_argument("--n", type=int, default=65536)
     parser.add_argument("--d", type=int, default=128)
+    parser.add_argument("--queue", type=int, default=0,
+                        help="uniformity only: a detached queue of this many rows (MoCo's shape: --n 256 --queue 65536)")
     parser.add_argument("--grad", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5, help="event-timed calls after the profiled one")
@@ -36,8 +38,14 @@ def main():
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.nn.functional.normalize(torch.randn(args.n, args.d, generator=g, device="cuda"), dim=1).to(dtype)
     y = torch.nn.functional.normalize(torch.randn(args.n, args.d, generator=g, device="cuda"), dim=1).to(dtype)
+    queue = None
+    if args.queue:
+        if args.loss != "uniform":
+            parser.error("--queue is for --loss uniform")
+        queue = torch.nn.functional.normalize(torch.randn(args.queue, args.d, generator=g, device="cuda"), dim=1)
+        queue = queue.to(dtype)
     losses = {
-        "uniform": lambda a: pyhypersphere.uniform_loss(a, t=2),
+        "uniform": lambda a: pyhypersphere.uniform_loss(a, t=2, queue=queue),
         "nt_xent": lambda a: pyhypersphere.nt_xent_loss(a, y, tau=0.1),
         "clip": lambda a: pyhypersphere.clip_loss(a, y, tau=0.07),
     }
@@ -60,8 +68,9 @@ def main():
     torch.cuda.cudart().cudaProfilerStop()
 
     times = cuda_times(call, args.reps, warmup=0)
-    pairs = args.n * (args.n - 1) / 2 if args.loss == "uniform" else args.n * args.n
-    print(f"{args.loss} backend={args.backend} dtype={args.dtype} n={args.n} d={args.d} grad={args.grad}: "
+    pairs = args.n * (args.n - 1) / 2 + args.n * args.queue if args.loss == "uniform" else args.n * args.n
+    print(f"{args.loss} backend={args.backend} dtype={args.dtype} n={args.n} queue={args.queue} d={args.d} "
+          f"grad={args.grad}: "
           f"median {statistics.median(times):.3f} ms (min {min(times):.3f}, max {max(times):.3f}; "
           f"{pairs * args.d * 2 / (statistics.median(times) * 1e-3) / 1e12:.1f} TFLOP/s per pair GEMM)")
     return 0

@@ -22,7 +22,8 @@
 # After the build, benchmarks/error_path_check.py checks that C++ errors and warnings
 # reach Python (see there); a failure is retried with the system libstdc++ preloaded.
 #   profile  ncu (hardware counters, stall reasons) over one call per case of
-#          GPU_RUN_PROFILE_CASES (loss:backend:dtype:grad|no-grad), N = GPU_RUN_PROFILE_N;
+#          GPU_RUN_PROFILE_CASES (loss:backend:dtype:grad|no-grad[:K]), N = GPU_RUN_PROFILE_N,
+#          or with a K-row queue MoCo's N = 256;
 #   slow   tests/test_cuda.py -m slow (N = 1e5, 1e6, 64-bit offsets; about 60 GiB).
 # Every stage has a time cap and the whole run ends within GPU_RUN_BUDGET seconds, so the
 # logs come back: $OUT/summary.txt (a line per stage), $OUT/logs.tgz (every log and JSON).
@@ -143,9 +144,11 @@ if [[ " $STAGES " == *" profile "* ]]; then
     --section MemoryWorkloadAnalysis --section SourceCounters"
   for case in ${GPU_RUN_PROFILE_CASES:-uniform:cuda:bfloat16:grad uniform:cuda:bfloat16:no-grad \
       uniform:triton:bfloat16:grad uniform:cuda:float32:grad nt_xent:triton:bfloat16:grad}; do
-    IFS=: read -r loss backend dtype grad <<<"$case"
-    run "profile_${loss}_${backend}_${dtype}_${grad}" 60 $NCU $PY benchmarks/gpu_profile.py --loss "$loss" \
-      --backend "$backend" --dtype "$dtype" --"$grad" --n ${GPU_RUN_PROFILE_N:-65536}
+    IFS=: read -r loss backend dtype grad queue <<<"$case"
+    n=${GPU_RUN_PROFILE_N:-65536}
+    [[ -n $queue ]] && n=256
+    run "profile_${loss}_${backend}_${dtype}_${grad}${queue:+_q$queue}" 60 $NCU $PY benchmarks/gpu_profile.py \
+      --loss "$loss" --backend "$backend" --dtype "$dtype" --"$grad" --queue "${queue:-0}" --n "$n"
   done
 fi
 
