@@ -33,8 +33,10 @@ pass and the backward only scales it).
    minus the memory allocated before it (inputs excluded), in MiB and in units of the
    input rows (N * d * element size).
 
-Prints a table and writes JSON (--json).  Peers that cannot run (package missing, out of
-memory, error) are reported with the reason instead of a time.
+Sections run cheapest first (--sections queue,fused,peers,big: 5, then 1-2, 4, 3); each
+prints its rows and rewrites the JSON when it ends, so a run cut by a time limit keeps
+what it measured.  At the end: a table, and the JSON (--json).  Peers that cannot run
+(package missing, out of memory, error) are reported with the reason instead of a time.
 """
 
 import argparse
@@ -134,6 +136,9 @@ def measure(rows, label, loss_fn, x, reps, macs=None, peer=False):
     return out
 
 
+SECTIONS = ("queue", "fused", "peers", "big")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=65536)
@@ -143,9 +148,19 @@ def main():
     parser.add_argument("--json", default="bench-out/cuda_bars.json")
     parser.add_argument("--queue-n", type=int, default=256)
     parser.add_argument("--queue-k", type=int, default=65536)
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"which parts run, in this order (default {','.join(SECTIONS)}: cheapest first)")
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--skip-big", action="store_true")
     args = parser.parse_args()
+    sections = [name for name in args.sections.split(",") if name]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(unknown)} (choose from {', '.join(SECTIONS)})")
+    if args.skip_peers:
+        sections = [name for name in sections if name != "peers"]
+    if args.skip_big:
+        sections = [name for name in sections if name != "big"]
 
     if not torch.cuda.is_available():
         sys.exit("cuda_bars: needs a CUDA device")
@@ -157,10 +172,31 @@ def main():
     macs = pair_macs(n, d)
     rows = []
     backends = gpu_backends(info)
+    run_section = {
+        "queue": lambda: queue_section(rows, backends, args),
+        "fused": lambda: fused_section(rows, backends, args, macs),
+        "peers": lambda: peers_section(rows, args, macs),
+        "big": lambda: big_section(rows, backends, args),
+    }
+    # Each section prints its rows and rewrites the JSON when it ends, so a run stopped by
+    # a time limit keeps what it measured.
+    for name in sections:
+        first = len(rows)
+        run_section[name]()
+        for row in rows[first:]:
+            print(f"cuda_bars {name}:", json.dumps(row), flush=True)
+        save_json(args.json, rows, macs)
+    print_table(rows, n, d, macs)
+    print(f"\nwrote {args.json}")
 
-    # 1 + 2: fused fwd+bwd and the GEMM bar with the same multiply-adds, per precision.
-    settings = [("tf32", torch.float32, "tf32"), ("fp32 (3xTF32)", torch.float32, "ieee"), ("bf16", torch.bfloat16, None)]
-    for name, dtype, precision in settings:
+
+SETTINGS = [("tf32", torch.float32, "tf32"), ("fp32 (3xTF32)", torch.float32, "ieee"), ("bf16", torch.bfloat16, None)]
+
+
+def fused_section(rows, backends, args, macs):
+    """1 + 2: fused fwd+bwd and the GEMM bar with the same multiply-adds, per precision."""
+    n, d = args.n, args.d
+    for name, dtype, precision in SETTINGS:
         with cuda_fp32_matmul(precision):
             x = unit_rows(n, d, dtype)
             mm_ms, m = mm_bar_ms(macs, dtype, args.reps)
@@ -173,56 +209,62 @@ def main():
                    dtype=str(dtype).replace("torch.", ""), fwd_bwd_ms=mm_ms, tflops=2 * macs / (mm_ms * 1e-3) / 1e12)
             del x
 
-    # 3: a million rows.
-    if not args.skip_big:
-        big_macs = pair_macs(args.big_n, d)
-        for name, dtype, precision in (("tf32", torch.float32, "tf32"), ("bf16", torch.bfloat16, None)):
-            with cuda_fp32_matmul(precision):
-                x = unit_rows(args.big_n, d, dtype, seed=1)
-                for backend, loss in backends.items():
-                    measure(rows, f"pyhypersphere {backend} {name}", loss, x, reps=1, macs=big_macs)
-                    torch.cuda.empty_cache()
-                del x
 
-    # 5: a MoCo queue shape: x's rows against a queue that takes no gradient.
-    for name, dtype, precision in settings:
+def big_section(rows, backends, args):
+    """3: a million rows, one timed call per backend and precision."""
+    big_macs = pair_macs(args.big_n, args.d)
+    for name, dtype, precision in (("tf32", torch.float32, "tf32"), ("bf16", torch.bfloat16, None)):
         with cuda_fp32_matmul(precision):
-            x = unit_rows(args.queue_n, d, dtype, seed=2)
-            queue = unit_rows(args.queue_k, d, dtype, seed=3)
+            x = unit_rows(args.big_n, args.d, dtype, seed=1)
+            for backend, loss in backends.items():
+                measure(rows, f"pyhypersphere {backend} {name}", loss, x, reps=1, macs=big_macs)
+                torch.cuda.empty_cache()
+            del x
+
+
+def queue_section(rows, backends, args):
+    """5: a MoCo queue shape: x's rows against a queue that takes no gradient."""
+    for name, dtype, precision in SETTINGS:
+        with cuda_fp32_matmul(precision):
+            x = unit_rows(args.queue_n, args.d, dtype, seed=2)
+            queue = unit_rows(args.queue_k, args.d, dtype, seed=3)
             for backend, loss in backends.items():
                 measure(rows, f"pyhypersphere {backend} {name} queue K={args.queue_k}",
                         lambda v, loss=loss: loss(v, queue=queue), x, args.reps)
             del x, queue
 
-    # 4: peers at N = n.
-    if not args.skip_peers:
-        try:
-            from pyhypersphere.bench.impls import IMPLS
-        except ImportError as exc:
-            record(rows, method="peers", error=f"pyhypersphere.bench not importable: {exc}")
-            IMPLS = {}
-        device = torch.device("cuda")
-        for impl_name in ("keops", "flex"):
-            impl = IMPLS.get(impl_name)
-            if impl is None:
-                continue
-            for name, dtype, precision in (("tf32", torch.float32, "tf32"), ("bf16", torch.bfloat16, None)):
-                reason = impl.unsupported(device, dtype)
-                if reason is not None:
-                    record(rows, method=f"{impl_name} {name}", n=n, d=d, error=reason)
-                    continue
-                with cuda_fp32_matmul(precision):
-                    x = unit_rows(n, d, dtype)
-                    try:
-                        loss_fn = impl.build(n, device, dtype, T)
-                    except Exception as exc:
-                        record(rows, method=f"{impl_name} {name}", n=n, d=d, error=f"{type(exc).__name__}: {exc}"[:200])
-                        continue
-                    measure(rows, f"{impl_name} {name}", loss_fn, x, args.reps, macs, peer=True)
-                    del x, loss_fn
-                    torch.cuda.empty_cache()
 
-    print_table(rows, n, d, macs)
+def peers_section(rows, args, macs):
+    """4: peers at N = n."""
+    n, d = args.n, args.d
+    try:
+        from pyhypersphere.bench.impls import IMPLS
+    except ImportError as exc:
+        record(rows, method="peers", error=f"pyhypersphere.bench not importable: {exc}")
+        return
+    device = torch.device("cuda")
+    for impl_name in ("keops", "flex"):
+        impl = IMPLS.get(impl_name)
+        if impl is None:
+            continue
+        for name, dtype, precision in (("tf32", torch.float32, "tf32"), ("bf16", torch.bfloat16, None)):
+            reason = impl.unsupported(device, dtype)
+            if reason is not None:
+                record(rows, method=f"{impl_name} {name}", n=n, d=d, error=reason)
+                continue
+            with cuda_fp32_matmul(precision):
+                x = unit_rows(n, d, dtype)
+                try:
+                    loss_fn = impl.build(n, device, dtype, T)
+                except Exception as exc:
+                    record(rows, method=f"{impl_name} {name}", n=n, d=d, error=f"{type(exc).__name__}: {exc}"[:200])
+                    continue
+                measure(rows, f"{impl_name} {name}", loss_fn, x, args.reps, macs, peer=True)
+                del x, loss_fn
+                torch.cuda.empty_cache()
+
+
+def save_json(path, rows, macs):
     meta = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
@@ -231,10 +273,9 @@ def main():
         "macs_fwd_bwd_at_n": macs,
         "mac_count": "3 * N(N-1)/2 * d (Gram, W Z, W^T Z over the pairs i < j); flops = 2 * MACs",
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
-    print(f"\nwrote {args.json}")
 
 
 def gpu_backends(info):
