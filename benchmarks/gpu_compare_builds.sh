@@ -2,7 +2,8 @@
 # A kernel change on a lent GPU, in one short call: build the working tree's extension,
 # run the CUDA tests and the backend cross-check, then time the same calls with the
 # previous build (a gpubuild.tgz that benchmarks/gpu_run.sh wrote to its $OUT) and the
-# new one, alternately, in fresh processes (benchmarks/gpu_profile.py).
+# new one, alternately, in fresh processes (benchmarks/gpu_profile.py).  "old" is the old
+# extension under the working tree's Python package: for kernel changes, not Python ones.
 #
 #   OUT=dir bash benchmarks/gpu_compare_builds.sh path/to/old/gpubuild.tgz
 #
@@ -25,7 +26,9 @@ mkdir -p /tmp/old_build && cp -r pyhypersphere /tmp/old_build/ && tar xzf "$OLD"
 
 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} PYHYPERSPHERE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} \
   timeout 150 python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1
-note "build rc=$?"
+rc=$?
+note "build rc=$rc"
+((rc == 0)) || exit 1  # else "new" would time whatever extension the tree holds
 PT="timeout 90 python3 -m pytest -q -p no:cacheprovider -rfE"
 $PT -n 6 tests/test_cuda.py -m "not slow" >"$OUT/test_cuda.log" 2>&1 &
 p1=$!

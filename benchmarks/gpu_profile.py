@@ -5,8 +5,9 @@ kernels of exactly that call; then the same call timed with CUDA events (medians
     ncu --clock-control none --profile-from-start off --section SpeedOfLight ... \
         python3 benchmarks/gpu_profile.py --loss uniform --backend cuda --dtype bfloat16
 
-`--grad` (the default) takes the gradient of the input too; `--no-grad` runs the forward
-alone, which for the uniformity loss is the kernels' compute_grad=false path.  The backend
+`--grad` (the default) takes the gradient of the input too (x only: the contrastive losses'
+second input y takes none); `--no-grad` runs the forward alone, which for the uniformity
+loss is the kernels' compute_grad=false path.  The backend
 is chosen through PYHYPERSPHERE_GPU_BACKEND, which must be set before pyhypersphere loads.
 """
 import argparse
@@ -68,11 +69,16 @@ def main():
     torch.cuda.cudart().cudaProfilerStop()
 
     times = cuda_times(call, args.reps, warmup=0)
-    pairs = args.n * (args.n - 1) / 2 + args.n * args.queue if args.loss == "uniform" else args.n * args.n
+    ms = statistics.median(times)
+    rate = ""
+    if args.loss == "uniform":
+        # The uniformity's products over its pairs: the Gram entries, and with the gradient
+        # W Z and W^T Z as well (d multiply-adds per pair each), as cuda_bars.py counts them.
+        pairs = args.n * (args.n - 1) / 2 + args.n * args.queue
+        products = 3 if args.grad else 1
+        rate = f"; {2 * products * pairs * args.d / (ms * 1e-3) / 1e12:.1f} TFLOP/s over {products} product(s)"
     print(f"{args.loss} backend={args.backend} dtype={args.dtype} n={args.n} queue={args.queue} d={args.d} "
-          f"grad={args.grad}: "
-          f"median {statistics.median(times):.3f} ms (min {min(times):.3f}, max {max(times):.3f}; "
-          f"{pairs * args.d * 2 / (statistics.median(times) * 1e-3) / 1e12:.1f} TFLOP/s per pair GEMM)")
+          f"grad={args.grad}: median {ms:.3f} ms (min {min(times):.3f}, max {max(times):.3f}{rate})")
     return 0
 
 

@@ -19,12 +19,12 @@
 #          peers (FlexAttention, KeOps) each case in its own process; GPU_RUN_BENCH lists
 #          the items and their order (standalone bars sweep_float32 sweep_bfloat16
 #          contrastive_clip contrastive_nt_xent peers);
-# After the build, benchmarks/error_path_check.py checks that C++ errors and warnings
-# reach Python (see there); a failure is retried with the system libstdc++ preloaded.
 #   profile  ncu (hardware counters, stall reasons) over one call per case of
 #          GPU_RUN_PROFILE_CASES (loss:backend:dtype:grad|no-grad[:K]), N = GPU_RUN_PROFILE_N,
-#          or with a K-row queue MoCo's N = 256;
+#          or with a K-row queue MoCo's N = 256 (runs between check and bench);
 #   slow   tests/test_cuda.py -m slow (N = 1e5, 1e6, 64-bit offsets; about 60 GiB).
+# After the build, benchmarks/error_path_check.py checks that C++ errors and warnings
+# reach Python (see there); a failure is retried with the system libstdc++ preloaded.
 # Every stage has a time cap and the whole run ends within GPU_RUN_BUDGET seconds, so the
 # logs come back: $OUT/summary.txt (a line per stage), $OUT/logs.tgz (every log and JSON).
 # pykeops/keopscore wheels in .whl/ are installed to /tmp/site first when present.
@@ -137,7 +137,7 @@ if [[ " $STAGES " == *" check "* ]]; then
 fi
 
 if [[ " $STAGES " == *" profile "* ]]; then
-  # ncu over one fwd+bwd call per case (benchmarks/gpu_profile.py brackets it with
+  # ncu over one call per case (benchmarks/gpu_profile.py brackets it with
   # cudaProfilerStart/Stop); the text report lands in $LOG/profile_<case>.log.
   NCU="ncu --clock-control none --profile-from-start off --section SpeedOfLight --section Occupancy \
     --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
@@ -147,6 +147,7 @@ if [[ " $STAGES " == *" profile "* ]]; then
     IFS=: read -r loss backend dtype grad queue <<<"$case"
     n=${GPU_RUN_PROFILE_N:-65536}
     [[ -n $queue ]] && n=256
+    grad=${grad:-grad}
     run "profile_${loss}_${backend}_${dtype}_${grad}${queue:+_q$queue}" 60 $NCU $PY benchmarks/gpu_profile.py \
       --loss "$loss" --backend "$backend" --dtype "$dtype" --"$grad" --queue "${queue:-0}" --n "$n"
   done
@@ -179,7 +180,7 @@ bench_peers() {
 }
 if [[ " $STAGES " == *" bench "* ]]; then
   for item in ${GPU_RUN_BENCH:-standalone bars sweep_float32 sweep_bfloat16 contrastive_clip contrastive_nt_xent peers}; do
-    "bench_$item"
+    if declare -F "bench_$item" >/dev/null; then "bench_$item"; else note "bench item $item: unknown, skipped"; fi
   done
 fi
 

@@ -6,7 +6,8 @@
 // row(t, k) = t / kLanesPerRow + k * kRowsPerPass, k = 0 .. kRowsPerThread - 1.  So
 //   - a row's kLanesPerRow threads are consecutive lanes of one warp: its sum is a
 //     shuffle reduction, and the warp's accesses to a row are contiguous (vectors of
-//     kCols elements, no bank conflicts beyond the minimum wavefronts);
+//     kCols elements: the minimum wavefronts for 4- and 2-byte types; 8-byte types take
+//     two 16-byte accesses per vector, a 2-way conflict);
 //   - a thread's columns are fixed: their squared norms, validity and column sums stay
 //     in registers, and the column sums are combined over the kRowsPerPass row groups
 //     in a fixed order (deterministic).

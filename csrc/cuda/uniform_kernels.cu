@@ -621,9 +621,11 @@ class TileWorker {
   static constexpr int kTileTotal = 4;
 };
 
-// One CTA per SM (the tile's shared memory allows no second on A100/H100, nor the 64-row
-// tile's on 99 KiB devices): every kernel may use all 255 registers, and ptxas's own cap
-// for the 64-row tiles (128, for two CTAs that never fit) does not force spills.
+// 64-row tiles (and float64's) declare one CTA per SM: where shared memory chooses them,
+// on 99 KiB devices, a second 55 KiB tile does not fit, and ptxas's own cap (128
+// registers, for that second CTA) made the 3xTF32 one spill.  Forced on Hopper
+// (PYHS_CUDA_BLOCK_ROWS=64) they now run one CTA per SM, not two.  The 128-row tiles
+// (minBlocks 0: no bound) fit one CTA per SM by shared memory anyway.
 template <class Mma>
 __global__ void __launch_bounds__(kTileThreads, Mma::kBlock == 64 ? 1 : 0)
     uniform_tiles_kernel(TileParams<typename Mma::acc_t, typename Mma::op_t> p) {
