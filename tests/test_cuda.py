@@ -639,15 +639,70 @@ def test_ticket_chain_stress(mode, n, k, num_parts, monkeypatch):
     first = _run_with_grid(monkeypatch, 0, x, q, num_parts)
     _assert_bitwise(_run_with_grid(monkeypatch, 0, x, q, num_parts), first)
     _assert_bitwise(_run_with_grid(monkeypatch, 3, x, q, num_parts), first)
-    lses = torch.tensor([p[0].item() for p in first], dtype=torch.float64)
+    _assert_parts_match_reference(mode, first, x, q, intra=True)
+
+
+def _assert_parts_match_reference(mode, parts, x, q, intra):
+    """The parts' (lse, grad_x, grad_q) combined (log-sum-exp; gradients weighted by
+    exp(lse_p - lse)) against the float64 reference."""
+    lses = torch.tensor([p[0].item() for p in parts], dtype=torch.float64)
     combined = torch.logsumexp(lses, 0).item()
     weights = (lses - combined).exp().tolist()
-    gx = sum(w * p[1].double() for w, p in zip(weights, first))
-    gq = sum(w * p[2].double() for w, p in zip(weights, first))
-    ref_lse, ref_gx, ref_gq = reference_lse_grad(x, q, 2.0, True)
+    gx = sum(w * p[1].double() for w, p in zip(weights, parts))
+    gq = sum(w * p[2].double() for w, p in zip(weights, parts))
+    ref_lse, ref_gx, ref_gq = reference_lse_grad(x, q, 2.0, intra)
     assert abs(combined - ref_lse) <= 2 * (mode.lse_atol + mode.lse_rtol * abs(ref_lse))
     assert rel_err(gx, ref_gx) <= 2 * mode.grad_rtol
     assert rel_err(gq, ref_gq) <= 2 * mode.grad_rtol
+
+
+def _run_side_groups(monkeypatch, groups, ctas, x, q, num_parts, intra):
+    monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", groups)
+    monkeypatch.setenv("PYHS_CUDA_MAX_CTAS", str(ctas))
+    out = []
+    for p in range(num_parts):
+        lse, gx, gq = _ops.uniform_lse(x, q, 2.0, intra, p, num_parts, True, True)
+        out.append((lse.clone(), gx.clone(), gq.clone()))
+    return out
+
+
+@cuda_only
+@pytest.mark.parametrize("mode", ["float64", "float32", "bfloat16"], indirect=True)
+@pytest.mark.parametrize("groups", ["2", "7", "auto"])
+@pytest.mark.parametrize("n,k,num_parts,intra", [
+    (256, 512 * 128, 1, True),            # MoCo's shape: x the small side
+    (3 * 128 - 5, 61 * 128 + 7, 3, True),  # odd block counts, parts cutting a round
+    (61 * 128 + 7, 3 * 128 - 5, 2, True),  # the queue the small side
+    (300, 9 * 128 + 1, 1, False),         # no pairs within x
+])
+def test_side_groups(mode, groups, n, k, num_parts, intra, monkeypatch):
+    # PYHS_CUDA_SIDE_GROUPS: the small side's private states per group of the other side's
+    # blocks, merged after the tiles.  Values and gradients against float64, run-to-run
+    # and grid-size equality, and agreement with the ungrouped kernel to rounding.
+    x = rows_on_device(n, 8, mode.dtype, seed=250 + n)
+    q = rows_on_device(k, 8, mode.dtype, seed=251 + n)
+    first = _run_side_groups(monkeypatch, groups, 0, x, q, num_parts, intra)
+    _assert_bitwise(_run_side_groups(monkeypatch, groups, 0, x, q, num_parts, intra), first)
+    _assert_bitwise(_run_side_groups(monkeypatch, groups, 3, x, q, num_parts, intra), first)
+    plain = _run_side_groups(monkeypatch, "0", 0, x, q, num_parts, intra)
+    for (la, ga, qa), (lb, gb, qb) in zip(first, plain):
+        assert abs(la.item() - lb.item()) <= mode.lse_atol + mode.lse_rtol * abs(lb.item())
+        assert rel_err(ga, gb.double()) <= mode.grad_rtol and rel_err(qa, qb.double()) <= mode.grad_rtol
+    _assert_parts_match_reference(mode, first, x, q, intra)
+
+
+@cuda_only
+@pytest.mark.parametrize("mode", ["float32", "bfloat16"], indirect=True)
+@pytest.mark.parametrize("num_parts", [1, 3])
+def test_side_groups_without_gradient(mode, num_parts, monkeypatch):
+    # compute_grad false: the merged quantity is the block total.
+    monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", "5")
+    x = rows_on_device(200, 8, mode.dtype, seed=260)
+    q = rows_on_device(40 * 128 + 3, 8, mode.dtype, seed=261)
+    lses = [_ops.uniform_lse(x, q, 2.0, True, p, num_parts, False, False)[0].item() for p in range(num_parts)]
+    combined = torch.logsumexp(torch.tensor(lses, dtype=torch.float64), 0).item()
+    ref_lse, _, _ = reference_lse_grad(x, q, 2.0, True)
+    assert abs(combined - ref_lse) <= 2 * (mode.lse_atol + mode.lse_rtol * abs(ref_lse))
 
 
 @cuda_only

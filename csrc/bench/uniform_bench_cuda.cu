@@ -234,14 +234,17 @@ bool smoke_test(double t) {
                                          UniformPrecision::kBf16};
   bool ok = true;
   std::printf("smoke test: CUDA kernels vs float64 host reference (t = %g)\n", t);
-  std::printf("%-13s %4s %6s %6s %5s %5s %6s %12s %12s\n", "precision", "B", "n", "k", "d", "intra",
-              "parts", "|lse err|", "grad err");
+  std::printf("%-13s %4s %6s %6s %5s %5s %6s %6s %12s %12s\n", "precision", "B", "n", "k", "d", "intra",
+              "parts", "groups", "|lse err|", "grad err");
   for (const Case& c : cases) {
     const std::vector<double> z = random_rows(c.n + c.k, c.d, 1234u + unsigned(c.n + c.k + c.d));
-    // Each precision's default tiles, then the 64-row tiles of 99 KiB devices.
+    // Each precision's default tiles, then the 64-row tiles of 99 KiB devices; with a
+    // queue, also with side groups (3 per small-side block).
     for (UniformPrecision p : precisions)
-    for (const int64_t block_rows : {int64_t(0), int64_t(64)}) {
+    for (const int64_t block_rows : {int64_t(0), int64_t(64)})
+    for (const int64_t side_groups : {int64_t(0), int64_t(3)}) {
       if (block_rows == pyhypersphere::cuda::uniform_block_rows(p)) continue;  // float64's default
+      if (side_groups && c.k == 0) continue;
       std::vector<double> stored;
       const std::vector<unsigned char> bytes = encode(z, p, stored);
       const DeviceRun ref = reference(stored, c.n, c.k, c.d, t, c.intra);
@@ -260,6 +263,7 @@ bool smoke_test(double t) {
         problem.compute_grad = true;
         problem.precision = p;
         problem.block_rows = block_rows;
+        problem.side_groups = side_groups;
         parts.push_back(run_once(problem, bytes));
         top = std::max(top, parts.back().lse);
       }
@@ -281,11 +285,10 @@ bool smoke_test(double t) {
       const Tolerance tol = tolerance_of(p);
       const bool pass = lse_err <= tol.lse && grad_err <= tol.grad && std::isfinite(lse);
       ok = ok && pass;
-      std::printf("%-13s %4lld %6lld %6lld %5lld %5d %6lld %12.3e %12.3e %s\n", name_of(p),
+      std::printf("%-13s %4lld %6lld %6lld %5lld %5d %6lld %6lld %12.3e %12.3e %s\n", name_of(p),
                   (long long)(block_rows ? block_rows : pyhypersphere::cuda::uniform_block_rows(p)),
-                  (long long)c.n,
-                  (long long)c.k, (long long)c.d, (int)c.intra, (long long)c.parts, lse_err, grad_err,
-                  pass ? "ok" : "FAIL");
+                  (long long)c.n, (long long)c.k, (long long)c.d, (int)c.intra, (long long)c.parts,
+                  (long long)side_groups, lse_err, grad_err, pass ? "ok" : "FAIL");
     }
   }
   return ok;

@@ -12,6 +12,14 @@
 //   previous_visit(block, f)   the largest f' < f whose tile holds `block` (f's tile
 //                              must hold it), or -1: the tile whose update of the
 //                              block's accumulators must land before f's.
+//
+// Rectangle tiles (x's blocks against the queue's): round r meets each block s of the
+// side with fewer blocks (the small side) with block l = (s + r) mod large of the other.
+// With side groups the small side keeps one private state per group of S consecutive
+// large-side blocks ([g S, (g + 1) S)), so that its updates form short chains:
+//   rectangle_tile(f)                  {r, s, l} of rectangle tile f (in_rectangle(f))
+//   previous_group_visit(f, S)         the largest rectangle tile f' < f of the same small
+//                                      block and group, or -1
 #pragma once
 
 #include "../uniform_math.h"  // PYHS_HOST_DEVICE
@@ -54,6 +62,32 @@ class TileOrder {
     const int64_t l = (s + r) % large_;
     const bool x_small = x_ <= q_;
     return {x_small ? s : l, x_ + (x_small ? l : s)};
+  }
+
+  struct RectangleTile {
+    int64_t r, s, l;
+  };
+  PYHS_HOST_DEVICE bool in_rectangle(int64_t f) const { return f >= triangle_ && small_ > 0; }
+  PYHS_HOST_DEVICE bool x_is_small() const { return x_ <= q_; }
+  PYHS_HOST_DEVICE int64_t small_blocks() const { return small_; }
+  PYHS_HOST_DEVICE int64_t large_blocks() const { return large_; }
+  PYHS_HOST_DEVICE RectangleTile rectangle_tile(int64_t f) const {
+    f -= triangle_;
+    const int64_t r = f / small_, s = f % small_;
+    return {r, s, (s + r) % large_};
+  }
+  PYHS_HOST_DEVICE int64_t previous_group_visit(int64_t f, int64_t group_size) const {
+    const RectangleTile t = rectangle_tile(f);
+    // Round r - 1 met l - 1, in the same group unless l starts it.
+    if (t.r >= 1 && t.l % group_size != 0) return f - small_;
+    // Otherwise only blocks of the group visited before the wrap of l back to 0: the
+    // group's l' >= s met s in round l' - s, earlier than r = l - s + large when l < s.
+    if (t.l < t.s) {
+      const int64_t group_end = (t.l / group_size + 1) * group_size;
+      const int64_t last = (group_end < large_ ? group_end : large_) - 1;
+      if (last >= t.s) return triangle_ + (last - t.s) * small_ + t.s;
+    }
+    return -1;
   }
 
   PYHS_HOST_DEVICE int64_t previous_visit(int64_t block, int64_t f) const {

@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 
 namespace pyhypersphere {
 namespace {
@@ -65,11 +66,19 @@ cuda::UniformPrecision tile_precision(const UniformRows& rows, at::ScalarType in
 }
 
 // Debug knobs for the GPU tests, read per call (0 or unset: off):
-//   PYHS_CUDA_MAX_CTAS=n     caps the tile kernel's grid (results must not depend on it)
-//   PYHS_CUDA_BLOCK_ROWS=64  the 64-row tiles of 99 KiB devices, on any device
+//   PYHS_CUDA_MAX_CTAS=n        caps the tile kernel's grid (results must not depend on it)
+//   PYHS_CUDA_BLOCK_ROWS=64     the 64-row tiles of 99 KiB devices, on any device
+//   PYHS_CUDA_SIDE_GROUPS=n|auto  side groups for queue shapes (UniformProblem::side_groups;
+//                               off by default until they have run on a GPU)
 int64_t debug_knob(const char* name) {
   const char* value = std::getenv(name);
   return value ? std::max<int64_t>(0, std::atoll(value)) : 0;
+}
+
+int64_t side_groups_knob() {
+  const char* value = std::getenv("PYHS_CUDA_SIDE_GROUPS");
+  if (value && std::string(value) == "auto") return -1;
+  return debug_knob("PYHS_CUDA_SIDE_GROUPS");
 }
 
 void check_device_capability(const at::Tensor& x) {
@@ -134,6 +143,7 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
       precision, forced_rows == 64 ? cuda::uniform_shared_memory_bytes(precision, 64)
                                    : shared_memory_optin(x));
   problem.max_ctas = debug_knob("PYHS_CUDA_MAX_CTAS");
+  problem.side_groups = side_groups_knob();
   TORCH_CHECK(problem.block_rows > 0, "uniform_loss: the CUDA kernel for ", x.scalar_type(),
               " needs ", cuda::uniform_shared_memory_bytes(precision, 64),
               " bytes of shared memory per block at least; ", x.device(), " allows ",

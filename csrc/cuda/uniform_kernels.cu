@@ -138,8 +138,13 @@ struct TileParams {
   acc_t* block_sum;     // [blocks] no-gradient mode: sum per block under its shift
   acc_t* row_sum;       // [blocks * B] gradient mode: s_i under the block shift
   acc_t* acc;           // [blocks * B, ld] gradient mode: sum_j w_ij z_j under the shift
-  unsigned long long* tickets;    // [blocks]
+  unsigned long long* tickets;    // [slots]
   unsigned long long* next_tile;  // claim counter
+  // Side groups (0: off): the small side's state for rectangle tile {s, l} lives in slot
+  // slot_base + s * groups + l / group_size, merged into block s's after the launch.
+  // shift, block_sum, tickets, row_sum and acc are indexed by slot (a block's own slot is
+  // its index); the operand rows z and sq by block.
+  int64_t groups, group_size, slot_base;
 };
 
 template <class Mma>
@@ -194,16 +199,25 @@ class TileWorker {
     const bool has_pairs = tile_max != negative_infinity<acc_t>();
     if (has_pairs) weights_and_sums(tile_max, /*columns=*/p_.grad && !diagonal, e);
 
+    // Where each side's state lives, and the tile that updated it last.
+    Side side_a{tile.a, kAskOrder}, side_b{tile.b, kAskOrder};
+    if (p_.groups > 0 && order_.in_rectangle(f)) {
+      const TileOrder::RectangleTile rect = order_.rectangle_tile(f);
+      Side& small = order_.x_is_small() ? side_a : side_b;
+      small.slot = p_.slot_base + rect.s * p_.groups + rect.l / p_.group_size;
+      small.previous = order_.previous_group_visit(f, p_.group_size);
+    }
+
     // The blocks' turn: wait for the tiles before this one on a and on b.
     if (tid == 0) {
-      wait_turn(tile.a, f);
-      if (!diagonal) wait_turn(tile.b, f);
+      wait_turn(side_a, f);
+      if (!diagonal) wait_turn(side_b, f);
       __threadfence();
     }
     __syncthreads();
     if (has_pairs) {
-      update_block_state(tile, tile_max, diagonal);
-      if (p_.grad) gradient_products(row_a, row_b, diagonal);
+      update_block_state(side_a.slot, side_b.slot, tile_max, diagonal);
+      if (p_.grad) gradient_products(row_a, row_b, side_a.slot * B, side_b.slot * B, diagonal);
     }
     // Publish: this tile's writes happen before any later tile of a or b reads them.  The
     // barrier orders every thread's writes before thread 0's fence, whose release is
@@ -211,8 +225,8 @@ class TileWorker {
     __syncthreads();
     if (tid == 0) {
       __threadfence();
-      store_release(&p_.tickets[tile.a], static_cast<unsigned long long>(f) + 1);
-      if (!diagonal) store_release(&p_.tickets[tile.b], static_cast<unsigned long long>(f) + 1);
+      store_release(&p_.tickets[side_a.slot], static_cast<unsigned long long>(f) + 1);
+      if (!diagonal) store_release(&p_.tickets[side_b.slot], static_cast<unsigned long long>(f) + 1);
     }
   }
 
@@ -223,10 +237,18 @@ class TileWorker {
     return static_cast<int>(left < B ? left : B);
   }
 
-  __device__ void wait_turn(int64_t block, int64_t f) const {
-    const int64_t previous = order_.previous_visit(block, f);
+  // A tile side's state slot and the last tile before this one that updated it
+  // (kAskOrder: the block's own slot, TileOrder::previous_visit says which).
+  static constexpr int64_t kAskOrder = -2;
+  struct Side {
+    int64_t slot;
+    int64_t previous;
+  };
+
+  __device__ void wait_turn(const Side& side, int64_t f) const {
+    const int64_t previous = side.previous == kAskOrder ? order_.previous_visit(side.slot, f) : side.previous;
     if (previous >= p_.begin) {  // earlier tiles of other parts are not ours to wait for
-      wait_ticket(&p_.tickets[block], static_cast<unsigned long long>(previous) + 1);
+      wait_ticket(&p_.tickets[side.slot], static_cast<unsigned long long>(previous) + 1);
     }
   }
 
@@ -427,16 +449,16 @@ class TileWorker {
   // factors (f_a, alpha_a, f_b, alpha_b) for the gradient products:
   //   held <- held * f + alpha * tile_contribution
   // with f = exp(M_old - M_new) when the shift rises (alpha = 1), else f = 1.
-  __device__ void update_block_state(const TilePair& tile, acc_t tile_max, bool diagonal) {
+  __device__ void update_block_state(int64_t slot_a, int64_t slot_b, acc_t tile_max, bool diagonal) {
     if (threadIdx.x == 0) {
       acc_t f_a, alpha_a, f_b = 1, alpha_b = 0;
-      raise_block(tile.a, tile_max, f_a, alpha_a);
+      raise_block(slot_a, tile_max, f_a, alpha_a);
       if (!p_.grad) {
         acc_t total = scratch_[kTileTotal];
         if (diagonal) total *= acc_t(0.5);  // a diagonal tile holds each pair twice
-        p_.block_sum[tile.a] = __ldcg(&p_.block_sum[tile.a]) * f_a + alpha_a * total;
+        p_.block_sum[slot_a] = __ldcg(&p_.block_sum[slot_a]) * f_a + alpha_a * total;
       } else if (!diagonal) {
-        raise_block(tile.b, tile_max, f_b, alpha_b);
+        raise_block(slot_b, tile_max, f_b, alpha_b);
       }
       scratch_[0] = f_a;
       scratch_[1] = alpha_a;
@@ -446,20 +468,20 @@ class TileWorker {
     __syncthreads();
     if (p_.grad && threadIdx.x < B) {
       const int r = threadIdx.x;
-      acc_t* sum_a = &p_.row_sum[tile.a * B + r];
+      acc_t* sum_a = &p_.row_sum[slot_a * B + r];
       *sum_a = __ldcg(sum_a) * scratch_[0] + scratch_[1] * row_sums_[r];
       if (!diagonal) {
-        acc_t* sum_b = &p_.row_sum[tile.b * B + r];
+        acc_t* sum_b = &p_.row_sum[slot_b * B + r];
         *sum_b = __ldcg(sum_b) * scratch_[2] + scratch_[3] * col_sums_[r];
       }
     }
   }
 
-  __device__ void raise_block(int64_t block, acc_t tile_max, acc_t& f, acc_t& alpha) const {
-    const acc_t held = __ldcg(&p_.shift[block]);
+  __device__ void raise_block(int64_t slot, acc_t tile_max, acc_t& f, acc_t& alpha) const {
+    const acc_t held = __ldcg(&p_.shift[slot]);
     if (tile_max > held) {
       f = math::rescale_factor(held, tile_max);
-      p_.shift[block] = tile_max;
+      p_.shift[slot] = tile_max;
       alpha = 1;
     } else {
       f = 1;
@@ -468,8 +490,10 @@ class TileWorker {
   }
 
   // acc_a += alpha_a W Z_b and (off the diagonal) acc_b += alpha_b W^T Z_a, each
-  // after scaling by its f, in chunks of DC feature columns.
-  __device__ void gradient_products(int64_t row_a, int64_t row_b, bool diagonal) {
+  // after scaling by its f, in chunks of DC feature columns.  Operands from the padded
+  // rows row_a / row_b; accumulators at the slots' rows acc_row_a / acc_row_b.
+  __device__ void gradient_products(int64_t row_a, int64_t row_b, int64_t acc_row_a, int64_t acc_row_b,
+                                    bool diagonal) {
     op_t* chunk_b = reinterpret_cast<op_t*>(region_g_);
     op_t* chunk_a = reinterpret_cast<op_t*>(region_g_ + G::kChunk);
     const int warp = threadIdx.x / 32;
@@ -526,12 +550,12 @@ class TileWorker {
       }
       store_products(pa, wr, wc);
       __syncthreads();
-      accumulate(row_a, col, f_a, alpha_a);
+      accumulate(acc_row_a, col, f_a, alpha_a);
       __syncthreads();
       if (!diagonal) {
         store_products(pb, wr, wc);
         __syncthreads();
-        accumulate(row_b, col, f_b, alpha_b);
+        accumulate(acc_row_b, col, f_b, alpha_b);
         __syncthreads();
       }
     }
@@ -759,6 +783,57 @@ __global__ void gradient_kernel(const op_t* z, const acc_t* row_sum, const acc_t
   }
 }
 
+// Side groups: fold each small-side block's private slots into its own state, in group
+// order (deterministic).  First, per block: the merged shift M (the largest), the factor
+// exp(M_slot - M) of its own state and of each slot (0 for a slot without pairs), and,
+// without the gradient, the merged block sum.  factors: [small][1 + groups].
+template <class acc_t>
+__global__ void merge_shifts_kernel(acc_t* shift, acc_t* block_sum, int64_t small, int64_t first_block,
+                                    int64_t groups, int64_t slot_base, bool grad, acc_t* factors) {
+  for (int64_t s = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; s < small;
+       s += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t own = first_block + s;
+    const int64_t slots = slot_base + s * groups;
+    acc_t top = shift[own];
+    for (int64_t g = 0; g < groups; ++g) top = shift[slots + g] > top ? shift[slots + g] : top;
+    acc_t* f = factors + s * (groups + 1);
+    f[0] = math::rescale_factor(shift[own], top);
+    for (int64_t g = 0; g < groups; ++g) f[1 + g] = math::rescale_factor(shift[slots + g], top);
+    if (!grad) {
+      acc_t sum = block_sum[own] * f[0];
+      for (int64_t g = 0; g < groups; ++g) sum += block_sum[slots + g] * f[1 + g];
+      block_sum[own] = sum;
+    }
+    shift[own] = top;
+  }
+}
+
+// Then, with the gradient, the row sums and accumulators, a warp per padded row.
+template <class acc_t>
+__global__ void merge_rows_kernel(acc_t* row_sum, acc_t* acc, int64_t small, int64_t first_block,
+                                  int64_t groups, int64_t slot_base, int block_rows, int64_t ld,
+                                  const acc_t* factors) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t item = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32; item < small * block_rows;
+       item += warps) {
+    const int64_t s = item / block_rows, r = item % block_rows;
+    const acc_t* f = factors + s * (groups + 1);
+    const int64_t own = (first_block + s) * block_rows + r;
+    const int64_t slots = (slot_base + s * groups) * block_rows + r;
+    if (lane == 0) {
+      acc_t sum = row_sum[own] * f[0];
+      for (int64_t g = 0; g < groups; ++g) sum += row_sum[slots + g * block_rows] * f[1 + g];
+      row_sum[own] = sum;
+    }
+    for (int64_t c = lane; c < ld; c += 32) {
+      acc_t v = acc[own * ld + c] * f[0];
+      for (int64_t g = 0; g < groups; ++g) v += acc[(slots + g * block_rows) * ld + c] * f[1 + g];
+      acc[own * ld + c] = v;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- host side
 
 // CTAs for `items` work items handled `per_cta` at a time (grid-stride loops beyond 2^20).
@@ -770,9 +845,40 @@ int grid_for(int64_t items, int64_t per_cta) {
 // Where each buffer sits in the workspace, a pure function of the problem.
 struct Workspace {
   size_t z = 0, sq = 0, shift = 0, block_sum = 0, stats = 0, tickets = 0, row_sum = 0, acc = 0;
+  size_t factors = 0;
   size_t bytes = 0;
   int64_t block_rows = 0, x_blocks = 0, queue_blocks = 0, padded_rows = 0, ld = 0;
+  // Side groups (groups 0: off); slots = blocks + small-side blocks * groups.
+  int64_t groups = 0, group_size = 0, slots = 0;
 };
+
+// Side groups for a problem (UniformProblem::side_groups): 0 (off), or the number of
+// private states per small-side block, each for group_size consecutive large-side blocks.
+// Automatic: enough chains for kSideChains tiles in flight, the private accumulators
+// within the larger of kSideBytes and the rows' own accumulators.  A pure function of the
+// problem, not of the device: the results must not depend on it.
+constexpr int64_t kSideChains = 256;
+constexpr size_t kSideBytes = size_t(64) << 20;
+
+void plan_side_groups(const UniformProblem& problem, Workspace& w, size_t acc_bytes_per_block) {
+  const int64_t small = std::min(w.x_blocks, w.queue_blocks);
+  const int64_t large = std::max(w.x_blocks, w.queue_blocks);
+  const int64_t blocks = w.x_blocks + w.queue_blocks;
+  w.groups = 0;
+  w.group_size = 0;
+  w.slots = blocks;
+  if (problem.side_groups == 0 || small == 0) return;
+  int64_t groups = problem.side_groups > 0 ? problem.side_groups : (kSideChains + small - 1) / small;
+  if (problem.side_groups < 0 && acc_bytes_per_block > 0) {
+    const size_t budget = std::max(kSideBytes, static_cast<size_t>(blocks) * acc_bytes_per_block);
+    groups = std::min<int64_t>(groups, static_cast<int64_t>(budget / (static_cast<size_t>(small) * acc_bytes_per_block)));
+  }
+  groups = std::min(groups, large);
+  if (groups <= 1) return;
+  w.group_size = (large + groups - 1) / groups;
+  w.groups = (large + w.group_size - 1) / w.group_size;  // every group holds a block
+  w.slots = blocks + small * w.groups;
+}
 
 template <class Mma>
 Workspace plan_workspace(const UniformProblem& problem) {
@@ -793,15 +899,23 @@ Workspace plan_workspace(const UniformProblem& problem) {
     return here;
   };
   const size_t rows = static_cast<size_t>(w.padded_rows);
+  plan_side_groups(problem, w,
+                   problem.compute_grad ? static_cast<size_t>(G::B) * static_cast<size_t>(w.ld) * sizeof(acc_t) : 0);
+  const size_t slots = static_cast<size_t>(w.slots);
+  const size_t slot_rows = slots * static_cast<size_t>(G::B);
   w.z = take(rows * static_cast<size_t>(w.ld) * sizeof(op_t));
   w.sq = take(rows * sizeof(acc_t));
-  w.shift = take(static_cast<size_t>(blocks) * sizeof(acc_t));
-  w.block_sum = take(static_cast<size_t>(blocks) * sizeof(acc_t));
+  w.shift = take(slots * sizeof(acc_t));
+  w.block_sum = take(slots * sizeof(acc_t));
   w.stats = take(2 * sizeof(acc_t));
-  w.tickets = take((static_cast<size_t>(blocks) + 1) * sizeof(unsigned long long));  // + counter
+  w.tickets = take((slots + 1) * sizeof(unsigned long long));  // + the claim counter
+  if (w.groups > 0) {
+    w.factors = take(static_cast<size_t>(std::min(w.x_blocks, w.queue_blocks)) *
+                     static_cast<size_t>(w.groups + 1) * sizeof(acc_t));
+  }
   if (problem.compute_grad) {
-    w.row_sum = take(rows * sizeof(acc_t));
-    w.acc = take(rows * static_cast<size_t>(w.ld) * sizeof(acc_t));
+    w.row_sum = take(slot_rows * sizeof(acc_t));
+    w.acc = take(slot_rows * static_cast<size_t>(w.ld) * sizeof(acc_t));
   }
   w.bytes = at;
   return w;
@@ -833,7 +947,10 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   p.row_sum = problem.compute_grad ? reinterpret_cast<acc_t*>(base + w.row_sum) : nullptr;
   p.acc = problem.compute_grad ? reinterpret_cast<acc_t*>(base + w.acc) : nullptr;
   p.tickets = reinterpret_cast<unsigned long long*>(base + w.tickets);
-  p.next_tile = p.tickets + blocks;
+  p.next_tile = p.tickets + w.slots;
+  p.groups = w.groups;
+  p.group_size = w.group_size;
+  p.slot_base = blocks;
   acc_t* stats = reinterpret_cast<acc_t*>(base + w.stats);
 
   const TileOrder order(w.x_blocks, w.queue_blocks, problem.intra_batch);
@@ -842,16 +959,17 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   p.end = total * (problem.part + 1) / problem.num_parts;
 
   cudaError_t err;
-  const size_t ticket_bytes = (static_cast<size_t>(blocks) + 1) * sizeof(unsigned long long);
+  const size_t slots = static_cast<size_t>(w.slots);
+  const size_t ticket_bytes = (slots + 1) * sizeof(unsigned long long);
   if ((err = cudaMemsetAsync(p.tickets, 0, ticket_bytes, stream)) != cudaSuccess) return err;
-  if ((err = cudaMemsetAsync(p.block_sum, 0, blocks * sizeof(acc_t), stream)) != cudaSuccess) return err;
+  if ((err = cudaMemsetAsync(p.block_sum, 0, slots * sizeof(acc_t), stream)) != cudaSuccess) return err;
   if (problem.compute_grad) {
-    const size_t rows = static_cast<size_t>(w.padded_rows);
-    if ((err = cudaMemsetAsync(p.row_sum, 0, rows * sizeof(acc_t), stream)) != cudaSuccess) return err;
-    if ((err = cudaMemsetAsync(p.acc, 0, rows * w.ld * sizeof(acc_t), stream)) != cudaSuccess) return err;
+    const size_t slot_rows = slots * static_cast<size_t>(G::B);
+    if ((err = cudaMemsetAsync(p.row_sum, 0, slot_rows * sizeof(acc_t), stream)) != cudaSuccess) return err;
+    if ((err = cudaMemsetAsync(p.acc, 0, slot_rows * w.ld * sizeof(acc_t), stream)) != cudaSuccess) return err;
   }
-  fill_kernel<acc_t><<<grid_for(blocks, 256), 256, 0, stream>>>(p.shift, blocks,
-                                                          -std::numeric_limits<acc_t>::infinity());
+  fill_kernel<acc_t><<<grid_for(w.slots, 256), 256, 0, stream>>>(p.shift, w.slots,
+                                                           -std::numeric_limits<acc_t>::infinity());
   pack_rows_kernel<Mma><<<grid_for(w.padded_rows, kRowWarps), 32 * kRowWarps, 0, stream>>>(
       static_cast<const op_t*>(problem.rows), problem.n, problem.k, problem.d,
       w.x_blocks * G::B, w.padded_rows, w.ld, const_cast<op_t*>(p.z), const_cast<acc_t*>(p.sq));
@@ -877,6 +995,18 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
     int64_t ctas = std::min<int64_t>(p.end - p.begin, int64_t(sms) * per_sm);
     if (problem.max_ctas > 0) ctas = std::min<int64_t>(ctas, problem.max_ctas);
     kernel<<<static_cast<int>(ctas), kTileThreads, smem, stream>>>(p);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  if (w.groups > 0) {
+    const int64_t small = std::min(w.x_blocks, w.queue_blocks);
+    const int64_t first = w.x_blocks <= w.queue_blocks ? 0 : w.x_blocks;  // the small side's block 0
+    acc_t* factors = reinterpret_cast<acc_t*>(base + w.factors);
+    merge_shifts_kernel<acc_t><<<grid_for(small, 256), 256, 0, stream>>>(
+        p.shift, p.block_sum, small, first, w.groups, blocks, problem.compute_grad, factors);
+    if (problem.compute_grad) {
+      merge_rows_kernel<acc_t><<<grid_for(small * G::B, kRowWarps), 32 * kRowWarps, 0, stream>>>(
+          p.row_sum, p.acc, small, first, w.groups, blocks, G::B, w.ld, factors);
+    }
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
 
@@ -943,6 +1073,7 @@ cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, v
                                void* grad_rows, cudaStream_t stream) {
   if (problem.n < 1 || problem.k < 0 || problem.d < 1 || problem.num_parts < 1 ||
       problem.part < 0 || problem.part >= problem.num_parts || problem.max_ctas < 0 ||
+      problem.side_groups < -1 ||
       (problem.block_rows != 0 && problem.block_rows != 64 &&
        problem.block_rows != uniform_block_rows(problem.precision)) ||
       (problem.compute_grad && grad_rows == nullptr) || lse == nullptr || workspace == nullptr) {

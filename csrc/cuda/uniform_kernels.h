@@ -51,6 +51,14 @@ struct UniformProblem {
   // Upper bound on the tile kernel's CTAs (0: as many as fit).  A debug knob: results
   // are bitwise the same for every grid size.
   int64_t max_ctas = 0;
+  // Side groups for queue shapes (x's blocks against the queue's): the side with fewer
+  // blocks keeps private states per group of the other side's blocks, merged in a fixed
+  // order after the tiles, so that its updates do not form one chain over every round
+  // (MoCo: 2 x blocks against 512 queue blocks, 514 updates each).  0: off (the default
+  // until it has run on a GPU); -1: automatic (a function of the shape only); n > 0: n
+  // groups.  Results are deterministic for every setting and differ between settings
+  // by rounding only.
+  int64_t side_groups = 0;
 };
 
 // Rows per schedule block (the tile edge) for a precision by default: 128, or 64 for kFp64.

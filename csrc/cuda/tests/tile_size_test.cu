@@ -61,6 +61,36 @@ int main() {
   const size_t ws64 = cu::uniform_workspace_bytes(problem);
   expect(ws64 < ws128 && ws64 >= size_t(192) * 64 * 4, "64-row workspace", (long long)ws64);
 
+  // Side groups: private states for the small side of a queue shape, sized by the shape.
+  cu::UniformProblem moco;
+  moco.n = 256;
+  moco.k = 65536;
+  moco.d = 128;
+  moco.compute_grad = true;
+  moco.precision = UniformPrecision::kBf16;
+  const size_t plain = cu::uniform_workspace_bytes(moco);
+  moco.side_groups = 3;  // 3 groups for each of the 2 x blocks: 6 slots of 128 x 128 floats
+  const size_t three = cu::uniform_workspace_bytes(moco);
+  expect(three >= plain + size_t(6) * 128 * 128 * 4 && three < plain + size_t(7) * 128 * 128 * 4 + 4096,
+         "3 side groups: 6 private accumulator blocks", (long long)(three - plain));
+  moco.side_groups = -1;  // automatic: 256 chains over 2 x blocks, within 64 MiB
+  const size_t automatic = cu::uniform_workspace_bytes(moco);
+  expect(automatic >= plain + size_t(256) * 128 * 128 * 4 && automatic <= plain + (size_t(66) << 20),
+         "automatic side groups for MoCo's shape", (long long)(automatic - plain));
+  moco.d = 4096;  // wide rows: the private accumulators stay within the rows' own
+  moco.side_groups = 0;
+  const size_t wide_plain = cu::uniform_workspace_bytes(moco);
+  moco.side_groups = -1;
+  const size_t wide = cu::uniform_workspace_bytes(moco);
+  expect(wide > wide_plain && wide - wide_plain <= wide_plain, "automatic side groups within their budget",
+         (long long)(wide - wide_plain));
+  moco.n = 65536;  // every round 512 tiles wide: no groups
+  moco.d = 128;
+  const size_t square_auto = cu::uniform_workspace_bytes(moco);
+  moco.side_groups = 0;
+  expect(square_auto == cu::uniform_workspace_bytes(moco), "no side groups for wide rounds",
+         (long long)square_auto);
+
   // Sizes without a kernel are rejected before any device work.
   char dummy[256];
   float lse = 0;
@@ -71,11 +101,15 @@ int main() {
   problem.max_ctas = -1;
   expect(cu::launch_uniform_lse(problem, dummy, &lse, dummy, nullptr) == cudaErrorInvalidValue,
          "negative CTA cap rejected", 0);
+  problem.max_ctas = 0;
+  problem.side_groups = -2;
+  expect(cu::launch_uniform_lse(problem, dummy, &lse, dummy, nullptr) == cudaErrorInvalidValue,
+         "side groups below -1 rejected", 0);
 
   if (failures) {
     std::printf("tile_size_test: %d failures\n", failures);
     return 1;
   }
-  std::printf("tile_size_test: the tile-size rule holds for H100, A100, sm_86 and float64\n");
+  std::printf("tile_size_test: the tile-size rule holds for H100, A100, sm_86 and float64; side groups sized\n");
   return 0;
 }
