@@ -233,12 +233,16 @@ def queue_section(rows, backends, args):
                 measure(rows, f"pyhypersphere {backend} {name} queue K={args.queue_k}",
                         lambda v, loss=loss: loss(v, queue=queue), x, args.reps)
                 if backend == "cuda":  # and with the opt-in side groups (docs/cuda.md)
+                    before = os.environ.get("PYHS_CUDA_SIDE_GROUPS")
                     os.environ["PYHS_CUDA_SIDE_GROUPS"] = "auto"
                     try:
                         measure(rows, f"pyhypersphere cuda side groups {name} queue K={args.queue_k}",
                                 lambda v, loss=loss: loss(v, queue=queue), x, args.reps)
                     finally:
-                        del os.environ["PYHS_CUDA_SIDE_GROUPS"]
+                        if before is None:
+                            del os.environ["PYHS_CUDA_SIDE_GROUPS"]
+                        else:
+                            os.environ["PYHS_CUDA_SIDE_GROUPS"] = before
             del x, queue
 
 

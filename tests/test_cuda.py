@@ -674,6 +674,7 @@ def _run_side_groups(monkeypatch, groups, ctas, x, q, num_parts, intra):
     (3 * 128 - 5, 61 * 128 + 7, 3, True),  # odd block counts, parts cutting a round
     (61 * 128 + 7, 3 * 128 - 5, 2, True),  # the queue the small side
     (300, 9 * 128 + 1, 1, False),         # no pairs within x
+    (640, 640, 1, True),                  # as many x blocks as queue blocks: x the small side
 ])
 def test_side_groups(mode, groups, n, k, num_parts, intra, monkeypatch):
     # PYHS_CUDA_SIDE_GROUPS: the small side's private states per group of the other side's
@@ -691,16 +692,32 @@ def test_side_groups(mode, groups, n, k, num_parts, intra, monkeypatch):
     _assert_parts_match_reference(mode, first, x, q, intra)
 
 
+def _lse_without_gradient(monkeypatch, groups, ctas, x, q, num_parts):
+    monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", groups)
+    monkeypatch.setenv("PYHS_CUDA_MAX_CTAS", str(ctas))
+    return [_ops.uniform_lse(x, q, 2.0, True, p, num_parts, False, False)[0].clone() for p in range(num_parts)]
+
+
 @cuda_only
-@pytest.mark.parametrize("mode", ["float32", "bfloat16"], indirect=True)
-@pytest.mark.parametrize("num_parts", [1, 3])
-def test_side_groups_without_gradient(mode, num_parts, monkeypatch):
-    # compute_grad false: the merged quantity is the block total.
-    monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", "5")
-    x = rows_on_device(200, 8, mode.dtype, seed=260)
-    q = rows_on_device(40 * 128 + 3, 8, mode.dtype, seed=261)
-    lses = [_ops.uniform_lse(x, q, 2.0, True, p, num_parts, False, False)[0].item() for p in range(num_parts)]
-    combined = torch.logsumexp(torch.tensor(lses, dtype=torch.float64), 0).item()
+@pytest.mark.parametrize("mode", ["float64", "float32", "bfloat16"], indirect=True)
+@pytest.mark.parametrize("n,k,num_parts", [
+    (200, 40 * 128 + 3, 1),               # x the small side
+    (200, 40 * 128 + 3, 3),
+    (61 * 128 + 7, 3 * 128 - 5, 2),       # the queue the small side (its states stay empty)
+    (640, 640, 1),
+])
+def test_side_groups_without_gradient(mode, n, k, num_parts, monkeypatch):
+    # compute_grad false: the merged quantity is the block total.  Against float64, the
+    # ungrouped kernel, and itself at another grid size.
+    x = rows_on_device(n, 8, mode.dtype, seed=260 + n)
+    q = rows_on_device(k, 8, mode.dtype, seed=261 + n)
+    lses = _lse_without_gradient(monkeypatch, "5", 0, x, q, num_parts)
+    again = _lse_without_gradient(monkeypatch, "5", 3, x, q, num_parts)
+    assert all(torch.equal(a, b) for a, b in zip(lses, again))
+    plain = _lse_without_gradient(monkeypatch, "0", 0, x, q, num_parts)
+    for a, b in zip(lses, plain):
+        assert abs(a.item() - b.item()) <= mode.lse_atol + mode.lse_rtol * abs(b.item())
+    combined = torch.logsumexp(torch.tensor([v.item() for v in lses], dtype=torch.float64), 0).item()
     ref_lse, _, _ = reference_lse_grad(x, q, 2.0, True)
     assert abs(combined - ref_lse) <= 2 * (mode.lse_atol + mode.lse_rtol * abs(ref_lse))
 

@@ -15,11 +15,11 @@
 //
 // Rectangle tiles (x's blocks against the queue's): round r meets each block s of the
 // side with fewer blocks (the small side) with block l = (s + r) mod large of the other.
-// With side groups the small side keeps one private state per group of S consecutive
-// large-side blocks ([g S, (g + 1) S)), so that its updates form short chains:
+// With G side groups the small side keeps one private state per residue l mod G, so that
+// consecutive rounds update different states and one state's updates are G rounds apart:
 //   rectangle_tile(f)                  {r, s, l} of rectangle tile f (in_rectangle(f))
-//   previous_group_visit(f, S)         the largest rectangle tile f' < f of the same small
-//                                      block and group, or -1
+//   previous_group_visit(f, G)         the largest rectangle tile f' < f of the same small
+//                                      block whose large block has the same residue, or -1
 #pragma once
 
 #include "../uniform_math.h"  // PYHS_HOST_DEVICE
@@ -76,15 +76,16 @@ class TileOrder {
     const int64_t r = f / small_, s = f % small_;
     return {r, s, (s + r) % large_};
   }
-  PYHS_HOST_DEVICE int64_t previous_group_visit(int64_t f, int64_t group_size) const {
+  PYHS_HOST_DEVICE int64_t previous_group_visit(int64_t f, int64_t groups) const {
     const RectangleTile t = rectangle_tile(f);
-    // Round r - 1 met l - 1, in the same group unless l starts it.
-    if (t.r >= 1 && t.l % group_size != 0) return f - small_;
-    // Otherwise only blocks of the group visited before the wrap of l back to 0: the
-    // group's l' >= s met s in round l' - s, earlier than r = l - s + large when l < s.
+    // Block s meets l = s, s + 1, ..., large - 1, then 0, 1, ..., s - 1 in rounds 0, 1, ...
+    // The last visit with the same residue: l - G, G rounds earlier, if it came before l
+    // in that sequence; else, for l < s, the largest l' = l (mod G) in [s, large), met
+    // in round l' - s.
+    const int64_t floor = t.l >= t.s ? t.s : 0;
+    if (t.l - groups >= floor) return f - groups * small_;
     if (t.l < t.s) {
-      const int64_t group_end = (t.l / group_size + 1) * group_size;
-      const int64_t last = (group_end < large_ ? group_end : large_) - 1;
+      const int64_t last = t.l + (large_ - 1 - t.l) / groups * groups;
       if (last >= t.s) return triangle_ + (last - t.s) * small_ + t.s;
     }
     return -1;

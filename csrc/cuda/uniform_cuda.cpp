@@ -69,7 +69,8 @@ cuda::UniformPrecision tile_precision(const UniformRows& rows, at::ScalarType in
 //   PYHS_CUDA_MAX_CTAS=n        caps the tile kernel's grid (results must not depend on it)
 //   PYHS_CUDA_BLOCK_ROWS=64     the 64-row tiles of 99 KiB devices, on any device
 //   PYHS_CUDA_SIDE_GROUPS=n|auto  side groups for queue shapes (UniformProblem::side_groups;
-//                               off by default until they have run on a GPU)
+//                               off by default until they have run on a GPU; any other
+//                               value, negative ones too, is off)
 int64_t debug_knob(const char* name) {
   const char* value = std::getenv(name);
   return value ? std::max<int64_t>(0, std::atoll(value)) : 0;

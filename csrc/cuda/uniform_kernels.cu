@@ -141,10 +141,10 @@ struct TileParams {
   unsigned long long* tickets;    // [slots]
   unsigned long long* next_tile;  // claim counter
   // Side groups (0: off): the small side's state for rectangle tile {s, l} lives in slot
-  // slot_base + s * groups + l / group_size, merged into block s's after the launch.
+  // slot_base + s * groups + l mod groups, merged into block s's after the launch.
   // shift, block_sum, tickets, row_sum and acc are indexed by slot (a block's own slot is
   // its index); the operand rows z and sq by block.
-  int64_t groups, group_size, slot_base;
+  int64_t groups, slot_base;
 };
 
 template <class Mma>
@@ -203,9 +203,14 @@ class TileWorker {
     Side side_a{tile.a, kAskOrder}, side_b{tile.b, kAskOrder};
     if (p_.groups > 0 && order_.in_rectangle(f)) {
       const TileOrder::RectangleTile rect = order_.rectangle_tile(f);
-      Side& small = order_.x_is_small() ? side_a : side_b;
-      small.slot = p_.slot_base + rect.s * p_.groups + rect.l / p_.group_size;
-      small.previous = order_.previous_group_visit(f, p_.group_size);
+      // Assigned by value: a reference to one of the two would put both in local memory.
+      const Side small{p_.slot_base + rect.s * p_.groups + rect.l % p_.groups,
+                       order_.previous_group_visit(f, p_.groups)};
+      if (order_.x_is_small()) {
+        side_a = small;
+      } else {
+        side_b = small;
+      }
     }
 
     // The blocks' turn: wait for the tiles before this one on a and on b.
@@ -849,14 +854,15 @@ struct Workspace {
   size_t bytes = 0;
   int64_t block_rows = 0, x_blocks = 0, queue_blocks = 0, padded_rows = 0, ld = 0;
   // Side groups (groups 0: off); slots = blocks + small-side blocks * groups.
-  int64_t groups = 0, group_size = 0, slots = 0;
+  int64_t groups = 0, slots = 0;
 };
 
-// Side groups for a problem (UniformProblem::side_groups): 0 (off), or the number of
-// private states per small-side block, each for group_size consecutive large-side blocks.
-// Automatic: enough chains for kSideChains tiles in flight, the private accumulators
-// within the larger of kSideBytes and the rows' own accumulators.  A pure function of the
-// problem, not of the device: the results must not depend on it.
+// Side groups for a problem (UniformProblem::side_groups): 0 (off), or G, the number of
+// private states per small-side block (one per residue of the large-side block mod G).
+// A state's consecutive updates are G rounds, G * small tiles, apart: automatic G puts
+// them kSideChains tiles apart, more than the tiles in flight on one GPU (a CTA per SM),
+// with the private accumulators within the larger of kSideBytes and the rows' own.  A
+// function of the shape only, not of the device: the results must not depend on it.
 constexpr int64_t kSideChains = 256;
 constexpr size_t kSideBytes = size_t(64) << 20;
 
@@ -865,7 +871,6 @@ void plan_side_groups(const UniformProblem& problem, Workspace& w, size_t acc_by
   const int64_t large = std::max(w.x_blocks, w.queue_blocks);
   const int64_t blocks = w.x_blocks + w.queue_blocks;
   w.groups = 0;
-  w.group_size = 0;
   w.slots = blocks;
   if (problem.side_groups == 0 || small == 0) return;
   int64_t groups = problem.side_groups > 0 ? problem.side_groups : (kSideChains + small - 1) / small;
@@ -873,10 +878,9 @@ void plan_side_groups(const UniformProblem& problem, Workspace& w, size_t acc_by
     const size_t budget = std::max(kSideBytes, static_cast<size_t>(blocks) * acc_bytes_per_block);
     groups = std::min<int64_t>(groups, static_cast<int64_t>(budget / (static_cast<size_t>(small) * acc_bytes_per_block)));
   }
-  groups = std::min(groups, large);
+  groups = std::min(groups, large);  // every group holds a block
   if (groups <= 1) return;
-  w.group_size = (large + groups - 1) / groups;
-  w.groups = (large + w.group_size - 1) / w.group_size;  // every group holds a block
+  w.groups = groups;
   w.slots = blocks + small * w.groups;
 }
 
@@ -949,7 +953,6 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   p.tickets = reinterpret_cast<unsigned long long*>(base + w.tickets);
   p.next_tile = p.tickets + w.slots;
   p.groups = w.groups;
-  p.group_size = w.group_size;
   p.slot_base = blocks;
   acc_t* stats = reinterpret_cast<acc_t*>(base + w.stats);
 

@@ -53,9 +53,9 @@ void check(int64_t x, int64_t q, bool intra) {
     last[tiles[f].b] = f;
   }
   // Side groups: the previous rectangle tile of the same small-side block whose large-side
-  // block is in the same group of S, by brute force, for several S.
+  // block has the same residue mod G, by brute force, for several G.
   if (order.small_blocks() > 0) {
-    for (int64_t group_size : {int64_t(1), int64_t(2), int64_t(3), int64_t(5), order.large_blocks()}) {
+    for (int64_t groups : {int64_t(1), int64_t(2), int64_t(3), int64_t(5), order.large_blocks()}) {
       std::vector<int64_t> last_in_group(static_cast<size_t>(x + q) * static_cast<size_t>(x + q + 1), -1);
       for (int64_t f = 0; f < size; ++f) {
         if (!order.in_rectangle(f)) continue;
@@ -63,8 +63,8 @@ void check(int64_t x, int64_t q, bool intra) {
         const int64_t small = order.x_is_small() ? tiles[f].a : tiles[f].b - x;
         const int64_t large = order.x_is_small() ? tiles[f].b - x : tiles[f].a;
         if (t.s != small || t.l != large) fail("rectangle_tile", x, q, intra, f, t.s * 1000 + t.l, small * 1000 + large);
-        const size_t key = static_cast<size_t>(small) * static_cast<size_t>(x + q + 1) + static_cast<size_t>(large / group_size);
-        const int64_t got = order.previous_group_visit(f, group_size);
+        const size_t key = static_cast<size_t>(small) * static_cast<size_t>(x + q + 1) + static_cast<size_t>(large % groups);
+        const int64_t got = order.previous_group_visit(f, groups);
         if (got != last_in_group[key]) fail("previous_group_visit", x, q, intra, f, got, last_in_group[key]);
         last_in_group[key] = f;
       }
