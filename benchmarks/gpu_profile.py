@@ -33,18 +33,14 @@ def main():
 
     import torch
     import pyhypersphere
-    from cuda_bars import cuda_times  # benchmarks/, this script's directory
+    from cuda_bars import cuda_times, unit_rows  # benchmarks/, this script's directory
 
+    if args.queue and args.loss != "uniform":
+        parser.error("--queue is for --loss uniform")
     dtype = getattr(torch, args.dtype)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.nn.functional.normalize(torch.randn(args.n, args.d, generator=g, device="cuda"), dim=1).to(dtype)
-    y = torch.nn.functional.normalize(torch.randn(args.n, args.d, generator=g, device="cuda"), dim=1).to(dtype)
-    queue = None
-    if args.queue:
-        if args.loss != "uniform":
-            parser.error("--queue is for --loss uniform")
-        queue = torch.nn.functional.normalize(torch.randn(args.queue, args.d, generator=g, device="cuda"), dim=1)
-        queue = queue.to(dtype)
+    x = unit_rows(args.n, args.d, dtype, seed=0)
+    y = unit_rows(args.n, args.d, dtype, seed=1)
+    queue = unit_rows(args.queue, args.d, dtype, seed=2) if args.queue else None
     losses = {
         "uniform": lambda a: pyhypersphere.uniform_loss(a, t=2, queue=queue),
         "nt_xent": lambda a: pyhypersphere.nt_xent_loss(a, y, tau=0.1),

@@ -602,11 +602,11 @@ def test_loss_without_gradient_matches_reference(mode, k, num_parts):
         assert abs(lses[0] - with_grad) <= mode.lse_atol + mode.lse_rtol * abs(ref_lse)
 
 
-def _run_with_grid(monkeypatch, ctas, x, q, num_parts=1, no_grad=False):
+def _run_with_grid(monkeypatch, ctas, x, q, num_parts=1, no_grad=False, intra=True):
     monkeypatch.setenv("PYHS_CUDA_MAX_CTAS", str(ctas))
     out = []
     for p in range(num_parts):
-        lse, gx, gq = _ops.uniform_lse(x, q, 2.0, True, p, num_parts, not no_grad, q is not None and not no_grad)
+        lse, gx, gq = _ops.uniform_lse(x, q, 2.0, intra, p, num_parts, not no_grad, q is not None and not no_grad)
         out.append((lse.clone(), gx.clone(), gq.clone()))
     return out
 
@@ -656,14 +656,9 @@ def _assert_parts_match_reference(mode, parts, x, q, intra):
     assert rel_err(gq, ref_gq) <= 2 * mode.grad_rtol
 
 
-def _run_side_groups(monkeypatch, groups, ctas, x, q, num_parts, intra):
+def _run_side_groups(monkeypatch, groups, ctas, x, q, num_parts, intra=True, no_grad=False):
     monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", groups)
-    monkeypatch.setenv("PYHS_CUDA_MAX_CTAS", str(ctas))
-    out = []
-    for p in range(num_parts):
-        lse, gx, gq = _ops.uniform_lse(x, q, 2.0, intra, p, num_parts, True, True)
-        out.append((lse.clone(), gx.clone(), gq.clone()))
-    return out
+    return _run_with_grid(monkeypatch, ctas, x, q, num_parts, no_grad=no_grad, intra=intra)
 
 
 @cuda_only
@@ -693,9 +688,7 @@ def test_side_groups(mode, groups, n, k, num_parts, intra, monkeypatch):
 
 
 def _lse_without_gradient(monkeypatch, groups, ctas, x, q, num_parts):
-    monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", groups)
-    monkeypatch.setenv("PYHS_CUDA_MAX_CTAS", str(ctas))
-    return [_ops.uniform_lse(x, q, 2.0, True, p, num_parts, False, False)[0].clone() for p in range(num_parts)]
+    return [lse for lse, _, _ in _run_side_groups(monkeypatch, groups, ctas, x, q, num_parts, no_grad=True)]
 
 
 @cuda_only

@@ -853,8 +853,9 @@ struct Workspace {
   size_t factors = 0;
   size_t bytes = 0;
   int64_t block_rows = 0, x_blocks = 0, queue_blocks = 0, padded_rows = 0, ld = 0;
-  // Side groups (groups 0: off); slots = blocks + small-side blocks * groups.
-  int64_t groups = 0, slots = 0;
+  // Side groups (groups 0: off); slots = blocks + small_blocks * groups, small_blocks
+  // being TileOrder's small side (the x blocks when there are no more of them).
+  int64_t groups = 0, slots = 0, small_blocks = 0, first_small_block = 0;
 };
 
 // Side groups for a problem (UniformProblem::side_groups): 0 (off), or G, the number of
@@ -867,9 +868,11 @@ constexpr int64_t kSideChains = 256;
 constexpr size_t kSideBytes = size_t(64) << 20;
 
 void plan_side_groups(const UniformProblem& problem, Workspace& w, size_t acc_bytes_per_block) {
-  const int64_t small = std::min(w.x_blocks, w.queue_blocks);
-  const int64_t large = std::max(w.x_blocks, w.queue_blocks);
+  const TileOrder order(w.x_blocks, w.queue_blocks, problem.intra_batch);
+  const int64_t small = order.small_blocks(), large = order.large_blocks();
   const int64_t blocks = w.x_blocks + w.queue_blocks;
+  w.small_blocks = small;
+  w.first_small_block = order.x_is_small() ? 0 : w.x_blocks;
   w.groups = 0;
   w.slots = blocks;
   if (problem.side_groups == 0 || small == 0) return;
@@ -914,8 +917,7 @@ Workspace plan_workspace(const UniformProblem& problem) {
   w.stats = take(2 * sizeof(acc_t));
   w.tickets = take((slots + 1) * sizeof(unsigned long long));  // + the claim counter
   if (w.groups > 0) {
-    w.factors = take(static_cast<size_t>(std::min(w.x_blocks, w.queue_blocks)) *
-                     static_cast<size_t>(w.groups + 1) * sizeof(acc_t));
+    w.factors = take(static_cast<size_t>(w.small_blocks) * static_cast<size_t>(w.groups + 1) * sizeof(acc_t));
   }
   if (problem.compute_grad) {
     w.row_sum = take(slot_rows * sizeof(acc_t));
@@ -1001,14 +1003,13 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
   if (w.groups > 0) {
-    const int64_t small = std::min(w.x_blocks, w.queue_blocks);
-    const int64_t first = w.x_blocks <= w.queue_blocks ? 0 : w.x_blocks;  // the small side's block 0
     acc_t* factors = reinterpret_cast<acc_t*>(base + w.factors);
-    merge_shifts_kernel<acc_t><<<grid_for(small, 256), 256, 0, stream>>>(
-        p.shift, p.block_sum, small, first, w.groups, blocks, problem.compute_grad, factors);
+    merge_shifts_kernel<acc_t><<<grid_for(w.small_blocks, 256), 256, 0, stream>>>(
+        p.shift, p.block_sum, w.small_blocks, w.first_small_block, w.groups, blocks, problem.compute_grad,
+        factors);
     if (problem.compute_grad) {
-      merge_rows_kernel<acc_t><<<grid_for(small * G::B, kRowWarps), 32 * kRowWarps, 0, stream>>>(
-          p.row_sum, p.acc, small, first, w.groups, blocks, G::B, w.ld, factors);
+      merge_rows_kernel<acc_t><<<grid_for(w.small_blocks * G::B, kRowWarps), 32 * kRowWarps, 0, stream>>>(
+          p.row_sum, p.acc, w.small_blocks, w.first_small_block, w.groups, blocks, G::B, w.ld, factors);
     }
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
