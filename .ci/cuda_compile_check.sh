@@ -2,7 +2,7 @@
 # Compile check of the CUDA side on a machine without a GPU (and without a CUDA torch):
 #   1. the kernels-only CMake build (cmake/cuda_kernels.cmake): every csrc/cuda/*.cu
 #      through nvcc, the standalone benchmark, and the host tests of the kernels'
-#      closed-form tile order, tile-size rule and element mapping, which are then run;
+#      closed-form tile order, tile-size rule, element mapping and turn rule, which are then run;
 #   2. the torch glue (csrc/cuda/*.cpp) syntax-checked against torch's headers with
 #      -DPYHYPERSPHERE_WITH_CUDA (the CPU torch wheel ships the ATen/c10 CUDA headers).
 # Prints a skip line and exits 0 when nvcc is not found.
@@ -24,7 +24,7 @@ ARCHS=${CUDA_ARCHS:-90}
 BUILD_DIR=${BUILD_DIR:-build/cmake-cuda-ci}
 start=$(date +%s)
 
-echo "== nvcc: every csrc/cuda/*.cu, the benchmark, the tile-order, tile-size and tile-element tests (archs $ARCHS)"
+echo "== nvcc: every csrc/cuda/*.cu, the benchmark, the tile-order, tile-size, tile-element and tile-state tests (archs $ARCHS)"
 mkdir -p "$(dirname "$BUILD_DIR")"
 cmake -S . -B "$BUILD_DIR" -DPYHYPERSPHERE_CUDA_KERNELS_ONLY=ON -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" > "$BUILD_DIR.configure.log" 2>&1 \
@@ -33,6 +33,7 @@ cmake --build "$BUILD_DIR" -j "${JOBS:-2}"
 "$BUILD_DIR/tile_order_test"
 "$BUILD_DIR/tile_size_test"
 "$BUILD_DIR/tile_elements_test"
+"$BUILD_DIR/tile_states_test"
 
 echo "== g++ -fsyntax-only: the torch glue with -DPYHYPERSPHERE_WITH_CUDA"
 if [[ ! -f "$CUDA_HOME/include/cuda_runtime_api.h" ]]; then

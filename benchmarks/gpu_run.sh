@@ -18,7 +18,8 @@
 #          N = 1,048,576, a queue shape), the `pyhypersphere bench --device cuda` sweep, the
 #          peers (FlexAttention, KeOps) each case in its own process; GPU_RUN_BENCH lists
 #          the items and their order (standalone bars sweep_float32 sweep_bfloat16
-#          contrastive_clip contrastive_nt_xent peers);
+#          contrastive_clip contrastive_nt_xent peers; also variants: the kernel's knobs
+#          against its defaults);
 #   profile  ncu (hardware counters, stall reasons) over one call per case of
 #          GPU_RUN_PROFILE_CASES (loss:backend:dtype:grad|no-grad[:K]), N = GPU_RUN_PROFILE_N,
 #          or with a K-row queue MoCo's N = 256 (runs between check and bench);
@@ -91,7 +92,8 @@ if [[ " $STAGES " == *" build "* ]]; then
     wait
     echo "$hash" >.gpubuild-hash
     tar czf "$OUT/gpubuild.tgz" pyhypersphere/_C*.so .gpubuild-hash \
-      $KBUILD/uniform_bench_cuda $KBUILD/tile_order_test $KBUILD/tile_size_test $KBUILD/tile_elements_test 2>>"$LOG/build_ext.log"
+      $KBUILD/uniform_bench_cuda $KBUILD/tile_order_test $KBUILD/tile_size_test $KBUILD/tile_elements_test \
+      $KBUILD/tile_states_test 2>>"$LOG/build_ext.log"
   fi
   $PY -c "import json, pyhypersphere; print(json.dumps(pyhypersphere.build_info()))" >"$LOG/build_info.log" 2>&1
   tail -1 "$LOG/build_info.log" | cut -c1-300 >>"$SUMMARY"
@@ -120,7 +122,7 @@ fi
 if [[ " $STAGES " == *" check "* ]]; then
   CAP=${GPU_RUN_CHECK_CAP:-240}
   PT="env OMP_NUM_THREADS=2 $PY -m pytest -q -p no:cacheprovider -rfE"
-  run tile_tests 30 bash -c "$KBUILD/tile_order_test && $KBUILD/tile_size_test && $KBUILD/tile_elements_test"
+  run tile_tests 30 bash -c "$KBUILD/tile_order_test && $KBUILD/tile_size_test && $KBUILD/tile_elements_test && $KBUILD/tile_states_test"
   run smoke 60 "$KBUILD/uniform_bench_cuda" --reps 1 --skip-timing
   run test_cuda $CAP $PT -n 4 tests/test_cuda.py -m "not slow" --junitxml="$LOG/test_cuda.xml" &
   run test_triton_cuda $CAP $PT tests/test_triton.py tests/test_triton_contrastive.py &
@@ -157,6 +159,26 @@ fi
 bench_standalone() { run bench_cuda_standalone 60 "$KBUILD/uniform_bench_cuda" --skip-check --reps 5; }
 # Peers separately: KeOps 2.3 segfaulted compiling its float32 formula on the first run.
 bench_bars() { run cuda_bars 200 $PY benchmarks/cuda_bars.py --skip-peers --json "$LOG/cuda_bars.json"; }
+# The tile kernel's knobs against its defaults (docs/cuda.md), bf16 fwd+bwd, each case in
+# its own process, default and knob alternating, twice: MoCo's shape without the side
+# groups; products first at a narrow (N = 8192: rounds of 32 tiles) and a wide schedule.
+bench_variants() {
+  local rep n
+  for rep in 1 2; do
+    run "variant_moco_default_$rep" 40 $PY benchmarks/gpu_profile.py --backend cuda \
+      --dtype bfloat16 --n 256 --queue 65536 --reps 20
+    run "variant_moco_no_side_groups_$rep" 40 env PYHS_CUDA_SIDE_GROUPS=0 $PY benchmarks/gpu_profile.py \
+      --backend cuda --dtype bfloat16 --n 256 --queue 65536 --reps 20
+    for n in 8192 65536; do
+      run "variant_n${n}_default_$rep" 40 $PY benchmarks/gpu_profile.py --backend cuda --dtype bfloat16 \
+        --n "$n" --reps 10
+      run "variant_n${n}_products_first_$rep" 40 env PYHS_CUDA_PRODUCTS_FIRST=1 $PY benchmarks/gpu_profile.py \
+        --backend cuda --dtype bfloat16 --n "$n" --reps 10
+    done
+  done
+  local f
+  for f in "$LOG"/variant_*.log; do note "$(basename "$f" .log): $(grep -o 'median [0-9.]* ms' "$f" || echo 'no time')"; done
+}
 bench_sweep_float32() { sweep float32; }
 bench_sweep_bfloat16() { sweep bfloat16; }
 sweep() {

@@ -4,6 +4,7 @@
 #   tile_order_test              host test of the kernels' closed-form tile order
 #   tile_size_test               host test of the tile-size rule (uniform_block_rows_for)
 #   tile_elements_test           host test of the tile kernel's element mapping
+#   tile_states_test             host test of the tile kernel's turn rule (states and waits)
 #
 #   cmake -S . -B build/cmake-cuda -DPYHYPERSPHERE_CUDA_KERNELS_ONLY=ON
 #   cmake --build build/cmake-cuda && build/cmake-cuda/tile_order_test
@@ -40,6 +41,8 @@ target_include_directories(tile_order_test PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/c
 
 add_executable(tile_elements_test csrc/cuda/tests/tile_elements_test.cpp)
 
+add_executable(tile_states_test csrc/cuda/tests/tile_states_test.cpp)
+
 add_executable(tile_size_test csrc/cuda/tests/tile_size_test.cu)
 target_link_libraries(tile_size_test PRIVATE pyhypersphere_cuda_kernels)
 target_compile_options(tile_size_test PRIVATE
@@ -48,3 +51,5 @@ target_compile_options(tile_size_test PRIVATE
 enable_testing()
 add_test(NAME tile_order_test COMMAND tile_order_test)
 add_test(NAME tile_size_test COMMAND tile_size_test)
+add_test(NAME tile_elements_test COMMAND tile_elements_test)
+add_test(NAME tile_states_test COMMAND tile_states_test)

@@ -589,7 +589,9 @@ def test_align_bitwise_reproducible():
 @pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
 @pytest.mark.parametrize("k,num_parts", [(0, 1), (300, 1), (300, 3), (0, 4)])
 def test_loss_without_gradient_matches_reference(mode, k, num_parts):
-    # compute_grad false: one total per block, no ticket on block b's gradient state.
+    # compute_grad false: each tile adds one total to a chain of tiles 512 apart (no
+    # block's state, no wait on the tile's blocks); here fewer tiles than chains (39 at
+    # most with 128-row blocks, 121 with float64's 64), one each.
     x = rows_on_device(700, 24, mode.dtype, seed=200 + k + num_parts)
     q = rows_on_device(k, 24, mode.dtype, seed=201) if k else None
     lses = [_ops.uniform_lse(x, q, 2.0, True, p, num_parts, False, False)[0].item()
@@ -632,8 +634,10 @@ def test_bitwise_equal_across_grid_sizes(mode, no_grad, monkeypatch):
 @pytest.mark.parametrize("n,k,num_parts", [(256, 512 * 128, 1), (3 * 128 - 5, 511 * 128 + 7, 3)])
 def test_ticket_chain_stress(mode, n, k, num_parts, monkeypatch):
     # Few x blocks against hundreds of queue blocks: every x block is in every round of
-    # the rectangle, so its updates form one long ticket chain; odd block counts and
-    # parts that cut a round in the middle.  Values, run-to-run and grid-size equality.
+    # the rectangle, so without side groups (off here; they are the default) its updates
+    # form one long ticket chain; odd block counts and parts that cut a round in the
+    # middle.  Values, run-to-run and grid-size equality.
+    monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", "0")
     x = rows_on_device(n, 8, mode.dtype, seed=220 + n)
     q = rows_on_device(k, 8, mode.dtype, seed=221 + n)
     first = _run_with_grid(monkeypatch, 0, x, q, num_parts)
@@ -649,11 +653,12 @@ def _assert_parts_match_reference(mode, parts, x, q, intra):
     combined = torch.logsumexp(lses, 0).item()
     weights = (lses - combined).exp().tolist()
     gx = sum(w * p[1].double() for w, p in zip(weights, parts))
-    gq = sum(w * p[2].double() for w, p in zip(weights, parts))
     ref_lse, ref_gx, ref_gq = reference_lse_grad(x, q, 2.0, intra)
     assert abs(combined - ref_lse) <= 2 * (mode.lse_atol + mode.lse_rtol * abs(ref_lse))
     assert rel_err(gx, ref_gx) <= 2 * mode.grad_rtol
-    assert rel_err(gq, ref_gq) <= 2 * mode.grad_rtol
+    if q is not None:
+        gq = sum(w * p[2].double() for w, p in zip(weights, parts))
+        assert rel_err(gq, ref_gq) <= 2 * mode.grad_rtol
 
 
 def _run_side_groups(monkeypatch, groups, ctas, x, q, num_parts, intra=True, no_grad=False):
@@ -694,25 +699,82 @@ def _lse_without_gradient(monkeypatch, groups, ctas, x, q, num_parts):
 @cuda_only
 @pytest.mark.parametrize("mode", ["float64", "float32", "bfloat16"], indirect=True)
 @pytest.mark.parametrize("n,k,num_parts", [
-    (200, 40 * 128 + 3, 1),               # x the small side
-    (200, 40 * 128 + 3, 3),
-    (61 * 128 + 7, 3 * 128 - 5, 2),       # the queue the small side (its states stay empty)
-    (640, 640, 1),
+    (256, 512 * 128, 1),                  # MoCo's shape: 1027 tiles (4106 in float64): chains wrap
+    (200, 40 * 128 + 3, 3),               # parts: each its own chains
+    (61 * 128 + 7, 3 * 128 - 5, 2),       # the queue the small side
+    (40 * 128 - 1, 0, 1),                 # 820 tiles, no queue: chains wrap past 512
 ])
-def test_side_groups_without_gradient(mode, n, k, num_parts, monkeypatch):
-    # compute_grad false: the merged quantity is the block total.  Against float64, the
-    # ungrouped kernel, and itself at another grid size.
+def test_loss_without_gradient_chains(mode, n, k, num_parts, monkeypatch):
+    # compute_grad false: tile f's total goes to chain (f - begin) mod 512, summed after
+    # the tiles in a fixed order.  Against float64, bitwise at another grid size, and
+    # bitwise whatever the side groups (only the gradient's states have them).
     x = rows_on_device(n, 8, mode.dtype, seed=260 + n)
-    q = rows_on_device(k, 8, mode.dtype, seed=261 + n)
-    lses = _lse_without_gradient(monkeypatch, "5", 0, x, q, num_parts)
-    again = _lse_without_gradient(monkeypatch, "5", 3, x, q, num_parts)
-    assert all(torch.equal(a, b) for a, b in zip(lses, again))
-    plain = _lse_without_gradient(monkeypatch, "0", 0, x, q, num_parts)
-    for a, b in zip(lses, plain):
-        assert abs(a.item() - b.item()) <= mode.lse_atol + mode.lse_rtol * abs(b.item())
+    q = rows_on_device(k, 8, mode.dtype, seed=261 + n) if k else None
+    lses = _lse_without_gradient(monkeypatch, "auto", 0, x, q, num_parts)
+    for groups, ctas in (("auto", 3), ("0", 0), ("5", 1)):
+        again = _lse_without_gradient(monkeypatch, groups, ctas, x, q, num_parts)
+        assert all(torch.equal(a, b) for a, b in zip(lses, again))
     combined = torch.logsumexp(torch.tensor([v.item() for v in lses], dtype=torch.float64), 0).item()
     ref_lse, _, _ = reference_lse_grad(x, q, 2.0, True)
     assert abs(combined - ref_lse) <= 2 * (mode.lse_atol + mode.lse_rtol * abs(ref_lse))
+
+
+@cuda_only
+@pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
+@pytest.mark.parametrize("block_rows", ["default", "64"])
+@pytest.mark.parametrize("n,k,num_parts,groups", [
+    (1500, 700, 1, "auto"),               # square and rectangle tiles, diagonal ones
+    (3 * 128 - 5, 61 * 128 + 7, 3, "auto"),  # side groups (the default) and parts
+    (3 * 128 - 5, 61 * 128 + 7, 2, "0"),  # one long chain per x block
+    (333, 0, 1, "auto"),
+])
+def test_products_first_gives_the_same_bits(mode, block_rows, n, k, num_parts, groups, monkeypatch):
+    # PYHS_CUDA_PRODUCTS_FIRST=1: W Z_b and W^T Z_a before the turn, staged in global
+    # memory, then the same update: bitwise the in-turn kernel's results, at every grid
+    # size, with each tile size (the 64-row one as on 99 KiB devices).
+    if block_rows == "64":
+        monkeypatch.setenv("PYHS_CUDA_BLOCK_ROWS", "64")
+    x = rows_on_device(n, 40, mode.dtype, seed=270 + n)
+    q = rows_on_device(k, 40, mode.dtype, seed=271 + n) if k else None
+    monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", groups)
+    monkeypatch.delenv("PYHS_CUDA_PRODUCTS_FIRST", raising=False)
+    in_turn = _run_with_grid(monkeypatch, 0, x, q, num_parts)
+    monkeypatch.setenv("PYHS_CUDA_PRODUCTS_FIRST", "1")
+    for ctas in (0, 1, 3):
+        _assert_bitwise(_run_with_grid(monkeypatch, ctas, x, q, num_parts), in_turn)
+    _assert_parts_match_reference(mode, in_turn, x, q, intra=True)
+
+
+@cuda_only
+def test_products_first_allocates_its_staging(monkeypatch):
+    # The knob reaches the launcher (the test above would pass if it did not): the
+    # workspace grows by the staging rows, 2 B x ld floats for each SM at least.
+    x = rows_on_device(2000, 40, torch.float32, seed=280)
+
+    def peak():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+
+    monkeypatch.delenv("PYHS_CUDA_PRODUCTS_FIRST", raising=False)
+    plain = peak()
+    monkeypatch.setenv("PYHS_CUDA_PRODUCTS_FIRST", "1")
+    staged = peak()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    ld, smallest_block = 64, 64  # 40 features padded to the chunk width; B is 64 or 128
+    assert staged - plain >= sms * 2 * smallest_block * ld * 4
+
+
+@cuda_only
+@pytest.mark.parametrize("value", ["-2", "two", "", "3x"])
+def test_side_groups_knob_rejects_other_values(value, monkeypatch):
+    monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", value)
+    x = rows_on_device(300, 8, torch.float32, seed=281)
+    with pytest.raises(ValueError, match="PYHS_CUDA_SIDE_GROUPS must be auto, 0"):
+        _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
 
 
 @cuda_only

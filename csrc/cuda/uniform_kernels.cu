@@ -10,7 +10,10 @@
 //               {a, b}:  S = Z_a Z_b^T;  E = -t ||z_i - z_j||^2 (masked);  W = exp(E - max E);
 //               row sums (and column sums); then, in the blocks' turn (tickets, below),
 //               raise the block shifts, add the sums and, for the gradient,
-//               acc_a += alpha_a W Z_b and acc_b += alpha_b W^T Z_a, d in chunks
+//               acc_a += alpha_a W Z_b and acc_b += alpha_b W^T Z_a, d in chunks.
+//               Without the gradient the tile's total goes to a chain of tiles instead
+//               (tile f to chain (f - begin) mod total_chains): no block state, no wait
+//               on the tile's blocks
 //   3. finish:  one CTA: global shift, total (double, fixed order), lse
 //   4. gradient: grad_i = scale_B (s_i z_i - acc_i)      (uniform_math.h: gradient_scale)
 //
@@ -26,11 +29,13 @@
 // claimed in increasing order, and a tile only waits for smaller ones, which were
 // claimed by running CTAs: no deadlock, whatever the grid size or residency.
 // Within a round of the schedule no block occurs twice, so a window of claimed tiles
-// about one round wide runs without waiting.  One launch per round would need ~N/B
+// about one round wide runs without waiting.  (Side groups and the no-gradient chains
+// are further states with tickets of their own, under the same rule.)  One launch per round would need ~N/B
 // launches with a tail each; atomics would need a fixed shift known in advance.
 #include "tile_elements.h"
 #include "tile_mma.cuh"
 #include "tile_order.h"
+#include "tile_states.h"
 #include "uniform_kernels.h"
 
 #include "../tile_schedule.h"  // blocks_for
@@ -134,20 +139,24 @@ struct TileParams {
   bool intra_batch, grad;
   acc_t t;
   int64_t begin, end;   // this part's slice of the tile numbering
-  acc_t* shift;         // [blocks] running shift per block
-  acc_t* block_sum;     // [blocks] no-gradient mode: sum per block under its shift
-  acc_t* row_sum;       // [blocks * B] gradient mode: s_i under the block shift
-  acc_t* acc;           // [blocks * B, ld] gradient mode: sum_j w_ij z_j under the shift
+  // State slots (tile_states.h says which a tile updates): shift, block_sum and tickets
+  // (and row_sum, acc: B rows per slot) are indexed by slot; the operand rows z and sq
+  // by block.
+  acc_t* shift;         // [slots] running shift
+  acc_t* block_sum;     // [slots] no-gradient mode: sum under the slot's shift
+  acc_t* row_sum;       // [slots * B] gradient mode: s_i under the shift
+  acc_t* acc;           // [slots * B, ld] gradient mode: sum_j w_ij z_j under the shift
   unsigned long long* tickets;    // [slots]
   unsigned long long* next_tile;  // claim counter
-  // Side groups (0: off): the small side's state for rectangle tile {s, l} lives in slot
-  // slot_base + s * groups + l mod groups, merged into block s's after the launch.
-  // shift, block_sum, tickets, row_sum and acc are indexed by slot (a block's own slot is
-  // its index); the operand rows z and sq by block.
-  int64_t groups, slot_base;
+  StateLayout states;             // grad and begin as above
+  // Products first (nullptr: off): per CTA, 2 B x ld accumulators for W Z_b and W^T Z_a
+  // computed before the turn (UniformProblem::products_first_ctas).
+  acc_t* staged;
 };
 
-template <class Mma>
+// kStaged: products first (TileParams::staged), a kernel of its own so that the default
+// kernel carries none of its registers.
+template <class Mma, bool kStaged>
 class TileWorker {
   using G = TileGeometry<Mma>;
   using op_t = typename Mma::op_t;
@@ -198,31 +207,32 @@ class TileWorker {
     const acc_t tile_max = exponents(valid_rows(tile.a), valid_rows(tile.b), diagonal, e);
     const bool has_pairs = tile_max != negative_infinity<acc_t>();
     if (has_pairs) weights_and_sums(tile_max, /*columns=*/p_.grad && !diagonal, e);
-
-    // Where each side's state lives, and the tile that updated it last.
-    Side side_a{tile.a, kAskOrder}, side_b{tile.b, kAskOrder};
-    if (p_.groups > 0 && order_.in_rectangle(f)) {
-      const TileOrder::RectangleTile rect = order_.rectangle_tile(f);
-      // Assigned by value: a reference to one of the two would put both in local memory.
-      const Side small{p_.slot_base + rect.s * p_.groups + rect.l % p_.groups,
-                       order_.previous_group_visit(f, p_.groups)};
-      if (order_.x_is_small()) {
-        side_a = small;
-      } else {
-        side_b = small;
-      }
+    if constexpr (kStaged) {
+      if (p_.grad && has_pairs) stage_products(row_a, row_b, diagonal);  // before the wait
     }
 
-    // The blocks' turn: wait for the tiles before this one on a and on b.
+    // The states the tile updates (its blocks', their side groups', or without the
+    // gradient its chain's) and the tiles that updated them last.
+    const TileStates states = tile_states(order_, p_.states, f, tile);
+
+    // The states' turn: wait for the tiles before this one on a and on b.
     if (tid == 0) {
-      wait_turn(side_a, f);
-      if (!diagonal) wait_turn(side_b, f);
+      wait_turn(states.a, f);
+      if (states.two) wait_turn(states.b, f);
       __threadfence();
     }
     __syncthreads();
     if (has_pairs) {
-      update_block_state(side_a.slot, side_b.slot, tile_max, diagonal);
-      if (p_.grad) gradient_products(row_a, row_b, side_a.slot * B, side_b.slot * B, diagonal);
+      update_block_state(states.a.slot, states.b.slot, tile_max, diagonal);
+      if constexpr (kStaged) {
+        if (p_.grad) {
+          const acc_t* rows = staged_rows();
+          accumulate_staged(states.a.slot * B, rows, scratch_[0], scratch_[1]);
+          if (!diagonal) accumulate_staged(states.b.slot * B, rows + int64_t(B) * p_.ld, scratch_[2], scratch_[3]);
+        }
+      } else {
+        if (p_.grad) gradient_products(row_a, row_b, states.a.slot * B, states.b.slot * B, diagonal);
+      }
     }
     // Publish: this tile's writes happen before any later tile of a or b reads them.  The
     // barrier orders every thread's writes before thread 0's fence, whose release is
@@ -230,8 +240,8 @@ class TileWorker {
     __syncthreads();
     if (tid == 0) {
       __threadfence();
-      store_release(&p_.tickets[side_a.slot], static_cast<unsigned long long>(f) + 1);
-      if (!diagonal) store_release(&p_.tickets[side_b.slot], static_cast<unsigned long long>(f) + 1);
+      store_release(&p_.tickets[states.a.slot], static_cast<unsigned long long>(f) + 1);
+      if (states.two) store_release(&p_.tickets[states.b.slot], static_cast<unsigned long long>(f) + 1);
     }
   }
 
@@ -242,19 +252,9 @@ class TileWorker {
     return static_cast<int>(left < B ? left : B);
   }
 
-  // A tile side's state slot and the last tile before this one that updated it
-  // (kAskOrder: the block's own slot, TileOrder::previous_visit says which).
-  static constexpr int64_t kAskOrder = -2;
-  struct Side {
-    int64_t slot;
-    int64_t previous;
-  };
-
-  __device__ void wait_turn(const Side& side, int64_t f) const {
-    const int64_t previous = side.previous == kAskOrder ? order_.previous_visit(side.slot, f) : side.previous;
-    if (previous >= p_.begin) {  // earlier tiles of other parts are not ours to wait for
-      wait_ticket(&p_.tickets[side.slot], static_cast<unsigned long long>(previous) + 1);
-    }
+  __device__ void wait_turn(const TileState& state, int64_t f) const {
+    const int64_t previous = tile_to_wait_for(order_, p_.states, state, f);
+    if (previous >= 0) wait_ticket(&p_.tickets[state.slot], static_cast<unsigned long long>(previous) + 1);
   }
 
   // Copies rows [row, row + B) x columns [col, col + width) of the padded rows into
@@ -421,8 +421,8 @@ class TileWorker {
       }
     }
     __syncthreads();
-    // Without the gradient a tile adds one total to block a: summed here, before the
-    // turn, by warp 0 in a fixed order (read by thread 0 after the turn's barrier).
+    // Without the gradient a tile adds one total to its chain's slot: summed here, before
+    // the turn, by warp 0 in a fixed order (read by thread 0 after the turn's barrier).
     const int warp = tid / 32, lane = tid % 32;
     if (!p_.grad && warp == 0) {
       acc_t total = 0;
@@ -495,73 +495,107 @@ class TileWorker {
   }
 
   // acc_a += alpha_a W Z_b and (off the diagonal) acc_b += alpha_b W^T Z_a, each
-  // after scaling by its f, in chunks of DC feature columns.  Operands from the padded
-  // rows row_a / row_b; accumulators at the slots' rows acc_row_a / acc_row_b.
+  // after scaling by its f, in chunks of DC feature columns, in the turn.  Operands from
+  // the padded rows row_a / row_b; accumulators at the slots' rows acc_row_a / acc_row_b.
   __device__ void gradient_products(int64_t row_a, int64_t row_b, int64_t acc_row_a, int64_t acc_row_b,
                                     bool diagonal) {
-    op_t* chunk_b = reinterpret_cast<op_t*>(region_g_);
-    op_t* chunk_a = reinterpret_cast<op_t*>(region_g_ + G::kChunk);
     const int warp = threadIdx.x / 32;
     const int wr = warp / kWarpCols, wc = warp % kWarpCols;
     const acc_t f_a = scratch_[0], alpha_a = scratch_[1];
     const acc_t f_b = scratch_[2], alpha_b = scratch_[3];
     for (int64_t col = 0; col < p_.ld; col += G::DC) {
-      load_rows<G::DC>(chunk_b, G::LDC, row_b, col);
-      if (!diagonal) load_rows<G::DC>(chunk_a, G::LDC, row_a, col);
-      copy_async_commit();
-      copy_async_wait<0>();
-      __syncthreads();
-
-      Acc pa[G::PM][G::PN], pb[G::PM][G::PN];
-#pragma unroll
-      for (int i = 0; i < G::PM; ++i)
-#pragma unroll
-        for (int j = 0; j < G::PN; ++j) {
-          wmma::fill_fragment(pa[i][j], acc_t(0));
-          wmma::fill_fragment(pb[i][j], acc_t(0));
-        }
-      for (int kk = 0; kk < B; kk += Mma::kK) {
-        Operand<Frag<wmma::matrix_b, wmma::row_major>> fz[G::PN];
-#pragma unroll
-        for (int j = 0; j < G::PN; ++j) {
-          wmma::load_matrix_sync(fz[j].hi, chunk_b + kk * G::LDC + wc * G::PWN + j * Mma::kN, G::LDC);
-          Mma::prepare(fz[j]);
-        }
-#pragma unroll
-        for (int i = 0; i < G::PM; ++i) {
-          // Rows of W: the tile's rows i, summed over its columns kk.
-          Operand<Frag<wmma::matrix_a, wmma::row_major>> fw;
-          wmma::load_matrix_sync(fw.hi, w_ + (wr * G::WM + i * Mma::kM) * ldw_ + kk, ldw_);
-          Mma::prepare(fw);
-#pragma unroll
-          for (int j = 0; j < G::PN; ++j) Mma::mma(pa[i][j], fw, fz[j]);
-        }
-        if (!diagonal) {
-#pragma unroll
-          for (int j = 0; j < G::PN; ++j) {
-            wmma::load_matrix_sync(fz[j].hi, chunk_a + kk * G::LDC + wc * G::PWN + j * Mma::kN, G::LDC);
-            Mma::prepare(fz[j]);
-          }
-#pragma unroll
-          for (int i = 0; i < G::PM; ++i) {
-            // Rows of W^T: W's columns read column-major, summed over W's rows kk.
-            Operand<Frag<wmma::matrix_a, wmma::col_major>> fw;
-            wmma::load_matrix_sync(fw.hi, w_ + kk * ldw_ + wr * G::WM + i * Mma::kM, ldw_);
-            Mma::prepare(fw);
-#pragma unroll
-            for (int j = 0; j < G::PN; ++j) Mma::mma(pb[i][j], fw, fz[j]);
-          }
-        }
-      }
-      store_products(pa, wr, wc);
+      load_chunks(row_a, row_b, col, diagonal);
+      Acc prod[G::PM][G::PN];
+      chunk_product</*kTransposed=*/false>(prod);
+      store_products(prod, wr, wc);
       __syncthreads();
       accumulate(acc_row_a, col, f_a, alpha_a);
       __syncthreads();
       if (!diagonal) {
-        store_products(pb, wr, wc);
+        chunk_product</*kTransposed=*/true>(prod);
+        store_products(prod, wr, wc);
         __syncthreads();
         accumulate(acc_row_b, col, f_b, alpha_b);
         __syncthreads();
+      }
+    }
+  }
+
+  // Products first (p_.staged): the same products before the turn, into this CTA's
+  // staging rows in global memory (W Z_b, then W^T Z_a, B x ld each), so that the turn
+  // holds only the read-modify-write (accumulate_staged).  Ends with a barrier.
+  __device__ void stage_products(int64_t row_a, int64_t row_b, bool diagonal) {
+    const int warp = threadIdx.x / 32;
+    const int wr = warp / kWarpCols, wc = warp % kWarpCols;
+    acc_t* const staged = staged_rows();
+    for (int64_t col = 0; col < p_.ld; col += G::DC) {
+      load_chunks(row_a, row_b, col, diagonal);
+      Acc prod[G::PM][G::PN];
+      chunk_product</*kTransposed=*/false>(prod);
+      store_staged(prod, staged, col, wr, wc);
+      if (!diagonal) {
+        chunk_product</*kTransposed=*/true>(prod);
+        store_staged(prod, staged + static_cast<int64_t>(B) * p_.ld, col, wr, wc);
+      }
+      __syncthreads();  // the chunk buffers are refilled by the next chunk; the rows are read in the turn
+    }
+  }
+
+  __device__ acc_t* staged_rows() const {
+    return p_.staged + static_cast<int64_t>(blockIdx.x) * 2 * B * p_.ld;
+  }
+
+  __device__ void store_staged(Acc (&prod)[G::PM][G::PN], acc_t* rows, int64_t col, int wr, int wc) const {
+#pragma unroll
+    for (int i = 0; i < G::PM; ++i)
+#pragma unroll
+      for (int j = 0; j < G::PN; ++j) {
+        const int64_t at = static_cast<int64_t>(wr * G::WM + i * Mma::kM) * p_.ld + col + wc * G::PWN + j * Mma::kN;
+        wmma::store_matrix_sync(rows + at, prod[i][j], static_cast<unsigned>(p_.ld), wmma::mem_row_major);
+      }
+  }
+
+  // Columns [col, col + DC) of Z_b's rows (and, off the diagonal, Z_a's) into shared memory.
+  __device__ void load_chunks(int64_t row_a, int64_t row_b, int64_t col, bool diagonal) {
+    load_rows<G::DC>(chunk_b(), G::LDC, row_b, col);
+    if (!diagonal) load_rows<G::DC>(chunk_a(), G::LDC, row_a, col);
+    copy_async_commit();
+    copy_async_wait<0>();
+    __syncthreads();
+  }
+  __device__ op_t* chunk_b() const { return reinterpret_cast<op_t*>(region_g_); }
+  __device__ op_t* chunk_a() const { return reinterpret_cast<op_t*>(region_g_ + G::kChunk); }
+
+  // The loaded chunk of W Z_b (W's rows against Z_b's chunk) or, kTransposed, of W^T Z_a
+  // (W's columns against Z_a's chunk): one product at a time keeps the 16-bit kernels
+  // within their registers.
+  template <bool kTransposed>
+  __device__ void chunk_product(Acc (&prod)[G::PM][G::PN]) const {
+    using WLayout = typename std::conditional<kTransposed, wmma::col_major, wmma::row_major>::type;
+    const op_t* chunk = kTransposed ? chunk_a() : chunk_b();
+    const int warp = threadIdx.x / 32;
+    const int wr = warp / kWarpCols, wc = warp % kWarpCols;
+#pragma unroll
+    for (int i = 0; i < G::PM; ++i)
+#pragma unroll
+      for (int j = 0; j < G::PN; ++j) wmma::fill_fragment(prod[i][j], acc_t(0));
+    for (int kk = 0; kk < B; kk += Mma::kK) {
+      Operand<Frag<wmma::matrix_b, wmma::row_major>> fz[G::PN];
+#pragma unroll
+      for (int j = 0; j < G::PN; ++j) {
+        wmma::load_matrix_sync(fz[j].hi, chunk + kk * G::LDC + wc * G::PWN + j * Mma::kN, G::LDC);
+        Mma::prepare(fz[j]);
+      }
+#pragma unroll
+      for (int i = 0; i < G::PM; ++i) {
+        // W's rows i summed over its columns kk, or W's columns i (read column-major)
+        // summed over its rows kk.
+        const int row = wr * G::WM + i * Mma::kM;
+        Operand<Frag<wmma::matrix_a, WLayout>> fw;
+        wmma::load_matrix_sync(fw.hi, kTransposed ? w_ + kk * ldw_ + row : w_ + row * ldw_ + kk, ldw_);
+        Mma::prepare(fw);
+#pragma unroll
+        for (int j = 0; j < G::PN; ++j) Mma::mma(prod[i][j], fw, fz[j]);
       }
     }
   }
@@ -576,13 +610,14 @@ class TileWorker {
       }
   }
 
+  using Vec = typename std::conditional<std::is_same<acc_t, float>::value, float4, double2>::type;
+  static constexpr int kVec = 16 / int(sizeof(acc_t));
+
   // acc[row .. row+B, col .. col+DC] <- acc * f + alpha * staging, 16 bytes at a time.
   // Rows and columns past the data hold zero products and stay zero.  Loads are issued in
   // batches of up to kBatch vectors before their stores (one L2 round trip per batch, not
   // per vector; the batch bounds the registers of the 16-bit kernels, at 255 already).
   __device__ void accumulate(int64_t row, int64_t col, acc_t f, acc_t alpha) {
-    using Vec = typename std::conditional<std::is_same<acc_t, float>::value, float4, double2>::type;
-    constexpr int kVec = 16 / int(sizeof(acc_t));
     constexpr int kPerRow = G::DC / kVec;
     constexpr int kItems = B * kPerRow / kTileThreads;
     constexpr int kBatch = kItems < 4 ? kItems : 4;
@@ -602,21 +637,53 @@ class TileWorker {
       for (int it = 0; it < kBatch; ++it) {
         const int idx = threadIdx.x + (first + it) * kTileThreads;
         const int r = idx / kPerRow, c = (idx % kPerRow) * kVec;
-        update16(held[it], staged + r * G::LDO + c, f, alpha);
+        update16(held[it], *reinterpret_cast<const Vec*>(staged + r * G::LDO + c), f, alpha);
         __stcg(reinterpret_cast<Vec*>(base + static_cast<int64_t>(r) * p_.ld + c), held[it]);
       }
     }
   }
 
-  static __device__ __forceinline__ void update16(float4& v, const float* s, float f, float alpha) {
-    v.x = v.x * f + alpha * s[0];
-    v.y = v.y * f + alpha * s[1];
-    v.z = v.z * f + alpha * s[2];
-    v.w = v.w * f + alpha * s[3];
+  // Products first: acc[row .. row+B, :] <- acc * f + alpha * staged (B x ld, the same
+  // layout), the whole width; both operands of a batch are loaded before its stores.
+  // The same update16 as accumulate: the two paths give the same bits.
+  __device__ void accumulate_staged(int64_t row, const acc_t* staged, acc_t f, acc_t alpha) {
+    constexpr int kBatch = 4;
+    acc_t* __restrict__ base = p_.acc + row * p_.ld;
+    // No __restrict__ here: const + restrict would allow the non-coherent load path,
+    // which need not see the rows this CTA rewrites every tile.
+    const Vec* src = reinterpret_cast<const Vec*>(staged);
+    Vec* __restrict__ dst = reinterpret_cast<Vec*>(base);
+    const int64_t vectors = static_cast<int64_t>(B) * p_.ld / kVec;  // ld is a multiple of kVec
+    for (int64_t first = threadIdx.x; first < vectors; first += int64_t(kBatch) * kTileThreads) {
+      Vec held[kBatch], add[kBatch];
+#pragma unroll
+      for (int it = 0; it < kBatch; ++it) {
+        const int64_t v = first + int64_t(it) * kTileThreads;
+        if (v < vectors) {
+          held[it] = __ldcg(dst + v);
+          add[it] = src[v];  // this CTA's own writes, before the turn's barrier
+        }
+      }
+#pragma unroll
+      for (int it = 0; it < kBatch; ++it) {
+        const int64_t v = first + int64_t(it) * kTileThreads;
+        if (v < vectors) {
+          update16(held[it], add[it], f, alpha);
+          __stcg(dst + v, held[it]);
+        }
+      }
+    }
   }
-  static __device__ __forceinline__ void update16(double2& v, const double* s, double f, double alpha) {
-    v.x = v.x * f + alpha * s[0];
-    v.y = v.y * f + alpha * s[1];
+
+  static __device__ __forceinline__ void update16(float4& v, const float4& s, float f, float alpha) {
+    v.x = v.x * f + alpha * s.x;
+    v.y = v.y * f + alpha * s.y;
+    v.z = v.z * f + alpha * s.z;
+    v.w = v.w * f + alpha * s.w;
+  }
+  static __device__ __forceinline__ void update16(double2& v, const double2& s, double f, double alpha) {
+    v.x = v.x * f + alpha * s.x;
+    v.y = v.y * f + alpha * s.y;
   }
 
   // Largest value over the CTA (exact in any order).
@@ -655,13 +722,13 @@ class TileWorker {
 // registers, for that second CTA) made the 3xTF32 one spill.  Forced on Hopper
 // (PYHS_CUDA_BLOCK_ROWS=64) they now run one CTA per SM, not two.  The 128-row tiles
 // (minBlocks 0: no bound) fit one CTA per SM by shared memory anyway.
-template <class Mma>
+template <class Mma, bool kStaged>
 __global__ void __launch_bounds__(kTileThreads, Mma::kBlock == 64 ? 1 : 0)
     uniform_tiles_kernel(TileParams<typename Mma::acc_t, typename Mma::op_t> p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int64_t claimed;
-  TileWorker<Mma> worker(p, smem);
+  TileWorker<Mma, kStaged> worker(p, smem);
   for (;;) {
     if (threadIdx.x == 0) claimed = p.begin + static_cast<int64_t>(atomicAdd(p.next_tile, 1ULL));
     __syncthreads();
@@ -788,13 +855,13 @@ __global__ void gradient_kernel(const op_t* z, const acc_t* row_sum, const acc_t
   }
 }
 
-// Side groups: fold each small-side block's private slots into its own state, in group
-// order (deterministic).  First, per block: the merged shift M (the largest), the factor
-// exp(M_slot - M) of its own state and of each slot (0 for a slot without pairs), and,
-// without the gradient, the merged block sum.  factors: [small][1 + groups].
+// Side groups (gradient mode): fold each small-side block's private slots into its own
+// state, in group order (deterministic).  First, per block: the merged shift M (the
+// largest) and the factor exp(M_slot - M) of its own state and of each slot (0 for a slot
+// without pairs).  factors: [small][1 + groups].
 template <class acc_t>
-__global__ void merge_shifts_kernel(acc_t* shift, acc_t* block_sum, int64_t small, int64_t first_block,
-                                    int64_t groups, int64_t slot_base, bool grad, acc_t* factors) {
+__global__ void merge_shifts_kernel(acc_t* shift, int64_t small, int64_t first_block, int64_t groups,
+                                    int64_t slot_base, acc_t* factors) {
   for (int64_t s = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; s < small;
        s += int64_t(gridDim.x) * blockDim.x) {
     const int64_t own = first_block + s;
@@ -804,16 +871,11 @@ __global__ void merge_shifts_kernel(acc_t* shift, acc_t* block_sum, int64_t smal
     acc_t* f = factors + s * (groups + 1);
     f[0] = math::rescale_factor(shift[own], top);
     for (int64_t g = 0; g < groups; ++g) f[1 + g] = math::rescale_factor(shift[slots + g], top);
-    if (!grad) {
-      acc_t sum = block_sum[own] * f[0];
-      for (int64_t g = 0; g < groups; ++g) sum += block_sum[slots + g] * f[1 + g];
-      block_sum[own] = sum;
-    }
     shift[own] = top;
   }
 }
 
-// Then, with the gradient, the row sums and accumulators, a warp per padded row.
+// Then the row sums and accumulators, a warp per padded row.
 template <class acc_t>
 __global__ void merge_rows_kernel(acc_t* row_sum, acc_t* acc, int64_t small, int64_t first_block,
                                   int64_t groups, int64_t slot_base, int block_rows, int64_t ld,
@@ -850,12 +912,15 @@ int grid_for(int64_t items, int64_t per_cta) {
 // Where each buffer sits in the workspace, a pure function of the problem.
 struct Workspace {
   size_t z = 0, sq = 0, shift = 0, block_sum = 0, stats = 0, tickets = 0, row_sum = 0, acc = 0;
-  size_t factors = 0;
+  size_t factors = 0, staged = 0;
   size_t bytes = 0;
   int64_t block_rows = 0, x_blocks = 0, queue_blocks = 0, padded_rows = 0, ld = 0;
-  // Side groups (groups 0: off); slots = blocks + small_blocks * groups, small_blocks
-  // being TileOrder's small side (the x blocks when there are no more of them).
+  // State slots (TileParams): with the gradient, blocks + small_blocks * groups (side
+  // groups; groups 0: off), small_blocks being TileOrder's small side (the x blocks when
+  // there are no more of them); without it, total_chains.
   int64_t groups = 0, slots = 0, small_blocks = 0, first_small_block = 0;
+  int64_t begin = 0, end = 0;  // this part's slice of the tile numbering
+  int64_t total_chains = 0;
 };
 
 // Side groups for a problem (UniformProblem::side_groups): 0 (off), or G, the number of
@@ -867,17 +932,30 @@ struct Workspace {
 constexpr int64_t kSideChains = 256;
 constexpr size_t kSideBytes = size_t(64) << 20;
 
-void plan_side_groups(const UniformProblem& problem, Workspace& w, size_t acc_bytes_per_block) {
+// Without the gradient each tile adds one total to one of kTotalChains slots, tile f to
+// slot (f - begin) mod kTotalChains: a slot's updates come kTotalChains tiles apart, more
+// than the tiles in flight, and the finish kernel sums the slots in a fixed order.
+constexpr int64_t kTotalChains = 512;
+
+void plan_slots(const UniformProblem& problem, Workspace& w, size_t acc_bytes_per_block) {
   const TileOrder order(w.x_blocks, w.queue_blocks, problem.intra_batch);
+  const int64_t total = order.size();
+  w.begin = total * problem.part / problem.num_parts;  // tile_schedule.cpp's slicing
+  w.end = total * (problem.part + 1) / problem.num_parts;
   const int64_t small = order.small_blocks(), large = order.large_blocks();
   const int64_t blocks = w.x_blocks + w.queue_blocks;
   w.small_blocks = small;
   w.first_small_block = order.x_is_small() ? 0 : w.x_blocks;
   w.groups = 0;
+  if (!problem.compute_grad) {
+    w.total_chains = std::max<int64_t>(1, std::min(kTotalChains, w.end - w.begin));
+    w.slots = w.total_chains;
+    return;
+  }
   w.slots = blocks;
   if (problem.side_groups == 0 || small == 0) return;
   int64_t groups = problem.side_groups > 0 ? problem.side_groups : (kSideChains + small - 1) / small;
-  if (problem.side_groups < 0 && acc_bytes_per_block > 0) {
+  if (problem.side_groups < 0) {
     const size_t budget = std::max(kSideBytes, static_cast<size_t>(blocks) * acc_bytes_per_block);
     groups = std::min<int64_t>(groups, static_cast<int64_t>(budget / (static_cast<size_t>(small) * acc_bytes_per_block)));
   }
@@ -906,8 +984,7 @@ Workspace plan_workspace(const UniformProblem& problem) {
     return here;
   };
   const size_t rows = static_cast<size_t>(w.padded_rows);
-  plan_side_groups(problem, w,
-                   problem.compute_grad ? static_cast<size_t>(G::B) * static_cast<size_t>(w.ld) * sizeof(acc_t) : 0);
+  plan_slots(problem, w, static_cast<size_t>(G::B) * static_cast<size_t>(w.ld) * sizeof(acc_t));
   const size_t slots = static_cast<size_t>(w.slots);
   const size_t slot_rows = slots * static_cast<size_t>(G::B);
   w.z = take(rows * static_cast<size_t>(w.ld) * sizeof(op_t));
@@ -922,6 +999,10 @@ Workspace plan_workspace(const UniformProblem& problem) {
   if (problem.compute_grad) {
     w.row_sum = take(slot_rows * sizeof(acc_t));
     w.acc = take(slot_rows * static_cast<size_t>(w.ld) * sizeof(acc_t));
+    if (problem.products_first_ctas > 0) {
+      w.staged = take(static_cast<size_t>(problem.products_first_ctas) * 2 * G::B * static_cast<size_t>(w.ld) *
+                      sizeof(acc_t));
+    }
   }
   w.bytes = at;
   return w;
@@ -954,14 +1035,12 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   p.acc = problem.compute_grad ? reinterpret_cast<acc_t*>(base + w.acc) : nullptr;
   p.tickets = reinterpret_cast<unsigned long long*>(base + w.tickets);
   p.next_tile = p.tickets + w.slots;
-  p.groups = w.groups;
-  p.slot_base = blocks;
+  p.states = StateLayout{p.grad, w.groups, /*slot_base=*/blocks, w.begin, w.total_chains};
+  const bool staged = problem.compute_grad && problem.products_first_ctas > 0;
+  p.staged = staged ? reinterpret_cast<acc_t*>(base + w.staged) : nullptr;
+  p.begin = w.begin;
+  p.end = w.end;
   acc_t* stats = reinterpret_cast<acc_t*>(base + w.stats);
-
-  const TileOrder order(w.x_blocks, w.queue_blocks, problem.intra_batch);
-  const int64_t total = order.size();
-  p.begin = total * problem.part / problem.num_parts;  // tile_schedule.cpp's slicing
-  p.end = total * (problem.part + 1) / problem.num_parts;
 
   cudaError_t err;
   const size_t slots = static_cast<size_t>(w.slots);
@@ -981,7 +1060,7 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
 
   if (p.end > p.begin) {
-    auto kernel = uniform_tiles_kernel<Mma>;
+    auto kernel = staged ? uniform_tiles_kernel<Mma, true> : uniform_tiles_kernel<Mma, false>;
     constexpr size_t smem = G::kSmemBytes;
     if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem))) != cudaSuccess) {
@@ -999,22 +1078,22 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
     if (per_sm < 1) return cudaErrorInvalidConfiguration;
     int64_t ctas = std::min<int64_t>(p.end - p.begin, int64_t(sms) * per_sm);
     if (problem.max_ctas > 0) ctas = std::min<int64_t>(ctas, problem.max_ctas);
+    if (staged) ctas = std::min<int64_t>(ctas, problem.products_first_ctas);  // the staging it holds
     kernel<<<static_cast<int>(ctas), kTileThreads, smem, stream>>>(p);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
   if (w.groups > 0) {
     acc_t* factors = reinterpret_cast<acc_t*>(base + w.factors);
     merge_shifts_kernel<acc_t><<<grid_for(w.small_blocks, 256), 256, 0, stream>>>(
-        p.shift, p.block_sum, w.small_blocks, w.first_small_block, w.groups, blocks, problem.compute_grad,
-        factors);
-    if (problem.compute_grad) {
-      merge_rows_kernel<acc_t><<<grid_for(w.small_blocks * G::B, kRowWarps), 32 * kRowWarps, 0, stream>>>(
-          p.row_sum, p.acc, w.small_blocks, w.first_small_block, w.groups, blocks, G::B, w.ld, factors);
-    }
+        p.shift, w.small_blocks, w.first_small_block, w.groups, blocks, factors);
+    merge_rows_kernel<acc_t><<<grid_for(w.small_blocks * G::B, kRowWarps), 32 * kRowWarps, 0, stream>>>(
+        p.row_sum, p.acc, w.small_blocks, w.first_small_block, w.groups, blocks, G::B, w.ld, factors);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
 
-  finish_kernel<acc_t><<<1, kFinishThreads, 0, stream>>>(p.shift, p.block_sum, p.row_sum, blocks,
+  // With the gradient the blocks' own states (their first `blocks` slots); without, the chains'.
+  finish_kernel<acc_t><<<1, kFinishThreads, 0, stream>>>(p.shift, p.block_sum, p.row_sum,
+                                                         problem.compute_grad ? blocks : w.slots,
                                                          G::B, problem.compute_grad,
                                                          static_cast<acc_t*>(lse_out), stats);
   if (problem.compute_grad) {
@@ -1077,7 +1156,7 @@ cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, v
                                void* grad_rows, cudaStream_t stream) {
   if (problem.n < 1 || problem.k < 0 || problem.d < 1 || problem.num_parts < 1 ||
       problem.part < 0 || problem.part >= problem.num_parts || problem.max_ctas < 0 ||
-      problem.side_groups < -1 ||
+      problem.side_groups < -1 || problem.products_first_ctas < 0 ||
       (problem.block_rows != 0 && problem.block_rows != 64 &&
        problem.block_rows != uniform_block_rows(problem.precision)) ||
       (problem.compute_grad && grad_rows == nullptr) || lse == nullptr || workspace == nullptr) {

@@ -18,9 +18,10 @@
 // Everything else (exponents, exp, sums, shifts, the gradient assembly) is in the
 // accumulation type: float32, or float64 for kFp64.  Needs compute capability 8.0+.
 //
-// Reproducibility: every block's accumulators are updated by its tiles in the
-// schedule's order (a per-block ticket, see uniform_kernels.cu), and every reduction has
-// a fixed order; there are no floating-point atomics.  Results are bitwise identical
+// Reproducibility: every state (a block's accumulators, a side group's, a chain of tile
+// totals without the gradient) is updated by its tiles in the schedule's order (a
+// ticket per state, see uniform_kernels.cu), and every reduction has a fixed order;
+// there are no floating-point atomics.  Results are bitwise identical
 // from run to run on the same GPU model, whatever the thread-block timing.
 #pragma once
 
@@ -51,14 +52,20 @@ struct UniformProblem {
   // Upper bound on the tile kernel's CTAs (0: as many as fit).  A debug knob: results
   // are bitwise the same for every grid size.
   int64_t max_ctas = 0;
-  // Side groups for queue shapes (x's blocks against the queue's): the side with fewer
-  // blocks keeps private states per group of the other side's blocks, merged in a fixed
-  // order after the tiles, so that its updates do not form one chain over every round
-  // (MoCo: 2 x blocks against 512 queue blocks, 514 updates each).  0: off (the default
-  // until it has run on a GPU); -1: automatic (a function of the shape only); n > 0: n
-  // groups.  Results are deterministic for every setting and differ between settings
-  // by rounding only.
-  int64_t side_groups = 0;
+  // Side groups for queue shapes (x's blocks against the queue's), with compute_grad:
+  // the side with fewer blocks keeps private states per group of the other side's
+  // blocks, merged in a fixed order after the tiles, so that its updates do not form one
+  // chain over every round (MoCo: 2 x blocks against 512 queue blocks, 514 updates each).
+  // -1: automatic (the default; a function of the shape only); 0: off; n > 0: n groups.
+  // Results are deterministic for every setting and differ between settings by
+  // rounding only.  Without the gradient there are no per-block states to group.
+  int64_t side_groups = -1;
+  // Products first (an experiment, off by default until timed on a GPU): with
+  // compute_grad, each tile computes W Z_b and W^T Z_a before its turn, into staging rows
+  // of its CTA (2 B x ld accumulators each, in the workspace), so that the turn holds
+  // only the read-modify-write of the accumulators.  0: off (the products run in the
+  // turn); n > 0: staging for n CTAs, which also caps the grid.  The same bits either way.
+  int64_t products_first_ctas = 0;
 };
 
 // Rows per schedule block (the tile edge) for a precision by default: 128, or 64 for kFp64.

@@ -68,6 +68,8 @@ int main() {
   moco.d = 128;
   moco.compute_grad = true;
   moco.precision = UniformPrecision::kBf16;
+  expect(moco.side_groups == -1, "automatic side groups by default", moco.side_groups);
+  moco.side_groups = 0;
   const size_t plain = cu::uniform_workspace_bytes(moco);
   moco.side_groups = 3;  // 3 groups for each of the 2 x blocks: 6 slots of 128 x 128 floats
   const size_t three = cu::uniform_workspace_bytes(moco);
@@ -91,6 +93,30 @@ int main() {
   expect(square_auto == cu::uniform_workspace_bytes(moco), "no side groups for wide rounds",
          (long long)square_auto);
 
+  // Without the gradient: no side groups, and the tile totals' chains cost a few KiB
+  // beyond the padded rows and their norms (2 bytes and 4 per element / row here).
+  moco.n = 256;
+  moco.compute_grad = false;
+  const size_t loss_only = cu::uniform_workspace_bytes(moco);
+  const size_t rows_bytes = size_t(256 + 65536) * (128 * 2 + 4);
+  expect(loss_only >= rows_bytes && loss_only <= rows_bytes + 32 * 1024,
+         "loss alone: the rows and a few KiB of chains", (long long)(loss_only - rows_bytes));
+  moco.side_groups = 7;
+  expect(cu::uniform_workspace_bytes(moco) == loss_only, "loss alone: side groups ignored",
+         (long long)cu::uniform_workspace_bytes(moco));
+  moco.products_first_ctas = 5;
+  expect(cu::uniform_workspace_bytes(moco) == loss_only, "loss alone: no product staging",
+         (long long)cu::uniform_workspace_bytes(moco));
+
+  // Products first: 2 B x ld float accumulators of staging per CTA, with the gradient.
+  moco.compute_grad = true;
+  moco.products_first_ctas = 0;
+  const size_t unstaged = cu::uniform_workspace_bytes(moco);
+  moco.products_first_ctas = 5;
+  const size_t staged = cu::uniform_workspace_bytes(moco);
+  expect(staged >= unstaged + size_t(5) * 2 * 128 * 128 * 4 && staged < unstaged + size_t(5) * 2 * 128 * 128 * 4 + 512,
+         "products first: staging for 5 CTAs", (long long)(staged - unstaged));
+
   // Sizes without a kernel are rejected before any device work.
   char dummy[256];
   float lse = 0;
@@ -105,11 +131,15 @@ int main() {
   problem.side_groups = -2;
   expect(cu::launch_uniform_lse(problem, dummy, &lse, dummy, nullptr) == cudaErrorInvalidValue,
          "side groups below -1 rejected", 0);
+  problem.side_groups = -1;
+  problem.products_first_ctas = -1;
+  expect(cu::launch_uniform_lse(problem, dummy, &lse, dummy, nullptr) == cudaErrorInvalidValue,
+         "negative staging CTAs rejected", 0);
 
   if (failures) {
     std::printf("tile_size_test: %d failures\n", failures);
     return 1;
   }
-  std::printf("tile_size_test: the tile-size rule holds for H100, A100, sm_86 and float64; side groups sized\n");
+  std::printf("tile_size_test: the tile-size rule holds for H100, A100, sm_86 and float64; side groups, chains and staging sized\n");
   return 0;
 }
