@@ -177,7 +177,10 @@ bench_variants() {
     done
   done
   local f
-  for f in "$LOG"/variant_*.log; do note "$(basename "$f" .log): $(grep -o 'median [0-9.]* ms' "$f" || echo 'no time')"; done
+  for f in "$LOG"/variant_*.log; do
+    [[ -e $f ]] || continue  # every run skipped: the glob stays as written
+    note "$(basename "$f" .log): $(grep -o 'median [0-9.]* ms' "$f" || echo 'no time')"
+  done
 }
 bench_sweep_float32() { sweep float32; }
 bench_sweep_bfloat16() { sweep bfloat16; }

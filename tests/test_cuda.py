@@ -760,6 +760,7 @@ def test_products_first_allocates_its_staging(monkeypatch):
         return torch.cuda.max_memory_allocated() - before
 
     monkeypatch.delenv("PYHS_CUDA_PRODUCTS_FIRST", raising=False)
+    peak()  # one-time allocations, if any, before the two measured calls
     plain = peak()
     monkeypatch.setenv("PYHS_CUDA_PRODUCTS_FIRST", "1")
     staged = peak()
@@ -769,7 +770,7 @@ def test_products_first_allocates_its_staging(monkeypatch):
 
 
 @cuda_only
-@pytest.mark.parametrize("value", ["-2", "two", "", "3x"])
+@pytest.mark.parametrize("value", ["-1", "two", "", "3x", " 3"])
 def test_side_groups_knob_rejects_other_values(value, monkeypatch):
     monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", value)
     x = rows_on_device(300, 8, torch.float32, seed=281)

@@ -65,15 +65,17 @@ cuda::UniformPrecision tile_precision(const UniformRows& rows, at::ScalarType in
                                            : cuda::UniformPrecision::kFp32;
 }
 
-// Debug knobs for the GPU tests, read per call (0 or unset: off):
-//   PYHS_CUDA_MAX_CTAS=n        caps the tile kernel's grid (results must not depend on it)
+// Knobs for the GPU tests and experiments, read per call:
+//   PYHS_CUDA_MAX_CTAS=n        caps the tile kernel's grid (results must not depend on
+//                               it; 0 or unset: no cap)
 //   PYHS_CUDA_BLOCK_ROWS=64     the 64-row tiles of 99 KiB devices, on any device
 //   PYHS_CUDA_SIDE_GROUPS=n|0   side groups for queue shapes (UniformProblem::side_groups):
-//                               n per small-side block, or 0 for none; unset, "auto" or
-//                               -1: automatic, the default; anything else is an error
+//                               n per small-side block (1 is one group: none), or 0 for
+//                               none; unset or "auto": automatic, the default; anything
+//                               else is an error
 //   PYHS_CUDA_PRODUCTS_FIRST=1  the gradient products before the turn
 //                               (UniformProblem::products_first_ctas: staging for the
-//                               CTAs that fit on the device at once)
+//                               CTAs resident at once); 0 or unset: off
 int64_t debug_knob(const char* name) {
   const char* value = std::getenv(name);
   return value ? std::max<int64_t>(0, std::atoll(value)) : 0;
@@ -82,13 +84,12 @@ int64_t debug_knob(const char* name) {
 int64_t side_groups_knob() {
   const char* value = std::getenv("PYHS_CUDA_SIDE_GROUPS");
   const std::string text = value ? value : "auto";
-  if (text == "auto" || text == "-1") return cuda::UniformProblem().side_groups;
-  char* end = nullptr;
-  const long long groups = std::strtoll(text.c_str(), &end, 10);
-  TORCH_CHECK_VALUE(!text.empty() && *end == '\0' && groups >= 0,
-                    "uniform_loss: PYHS_CUDA_SIDE_GROUPS must be auto, 0 (off) or a positive number "
-                    "of groups, got '", text, "'");
-  return groups;
+  if (text == "auto") return cuda::UniformProblem().side_groups;
+  const bool digits = !text.empty() && text.size() <= 9 &&
+                      std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+  TORCH_CHECK_VALUE(digits, "uniform_loss: PYHS_CUDA_SIDE_GROUPS must be auto, 0 (off) or a number of "
+                    "groups, got '", text, "'");
+  return std::stoll(text);
 }
 
 void check_device_capability(const at::Tensor& x) {
@@ -159,14 +160,8 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
               " bytes of shared memory per block at least; ", x.device(), " allows ",
               shared_memory_optin(x));
   if (debug_knob("PYHS_CUDA_PRODUCTS_FIRST") > 0) {
-    // Staging for every CTA that can be resident at once: shared memory allows one per
-    // SM for the 128-row tiles, two for the smaller ones (registers may allow fewer).
-    int sms = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
-    const int64_t tile_bytes =
-        static_cast<int64_t>(cuda::uniform_shared_memory_bytes(precision, problem.block_rows));
-    const int64_t per_sm = 2 * tile_bytes <= shared_memory_optin(x) ? 2 : 1;
-    problem.products_first_ctas = per_sm * static_cast<int64_t>(sms);
+    C10_CUDA_CHECK(cuda::uniform_resident_tile_ctas(precision, problem.block_rows, /*products_first=*/true,
+                                                    &problem.products_first_ctas));
   }
 
   // The kernel writes lse and the gradient in its own accumulation type (float64 for

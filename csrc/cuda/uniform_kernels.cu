@@ -675,15 +675,17 @@ class TileWorker {
     }
   }
 
+  // v * f + alpha * s with the rounding spelled out (a product, then one fused
+  // multiply-add), so that both paths give the same bits whatever the compiler contracts.
   static __device__ __forceinline__ void update16(float4& v, const float4& s, float f, float alpha) {
-    v.x = v.x * f + alpha * s.x;
-    v.y = v.y * f + alpha * s.y;
-    v.z = v.z * f + alpha * s.z;
-    v.w = v.w * f + alpha * s.w;
+    v.x = __fmaf_rn(v.x, f, __fmul_rn(alpha, s.x));
+    v.y = __fmaf_rn(v.y, f, __fmul_rn(alpha, s.y));
+    v.z = __fmaf_rn(v.z, f, __fmul_rn(alpha, s.z));
+    v.w = __fmaf_rn(v.w, f, __fmul_rn(alpha, s.w));
   }
   static __device__ __forceinline__ void update16(double2& v, const double2& s, double f, double alpha) {
-    v.x = v.x * f + alpha * s.x;
-    v.y = v.y * f + alpha * s.y;
+    v.x = __fma_rn(v.x, f, __dmul_rn(alpha, s.x));
+    v.y = __fma_rn(v.y, f, __dmul_rn(alpha, s.y));
   }
 
   // Largest value over the CTA (exact in any order).
@@ -1008,6 +1010,29 @@ Workspace plan_workspace(const UniformProblem& problem) {
   return w;
 }
 
+// CTAs of the tile kernel (default or products first) resident at once on the current
+// device: the SMs times what shared memory and registers allow per SM.  Also sets the
+// kernel's dynamic shared memory limit, which the launch needs.
+template <class Mma>
+cudaError_t resident_tile_ctas(bool products_first, int64_t* ctas) {
+  constexpr size_t smem = TileGeometry<Mma>::kSmemBytes;
+  auto kernel = products_first ? uniform_tiles_kernel<Mma, true> : uniform_tiles_kernel<Mma, false>;
+  cudaError_t err;
+  if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem))) != cudaSuccess) {
+    return err;
+  }
+  int device = 0, sms = 0, per_sm = 0;
+  if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
+  if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return err;
+  if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTileThreads, smem)) != cudaSuccess) {
+    return err;
+  }
+  if (per_sm < 1) return cudaErrorInvalidConfiguration;
+  *ctas = int64_t(sms) * per_sm;
+  return cudaSuccess;
+}
+
 template <class Mma>
 cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* lse_out,
                         void* grad_out, cudaStream_t stream) {
@@ -1062,21 +1087,9 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   if (p.end > p.begin) {
     auto kernel = staged ? uniform_tiles_kernel<Mma, true> : uniform_tiles_kernel<Mma, false>;
     constexpr size_t smem = G::kSmemBytes;
-    if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(smem))) != cudaSuccess) {
-      return err;
-    }
-    int device = 0, sms = 0, per_sm = 0;
-    if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
-    if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) {
-      return err;
-    }
-    if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTileThreads, smem)) !=
-        cudaSuccess) {
-      return err;
-    }
-    if (per_sm < 1) return cudaErrorInvalidConfiguration;
-    int64_t ctas = std::min<int64_t>(p.end - p.begin, int64_t(sms) * per_sm);
+    int64_t resident = 0;
+    if ((err = resident_tile_ctas<Mma>(staged, &resident)) != cudaSuccess) return err;
+    int64_t ctas = std::min<int64_t>(p.end - p.begin, resident);
     if (problem.max_ctas > 0) ctas = std::min<int64_t>(ctas, problem.max_ctas);
     if (staged) ctas = std::min<int64_t>(ctas, problem.products_first_ctas);  // the staging it holds
     kernel<<<static_cast<int>(ctas), kTileThreads, smem, stream>>>(p);
@@ -1145,6 +1158,15 @@ int64_t uniform_block_rows_for(UniformPrecision precision, int64_t smem_optin) {
     }
   }
   return 0;
+}
+
+cudaError_t uniform_resident_tile_ctas(UniformPrecision precision, int64_t block_rows, bool products_first,
+                                      int64_t* ctas) {
+  if (ctas == nullptr || (block_rows != 0 && block_rows != 64 && block_rows != uniform_block_rows(precision))) {
+    return cudaErrorInvalidValue;
+  }
+  return with_mma(precision, block_rows,
+                  [&](auto mma) { return resident_tile_ctas<decltype(mma)>(products_first, ctas); });
 }
 
 size_t uniform_workspace_bytes(const UniformProblem& problem) {

@@ -64,7 +64,8 @@ struct UniformProblem {
   // compute_grad, each tile computes W Z_b and W^T Z_a before its turn, into staging rows
   // of its CTA (2 B x ld accumulators each, in the workspace), so that the turn holds
   // only the read-modify-write of the accumulators.  0: off (the products run in the
-  // turn); n > 0: staging for n CTAs, which also caps the grid.  The same bits either way.
+  // turn); n > 0: staging for n CTAs, which also caps the grid (uniform_resident_tile_ctas
+  // gives the count that loses nothing).  The same bits either way.
   int64_t products_first_ctas = 0;
 };
 
@@ -80,6 +81,13 @@ size_t uniform_shared_memory_bytes(UniformPrecision precision, int64_t block_row
 // `smem_optin` bytes: the default where it fits (A100, H100), else 64 rows (sm_86, sm_89,
 // sm_120: 99 KiB), else 0 (no kernel fits).  One rule for the glue and the tests.
 int64_t uniform_block_rows_for(UniformPrecision precision, int64_t smem_optin);
+
+// CTAs of the tile kernel resident at once on the current device (SMs x what shared
+// memory and registers allow per SM), for blocks of `block_rows` rows (0: the default),
+// with or without products first: the staging UniformProblem::products_first_ctas asks
+// for.  Needs a device; cudaErrorInvalidValue for a block size without a kernel.
+cudaError_t uniform_resident_tile_ctas(UniformPrecision precision, int64_t block_rows, bool products_first,
+                                      int64_t* ctas);
 
 // Bytes of device workspace launch_uniform_lse needs: O((n + k) * d), padded copies of
 // the rows plus, with compute_grad, one accumulator row per row.

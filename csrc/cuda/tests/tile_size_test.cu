@@ -131,6 +131,11 @@ int main() {
   problem.side_groups = -2;
   expect(cu::launch_uniform_lse(problem, dummy, &lse, dummy, nullptr) == cudaErrorInvalidValue,
          "side groups below -1 rejected", 0);
+  int64_t resident = 0;
+  expect(cu::uniform_resident_tile_ctas(UniformPrecision::kFp32, 32, true, &resident) == cudaErrorInvalidValue,
+         "resident CTAs of a 32-row kernel rejected", resident);
+  expect(cu::uniform_resident_tile_ctas(UniformPrecision::kFp32, 0, true, nullptr) == cudaErrorInvalidValue,
+         "resident CTAs without an output rejected", 0);
   problem.side_groups = -1;
   problem.products_first_ctas = -1;
   expect(cu::launch_uniform_lse(problem, dummy, &lse, dummy, nullptr) == cudaErrorInvalidValue,

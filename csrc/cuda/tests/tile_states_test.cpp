@@ -3,7 +3,7 @@
 // earlier tile of the part that updated the same state (so each state sees its updates in
 // the schedule order and no wait is on a tile that never publishes that state), and the
 // states must be the right ones: the tile's blocks, the small side's group slot for its
-// block and residue, or the chain of the tile's position.  Shapes: 1-6 x blocks, 0-9
+// block and residue (merged back into that block), or the chain of the tile's position.  Shapes: 1-6 x blocks, 0-9
 // queue blocks, with and without pairs within x, 1-3 parts, with the gradient (no side
 // groups, 2, 3, 5, all) and without (chains of 1, 2, 7 and the launcher's count).
 // Host only; built and run by cmake/cuda_kernels.cmake (.ci/cuda_compile_check.sh).
@@ -67,6 +67,14 @@ void check_part(const TileOrder& order, int64_t x, int64_t q, bool intra, int64_
       const int64_t want_b = grouped && !x_small ? group_slot : tile.b;
       if (s.a.slot != want_a) fail("state of a", x, q, intra, parts, l, f, s.a.slot, want_a);
       if (s.two && s.b.slot != want_b) fail("state of b", x, q, intra, parts, l, f, s.b.slot, want_b);
+      if (grouped) {
+        // The merge kernels fold slot slot_base + s * G + g into block first_small + s
+        // (the launcher's first_small: 0 when x is the small side, else x_blocks).
+        const int64_t slot = x_small ? s.a.slot : s.b.slot;
+        const int64_t merged_into = (x_small ? 0 : x) + (slot - l.slot_base) / l.groups;
+        const int64_t owner = x_small ? tile.a : tile.b;
+        if (merged_into != owner) fail("merged into", x, q, intra, parts, l, f, merged_into, owner);
+      }
     }
     last[s.a.slot] = f;
     if (s.two) last[s.b.slot] = f;
