@@ -15,11 +15,7 @@
 // between the two passes, so the tile is read once from shared memory.
 #pragma once
 
-#if defined(__CUDACC__)
-#define PYHS_TILE_HD __host__ __device__ __forceinline__
-#else
-#define PYHS_TILE_HD inline
-#endif
+#include "../uniform_math.h"  // PYHS_HOST_DEVICE
 
 namespace pyhypersphere {
 namespace cuda {
@@ -34,14 +30,12 @@ struct TileElements {
   static_assert(kLanesPerRow <= 32 && 32 % kLanesPerRow == 0, "a row's lanes lie in one warp");
   static_assert(kThreads % kLanesPerRow == 0 && B % kRowsPerPass == 0, "whole passes");
 
-  static PYHS_TILE_HD int col0(int thread) { return (thread % kLanesPerRow) * kCols; }
-  static PYHS_TILE_HD int row_group(int thread) { return thread / kLanesPerRow; }
-  static PYHS_TILE_HD int row(int thread, int k) { return row_group(thread) + k * kRowsPerPass; }
+  static PYHS_HOST_DEVICE int col0(int thread) { return (thread % kLanesPerRow) * kCols; }
+  static PYHS_HOST_DEVICE int row_group(int thread) { return thread / kLanesPerRow; }
+  static PYHS_HOST_DEVICE int row(int thread, int k) { return row_group(thread) + k * kRowsPerPass; }
   // The thread that writes a row's sum (the row's first lane).
-  static PYHS_TILE_HD bool row_leader(int thread) { return thread % kLanesPerRow == 0; }
+  static PYHS_HOST_DEVICE bool row_leader(int thread) { return thread % kLanesPerRow == 0; }
 };
 
 }  // namespace cuda
 }  // namespace pyhypersphere
-
-#undef PYHS_TILE_HD

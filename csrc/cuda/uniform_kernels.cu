@@ -30,8 +30,9 @@
 // claimed by running CTAs: no deadlock, whatever the grid size or residency.
 // Within a round of the schedule no block occurs twice, so a window of claimed tiles
 // about one round wide runs without waiting.  (Side groups and the no-gradient chains
-// are further states with tickets of their own, under the same rule.)  One launch per round would need ~N/B
-// launches with a tail each; atomics would need a fixed shift known in advance.
+// are further states with tickets of their own, under the same rule.)  One launch per
+// round would need ~N/B launches with a tail each; atomics would need a fixed shift
+// known in advance.
 #include "tile_elements.h"
 #include "tile_mma.cuh"
 #include "tile_order.h"
@@ -148,10 +149,13 @@ struct TileParams {
   acc_t* acc;           // [slots * B, ld] gradient mode: sum_j w_ij z_j under the shift
   unsigned long long* tickets;    // [slots]
   unsigned long long* next_tile;  // claim counter
-  StateLayout states;             // grad and begin as above
+  int64_t groups, slot_base;      // side groups (gradient mode; groups 0: off)
+  int64_t total_chains;           // the chains of tile totals (no gradient)
   // Products first (nullptr: off): per CTA, 2 B x ld accumulators for W Z_b and W^T Z_a
   // computed before the turn (UniformProblem::products_first_ctas).
   acc_t* staged;
+
+  __device__ StateLayout states() const { return StateLayout{grad, groups, slot_base, begin, total_chains}; }
 };
 
 // kStaged: products first (TileParams::staged), a kernel of its own so that the default
@@ -213,7 +217,7 @@ class TileWorker {
 
     // The states the tile updates (its blocks', their side groups', or without the
     // gradient its chain's) and the tiles that updated them last.
-    const TileStates states = tile_states(order_, p_.states, f, tile);
+    const TileStates states = tile_states(order_, p_.states(), f, tile);
 
     // The states' turn: wait for the tiles before this one on a and on b.
     if (tid == 0) {
@@ -253,7 +257,7 @@ class TileWorker {
   }
 
   __device__ void wait_turn(const TileState& state, int64_t f) const {
-    const int64_t previous = tile_to_wait_for(order_, p_.states, state, f);
+    const int64_t previous = tile_to_wait_for(order_, p_.states(), state, f);
     if (previous >= 0) wait_ticket(&p_.tickets[state.slot], static_cast<unsigned long long>(previous) + 1);
   }
 
@@ -1010,13 +1014,19 @@ Workspace plan_workspace(const UniformProblem& problem) {
   return w;
 }
 
+// The tile kernel: the default one, or products first.
+template <class Mma>
+auto tile_kernel(bool products_first) {
+  return products_first ? uniform_tiles_kernel<Mma, true> : uniform_tiles_kernel<Mma, false>;
+}
+
 // CTAs of the tile kernel (default or products first) resident at once on the current
 // device: the SMs times what shared memory and registers allow per SM.  Also sets the
 // kernel's dynamic shared memory limit, which the launch needs.
 template <class Mma>
 cudaError_t resident_tile_ctas(bool products_first, int64_t* ctas) {
   constexpr size_t smem = TileGeometry<Mma>::kSmemBytes;
-  auto kernel = products_first ? uniform_tiles_kernel<Mma, true> : uniform_tiles_kernel<Mma, false>;
+  const auto kernel = tile_kernel<Mma>(products_first);
   cudaError_t err;
   if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem))) != cudaSuccess) {
@@ -1060,7 +1070,9 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   p.acc = problem.compute_grad ? reinterpret_cast<acc_t*>(base + w.acc) : nullptr;
   p.tickets = reinterpret_cast<unsigned long long*>(base + w.tickets);
   p.next_tile = p.tickets + w.slots;
-  p.states = StateLayout{p.grad, w.groups, /*slot_base=*/blocks, w.begin, w.total_chains};
+  p.groups = w.groups;
+  p.slot_base = blocks;
+  p.total_chains = w.total_chains;
   const bool staged = problem.compute_grad && problem.products_first_ctas > 0;
   p.staged = staged ? reinterpret_cast<acc_t*>(base + w.staged) : nullptr;
   p.begin = w.begin;
@@ -1085,7 +1097,7 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
 
   if (p.end > p.begin) {
-    auto kernel = staged ? uniform_tiles_kernel<Mma, true> : uniform_tiles_kernel<Mma, false>;
+    const auto kernel = tile_kernel<Mma>(staged);
     constexpr size_t smem = G::kSmemBytes;
     int64_t resident = 0;
     if ((err = resident_tile_ctas<Mma>(staged, &resident)) != cudaSuccess) return err;
@@ -1143,6 +1155,16 @@ int64_t uniform_block_rows(UniformPrecision precision) {
   return with_mma(precision, 0, [](auto mma) -> int64_t { return decltype(mma)::kBlock; });
 }
 
+namespace {
+
+// Whether a tile kernel exists for blocks of `block_rows` rows (0: the default; else the
+// default or 64, what with_mma selects).
+bool has_kernel(UniformPrecision precision, int64_t block_rows) {
+  return block_rows == 0 || block_rows == 64 || block_rows == uniform_block_rows(precision);
+}
+
+}  // namespace
+
 size_t uniform_shared_memory_bytes(UniformPrecision precision, int64_t block_rows) {
   return with_mma(precision, block_rows, [](auto mma) -> size_t {
     return TileGeometry<decltype(mma)>::kSmemBytes;
@@ -1162,9 +1184,7 @@ int64_t uniform_block_rows_for(UniformPrecision precision, int64_t smem_optin) {
 
 cudaError_t uniform_resident_tile_ctas(UniformPrecision precision, int64_t block_rows, bool products_first,
                                       int64_t* ctas) {
-  if (ctas == nullptr || (block_rows != 0 && block_rows != 64 && block_rows != uniform_block_rows(precision))) {
-    return cudaErrorInvalidValue;
-  }
+  if (ctas == nullptr || !has_kernel(precision, block_rows)) return cudaErrorInvalidValue;
   return with_mma(precision, block_rows,
                   [&](auto mma) { return resident_tile_ctas<decltype(mma)>(products_first, ctas); });
 }
@@ -1179,8 +1199,7 @@ cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, v
   if (problem.n < 1 || problem.k < 0 || problem.d < 1 || problem.num_parts < 1 ||
       problem.part < 0 || problem.part >= problem.num_parts || problem.max_ctas < 0 ||
       problem.side_groups < -1 || problem.products_first_ctas < 0 ||
-      (problem.block_rows != 0 && problem.block_rows != 64 &&
-       problem.block_rows != uniform_block_rows(problem.precision)) ||
+      !has_kernel(problem.precision, problem.block_rows) ||
       (problem.compute_grad && grad_rows == nullptr) || lse == nullptr || workspace == nullptr) {
     return cudaErrorInvalidValue;
   }
