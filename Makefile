@@ -13,11 +13,15 @@ BUILT := $(VENV)/.built-stamp
 # torch that does not satisfy TORCH_SPEC is replaced, and a changed torch rebuilds the extension.
 TORCH_STAMP := $(VENV)/.torch-stamp
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
-# triton: the Triton kernels' interpreter tests and compile check (no torch dependency; the
-# GPU machines use the Triton that ships with their torch, 3.4 or later).
-DEPS := numpy ninja pybind11 tqdm pytest pytest-benchmark hypothesis mnist1d scikit-learn matplotlib pykeops triton==3.9.0
+DEPS := numpy ninja pybind11 tqdm pytest pytest-benchmark mnist1d scikit-learn matplotlib
+# Only the tests, the benchmarks and CI need these.  triton (1 GB): on a CPU machine it
+# serves only the Triton kernels' interpreter tests and their compile check (the GPU
+# machines use the Triton that ships with their torch, 3.4 or later); pykeops: a peer row
+# of the benchmark.
+TEST_DEPS := hypothesis pykeops triton==3.9.0
+TEST_STAMP := $(VENV)/.test-deps-stamp
 
-.PHONY: venv build demo test test-all bench bench-cpu cmake-cpu cmake-cuda-kernels clean FORCE
+.PHONY: venv build demo test test-all bench cmake-cpu cmake-cuda-kernels clean FORCE
 
 venv: $(TORCH_STAMP)
 $(STAMP):
@@ -30,6 +34,10 @@ $(STAMP):
 $(TORCH_STAMP): $(STAMP) FORCE
 	@$(PY) tools/torch_spec.py "$(TORCH_SPEC)" $@
 
+$(TEST_STAMP): $(STAMP)
+	$(PIP) install -q $(TEST_DEPS)
+	touch $@
+
 build: $(BUILT)
 $(BUILT): $(TORCH_STAMP) $(SOURCES)
 	PYHYPERSPHERE_CUDA=$${PYHYPERSPHERE_CUDA:-auto} MAX_JOBS=$${MAX_JOBS:-2} \
@@ -40,13 +48,13 @@ demo: build
 	$(PY) -m pyhypersphere demo
 
 # The fast, complete suite (CI runs this).  Long tests are marked `slow`.
-test: build
+test: build $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-all: build
+test-all: build $(TEST_STAMP)
 	$(PY) -m pytest -q tests
 
-bench: build
+bench: build $(TEST_STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds -q
 
 # The C++ library and the Python-free CPU benchmark, against LibTorch from the venv.

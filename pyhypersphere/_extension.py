@@ -7,7 +7,9 @@ which sends the reader looking for an import cycle.
 
 import importlib
 import importlib.util
+import sys
 import types
+from pathlib import Path
 
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
@@ -17,12 +19,33 @@ BUILD_HINT = (
 )
 
 
+_HERE = Path(__file__).resolve().parent
+
+
+def _installed_build_elsewhere():
+    """The folder of another pyhypersphere on sys.path that has the compiled extension
+    (e.g. `pip install .` into site-packages, shadowed by the checkout Python started in)."""
+    for entry in sys.path:
+        candidate = Path(entry or ".").resolve() / "pyhypersphere"
+        if candidate != _HERE and candidate.is_dir() and any(candidate.glob("_C.*")):
+            return candidate
+    return None
+
+
 def load_extension() -> types.ModuleType:
     try:
         return importlib.import_module("pyhypersphere._C")
     except ImportError as e:
         if importlib.util.find_spec("pyhypersphere._C") is None:
-            message = f"pyhypersphere: the compiled extension pyhypersphere._C is not built; {BUILD_HINT}"
+            installed = _installed_build_elsewhere()
+            if installed:
+                message = (
+                    f"pyhypersphere: this Python imports pyhypersphere from the source tree {_HERE.parent}, "
+                    f"which has no compiled extension, and not the installed build at {installed}; "
+                    "start Python outside the checkout, or build in place with `make build`"
+                )
+            else:
+                message = f"pyhypersphere: the compiled extension pyhypersphere._C is not built; {BUILD_HINT}"
         else:  # built, but against another torch or Python, or a library is missing
             message = (
                 f"pyhypersphere: the compiled extension pyhypersphere._C does not load ({e}); "

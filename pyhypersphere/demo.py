@@ -16,6 +16,7 @@ import time
 import torch
 
 from .argtypes import int_at_least, positive_float
+from .machine import cpu_model
 
 DEFAULT_N = 8192
 DEFAULT_D = 128
@@ -85,7 +86,8 @@ def main(args):
 
     info = pyhypersphere.build_info()
     print(f"pyhypersphere demo: uniform_loss(x, t={args.t}) forward+backward, x = {args.n} unit-norm rows of "
-          f"dimension {args.d}, float32, {torch.get_num_threads()} threads, CUDA build: {info['with_cuda']}")
+          f"dimension {args.d}, float32, CUDA build: {info['with_cuda']}")
+    print(f"machine: {cpu_model()}, {torch.get_num_threads()} threads")
     print(f"reference: torch.pdist(x).pow(2).mul(-t).exp().mean().log()  (materializes {args.n * (args.n - 1) // 2:,} distances)\n")
     results = {}
     for impl in ("fused", "reference"):

@@ -18,6 +18,7 @@ from . import _C
 
 ENV_VAR = "PYHYPERSPHERE_GPU_BACKEND"
 CHOICES = ("auto", "cuda", "triton")
+NO_GPU = "none (torch sees no CUDA device; the GPU backend below serves CUDA tensors only)"
 
 
 def choose(requested: str, with_cuda: bool, has_triton: bool) -> tuple:
@@ -100,6 +101,8 @@ def build_info() -> dict:
     GEMM) and which GPU backend the operators use on CUDA tensors, and why
     (`contrastive_gpu_backend`: the contrastive operators', triton or none)."""
     info = dict(_C.build_info())
+    # The backends below are the ones registered for CUDA tensors; say first whether there are any.
+    info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else NO_GPU
     info["gpu_backend"] = BACKEND
     info["gpu_backend_reason"] = REASON
     info["contrastive_gpu_backend"] = CONTRASTIVE_BACKEND

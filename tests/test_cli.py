@@ -11,9 +11,11 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 
 import pyhypersphere
 from pyhypersphere.cli import format_info, main
+from pyhypersphere.machine import cpu_model
 
 PACKAGE = Path(pyhypersphere.__file__).parent
 
@@ -66,6 +68,8 @@ def test_demo_reports_median_and_range_of_its_repeats(capsys):
         median, low, high = map(float, m.groups())
         assert low <= median <= high
     assert "x faster (ratio of the medians)" in out
+    # the machine the figures belong to
+    assert f"machine: {cpu_model()}, {torch.get_num_threads()} threads" in out
 
 
 def _without_extension(tmp_path):
@@ -89,6 +93,22 @@ def test_missing_extension_says_how_to_build(tmp_path, command):
     assert "the compiled extension pyhypersphere._C is not built" in last, done.stderr
     assert "make build" in last and "pip install --no-build-isolation -e ." in last
     assert "partially initialized" not in done.stderr and "circular" not in done.stderr
+
+
+def test_source_tree_shadowing_an_installed_build_says_so(tmp_path):
+    src = _without_extension(tmp_path)
+    installed = tmp_path / "site"
+    shutil.copytree(PACKAGE, installed / "pyhypersphere", ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([sysconfig.get_paths()["purelib"], str(installed)]))
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", "import pyhypersphere"], cwd=src, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"imports pyhypersphere from the source tree {src.resolve()}" in last, done.stderr
+    assert f"not the installed build at {(installed / 'pyhypersphere').resolve()}" in last
+    assert "start Python outside the checkout" in last
 
 
 @pytest.mark.parametrize(
@@ -129,3 +149,24 @@ def test_empty_cpu_override_means_unset():
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     float(done.stdout)
+
+
+def test_info_says_whether_there_is_a_gpu(capsys):
+    assert main(["info"]) == 0
+    (line,) = [row for row in capsys.readouterr().out.splitlines() if row.startswith("gpu:")]
+    if torch.cuda.is_available():
+        assert torch.cuda.get_device_name() in line
+    else:
+        assert line.split(":", 1)[1].strip().startswith("none (torch sees no CUDA device")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_bench_on_an_absent_device_fails_with_one_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "pyhypersphere", "bench", "--device", "cuda", "--n", "64", "--no-plot"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("pyhypersphere bench: --device cuda but torch sees no CUDA device")

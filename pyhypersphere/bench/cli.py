@@ -15,6 +15,7 @@ from .contrastive import CONTRASTIVE_IMPLS, DEFAULT_TAU, LOSSES, UNIFORM, tau_fo
 from .impls import IMPLS, ROOFLINE
 from .record import CaseSpec
 from .sweep import ISOLATIONS
+from ..machine import cpu_model
 from .timing import MIN_SAMPLES
 
 _DEFAULTS = CaseSpec(impl="", n=0, d=0, dtype="", device="")  # one source for the measurement defaults
@@ -167,17 +168,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", action="store_true", help="no progress bar")
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(devices) -> dict:
     import torch
 
@@ -185,7 +175,7 @@ def machine_info(devices) -> dict:
 
     info = {
         "argv": sys.argv,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -221,6 +211,13 @@ def main(args) -> int:
               f"(expected a subset of {','.join(impls)})", file=sys.stderr)  # fmt: skip
         return 2
     devices = args.device or [_default_device()]
+    if "cuda" in devices:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("pyhypersphere bench: --device cuda but torch sees no CUDA device here "
+                  f"(torch {torch.__version__}); use --device cpu", file=sys.stderr)  # fmt: skip
+            return 2
     if args.max_host_mem_gb is not None:
         cap = int(args.max_host_mem_gb * 2**30)
     else:
