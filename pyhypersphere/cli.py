@@ -21,11 +21,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # `info`'s argument
     parser.add_argument("--json", action="store_true", help="print the build info as one JSON object")
 
 
+def _inline(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
 def format_info(info: dict) -> str:
     """`key: value` lines; a multi-line value (torch's parallel info) indented below its key."""
     width = max(len(k) for k in info) + 1
     lines = []
     for key, value in info.items():
+        if isinstance(value, dict):  # e.g. implementations: one `name: value` line per entry
+            lines.append(f"{key}:")
+            lines.extend(f"    {name}: {_inline(entry)}" for name, entry in value.items())
+            continue
         text = str(value).strip()
         if "\n" in text:
             lines.append(f"{key}:")

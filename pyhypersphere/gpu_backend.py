@@ -1,12 +1,17 @@
-"""Which kernels the operators run on CUDA tensors: the C++ CUDA kernels or Triton's.
+"""Which implementation serves each operator, on each device: one table, built here at import.
 
-PYHYPERSPHERE_GPU_BACKEND=cuda|triton|auto (default auto): auto takes the CUDA kernels
-when the extension was built with them, otherwise the Triton kernels when triton is
-installed.  The Triton kernels are registered for the CUDA dispatch key from Python;
-they are imported on first use, so `import pyhypersphere` does not import triton.
-
-The contrastive operators have no C++ CUDA kernel: on CUDA tensors they run on Triton
-whenever triton is installed, whatever the choice above.
+PYHYPERSPHERE_GPU_BACKEND=cuda|triton|auto (default auto) applies to every operator on
+CUDA tensors:
+- auto: the C++ CUDA kernels where the extension was built with them and the operator has
+  one, otherwise Triton's when triton is installed;
+- cuda: the C++ CUDA kernels; an operator without one (the contrastive family) raises a
+  clear error on CUDA tensors instead of silently running something else;
+- triton: the Triton kernels.
+The CPU always runs the C++ kernels.  Every dtype of an operator takes the same
+implementation.  `IMPLEMENTATIONS` ({op: {device: backend}}), `python -m pyhypersphere info`
+(key `implementations`) and the tests read this table; the Triton kernels are registered for
+the CUDA dispatch key from here and imported on first use, so `import pyhypersphere` does
+not import triton.
 """
 
 import importlib.util
@@ -22,7 +27,8 @@ NO_GPU = "none (torch sees no CUDA device; the GPU backend below serves CUDA ten
 
 
 def choose(requested: str, with_cuda: bool, has_triton: bool) -> tuple:
-    """(backend, reason): backend is "cuda", "triton" or "none"."""
+    """(backend, reason) for an operator with a C++ CUDA kernel when the extension was built
+    `with_cuda`: backend is "cuda", "triton" or "none"."""
     if requested not in CHOICES:
         raise ValueError(f"{ENV_VAR} must be one of {', '.join(CHOICES)}, got {requested!r}")
     if requested == "cuda":
@@ -40,70 +46,87 @@ def choose(requested: str, with_cuda: bool, has_triton: bool) -> tuple:
     return "none", "auto: the extension has no CUDA kernels and triton is not installed"
 
 
-def _triton_uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue):
-    from .triton_kernels import uniform_lse
+def _triton(name):
+    """The Triton launcher `name`, imported on first call."""
 
-    return uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
+    def launch(*args):
+        from . import triton_kernels
 
+        return getattr(triton_kernels, name)(*args)
 
-def _triton_align_loss(x, y, alpha, compute_grad):
-    from .triton_kernels import align_loss
-
-    return align_loss(x, y, alpha, compute_grad)
-
-
-def _triton_contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts):
-    from .triton_kernels import contrastive_lse
-
-    return contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts)
+    launch.__name__ = f"triton_{name}"
+    return launch
 
 
-def _triton_contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b, part,
-                                     num_parts, grad_a, grad_b):
-    from .triton_kernels import contrastive_lse_backward
+# op -> has a C++ CUDA kernel (registered by the extension when built with CUDA).
+OPS = {
+    "uniform_lse": True,
+    "align_loss": True,
+    "contrastive_lse": False,
+    "contrastive_lse_backward": False,
+    "contrastive_mean_lse": False,
+}
 
-    return contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b, part,
-                                    num_parts, grad_a, grad_b)
+
+def choose_for_op(op: str, requested: str, with_cuda: bool, has_triton: bool) -> tuple:
+    """(backend, reason) on CUDA tensors for `op` (see the module doc)."""
+    if OPS[op]:
+        return choose(requested, with_cuda, has_triton)
+    if requested == "cuda":
+        return "none", f"{ENV_VAR}=cuda but {op} has no C++ CUDA kernel (set {ENV_VAR}=triton or auto)"
+    backend, reason = choose(requested if requested == "triton" else "auto", False, has_triton)
+    if requested == "auto" and backend == "triton":
+        reason = f"auto: {op} has no C++ CUDA kernel and triton is installed"
+    return backend, reason
 
 
-def _triton_contrastive_mean_lse(a, b, scale, grad_a, grad_b):
-    from .triton_kernels import contrastive_mean_lse
+def _unavailable(op, reason):
+    def fail(*args):
+        raise RuntimeError(f"pyhypersphere: no implementation of {op} for CUDA tensors: {reason}")
 
-    return contrastive_mean_lse(a, b, scale, grad_a, grad_b)
+    return fail
+
+
+def _build_table(requested, with_cuda, has_triton):
+    table = {}
+    for op in OPS:
+        backend, reason = choose_for_op(op, requested, with_cuda, has_triton)
+        table[op] = {"cpu": ("cpu", "the C++ CPU kernels"), "cuda": (backend, reason)}
+    return table
 
 
 _lib = torch.library.Library("pyhypersphere", "IMPL")
 
 
-def _register_triton_uniformity() -> None:
-    # With a CUDA build this overrides the C++ registration (torch warns once).
-    _lib.impl("uniform_lse", _triton_uniform_lse, "CUDA")
-    _lib.impl("align_loss", _triton_align_loss, "CUDA")
-
-
-def _register_triton_contrastive() -> None:
-    _lib.impl("contrastive_lse", _triton_contrastive_lse, "CUDA")
-    _lib.impl("contrastive_lse_backward", _triton_contrastive_lse_backward, "CUDA")
-    _lib.impl("contrastive_mean_lse", _triton_contrastive_mean_lse, "CUDA")
+def _register(table, with_cuda):
+    for op, by_device in table.items():
+        backend, reason = by_device["cuda"]
+        if backend == "triton":
+            # With a CUDA build this overrides the C++ registration (torch warns once).
+            _lib.impl(op, _triton(op), "CUDA")
+        elif backend == "none" and not (OPS[op] and with_cuda):
+            _lib.impl(op, _unavailable(op, reason), "CUDA")
 
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-BACKEND, REASON = choose(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto", bool(_C.WITH_CUDA), HAS_TRITON)
-if BACKEND == "triton":
-    _register_triton_uniformity()
-if HAS_TRITON:
-    _register_triton_contrastive()
-CONTRASTIVE_BACKEND = "triton" if HAS_TRITON else "none"
+REQUESTED = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+TABLE = _build_table(REQUESTED, bool(_C.WITH_CUDA), HAS_TRITON)
+_register(TABLE, bool(_C.WITH_CUDA))
+IMPLEMENTATIONS = {op: {device: choice[0] for device, choice in by_device.items()} for op, by_device in TABLE.items()}
+BACKEND, REASON = TABLE["uniform_lse"]["cuda"]
+CONTRASTIVE_BACKEND = TABLE["contrastive_lse"]["cuda"][0]
 
 
 def build_info() -> dict:
     """How the extension was built (CUDA, arch list, torch, OpenMP, threads, CPU tile
-    GEMM) and which GPU backend the operators use on CUDA tensors, and why
-    (`contrastive_gpu_backend`: the contrastive operators', triton or none)."""
+    GEMM), whether there is a GPU, and which implementation serves each operator on each
+    device (`implementations`) and why (`gpu_backend_reason`, the uniformity's; the table's
+    reasons are in TABLE)."""
     info = dict(_C.build_info())
     # The backends below are the ones registered for CUDA tensors; say first whether there are any.
     info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else NO_GPU
     info["gpu_backend"] = BACKEND
     info["gpu_backend_reason"] = REASON
     info["contrastive_gpu_backend"] = CONTRASTIVE_BACKEND
+    info["implementations"] = IMPLEMENTATIONS
     return info
