@@ -9,7 +9,7 @@ line per case, exits 1 if any case crashed or did not raise/warn as it should.
 
 Why it exists: on the GPU machine's first run (2026-11-26) every such path crashed with
 SIGSEGV inside libstdc++; torch had built the extension with the image's /opt/gcc g++, and
-preloading the system libstdc++ fixed it (docs/gpu_results.md).  benchmarks/gpu_run.sh
+preloading the system libstdc++ fixed it (docs/results/gpu.md).  benchmarks/gpu_run.sh
 runs this after building and, if it fails, retries with that preload.
 """
 

@@ -19,7 +19,7 @@ ROOT=$PWD
 START=$(date +%s)
 note() { echo "[$(($(date +%s) - START))s] $*" | tee -a "$OUT/summary.txt"; }
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 PYTHONPATH=$ROOT
-# The image's extension builds need the system libstdc++ for C++ errors (docs/gpu_results.md).
+# The image's extension builds need the system libstdc++ for C++ errors (docs/results/gpu.md).
 export LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6)
 so=$(tar tzf "$OLD" | grep '^pyhypersphere/_C.*\.so$') || { echo "no extension in $OLD" >&2; exit 1; }
 mkdir -p /tmp/old_build && cp -r pyhypersphere /tmp/old_build/ && tar xzf "$OLD" -C /tmp/old_build "$so"
