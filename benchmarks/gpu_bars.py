@@ -1,0 +1,180 @@
+"""The GPU bars of issues 23 and 24, side by side in one run, into one JSON list.
+
+    python benchmarks/gpu_bars.py --json docs/gpu_bars.json                    # Triton kernels
+    PYHYPERSPHERE_GPU_BACKEND=cuda python benchmarks/gpu_bars.py --json docs/gpu_bars.json --prefix cuda_
+
+Each entry is {"case", "device", "ms", "peer", "peer_ms", "bar_ms", "meets_bar"}: forward+
+backward medians (CUDA events, L2 flushed: pyhypersphere.bench.timing), d = 128.  The
+backend serving CUDA tensors is chosen at import by PYHYPERSPHERE_GPU_BACKEND, so each
+backend is its own invocation; entries already in the file for other cases or devices are
+kept, so two invocations build one file.  `--device cpu --scale N` runs every case at 1/N
+of its rows on the CPU: the script's own smoke test (tests/test_gpu_bars_script.py), no
+figure.
+"""
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+import pyhypersphere as ph
+from pyhypersphere.bench.contrastive import dense_clip, dense_info_nce, dense_nt_xent
+from pyhypersphere.bench.peers import flex_block_mask, flex_uniform_loss
+from pyhypersphere.bench.timing import median_time
+from pyhypersphere.machine import cpu_model
+
+D = 128
+T = 2.0
+TAU = 0.1
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
+
+# case -> (loss, rows, queue rows, precision, bar in ms or None, peer)
+CASES = {
+    "uniform_bf16_65536": ("uniform", 65536, 0, "bf16", 4.5, "flex"),
+    "uniform_tf32_65536": ("uniform", 65536, 0, "tf32", 9.0, None),
+    "uniform_fp32_65536": ("uniform", 65536, 0, "fp32", 18.0, None),
+    "uniform_bf16_4096": ("uniform", 4096, 0, "bf16", None, "flex"),
+    "uniform_bf16_16384": ("uniform", 16384, 0, "bf16", None, "flex"),
+    "moco_bf16_256x65536": ("uniform", 256, 65536, "bf16", 0.3, None),
+    **{f"{loss}_{p}_16384": (loss, 16384, 0, p, None, "dense") for loss in ("nt_xent", "info_nce", "clip")
+       for p in ("bf16", "fp32")},
+}
+# Issue 24's bars for the C++ CUDA kernels (--prefix cuda_); the other cases keep their bar.
+CUDA_BARS = {"uniform_bf16_65536": 7.0, "uniform_fp32_65536": 25.0, "moco_bf16_256x65536": 0.4}
+# Contrastive bars are ratios to the dense formula: bf16 >= 3x, float32 >= 1.5x.
+PEER_RATIO = {"bf16": 3.0, "fp32": 1.5}
+DENSE = {"nt_xent": dense_nt_xent, "info_nce": dense_info_nce, "clip": dense_clip}
+FUSED = {"nt_xent": ph.nt_xent_loss, "info_nce": ph.info_nce_loss, "clip": ph.clip_loss}
+
+
+@contextmanager
+def matmul_precision(precision: str):
+    """TF32 allowed for "tf32" (and the 16-bit cases, where it does not apply), float32
+    accuracy ("highest", torch's default) for "fp32"."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest" if precision == "fp32" else "high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def unit_rows(n, dtype, device, seed):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=1)
+    return x.to(device=device, dtype=dtype)
+
+
+def fwd_bwd(loss_fn, inputs):
+    """A step: the loss of fresh leaves that require grad, then its backward."""
+    leaves = [x.detach().requires_grad_(True) for x in inputs]
+
+    def step():
+        loss_fn(*leaves).backward()
+        for leaf in leaves:
+            leaf.grad = None
+
+    return step
+
+
+def time_ms(step, device):
+    return median_time(step, torch.device(device), warmup=3, repeat=20, max_seconds=10.0).median_ms
+
+
+def case_steps(case, device, scale):
+    """(fused step, peer step or None) for one case at 1/scale of its rows."""
+    loss, rows, queue_rows, precision, _, peer = CASES[case]
+    dtype = DTYPES[precision]
+    n = max(rows // scale, 8)
+    x = unit_rows(n, dtype, device, 0)
+    if loss == "uniform":
+        if queue_rows:
+            queue = unit_rows(max(queue_rows // scale, 8), dtype, device, 1)  # detached, as MoCo's
+            return fwd_bwd(lambda a: ph.uniform_loss(a, T, queue=queue), [x]), None
+        fused = fwd_bwd(lambda a: ph.uniform_loss(a, T), [x])
+        if peer != "flex" or device == "cpu":  # FlexAttention has no backward on the CPU
+            return fused, None
+        mask = flex_block_mask(n, device)
+        attention = None
+        if device == "cuda":
+            from torch.nn.attention.flex_attention import flex_attention
+
+            attention = torch.compile(flex_attention)
+        return fused, fwd_bwd(lambda a: flex_uniform_loss(a, T, block_mask=mask, attention=attention), [x])
+    y = unit_rows(n, dtype, device, 2)
+    fused = fwd_bwd(lambda a, b: FUSED[loss](a, b, TAU), [x, y])
+    return fused, fwd_bwd(lambda a, b: DENSE[loss](a, b, TAU), [x, y])
+
+
+def run_case(case, device, scale, prefix):
+    loss, _, _, precision, bar, peer = CASES[case]
+    if prefix == "cuda_":
+        bar = CUDA_BARS.get(case)
+    with matmul_precision(precision):
+        fused, peer_step = case_steps(case, device, scale)
+        ms = time_ms(fused, device)
+        peer_ms = time_ms(peer_step, device) if peer_step else None
+    if bar is not None:
+        meets = ms <= bar
+    elif peer == "dense":
+        meets = peer_ms / ms >= PEER_RATIO[precision]
+    elif peer == "flex" and peer_ms is not None:
+        meets = ms < peer_ms
+    else:
+        meets = None
+    return {"case": prefix + case, "device": device_name(device), "ms": ms, "peer": peer, "peer_ms": peer_ms,
+            "bar_ms": bar, "meets_bar": meets}
+
+
+def device_name(device):
+    return torch.cuda.get_device_name() if device == "cuda" else f"cpu: {cpu_model()}"
+
+
+def merge(path: Path, entries):
+    """The file's entries for other (case, device) pairs, then these."""
+    old = json.loads(path.read_text()) if path.exists() else []
+    new_keys = {(e["case"], e["device"]) for e in entries}
+    return [e for e in old if (e["case"], e["device"]) not in new_keys] + entries
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, required=True, help="the JSON list to write (merged)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--scale", type=int, default=1, help="divide every case's rows by this (CPU smoke test)")
+    parser.add_argument("--prefix", default="", choices=("", "cuda_"),
+                        help="cuda_: name the cases as the C++ CUDA kernels' (run with PYHYPERSPHERE_GPU_BACKEND=cuda)")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of the cases")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_bars: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    if args.prefix == "cuda_" and ph.build_info()["gpu_backend"] != "cuda":
+        print("gpu_bars: --prefix cuda_ needs PYHYPERSPHERE_GPU_BACKEND=cuda and a CUDA build "
+              f"(the backend is {ph.build_info()['gpu_backend']})", file=sys.stderr)
+        return 2
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        print(f"gpu_bars: unknown cases {unknown}; expected some of {', '.join(CASES)}", file=sys.stderr)
+        return 2
+    if args.prefix == "cuda_":
+        cases = [c for c in cases if c.startswith(("uniform", "moco"))]  # the C++ CUDA kernels: uniformity only
+    entries = []
+    for case in cases:
+        try:
+            entry = run_case(case, args.device, args.scale, args.prefix)
+        except torch.OutOfMemoryError as e:  # recorded, and the others still run
+            entry = {"case": args.prefix + case, "device": device_name(args.device), "error": f"out of memory: {e}"}
+        entries.append(entry)
+        print(json.dumps(entry), flush=True)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(merge(args.json, [entry]), indent=1) + "\n")  # kept if the run is cut
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
