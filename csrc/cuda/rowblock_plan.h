@@ -72,6 +72,40 @@ PYHS_HOST_DEVICE bool part_holds(const Parts& p, bool rows_are_x, bool cols_are_
   return f >= p.lo && f < p.hi;
 }
 
+// The column blocks [lo, hi) of one region (x's columns, or the queue's) that this part
+// holds against row block `a`: for a fixed row block the part-tile index grows with the
+// column block in each region (x's triangle is numbered row by row, and a column block
+// below `a` sits in an earlier row), so the held ones are one range, found by bisection.
+// The kernel computes it once per warp and work item instead of a tile index per tile.
+struct BlockRange {
+  int64_t lo = 0, hi = 0;
+  PYHS_HOST_DEVICE bool holds(int64_t b) const { return b >= lo && b < hi; }
+};
+PYHS_HOST_DEVICE BlockRange held_blocks(const Parts& p, bool rows_are_x, bool cols_are_x, int64_t a, int64_t blocks) {
+  BlockRange r;
+  if (p.hi < 0) {
+    r.hi = blocks;
+    return r;
+  }
+  auto tile = [&](int64_t b) {
+    const bool both_x = rows_are_x && cols_are_x;
+    return both_x ? part_tile(true, a, b, p.x_blocks, p.queue_blocks, p.triangle)
+           : rows_are_x ? part_tile(false, a, b, p.x_blocks, p.queue_blocks, p.triangle)
+                        : part_tile(false, b, a, p.x_blocks, p.queue_blocks, p.triangle);
+  };
+  auto first_at_least = [&](int64_t bound) {  // the first b with tile(b) >= bound
+    int64_t lo = 0, hi = blocks;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (tile(mid) >= bound) hi = mid; else lo = mid + 1;
+    }
+    return lo;
+  };
+  r.lo = first_at_least(p.lo);
+  r.hi = first_at_least(p.hi);
+  return r;
+}
+
 // How one pass (rows against a range of column tiles) is cut into work items.
 struct PassPlan {
   int64_t row_blocks = 0;
@@ -125,13 +159,19 @@ PYHS_HOST_DEVICE int64_t window_at(int64_t slice, int64_t step, int64_t windows)
 
 // ---------------------------------------------------------------- log-sum-exp state
 
-// Exponent of a pair in log2 units, -t log2(e) ||z_i - z_j||^2, from the Gram entry:
-// c2 = 2 t log2(e), row_term + col_term = -t log2(e) (||z_i||^2 + ||z_j||^2).  Clamped
-// at 0 as pair_exponent (rounding can make a near-duplicate's distance negative).
+// Exponent of a pair in log2 units, -t log2(e) ||z_i - z_j||^2 = v + row_term, from the
+// Gram entry: v = c2 gram + col_term with c2 = 2 t log2(e) and the norm terms
+// -t log2(e) ||z||^2 of the column (col_term) and the row (row_term).  The kernel
+// takes a row's weights as exp2(v + bias) with bias = row_term - shift (weight_bias).
+// No clamp at 0 (pair_exponent's): rounding can make a near-duplicate's distance
+// negative by at most the policy's budget, so a weight exceeds 1 by at most ~0.1%.
 template <class T>
-PYHS_HOST_DEVICE T exponent2(T c2, T gram, T row_term, T col_term) {
-  const T e = c2 * gram + (row_term + col_term);
-  return e < T(0) ? e : T(0);
+PYHS_HOST_DEVICE T partial_exponent2(T c2, T gram, T col_term) {
+  return c2 * gram + col_term;
+}
+template <class T>
+PYHS_HOST_DEVICE T weight_bias(T row_term, T shift) {
+  return row_term - shift;
 }
 
 // One tile's step of the online shift: the new running max, the finite shift the weights

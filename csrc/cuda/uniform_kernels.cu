@@ -70,20 +70,20 @@ struct RowGeometry {
 template <class op_t, class acc_t>
 struct PassParams {
   const op_t* z;       // padded rows [x_pad + queue_pad, ld]
-  const acc_t* sq;     // their squared norms
+  const acc_t* term;   // their norm terms -t log2(e) ||z||^2; -inf for padding rows
   int64_t ld;          // padded features (whole windows)
   int64_t row_start;   // padded index of the pass's first row (0, or x_pad for the queue pass)
   int64_t rows;        // data rows of the pass
   int64_t rows_pad;    // padded rows of the pass (partials' row stride)
   bool rows_are_x;
   // Column tiles: first x's (x_tiles of them, columns [0, n)), then the queue's.
-  int64_t x_tiles, x_valid;
-  int64_t queue_start, queue_valid;  // padded index of the queue's first row, its end
+  int64_t x_tiles;
+  int64_t queue_start;  // padded index of the queue's first row
   plan::PassPlan plan;
   plan::Parts parts;
   int64_t windows;     // ld / window
   bool with_o;         // accumulate a_i (the gradient of this pass's rows is asked for)
-  acc_t c1, c2;        // t log2(e), 2 t log2(e)
+  acc_t c2;            // 2 t log2(e)
   acc_t* m2;           // [splits][slices][rows_pad]: shift (log2 units)
   acc_t* l;            // [splits][slices][rows_pad]: sum of the weights under it
   acc_t* lw;           // [splits][slices][rows_pad]: the same with x-x pairs at 1/2
@@ -106,38 +106,47 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = layout::group_of(lane), t4 = layout::thread_in_group(lane);
   const bool resident = p.windows == 1;  // Q loaded once per item
+  constexpr int kPassRows = G::kThreads / G::kRowChunks;  // rows one pass of the CTA's chunks covers
+  static_assert(G::kThreads % G::kRowChunks == 0 && kCols % kPassRows == 0 && kBlockRows % kPassRows == 0,
+                "whole rows per pass");
+  const int my_row = tid / G::kRowChunks, my_chunk = tid % G::kRowChunks;
+  const int my_smem = my_row * kPitch + my_chunk * G::kChunk;
+  const int64_t pass_stride = kPassRows * p.ld;
 
   for (int64_t item = blockIdx.x; item < p.plan.items(); item += gridDim.x) {
     const plan::WorkItem w = plan::work_item(p.plan, item);
     const int64_t row0 = p.row_start + w.row_block * kBlockRows;
     const int64_t warp_row0 = row0 + warp * RowSlice::kRows;
-    const int64_t stages = (w.end_tile - w.first_tile) * p.windows;
-    auto tile_col0 = [&](int64_t tile) {
-      return tile < p.x_tiles ? tile * kCols : p.queue_start + (tile - p.x_tiles) * kCols;
+    // Tiles relative to the item's first one, in 32 bits (the launcher checks the count).
+    const int tiles = int(w.end_tile - w.first_tile);
+    const int stages = tiles * int(p.windows);
+    const int x_tiles = int(std::min<int64_t>(std::max<int64_t>(p.x_tiles - w.first_tile, 0), tiles));
+    const int windows = int(p.windows);
+    auto tile_col0 = [&](int tile) {
+      const int64_t f = w.first_tile + tile;
+      return tile < x_tiles ? f * kCols : p.queue_start + (f - p.x_tiles) * kCols;
     };
     // Stage s: column tile first_tile + s / windows, its window number s % windows.
-    auto issue = [&](int64_t tile, int64_t step, int buffer) {
-      const int64_t win = plan::window_at(w.slice, step, p.windows);
+    // Stage loads: this thread's 16-byte chunks are column my_chunk of rows my_row,
+    // my_row + kPassRows, ... (static trip counts: no loop inside the main loop).
+    auto copy_rows = [&](op_t* dst, const op_t* src, auto rows) {
+#pragma unroll
+      for (int i = 0; i < decltype(rows)::value / kPassRows; ++i) {
+        copy_async_16(dst + i * kPassRows * kPitch, src + i * pass_stride);
+      }
+    };
+    auto issue = [&](int tile, int step, int win, int buffer) {
       const int64_t col0 = tile_col0(tile);
-      op_t* kb = kbuf + buffer * (G::kKBytes / sizeof(op_t));
-      for (int c = tid; c < kCols * G::kRowChunks; c += G::kThreads) {
-        const int r = c / G::kRowChunks, ch = c % G::kRowChunks;
-        copy_async_16(kb + r * kPitch + ch * G::kChunk,
-                      p.z + (col0 + r) * p.ld + win * G::kWindow + ch * G::kChunk);
+      const int64_t thread_offset = my_row * p.ld + int64_t(win) * G::kWindow + my_chunk * G::kChunk;
+      copy_rows(kbuf + buffer * (G::kKBytes / sizeof(op_t)) + my_smem, p.z + col0 * p.ld + thread_offset,
+                std::integral_constant<int, kCols>{});
+      constexpr int kTermChunks = kCols * int(sizeof(acc_t)) / 16;
+      if (step == p.windows - 1 && tid < kTermChunks) {
+        copy_async_16(sqbuf + buffer * kCols + tid * (16 / sizeof(acc_t)), p.term + col0 + tid * (16 / sizeof(acc_t)));
       }
-      if (step == p.windows - 1) {
-        constexpr int kSqChunks = kCols * int(sizeof(acc_t)) / 16;
-        for (int c = tid; c < kSqChunks; c += G::kThreads) {
-          copy_async_16(sqbuf + buffer * kCols + c * (16 / sizeof(acc_t)), p.sq + col0 + c * (16 / sizeof(acc_t)));
-        }
-      }
-      if (!resident || (tile == w.first_tile && step == 0)) {
-        op_t* qb = qbuf + (resident ? 0 : buffer) * (G::kQBytes / sizeof(op_t));
-        for (int c = tid; c < kBlockRows * G::kRowChunks; c += G::kThreads) {
-          const int r = c / G::kRowChunks, ch = c % G::kRowChunks;
-          copy_async_16(qb + r * kPitch + ch * G::kChunk,
-                        p.z + (row0 + r) * p.ld + win * G::kWindow + ch * G::kChunk);
-        }
+      if (!resident || (tile == 0 && step == 0)) {
+        copy_rows(qbuf + (resident ? 0 : buffer) * (G::kQBytes / sizeof(op_t)) + my_smem,
+                  p.z + row0 * p.ld + thread_offset, std::integral_constant<int, kBlockRows>{});
       }
       copy_async_commit();
     };
@@ -145,7 +154,7 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
     // The lane's two rows (slots 0 and 1) and their state.
     acc_t row_term[2], m[2];
     for (int slot = 0; slot < 2; ++slot) {
-      row_term[slot] = -p.c1 * p.sq[warp_row0 + g + 8 * slot];
+      row_term[slot] = p.term[warp_row0 + g + 8 * slot];
       m[slot] = kOnline ? negative_infinity<acc_t>() : acc_t(0);
     }
     acc_t s[Mma::kS], o[Mma::kO], l[Mma::kL];
@@ -155,29 +164,44 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
     for (int e = 0; e < Mma::kL; ++e) l[e] = 0;
 
     __syncthreads();  // the previous item's warps are done with every buffer
-    if (stages > 0) issue(w.first_tile, 0, 0);
-    int64_t tile = w.first_tile, step = 0;
-    int64_t next_tile = w.first_tile + (p.windows == 1 ? 1 : 0), next_step = p.windows == 1 ? 0 : 1;
-    bool active = false, masked = false, x_cols = false;
-    int64_t col0 = 0, valid_end = 0;
-    for (int64_t st = 0; st < stages; ++st) {
+    if (stages > 0) issue(0, 0, int(plan::window_at(w.slice, 0, windows)), 0);
+    int tile = 0, step = 0;
+    // The stage after this one: its tile, step and feature window (plan::window_at,
+    // advanced without a division).
+    int next_tile = windows == 1 ? 1 : 0;
+    int next_step = windows == 1 ? 0 : 1;
+    int next_win = int(plan::window_at(w.slice, next_step, windows));
+    // This part's column blocks against the warp's rows, per region, for the whole item.
+    const bool rows_valid = warp_row0 - p.row_start < p.rows;
+    const int64_t part_row = (warp_row0 - p.row_start) / plan::kPartRows;
+    const plan::BlockRange held_x = plan::held_blocks(p.parts, p.rows_are_x, true, part_row, p.parts.x_blocks);
+    const plan::BlockRange held_queue = p.rows_are_x ? plan::held_blocks(p.parts, true, false, part_row, p.parts.queue_blocks)
+                                                     : plan::BlockRange{};
+    bool active = false, diagonal = false, x_cols = false;
+    int diagonal_key[2] = {0, 0};
+    for (int st = 0; st < stages; ++st) {
       const int buffer = int(st & 1);
       copy_async_wait_all();
       __syncthreads();
       if (st + 1 < stages) {
-        issue(next_tile, next_step, buffer ^ 1);
-        if (++next_step == p.windows) next_step = 0, ++next_tile;
+        issue(next_tile, next_step, next_win, buffer ^ 1);
+        if (++next_step == windows) next_step = 0, ++next_tile;
+        if (++next_win == windows) next_win = 0;
       }
       if (step == 0) {
-        col0 = tile_col0(tile);
-        x_cols = tile < p.x_tiles;
-        valid_end = x_cols ? p.x_valid : p.queue_valid;
+        const int64_t col0 = tile_col0(tile);
+        x_cols = tile < x_tiles;
         const int64_t seg0 = x_cols ? 0 : p.queue_start;
-        const bool diagonal = p.rows_are_x && x_cols && col0 < warp_row0 + RowSlice::kRows && warp_row0 < col0 + kCols;
-        masked = diagonal || col0 + kCols > valid_end;
-        active = warp_row0 - p.row_start < p.rows &&
-                 plan::part_holds(p.parts, p.rows_are_x, x_cols, (warp_row0 - p.row_start) / plan::kPartRows,
-                                  (col0 - seg0) / plan::kPartRows);
+        // Pairs past the data have norm term -inf (pack_rows_kernel): only the self pairs
+        // of a diagonal tile need a mask.  Element e is the self pair when its column
+        // offset minus its row offset is warp_row0 - col0, i.e. (elem_col - 2t) ==
+        // diagonal_key[slot] with the lane's parts moved to the key.
+        diagonal = p.rows_are_x && x_cols && col0 < warp_row0 + RowSlice::kRows && warp_row0 < col0 + kCols;
+        for (int slot = 0; slot < 2; ++slot) {
+          diagonal_key[slot] = int(warp_row0 - col0) + Mma::elem_row(lane, slot == 0 ? 0 : Mma::kS - 1) - 2 * t4;
+        }
+        const int u = int((col0 - seg0) / plan::kPartRows);
+        active = rows_valid && (x_cols ? held_x.holds(u) : held_queue.holds(u));
 #pragma unroll
         for (int e = 0; e < Mma::kS; ++e) s[e] = 0;
       }
@@ -187,48 +211,42 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
         Mma::gram(s, qb + warp * RowSlice::kRows * kPitch, kb, kPitch, lane);
       }
       if (active && step == p.windows - 1) {
-        const acc_t* sqt = sqbuf + buffer * kCols;
+        const acc_t* terms = sqbuf + buffer * kCols;
 #pragma unroll
-        for (int e = 0; e < Mma::kS; ++e) {
-          s[e] = plan::exponent2(p.c2, s[e], row_term[Mma::elem_slot(e)], -p.c1 * sqt[Mma::elem_col(lane, e)]);
-        }
-        if (masked) {
-          const bool diagonal = p.rows_are_x && x_cols;
+        for (int e = 0; e < Mma::kS; ++e) s[e] = plan::partial_exponent2(p.c2, s[e], terms[Mma::elem_col(lane, e)]);
+        if (diagonal) {
 #pragma unroll
           for (int e = 0; e < Mma::kS; ++e) {
-            const int64_t col = col0 + Mma::elem_col(lane, e), row = warp_row0 + Mma::elem_row(lane, e);
-            if (col >= valid_end || (diagonal && col == row)) s[e] = negative_infinity<acc_t>();
+            if (Mma::elem_col(lane, e) - 2 * t4 == diagonal_key[Mma::elem_slot(e)]) s[e] = negative_infinity<acc_t>();
           }
         }
+        acc_t bias[2] = {row_term[0], row_term[1]};  // the static shift 0
         if constexpr (kOnline) {
           acc_t tile_max[2] = {negative_infinity<acc_t>(), negative_infinity<acc_t>()};
 #pragma unroll
           for (int e = 0; e < Mma::kS; ++e) tile_max[Mma::elem_slot(e)] = fmax(tile_max[Mma::elem_slot(e)], s[e]);
-          acc_t shift[2], scale[2];
+          acc_t scale[2];
 #pragma unroll
           for (int slot = 0; slot < 2; ++slot) {
             tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 1));
             tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 2));
-            const plan::OnlineStep<acc_t> next = plan::online_step(m[slot], tile_max[slot]);
+            const plan::OnlineStep<acc_t> next = plan::online_step(m[slot], tile_max[slot] + row_term[slot]);
             m[slot] = next.max;
-            shift[slot] = next.shift;
+            bias[slot] = plan::weight_bias(row_term[slot], next.shift);
             scale[slot] = next.scale;
           }
-#pragma unroll
-          for (int e = 0; e < Mma::kS; ++e) s[e] = exp2(s[e] - shift[Mma::elem_slot(e)]);
 #pragma unroll
           for (int e = 0; e < Mma::kO; ++e) o[e] *= scale[Mma::out_slot(e)];
 #pragma unroll
           for (int e = 0; e < Mma::kL; ++e) l[e] *= scale[(e >> 1) & 1];
-        } else {
-#pragma unroll
-          for (int e = 0; e < Mma::kS; ++e) s[e] = exp2(s[e]);
         }
+#pragma unroll
+        for (int e = 0; e < Mma::kS; ++e) s[e] = exp2(s[e] + bias[Mma::elem_slot(e)]);
         // x-x pairs are seen from both of their rows: half a pair each in lse.
         const acc_t half = p.rows_are_x && x_cols ? acc_t(0.5) : acc_t(1);
         Mma::product(o, l, s, kb, kPitch, lane, half, p.with_o);
       }
-      if (++step == p.windows) step = 0, ++tile;
+      if (++step == windows) step = 0, ++tile;
     }
 
     // The item's partials: the shift and sums of each row (lanes t == 0 hold columns 0
@@ -263,11 +281,12 @@ __device__ __forceinline__ T warp_sum(T v) {
 }
 
 // Padded row p holds data row src(p): x's rows at [0, n), the queue's at
-// [x_pad, x_pad + k), zeros elsewhere and in columns [d, ld).  sq[p] = ||row||^2 of the
-// values as stored (Mma::round_operand), so the distances are those of the operands.
+// [x_pad, x_pad + k), zeros elsewhere and in columns [d, ld).  term[p] = -c1 ||row||^2
+// (c1 = t log2(e)) of the values as stored (Mma::round_operand), so the distances are
+// those of the operands; -inf for a padding row, so that its pairs weigh 0 without a mask.
 template <class Mma, class op_t = typename Mma::op_t, class acc_t = typename Mma::acc_t>
 __global__ void pack_rows_kernel(const op_t* rows, int64_t n, int64_t k, int64_t d, int64_t x_pad,
-                                 int64_t padded_rows, int64_t ld, op_t* z, acc_t* sq) {
+                                 int64_t padded_rows, int64_t ld, acc_t c1, op_t* z, acc_t* term) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t r = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32; r < padded_rows; r += warps) {
@@ -280,7 +299,7 @@ __global__ void pack_rows_kernel(const op_t* rows, int64_t n, int64_t k, int64_t
       s += a * a;
     }
     s = warp_sum(s);
-    if (lane == 0) sq[r] = s;
+    if (lane == 0) term[r] = src >= 0 ? -c1 * s : negative_infinity<acc_t>();
   }
 }
 
@@ -362,7 +381,7 @@ struct PassBuffers {
   size_t m2 = 0, l = 0, lw = 0, a = 0;
 };
 struct Workspace {
-  size_t z = 0, sq = 0, stats = 0, bytes = 0;
+  size_t z = 0, term = 0, stats = 0, bytes = 0;
   PassBuffers x, queue;
   int64_t x_pad = 0, queue_pad = 0, ld = 0, windows = 0;
   plan::PassPlan x_plan, queue_plan;
@@ -389,7 +408,7 @@ Workspace plan_workspace(const UniformProblem& problem) {
     return here;
   };
   w.z = take(size_t(w.x_pad + w.queue_pad) * size_t(w.ld) * sizeof(op_t));
-  w.sq = take(size_t(w.x_pad + w.queue_pad) * sizeof(acc_t));
+  w.term = take(size_t(w.x_pad + w.queue_pad) * sizeof(acc_t));
   w.stats = take(2 * sizeof(double));
   auto pass = [&](const plan::PassPlan& pp, int64_t rows_pad, bool with_o) {
     PassBuffers b;
@@ -428,31 +447,31 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   const Workspace w = plan_workspace<Mma, kBlockRows>(problem);
   unsigned char* base = static_cast<unsigned char*>(workspace);
   op_t* z = reinterpret_cast<op_t*>(base + w.z);
-  acc_t* sq = reinterpret_cast<acc_t*>(base + w.sq);
+  acc_t* term = reinterpret_cast<acc_t*>(base + w.term);
+  // c1 is positive (t > 0 is checked; a t so small that c1 rounds to 0 weighs every pair 1,
+  // as exp(-t d^2) does then), so padding terms are -inf, never NaN.
+  const acc_t c1 = static_cast<acc_t>(problem.t * plan::kLog2E);
   double* stats = reinterpret_cast<double*>(base + w.stats);
   const int64_t padded_rows = w.x_pad + w.queue_pad;
   pack_rows_kernel<Mma><<<grid_for(padded_rows, kSmallThreads / 32), kSmallThreads, 0, stream>>>(
-      static_cast<const op_t*>(problem.rows), problem.n, problem.k, problem.d, w.x_pad, padded_rows, w.ld, z, sq);
+      static_cast<const op_t*>(problem.rows), problem.n, problem.k, problem.d, w.x_pad, padded_rows, w.ld, c1, z, term);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
   PassParams<op_t, acc_t> x;
   x.z = z;
-  x.sq = sq;
+  x.term = term;
   x.ld = w.ld;
   x.row_start = 0;
   x.rows = problem.n;
   x.rows_pad = w.x_pad;
   x.rows_are_x = true;
   x.x_tiles = problem.intra_batch ? w.x_pad / G::kCols : 0;
-  x.x_valid = problem.n;
   x.queue_start = w.x_pad;
-  x.queue_valid = w.x_pad + problem.k;
   x.plan = w.x_plan;
   x.parts = plan::make_parts(problem.n, problem.k, problem.intra_batch, problem.part, problem.num_parts);
   x.windows = w.windows;
   x.with_o = problem.grad_x;
-  x.c1 = static_cast<acc_t>(problem.t * plan::kLog2E);
   x.c2 = static_cast<acc_t>(2 * problem.t * plan::kLog2E);
   auto bind = [&](PassParams<op_t, acc_t>& p, const PassBuffers& b) {
     p.m2 = reinterpret_cast<acc_t*>(base + b.m2);

@@ -37,6 +37,22 @@ void check_parts() {
             for (const P::Parts& p : all) count += P::part_holds(p, rows_x, cols_x, i / P::kPartRows, j / P::kPartRows);
             return count;
           };
+          // The held column blocks of each row block are one range per region.
+          const int64_t xb = P::ceil_div(n, 64), qb = P::ceil_div(k, 64);
+          for (const P::Parts& p : all) {
+            for (int64_t a = 0; a < xb; ++a) {
+              const P::BlockRange rx = P::held_blocks(p, true, true, a, xb), rq = P::held_blocks(p, true, false, a, qb);
+              for (int64_t b = 0; b < xb && intra; ++b)
+                expect(rx.holds(b) == P::part_holds(p, true, true, a, b), "x range == part_holds", double(a), double(b));
+              for (int64_t b = 0; b < qb; ++b)
+                expect(rq.holds(b) == P::part_holds(p, true, false, a, b), "queue range == part_holds", double(a), double(b));
+            }
+            for (int64_t a = 0; a < qb; ++a) {
+              const P::BlockRange r = P::held_blocks(p, false, true, a, xb);
+              for (int64_t b = 0; b < xb; ++b)
+                expect(r.holds(b) == P::part_holds(p, false, true, a, b), "queue pass range == part_holds", double(a), double(b));
+            }
+          }
           for (int64_t i = 0; i < n; i += 7) {
             if (intra)
               for (int64_t j = i + 1; j < n; j += 5) {
@@ -118,13 +134,14 @@ Result emulate(const std::vector<double>& z, int64_t n, int64_t k, int64_t d, do
       for (int64_t j = c0; j < std::min(c0 + kCols, c_end); ++j) {
         T g = 0;
         for (int64_t c = 0; c < d; ++c) g += T(z[i * d + c]) * T(z[j * d + c]);
-        e.push_back(j == i ? -std::numeric_limits<T>::infinity() : P::exponent2(c2, g, -c1 * sq[i], -c1 * sq[j]));
+        e.push_back(j == i ? -std::numeric_limits<T>::infinity() : P::partial_exponent2(c2, g, -c1 * sq[j]));
       }
-      T shift = 0, scale = 1;
+      const T row_term = -c1 * sq[i];
+      T bias = P::weight_bias(row_term, T(0)), scale = 1;
       if (online) {
-        const P::OnlineStep<T> s = P::online_step(p.m2, *std::max_element(e.begin(), e.end()));
+        const P::OnlineStep<T> s = P::online_step(p.m2, *std::max_element(e.begin(), e.end()) + row_term);
         p.m2 = s.max;
-        shift = s.shift;
+        bias = P::weight_bias(row_term, s.shift);
         scale = s.scale;
       }
       const T half = row_x && cols_x ? T(0.5) : T(1);
@@ -132,7 +149,7 @@ Result emulate(const std::vector<double>& z, int64_t n, int64_t k, int64_t d, do
       p.lw *= scale;
       for (T& v : p.a) v *= scale;
       for (size_t jj = 0; jj < e.size(); ++jj) {
-        const T w = std::exp2(e[jj] - shift);
+        const T w = std::exp2(e[jj] + bias);
         p.l += w;
         p.lw += half * w;
         for (int64_t c = 0; c < d; ++c) p.a[c] += w * T(z[(c0 + int64_t(jj)) * d + c]);
