@@ -10,7 +10,8 @@ lanes / (16 x columns).  Out-of-line paths (BRA.DIV fallbacks) are not in the co
     python tools/sass_loop_stats.py --arch 90 --sass FILE --res-usage FILE [--limit 16]
 
 prints one line per uniformity row kernel and exits 1 when a kernel spills, has a stack
-frame, or (bf16, fp16, tf32) has more than --limit non-tensor-core instructions per pair.
+frame, or (bf16, fp16, tf32) has more than --limit non-tensor-core instructions per pair
+(--budget warn reports the last without failing).
 """
 
 import argparse
@@ -146,6 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sass", required=True)
     parser.add_argument("--res-usage", required=True)
     parser.add_argument("--limit", type=float, default=16.0)
+    parser.add_argument("--budget", choices=("fail", "warn"), default="fail",
+                        help="warn: report kernels over --limit without failing")
     args = parser.parse_args(argv)
     with open(args.sass) as f:
         sass = f.read()
@@ -155,9 +158,11 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     if not lines:
         failures.append(f"sm_{args.arch}: no uniformity row kernel found")
+    over = [f for f in failures if "per pair >" in f]
+    hard = [f for f in failures if f not in over or args.budget == "fail"]
     for failure in failures:
-        print(f"FAIL {failure}")
-    return 1 if failures else 0
+        print(f"{'FAIL' if failure in hard else 'OVER BUDGET (not enforced)'} {failure}")
+    return 1 if hard else 0
 
 
 if __name__ == "__main__":

@@ -445,6 +445,10 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   using op_t = typename Mma::op_t;
   using acc_t = typename Mma::acc_t;
   const Workspace w = plan_workspace<Mma, kBlockRows>(problem);
+  // The row kernel counts an item's stages in 32 bits.
+  for (const plan::PassPlan* pp : {&w.x_plan, &w.queue_plan}) {
+    if (pp->tiles_per_split * w.windows >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+  }
   unsigned char* base = static_cast<unsigned char*>(workspace);
   op_t* z = reinterpret_cast<op_t*>(base + w.z);
   acc_t* term = reinterpret_cast<acc_t*>(base + w.term);
