@@ -19,7 +19,7 @@ import statistics
 
 import torch
 
-from cuda_bars import unit_rows  # benchmarks/, this script's directory
+from cuda_bars import cuda_times, unit_rows  # benchmarks/, this script's directory
 
 CASES = [  # name, dtype, n, queue rows, bar in ms
     ("cuda_uniform_bf16_65536", torch.bfloat16, 65536, 0, 7.0),
@@ -29,17 +29,7 @@ CASES = [  # name, dtype, n, queue rows, bar in ms
 
 
 def median_ms(fn, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+    return statistics.median(cuda_times(fn, reps, warmup))
 
 
 def main():
