@@ -112,19 +112,25 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
   const int my_row = tid / G::kRowChunks, my_chunk = tid % G::kRowChunks;
   const int my_smem = my_row * kPitch + my_chunk * G::kChunk;
   const int64_t pass_stride = kPassRows * p.ld;
+  const int64_t thread_offset = my_row * p.ld + my_chunk * G::kChunk;
 
   for (int64_t item = blockIdx.x; item < p.plan.items(); item += gridDim.x) {
     const plan::WorkItem w = plan::work_item(p.plan, item);
     const int64_t row0 = p.row_start + w.row_block * kBlockRows;
     const int64_t warp_row0 = row0 + warp * RowSlice::kRows;
+    const op_t* const block_rows = p.z + row0 * p.ld + thread_offset;
     // Tiles relative to the item's first one, in 32 bits (the launcher checks the count).
     const int tiles = int(w.end_tile - w.first_tile);
     const int stages = tiles * int(p.windows);
     const int x_tiles = int(std::min<int64_t>(std::max<int64_t>(p.x_tiles - w.first_tile, 0), tiles));
     const int windows = int(p.windows);
+    // A tile's first column within its region (x's columns or the queue's), in 32 bits
+    // (the launcher checks that the rows fit), and in the padded rows.
+    auto region_col0 = [&](int tile) {
+      return (int(w.first_tile) + tile - (tile < x_tiles ? 0 : int(p.x_tiles))) * kCols;
+    };
     auto tile_col0 = [&](int tile) {
-      const int64_t f = w.first_tile + tile;
-      return tile < x_tiles ? f * kCols : p.queue_start + (f - p.x_tiles) * kCols;
+      return (tile < x_tiles ? 0 : p.queue_start) + int64_t(region_col0(tile));
     };
     // Stage s: column tile first_tile + s / windows, its window number s % windows.
     // Stage loads: this thread's 16-byte chunks are column my_chunk of rows my_row,
@@ -135,18 +141,17 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
         copy_async_16(dst + i * kPassRows * kPitch, src + i * pass_stride);
       }
     };
-    auto issue = [&](int tile, int step, int win, int buffer) {
-      const int64_t col0 = tile_col0(tile);
-      const int64_t thread_offset = my_row * p.ld + int64_t(win) * G::kWindow + my_chunk * G::kChunk;
-      copy_rows(kbuf + buffer * (G::kKBytes / sizeof(op_t)) + my_smem, p.z + col0 * p.ld + thread_offset,
+    // `tile_rows`: this thread's first chunk of the tile's rows (window 0), and their terms.
+    auto issue = [&](const op_t* tile_rows, const acc_t* tile_terms, bool first, int step, int win, int buffer) {
+      copy_rows(kbuf + buffer * (G::kKBytes / sizeof(op_t)) + my_smem, tile_rows + win * G::kWindow,
                 std::integral_constant<int, kCols>{});
       constexpr int kTermChunks = kCols * int(sizeof(acc_t)) / 16;
-      if (step == p.windows - 1 && tid < kTermChunks) {
-        copy_async_16(sqbuf + buffer * kCols + tid * (16 / sizeof(acc_t)), p.term + col0 + tid * (16 / sizeof(acc_t)));
+      if (step == windows - 1 && tid < kTermChunks) {
+        copy_async_16(sqbuf + buffer * kCols + tid * (16 / sizeof(acc_t)), tile_terms + tid * (16 / sizeof(acc_t)));
       }
-      if (!resident || (tile == 0 && step == 0)) {
+      if (!resident || first) {
         copy_rows(qbuf + (resident ? 0 : buffer) * (G::kQBytes / sizeof(op_t)) + my_smem,
-                  p.z + row0 * p.ld + thread_offset, std::integral_constant<int, kBlockRows>{});
+                  block_rows + win * G::kWindow, std::integral_constant<int, kBlockRows>{});
       }
       copy_async_commit();
     };
@@ -164,15 +169,29 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
     for (int e = 0; e < Mma::kL; ++e) l[e] = 0;
 
     __syncthreads();  // the previous item's warps are done with every buffer
-    if (stages > 0) issue(0, 0, int(plan::window_at(w.slice, 0, windows)), 0);
+    // The next stage's tile as pointers, advanced by a tile (or to the queue's first).
+    const op_t* next_rows = p.z + tile_col0(0) * p.ld + thread_offset;
+    const acc_t* next_terms = p.term + tile_col0(0);
+    const op_t* const queue_rows = p.z + p.queue_start * p.ld + thread_offset;
+    const int64_t tile_stride = int64_t(kCols) * p.ld;
+    if (stages > 0) issue(next_rows, next_terms, true, 0, int(plan::window_at(w.slice, 0, windows)), 0);
     int tile = 0, step = 0;
     // The stage after this one: its tile, step and feature window (plan::window_at,
     // advanced without a division).
-    int next_tile = windows == 1 ? 1 : 0;
-    int next_step = windows == 1 ? 0 : 1;
+    int next_tile = 0, next_step = 0;
+    auto advance = [&] {
+      if (++next_step < windows) return;
+      next_step = 0;
+      ++next_tile;
+      const bool to_queue = next_tile == x_tiles;
+      next_rows = to_queue ? queue_rows : next_rows + tile_stride;
+      next_terms = to_queue ? p.term + p.queue_start : next_terms + kCols;
+    };
+    advance();
     int next_win = int(plan::window_at(w.slice, next_step, windows));
     // This part's column blocks against the warp's rows, per region, for the whole item.
     const bool rows_valid = warp_row0 - p.row_start < p.rows;
+    const int warp_x_row = int(warp_row0 - p.row_start);  // the warp's first row within its pass
     const int64_t part_row = (warp_row0 - p.row_start) / plan::kPartRows;
     const plan::BlockRange held_x = plan::held_blocks(p.parts, p.rows_are_x, true, part_row, p.parts.x_blocks);
     const plan::BlockRange held_queue = p.rows_are_x ? plan::held_blocks(p.parts, true, false, part_row, p.parts.queue_blocks)
@@ -184,23 +203,23 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
       copy_async_wait_all();
       __syncthreads();
       if (st + 1 < stages) {
-        issue(next_tile, next_step, next_win, buffer ^ 1);
-        if (++next_step == windows) next_step = 0, ++next_tile;
+        issue(next_rows, next_terms, false, next_step, next_win, buffer ^ 1);
+        advance();
         if (++next_win == windows) next_win = 0;
       }
       if (step == 0) {
-        const int64_t col0 = tile_col0(tile);
+        const int col0 = region_col0(tile);
         x_cols = tile < x_tiles;
-        const int64_t seg0 = x_cols ? 0 : p.queue_start;
         // Pairs past the data have norm term -inf (pack_rows_kernel): only the self pairs
         // of a diagonal tile need a mask.  Element e is the self pair when its column
         // offset minus its row offset is warp_row0 - col0, i.e. (elem_col - 2t) ==
         // diagonal_key[slot] with the lane's parts moved to the key.
-        diagonal = p.rows_are_x && x_cols && col0 < warp_row0 + RowSlice::kRows && warp_row0 < col0 + kCols;
+        const int offset = warp_x_row - col0;  // x pass: the warp's first row less the tile's first column
+        diagonal = p.rows_are_x && x_cols && offset > -kCols && offset < RowSlice::kRows;
         for (int slot = 0; slot < 2; ++slot) {
-          diagonal_key[slot] = int(warp_row0 - col0) + Mma::elem_row(lane, slot == 0 ? 0 : Mma::kS - 1) - 2 * t4;
+          diagonal_key[slot] = offset + Mma::elem_row(lane, slot == 0 ? 0 : Mma::kS - 1) - 2 * t4;
         }
-        const int u = int((col0 - seg0) / plan::kPartRows);
+        const int u = col0 / int(plan::kPartRows);
         active = rows_valid && (x_cols ? held_x.holds(u) : held_queue.holds(u));
 #pragma unroll
         for (int e = 0; e < Mma::kS; ++e) s[e] = 0;
@@ -445,7 +464,8 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   using op_t = typename Mma::op_t;
   using acc_t = typename Mma::acc_t;
   const Workspace w = plan_workspace<Mma, kBlockRows>(problem);
-  // The row kernel counts an item's stages in 32 bits.
+  // The row kernel counts an item's stages, and rows within a pass, in 32 bits.
+  if (w.x_pad + w.queue_pad >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
   for (const plan::PassPlan* pp : {&w.x_plan, &w.queue_plan}) {
     if (pp->tiles_per_split * w.windows >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
   }
