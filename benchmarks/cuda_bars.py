@@ -28,9 +28,8 @@ pass and the backward only scales it).
 4. Peers at N = 65536 (pyhypersphere.bench.impls: KeOps LazyTensor log-sum-exp, compiled
    FlexAttention with q = k = x and the diagonal masked), fwd+bwd, same inputs.
 5. A MoCo queue shape: --queue-n rows against a --queue-k queue (a buffer, no gradient),
-   fwd+bwd, per backend, the CUDA kernels also without side groups
-   (PYHS_CUDA_SIDE_GROUPS=0; automatic is the default) (issue 9's
-   bar: under 0.5 ms at N = 256, K = 65536 on an H100).
+   fwd+bwd, per backend (issue 9's bar: under 0.5 ms at N = 256, K = 65536 on an H100;
+   issue 24's: 0.4 ms, benchmarks/uniform_gpu_bars.py).
 6. Extra GPU memory of every call: torch.cuda.max_memory_allocated() during the call
    minus the memory allocated before it (inputs excluded), in MiB and in units of the
    input rows (N * d * element size).
@@ -233,17 +232,6 @@ def queue_section(rows, backends, args):
             for backend, loss in backends.items():
                 measure(rows, f"pyhypersphere {backend} {name} queue K={args.queue_k}",
                         lambda v, loss=loss: loss(v, queue=queue), x, args.reps)
-                if backend == "cuda":  # and without the side groups (docs/cuda.md)
-                    before = os.environ.get("PYHS_CUDA_SIDE_GROUPS")
-                    os.environ["PYHS_CUDA_SIDE_GROUPS"] = "0"
-                    try:
-                        measure(rows, f"pyhypersphere cuda no side groups {name} queue K={args.queue_k}",
-                                lambda v, loss=loss: loss(v, queue=queue), x, args.reps)
-                    finally:
-                        if before is None:
-                            del os.environ["PYHS_CUDA_SIDE_GROUPS"]
-                        else:
-                            os.environ["PYHS_CUDA_SIDE_GROUPS"] = before
             del x, queue
 
 

@@ -1,15 +1,15 @@
 """The GPU bars of issues 23 and 24, side by side in one run, into one JSON list.
 
-    python benchmarks/gpu_bars.py --json docs/gpu_bars.json                    # Triton kernels
-    PYHYPERSPHERE_GPU_BACKEND=cuda python benchmarks/gpu_bars.py --json docs/gpu_bars.json --prefix cuda_
+    python benchmarks/gpu_bars.py --json docs/gpu_bars.json
 
 Each entry is {"case", "device", "ms", "peer", "peer_ms", "bar_ms", "meets_bar"}: forward+
 backward medians (CUDA events, L2 flushed: pyhypersphere.bench.timing), d = 128.  The
-backend serving CUDA tensors is chosen at import by PYHYPERSPHERE_GPU_BACKEND, so each
-backend is its own invocation; entries already in the file for other cases or devices are
-kept, so two invocations build one file.  `--device cpu --scale N` runs every case at 1/N
-of its rows on the CPU: the script's own smoke test (tests/test_gpu_bars_script.py), no
-figure.
+public losses run on the backend PYHYPERSPHERE_GPU_BACKEND picks; the `cuda_` cases call
+the C++ CUDA kernel through the CUDA build's test entry and the Triton launcher directly,
+in the same process, whatever that choice (the op's value and x's gradient, no autograd).
+Entries already in the file for other cases or devices are kept.  `--device cpu --scale
+N` runs the public-API cases at 1/N of their rows on the CPU: the script's own smoke test
+(tests/test_gpu_bars_script.py), no figure.
 """
 
 import argparse
@@ -42,8 +42,12 @@ CASES = {
     **{f"{loss}_{p}_16384": (loss, 16384, 0, p, None, "dense") for loss in ("nt_xent", "info_nce", "clip")
        for p in ("bf16", "fp32")},
 }
-# Issue 24's bars for the C++ CUDA kernels (--prefix cuda_); the other cases keep their bar.
-CUDA_BARS = {"uniform_bf16_65536": 7.0, "uniform_fp32_65536": 25.0, "moco_bf16_256x65536": 0.4}
+# Issue 24's bars: the C++ CUDA kernel, with the Triton kernel as its peer.
+CUDA_KERNEL_CASES = {
+    "cuda_uniform_bf16_65536": (65536, 0, "bf16", 7.0),
+    "cuda_uniform_fp32_65536": (65536, 0, "fp32", 25.0),
+    "cuda_moco_bf16_256x65536": (256, 65536, "bf16", 0.4),
+}
 # Contrastive bars are ratios to the dense formula: bf16 >= 3x, float32 >= 1.5x.
 PEER_RATIO = {"bf16": 3.0, "fp32": 1.5}
 DENSE = {"nt_xent": dense_nt_xent, "info_nce": dense_info_nce, "clip": dense_clip}
@@ -109,12 +113,25 @@ def case_steps(case, device, scale):
     return fused, fwd_bwd(lambda a, b: DENSE[loss](a, b, TAU), [x, y])
 
 
-def run_case(case, device, scale, prefix):
-    loss, _, _, precision, bar, peer = CASES[case]
-    if prefix == "cuda_":
-        bar = CUDA_BARS.get(case)
+def kernel_steps(case):
+    """(C++ CUDA kernel step, Triton kernel step) for one of CUDA_KERNEL_CASES."""
+    from pyhypersphere.triton_kernels.uniform import uniform_lse as triton_uniform_lse
+
+    rows, queue_rows, precision, _ = CUDA_KERNEL_CASES[case]
+    x = unit_rows(rows, DTYPES[precision], "cuda", 0)
+    queue = unit_rows(queue_rows, DTYPES[precision], "cuda", 1) if queue_rows else None
+    cuda_kernel = torch.ops.pyhypersphere_cuda_testing.uniform_lse_with  # max_ctas, block_rows 0: the launcher's
+    return (lambda: cuda_kernel(x, queue, T, True, 0, 1, True, False, 0, 0),
+            lambda: triton_uniform_lse(x, queue, T, True, 0, 1, True, False))
+
+
+def run_case(case, device, scale):
+    if case in CUDA_KERNEL_CASES:
+        precision, bar, peer = CUDA_KERNEL_CASES[case][2], CUDA_KERNEL_CASES[case][3], "triton"
+    else:
+        _, _, _, precision, bar, peer = CASES[case]
     with matmul_precision(precision):
-        fused, peer_step = case_steps(case, device, scale)
+        fused, peer_step = kernel_steps(case) if case in CUDA_KERNEL_CASES else case_steps(case, device, scale)
         ms = time_ms(fused, device)
         peer_ms = time_ms(peer_step, device) if peer_step else None
     if bar is not None:
@@ -125,7 +142,7 @@ def run_case(case, device, scale, prefix):
         meets = ms < peer_ms
     else:
         meets = None
-    return {"case": prefix + case, "device": device_name(device), "ms": ms, "peer": peer, "peer_ms": peer_ms,
+    return {"case": case, "device": device_name(device), "ms": ms, "peer": peer, "peer_ms": peer_ms,
             "bar_ms": bar, "meets_bar": meets}
 
 
@@ -145,30 +162,29 @@ def main(argv=None):
     parser.add_argument("--json", type=Path, required=True, help="the JSON list to write (merged)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--scale", type=int, default=1, help="divide every case's rows by this (CPU smoke test)")
-    parser.add_argument("--prefix", default="", choices=("", "cuda_"),
-                        help="cuda_: name the cases as the C++ CUDA kernels' (run with PYHYPERSPHERE_GPU_BACKEND=cuda)")
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of the cases")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated subset of the cases (default: all that run on the device)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_bars: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
-    if args.prefix == "cuda_" and ph.build_info()["gpu_backend"] != "cuda":
-        print("gpu_bars: --prefix cuda_ needs PYHYPERSPHERE_GPU_BACKEND=cuda and a CUDA build "
-              f"(the backend is {ph.build_info()['gpu_backend']})", file=sys.stderr)
-        return 2
-    cases = [c for c in args.cases.split(",") if c]
-    unknown = [c for c in cases if c not in CASES]
+    with_cuda_kernels = bool(ph.build_info()["with_cuda"]) and args.device == "cuda"
+    default = [*CASES, *(CUDA_KERNEL_CASES if with_cuda_kernels else ())]
+    cases = default if args.cases is None else [c for c in args.cases.split(",") if c]
+    unknown = [c for c in cases if c not in CASES and c not in CUDA_KERNEL_CASES]
     if unknown:
-        print(f"gpu_bars: unknown cases {unknown}; expected some of {', '.join(CASES)}", file=sys.stderr)
+        print(f"gpu_bars: unknown cases {unknown}; expected some of {', '.join([*CASES, *CUDA_KERNEL_CASES])}",
+              file=sys.stderr)  # fmt: skip
         return 2
-    if args.prefix == "cuda_":
-        cases = [c for c in cases if c.startswith(("uniform", "moco"))]  # the C++ CUDA kernels: uniformity only
+    if not with_cuda_kernels and any(c in CUDA_KERNEL_CASES for c in cases):
+        print("gpu_bars: the cuda_ cases need a CUDA device and a CUDA build of pyhypersphere", file=sys.stderr)
+        return 2
     entries = []
     for case in cases:
         try:
-            entry = run_case(case, args.device, args.scale, args.prefix)
+            entry = run_case(case, args.device, args.scale)
         except torch.OutOfMemoryError as e:  # recorded, and the others still run
-            entry = {"case": args.prefix + case, "device": device_name(args.device), "error": f"out of memory: {e}"}
+            entry = {"case": case, "device": device_name(args.device), "error": f"out of memory: {e}"}
         entries.append(entry)
         print(json.dumps(entry), flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@
 # Stages (GPU_RUN_STAGES picks; default all three):
 #   build  the extension with its CUDA kernels in place (setup.py build_ext --inplace,
 #          TORCH_CUDA_ARCH_LIST, default 9.0) and the kernels-only CMake build (smoke test,
-#          tile tests), side by side; skipped when .gpubuild/gpubuild.tgz holds a build of
+#          host tests), side by side; skipped when .gpubuild/gpubuild.tgz holds a build of
 #          the same sources (it is written to $OUT after a build, to be carried back);
 #   check  side by side: tests/test_cuda.py, tests/test_triton*.py on CUDA tensors, the
 #          CUDA tests through the Triton backend, the rest of the suite (its CUDA cases),
@@ -17,9 +17,9 @@
 #   bench  one at a time: uniform_bench_cuda, benchmarks/cuda_bars.py (both backends,
 #          N = 1,048,576, a queue shape), the `pyhypersphere bench --device cuda` sweep, the
 #          peers (FlexAttention, KeOps) each case in its own process; GPU_RUN_BENCH lists
-#          the items and their order (standalone bars sweep_float32 sweep_bfloat16
-#          contrastive_clip contrastive_nt_xent peers; also variants: the kernel's knobs
-#          against its defaults);
+#          the items and their order (uniform_bars: the bars of issues 23 and 24 by
+#          benchmarks/gpu_bars.py, into $OUT/gpu_bars.json for docs/gpu_bars.json; standalone bars
+#          sweep_float32 sweep_bfloat16 contrastive_clip contrastive_nt_xent peers);
 #   profile  ncu (hardware counters, stall reasons) over one call per case of
 #          GPU_RUN_PROFILE_CASES (loss:backend:dtype:grad|no-grad[:K]), N = GPU_RUN_PROFILE_N,
 #          or with a K-row queue MoCo's N = 256 (runs between check and bench);
@@ -92,8 +92,8 @@ if [[ " $STAGES " == *" build "* ]]; then
     wait
     echo "$hash" >.gpubuild-hash
     tar czf "$OUT/gpubuild.tgz" pyhypersphere/_C*.so .gpubuild-hash \
-      $KBUILD/uniform_bench_cuda $KBUILD/tile_order_test $KBUILD/tile_size_test $KBUILD/tile_elements_test \
-      $KBUILD/tile_states_test 2>>"$LOG/build_ext.log"
+      $KBUILD/uniform_bench_cuda $KBUILD/mma_layout_test $KBUILD/rowblock_plan_test $KBUILD/tile_size_test \
+      2>>"$LOG/build_ext.log"
   fi
   $PY -c "import json, pyhypersphere; print(json.dumps(pyhypersphere.build_info()))" >"$LOG/build_info.log" 2>&1
   tail -1 "$LOG/build_info.log" | cut -c1-300 >>"$SUMMARY"
@@ -122,7 +122,7 @@ fi
 if [[ " $STAGES " == *" check "* ]]; then
   CAP=${GPU_RUN_CHECK_CAP:-240}
   PT="env OMP_NUM_THREADS=2 $PY -m pytest -q -p no:cacheprovider -rfE"
-  run tile_tests 30 bash -c "$KBUILD/tile_order_test && $KBUILD/tile_size_test && $KBUILD/tile_elements_test && $KBUILD/tile_states_test"
+  run host_tests 30 bash -c "$KBUILD/mma_layout_test && $KBUILD/rowblock_plan_test && $KBUILD/tile_size_test"
   run smoke 60 "$KBUILD/uniform_bench_cuda" --reps 1 --skip-timing
   run test_cuda $CAP $PT -n 4 tests/test_cuda.py -m "not slow" --junitxml="$LOG/test_cuda.xml" &
   run test_triton_cuda $CAP $PT tests/test_triton.py tests/test_triton_contrastive.py &
@@ -159,28 +159,12 @@ fi
 bench_standalone() { run bench_cuda_standalone 60 "$KBUILD/uniform_bench_cuda" --skip-check --reps 5; }
 # Peers separately: KeOps 2.3 segfaulted compiling its float32 formula on the first run.
 bench_bars() { run cuda_bars 200 $PY benchmarks/cuda_bars.py --skip-peers --json "$LOG/cuda_bars.json"; }
-# The tile kernel's knobs against its defaults (docs/cuda.md), bf16 fwd+bwd, each case in
-# its own process, default and knob alternating, twice: MoCo's shape without the side
-# groups; products first at a narrow (N = 8192: rounds of 32 tiles) and a wide schedule.
-bench_variants() {
-  local rep n
-  for rep in 1 2; do
-    run "variant_moco_default_$rep" 40 $PY benchmarks/gpu_profile.py --backend cuda \
-      --dtype bfloat16 --n 256 --queue 65536 --reps 20
-    run "variant_moco_no_side_groups_$rep" 40 env PYHS_CUDA_SIDE_GROUPS=0 $PY benchmarks/gpu_profile.py \
-      --backend cuda --dtype bfloat16 --n 256 --queue 65536 --reps 20
-    for n in 8192 65536; do
-      run "variant_n${n}_default_$rep" 40 $PY benchmarks/gpu_profile.py --backend cuda --dtype bfloat16 \
-        --n "$n" --reps 10
-      run "variant_n${n}_products_first_$rep" 40 env PYHS_CUDA_PRODUCTS_FIRST=1 $PY benchmarks/gpu_profile.py \
-        --backend cuda --dtype bfloat16 --n "$n" --reps 10
-    done
-  done
-  local f
-  for f in "$LOG"/variant_*.log; do
-    [[ -e $f ]] || continue  # every run skipped: the glob stays as written
-    note "$(basename "$f" .log): $(grep -o 'median [0-9.]* ms' "$f" || echo 'no time')"
-  done
+# The bars of issues 23 and 24 (benchmarks/gpu_bars.py): the public losses, and the CUDA row kernel
+# with the Triton kernel side by side in one process, into docs/gpu_bars.json
+# (carried back in $OUT) and the log.
+bench_uniform_bars() {
+  cp docs/gpu_bars.json "$OUT/gpu_bars.json" 2>/dev/null || true
+  run uniform_bars 300 $PY benchmarks/gpu_bars.py --json "$OUT/gpu_bars.json"
 }
 bench_sweep_float32() { sweep float32; }
 bench_sweep_bfloat16() { sweep bfloat16; }
@@ -204,7 +188,7 @@ bench_peers() {
     --no-plot --no-progress --out "$LOG/sweep_peers"
 }
 if [[ " $STAGES " == *" bench "* ]]; then
-  for item in ${GPU_RUN_BENCH:-standalone bars sweep_float32 sweep_bfloat16 contrastive_clip contrastive_nt_xent peers}; do
+  for item in ${GPU_RUN_BENCH:-uniform_bars standalone bars sweep_float32 sweep_bfloat16 contrastive_clip contrastive_nt_xent peers}; do
     if declare -F "bench_$item" >/dev/null; then "bench_$item"; else note "bench item $item: unknown, skipped"; fi
   done
 fi

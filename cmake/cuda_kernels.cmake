@@ -1,13 +1,12 @@
 # The CUDA kernels alone, with the CUDA toolkit only (no torch, no GPU needed to build):
 #   pyhypersphere_cuda_kernels   static library of csrc/cuda/*.cu
 #   uniform_bench_cuda           standalone benchmark + smoke test (needs a GPU to run)
-#   tile_order_test              host test of the kernels' closed-form tile order
-#   tile_size_test               host test of the tile-size rule (uniform_block_rows_for)
-#   tile_elements_test           host test of the tile kernel's element mapping
-#   tile_states_test             host test of the tile kernel's turn rule (states and waits)
+#   mma_layout_test              host test of the fragment layouts against the PTX ISA's
+#   rowblock_plan_test           host test of the work split, parts, merges; host emulation
+#   tile_size_test               host test of the block-size rule (uniform_block_rows_for)
 #
 #   cmake -S . -B build/cmake-cuda -DPYHYPERSPHERE_CUDA_KERNELS_ONLY=ON
-#   cmake --build build/cmake-cuda && build/cmake-cuda/tile_order_test
+#   cmake --build build/cmake-cuda && build/cmake-cuda/mma_layout_test
 #   build/cmake-cuda/uniform_bench_cuda            (on a machine with an sm_80+ GPU)
 #
 # CMAKE_CUDA_ARCHITECTURES defaults to "80;90" (A100, H100), as setup.py's
@@ -36,12 +35,9 @@ target_link_libraries(uniform_bench_cuda PRIVATE pyhypersphere_cuda_kernels)
 target_compile_options(uniform_bench_cuda PRIVATE
                        $<$<COMPILE_LANGUAGE:CUDA>:${PYHYPERSPHERE_NVCC_FLAGS}>)
 
-add_executable(tile_order_test csrc/cuda/tests/tile_order_test.cpp csrc/tile_schedule.cpp)
-target_include_directories(tile_order_test PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/csrc)
+add_executable(mma_layout_test csrc/cuda/tests/mma_layout_test.cpp)
 
-add_executable(tile_elements_test csrc/cuda/tests/tile_elements_test.cpp)
-
-add_executable(tile_states_test csrc/cuda/tests/tile_states_test.cpp)
+add_executable(rowblock_plan_test csrc/cuda/tests/rowblock_plan_test.cpp)
 
 add_executable(tile_size_test csrc/cuda/tests/tile_size_test.cu)
 target_link_libraries(tile_size_test PRIVATE pyhypersphere_cuda_kernels)
@@ -49,7 +45,6 @@ target_compile_options(tile_size_test PRIVATE
                        $<$<COMPILE_LANGUAGE:CUDA>:${PYHYPERSPHERE_NVCC_FLAGS}>)
 
 enable_testing()
-add_test(NAME tile_order_test COMMAND tile_order_test)
+add_test(NAME mma_layout_test COMMAND mma_layout_test)
+add_test(NAME rowblock_plan_test COMMAND rowblock_plan_test)
 add_test(NAME tile_size_test COMMAND tile_size_test)
-add_test(NAME tile_elements_test COMMAND tile_elements_test)
-add_test(NAME tile_states_test COMMAND tile_states_test)

@@ -583,15 +583,13 @@ def test_align_bitwise_reproducible():
         assert torch.equal(other[0], runs[0][0]) and torch.equal(other[1], runs[0][1])
 
 
-# ---------------------------------------------------------------- review fixes (issue 10)
+# ---------------------------------------------------------------- row passes, splits, grids
 
 
 @pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
 @pytest.mark.parametrize("k,num_parts", [(0, 1), (300, 1), (300, 3), (0, 4)])
 def test_loss_without_gradient_matches_reference(mode, k, num_parts):
-    # compute_grad false: each tile adds one total to a chain of tiles 512 apart (no
-    # block's state, no wait on the tile's blocks); here fewer tiles than chains (39 at
-    # most with 128-row blocks, 121 with float64's 64), one each.
+    # No gradient asked for: the row pass skips a_i (the row sums only), one feature slice.
     x = rows_on_device(700, 24, mode.dtype, seed=200 + k + num_parts)
     q = rows_on_device(k, 24, mode.dtype, seed=201) if k else None
     lses = [_ops.uniform_lse(x, q, 2.0, True, p, num_parts, False, False)[0].item()
@@ -604,46 +602,22 @@ def test_loss_without_gradient_matches_reference(mode, k, num_parts):
         assert abs(lses[0] - with_grad) <= mode.lse_atol + mode.lse_rtol * abs(ref_lse)
 
 
-def _run_with_grid(monkeypatch, ctas, x, q, num_parts=1, no_grad=False, intra=True):
-    monkeypatch.setenv("PYHS_CUDA_MAX_CTAS", str(ctas))
+def _run_with(x, q, num_parts=1, no_grad=False, intra=True, max_ctas=0, block_rows=0, grad_queue=None):
+    """The op through the CUDA build's test entry (pyhypersphere_cuda_testing): the row
+    kernel's grid capped at max_ctas CTAs (0: one per work item), block_rows 64 for the
+    kernels of 99 KiB devices (0: the device's)."""
+    op = torch.ops.pyhypersphere_cuda_testing.uniform_lse_with
+    gq = (q is not None and not no_grad) if grad_queue is None else grad_queue
     out = []
     for p in range(num_parts):
-        lse, gx, gq = _ops.uniform_lse(x, q, 2.0, intra, p, num_parts, not no_grad, q is not None and not no_grad)
-        out.append((lse.clone(), gx.clone(), gq.clone()))
+        lse, gx, gqo = op(x, q, 2.0, intra, p, num_parts, not no_grad, gq, max_ctas, block_rows)
+        out.append((lse.clone(), gx.clone(), gqo.clone()))
     return out
 
 
 def _assert_bitwise(a, b):
     for (la, ga, qa), (lb, gb, qb) in zip(a, b):
         assert torch.equal(la, lb) and torch.equal(ga, gb) and torch.equal(qa, qb)
-
-
-@cuda_only
-@pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
-@pytest.mark.parametrize("no_grad", [False, True])
-def test_bitwise_equal_across_grid_sizes(mode, no_grad, monkeypatch):
-    x = rows_on_device(1500, 40, mode.dtype, seed=210)
-    q = rows_on_device(700, 40, mode.dtype, seed=211)
-    full = _run_with_grid(monkeypatch, 0, x, q, no_grad=no_grad)
-    for ctas in (1, 2):
-        _assert_bitwise(_run_with_grid(monkeypatch, ctas, x, q, no_grad=no_grad), full)
-
-
-@cuda_only
-@pytest.mark.parametrize("mode", ["float32", "bfloat16"], indirect=True)
-@pytest.mark.parametrize("n,k,num_parts", [(256, 512 * 128, 1), (3 * 128 - 5, 511 * 128 + 7, 3)])
-def test_ticket_chain_stress(mode, n, k, num_parts, monkeypatch):
-    # Few x blocks against hundreds of queue blocks: every x block is in every round of
-    # the rectangle, so without side groups (off here; they are the default) its updates
-    # form one long ticket chain; odd block counts and parts that cut a round in the
-    # middle.  Values, run-to-run and grid-size equality.
-    monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", "0")
-    x = rows_on_device(n, 8, mode.dtype, seed=220 + n)
-    q = rows_on_device(k, 8, mode.dtype, seed=221 + n)
-    first = _run_with_grid(monkeypatch, 0, x, q, num_parts)
-    _assert_bitwise(_run_with_grid(monkeypatch, 0, x, q, num_parts), first)
-    _assert_bitwise(_run_with_grid(monkeypatch, 3, x, q, num_parts), first)
-    _assert_parts_match_reference(mode, first, x, q, intra=True)
 
 
 def _assert_parts_match_reference(mode, parts, x, q, intra):
@@ -656,136 +630,80 @@ def _assert_parts_match_reference(mode, parts, x, q, intra):
     ref_lse, ref_gx, ref_gq = reference_lse_grad(x, q, 2.0, intra)
     assert abs(combined - ref_lse) <= 2 * (mode.lse_atol + mode.lse_rtol * abs(ref_lse))
     assert rel_err(gx, ref_gx) <= 2 * mode.grad_rtol
-    if q is not None:
+    if q is not None and parts[0][2].numel():
         gq = sum(w * p[2].double() for w, p in zip(weights, parts))
         assert rel_err(gq, ref_gq) <= 2 * mode.grad_rtol
 
 
-def _run_side_groups(monkeypatch, groups, ctas, x, q, num_parts, intra=True, no_grad=False):
-    monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", groups)
-    return _run_with_grid(monkeypatch, ctas, x, q, num_parts, no_grad=no_grad, intra=intra)
-
-
 @cuda_only
-@pytest.mark.parametrize("mode", ["float64", "float32", "bfloat16"], indirect=True)
-@pytest.mark.parametrize("groups", ["2", "7", "auto"])
-@pytest.mark.parametrize("n,k,num_parts,intra", [
-    (256, 512 * 128, 1, True),            # MoCo's shape: x the small side
-    (3 * 128 - 5, 61 * 128 + 7, 3, True),  # odd block counts, parts cutting a round
-    (61 * 128 + 7, 3 * 128 - 5, 2, True),  # the queue the small side
-    (300, 9 * 128 + 1, 1, False),         # no pairs within x
-    (640, 640, 1, True),                  # as many x blocks as queue blocks: x the small side
-])
-def test_side_groups(mode, groups, n, k, num_parts, intra, monkeypatch):
-    # PYHS_CUDA_SIDE_GROUPS: the small side's private states per group of the other side's
-    # blocks, merged after the tiles.  Values and gradients against float64, run-to-run
-    # and grid-size equality, and agreement with the ungrouped kernel to rounding.
-    x = rows_on_device(n, 8, mode.dtype, seed=250 + n)
-    q = rows_on_device(k, 8, mode.dtype, seed=251 + n)
-    first = _run_side_groups(monkeypatch, groups, 0, x, q, num_parts, intra)
-    _assert_bitwise(_run_side_groups(monkeypatch, groups, 0, x, q, num_parts, intra), first)
-    _assert_bitwise(_run_side_groups(monkeypatch, groups, 3, x, q, num_parts, intra), first)
-    plain = _run_side_groups(monkeypatch, "0", 0, x, q, num_parts, intra)
-    for (la, ga, qa), (lb, gb, qb) in zip(first, plain):
-        assert abs(la.item() - lb.item()) <= mode.lse_atol + mode.lse_rtol * abs(lb.item())
-        assert rel_err(ga, gb.double()) <= mode.grad_rtol and rel_err(qa, qb.double()) <= mode.grad_rtol
-    _assert_parts_match_reference(mode, first, x, q, intra)
-
-
-def _lse_without_gradient(monkeypatch, groups, ctas, x, q, num_parts):
-    return [lse for lse, _, _ in _run_side_groups(monkeypatch, groups, ctas, x, q, num_parts, no_grad=True)]
-
-
-@cuda_only
-@pytest.mark.parametrize("mode", ["float64", "float32", "bfloat16"], indirect=True)
-@pytest.mark.parametrize("n,k,num_parts", [
-    (256, 512 * 128, 1),                  # MoCo's shape: 1027 tiles (4106 in float64): chains wrap
-    (200, 40 * 128 + 3, 3),               # parts: each its own chains
-    (61 * 128 + 7, 3 * 128 - 5, 2),       # the queue the small side
-    (40 * 128 - 1, 0, 1),                 # 820 tiles, no queue: chains wrap past 512
-])
-def test_loss_without_gradient_chains(mode, n, k, num_parts, monkeypatch):
-    # compute_grad false: tile f's total goes to chain (f - begin) mod 512, summed after
-    # the tiles in a fixed order.  Against float64, bitwise at another grid size, and
-    # bitwise whatever the side groups (only the gradient's states have them).
-    x = rows_on_device(n, 8, mode.dtype, seed=260 + n)
-    q = rows_on_device(k, 8, mode.dtype, seed=261 + n) if k else None
-    lses = _lse_without_gradient(monkeypatch, "auto", 0, x, q, num_parts)
-    for groups, ctas in (("auto", 3), ("0", 0), ("5", 1)):
-        again = _lse_without_gradient(monkeypatch, groups, ctas, x, q, num_parts)
-        assert all(torch.equal(a, b) for a, b in zip(lses, again))
-    combined = torch.logsumexp(torch.tensor([v.item() for v in lses], dtype=torch.float64), 0).item()
-    ref_lse, _, _ = reference_lse_grad(x, q, 2.0, True)
-    assert abs(combined - ref_lse) <= 2 * (mode.lse_atol + mode.lse_rtol * abs(ref_lse))
+def test_the_test_entry_is_the_op():
+    x = rows_on_device(500, 40, torch.float32, seed=209)
+    q = rows_on_device(300, 40, torch.float32, seed=208)
+    (got,) = _run_with(x, q)
+    want = _ops.uniform_lse(x, q, 2.0, True, 0, 1, True, True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    with pytest.raises(ValueError, match="block_rows must be 0 or 64"):
+        _run_with(x, q, block_rows=32)
+    with pytest.raises(ValueError, match="max_ctas must be >= 0"):
+        _run_with(x, q, max_ctas=-1)
 
 
 @cuda_only
 @pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
-@pytest.mark.parametrize("block_rows", ["default", "64"])
-@pytest.mark.parametrize("n,k,num_parts,groups", [
-    (1500, 700, 1, "auto"),               # square and rectangle tiles, diagonal ones
-    (3 * 128 - 5, 61 * 128 + 7, 3, "auto"),  # side groups (the default) and parts
-    (3 * 128 - 5, 61 * 128 + 7, 2, "0"),  # one long chain per x block
-    (333, 0, 1, "auto"),
-])
-def test_products_first_gives_the_same_bits(mode, block_rows, n, k, num_parts, groups, monkeypatch):
-    # PYHS_CUDA_PRODUCTS_FIRST=1: W Z_b and W^T Z_a before the turn, staged in global
-    # memory, then the same update: bitwise the in-turn kernel's results, at every grid
-    # size, with each tile size (the 64-row one as on 99 KiB devices).
-    if block_rows == "64":
-        monkeypatch.setenv("PYHS_CUDA_BLOCK_ROWS", "64")
-    x = rows_on_device(n, 40, mode.dtype, seed=270 + n)
-    q = rows_on_device(k, 40, mode.dtype, seed=271 + n) if k else None
-    monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", groups)
-    monkeypatch.delenv("PYHS_CUDA_PRODUCTS_FIRST", raising=False)
-    in_turn = _run_with_grid(monkeypatch, 0, x, q, num_parts)
-    monkeypatch.setenv("PYHS_CUDA_PRODUCTS_FIRST", "1")
-    for ctas in (0, 1, 3):
-        _assert_bitwise(_run_with_grid(monkeypatch, ctas, x, q, num_parts), in_turn)
-    _assert_parts_match_reference(mode, in_turn, x, q, intra=True)
+@pytest.mark.parametrize("no_grad", [False, True])
+def test_bitwise_equal_across_grid_sizes(mode, no_grad):
+    # Every work item writes its own partials and every merge has a fixed order: the
+    # grid (how many CTAs loop over the items) changes no bit.
+    x = rows_on_device(1500, 40, mode.dtype, seed=210)
+    q = rows_on_device(700, 40, mode.dtype, seed=211)
+    full = _run_with(x, q, no_grad=no_grad)
+    for ctas in (1, 2, 7):
+        _assert_bitwise(_run_with(x, q, no_grad=no_grad, max_ctas=ctas), full)
 
 
 @cuda_only
-def test_products_first_allocates_its_staging(monkeypatch):
-    # The knob reaches the launcher (the test above would pass if it did not): the
-    # workspace grows by the staging rows, 2 B x ld floats for each SM at least.
-    x = rows_on_device(2000, 40, torch.float32, seed=280)
-
-    def peak():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-
-    monkeypatch.delenv("PYHS_CUDA_PRODUCTS_FIRST", raising=False)
-    peak()  # one-time allocations, if any, before the two measured calls
-    plain = peak()
-    monkeypatch.setenv("PYHS_CUDA_PRODUCTS_FIRST", "1")
-    staged = peak()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    ld, smallest_block = 64, 64  # 40 features padded to the chunk width; B is 64 or 128
-    assert staged - plain >= sms * 2 * smallest_block * ld * 4
+@pytest.mark.parametrize("mode", ["float64", "float32", "bfloat16"], indirect=True)
+@pytest.mark.parametrize("n,k,num_parts", [(256, 512 * 128, 1), (3 * 128 - 5, 511 * 128 + 7, 3), (40, 9000, 1)])
+def test_queue_shapes_split_columns(mode, n, k, num_parts):
+    # Few x rows against a long queue (MoCo's shape first): x's columns are split over
+    # many work items whose (max, sum, a) partials are merged in split order.  Values and
+    # gradients against float64, run to run and across grid sizes bitwise.
+    x = rows_on_device(n, 8, mode.dtype, seed=220 + n)
+    q = rows_on_device(k, 8, mode.dtype, seed=221 + n)
+    first = _run_with(x, q, num_parts)
+    _assert_bitwise(_run_with(x, q, num_parts), first)
+    _assert_bitwise(_run_with(x, q, num_parts, max_ctas=3), first)
+    _assert_parts_match_reference(mode, first, x, q, intra=True)
 
 
 @cuda_only
-@pytest.mark.parametrize("value", ["-1", "two", "", "3x", " 3"])
-def test_side_groups_knob_rejects_other_values(value, monkeypatch):
-    monkeypatch.setenv("PYHS_CUDA_SIDE_GROUPS", value)
-    x = rows_on_device(300, 8, torch.float32, seed=281)
-    with pytest.raises(ValueError, match="PYHS_CUDA_SIDE_GROUPS must be auto, 0"):
-        _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
+@pytest.mark.parametrize("mode", ["float64", "float32", "bfloat16"], indirect=True)
+@pytest.mark.parametrize("grad_x,grad_queue", [(True, False), (False, True)])
+def test_queue_gradient_is_its_own_pass(mode, grad_x, grad_queue):
+    # The queue's gradient is a second pass (queue rows against x's columns), run only
+    # when asked for; x's a_i only when x's gradient is.  Each matches float64 alone.
+    x = rows_on_device(300, 24, mode.dtype, seed=225)
+    q = rows_on_device(900, 24, mode.dtype, seed=226)
+    lse, gx, gq = _ops.uniform_lse(x, q, 2.0, True, 0, 1, grad_x, grad_queue)
+    ref_lse, ref_gx, ref_gq = reference_lse_grad(x, q)
+    assert abs(lse.item() - ref_lse) <= mode.lse_atol + mode.lse_rtol * abs(ref_lse)
+    assert (gx.numel() > 0) == grad_x and (gq.numel() > 0) == grad_queue
+    if grad_x:
+        assert rel_err(gx, ref_gx) <= mode.grad_rtol
+    if grad_queue:
+        assert rel_err(gq, ref_gq) <= mode.grad_rtol
 
 
 @cuda_only
 @pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
-def test_small_tiles_of_99_kib_devices(mode, monkeypatch):
-    # The 64-row tiles a device with 99 KiB of shared memory per block runs, forced here.
-    monkeypatch.setenv("PYHS_CUDA_BLOCK_ROWS", "64")
+def test_small_tiles_of_99_kib_devices(mode):
+    # The 64-row kernels a device with 99 KiB of shared memory per block runs, forced
+    # here: against float64, with parts, and bitwise across grid sizes.
     x = rows_on_device(333, 70, mode.dtype, seed=230)
     q = rows_on_device(130, 70, mode.dtype, seed=231)
-    check_against_reference(mode, x, q)
+    parts = _run_with(x, q, num_parts=3, block_rows=64)
+    _assert_parts_match_reference(mode, parts, x, q, intra=True)
+    _assert_bitwise(_run_with(x, q, num_parts=3, block_rows=64, max_ctas=2), parts)
 
 
 @cuda_only

@@ -2,17 +2,20 @@
 //
 //   uniform_bench_cuda [--d D] [--reps R] [--t T] [--skip-check] [--skip-timing] [N ...]
 //
-// 1. Smoke test (first, unless --skip-check): every precision, on problems whose sizes
-//    are not multiples of the tile (odd d, a queue, queue-only pairs, 3 parts combined),
-//    lse and gradient against a float64 host reference computed on the same operand
-//    values; exits with status 1 if an error exceeds its precision's tolerance.
+// 1. Smoke test (first, unless --skip-check): every precision and block size, on problems
+//    whose sizes are not multiples of the tiles (odd d, several feature windows, a queue,
+//    queue-only pairs, 3 parts combined, column splits), lse and the gradients of x and
+//    the queue against a float64 host reference on the same operand values, with the
+//    online max and with the static shift, and the same bits with grids of 1 and 3 CTAs;
+//    exits with status 1 if an error exceeds its precision's tolerance.
 // 2. Timings: random unit-norm rows, d = 128 (--d), N = 8192 32768 65536 131072 (or the
-//    N given), TF32 / FP32 (3xTF32) / BF16; each call is the whole op (workspace
-//    initialization, packing, tiles, finish, gradient), timed with CUDA events, median
-//    of R (--reps, default 5) after 2 warm-up calls.  --skip-timing: the smoke test only
-//    (the compute-sanitizer run of docs/cuda.md).
-//    TFLOP/s count the Gram products of an exact triangle: N(N-1)/2 pairs x 2d flops
-//    for the forward, three such products (Gram, W Z, W^T Z) with the gradient.
+//    N given) and MoCo's shape (256 rows, a 65536-row queue, x's gradient only),
+//    TF32 / FP32 (3xTF32) / BF16; each call is the whole op (packing, row passes, lse,
+//    gradient), timed with CUDA events, median of R (--reps, default 5) after 2 warm-up
+//    calls.  --skip-timing: the smoke test only (the compute-sanitizer run of docs/cuda.md).
+//    TFLOP/s count useful work: each pair once (N(N-1)/2, or N K) x 2d flops per product,
+//    one product for the loss, three with the gradient (Gram, W Z, W^T Z).
+#include "cuda/rowblock_plan.h"
 #include "cuda/uniform_kernels.h"
 
 #include <cuda_bf16.h>
@@ -137,7 +140,8 @@ DeviceRun run_once(const UniformProblem& base, const std::vector<unsigned char>&
   CHECK_CUDA(cudaMalloc(&d_rows, rows.size()));
   CHECK_CUDA(cudaMalloc(&d_ws, ws));
   CHECK_CUDA(cudaMalloc(&d_lse, ab));
-  if (problem.compute_grad) CHECK_CUDA(cudaMalloc(&d_grad, grad_elems * ab));
+  const bool grad = problem.grad_x || problem.grad_queue;
+  if (grad) CHECK_CUDA(cudaMalloc(&d_grad, grad_elems * ab));
   CHECK_CUDA(cudaMemcpy(d_rows, rows.data(), rows.size(), cudaMemcpyHostToDevice));
   problem.rows = d_rows;
   CHECK_CUDA(pyhypersphere::cuda::launch_uniform_lse(problem, d_ws, d_lse, d_grad, nullptr));
@@ -150,7 +154,7 @@ DeviceRun run_once(const UniformProblem& base, const std::vector<unsigned char>&
     CHECK_CUDA(cudaMemcpy(&v, d_lse, 4, cudaMemcpyDeviceToHost));
     out.lse = v;
   }
-  if (problem.compute_grad) {
+  if (grad) {
     out.grad.resize(grad_elems);
     if (ab == 8) {
       CHECK_CUDA(cudaMemcpy(out.grad.data(), d_grad, grad_elems * 8, cudaMemcpyDeviceToHost));
@@ -221,96 +225,93 @@ Tolerance tolerance_of(UniformPrecision p) {
   return {0, 0};
 }
 
+bool same_bits(const DeviceRun& a, const DeviceRun& b) {
+  return std::memcmp(&a.lse, &b.lse, sizeof a.lse) == 0 && a.grad.size() == b.grad.size() &&
+         (a.grad.empty() || std::memcmp(a.grad.data(), b.grad.data(), a.grad.size() * sizeof(double)) == 0);
+}
+
 bool smoke_test(double t) {
   struct Case {
     int64_t n, k, d;
     bool intra;
     int64_t parts;
-    bool loss_only = false;
   };
-  // The last case has more tiles than the loss alone has chains (561 at 128 rows, 2145 at
-  // 64): its chains wrap, so their waits run.  Run for the loss alone only, to keep the
-  // sanitizers' passes short.
+  // Odd sizes (masked tile edges), a queue with and without x-x pairs, parts, d = 1, a
+  // width of several feature windows (d = 300), and MoCo-like column splits (40 x rows
+  // against 3000 queue rows: 47 column tiles, split).
   const Case cases[] = {{1000, 0, 67, true, 1}, {1000, 300, 67, true, 3}, {200, 1000, 33, false, 1},
-                        {3, 0, 1, true, 1},       {130, 0, 1, true, 2},      {4100, 0, 8, true, 1, true}};
+                        {3, 0, 1, true, 1},       {130, 0, 1, true, 2},      {300, 0, 300, true, 1},
+                        {40, 3000, 16, true, 1}};
   const UniformPrecision precisions[] = {UniformPrecision::kFp64, UniformPrecision::kFp32,
                                          UniformPrecision::kTf32, UniformPrecision::kFp16,
                                          UniformPrecision::kBf16};
   bool ok = true;
   std::printf("smoke test: CUDA kernels vs float64 host reference (t = %g)\n", t);
-  std::printf("%-13s %4s %6s %6s %5s %5s %6s %6s %12s %12s\n", "precision", "B", "n", "k", "d", "intra",
-              "parts", "groups", "|lse err|", "grad err");
-  std::printf("(groups: -1 automatic, 'pf' products first; 'loss' rows: compute_grad false)\n");
+  std::printf("%-13s %4s %6s %6s %5s %5s %6s %6s %12s %12s %s\n", "precision", "B", "n", "k", "d", "intra",
+              "parts", "mode", "|lse err|", "grad err", "grid");
+  std::printf("(mode: grad / loss, online max or static shift; grid: bitwise equal with 1 and 3 CTAs)\n");
   for (const Case& c : cases) {
     const std::vector<double> z = random_rows(c.n + c.k, c.d, 1234u + unsigned(c.n + c.k + c.d));
-    // Each precision's default tiles, then the 64-row tiles of 99 KiB devices; the
-    // gradient without side groups, with a queue also with 3 per small-side block and the
-    // automatic count (the default); products first with staging for 3 CTAs (so also a
-    // grid of 3); then the loss alone (no side groups there).
-    struct Mode {
-      bool grad;
-      int64_t side_groups;
-      int64_t staged_ctas;
-    };
-    const Mode modes[] = {{true, 0, 0}, {true, 3, 0}, {true, -1, 0}, {true, -1, 3}, {false, 0, 0}};
     for (UniformPrecision p : precisions) {
-    std::vector<double> stored;
-    const std::vector<unsigned char> bytes = encode(z, p, stored);
-    const DeviceRun ref = reference(stored, c.n, c.k, c.d, t, c.intra);
-    for (const int64_t block_rows : {int64_t(0), int64_t(64)})
-    for (const Mode mode : modes) {
-      const int64_t side_groups = mode.side_groups;
-      if (block_rows == pyhypersphere::cuda::uniform_block_rows(p)) continue;  // float64's default
-      if (side_groups && c.k == 0 && !mode.staged_ctas) continue;  // the same as without groups
-      if (c.loss_only && mode.grad) continue;
-      // The parts' lse combine by log-sum-exp, their gradients weighted by exp(lse_p - lse).
-      std::vector<DeviceRun> parts;
-      double top = -INFINITY;
-      for (int64_t part = 0; part < c.parts; ++part) {
-        UniformProblem problem;
-        problem.n = c.n;
-        problem.k = c.k;
-        problem.d = c.d;
-        problem.t = t;
-        problem.intra_batch = c.intra;
-        problem.part = part;
-        problem.num_parts = c.parts;
-        problem.compute_grad = mode.grad;
-        problem.precision = p;
-        problem.block_rows = block_rows;
-        problem.side_groups = side_groups;
-        problem.products_first_ctas = mode.staged_ctas;
-        parts.push_back(run_once(problem, bytes));
-        top = std::max(top, parts.back().lse);
+      std::vector<double> stored;
+      const std::vector<unsigned char> bytes = encode(z, p, stored);
+      const DeviceRun ref = reference(stored, c.n, c.k, c.d, t, c.intra);
+      for (const int64_t block_rows : {int64_t(0), int64_t(64)}) {
+        if (block_rows == pyhypersphere::cuda::uniform_block_rows(p)) continue;  // float64's default
+        for (const bool grad : {true, false}) {
+          for (const bool static_shift : {false, true}) {
+            // The parts' lse combine by log-sum-exp, their gradients weighted by exp(lse_p - lse).
+            std::vector<DeviceRun> parts;
+            double top = -INFINITY;
+            bool grid_ok = true;
+            for (int64_t part = 0; part < c.parts; ++part) {
+              UniformProblem problem;
+              problem.n = c.n;
+              problem.k = c.k;
+              problem.d = c.d;
+              problem.t = t;
+              problem.intra_batch = c.intra;
+              problem.part = part;
+              problem.num_parts = c.parts;
+              problem.grad_x = grad;
+              problem.grad_queue = grad && c.k > 0;
+              problem.precision = p;
+              problem.static_shift = static_shift;
+              problem.block_rows = block_rows;
+              parts.push_back(run_once(problem, bytes));
+              top = std::max(top, parts.back().lse);
+              for (const int64_t ctas : {int64_t(1), int64_t(3)}) {
+                problem.max_ctas = ctas;
+                grid_ok = grid_ok && same_bits(run_once(problem, bytes), parts.back());
+              }
+            }
+            double total = 0;
+            for (const auto& r : parts) total += std::exp(r.lse - top);
+            const double lse = top + std::log(total);
+            std::vector<double> g(grad ? ref.grad.size() : 0, 0.0);
+            for (const auto& r : parts) {
+              if (!grad) break;
+              const double w = std::exp(r.lse - lse);
+              for (size_t e = 0; e < g.size(); ++e) g[e] += w * r.grad[e];
+            }
+            double err = 0, scale = 0;
+            for (size_t e = 0; e < g.size(); ++e) {
+              err = std::max(err, std::fabs(g[e] - ref.grad[e]));
+              scale = std::max(scale, std::fabs(ref.grad[e]));
+            }
+            const double lse_err = std::fabs(lse - ref.lse);
+            const double grad_err = !grad ? 0.0 : scale > 0 ? err / scale : err;
+            const Tolerance tol = tolerance_of(p);
+            const bool pass = lse_err <= tol.lse && grad_err <= tol.grad && std::isfinite(lse) && grid_ok;
+            ok = ok && pass;
+            std::printf("%-13s %4lld %6lld %6lld %5lld %5d %6lld %6s %12.3e %12.3e %s %s\n", name_of(p),
+                        (long long)(block_rows ? block_rows : pyhypersphere::cuda::uniform_block_rows(p)),
+                        (long long)c.n, (long long)c.k, (long long)c.d, (int)c.intra, (long long)c.parts,
+                        grad ? (static_shift ? "grad-s" : "grad") : (static_shift ? "loss-s" : "loss"), lse_err,
+                        grad_err, grid_ok ? "same" : "DIFFERS", pass ? "ok" : "FAIL");
+          }
+        }
       }
-      double total = 0;
-      for (const auto& r : parts) total += std::exp(r.lse - top);
-      const double lse = top + std::log(total);
-      std::vector<double> grad(mode.grad ? ref.grad.size() : 0, 0.0);
-      for (const auto& r : parts) {
-        if (!mode.grad) break;
-        const double w = std::exp(r.lse - lse);
-        for (size_t e = 0; e < grad.size(); ++e) grad[e] += w * r.grad[e];
-      }
-      double err = 0, scale = 0;
-      for (size_t e = 0; e < grad.size(); ++e) {
-        err = std::max(err, std::fabs(grad[e] - ref.grad[e]));
-        scale = std::max(scale, std::fabs(ref.grad[e]));
-      }
-      const double lse_err = std::fabs(lse - ref.lse);
-      const double grad_err = !mode.grad ? 0.0 : scale > 0 ? err / scale : err;
-      const Tolerance tol = tolerance_of(p);
-      const bool pass = lse_err <= tol.lse && grad_err <= tol.grad && std::isfinite(lse);
-      ok = ok && pass;
-      char groups[16] = "loss";
-      if (mode.grad) {
-        std::snprintf(groups, sizeof groups, mode.staged_ctas ? "%lld pf" : "%lld", (long long)side_groups);
-      }
-      std::printf("%-13s %4lld %6lld %6lld %5lld %5d %6lld %6s %12.3e %12.3e %s\n", name_of(p),
-                  (long long)(block_rows ? block_rows : pyhypersphere::cuda::uniform_block_rows(p)),
-                  (long long)c.n, (long long)c.k, (long long)c.d, (int)c.intra, (long long)c.parts,
-                  groups, lse_err, grad_err, pass ? "ok" : "FAIL");
-    }
     }
   }
   return ok;
@@ -327,7 +328,7 @@ double time_op(const UniformProblem& problem, int reps) {
   const size_t ab = acc_bytes(problem.precision);
   CHECK_CUDA(cudaMalloc(&d_ws, pyhypersphere::cuda::uniform_workspace_bytes(problem)));
   CHECK_CUDA(cudaMalloc(&d_lse, ab));
-  if (problem.compute_grad) {
+  if (problem.grad_x || problem.grad_queue) {
     CHECK_CUDA(cudaMalloc(&d_grad, static_cast<size_t>((problem.n + problem.k) * problem.d) * ab));
   }
   cudaEvent_t start, stop;
@@ -399,13 +400,22 @@ int main(int argc, char** argv) {
   if (timing) {
     std::printf("\ntimings: d = %lld, t = %g, median of %d (whole op, CUDA events)\n", (long long)d,
                 t, reps);
-    std::printf("%-13s %8s %10s %10s %12s %12s %14s\n", "precision", "N", "fwd ms", "fwd TF/s",
+    std::printf("%-13s %8s %8s %10s %10s %12s %12s %14s\n", "precision", "N", "K", "fwd ms", "fwd TF/s",
                 "fwd+grad ms", "fwd+grad TF/s", "lse");
   }
+  // Square shapes (x alone), then MoCo's (256 rows against a 65536-row queue, the
+  // queue detached: x's gradient only).  Static shift: unit rows at t = 2 are certified.
+  struct Shape {
+    int64_t n, k;
+  };
+  std::vector<Shape> shapes;
+  for (int64_t n : sizes) shapes.push_back({n, 0});
+  if (timing) shapes.push_back({256, 65536});
   const UniformPrecision timed[] = {UniformPrecision::kTf32, UniformPrecision::kFp32,
                                     UniformPrecision::kBf16};
-  for (int64_t n : sizes) {
-    const std::vector<double> z = random_rows(n, d, 7u);
+  for (const Shape& shape : shapes) {
+    const int64_t n = shape.n, k = shape.k;
+    const std::vector<double> z = random_rows(n + k, d, 7u);
     for (UniformPrecision p : timed) {
       std::vector<double> stored;
       const std::vector<unsigned char> bytes = encode(z, p, stored);
@@ -415,17 +425,20 @@ int main(int argc, char** argv) {
       UniformProblem problem;
       problem.rows = d_rows;
       problem.n = n;
+      problem.k = k;
       problem.d = d;
       problem.t = t;
       problem.precision = p;
-      problem.compute_grad = false;
+      problem.static_shift = pyhypersphere::cuda::plan::static_shift_certified(t, 1.0, p == UniformPrecision::kFp64);  // unit rows
       const double fwd = time_op(problem, reps);
-      problem.compute_grad = true;
+      problem.grad_x = true;
       const double both = time_op(problem, reps);
       const double lse = run_once(problem, bytes).lse;
-      const double gram_flops = double(n) * double(n - 1) * double(d);  // pairs x 2d
-      std::printf("%-13s %8lld %10.3f %10.1f %12.3f %12.1f %14.6f\n", name_of(p), (long long)n, fwd,
-                  gram_flops / (fwd * 1e-3) / 1e12, both, 3 * gram_flops / (both * 1e-3) / 1e12, lse);
+      // Useful work: x's pairs once (a triangle, or x by queue), 2d flops each per product.
+      const double pairs = k > 0 ? double(n) * double(k) : 0.5 * double(n) * double(n - 1);
+      const double gram_flops = 2 * pairs * double(d);
+      std::printf("%-13s %8lld %8lld %10.3f %10.1f %12.3f %12.1f %14.6f\n", name_of(p), (long long)n, (long long)k,
+                  fwd, gram_flops / (fwd * 1e-3) / 1e12, both, 3 * gram_flops / (both * 1e-3) / 1e12, lse);
       cudaFree(d_rows);
     }
   }

@@ -1,6 +1,6 @@
 // CUDA alignment loss (align_kernels.h): one warp per row, then a one-CTA fixed-order sum.
 #include "align_kernels.h"
-#include "tile_mma.cuh"  // to_acc / from_acc
+#include "convert.cuh"
 
 #include <algorithm>
 #include <cmath>

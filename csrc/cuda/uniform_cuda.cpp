@@ -13,11 +13,14 @@
 //   float64   FP64 tensor cores
 // Under CUDA-graph capture there is no host read: float32 accuracy (3xTF32) for every
 // non-float64 input, NaN outputs for non-finite inputs by a device-side select.
-// The kernels are deterministic (fixed-order updates and reductions, no float atomics),
-// so torch.use_deterministic_algorithms(True) needs no other path.
+// The static shift where the rows' largest norm certifies it (no weight can underflow),
+// else an online max.  The kernels are deterministic (work cut by the shape alone,
+// fixed-order merges and reductions, no float atomics), so
+// torch.use_deterministic_algorithms(True) needs no other path.
 #include "../input_checks.h"
 #include "../ops.h"
 #include "../uniform_rows.h"
+#include "rowblock_plan.h"
 #include "uniform_kernels.h"
 
 #include <ATen/ATen.h>
@@ -32,8 +35,6 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 namespace pyhypersphere {
 namespace {
@@ -65,33 +66,6 @@ cuda::UniformPrecision tile_precision(const UniformRows& rows, at::ScalarType in
                                            : cuda::UniformPrecision::kFp32;
 }
 
-// Knobs for the GPU tests and experiments, read per call:
-//   PYHS_CUDA_MAX_CTAS=n        caps the tile kernel's grid (results must not depend on
-//                               it; 0 or unset: no cap)
-//   PYHS_CUDA_BLOCK_ROWS=64     the 64-row tiles of 99 KiB devices, on any device
-//   PYHS_CUDA_SIDE_GROUPS=n|0   side groups for queue shapes (UniformProblem::side_groups):
-//                               n per small-side block (1 is one group: none), or 0 for
-//                               none; unset or "auto": automatic, the default; anything
-//                               else is an error
-//   PYHS_CUDA_PRODUCTS_FIRST=1  the gradient products before the turn
-//                               (UniformProblem::products_first_ctas: staging for the
-//                               CTAs resident at once); 0 or unset: off
-int64_t debug_knob(const char* name) {
-  const char* value = std::getenv(name);
-  return value ? std::max<int64_t>(0, std::atoll(value)) : 0;
-}
-
-int64_t side_groups_knob() {
-  const char* value = std::getenv("PYHS_CUDA_SIDE_GROUPS");
-  const std::string text = value ? value : "auto";
-  if (text == "auto") return cuda::UniformProblem().side_groups;
-  const bool digits = !text.empty() && text.size() <= 9 &&
-                      std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
-  TORCH_CHECK_VALUE(digits, "uniform_loss: PYHS_CUDA_SIDE_GROUPS must be auto, 0 (off) or a number of "
-                    "groups, got '", text, "'");
-  return std::stoll(text);
-}
-
 void check_device_capability(const at::Tensor& x) {
   const int device = x.get_device();
   int major = 0, minor = 0;
@@ -110,13 +84,17 @@ int shared_memory_optin(const at::Tensor& x) {
 
 }  // namespace
 
-UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                               double t, bool intra_batch, int64_t part, int64_t num_parts,
-                               bool grad_x, bool grad_queue) {
+// The op with the launch's test settings: max_ctas caps the row kernel's grid (0: one
+// CTA per work item), block_rows 64 runs the 99 KiB devices' kernels (0: the device's).
+UniformResult uniform_lse_cuda_with(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
+                                    bool intra_batch, int64_t part, int64_t num_parts, bool grad_x,
+                                    bool grad_queue, int64_t max_ctas, int64_t block_rows) {
   check_uniform_args(x, queue, t, intra_batch, part, num_parts, grad_queue);
-  const bool compute_grad = grad_x || grad_queue;
   TORCH_CHECK_VALUE(x.is_cuda(), "uniform_loss: x must be a CUDA tensor for the CUDA kernel, got ",
                     x.device());
+  TORCH_CHECK_VALUE(max_ctas >= 0, "uniform_loss: max_ctas must be >= 0, got ", max_ctas);
+  TORCH_CHECK_VALUE(block_rows == 0 || block_rows == 64, "uniform_loss: block_rows must be 0 or 64, got ",
+                    block_rows);
   const c10::cuda::CUDAGuard guard(x.device());
   check_device_capability(x);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -136,6 +114,10 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
                              : has_queue           ? at::cat({x, *queue}, 0)
                                                    : x.contiguous();
   const at::Tensor finite = rows.finite_on_device;
+  // The static shift needs the operands' largest norm (a host read; none under capture).
+  const double operand_sq_norm = rows.raw_operands_ok ? rows.max_input_sq_norm : rows.max_sq_norm;
+  const bool static_shift =
+      options.host_read && cuda::plan::static_shift_certified(t, operand_sq_norm, precision == cuda::UniformPrecision::kFp64);
   rows = UniformRows();  // keep the peak at a few copies of the rows
 
   cuda::UniformProblem problem;
@@ -147,25 +129,21 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
   problem.intra_batch = intra_batch;
   problem.part = part;
   problem.num_parts = num_parts;
-  problem.compute_grad = compute_grad;
+  problem.grad_x = grad_x;
+  problem.grad_queue = grad_queue;
   problem.precision = precision;
-  const int64_t forced_rows = debug_knob("PYHS_CUDA_BLOCK_ROWS");
+  problem.static_shift = static_shift;
+  problem.max_ctas = max_ctas;
   problem.block_rows = cuda::uniform_block_rows_for(
-      precision, forced_rows == 64 ? cuda::uniform_shared_memory_bytes(precision, 64)
-                                   : shared_memory_optin(x));
-  problem.max_ctas = debug_knob("PYHS_CUDA_MAX_CTAS");
-  problem.side_groups = side_groups_knob();
+      precision, block_rows == 64 ? cuda::uniform_shared_memory_bytes(precision, 64) : shared_memory_optin(x));
   TORCH_CHECK(problem.block_rows > 0, "uniform_loss: the CUDA kernel for ", x.scalar_type(),
               " needs ", cuda::uniform_shared_memory_bytes(precision, 64),
               " bytes of shared memory per block at least; ", x.device(), " allows ",
               shared_memory_optin(x));
-  if (debug_knob("PYHS_CUDA_PRODUCTS_FIRST") > 0) {
-    C10_CUDA_CHECK(cuda::uniform_resident_tile_ctas(precision, problem.block_rows, /*products_first=*/true,
-                                                    &problem.products_first_ctas));
-  }
 
   // The kernel writes lse and the gradient in its own accumulation type (float64 for
   // float64 rows, also when the policy moved float32 rows there).
+  const bool compute_grad = grad_x || grad_queue;
   const auto kernel_options = x.options().dtype(operand.scalar_type() == at::kDouble ? at::kDouble
                                                                                      : at::kFloat);
   const at::Tensor workspace = at::empty(
@@ -185,6 +163,20 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
   return options.host_read ? outputs : mask_nonfinite_outputs(outputs, finite);
 }
 
+UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tensor>& queue,
+                               double t, bool intra_batch, int64_t part, int64_t num_parts,
+                               bool grad_x, bool grad_queue) {
+  return uniform_lse_cuda_with(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, 0, 0);
+}
+
 TORCH_LIBRARY_IMPL(pyhypersphere, CUDA, m) { m.impl("uniform_lse", &uniform_lse_cuda); }
+
+// For tests/test_cuda.py (CUDA builds only): the op with a capped grid or the 64-row
+// kernels, whose results must be bitwise those of the op (grid) or agree to rounding.
+TORCH_LIBRARY(pyhypersphere_cuda_testing, m) {
+  m.def("uniform_lse_with(Tensor x, Tensor? queue, float t, bool intra_batch, int part, int num_parts, "
+        "bool grad_x, bool grad_queue, int max_ctas, int block_rows) -> (Tensor, Tensor, Tensor)");
+}
+TORCH_LIBRARY_IMPL(pyhypersphere_cuda_testing, CUDA, m) { m.impl("uniform_lse_with", &uniform_lse_cuda_with); }
 
 }  // namespace pyhypersphere
