@@ -245,3 +245,19 @@ def test_joint_fit_recovers_an_exact_linear_relation_and_reports_its_quality():
     knn = sweep.joint_fit(rows)["knn_acc"]  # constant accuracy: no spread to explain
     assert knn["n"] == 7 and knn["r2"] is None
     assert sweep.joint_fit(rows[:2])["linear_probe_acc"] == {"n": 2, "r2": None, "rho": None}
+
+
+def test_a_torn_last_row_does_not_swallow_the_next_one(tmp_path):
+    """A crash mid-append leaves half a line without its newline; the row appended on resume
+    must still be read back (it used to be glued to the fragment and dropped)."""
+    rows = [{"id": f"r{i}", "status": "ok", "point": {}, "config": {}, "summary": {"knn_acc": i / 4}} for i in range(3)]
+    for r in rows:
+        results.append_row(tmp_path, r)
+    path = tmp_path / results.JSONL
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # the last row, torn
+    torn = []
+    assert [r["id"] for r in results.load_rows(tmp_path, torn)] == ["r0", "r1"] and torn == [3]
+    results.append_row(tmp_path, rows[2])  # the resumed run's row
+    torn = []
+    assert results.load_rows(tmp_path, torn) == rows and torn == [3]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -33,27 +34,42 @@ SUMMARY_COLUMNS = (
 
 
 def append_row(out, row: dict) -> None:
-    with open(Path(out) / JSONL, "a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
+    """Append one row as a single write, fsynced.  A crash can leave a torn last line (no
+    newline); the row is then written on a line of its own, so the fragment never swallows it."""
+    path = Path(out) / JSONL
+    line = json.dumps(row, sort_keys=True) + "\n"
+    with open(path, "ab+") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode())
         f.flush()
+        os.fsync(f.fileno())
 
 
-def load_rows(out) -> List[dict]:
+def load_rows(out, torn: Optional[List[int]] = None) -> List[dict]:
     """The latest row of each run in ``out/sweep.jsonl`` (a resumed sweep appends a new row
-    when it reruns a failed run), in the order the runs first appeared."""
+    when it reruns a failed run), in the order the runs first appeared.  Lines that are not
+    a whole row (cut short by a crash) are skipped, their run reruns on resume; their line
+    numbers are appended to ``torn`` when it is given."""
     path = Path(out) / JSONL
     if not path.exists():
         return []
     latest: Dict[str, dict] = {}
     with open(path) as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut short by a kill: that run reruns on resume
+                row = None
+            if not isinstance(row, dict) or "id" not in row:
+                if torn is not None:
+                    torn.append(number)
+                continue
             latest[row["id"]] = row
     return list(latest.values())
 

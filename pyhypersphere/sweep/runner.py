@@ -71,7 +71,11 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     (out / GRID_FILE).write_text(json.dumps(sweep.source, indent=2) + "\n")
 
-    done = {r["id"] for r in results.load_rows(out) if r["status"] == OK}
+    torn: List[int] = []
+    done = {r["id"] for r in results.load_rows(out, torn) if r["status"] == OK}
+    if torn:
+        _note(f"{jsonl}: line(s) {', '.join(map(str, torn))} are not whole rows (a crash while writing); "
+              "those runs run again", None)
     pending = [r for r in sweep.runs if r.id not in done]
     bar = _bar(len(sweep.runs), len(sweep.runs) - len(pending), progress)
     failed = 0
