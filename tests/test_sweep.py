@@ -4,6 +4,7 @@ plots), Spearman against an independent formula, and the CLI."""
 import json
 import math
 import random
+import re
 
 import pytest
 
@@ -171,9 +172,10 @@ def test_sweep_writes_rows_resumes_records_failures_and_plots(tmp_path):
     with pytest.raises(sweep.SweepExistsError, match="--resume"):
         sweep.run(s, out, progress=False)
 
-    # Resume with a configuration added before a good one that fails (batch larger than the
-    # training set): the finished runs are not rerun, the failure is recorded, the sweep goes on.
-    bigger = tiny_grid(grid=[{"batch_size": [4096]}, {"unif_w": [0.5, 1.0, 2.0]}])
+    # Resume with a configuration added before a good one that fails at run time (an lr that
+    # diverges; what can be checked in advance is: see test_values_that_cannot_run_are_refused_before_any_run):
+    # the finished runs are not rerun, the failure is recorded, the sweep goes on.
+    bigger = tiny_grid(grid=[{"lr": [1e15]}, {"unif_w": [0.5, 1.0, 2.0]}])
     rows = sweep.run(sweep.expand(bigger), out, workers=1, resume=True, progress=False)
     lines = [json.loads(x) for x in (out / "sweep.jsonl").read_text().splitlines()]
     assert len(lines) == 4  # the two new runs only, the failing one first (workers=1)
@@ -183,8 +185,8 @@ def test_sweep_writes_rows_resumes_records_failures_and_plots(tmp_path):
         by_status.setdefault(r["status"], []).append(r)
     assert len(by_status["ok"]) == 3 and len(by_status["failed"]) == 1
     bad = by_status["failed"][0]
-    assert bad["point"]["batch_size"] == 4096 and bad["returncode"] != 0
-    assert "larger than the training set" in bad["error"]
+    assert bad["point"]["lr"] == 1e15 and bad["returncode"] == 3
+    assert "the loss is nan" in bad["error"] and "Traceback" not in bad["error"]
     assert bad["summary"] is None
 
 
@@ -261,3 +263,45 @@ def test_a_torn_last_row_does_not_swallow_the_next_one(tmp_path):
     results.append_row(tmp_path, rows[2])  # the resumed run's row
     torn = []
     assert results.load_rows(tmp_path, torn) == rows and torn == [3]
+
+
+@pytest.mark.parametrize(
+    "base, point, message",
+    [
+        ({"device": "bogus"}, {}, "device 'bogus' is not a device"),
+        ({"dataset": "folder"}, {}, "needs --data-dir"),
+        ({"dataset": "folder", "data_dir": "/no/such/folder"}, {}, "is not a folder"),
+        ({}, {"num_samples": [10]}, "num_samples >= 20"),
+        ({}, {"batch_size": [100000]}, "larger than the training set"),
+    ],
+)
+def test_values_that_cannot_run_are_refused_before_any_run(tmp_path, base, point, message):
+    s = sweep.expand({"base": {**TINY_BASE, **base}, "grid": {"unif_w": [1.0], **point}})
+    with pytest.raises(sweep.GridError, match=f"cannot run here: .*{re.escape(message)}"):
+        sweep.run(s, tmp_path / "sweep", workers=1, progress=False)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_missing_dataset_package_is_reported_once_before_any_run(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mnist1d" else real(name, *a))
+    assert cli_main(["sweep", "--grid", "weights", "--quick", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("pip install mnist1d") == 1 and "Spearman" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("raw", [{}, {"description": "nothing"}, {"grid": {}}, {"grid": []}])
+def test_an_empty_grid_is_refused(raw):
+    with pytest.raises(sweep.GridError, match="(defines no runs|grid is empty)"):
+        sweep.expand(raw)
+
+
+def test_zero_workers_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["sweep", "--grid", "weights", "--quick", "--out", str(tmp_path / "o"), "--workers", "0"])
+    assert "--workers: expected an integer of at least 1, got '0'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="workers must be an integer of at least 1, got 0"):
+        sweep.run(sweep.expand(tiny_grid()), tmp_path / "o", workers=0, progress=False)

@@ -292,3 +292,51 @@ def test_ctrl_c_after_training_an_epoch_says_what_was_kept(tmp_path, monkeypatch
     assert line.startswith(f"pyhypersphere train: interrupted {phase} epoch 2: the checkpoint after epoch 1 is kept")
     assert checkpoint.load(out / "checkpoint.pt")["epoch"] == 1
 
+
+
+# ----------------------------------------------------------------------------- the dataset cache
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zeros", "other arrays"])
+def test_an_unreadable_cache_file_is_made_again(tmp_path, damage):
+    fresh = data.mnist1d_arrays(200)
+    path = tmp_path / "cache" / f"mnist1d-n200-s{data.MNIST1D_SEED}.npz"
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate":  # BadZipFile (a crash or a full disk mid-write, before atomic writes)
+        path.write_bytes(bytes(raw[: len(raw) // 2]))
+    elif damage == "zeros":
+        raw[100:4196] = bytes(4096)
+        path.write_bytes(bytes(raw))
+    else:
+        import numpy as np
+
+        np.savez(path, x=fresh["x"][:3])
+    again = data.mnist1d_arrays(200)
+    assert all((again[k] == fresh[k]).all() for k in fresh)
+    assert all((v == again[k]).all() for k, v in data.mnist1d_arrays(200).items())  # the file was replaced
+
+
+def test_stale_cache_temps_of_dead_writers_are_removed(tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    host = data._HOST
+    stale = folder / f".mnist1d-n200-s42.npz.{dead_pid}@{host}.tmp.npz"
+    live = folder / f".mnist1d-n200-s42.npz.{os.getppid()}@{host}.tmp.npz"  # a live process other than this one
+    elsewhere = folder / f".mnist1d-n200-s42.npz.{dead_pid}@another-host.tmp.npz"
+    for p in (stale, live, elsewhere):
+        p.write_bytes(b"partial")
+    data.mnist1d_arrays(200)
+    assert not stale.exists() and live.exists() and elsewhere.exists()
+
+
+def test_the_public_loader_gives_the_trainers_data():
+    from pyhypersphere.train import load_mnist1d
+
+    d = load_mnist1d(num_samples=200)
+    a = data.mnist1d_arrays(200)
+    assert d.x_train.shape == (160, 40) and d.y_test.dtype == torch.int64
+    assert (d.x_train.numpy() == a["x"]).all() and (d.y_test.numpy() == a["y_test"]).all()
+    with pytest.raises(ValueError, match="num_samples must be an integer of at least 20"):
+        load_mnist1d(num_samples=10)
