@@ -305,3 +305,30 @@ def test_zero_workers_is_refused(tmp_path, capsys):
     assert "--workers: expected an integer of at least 1, got '0'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="workers must be an integer of at least 1, got 0"):
         sweep.run(sweep.expand(tiny_grid()), tmp_path / "o", workers=0, progress=False)
+
+
+@pytest.mark.parametrize("name", sorted(grid_mod.shipped_grids()))
+@pytest.mark.parametrize("quick", [False, True])
+def test_shipped_descriptions_say_how_many_seeds_and_runs_are_run(name, quick):
+    s = sweep.load(name, quick=quick)
+    seeds = len({r.config.seed for r in s.runs})
+    words = {"one seed": 1, "two seeds": 2, "three seeds": 3}
+    said = [n for w, n in words.items() if w in s.description]
+    assert said in ([], [seeds]), (s.description, seeds)
+    runs = re.findall(r"\((\d+) runs\)", s.description)
+    assert runs in ([], [str(len(s.runs))]), (s.description, len(s.runs))
+    if quick:
+        assert "quick" in s.description
+
+
+def test_a_joint_fit_over_few_runs_comes_with_a_caution():
+    rows = [{"id": f"r{i}", "status": "ok", "point": {}, "config": {},
+             "summary": {"align_alpha2": a, "uniform_t2": u, "linear_probe_acc": acc, "knn_acc": acc}}
+            for i, (a, u, acc) in enumerate([(0.1, -1.0, 0.5), (0.5, -2.0, 0.6), (0.9, -2.5, 0.4), (0.2, -3.0, 0.7)])]
+    text = results.format_joint_fit(sweep.joint_fit(rows))
+    assert "joint fit of linear_probe_acc over 4 runs" in text
+    assert "caution: 4 runs for 3 parameters" in text and "random accuracies would give 0.67" in text
+    many = rows * 5  # 20 rows: enough runs per parameter, no caution
+    many = [dict(r, id=f"{r['id']}-{i}", summary=dict(r["summary"], align_alpha2=r["summary"]["align_alpha2"] + i / 100))
+            for i, r in enumerate(many)]
+    assert "caution" not in results.format_joint_fit(sweep.joint_fit(many))

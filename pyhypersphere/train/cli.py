@@ -13,8 +13,20 @@ from .config import DATASETS, LOSSES, TrainConfig
 _D = TrainConfig()
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" only where it informs: not for switches (--no-plots has no
+    default to show), not for None (the help says what unset means), not when the help
+    already gives the default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.nargs == 0 or action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = _DefaultsFormatter
     parser.description = (
         "Train an encoder with Wang & Isola's alignment + uniformity loss (or InfoNCE) on two "
         "augmented views per sample; evaluates a linear probe, k-NN and the alignment/uniformity "
