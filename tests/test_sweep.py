@@ -332,3 +332,18 @@ def test_a_joint_fit_over_few_runs_comes_with_a_caution():
     many = [dict(r, id=f"{r['id']}-{i}", summary=dict(r["summary"], align_alpha2=r["summary"]["align_alpha2"] + i / 100))
             for i, r in enumerate(many)]
     assert "caution" not in results.format_joint_fit(sweep.joint_fit(many))
+
+
+def test_ctrl_c_to_a_sweep_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    from pyhypersphere.sweep import runner
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    assert cli_main(["sweep", "--grid", "weights", "--quick", "--out", str(tmp_path / "o"), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("pyhypersphere sweep: interrupted (Ctrl-C): 0 of 4 runs finished")
+    assert line.endswith(f"--grid weights --quick --out {tmp_path / 'o'} --resume`")
