@@ -417,10 +417,26 @@ def train(config: Optional[TrainConfig] = None, **overrides) -> dict:
         raw = dataclasses.replace(raw, **overrides)
     cfg = raw.resolved()
     threads_before = torch.get_num_threads()
+    had_group = _group_exists()
     try:
-        return _train(cfg, raw, t_start)
+        summary = _train(cfg, raw, t_start)
     finally:
         torch.set_num_threads(threads_before)
+    if not had_group and _group_exists():
+        # The group this call created (torchrun): a gloo group left to interpreter shutdown can
+        # abort the process ("terminate called without an active exception": its worker threads
+        # release tensors after Python is gone).  Only after success: on an error another rank
+        # may still wait in a collective, and destroying would wait for it.
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return summary
+
+
+def _group_exists() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def _train(cfg: TrainConfig, raw: TrainConfig, t_start: float) -> dict:
