@@ -347,3 +347,19 @@ def test_ctrl_c_to_a_sweep_ends_in_one_line(tmp_path, monkeypatch, capsys):
     line = err.strip().splitlines()[-1]
     assert line.startswith("pyhypersphere sweep: interrupted (Ctrl-C): 0 of 4 runs finished")
     assert line.endswith(f"--grid weights --quick --out {tmp_path / 'o'} --resume`")
+
+
+def test_a_resume_says_when_unfinished_runs_change_thread_count(tmp_path, capsys):
+    from pyhypersphere.sweep import runner
+
+    s = sweep.expand(tiny_grid())
+    for r, threads in zip(s.runs, (1, 2)):
+        run_dir = tmp_path / runner.RUNS_DIR / r.id
+        run_dir.mkdir(parents=True)
+        (run_dir / "checkpoint.pt").write_bytes(b"")
+        (run_dir / runner.RUN_CONFIG).write_text(json.dumps({"threads": threads}))
+    runner._note_thread_changes(tmp_path, s.runs, threads=2, workers=1)
+    err = capsys.readouterr().err
+    assert "1 unfinished run(s) started with 1 thread(s) continue with 2 (--workers 1)" in err
+    runner._note_thread_changes(tmp_path, s.runs[1:], threads=2, workers=1)
+    assert capsys.readouterr().err == ""
