@@ -666,10 +666,11 @@ def _where_good(state: _RunState) -> str:
 def _check_resumable(model, opt, data, pool, cfg, device, world, epoch) -> None:
     """Raise NonFiniteLossError unless the state after ``epoch`` is one the trainer can go on
     from: parameters, buffers and optimizer state finite, and the model's output on a
-    training batch and the running statistics it gives finite.  The loss check before each step cannot see a step that diverges
-    on an epoch's last step (with one step per epoch, every divergence): its parameters can
-    be finite yet so large that the next forward overflows.  The probe runs in training mode
-    without a gradient; running statistics and generators are restored after it."""
+    training batch, and the running statistics that forward gives, finite.  The loss check
+    before each step cannot see a step that diverges on an epoch's last step (with one step
+    per epoch, every divergence): its parameters can be finite yet so large that the next
+    forward overflows.  The probe runs in training mode without a gradient; running
+    statistics and generators are restored after it."""
     reason = None
     named = list(model.state_dict().items()) + [
         (f"optimizer {key}", t) for s in opt.state.values() for key, t in s.items() if isinstance(t, torch.Tensor)
