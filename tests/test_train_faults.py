@@ -25,7 +25,9 @@ TINY_ARGS = ["--num-samples", "400", "--batch-size", "64", "--feature-dim", "8",
 
 
 def trainer(out, *args, cache):
-    """`python -m pyhypersphere train` in its own process (stdout/stderr piped)."""
+    """`python -m pyhypersphere train` in its own process (stdout/stderr piped), on the
+    dataset cached here first (the child's start-up is then the import only)."""
+    data.mnist1d_arrays(400)
     env = dict(os.environ, PYTHONPATH=str(REPO), PYHYPERSPHERE_CACHE=str(cache), OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "pyhypersphere", "train", *TINY_ARGS, "--out", str(out), *args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -44,7 +46,7 @@ def run_cli(argv):
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    return cli.main(parser.parse_args(argv))
+    return cli.main(parser.parse_args(TINY_ARGS + argv))
 
 
 def last_error_line(err):
@@ -217,7 +219,8 @@ def test_one_writer_per_folder_and_a_killed_owner_leaves_no_stale_lock_or_temp(t
     epoch = checkpoint.load(out / "checkpoint.pt")["epoch"]
     stale = out / ".checkpoint.pt.99999999.abcd.tmp"  # as a kill -9 mid-write leaves it
     stale.write_bytes(b"half a checkpoint")
-    s = train(tiny_config(out, epochs=epoch + 1, feature_dim=8, resume=True))
+    with pytest.warns(UserWarning, match="changed settings: epochs"):
+        s = train(tiny_config(out, epochs=epoch + 1, feature_dim=8, resume=True))
     assert s["resumed_from_epoch"] == epoch
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl", "summary.json"]
 
