@@ -144,7 +144,7 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path, fini
     marker = tmp_path / "code-ran"
     state["history"].append(_RunsCode(str(marker)))
     torch.save(state, out / "checkpoint.pt")
-    with pytest.raises(checkpoint.CheckpointError, match="refused: it holds objects other than tensors"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"refused: it holds objects other than tensors .*\(it asks for \S+\); it was not loaded"):
         checkpoint.load(out / "checkpoint.pt")
     assert run_cli(["--out", str(out), "--epochs", "2", "--resume"]) == 2
     assert "refused" in last_error_line(capsys.readouterr().err)
@@ -343,3 +343,12 @@ def test_the_public_loader_gives_the_trainers_data():
     assert (d.x_train.numpy() == a["x"]).all() and (d.y_test.numpy() == a["y_test"]).all()
     with pytest.raises(ValueError, match="num_samples must be an integer of at least 20"):
         load_mnist1d(num_samples=10)
+
+
+def test_a_checkpoint_from_before_the_str_version_still_loads(tmp_path, finished_run):
+    """Checkpoints written before this change hold torch's TorchVersion (allowlisted)."""
+    out = _copy(finished_run, tmp_path / "run")
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["torch"] = torch.__version__  # a TorchVersion, as the trainer used to save it
+    torch.save(state, out / "checkpoint.pt")
+    assert checkpoint.load(out / "checkpoint.pt")["torch"] == str(torch.__version__)

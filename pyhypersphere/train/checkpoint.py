@@ -15,6 +15,7 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,6 +25,9 @@ import torch
 
 CHECKPOINT = "checkpoint.pt"
 TMP_SUFFIX = ".tmp"
+# The one type beyond tensors and plain values that a checkpoint may hold: torch's version,
+# as checkpoints written before it was saved as a str hold it (they stay resumable).
+ALLOWED_GLOBALS = [torch.torch_version.TorchVersion]
 
 
 class CheckpointError(RuntimeError):
@@ -128,12 +132,14 @@ def load(path, map_location="cpu") -> Optional[dict]:
         return None
     verify(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = (str(e).strip().splitlines() or ["?"])[0]
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"it asks for {found.group(1)}" if found else (str(e).strip().splitlines() or ["?"])[-1]
         raise CheckpointError(
             f"{path} was refused: it holds objects other than tensors and plain Python values, which "
-            f"a checkpoint of this trainer never does ({first})"
+            f"a checkpoint of this trainer never does ({what}); it was not loaded"
         ) from None
     except (RuntimeError, EOFError, ValueError) as e:
         first = (str(e).strip().splitlines() or ["?"])[0]
