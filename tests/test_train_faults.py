@@ -352,3 +352,15 @@ def test_a_checkpoint_from_before_the_str_version_still_loads(tmp_path, finished
     state["torch"] = torch.__version__  # a TorchVersion, as the trainer used to save it
     torch.save(state, out / "checkpoint.pt")
     assert checkpoint.load(out / "checkpoint.pt")["torch"] == str(torch.__version__)
+
+
+def test_the_run_lock_refuses_a_second_holder_and_ignores_a_dead_ones_file(tmp_path):
+    first = runlock.RunLock(tmp_path).acquire()
+    with pytest.raises(runlock.RunLockedError, match=rf"in use by pid {os.getpid()} on "):
+        runlock.RunLock(tmp_path).acquire()
+    first.release()
+    assert not (tmp_path / runlock.LOCK).exists()
+    (tmp_path / runlock.LOCK).write_text(json.dumps({"pid": 99999999, "host": "gone"}))  # its owner died
+    second = runlock.RunLock(tmp_path).acquire()
+    assert json.loads((tmp_path / runlock.LOCK).read_text())["pid"] == os.getpid()
+    second.release()

@@ -42,11 +42,16 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:  # held; any other OSError (no locks on this file system) is raised as is
                 owner = _read(fd)
                 os.close(fd)
-                raise RunLockedError(f"{self.path.parent} is in use by {_describe(owner)}; wait for it to end, or stop it "
-                                     f"(two trainers on one folder would overwrite each other's checkpoint)") from None
+                raise RunLockedError(
+                    f"{self.path.parent} is in use by {_describe(owner)}; wait for it to end, or stop it "
+                    f"(two trainers on one folder would overwrite each other's checkpoint)"
+                ) from None
+            except OSError as e:
+                os.close(fd)
+                raise OSError(e.errno, f"cannot lock the run folder: {e.strerror}", str(self.path)) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
