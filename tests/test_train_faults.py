@@ -364,3 +364,13 @@ def test_the_run_lock_refuses_a_second_holder_and_ignores_a_dead_ones_file(tmp_p
     second = runlock.RunLock(tmp_path).acquire()
     assert json.loads((tmp_path / runlock.LOCK).read_text())["pid"] == os.getpid()
     second.release()
+
+
+def test_a_log_with_only_a_stop_event_does_not_block_a_resume(tmp_path):
+    """A NaN stop before the first checkpoint, in a folder whose empty log a kill -9 left,
+    leaves its event row; a resume (a sweep's retry) starts over instead of refusing."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text(json.dumps({"event": "nonfinite_loss", "epoch": 1, "message": "nan"}) + "\n")
+    s = train(tiny_config(out, epochs=1, feature_dim=8, resume=True))
+    assert s["resumed_from_epoch"] is None

@@ -101,12 +101,21 @@ def _check_out(out: Path, cfg: TrainConfig) -> None:
             f"--overwrite to start over, or another --out"
         )
     if cfg.resume and not cfg.overwrite and not (out / ckpt.CHECKPOINT).exists():
-        results = [name for name in (SUMMARY, LOG) if (out / name).exists() and (out / name).stat().st_size > 0]
+        results = [name for name in (SUMMARY,) if (out / name).exists()] + [LOG] * _has_epoch_rows(out / LOG)
         if results:
             raise RunExistsError(
                 f"--resume: {out} holds a run ({', '.join(results)}) but no {ckpt.CHECKPOINT} to continue it "
                 f"from; pass --overwrite to start it over, or another --out"
             )
+
+
+def _has_epoch_rows(path: Path) -> bool:
+    """True if the log records a finished epoch (not only a stop event, nor nothing)."""
+    try:
+        with open(path) as f:
+            return any('"train_loss"' in line for line in f)
+    except FileNotFoundError:
+        return False
 
 
 def _make_out(out: Path) -> list:
