@@ -252,6 +252,11 @@ def chunked_backward(
     views]).backward()`` for a model whose forward treats samples independently (no
     BatchNorm in training mode), up to floating-point summation order.
 
+    When it raises (the model or ``loss_fn`` fails on some chunk, e.g. out of memory), the
+    ``.grad`` of the parameters of ``model`` (and of ``loss_fn`` when it is a module) are
+    as they were before the call, the chunks already back-propagated undone: a retry
+    without ``zero_grad`` (say, with smaller chunks) gives the right sum.
+
     Randomness: the CPU and CUDA generator states are recorded before each chunk's first
     pass and restored for its second, so dropout draws the same masks in both passes
     (masks differ from an unchunked step's, which draws them for all B rows at once).
@@ -268,6 +273,28 @@ def chunked_backward(
     numbers of chunks (different local B, e.g. the last batch of an epoch).
     """
     batch = _check_arguments(model, views, loss_fn, chunk_size, batchnorm_stats)
+    grads_before = _saved_grads(model, loss_fn)
+    try:
+        return _chunked_backward(model, views, loss_fn, chunk_size, batch, batchnorm_stats, scaler, on_chunk)
+    except BaseException:
+        for p, grad in grads_before:  # a retry (e.g. smaller chunks after running out of memory) starts clean
+            p.grad = grad
+        raise
+
+
+def _saved_grads(*owners) -> list:
+    """(parameter, a copy of its .grad or None) for the parameters of the modules among
+    ``owners``; no copy is made for the usual ``zero_grad(set_to_none=True)`` state."""
+    saved = {}
+    for owner in owners:
+        if isinstance(owner, torch.nn.Module):
+            for p in owner.parameters():
+                if id(p) not in saved:
+                    saved[id(p)] = (p, None if p.grad is None else p.grad.detach().clone())
+    return list(saved.values())
+
+
+def _chunked_backward(model, views, loss_fn, chunk_size, batch, batchnorm_stats, scaler, on_chunk) -> torch.Tensor:
     starts = list(range(0, batch, chunk_size))
     slices = [slice(s, min(s + chunk_size, batch)) for s in starts]
     total = 2 * len(slices) * len(views)

@@ -108,6 +108,43 @@ def test_gradients_accumulate_like_backward():
     assert rel_err(grads(model), [2 * r for r in ref]) <= 1e-10
 
 
+class _FailsAtCall(nn.Module):
+    """The wrapped model, raising an out-of-memory error at its ``at``-th call with a graph
+    (chunked_backward's second pass); the calls after it succeed."""
+
+    def __init__(self, model, at):
+        super().__init__()
+        self.model, self.at, self.calls = model, at, 0
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.at:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.model(x)
+
+
+@pytest.mark.parametrize("grad_before", ["none", "accumulated"])
+def test_a_failure_leaves_grad_as_before_so_a_retry_is_right(grad_before):
+    """The usual out-of-memory retry: catch, use smaller chunks, call again without
+    zero_grad.  The chunks back-propagated before the failure used to stay in .grad."""
+    torch.manual_seed(0)
+    inner = mlp().double()
+    vs = views()
+    _, ref = plain_step(inner, vs, align_uniform)  # leaves ref in .grad: an earlier micro-batch's
+    if grad_before == "none":
+        inner.zero_grad(set_to_none=True)
+    want = ref if grad_before == "none" else [2 * r for r in ref]
+    before = [None if p.grad is None else p.grad.clone() for p in inner.parameters()]
+    model = _FailsAtCall(inner, at=3)  # chunks of 10: the third of 8 second-pass calls fails
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        chunked_backward(model, vs, align_uniform, 10)
+    for p, b in zip(inner.parameters(), before):
+        assert p.grad is None if b is None else torch.equal(p.grad, b)
+    chunked_backward(model, vs, align_uniform, 5)  # the retry, without zero_grad
+    assert rel_err(grads(inner), want) <= 1e-10
+
+
 def test_structured_inputs_and_outputs():
     """dict views call model(**view); tuple outputs reach loss_fn whole; unused outputs are fine."""
 

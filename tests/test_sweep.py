@@ -4,6 +4,7 @@ plots), Spearman against an independent formula, and the CLI."""
 import json
 import math
 import random
+import re
 
 import pytest
 
@@ -171,9 +172,10 @@ def test_sweep_writes_rows_resumes_records_failures_and_plots(tmp_path):
     with pytest.raises(sweep.SweepExistsError, match="--resume"):
         sweep.run(s, out, progress=False)
 
-    # Resume with a configuration added before a good one that fails (batch larger than the
-    # training set): the finished runs are not rerun, the failure is recorded, the sweep goes on.
-    bigger = tiny_grid(grid=[{"batch_size": [4096]}, {"unif_w": [0.5, 1.0, 2.0]}])
+    # Resume with a configuration added before a good one that fails at run time (an lr that
+    # diverges; what can be checked in advance is: see test_values_that_cannot_run_are_refused_before_any_run):
+    # the finished runs are not rerun, the failure is recorded, the sweep goes on.
+    bigger = tiny_grid(grid=[{"lr": [1e15]}, {"unif_w": [0.5, 1.0, 2.0]}])
     rows = sweep.run(sweep.expand(bigger), out, workers=1, resume=True, progress=False)
     lines = [json.loads(x) for x in (out / "sweep.jsonl").read_text().splitlines()]
     assert len(lines) == 4  # the two new runs only, the failing one first (workers=1)
@@ -183,8 +185,8 @@ def test_sweep_writes_rows_resumes_records_failures_and_plots(tmp_path):
         by_status.setdefault(r["status"], []).append(r)
     assert len(by_status["ok"]) == 3 and len(by_status["failed"]) == 1
     bad = by_status["failed"][0]
-    assert bad["point"]["batch_size"] == 4096 and bad["returncode"] != 0
-    assert "larger than the training set" in bad["error"]
+    assert bad["point"]["lr"] == 1e15 and bad["returncode"] == 3
+    assert "the loss is nan" in bad["error"] and "Traceback" not in bad["error"]
     assert bad["summary"] is None
 
 
@@ -245,3 +247,119 @@ def test_joint_fit_recovers_an_exact_linear_relation_and_reports_its_quality():
     knn = sweep.joint_fit(rows)["knn_acc"]  # constant accuracy: no spread to explain
     assert knn["n"] == 7 and knn["r2"] is None
     assert sweep.joint_fit(rows[:2])["linear_probe_acc"] == {"n": 2, "r2": None, "rho": None}
+
+
+def test_a_torn_last_row_does_not_swallow_the_next_one(tmp_path):
+    """A crash mid-append leaves half a line without its newline; the row appended on resume
+    must still be read back (it used to be glued to the fragment and dropped)."""
+    rows = [{"id": f"r{i}", "status": "ok", "point": {}, "config": {}, "summary": {"knn_acc": i / 4}} for i in range(3)]
+    for r in rows:
+        results.append_row(tmp_path, r)
+    path = tmp_path / results.JSONL
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # the last row, torn
+    torn = []
+    assert [r["id"] for r in results.load_rows(tmp_path, torn)] == ["r0", "r1"] and torn == [3]
+    results.append_row(tmp_path, rows[2])  # the resumed run's row
+    torn = []
+    assert results.load_rows(tmp_path, torn) == rows and torn == [3]
+
+
+@pytest.mark.parametrize(
+    "base, point, message",
+    [
+        ({"device": "bogus"}, {}, "device 'bogus' is not a device"),
+        ({"dataset": "folder"}, {}, "needs --data-dir"),
+        ({"dataset": "folder", "data_dir": "/no/such/folder"}, {}, "is not a folder"),
+        ({}, {"num_samples": [10]}, "num_samples >= 20"),
+        ({}, {"batch_size": [100000]}, "larger than the training set"),
+    ],
+)
+def test_values_that_cannot_run_are_refused_before_any_run(tmp_path, base, point, message):
+    s = sweep.expand({"base": {**TINY_BASE, **base}, "grid": {"unif_w": [1.0], **point}})
+    with pytest.raises(sweep.GridError, match=f"cannot run here: .*{re.escape(message)}"):
+        sweep.run(s, tmp_path / "sweep", workers=1, progress=False)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_missing_dataset_package_is_reported_once_before_any_run(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mnist1d" else real(name, *a))
+    assert cli_main(["sweep", "--grid", "weights", "--quick", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("pip install mnist1d") == 1 and "Spearman" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("raw", [{}, {"description": "nothing"}, {"grid": {}}, {"grid": []}])
+def test_an_empty_grid_is_refused(raw):
+    with pytest.raises(sweep.GridError, match="(defines no runs|grid is empty)"):
+        sweep.expand(raw)
+
+
+def test_zero_workers_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["sweep", "--grid", "weights", "--quick", "--out", str(tmp_path / "o"), "--workers", "0"])
+    assert "--workers: expected an integer of at least 1, got '0'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="workers must be an integer of at least 1, got 0"):
+        sweep.run(sweep.expand(tiny_grid()), tmp_path / "o", workers=0, progress=False)
+
+
+@pytest.mark.parametrize("name", sorted(grid_mod.shipped_grids()))
+@pytest.mark.parametrize("quick", [False, True])
+def test_shipped_descriptions_say_how_many_seeds_and_runs_are_run(name, quick):
+    s = sweep.load(name, quick=quick)
+    seeds = len({r.config.seed for r in s.runs})
+    words = {"one seed": 1, "two seeds": 2, "three seeds": 3}
+    said = [n for w, n in words.items() if w in s.description]
+    assert said in ([], [seeds]), (s.description, seeds)
+    runs = re.findall(r"\((\d+) runs\)", s.description)
+    assert runs in ([], [str(len(s.runs))]), (s.description, len(s.runs))
+    if quick:
+        assert "quick" in s.description
+
+
+def test_a_joint_fit_over_few_runs_comes_with_a_caution():
+    rows = [{"id": f"r{i}", "status": "ok", "point": {}, "config": {},
+             "summary": {"align_alpha2": a, "uniform_t2": u, "linear_probe_acc": acc, "knn_acc": acc}}
+            for i, (a, u, acc) in enumerate([(0.1, -1.0, 0.5), (0.5, -2.0, 0.6), (0.9, -2.5, 0.4), (0.2, -3.0, 0.7)])]
+    text = results.format_joint_fit(sweep.joint_fit(rows))
+    assert "joint fit of linear_probe_acc over 4 runs" in text
+    assert "caution: 4 runs for 3 parameters" in text and "random accuracies would give 0.67" in text
+    many = rows * 5  # 20 rows: enough runs per parameter, no caution
+    many = [dict(r, id=f"{r['id']}-{i}", summary=dict(r["summary"], align_alpha2=r["summary"]["align_alpha2"] + i / 100))
+            for i, r in enumerate(many)]
+    assert "caution" not in results.format_joint_fit(sweep.joint_fit(many))
+
+
+def test_ctrl_c_to_a_sweep_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    from pyhypersphere.sweep import runner
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    assert cli_main(["sweep", "--grid", "weights", "--quick", "--out", str(tmp_path / "o"), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("pyhypersphere sweep: interrupted (Ctrl-C): 0 of 4 runs finished")
+    assert line.endswith(f"--grid weights --quick --out {tmp_path / 'o'} --resume`")
+
+
+def test_a_resume_says_when_unfinished_runs_change_thread_count(tmp_path, capsys):
+    from pyhypersphere.sweep import runner
+
+    s = sweep.expand(tiny_grid())
+    for r, threads in zip(s.runs, (1, 2)):
+        run_dir = tmp_path / runner.RUNS_DIR / r.id
+        run_dir.mkdir(parents=True)
+        (run_dir / "checkpoint.pt").write_bytes(b"")
+        (run_dir / runner.RUN_CONFIG).write_text(json.dumps({"threads": threads}))
+    runner._note_thread_changes(tmp_path, s.runs, threads=2, workers=1)
+    err = capsys.readouterr().err
+    assert "1 unfinished run(s) started with 1 thread(s) continue with 2 (--workers 1)" in err
+    runner._note_thread_changes(tmp_path, s.runs[1:], threads=2, workers=1)
+    assert capsys.readouterr().err == ""

@@ -250,3 +250,20 @@ def test_dataset_cache_goes_to_PYHYPERSPHERE_CACHE(tmp_path):
 
     data.mnist1d_arrays(200)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["mnist1d-n200-s%d.npz" % data.MNIST1D_SEED]
+
+
+def test_help_shows_only_defaults_that_inform():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "(default: True)" not in text and "(default: False)" not in text and "(default: None)" not in text
+    assert "--lr LR default 0.12 * batch / 256 --momentum" in text
+    assert "(80% train, 20% test) (default: 10000)" in text  # real defaults are still shown
+
+
+def test_the_start_line_counts_in_the_singular(tmp_path, capsys):
+    assert run_cli(TINY_ARGS + ["--threads", "1", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert ", 1 epoch, batch 64," in err and "(1 thread)," in err

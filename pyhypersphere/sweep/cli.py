@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..train import interrupts
 from . import grid as grid_mod
 from . import results, runner
 
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the sweep's folder")
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_positive_int,
         default=None,
         help=f"runs side by side, each with cores/workers threads (default: the usable cores, here {runner.default_workers()})",
     )
@@ -28,6 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="the grid's 'quick' variant (a few minutes)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {text!r}")
+    return value
 
 
 def main(args: argparse.Namespace) -> int:
@@ -42,10 +53,23 @@ def main(args: argparse.Namespace) -> int:
             print(r.id)
         return 0
     try:
-        rows = runner.run(sweep, args.out, workers=args.workers, resume=args.resume, progress=args.progress)
+        with interrupts.signals_as_interrupts():
+            rows = runner.run(sweep, args.out, workers=args.workers, resume=args.resume, progress=args.progress)
     except (runner.SweepExistsError, ValueError) as e:
         print(f"pyhypersphere sweep: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"pyhypersphere sweep: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: the workers were stopped
+        done = sum(r["status"] == runner.OK for r in results.load_rows(args.out))
+        print(
+            f"pyhypersphere sweep: interrupted ({interrupts.name(e)}): {done} of {len(sweep.runs)} runs finished, "
+            f"kept in {args.out} with the unfinished runs' last checkpoints; continue with `pyhypersphere sweep "
+            f"--grid {args.grid}{' --quick' if args.quick else ''} --out {args.out} --resume`",
+            file=sys.stderr,
+        )
+        return interrupts.exit_code(e)
     ok = [r for r in rows if r["status"] == runner.OK]
     failed = [r for r in rows if r["status"] == runner.FAILED]
     print(f"{len(ok)} runs finished, {len(failed)} failed; results in {args.out}")

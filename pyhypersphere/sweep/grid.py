@@ -122,7 +122,11 @@ def expand(raw: dict, quick: bool = False, where: str = "grid") -> Sweep:
     if len(set(seeds)) != len(seeds):
         raise GridError(f"{where}: seeds has repeated values {seeds!r}")
 
+    if not any(k in raw for k in ("base", "grid", "random", "seeds")):
+        raise GridError(f"{where}: defines no runs: give at least one of 'base', 'grid', 'random', 'seeds'")
     points = _grid_points(raw.get("grid"), where) + _random_points(raw.get("random"), where)
+    if "grid" in raw and not any(points):
+        raise GridError(f"{where}: grid is empty: give it fields with lists of values, or leave it out")
     if not points:
         points = [{}]
     if "seeds" in raw and any("seed" in p for p in points):
@@ -324,6 +328,28 @@ def _short(v) -> str:
     if isinstance(v, (list, tuple)):
         return "_".join(_short(x) for x in v)
     return str(v)
+
+
+def check_runnable(sweep: Sweep) -> None:
+    """The checks that need the machine, for every run before any runs: the device exists
+    here, the dataset's package or folder is there, sizes fit the data (GridError naming
+    the run).  Each distinct check runs once, so a missing package is reported once."""
+    from pyhypersphere.train.data import DataError, check_source
+    from pyhypersphere.train.resources import pick_device
+
+    seen = set()
+    for r in sweep.runs:
+        config = r.config.resolved()
+        for check, arg in ((pick_device, config.device), (check_source, config)):
+            key = (check.__name__, json.dumps(arg.to_dict() if check is check_source else arg, sort_keys=True, default=str))
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                check(arg)
+            except (DataError, ValueError) as e:
+                shown = ", ".join(f"{k}={v!r}" for k, v in r.point.items())
+                raise GridError(f"run ({shown}) cannot run here: {e}") from None
 
 
 def describe(sweep: Sweep) -> str:

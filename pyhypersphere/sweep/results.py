@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -33,27 +34,42 @@ SUMMARY_COLUMNS = (
 
 
 def append_row(out, row: dict) -> None:
-    with open(Path(out) / JSONL, "a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
+    """Append one row as a single write, fsynced.  A crash can leave a torn last line (no
+    newline); the row is then written on a line of its own, so the fragment never swallows it."""
+    path = Path(out) / JSONL
+    line = json.dumps(row, sort_keys=True) + "\n"
+    with open(path, "ab+") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode())
         f.flush()
+        os.fsync(f.fileno())
 
 
-def load_rows(out) -> List[dict]:
+def load_rows(out, torn: Optional[List[int]] = None) -> List[dict]:
     """The latest row of each run in ``out/sweep.jsonl`` (a resumed sweep appends a new row
-    when it reruns a failed run), in the order the runs first appeared."""
+    when it reruns a failed run), in the order the runs first appeared.  Lines that are not
+    a whole row (cut short by a crash) are skipped, their run reruns on resume; their line
+    numbers are appended to ``torn`` when it is given."""
     path = Path(out) / JSONL
     if not path.exists():
         return []
     latest: Dict[str, dict] = {}
     with open(path) as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut short by a kill: that run reruns on resume
+                row = None
+            if not isinstance(row, dict) or "id" not in row:
+                if torn is not None:
+                    torn.append(number)
+                continue
             latest[row["id"]] = row
     return list(latest.values())
 
@@ -73,34 +89,15 @@ def value(row: dict, name: str):
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (ties get their average rank); NaN when either side is
-    constant or there are fewer than 3 pairs."""
+    """Spearman's rank correlation (``scipy.stats.spearmanr``: ties get their average rank);
+    NaN when either side is constant or there are fewer than 3 pairs."""
     if len(x) != len(y):
         raise ValueError(f"spearman: x and y must have the same length, got {len(x)} and {len(y)}")
-    if len(x) < 3:
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return math.nan
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx = sum((a - mx) ** 2 for a in rx)
-    syy = sum((b - my) ** 2 for b in ry)
-    if sxx == 0 or syy == 0:
-        return math.nan
-    return sxy / math.sqrt(sxx * syy)
+    from scipy.stats import spearmanr
 
-
-def _ranks(v: Sequence[float]) -> List[float]:
-    order = sorted(range(len(v)), key=lambda i: v[i])
-    ranks = [0.0] * len(v)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    return float(spearmanr(x, y).statistic)
 
 
 def correlations(rows: Sequence[dict]) -> Dict[str, Dict[str, dict]]:
@@ -149,8 +146,14 @@ def joint_fit(rows: Sequence[dict]) -> Dict[str, dict]:
     return out
 
 
+# Fewer runs per fitted parameter than this, and an in-sample R^2 says little (with n runs
+# and p parameters, R^2 of random data averages (p - 1) / (n - 1)).
+FEW_RUNS_PER_PARAMETER = 5
+
+
 def format_joint_fit(fit: Dict[str, dict]) -> str:
     lines = []
+    parameters = len(METRICS) + 1
     for acc, f in fit.items():
         if f.get("r2") is None:
             lines.append(f"joint fit of {acc}: too few runs ({f['n']})")
@@ -158,6 +161,11 @@ def format_joint_fit(fit: Dict[str, dict]) -> str:
         terms = " ".join(f"{f[m]:+.4f}*{m}" for m in METRICS)
         lines.append(f"joint fit of {acc} over {f['n']} runs: {f['intercept']:.4f} {terms}, "
                      f"R^2={f['r2']}, rho(fit, {acc})={f['rho']}")
+        if f["n"] < FEW_RUNS_PER_PARAMETER * parameters:
+            chance = (parameters - 1) / (f["n"] - 1)
+            lines.append(f"  caution: {f['n']} runs for {parameters} parameters; this R^2 is in-sample, and random "
+                         f"accuracies would give {chance:.2f} on average: read it as a description of these runs, "
+                         f"not evidence (at least {FEW_RUNS_PER_PARAMETER * parameters} runs for that)")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 from . import grid as grid_mod
 from . import results
-from .worker import RUN_CONFIG
+from .worker import DRIVER_ENV, RUN_CONFIG
 
 OK, FAILED = "ok", "failed"
 RUNS_DIR = "runs"
@@ -31,6 +31,7 @@ GRID_FILE = "grid.json"
 LOG_FILE = "log.txt"
 ERROR_TAIL_LINES = 20  # of a failed run's log, kept in its row
 POLL_SECONDS = 0.2
+STOP_GRACE_SECONDS = 30.0  # for a stopped worker to write its checkpoint before it is killed
 
 
 class SweepExistsError(RuntimeError):
@@ -64,15 +65,22 @@ def run(
     jsonl = out / results.JSONL
     if jsonl.exists() and not resume:
         raise SweepExistsError(f"{out} already holds a sweep ({results.JSONL}): pass --resume to continue it, or another --out")
-    workers = int(workers or default_workers())
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers is None:
+        workers = default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer of at least 1, got {workers!r}")
+    grid_mod.check_runnable(sweep)
     threads = max(1, usable_cores() // workers)
     out.mkdir(parents=True, exist_ok=True)
     (out / GRID_FILE).write_text(json.dumps(sweep.source, indent=2) + "\n")
 
-    done = {r["id"] for r in results.load_rows(out) if r["status"] == OK}
+    torn: List[int] = []
+    done = {r["id"] for r in results.load_rows(out, torn) if r["status"] == OK}
+    if torn:
+        _note(f"{jsonl}: line(s) {', '.join(map(str, torn))} are not whole rows (a crash while writing); "
+              "those runs run again", None)
     pending = [r for r in sweep.runs if r.id not in done]
+    _note_thread_changes(out, pending, threads, workers)
     bar = _bar(len(sweep.runs), len(sweep.runs) - len(pending), progress)
     failed = 0
     active: Dict[str, tuple] = {}  # id -> (process, run, started, log file)
@@ -96,11 +104,8 @@ def run(
                     _note(f"run {rid} failed (exit {proc.returncode}): {last}", bar)
                 elif bar is None and progress:  # no tqdm: a line per run instead of the bar
                     _note(f"run {rid} ok: linear probe {row['summary']['linear_probe_acc']:.4f}", bar)
-    except BaseException:
-        for proc, *_ in active.values():
-            proc.terminate()
-        for proc, *_ in active.values():
-            proc.wait()
+    except BaseException:  # Ctrl-C, SIGTERM, SIGHUP (see interrupts), or a bug: no worker outlives the driver
+        _stop(proc for proc, *_ in active.values())
         raise
     finally:
         if bar is not None:
@@ -117,7 +122,7 @@ def _start(r: grid_mod.Run, out: Path, threads: int, python: str):
         grid_mod.replace_threads(r.config, threads), out=str(run_dir), resume=True, progress=False
     )
     (run_dir / RUN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    env = dict(os.environ)
+    env = dict(os.environ, **{DRIVER_ENV: str(os.getpid())})
     # numpy/scikit-learn BLAS pools too: runs side by side must not oversubscribe the cores
     env.update({k: str(config.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
     log = open(run_dir / LOG_FILE, "w")
@@ -125,6 +130,45 @@ def _start(r: grid_mod.Run, out: Path, threads: int, python: str):
         [python, "-m", "pyhypersphere.sweep.worker", str(run_dir)], stdout=log, stderr=subprocess.STDOUT, env=env
     )
     return proc, r, time.perf_counter(), log
+
+
+def _stop(procs, grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM to each worker (it keeps its last checkpoint and exits), SIGKILL to any that
+    is still there after ``grace`` seconds."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _note_thread_changes(out: Path, pending, threads: int, workers: int) -> None:
+    """Say when unfinished runs that have a checkpoint continue at another thread count
+    than they started with (their results then differ from an uninterrupted sweep's)."""
+    changed = {}
+    for r in pending:
+        run_dir = out / RUNS_DIR / r.id
+        if r.config.threads is not None or not (run_dir / "checkpoint.pt").exists():
+            continue
+        try:
+            before = json.loads((run_dir / RUN_CONFIG).read_text()).get("threads")
+        except (OSError, ValueError):
+            continue
+        if before is not None and before != threads:
+            changed.setdefault(before, []).append(r.id)
+    for before, ids in changed.items():
+        _note(
+            f"resuming: {len(ids)} unfinished run(s) started with {before} thread(s) continue with {threads} "
+            f"(--workers {workers}); their results will differ from an uninterrupted sweep's (pass the "
+            f"--workers that gives {before} thread(s) to keep it)",
+            None,
+        )
 
 
 def _row(r: grid_mod.Run, out: Path, returncode: int, seconds: float) -> dict:

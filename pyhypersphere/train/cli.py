@@ -7,13 +7,26 @@ import json
 import sys
 import warnings
 
+from . import interrupts
 from .config import DATASETS, LOSSES, TrainConfig
 
 _D = TrainConfig()
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" only where it informs: not for switches (--no-plots has no
+    default to show), not for None (the help says what unset means), not when the help
+    already gives the default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.nargs == 0 or action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = _DefaultsFormatter
     parser.description = (
         "Train an encoder with Wang & Isola's alignment + uniformity loss (or InfoNCE) on two "
         "augmented views per sample; evaluates a linear probe, k-NN and the alignment/uniformity "
@@ -102,22 +115,7 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 def main(args: argparse.Namespace) -> int:
-    from .data import DataError
-    from .loop import NonFiniteLossError, RunExistsError, train
-
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _print_warning
-            summary = train(config_from_args(args))
-    except NonFiniteLossError as e:
-        print(f"pyhypersphere train: error: {e}", file=sys.stderr)
-        return 3
-    except (RunExistsError, DataError, ValueError) as e:
-        print(f"pyhypersphere train: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:  # TrainingInterrupted says what was kept; before training: nothing
-        print(f"pyhypersphere train: {str(e) or 'interrupted before training started; nothing was written'}", file=sys.stderr)
-        return 130
+    code, summary = train_reporting(config_from_args(args))
     if summary:  # rank 0 only under torchrun
         keys = (
             "linear_probe_acc",
@@ -129,7 +127,39 @@ def main(args: argparse.Namespace) -> int:
             "seconds",
         )
         print(json.dumps({k: summary[k] for k in keys} | {"out": summary["out"]}, indent=2))
-    return 0
+    return code
+
+
+def train_reporting(config, prog: str = "pyhypersphere train"):
+    """``train(config)`` for a command line: (exit status, summary or None).  Every failure
+    ends in one line on stderr; SIGTERM and SIGHUP stop the run as Ctrl-C does.  Exit status:
+    0 done, 1 an OS error (full disk, unwritable folder), 2 a setting, the data, the run
+    folder or its checkpoint, 3 the loss diverged, 128 + the signal when interrupted."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .loop import NonFiniteLossError, RunExistsError, train
+    from .runlock import RunLockedError
+
+    try:
+        with warnings.catch_warnings(), interrupts.signals_as_interrupts():
+            warnings.showwarning = _print_warning
+            return 0, train(config)
+    except NonFiniteLossError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 3, None
+    except (RunExistsError, RunLockedError, CheckpointError, DataError, ValueError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2, None
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{prog}: error: {where}{e.strerror or e}{_KEPT}", file=sys.stderr)
+        return 1, None
+    except KeyboardInterrupt as e:  # TrainingInterrupted says what was kept
+        print(f"{prog}: {str(e) or 'interrupted'}", file=sys.stderr)
+        return interrupts.exit_code(e), None
+
+
+_KEPT = " (the run's last good checkpoint, if it had one, is kept)"
 
 
 def run(argv=None) -> int:

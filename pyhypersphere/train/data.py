@@ -14,15 +14,17 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
+from .config import MNIST1D_MIN_SAMPLES, MNIST1D_TRAIN_FRACTION, TrainConfig
 
 SPLIT_SEED = 0  # held-out splits do not depend on the training seed
 MNIST1D_SEED = 42  # the generator's own default: the standard MNIST-1D
@@ -99,6 +101,40 @@ def resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., top : top + size, left : left + size]
 
 
+def check_source(config: TrainConfig) -> None:
+    """The checks of a dataset that load nothing (its package, its folder, sizes that are
+    known in advance); raise DataError.  ``config`` is resolved.  A sweep runs them for every
+    run before starting any."""
+    if config.dataset == "mnist1d":
+        if config.num_samples < MNIST1D_MIN_SAMPLES:
+            raise DataError(f"mnist1d needs num_samples >= {MNIST1D_MIN_SAMPLES}, got {config.num_samples}")
+        train_samples = int(config.num_samples * MNIST1D_TRAIN_FRACTION)
+        if config.batch_size > train_samples:
+            raise DataError(
+                f"batch_size {config.batch_size} is larger than the training set ({train_samples} of "
+                f"num_samples {config.num_samples})"
+            )
+        _need("mnist1d", MNIST1D_MISSING)
+    elif config.dataset == "digits":
+        _need("sklearn", "the digits dataset needs scikit-learn: pip install scikit-learn")
+    elif config.dataset == "folder":
+        if not config.data_dir:
+            raise DataError("--dataset folder needs --data-dir ROOT (ROOT/<class>/<files>)")
+        if not Path(config.data_dir).expanduser().is_dir():
+            raise DataError(f"data_dir {config.data_dir} is not a folder")
+    elif config.dataset == "stl10":
+        root = Path(config.data_dir or "data").expanduser()
+        if not (root / "stl10_binary").is_dir():
+            raise DataError(f"STL-10 was not found under {str(root)!r} (expected {root}/stl10_binary/)")
+
+
+def _need(module: str, message: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise DataError(message)
+
+
 def load(config: TrainConfig) -> Data:
     loaders = {"mnist1d": load_mnist1d, "digits": load_digits, "folder": load_folder, "stl10": load_stl10}
     return loaders[config.dataset](config)
@@ -114,21 +150,50 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+MNIST1D_KEYS = ("x", "y", "x_test", "y_test")
+
+
+class MNIST1D(NamedTuple):
+    """MNIST-1D as tensors: signals [N, 40] float32, labels [N] int64 (0-9)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def mnist1d(num_samples: int = 10000, seed: int = MNIST1D_SEED) -> MNIST1D:
+    """MNIST-1D (Greydanus, 2020) made locally by the ``mnist1d`` package's generator (never
+    downloaded), split 80% train / 20% test, cached under ``$PYHYPERSPHERE_CACHE`` (default
+    ``~/.cache/pyhypersphere``).  ``seed`` 42 is the standard dataset.  Public as
+    ``pyhypersphere.train.load_mnist1d``."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < MNIST1D_MIN_SAMPLES:
+        raise ValueError(f"num_samples must be an integer of at least {MNIST1D_MIN_SAMPLES}, got {num_samples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    a = mnist1d_arrays(num_samples, seed)
+    return MNIST1D(*(torch.from_numpy(a[k]) for k in MNIST1D_KEYS))
+
+
 def mnist1d_arrays(num_samples: int, seed: int = MNIST1D_SEED) -> dict:
-    """MNIST-1D from the package's own generator, cached on disk (a few seconds to make)."""
+    """MNIST-1D from the package's own generator as numpy arrays, cached on disk (a few
+    seconds to make).  A cache file that cannot be read, whatever the reason (truncated,
+    corrupted, wrong contents), is made again and replaced atomically."""
     path = _cache_dir() / f"mnist1d-n{num_samples}-s{seed}.npz"
+    remove_stale_cache_temps(path.parent)
     try:
-        with np.load(path) as z:
-            return {k: z[k] for k in ("x", "y", "x_test", "y_test")}
-    except (OSError, KeyError, ValueError):
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in MNIST1D_KEYS}
+        if len(arrays["x"]) + len(arrays["x_test"]) == num_samples and len(arrays["x"]) == len(arrays["y"]):
+            return arrays
+    except FileNotFoundError:
+        pass
+    except Exception:  # noqa: BLE001  (BadZipFile, EOFError, zlib.error, ...: any of them means "make it again")
         pass
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:
-        raise DataError(
-            "the mnist1d dataset needs the 'mnist1d' package: pip install mnist1d "
-            "(it generates the data locally; nothing is downloaded)"
-        ) from e
+        raise DataError(MNIST1D_MISSING) from e
     args = get_dataset_args()
     args.num_samples = int(num_samples)
     args.seed = int(seed)
@@ -145,19 +210,60 @@ def mnist1d_arrays(num_samples: int, seed: int = MNIST1D_SEED) -> dict:
         "x_test": d["x_test"].astype(np.float32),
         "y_test": d["y_test"].astype(np.int64),
     }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home only costs the regeneration next time
+    _write_cache(path, arrays)
     return arrays
 
 
+MNIST1D_MISSING = (
+    "the mnist1d dataset needs the 'mnist1d' package: pip install mnist1d "
+    "(it generates the data locally; nothing is downloaded)"
+)
+_HOST = socket.gethostname()
+
+
+def _write_cache(path: Path, arrays: dict) -> None:
+    """Write ``path`` through a temporary file named with this process (removed on failure;
+    ``remove_stale_cache_temps`` removes it if the process is killed first)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}@{_HOST}.tmp.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass  # a read-only home only costs the regeneration next time
+
+
+def remove_stale_cache_temps(folder: Path) -> None:
+    """Remove the cache's temporary files whose writer (a process on this host) is gone."""
+    try:
+        names = [p for p in Path(folder).glob(".mnist1d-*.tmp.npz")]
+    except OSError:
+        return
+    for tmp in names:
+        m = re.match(r"^\..+\.(\d+)(?:@(.*))?\.tmp\.npz$", tmp.name)
+        if m and (m.group(2) in (None, _HOST)) and not _alive(int(m.group(1))):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def load_mnist1d(config: TrainConfig) -> Data:
-    if config.num_samples < 20:
-        raise DataError("mnist1d needs num_samples >= 20")
+    """The trainer's loader (a Data); the public one is ``mnist1d`` (tensors)."""
+    check_source(config)
     a = mnist1d_arrays(config.num_samples)
     return Data(
         name="mnist1d",
@@ -272,11 +378,8 @@ def _resize_array(a: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_folder(config: TrainConfig) -> Data:
-    if not config.data_dir:
-        raise DataError("--dataset folder needs --data-dir ROOT (ROOT/<class>/<files>)")
+    check_source(config)
     root = Path(config.data_dir).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root} is not a folder")
     size = int(config.image_size)
     if (root / "train").is_dir() and (root / "test").is_dir():
         classes, train_files = _class_files(root / "train")

@@ -18,6 +18,10 @@ EVAL_SEED = 12345  # the views used for the alignment metric are the same every 
 FIXED_METRIC_KEYS = {"align_alpha2": DEFAULT_ALPHA, "uniform_t2": DEFAULT_T}
 
 
+class NonFiniteFeatures(ArithmeticError):
+    """The model's held-out features are NaN or Inf: the model diverged."""
+
+
 @torch.no_grad()
 def features(model, data, x: torch.Tensor, device, batch: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
     """(penultimate, output) features of un-augmented samples, on the CPU in float32."""
@@ -121,6 +125,9 @@ def align_uniform(
 def evaluate(model, data, augment, device, config) -> Dict[str, float]:
     p_tr, o_tr = features(model, data, data.x_train, device)
     p_te, o_te = features(model, data, data.x_test, device)
+    for name, f in (("penultimate", p_tr), ("penultimate", p_te), ("output", o_tr), ("output", o_te)):
+        if not torch.isfinite(f).all():  # the probe would fail with an overflow, not a clear message
+            raise NonFiniteFeatures(f"the model's {name} features are not finite at evaluation (the model diverged)")
     c = data.num_classes
     result = {
         "linear_probe_acc": linear_probe(p_tr, data.y_train, p_te, data.y_test, c),

@@ -21,8 +21,10 @@ from . import augment as augment_mod
 from . import checkpoint as ckpt
 from . import data as data_mod
 from . import evaluate as eval_mod
+from . import interrupts
 from . import losses
 from . import models
+from . import runlock
 from .config import RESULT_FIELDS, TrainConfig
 from .resources import auto_threads, choose_threads, pick_device  # noqa: F401  (auto_threads: public here too)
 
@@ -40,7 +42,12 @@ class RunExistsError(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; the message says what was kept and how to resume."""
+    """Ctrl-C (or SIGTERM, SIGHUP: ``signum``) during a run; the message says what was kept
+    and how to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def _warn(message: str) -> None:
@@ -87,42 +94,56 @@ def resolve_out(cfg: TrainConfig) -> Path:
 
 def _check_out(out: Path, cfg: TrainConfig) -> None:
     """Raise if ``out`` cannot take this run; writes nothing."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out {str(out)!r} exists and is not a folder")
     taken = [name for name in (ckpt.CHECKPOINT, SUMMARY, LOG) if (out / name).exists()]
     if taken and not cfg.resume and not cfg.overwrite:
         raise RunExistsError(
             f"{out} already holds a run ({', '.join(taken)}): pass --resume to continue it, "
             f"--overwrite to start over, or another --out"
         )
+    if cfg.resume and not cfg.overwrite and not (out / ckpt.CHECKPOINT).exists():
+        results = [name for name in (SUMMARY,) if (out / name).exists()] + [LOG] * _has_epoch_rows(out / LOG)
+        if results:
+            raise RunExistsError(
+                f"--resume: {out} holds a run ({', '.join(results)}) but no {ckpt.CHECKPOINT} to continue it "
+                f"from; pass --overwrite to start it over, or another --out"
+            )
 
 
-def _prepare_out(out: Path, cfg: TrainConfig) -> bool:
-    """Create ``out`` (or clear it for --overwrite); True if this call created the folder."""
+def _has_epoch_rows(path: Path) -> bool:
+    """True if the log records a finished epoch (not only a stop event, nor nothing)."""
+    try:
+        with open(path) as f:
+            return any('"train_loss"' in line for line in f)
+    except FileNotFoundError:
+        return False
+
+
+def _make_out(out: Path) -> list:
+    """Create ``out``; the folders this call created, deepest first."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out {str(out)!r} exists and is not a folder")
+    created = [p for p in [out, *out.parents] if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _clear_for_overwrite(out: Path, cfg: TrainConfig) -> None:
     if cfg.overwrite and not cfg.resume:
         for name in RUN_FILES:
             try:
                 (out / name).unlink()
             except FileNotFoundError:
                 pass
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    return created
 
 
-def _remove_unfinished(out: Path, created: bool) -> None:
-    """Remove the files of a run that failed before its first checkpoint, and the folder
-    if this run created it."""
-    for name in RUN_FILES:
+def _remove_unfinished(out: Path, mine) -> None:
+    """Remove the files this invocation created (``mine``) for a run that ended before its
+    first checkpoint; never anything that was there before."""
+    for name in mine:
         try:
             (out / name).unlink()
         except FileNotFoundError:
             pass
-    if created:
-        try:
-            out.rmdir()
-        except OSError:
-            pass  # something else is in there: leave it
 
 
 def check_batch_size(batch_size: int, train_samples: int, world: int) -> None:
@@ -354,6 +375,10 @@ def _chunked_step(model, objective, v1, v2, chunk, progress):
     return values["value"], values["align"], values["uniform"]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _progress(total, desc, enabled):
     if not enabled:
         return None
@@ -401,14 +426,31 @@ def train(config: Optional[TrainConfig] = None, **overrides) -> dict:
         raw = dataclasses.replace(raw, **overrides)
     cfg = raw.resolved()
     threads_before = torch.get_num_threads()
+    had_group = _group_exists()
     try:
-        return _train(cfg, raw, t_start)
+        summary = _train(cfg, raw, t_start)
     finally:
         torch.set_num_threads(threads_before)
+    if not had_group and _group_exists():
+        # The group this call created (torchrun): a gloo group left to interpreter shutdown can
+        # abort the process ("terminate called without an active exception": its worker threads
+        # release tensors after Python is gone).  Only after success: on an error another rank
+        # may still wait in a collective, and destroying would wait for it.
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return summary
+
+
+def _group_exists() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def _train(cfg: TrainConfig, raw: TrainConfig, t_start: float) -> dict:
-    # Everything that can reject the settings runs before the first write to the run folder.
+    # Everything that can reject the settings runs before the first write to the run folder
+    # (rank 0 creates the folder to hold its lock, and removes it again if it refuses).
     rank, world, local_rank = _init_distributed()
     main = rank == 0
     device = pick_device(cfg.device, local_rank)
@@ -420,55 +462,91 @@ def _train(cfg: TrainConfig, raw: TrainConfig, t_start: float) -> dict:
         box = [str(out)]
         dist.broadcast_object_list(box, src=0)
         out = Path(box[0])
-    if main:
-        _check_out(out, cfg)
-
-    saved = ckpt.load(out / ckpt.CHECKPOINT) if cfg.resume else None
-    if saved is not None:
-        cfg = _merge_resumed_config(cfg, raw, saved["config"])
-    threads, threads_warning = choose_threads(cfg.threads, saved.get("threads") if saved else None, device)
-    if threads_warning and main:
-        _warn(threads_warning)
-    if threads:
-        torch.set_num_threads(int(threads))
-
-    data = data_mod.load(cfg)
-    pool = data.train_pool()
-    check_batch_size(cfg.batch_size, pool.shape[0], world)
-    aug = augment_mod.for_data(data, cfg.image_size)
-    cfg.encoder = models.resolve_name(cfg.encoder, data, cfg.image_size)
-    torch.manual_seed(cfg.seed)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    model = models.build(cfg.encoder, data, cfg.feature_dim, cfg.image_size).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    objective = _Objective(cfg, world)
-
-    start_epoch, history, elapsed_before = 0, [], 0.0
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        start_epoch, history = int(saved["epoch"]), list(saved["history"])
-        elapsed_before = float(saved.get("elapsed", 0.0))
-    elif cfg.resume and main:
-        _say(f"--resume: no checkpoint in {out}, starting a new run", cfg.verbose)
-
-    created = _prepare_out(out, cfg) if main else False
-    _barrier(world)
+    lock, created, before = None, [], set()
+    state = _RunState(out)
     try:
+        if main:
+            created = _make_out(out)
+            lock = runlock.RunLock(out).acquire()
+            before = {name for name in RUN_FILES if (out / name).exists()}
+            ckpt.remove_stale_temps(out, RUN_FILES)  # left by a killed writer: the lock says it is gone
+            _check_out(out, cfg)
+        saved = ckpt.load(out / ckpt.CHECKPOINT) if cfg.resume else None
+        if saved is not None:
+            cfg = _merge_resumed_config(cfg, raw, saved["config"])
+            state.checkpoint_epoch = int(saved["epoch"])
+        threads, threads_warning = choose_threads(cfg.threads, saved.get("threads") if saved else None, device)
+        if threads_warning and main:
+            _warn(threads_warning)
+        if threads:
+            torch.set_num_threads(int(threads))
+
+        data = data_mod.load(cfg)
+        pool = data.train_pool()
+        check_batch_size(cfg.batch_size, pool.shape[0], world)
+        aug = augment_mod.for_data(data, cfg.image_size)
+        cfg.encoder = models.resolve_name(cfg.encoder, data, cfg.image_size)
+        torch.manual_seed(cfg.seed)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        model = models.build(cfg.encoder, data, cfg.feature_dim, cfg.image_size).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        objective = _Objective(cfg, world)
+
+        start_epoch, history, elapsed_before = 0, [], 0.0
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            start_epoch, history = int(saved["epoch"]), list(saved["history"])
+            elapsed_before = float(saved.get("elapsed", 0.0))
+        elif cfg.resume and main:
+            _say(f"--resume: no checkpoint in {out}, starting a new run", cfg.verbose)
+
+        if main:
+            _clear_for_overwrite(out, cfg)
+            before = {name for name in RUN_FILES if (out / name).exists()}
+        _barrier(world)
         return _run_epochs(
             cfg, out, data, aug, pool, model, opt, objective, device, rank, world,
-            start_epoch, history, elapsed_before, saved, t_start,
+            start_epoch, history, elapsed_before, saved, t_start, state,
         )  # fmt: skip
-    except BaseException:
-        if main and not (out / ckpt.CHECKPOINT).exists():
-            _remove_unfinished(out, created)  # no empty or half-written run left behind
-        raise
+    except KeyboardInterrupt as e:
+        if isinstance(e, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(f"interrupted {state.where}: {state.kept()}", interrupts.signal_of(e)) from None
+    finally:
+        if lock is not None:
+            unfinished = state.checkpoint_epoch is None  # no empty or half-written run left behind
+            if unfinished:
+                _remove_unfinished(out, [name for name in RUN_FILES if name not in before])
+            lock.release()
+            for folder in created if unfinished else []:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break  # something else is in there: leave it
+
+
+class _RunState:
+    """What a run has kept so far, for the message of an interrupted or failed run."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.checkpoint_epoch: Optional[int] = None  # the epoch of the checkpoint on disk
+        self.where = "before training started"
+
+    def kept(self) -> str:
+        if self.checkpoint_epoch is None:
+            return "no epoch had finished, nothing was kept"
+        return (
+            f"the checkpoint after epoch {self.checkpoint_epoch} is kept ({self.out / ckpt.CHECKPOINT}); continue "
+            f"with `pyhypersphere train --resume --out {self.out}`"
+        )
 
 
 def _run_epochs(
     cfg, out, data, aug, pool, model, opt, objective, device, rank, world, start_epoch, history, elapsed_before,
-    saved, t_start,
+    saved, t_start, state,
 ) -> dict:  # fmt: skip
     main = rank == 0
     log_path = out / LOG
@@ -486,11 +564,11 @@ def _run_epochs(
         pool = pool.to(device)  # small enough: keep the whole training set on the GPU
     _say(
         f"training {cfg.encoder} on {data.name} ({pool.shape[0]} training / {data.x_test.shape[0]} held-out samples), "
-        f"loss {cfg.loss} [{objective.backend}], {cfg.epochs} epochs, batch {cfg.batch_size}"
+        f"loss {cfg.loss} [{objective.backend}], {_count(cfg.epochs, 'epoch')}, batch {cfg.batch_size}"
         + (f" in chunks of {cfg.chunk_size}" if cfg.chunk_size and cfg.chunk_size < cfg.batch_size else "")
         + f", lr {cfg.lr:g}, "
         f"device {device}{f' x{world}' if world > 1 else ''}"
-        + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
+        + (f" ({_count(torch.get_num_threads(), 'thread')})" if device.type == "cpu" else "")
         + f", out {out}"
         + (f"; resuming after epoch {start_epoch}" if start_epoch else ""),
         main and cfg.verbose,
@@ -498,6 +576,7 @@ def _run_epochs(
 
     last_eval = None
     for epoch in range(start_epoch, cfg.epochs):
+        state.where = f"during epoch {epoch + 1}"
         t0 = time.perf_counter()
         lr = lr_at(cfg, epoch)
         for group in opt.param_groups:
@@ -506,35 +585,23 @@ def _run_epochs(
             stats = train_one_epoch(
                 train_model, opt, objective, data, aug, pool, cfg, epoch, device, rank, world, cfg.progress
             )
-        except KeyboardInterrupt:
-            kept = (
-                f"the checkpoint after epoch {history[-1]['epoch']} is kept; continue with "
-                f"`pyhypersphere train --resume --out {out}`"
-                if history
-                else "no epoch had finished, nothing was kept"
-            )
-            raise TrainingInterrupted(f"interrupted during epoch {epoch + 1}: {kept}") from None
-        except NonFiniteLossError as e:
-            good = start_epoch if not history else history[-1]["epoch"]
-            where = (
-                f"the last good checkpoint ({out / ckpt.CHECKPOINT}, after epoch {good}) is kept; "
-                f"lower --lr or check the data, then run again with --resume"
-                if (out / ckpt.CHECKPOINT).exists()
-                else "no checkpoint had been written yet"
-            )
+            _check_resumable(model, opt, data, pool, cfg, device, world, epoch)
+            train_seconds = time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "lr": lr, **stats, "train_seconds": round(train_seconds, 3)}
+            if main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                state.where = f"while evaluating epoch {epoch + 1}"
+                last_eval = eval_mod.evaluate(model, data, aug, device, cfg)
+                row.update(last_eval)
+        except (NonFiniteLossError, eval_mod.NonFiniteFeatures) as e:
             if main:
                 _append_log(log_path, {"event": "nonfinite_loss", "epoch": epoch + 1, "message": str(e)})
-            raise NonFiniteLossError(f"{e}: training stopped; {where}.") from None
-        train_seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "lr": lr, **stats, "train_seconds": round(train_seconds, 3)}
-        if main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            last_eval = eval_mod.evaluate(model, data, aug, device, cfg)
-            row.update(last_eval)
+            raise NonFiniteLossError(f"{e}: training stopped; {_where_good(state)}.") from None
         row["epoch_seconds"] = round(time.perf_counter() - t0, 3)
         row["elapsed_seconds"] = round(elapsed_before + time.perf_counter() - t_start, 3)
         history.append(row)
         if main:
-            state = {
+            state.where = f"while writing the checkpoint of epoch {epoch + 1}"
+            checkpoint = {
                 "format": 1,
                 "epoch": epoch + 1,
                 "model": model.state_dict(),
@@ -543,18 +610,23 @@ def _run_epochs(
                 "history": history,
                 "elapsed": row["elapsed_seconds"],
                 "loss_backend": objective.backend,
-                "torch": torch.__version__,
+                "torch": str(torch.__version__),  # a str: TorchVersion is not a plain value
                 "threads": torch.get_num_threads(),  # reused on resume: the rounding depends on it
             }
-            ckpt.save(out / ckpt.CHECKPOINT, state)
+            ckpt.save(out / ckpt.CHECKPOINT, checkpoint)
+            state.checkpoint_epoch = epoch + 1
             _append_log(log_path, row)
             _say(_epoch_line(row, cfg), cfg.verbose)
         _barrier(world)
 
+    state.where = "after the last epoch, before the summary was written"
     if not main:
         return {}
     if last_eval is None:  # resumed a finished run: evaluate the saved model once more
-        last_eval = eval_mod.evaluate(model, data, aug, device, cfg)
+        try:
+            last_eval = eval_mod.evaluate(model, data, aug, device, cfg)
+        except eval_mod.NonFiniteFeatures as e:
+            raise NonFiniteLossError(f"{e}: {_where_good(state)}.") from None
     plots = _plots(cfg, out, history, model, data, device)
     final = history[-1] if history else {}
     summary = {
@@ -580,7 +652,7 @@ def _run_epochs(
         "device": str(device),
         "world_size": world,
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "seed": cfg.seed,
         "knn_k": cfg.knn_k,
         "layers": "linear_probe_acc/knn_acc: penultimate layer; *_output: the normalized output",
@@ -589,6 +661,48 @@ def _run_epochs(
     }
     ckpt.write_json(out / SUMMARY, summary)
     return summary
+
+
+def _where_good(state: _RunState) -> str:
+    if state.checkpoint_epoch is None:
+        return "no checkpoint had been written yet"
+    return (
+        f"the last good checkpoint ({state.out / ckpt.CHECKPOINT}, after epoch {state.checkpoint_epoch}) is kept; "
+        f"lower --lr or check the data, then run again with --resume"
+    )
+
+
+def _check_resumable(model, opt, data, pool, cfg, device, world, epoch) -> None:
+    """Raise NonFiniteLossError unless the state after ``epoch`` is one the trainer can go on
+    from: parameters, buffers and optimizer state finite, and the model's output on a
+    training batch, and the running statistics that forward gives, finite.  The loss check
+    before each step cannot see a step that diverges on an epoch's last step (with one step
+    per epoch, every divergence): its parameters can be finite yet so large that the next
+    forward overflows.  The probe runs in training mode without a gradient; running
+    statistics and generators are restored after it."""
+    reason = None
+    named = list(model.state_dict().items()) + [
+        (f"optimizer {key}", t) for s in opt.state.values() for key, t in s.items() if isinstance(t, torch.Tensor)
+    ]
+    for name, t in named:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            reason = f"{name} is not finite after epoch {epoch + 1}"
+            break
+    if reason is None:
+        probe = data.eval_view(pool[: cfg.batch_size // world].to(device))
+        buffers = [(b, b.clone()) for b in model.buffers()]
+        gpus = [device.index or 0] if device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=gpus):
+            _, z = model(probe)
+        overflowed = not torch.isfinite(z).all() or any(
+            b.is_floating_point() and not torch.isfinite(b).all() for b, _ in buffers
+        )  # e.g. a running variance that overflows while the normalized output stays finite
+        for b, value in buffers:
+            b.copy_(value)
+        if overflowed:
+            reason = f"the parameters after epoch {epoch + 1} overflow in the next forward (a step diverged)"
+    if not _check_finite(torch.tensor(math.nan if reason else 0.0), world):  # every rank stops together
+        raise NonFiniteLossError(reason or f"another process's parameters diverged in epoch {epoch + 1}")
 
 
 def _epoch_line(row: dict, cfg: TrainConfig) -> str:
