@@ -62,7 +62,7 @@ def _uniform_lse_fake(x, queue, t, intra_batch, part, num_parts, grad_x, grad_qu
     if grad_queue and queue is None:
         raise ValueError("uniform_loss: grad_queue=True needs a queue (got queue=None)")
     acc = accumulate_dtype(x.dtype)
-    lse = x.new_empty((), dtype=acc)
+    lse = x.new_empty((), dtype=torch.float64)
     gx = x.new_empty(tuple(x.shape), dtype=acc) if grad_x else x.new_empty((0,), dtype=acc)
     gq = queue.new_empty(tuple(queue.shape), dtype=acc) if grad_queue else x.new_empty((0,), dtype=acc)
     return lse, gx, gq

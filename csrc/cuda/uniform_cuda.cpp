@@ -125,7 +125,7 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
   UniformPlanOptions options;
   options.raw_16bit_operands = true;
   options.host_read = !stream_is_capturing(stream);
-  UniformRows rows = plan_uniform_rows(x, queue, t, tf32 ? kTf32UnitRoundoff : kFloat32UnitRoundoff,
+  UniformRows rows = plan_uniform_rows(x, queue, intra_batch, t, tf32 ? kTf32UnitRoundoff : kFloat32UnitRoundoff,
                                        options);
   if (!rows.finite) return nonfinite_uniform_outputs(x, queue, grad_x, grad_queue);
   const cuda::UniformPrecision precision = tile_precision(rows, x.scalar_type(), tf32);
@@ -179,7 +179,7 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
   TORCH_CHECK(err == cudaSuccess, "uniform_loss: CUDA kernel launch failed: ", cudaGetErrorString(err));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const auto acc = accumulate_dtype(x.scalar_type());
-  lse = lse.to(acc);
+  lse = lse.to(at::kDouble);
   if (compute_grad) grad_rows = grad_rows.to(acc);
   UniformOutputs outputs = make_uniform_outputs(lse, grad_rows, 0, x, queue, grad_x, grad_queue);
   return options.host_read ? outputs : mask_nonfinite_outputs(outputs, finite);
