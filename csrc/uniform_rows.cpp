@@ -1,6 +1,6 @@
 #include "uniform_rows.h"
 
-#include "uniform_math.h"
+#include "cpu/small_rows.h"
 
 #include <ATen/ATen.h>
 
@@ -22,24 +22,16 @@ at::ScalarType accumulate_dtype(at::ScalarType input) {
 
 namespace {
 
-// Mean of ||z_i - z_j||^2 over the pair set, from O((n + k) d) sums of the rows centered
-// on their stacked mean (a 0-dim float64 tensor).  With S_x, S_q the sums of ||z_i||^2
-// over x's and the queue's rows and m_x the mean of x's rows (n m_x + k m_q = 0):
-//   within x   sum_{i<j} ||z_i - z_j||^2 = n S_x - n^2 ||m_x||^2
-//   x by queue sum_{i,q}  ||z_i - z_q||^2 = k S_x + n S_q + 2 n^2 ||m_x||^2
+// mean_pair_sq_distance_from_sums on the device (a 0-dim float64 tensor).
 at::Tensor mean_pair_sq_distance(const UniformRows& rows, bool intra_batch) {
-  const auto options = rows.sq_norm.options().dtype(at::kDouble);
-  const double n = double(rows.n), k = double(rows.k);
-  const double pairs = math::pair_count(rows.n, rows.k, intra_batch);
-  if (pairs == 0) return at::zeros({}, options);
   const at::Tensor s_x = rows.sq_norm.narrow(0, 0, rows.n).sum(at::kDouble);
-  if (rows.k == 0) return s_x * (n / pairs);  // m_x = 0: x alone was centered
+  const at::Tensor zero = at::zeros({}, s_x.options());
+  if (rows.k == 0) {  // m_x = 0: x alone was centered
+    return mean_pair_sq_distance_from_sums(rows.n, 0, intra_batch, s_x, zero, zero);
+  }
   const at::Tensor s_q = rows.sq_norm.narrow(0, rows.n, rows.k).sum(at::kDouble);
   const at::Tensor m_x = rows.z.narrow(0, 0, rows.n).mean(0, /*keepdim=*/false, at::kDouble);
-  const at::Tensor m_x2 = (m_x * m_x).sum();
-  at::Tensor total = s_x * k + s_q * n + m_x2 * (2 * n * n);
-  if (intra_batch) total = total + s_x * n - m_x2 * (n * n);
-  return total / pairs;
+  return mean_pair_sq_distance_from_sums(rows.n, rows.k, intra_batch, s_x, s_q, (m_x * m_x).sum());
 }
 
 }  // namespace
@@ -47,8 +39,11 @@ at::Tensor mean_pair_sq_distance(const UniformRows& rows, bool intra_batch) {
 UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue,
                                  bool intra_batch, std::optional<at::ScalarType> compute,
                                  bool host_read, bool input_norms) {
-  UniformRows rows;
   const auto acc = compute.value_or(accumulate_dtype(x.scalar_type()));
+  if (host_read && cpu::small_rows_apply(x, queue)) {
+    return cpu::prepare_small_rows(x, queue, intra_batch, acc, input_norms);
+  }
+  UniformRows rows;
   rows.n = x.size(0);
   const bool has_queue = queue.has_value() && queue->defined();
   rows.k = has_queue ? queue->size(0) : 0;

@@ -2,6 +2,8 @@
 // kernels read, and the outputs they fill.
 #pragma once
 
+#include "uniform_math.h"
+
 #include <ATen/core/Tensor.h>
 
 #include <optional>
@@ -72,6 +74,22 @@ constexpr double kFloat32MinMeanExponent = kFloat32LseAbsoluteError / kLossRelat
 // True when the loss may be too small for float32 sums: t * mean_pair_sq_distance below
 // kFloat32MinMeanExponent.
 bool loss_too_small_for_float32(double mean_pair_sq_distance, double t);
+
+// Mean of ||z_i - z_j||^2 over the pair set (ops.h), from O((n + k) d) sums of the rows
+// centered on their stacked mean: S_x, S_q the sums of ||z_i||^2 over x's and the queue's
+// rows, m_x2 = ||m_x||^2 for m_x the mean of x's rows (n m_x + k m_q = 0):
+//   within x   sum_{i<j} ||z_i - z_j||^2 = n S_x - n^2 ||m_x||^2
+//   x by queue sum_{i,q}  ||z_i - z_q||^2 = k S_x + n S_q + 2 n^2 ||m_x||^2
+// T is double, or a 0-dim tensor (the facts stay on the device until the plan's read).
+template <typename T>
+T mean_pair_sq_distance_from_sums(int64_t n, int64_t k, bool intra_batch, const T& s_x,
+                                  const T& s_q, const T& m_x2) {
+  const double pairs = math::pair_count(n, k, intra_batch);
+  const double nn = double(n) * double(n);
+  T total = s_x * double(k) + s_q * double(n) + m_x2 * (2 * nn);
+  if (intra_batch) total = total + s_x * double(n) - m_x2 * nn;
+  return total * (pairs > 0 ? 1.0 / pairs : 0.0);
+}
 
 // Unit roundoffs of the operand formats, for gram_error_exceeds_budget.
 constexpr double kFloat32UnitRoundoff = 0x1p-24;

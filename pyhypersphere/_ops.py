@@ -105,6 +105,8 @@ def _setup_uniform(ctx, inputs, output):
     x, queue, t, intra_batch, part, num_parts, want_x, want_queue = inputs
     lse, grad_x, grad_q = output
     ctx.mark_non_differentiable(grad_x, grad_q)
+    # No zero tensors for the gradient outputs' (unused) upstream gradients.
+    ctx.set_materialize_grads(False)
     ctx.has_queue = queue is not None
     ctx.dtypes = (x.dtype, queue.dtype if queue is not None else None)
     ctx.args = (t, intra_batch, part, num_parts)
@@ -125,6 +127,8 @@ def _differentiable_uniform(ctx, x, queue, lse, need_x, need_q):
 
 
 def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq):
+    if grad_lse is None:  # not materialized: lse's upstream gradient is zero
+        return (None,) * 8
     grad_x, grad_q, x, queue, lse = ctx.saved_tensors
     need_x = ctx.needs_input_grad[0]
     need_q = ctx.has_queue and ctx.needs_input_grad[1]
@@ -136,8 +140,9 @@ def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq):
             _lib_ops.uniform_lse, x, queue, *ctx.args, need_x, need_q
         )
     # The gradients are in the accumulation dtype (or float64): round to the inputs' once.
-    out_x = (grad_x * grad_lse.to(grad_x.dtype)).to(ctx.dtypes[0]) if need_x else None
-    out_q = (grad_q * grad_lse.to(grad_q.dtype)).to(ctx.dtypes[1]) if need_q else None
+    # (A 0-dim grad_lse does not promote them: the product is in their dtype.)
+    out_x = (grad_x * grad_lse).to(ctx.dtypes[0]) if need_x else None
+    out_q = (grad_q * grad_lse).to(ctx.dtypes[1]) if need_q else None
     return out_x, out_q, None, None, None, None, None, None
 
 
@@ -145,6 +150,7 @@ def _setup_align(ctx, inputs, output):
     x, y, alpha, compute_grad = inputs
     _, grad_x = output
     ctx.mark_non_differentiable(grad_x)
+    ctx.set_materialize_grads(False)
     ctx.alpha = alpha
     ctx.dtypes = (x.dtype, y.dtype)
     ctx.save_for_backward(grad_x, x, y)
@@ -152,12 +158,14 @@ def _setup_align(ctx, inputs, output):
 
 
 def _backward_align(ctx, grad_loss, _grad_gx):
+    if grad_loss is None:  # not materialized: the loss's upstream gradient is zero
+        return None, None, None, None
     grad_x, x, y = ctx.saved_tensors
     if torch.is_grad_enabled():
         grad_x = _differentiable.align_gradient(x, y, ctx.alpha)
     elif not ctx.computed:
         _, grad_x = _lib_ops.align_loss(x, y, ctx.alpha, True)
-    g = grad_x * grad_loss.to(grad_x.dtype)
+    g = grad_x * grad_loss
     out_x = g.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
     out_y = (-g).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
     return out_x, out_y, None, None
@@ -202,10 +210,19 @@ def _vmap_by_loop(function):
     return staticmethod(rule)
 
 
+def _below_autograd(op, *args):
+    """The op called from inside an autograd.Function's forward: straight to its kernel
+    (autocast still applies), past the autograd that torch.library registered on it, whose
+    Python wrapper (a signature bind and a redispatch, ~15 us a call) would only find grad
+    mode off and do the same."""
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 class _UniformLse(torch.autograd.Function):
     @staticmethod
     def forward(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue):
-        return _lib_ops.uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
+        return _below_autograd(_lib_ops.uniform_lse, x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
 
     setup_context = staticmethod(_setup_uniform)
     backward = staticmethod(_backward_uniform)
@@ -215,7 +232,7 @@ class _UniformLse(torch.autograd.Function):
 class _AlignLoss(torch.autograd.Function):
     @staticmethod
     def forward(x, y, alpha, compute_grad):
-        return _lib_ops.align_loss(x, y, alpha, compute_grad)
+        return _below_autograd(_lib_ops.align_loss, x, y, alpha, compute_grad)
 
     setup_context = staticmethod(_setup_align)
     backward = staticmethod(_backward_align)
@@ -226,6 +243,30 @@ _UniformLse.vmap = _vmap_by_loop(lambda *args: _UniformLse.apply(*args))
 _AlignLoss.vmap = _vmap_by_loop(lambda *args: _AlignLoss.apply(*args))
 
 
+def _eager(function):
+    """`function` (a setup_context-style autograd.Function) in the classic style, for calls
+    outside torch.func transforms: the same forward, context and backward, without the
+    per-call cost of the style torch.func needs (apply binds the arguments to forward's
+    signature with inspect and checks for functorch wrappers: ~30 us, more than the kernel
+    at N = 16)."""
+
+    def forward(ctx, *args):
+        output = function.forward(*args)
+        function.setup_context(ctx, args, output)
+        return output
+
+    return type(function.__name__ + "Eager", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(function.backward)})
+
+
+_UniformLseEager = _eager(_UniformLse)
+_AlignLossEager = _eager(_AlignLoss)
+
+
+def _apply(function, eager, *args):
+    return (function if torch._C._are_functorch_transforms_active() else eager).apply(*args)
+
+
 def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *, warn_stacklevel=3):
     """The op, differentiable (torch.func included).  Its precision warning is issued as a
     PrecisionWarning attributed to the frame `warn_stacklevel` levels up (3: the caller of
@@ -234,7 +275,7 @@ def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *
     args = (x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
     if torch.compiler.is_compiling():
         return _lib_ops.uniform_lse(*args)
-    result, message = _capturing_precision_warning(_UniformLse.apply, *args)
+    result, message = _capturing_precision_warning(_apply, _UniformLse, _UniformLseEager, *args)
     if message:
         warnings.warn(message, PrecisionWarning, stacklevel=warn_stacklevel)
     return result
@@ -242,4 +283,4 @@ def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *
 
 def align(x, y, alpha, compute_grad):
     args = (x, y, alpha, compute_grad)
-    return _lib_ops.align_loss(*args) if torch.compiler.is_compiling() else _AlignLoss.apply(*args)
+    return _lib_ops.align_loss(*args) if torch.compiler.is_compiling() else _apply(_AlignLoss, _AlignLossEager, *args)

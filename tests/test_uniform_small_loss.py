@@ -148,3 +148,42 @@ def test_float64_exactly_below_the_switch():
     assert policy(x.double(), t=1e-6)["dtype"] == "Double"
     # The common regime stays on the float32 path: unit rows at t = 2.
     assert policy(x, t=2.0)["dtype"] == "Float"
+
+
+# ------------------------------------------------------------ the single pass for small CPU inputs
+
+
+def plan(x, queue=None, host_read=True):
+    return _C._plan_uniform_rows(x, queue, 2.0, _C.FLOAT32_UNIT_ROUNDOFF, host_read=host_read)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_small_input_pass_gives_the_general_paths_rows(dtype, with_queue):
+    # Small CPU inputs are prepared in one C++ pass (csrc/cpu/small_rows.cpp); the general
+    # ATen path (taken without a host read) must give the same centered rows and norms.
+    x = (unit_rows(40, 12, seed=13) * 3 + 0.5).to(dtype)
+    queue = (unit_rows(25, 12, seed=14) - 0.25).to(dtype) if with_queue else None
+    z, sq, finite, *_ = plan(x, queue)
+    z_general, sq_general, *_ = plan(x, queue, host_read=False)
+    assert finite and z.dtype == z_general.dtype
+    torch.testing.assert_close(z, z_general, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sq, sq_general, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_small_input_pass_flags_nonfinite_rows(bad):
+    x = unit_rows(30, 4, dtype=torch.float32, seed=15)
+    x[7, 2] = bad
+    assert not plan(x)[2]
+    # Large finite values are not mistaken for overflow (their squares overflow in float32).
+    big = unit_rows(30, 4, dtype=torch.float32, seed=16) * 1e30
+    assert plan(big)[2]
+
+
+def test_mean_pair_distance_fact_above_the_single_pass_size():
+    # (n + k) d past kSmallRowsElements: the general path's fact.
+    x = unit_rows(300, 128, dtype=torch.float32, seed=17) + 0.1
+    queue = unit_rows(300, 128, dtype=torch.float32, seed=18)
+    got = policy(x, queue)["mean_pair_sq_distance"]
+    assert got == pytest.approx(pair_sq_distances(x, queue).mean().item(), rel=1e-5)
