@@ -102,8 +102,9 @@ def first_order_only(result: torch.Tensor) -> torch.Tensor:
 
 
 def _setup_uniform(ctx, inputs, output):
-    x, queue, t, intra_batch, part, num_parts, want_x, want_queue = inputs
-    lse, grad_x, grad_q = output
+    x, queue, t, intra_batch, part, num_parts, want_x, want_queue = inputs[:8]
+    lse, grad_x, grad_q = output[:3]
+    ctx.inputs = len(inputs)
     ctx.mark_non_differentiable(grad_x, grad_q)
     # No zero tensors for the gradient outputs' (unused) upstream gradients.
     ctx.set_materialize_grads(False)
@@ -126,9 +127,14 @@ def _differentiable_uniform(ctx, x, queue, lse, need_x, need_q):
     return _differentiable.uniform_lse_gradients(x, queue, t, intra_batch, lse, need_x, need_q)
 
 
-def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq):
-    if grad_lse is None:  # not materialized: lse's upstream gradient is zero
-        return (None,) * 8
+def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq, grad_loss=None):
+    # grad_loss: _UniformLse's fourth output, lse - offset (d loss / d lse = 1); the op's
+    # registered autograd has three.  An upstream gradient not materialized is zero.
+    if grad_loss is not None:
+        grad_lse = grad_loss if grad_lse is None else grad_lse + grad_loss
+    unused = (None,) * (ctx.inputs - 2)
+    if grad_lse is None:
+        return (None, None) + unused
     grad_x, grad_q, x, queue, lse = ctx.saved_tensors
     need_x = ctx.needs_input_grad[0]
     need_q = ctx.has_queue and ctx.needs_input_grad[1]
@@ -143,7 +149,7 @@ def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq):
     # (A 0-dim grad_lse does not promote them: the product is in their dtype.)
     out_x = (grad_x * grad_lse).to(ctx.dtypes[0]) if need_x else None
     out_q = (grad_q * grad_lse).to(ctx.dtypes[1]) if need_q else None
-    return out_x, out_q, None, None, None, None, None, None
+    return (out_x, out_q) + unused
 
 
 def _setup_align(ctx, inputs, output):
@@ -220,9 +226,15 @@ def _below_autograd(op, *args):
 
 
 class _UniformLse(torch.autograd.Function):
+    """The op's (lse, grad_x, grad_queue) and loss = lse - offset in loss_dtype, formed here
+    (in float64, rounded once) so that a loss is one autograd node, not three."""
+
     @staticmethod
-    def forward(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue):
-        return _below_autograd(_lib_ops.uniform_lse, x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
+    def forward(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, offset, loss_dtype):
+        lse, gx, gq = _below_autograd(
+            _lib_ops.uniform_lse, x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue
+        )
+        return lse, gx, gq, (lse - offset).to(loss_dtype)
 
     setup_context = staticmethod(_setup_uniform)
     backward = staticmethod(_backward_uniform)
@@ -267,18 +279,33 @@ def _apply(function, eager, *args):
     return (function if torch._C._are_functorch_transforms_active() else eager).apply(*args)
 
 
+def _uniform(args, offset, loss_dtype, warn_stacklevel):
+    """_UniformLse's outputs; the precision warning `warn_stacklevel` frames up from here."""
+    if torch.compiler.is_compiling():
+        lse, gx, gq = _lib_ops.uniform_lse(*args)
+        return lse, gx, gq, (lse - offset).to(loss_dtype)
+    result, message = _capturing_precision_warning(
+        _apply, _UniformLse, _UniformLseEager, *args, offset, loss_dtype
+    )
+    if message:
+        warnings.warn(message, PrecisionWarning, stacklevel=warn_stacklevel)
+    return result
+
+
 def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *, warn_stacklevel=3):
     """The op, differentiable (torch.func included).  Its precision warning is issued as a
     PrecisionWarning attributed to the frame `warn_stacklevel` levels up (3: the caller of
     the public function that called this one), so Python's default filter shows it once
     per call site.  Under torch.compile the op is called directly and warns through c10."""
     args = (x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
-    if torch.compiler.is_compiling():
-        return _lib_ops.uniform_lse(*args)
-    result, message = _capturing_precision_warning(_apply, _UniformLse, _UniformLseEager, *args)
-    if message:
-        warnings.warn(message, PrecisionWarning, stacklevel=warn_stacklevel)
-    return result
+    return _uniform(args, 0.0, torch.float64, warn_stacklevel + 1)[:3]
+
+
+def uniform_loss_value(x, queue, t, intra_batch, grad_x, grad_queue, log_pairs, loss_dtype, *, warn_stacklevel=3):
+    """lse - log_pairs over the whole pair set, in loss_dtype: uniform_lse's value as a loss,
+    one autograd node."""
+    args = (x, queue, t, intra_batch, 0, 1, grad_x, grad_queue)
+    return _uniform(args, log_pairs, loss_dtype, warn_stacklevel + 1)[3]
 
 
 def align(x, y, alpha, compute_grad):
