@@ -164,13 +164,13 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
                                                     &problem.products_first_ctas));
   }
 
-  // The kernel writes lse and the gradient in its own accumulation type (float64 for
-  // float64 rows, also when the policy moved float32 rows there).
+  // The kernel writes lse as a double, the gradient in its own accumulation type (float64
+  // for float64 rows, also when the policy moved float32 rows there).
   const auto kernel_options = x.options().dtype(operand.scalar_type() == at::kDouble ? at::kDouble
                                                                                      : at::kFloat);
   const at::Tensor workspace = at::empty(
       {static_cast<int64_t>(cuda::uniform_workspace_bytes(problem))}, x.options().dtype(at::kByte));
-  at::Tensor lse = at::empty({}, kernel_options);
+  at::Tensor lse = at::empty({}, x.options().dtype(at::kDouble));
   at::Tensor grad_rows =
       compute_grad ? at::empty({problem.n + problem.k, problem.d}, kernel_options) : at::Tensor();
   const cudaError_t err = cuda::launch_uniform_lse(
@@ -179,7 +179,6 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
   TORCH_CHECK(err == cudaSuccess, "uniform_loss: CUDA kernel launch failed: ", cudaGetErrorString(err));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const auto acc = accumulate_dtype(x.scalar_type());
-  lse = lse.to(at::kDouble);
   if (compute_grad) grad_rows = grad_rows.to(acc);
   UniformOutputs outputs = make_uniform_outputs(lse, grad_rows, 0, x, queue, grad_x, grad_queue);
   return options.host_read ? outputs : mask_nonfinite_outputs(outputs, finite);

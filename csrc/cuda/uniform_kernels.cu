@@ -791,12 +791,13 @@ __global__ void pack_rows_kernel(const op_t* rows, int64_t n, int64_t k, int64_t
 }
 
 // One CTA: the global shift m = max_B M_B, the total S = sum_B S_B exp(M_B - m) in
-// double (fixed order), lse = m + log S; stats = {m, S} for the gradient kernel.
+// double (fixed order), lse = m + log S (a double: the loss lse - log |P| keeps its digits
+// only if lse does; ops.h); stats = {m, S} for the gradient kernel.
 // In the gradient mode S_B = (sum of the block's row sums) / 2: each pair is in two rows.
 template <class acc_t>
 __global__ void __launch_bounds__(kFinishThreads)
     finish_kernel(const acc_t* shift, const acc_t* block_sum, const acc_t* row_sum, int64_t blocks,
-                  int block_rows, bool grad, acc_t* lse, acc_t* stats) {
+                  int block_rows, bool grad, double* lse, acc_t* stats) {
   __shared__ double scratch[kFinishThreads];
   const int tid = threadIdx.x;
   acc_t m = negative_infinity<acc_t>();
@@ -837,7 +838,7 @@ __global__ void __launch_bounds__(kFinishThreads)
     const double sum = scratch[0];
     const double value = sum > 0 ? static_cast<double>(global) + std::log(sum)
                                  : -std::numeric_limits<double>::infinity();
-    lse[0] = static_cast<acc_t>(value);
+    lse[0] = value;
     stats[0] = global;
     stats[1] = static_cast<acc_t>(sum);
   }
@@ -1120,7 +1121,7 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   finish_kernel<acc_t><<<1, kFinishThreads, 0, stream>>>(p.shift, p.block_sum, p.row_sum,
                                                          problem.compute_grad ? blocks : w.slots,
                                                          G::B, problem.compute_grad,
-                                                         static_cast<acc_t*>(lse_out), stats);
+                                                         static_cast<double*>(lse_out), stats);
   if (problem.compute_grad) {
     gradient_kernel<op_t, acc_t><<<grid_for(problem.n + problem.k, kRowWarps), 32 * kRowWarps, 0, stream>>>(
         p.z, p.row_sum, p.acc, p.shift, stats, w.ld, problem.n, problem.k, problem.d,

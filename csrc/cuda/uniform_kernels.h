@@ -93,7 +93,7 @@ cudaError_t uniform_resident_tile_ctas(UniformPrecision precision, int64_t block
 // the rows plus, with compute_grad, one accumulator row per row.
 size_t uniform_workspace_bytes(const UniformProblem& problem);
 
-// Computes lse (one value of the accumulation type: float, or double for kFp64) and,
+// Computes lse (one double, whatever the precision) and,
 // with compute_grad, grad_rows ([n + k, d], contiguous, accumulation type), on `stream`
 // and the current device.  `workspace` holds uniform_workspace_bytes(problem) bytes,
 // 256-byte aligned.  Asynchronous; returns the first launch error, if any.
