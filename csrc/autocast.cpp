@@ -3,7 +3,7 @@
 // The reference formulas run under autocast in float32: on CUDA, torch.pdist and
 // torch.norm are on autocast's float32 list.  Ours match that:
 //   uniform_lse  computes as without autocast: its kernels already accumulate 16-bit
-//                inputs in float32 and return lse and the gradients in float32 (the
+//                inputs in float32 and return the gradients in float32, lse in float64 (the
 //                loss wrappers then keep the loss in float32, _ops.loss_dtype);
 //   align_loss   runs on float32 inputs (autocast's float32 policy, float64 kept), so
 //                its loss is float32 like the reference's norm.

@@ -7,11 +7,13 @@
 //   (x_i, queue_k).  With num_parts > 1 only the part-th of num_parts disjoint slices
 //   of P is summed (distributed training: every rank holds the gathered rows and sums
 //   its slice; see tile_schedule.h).
-//   lse = log sum_{P} exp(-t ||z_i - z_j||^2), a 0-dim tensor in the accumulation dtype
-//   (float64 for float64 inputs, float32 otherwise); -inf for an empty slice.
+//   lse = log sum_{P} exp(-t ||z_i - z_j||^2), a 0-dim float64 tensor (whatever the
+//   inputs: the loss lse - log |P| is a difference of two numbers near log |P|, and keeps
+//   its digits only if lse does); -inf for an empty slice.
 //   grad_x [N, d] holds d lse / d x when the grad_x flag is set, grad_queue [K, d]
 //   holds d lse / d queue when the grad_queue flag is set (it needs a queue); each is
-//   an empty [0] tensor when not asked for.  Both are in the accumulation dtype, so a
+//   an empty [0] tensor when not asked for.  Both are in the accumulation dtype (float64
+//   for float64 inputs, float32 otherwise), so a
 //   caller that scales or sums them (autograd, the distributed reduce-scatter) rounds to
 //   the input dtype once.  A kernel computes only the gradients asked for.
 //   The uniformity loss is lse - log |P|.  NaN or inf in the inputs give NaN outputs.

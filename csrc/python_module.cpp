@@ -64,13 +64,13 @@ at::Tensor exp_fast_for_testing(const at::Tensor& values) {
 // checks are the operator's.
 std::tuple<at::Tensor, at::Tensor, bool, bool, bool, at::Tensor> plan_uniform_rows_py(
     const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
-    double operand_roundoff, bool raw_16bit_operands, bool host_read) {
-  pyhypersphere::check_uniform_args(x, queue, t, true, 0, 1, false);
+    double operand_roundoff, bool raw_16bit_operands, bool host_read, bool intra_batch) {
+  pyhypersphere::check_uniform_args(x, queue, t, intra_batch, 0, 1, false);
   pyhypersphere::UniformPlanOptions options;
   options.raw_16bit_operands = raw_16bit_operands;
   options.host_read = host_read;
   pyhypersphere::UniformRows rows =
-      pyhypersphere::plan_uniform_rows(x, queue, t, operand_roundoff, options);
+      pyhypersphere::plan_uniform_rows(x, queue, intra_batch, t, operand_roundoff, options);
   return {rows.z, rows.sq_norm, rows.finite, rows.operand_precision_ok, rows.raw_operands_ok,
           rows.finite_on_device};
 }
@@ -96,13 +96,13 @@ pybind11::dict cuda_tile_rows_py(int64_t smem_optin) {
 // tests of the policy: the dtype of z and the flags the kernel selection reads.
 pybind11::dict uniform_rows_policy_py(const at::Tensor& x, const std::optional<at::Tensor>& queue,
                                       double t, double operand_roundoff, bool raw_16bit_operands,
-                                      bool host_read) {
-  pyhypersphere::check_uniform_args(x, queue, t, true, 0, 1, false);
+                                      bool host_read, bool intra_batch) {
+  pyhypersphere::check_uniform_args(x, queue, t, intra_batch, 0, 1, false);
   pyhypersphere::UniformPlanOptions options;
   options.raw_16bit_operands = raw_16bit_operands;
   options.host_read = host_read;
   const pyhypersphere::UniformRows rows =
-      pyhypersphere::plan_uniform_rows(x, queue, t, operand_roundoff, options);
+      pyhypersphere::plan_uniform_rows(x, queue, intra_batch, t, operand_roundoff, options);
   pybind11::dict out;
   out["dtype"] = pybind11::str(c10::toString(rows.z.scalar_type()));
   out["finite"] = rows.finite;
@@ -111,6 +111,7 @@ pybind11::dict uniform_rows_policy_py(const at::Tensor& x, const std::optional<a
   out["raw_operands_ok"] = rows.raw_operands_ok;
   out["max_sq_norm"] = rows.max_sq_norm;
   out["max_input_sq_norm"] = rows.max_input_sq_norm;
+  out["mean_pair_sq_distance"] = rows.mean_pair_sq_distance;
   return out;
 }
 
@@ -137,6 +138,7 @@ PYBIND11_MODULE(_C, module) {
   module.def("_plan_uniform_rows", &plan_uniform_rows_py, pybind11::arg("x"), pybind11::arg("queue"),
              pybind11::arg("t"), pybind11::arg("operand_roundoff"),
              pybind11::arg("raw_16bit_operands") = false, pybind11::arg("host_read") = true,
+             pybind11::arg("intra_batch") = true,
              "The rows a uniformity kernel reads and the precision it computes in (internal).");
 #ifdef PYHYPERSPHERE_WITH_CUDA
   module.def("_cuda_tile_rows", &cuda_tile_rows_py, pybind11::arg("smem_optin"),
@@ -145,6 +147,7 @@ PYBIND11_MODULE(_C, module) {
   module.def("_uniform_rows_policy", &uniform_rows_policy_py, pybind11::arg("x"),
              pybind11::arg("queue"), pybind11::arg("t"), pybind11::arg("operand_roundoff"),
              pybind11::arg("raw_16bit_operands"), pybind11::arg("host_read"),
+             pybind11::arg("intra_batch") = true,
              "plan_uniform_rows' decision with the CUDA glue's options (internal, for tests).");
   module.def("_check_uniform_args", &check_uniform_args_py,
              "Raises the uniformity operator's ValueError for bad arguments (internal).");

@@ -1,5 +1,7 @@
 #include "uniform_rows.h"
 
+#include "cpu/small_rows.h"
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -18,11 +20,30 @@ at::ScalarType accumulate_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+namespace {
+
+// mean_pair_sq_distance_from_sums on the device (a 0-dim float64 tensor).
+at::Tensor mean_pair_sq_distance(const UniformRows& rows, bool intra_batch) {
+  const at::Tensor s_x = rows.sq_norm.narrow(0, 0, rows.n).sum(at::kDouble);
+  const at::Tensor zero = at::zeros({}, s_x.options());
+  if (rows.k == 0) {  // m_x = 0: x alone was centered
+    return mean_pair_sq_distance_from_sums(rows.n, 0, intra_batch, s_x, zero, zero);
+  }
+  const at::Tensor s_q = rows.sq_norm.narrow(0, rows.n, rows.k).sum(at::kDouble);
+  const at::Tensor m_x = rows.z.narrow(0, 0, rows.n).mean(0, /*keepdim=*/false, at::kDouble);
+  return mean_pair_sq_distance_from_sums(rows.n, rows.k, intra_batch, s_x, s_q, (m_x * m_x).sum());
+}
+
+}  // namespace
+
 UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                                 std::optional<at::ScalarType> compute, bool host_read,
-                                 bool input_norms) {
-  UniformRows rows;
+                                 bool intra_batch, std::optional<at::ScalarType> compute,
+                                 bool host_read, bool input_norms) {
   const auto acc = compute.value_or(accumulate_dtype(x.scalar_type()));
+  if (host_read && cpu::small_rows_apply(x, queue)) {
+    return cpu::prepare_small_rows(x, queue, intra_batch, acc, input_norms);
+  }
+  UniformRows rows;
   rows.n = x.size(0);
   const bool has_queue = queue.has_value() && queue->defined();
   rows.k = has_queue ? queue->size(0) : 0;
@@ -40,14 +61,20 @@ UniformRows prepare_uniform_rows(const at::Tensor& x, const std::optional<at::Te
   rows.finite_on_device = at::isfinite(rows.z).all();
   if (!host_read) return rows;
   // One device-to-host read for every fact the policy needs.
-  const at::Tensor facts = at::stack({rows.finite_on_device.to(at::kDouble),
-                                      max_or_zero(rows.sq_norm), input_max})
-                               .cpu();
+  const at::Tensor facts =
+      at::stack({rows.finite_on_device.to(at::kDouble), max_or_zero(rows.sq_norm), input_max,
+                 mean_pair_sq_distance(rows, intra_batch)})
+          .cpu();
   const double* f = facts.data_ptr<double>();
   rows.finite = f[0] != 0;
   rows.max_sq_norm = f[1];
   rows.max_input_sq_norm = f[2];
+  rows.mean_pair_sq_distance = f[3];
   return rows;
+}
+
+bool loss_too_small_for_float32(double mean_pair_sq_distance, double t) {
+  return t * mean_pair_sq_distance < kFloat32MinMeanExponent;
 }
 
 bool gram_error_exceeds_budget(double max_sq_norm, double t, double unit_roundoff) {
@@ -56,20 +83,26 @@ bool gram_error_exceeds_budget(double max_sq_norm, double t, double unit_roundof
 }
 
 UniformRows plan_uniform_rows(const at::Tensor& x, const std::optional<at::Tensor>& queue,
-                              double t, double operand_roundoff, UniformPlanOptions options) {
+                              bool intra_batch, double t, double operand_roundoff,
+                              UniformPlanOptions options) {
   const bool sixteen_bit = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
   const bool try_raw = options.raw_16bit_operands && sixteen_bit && options.host_read;
-  UniformRows rows = prepare_uniform_rows(x, queue, std::nullopt, options.host_read, try_raw);
+  UniformRows rows =
+      prepare_uniform_rows(x, queue, intra_batch, std::nullopt, options.host_read, try_raw);
   if (!options.host_read) {
     // No facts: the most accurate operands of the accumulation dtype, decided blind.
     rows.operand_precision_ok = rows.z.scalar_type() == at::kDouble;
     return rows;
   }
   if (!rows.finite) return rows;
+  // A loss too small for float32 sums: float64 rows, whatever the operands could resolve.
+  const bool small_loss = rows.z.scalar_type() != at::kDouble &&
+                          loss_too_small_for_float32(rows.mean_pair_sq_distance, t);
+  if (small_loss) rows = prepare_uniform_rows(x, queue, intra_batch, at::kDouble);
   // 16-bit values multiply exactly into float32 sums: the raw inputs are the best
   // operands when their (uncentered) spread allows, else the centered float32 rows.
-  rows.raw_operands_ok =
-      try_raw && !gram_error_exceeds_budget(rows.max_input_sq_norm, t, kFloat32UnitRoundoff);
+  rows.raw_operands_ok = try_raw && !small_loss &&
+                         !gram_error_exceeds_budget(rows.max_input_sq_norm, t, kFloat32UnitRoundoff);
   if (rows.raw_operands_ok) return rows;
   bool inaccurate;
   if (rows.z.scalar_type() == at::kDouble) {
@@ -81,7 +114,7 @@ UniformRows plan_uniform_rows(const at::Tensor& x, const std::optional<at::Tenso
                  gram_error_exceeds_budget(rows.max_sq_norm, t,
                                            std::min(operand_roundoff, kFloat32UnitRoundoff));
     if (inaccurate) {
-      rows = prepare_uniform_rows(x, queue, at::kDouble);
+      rows = prepare_uniform_rows(x, queue, intra_batch, at::kDouble);
       inaccurate = gram_error_exceeds_budget(rows.max_sq_norm, t, kFloat64UnitRoundoff);
     }
   }
@@ -114,7 +147,7 @@ UniformOutputs make_uniform_outputs(const at::Tensor& lse, const at::Tensor& gra
   const bool has_queue = queue.has_value() && queue->defined();
   // Outputs of an op must not share storage: each empty output is its own tensor, and
   // when both parts are returned the queue's part gets its own copy.
-  const auto empty = [&] { return lse.new_empty({0}); };
+  const auto empty = [&] { return at::empty({0}, x.options().dtype(accumulate_dtype(x.scalar_type()))); };
   const int64_t n = x.size(0);
   if (!has_queue) return {lse, grad_x ? grad_rows : empty(), empty()};
   at::Tensor gx = empty(), gq = empty();
@@ -136,7 +169,7 @@ UniformOutputs nonfinite_uniform_outputs(const at::Tensor& x,
                                          bool grad_queue) {
   const auto nan = std::numeric_limits<double>::quiet_NaN();
   const auto acc = x.options().dtype(accumulate_dtype(x.scalar_type()));
-  at::Tensor lse = at::full({}, nan, acc);
+  at::Tensor lse = at::full({}, nan, acc.dtype(at::kDouble));
   return {lse, grad_x ? at::full(x.sizes(), nan, acc) : at::empty({0}, acc),
           grad_queue ? at::full(queue->sizes(), nan, acc) : at::empty({0}, acc)};
 }

@@ -62,7 +62,7 @@ def _uniform_lse_fake(x, queue, t, intra_batch, part, num_parts, grad_x, grad_qu
     if grad_queue and queue is None:
         raise ValueError("uniform_loss: grad_queue=True needs a queue (got queue=None)")
     acc = accumulate_dtype(x.dtype)
-    lse = x.new_empty((), dtype=acc)
+    lse = x.new_empty((), dtype=torch.float64)
     gx = x.new_empty(tuple(x.shape), dtype=acc) if grad_x else x.new_empty((0,), dtype=acc)
     gq = queue.new_empty(tuple(queue.shape), dtype=acc) if grad_queue else x.new_empty((0,), dtype=acc)
     return lse, gx, gq
@@ -102,9 +102,12 @@ def first_order_only(result: torch.Tensor) -> torch.Tensor:
 
 
 def _setup_uniform(ctx, inputs, output):
-    x, queue, t, intra_batch, part, num_parts, want_x, want_queue = inputs
-    lse, grad_x, grad_q = output
+    x, queue, t, intra_batch, part, num_parts, want_x, want_queue = inputs[:8]
+    lse, grad_x, grad_q = output[:3]
+    ctx.inputs = len(inputs)
     ctx.mark_non_differentiable(grad_x, grad_q)
+    # No zero tensors for the gradient outputs' (unused) upstream gradients.
+    ctx.set_materialize_grads(False)
     ctx.has_queue = queue is not None
     ctx.dtypes = (x.dtype, queue.dtype if queue is not None else None)
     ctx.args = (t, intra_batch, part, num_parts)
@@ -124,7 +127,14 @@ def _differentiable_uniform(ctx, x, queue, lse, need_x, need_q):
     return _differentiable.uniform_lse_gradients(x, queue, t, intra_batch, lse, need_x, need_q)
 
 
-def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq):
+def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq, grad_loss=None):
+    # grad_loss: _UniformLse's fourth output, lse - offset (d loss / d lse = 1); the op's
+    # registered autograd has three.  An upstream gradient not materialized is zero.
+    if grad_loss is not None:
+        grad_lse = grad_loss if grad_lse is None else grad_lse + grad_loss
+    unused = (None,) * (ctx.inputs - 2)
+    if grad_lse is None:
+        return (None, None) + unused
     grad_x, grad_q, x, queue, lse = ctx.saved_tensors
     need_x = ctx.needs_input_grad[0]
     need_q = ctx.has_queue and ctx.needs_input_grad[1]
@@ -136,15 +146,17 @@ def _backward_uniform(ctx, grad_lse, _grad_gx, _grad_gq):
             _lib_ops.uniform_lse, x, queue, *ctx.args, need_x, need_q
         )
     # The gradients are in the accumulation dtype (or float64): round to the inputs' once.
-    out_x = (grad_x * grad_lse.to(grad_x.dtype)).to(ctx.dtypes[0]) if need_x else None
-    out_q = (grad_q * grad_lse.to(grad_q.dtype)).to(ctx.dtypes[1]) if need_q else None
-    return out_x, out_q, None, None, None, None, None, None
+    # (A 0-dim grad_lse does not promote them: the product is in their dtype.)
+    out_x = (grad_x * grad_lse).to(ctx.dtypes[0]) if need_x else None
+    out_q = (grad_q * grad_lse).to(ctx.dtypes[1]) if need_q else None
+    return (out_x, out_q) + unused
 
 
 def _setup_align(ctx, inputs, output):
     x, y, alpha, compute_grad = inputs
     _, grad_x = output
     ctx.mark_non_differentiable(grad_x)
+    ctx.set_materialize_grads(False)
     ctx.alpha = alpha
     ctx.dtypes = (x.dtype, y.dtype)
     ctx.save_for_backward(grad_x, x, y)
@@ -152,12 +164,14 @@ def _setup_align(ctx, inputs, output):
 
 
 def _backward_align(ctx, grad_loss, _grad_gx):
+    if grad_loss is None:  # not materialized: the loss's upstream gradient is zero
+        return None, None, None, None
     grad_x, x, y = ctx.saved_tensors
     if torch.is_grad_enabled():
         grad_x = _differentiable.align_gradient(x, y, ctx.alpha)
     elif not ctx.computed:
         _, grad_x = _lib_ops.align_loss(x, y, ctx.alpha, True)
-    g = grad_x * grad_loss.to(grad_x.dtype)
+    g = grad_x * grad_loss
     out_x = g.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
     out_y = (-g).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
     return out_x, out_y, None, None
@@ -202,10 +216,25 @@ def _vmap_by_loop(function):
     return staticmethod(rule)
 
 
+def _below_autograd(op, *args):
+    """The op called from inside an autograd.Function's forward: straight to its kernel
+    (autocast still applies), past the autograd that torch.library registered on it, whose
+    Python wrapper (a signature bind and a redispatch, ~15 us a call) would only find grad
+    mode off and do the same."""
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 class _UniformLse(torch.autograd.Function):
+    """The op's (lse, grad_x, grad_queue) and loss = lse - offset in loss_dtype, formed here
+    (in float64, rounded once) so that a loss is one autograd node, not three."""
+
     @staticmethod
-    def forward(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue):
-        return _lib_ops.uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
+    def forward(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, offset, loss_dtype):
+        lse, gx, gq = _below_autograd(
+            _lib_ops.uniform_lse, x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue
+        )
+        return lse, gx, gq, (lse - offset).to(loss_dtype)
 
     setup_context = staticmethod(_setup_uniform)
     backward = staticmethod(_backward_uniform)
@@ -215,7 +244,7 @@ class _UniformLse(torch.autograd.Function):
 class _AlignLoss(torch.autograd.Function):
     @staticmethod
     def forward(x, y, alpha, compute_grad):
-        return _lib_ops.align_loss(x, y, alpha, compute_grad)
+        return _below_autograd(_lib_ops.align_loss, x, y, alpha, compute_grad)
 
     setup_context = staticmethod(_setup_align)
     backward = staticmethod(_backward_align)
@@ -226,20 +255,59 @@ _UniformLse.vmap = _vmap_by_loop(lambda *args: _UniformLse.apply(*args))
 _AlignLoss.vmap = _vmap_by_loop(lambda *args: _AlignLoss.apply(*args))
 
 
+def _eager(function):
+    """`function` (a setup_context-style autograd.Function) in the classic style, for calls
+    outside torch.func transforms: the same forward, context and backward, without the
+    per-call cost of the style torch.func needs (apply binds the arguments to forward's
+    signature with inspect and checks for functorch wrappers: ~30 us, more than the kernel
+    at N = 16)."""
+
+    def forward(ctx, *args):
+        output = function.forward(*args)
+        function.setup_context(ctx, args, output)
+        return output
+
+    return type(function.__name__ + "Eager", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(function.backward)})
+
+
+_UniformLseEager = _eager(_UniformLse)
+_AlignLossEager = _eager(_AlignLoss)
+
+
+def _apply(function, eager, *args):
+    return (function if torch._C._are_functorch_transforms_active() else eager).apply(*args)
+
+
+def _uniform(args, offset, loss_dtype, warn_stacklevel):
+    """_UniformLse's outputs; the precision warning `warn_stacklevel` frames up from here."""
+    if torch.compiler.is_compiling():
+        lse, gx, gq = _lib_ops.uniform_lse(*args)
+        return lse, gx, gq, (lse - offset).to(loss_dtype)
+    result, message = _capturing_precision_warning(
+        _apply, _UniformLse, _UniformLseEager, *args, offset, loss_dtype
+    )
+    if message:
+        warnings.warn(message, PrecisionWarning, stacklevel=warn_stacklevel)
+    return result
+
+
 def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *, warn_stacklevel=3):
     """The op, differentiable (torch.func included).  Its precision warning is issued as a
     PrecisionWarning attributed to the frame `warn_stacklevel` levels up (3: the caller of
     the public function that called this one), so Python's default filter shows it once
     per call site.  Under torch.compile the op is called directly and warns through c10."""
     args = (x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
-    if torch.compiler.is_compiling():
-        return _lib_ops.uniform_lse(*args)
-    result, message = _capturing_precision_warning(_UniformLse.apply, *args)
-    if message:
-        warnings.warn(message, PrecisionWarning, stacklevel=warn_stacklevel)
-    return result
+    return _uniform(args, 0.0, torch.float64, warn_stacklevel + 1)[:3]
+
+
+def uniform_loss_value(x, queue, t, intra_batch, grad_x, grad_queue, log_pairs, loss_dtype, *, warn_stacklevel=3):
+    """lse - log_pairs over the whole pair set, in loss_dtype: uniform_lse's value as a loss,
+    one autograd node."""
+    args = (x, queue, t, intra_batch, 0, 1, grad_x, grad_queue)
+    return _uniform(args, log_pairs, loss_dtype, warn_stacklevel + 1)[3]
 
 
 def align(x, y, alpha, compute_grad):
     args = (x, y, alpha, compute_grad)
-    return _lib_ops.align_loss(*args) if torch.compiler.is_compiling() else _AlignLoss.apply(*args)
+    return _lib_ops.align_loss(*args) if torch.compiler.is_compiling() else _apply(_AlignLoss, _AlignLossEager, *args)

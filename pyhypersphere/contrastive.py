@@ -124,7 +124,7 @@ def nt_xent_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_NT
     Each of the 2N rows of [x; y] is a view whose positive is its pair (x_i <-> y_i) and
     whose negatives are the other 2N - 2 views; the loss is the cross entropy of the
     logits <u, v> / tau averaged over the 2N views (the value of lightly's
-    ``NTXentLoss(temperature=tau)``).
+    ``NTXentLoss(temperature=tau)`` on L2-normalized inputs: lightly normalizes inside).
 
     Args:
         x, y: the two views' features [N, d], same shape, dtype and device.

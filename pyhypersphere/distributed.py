@@ -90,9 +90,8 @@ def _capability_problem(x: torch.Tensor) -> Optional[str]:
 def _pair_part(z: torch.Tensor, lo: int, hi: int, t: float, grad: bool):
     """log-sum-exp and gradient rows [lo, N) of the pairs whose first row is in [lo, hi)."""
     total = z.shape[0]
-    acc = _ops.accumulate_dtype(z.dtype)
     if hi - lo < 1 or (hi - lo == 1 and hi == total):  # no pair starts here
-        return z.new_full((), -math.inf, dtype=acc), None, None
+        return z.new_full((), -math.inf, dtype=torch.float64), None, None
     queue = z[hi:] if hi < total else None
     # A precision warning points at the caller of uniform_loss: 5 frames up from the op
     # call (this function, _global_uniformity, uniform_loss, its caller).

@@ -250,7 +250,10 @@ def chunked_backward(
     The parameters' ``.grad`` accumulate (add to what is there, as ``backward`` does) the
     gradient of the full-batch loss, exactly as after ``loss_fn(*[model(v) for v in
     views]).backward()`` for a model whose forward treats samples independently (no
-    BatchNorm in training mode), up to floating-point summation order.
+    BatchNorm in training mode), up to floating-point summation order.  That holds for the
+    parameters ``loss_fn`` itself uses too (e.g. ``nn.CLIPLoss(learn_tau=True)``'s
+    ``logit_scale``, a projection head applied inside it): they get their gradient from
+    the full-batch loss, once, with any chunk size.
 
     When it raises (the model or ``loss_fn`` fails on some chunk, e.g. out of memory), the
     ``.grad`` of the parameters of ``model`` (and of ``loss_fn`` when it is a module) are
@@ -333,13 +336,17 @@ def _chunked_backward(model, views, loss_fn, chunk_size, batch, batchnorm_stats,
             "the features it is given (floating-point model outputs), not from detached copies"
         )
     scaled = scaler.scale(loss) if scaler is not None else loss
-    grads = torch.autograd.grad(scaled.reshape(()), leaves, allow_unused=True)
-    grad_of = {id(t): g for t, g in zip(leaves, grads)}
+    # A plain backward, not autograd.grad on the features alone: every parameter loss_fn
+    # uses (a learned temperature such as CLIP's logit_scale, a bias, a loss head)
+    # accumulates its .grad here, as in an unchunked step; the features are fresh leaves
+    # of this graph, so their .grad is the gradient the second pass needs.
+    scaled.reshape(()).backward()
+    grad_of = {id(t): t.grad for t in leaves}
     for i, f in enumerate(features):
         if all(grad_of.get(id(t)) is None for t in _leaves(f)):
             raise ValueError(f"{_FUNCTION}: the loss does not depend on the model's output for views[{i}]")
     loss = loss.detach()
-    del leaves, grads, scaled
+    del leaves, scaled
     after_loss = rng.record()  # where the generators continue once the step is done
 
     # 3. Each chunk again with a graph, the same random numbers, and its slice of the gradient.

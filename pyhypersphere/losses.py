@@ -93,13 +93,15 @@ def uniform_loss(
     t = _as_float(t, "t", function)
     if t_tensor is not None:
         x, queue = _scale_to_learned_t(t_tensor, t, x, queue)
-    lse, _, _ = _ops.uniform_lse(
-        x, queue, t, bool(intra_batch), 0, 1, _needs_grad(x), queue is not None and _needs_grad(queue)
-    )
     n = x.shape[0] if x.dim() >= 1 else 0
     k = queue.shape[0] if queue is not None and queue.dim() >= 1 else 0
     pairs = (n * (n - 1) // 2 if intra_batch else 0) + n * k
-    return (lse - math.log(pairs)).to(_ops.loss_dtype(x))
+    # log(pairs) of no pairs: the op raises its own error first.
+    log_pairs = math.log(pairs) if pairs > 0 else 0.0
+    return _ops.uniform_loss_value(
+        x, queue, t, bool(intra_batch), _needs_grad(x), queue is not None and _needs_grad(queue),
+        log_pairs, _ops.loss_dtype(x),
+    )
 
 
 def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:

@@ -145,6 +145,79 @@ def test_a_failure_leaves_grad_as_before_so_a_retry_is_right(grad_before):
     assert rel_err(grads(inner), want) <= 1e-10
 
 
+class TinyCLIP(nn.Module):
+    """open_clip's shape in miniature: an image tower and a text tower (token embedding,
+    mean pool), each called alone (``model(image=...)`` or ``model(text=...)``), returning
+    normalized features, as open_clip's ``encode_image`` / ``encode_text`` do."""
+
+    def __init__(self):
+        super().__init__()
+        self.visual = nn.Sequential(nn.Linear(D_IN, 16), nn.GELU(), nn.Linear(16, 8))
+        self.token_embedding = nn.Embedding(50, 16)
+        self.text_projection = nn.Linear(16, 8, bias=False)
+
+    def forward(self, image=None, text=None):
+        if image is not None:
+            return F.normalize(self.visual(image), dim=-1)
+        return F.normalize(self.text_projection(self.token_embedding(text).mean(1)), dim=-1)
+
+
+def test_learned_logit_scale_gets_the_full_batch_gradient():
+    # open_clip's gradient-accumulation test, redone with chunked_backward: a tiny CLIP with a
+    # learned logit_scale, the full batch in one step against chunks of 2, 3 and 8, float64.
+    # The loss's own parameter (logit_scale) must get the plain backward's gradient too.
+    from pyhypersphere.nn import CLIPLoss
+
+    torch.manual_seed(0)
+    model = TinyCLIP().double()
+    loss_fn = CLIPLoss(tau=0.07, learn_tau=True).double()
+    g = torch.Generator().manual_seed(3)
+    batch = [{"image": torch.randn(8, D_IN, generator=g, dtype=torch.float64)},
+             {"text": torch.randint(0, 50, (8, 5), generator=g)}]  # fmt: skip
+    parameters = list(model.parameters()) + list(loss_fn.parameters())
+
+    model.zero_grad(set_to_none=True)
+    loss_fn.zero_grad(set_to_none=True)
+    ref_loss = loss_fn(model(**batch[0]), model(**batch[1]))
+    ref_loss.backward()
+    ref = [p.grad.clone() for p in parameters]
+    assert ref[-1].abs() > 0.1  # logit_scale's gradient is not trivially 0
+    for chunk in (2, 3, 8):
+        model.zero_grad(set_to_none=True)
+        loss_fn.zero_grad(set_to_none=True)
+        loss = chunked_backward(model, batch, loss_fn, chunk)
+        torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-12, atol=0)
+        assert loss_fn.logit_scale.grad is not None, f"chunk {chunk}: logit_scale got no gradient"
+        for p, r in zip(parameters, ref):
+            torch.testing.assert_close(p.grad, r, rtol=1e-10, atol=1e-12)
+
+
+def test_parameters_of_a_loss_head_and_shared_ones_accumulate():
+    # loss_fn with a projection head of its own, and a parameter it shares with the model
+    # (the model's last layer scales the loss too): each gets the plain backward's
+    # gradient, the shared one the sum of both paths; and it accumulates like backward.
+    torch.manual_seed(1)
+    model = mlp().double()
+    head = nn.Linear(8, 8).double()
+    shared = model[-1].bias
+
+    def loss_fn(a, b):
+        return align_uniform(head(a), head(b)) + shared.square().sum()
+
+    vs = views()
+    parameters = list(model.parameters()) + list(head.parameters())
+    for p in parameters:
+        p.grad = None
+    loss_fn(model(vs[0]), model(vs[1])).backward()
+    ref = [p.grad.clone() for p in parameters]
+    for p in parameters:
+        p.grad = None
+    chunked_backward(model, vs, loss_fn, 5)
+    chunked_backward(model, vs, loss_fn, 16)
+    for p, r in zip(parameters, ref):
+        torch.testing.assert_close(p.grad, 2 * r, rtol=1e-10, atol=1e-12)
+
+
 def test_structured_inputs_and_outputs():
     """dict views call model(**view); tuple outputs reach loss_fn whole; unused outputs are fine."""
 

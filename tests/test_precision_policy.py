@@ -56,7 +56,14 @@ def test_float16_edge_of_range_stays_finite_after_centering():
     centered = policy(x, t=1e-9, raw=False)
     assert centered["finite"] and centered["dtype"] == "Float"
     assert math.isfinite(centered["max_sq_norm"]) and centered["max_sq_norm"] > 65504.0**2
-    raw = policy(x, t=1e-12)
+    # t = 1e-12: |loss| <= t * mean ||z_i - z_j||^2 ~ 2e-3, too small for float32 sums
+    # (loss_too_small_for_float32): float64 rows, never the raw inputs.
+    small = policy(x, t=1e-12)
+    assert small["finite"] and small["dtype"] == "Double" and not small["raw_operands_ok"]
+    # Half the rows at -60000: t * mean d^2 ~ 0.6, and the raw inputs, exact, are the operands.
+    halves = x.double()
+    halves[:32] = -60000.0 + unit_rows(32, 8, seed=4)
+    raw = policy(halves.half(), t=1e-11)
     assert raw["finite"] and raw["raw_operands_ok"]
 
 

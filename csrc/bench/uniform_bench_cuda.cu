@@ -139,7 +139,7 @@ DeviceRun run_once(const UniformProblem& base, const std::vector<unsigned char>&
   const size_t ab = acc_bytes(problem.precision);
   CHECK_CUDA(cudaMalloc(&d_rows, rows.size()));
   CHECK_CUDA(cudaMalloc(&d_ws, ws));
-  CHECK_CUDA(cudaMalloc(&d_lse, ab));
+  CHECK_CUDA(cudaMalloc(&d_lse, sizeof(double)));  // lse is a double in every precision
   const bool grad = problem.grad_x || problem.grad_queue;
   if (grad) CHECK_CUDA(cudaMalloc(&d_grad, grad_elems * ab));
   CHECK_CUDA(cudaMemcpy(d_rows, rows.data(), rows.size(), cudaMemcpyHostToDevice));
@@ -147,13 +147,7 @@ DeviceRun run_once(const UniformProblem& base, const std::vector<unsigned char>&
   CHECK_CUDA(pyhypersphere::cuda::launch_uniform_lse(problem, d_ws, d_lse, d_grad, nullptr));
   CHECK_CUDA(cudaDeviceSynchronize());
   DeviceRun out;
-  if (ab == 8) {
-    CHECK_CUDA(cudaMemcpy(&out.lse, d_lse, 8, cudaMemcpyDeviceToHost));
-  } else {
-    float v;
-    CHECK_CUDA(cudaMemcpy(&v, d_lse, 4, cudaMemcpyDeviceToHost));
-    out.lse = v;
-  }
+  CHECK_CUDA(cudaMemcpy(&out.lse, d_lse, sizeof(double), cudaMemcpyDeviceToHost));
   if (grad) {
     out.grad.resize(grad_elems);
     if (ab == 8) {
@@ -327,7 +321,7 @@ double time_op(const UniformProblem& problem, int reps) {
   void *d_ws = nullptr, *d_lse = nullptr, *d_grad = nullptr;
   const size_t ab = acc_bytes(problem.precision);
   CHECK_CUDA(cudaMalloc(&d_ws, pyhypersphere::cuda::uniform_workspace_bytes(problem)));
-  CHECK_CUDA(cudaMalloc(&d_lse, ab));
+  CHECK_CUDA(cudaMalloc(&d_lse, sizeof(double)));  // lse is a double in every precision
   if (problem.grad_x || problem.grad_queue) {
     CHECK_CUDA(cudaMalloc(&d_grad, static_cast<size_t>((problem.n + problem.k) * problem.d) * ab));
   }

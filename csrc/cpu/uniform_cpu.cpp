@@ -223,14 +223,13 @@ UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tenso
                               bool grad_x, bool grad_queue) {
   check_uniform_args(x, queue, t, intra_batch, part, num_parts, grad_queue);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "uniform_loss: x must be on the CPU for the CPU kernel");
-  const UniformRows rows = plan_uniform_rows(x, queue, t, kFloat32UnitRoundoff);
+  const UniformRows rows = plan_uniform_rows(x, queue, intra_batch, t, kFloat32UnitRoundoff);
   if (!rows.finite) return nonfinite_uniform_outputs(x, queue, grad_x, grad_queue);
 
   return AT_DISPATCH_FLOATING_TYPES(rows.z.scalar_type(), "uniform_lse_cpu", [&] {
     UniformCpuKernel<scalar_t> kernel(rows, static_cast<scalar_t>(t), grad_x, grad_queue);
     auto [lse, grad] = kernel.run(intra_batch, part, num_parts);
-    at::Tensor lse_t =
-        at::scalar_tensor(lse, x.options().dtype(accumulate_dtype(x.scalar_type())));
+    at::Tensor lse_t = at::scalar_tensor(lse, x.options().dtype(at::kDouble));
     // Computed in float64 for precision (far-spread float32 rows): back to float32.
     if (grad.defined()) grad = grad.to(accumulate_dtype(x.scalar_type()));
     return make_uniform_outputs(lse_t, grad, grad_x ? 0 : rows.n, x, queue, grad_x, grad_queue);

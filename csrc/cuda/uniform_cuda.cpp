@@ -103,8 +103,8 @@ UniformResult uniform_lse_cuda_with(const at::Tensor& x, const std::optional<at:
   UniformPlanOptions options;
   options.raw_16bit_operands = true;
   options.host_read = !stream_is_capturing(stream);
-  UniformRows rows = plan_uniform_rows(x, queue, t, tf32 ? kTf32UnitRoundoff : kFloat32UnitRoundoff,
-                                       options);
+  UniformRows rows = plan_uniform_rows(x, queue, intra_batch, t,
+                                       tf32 ? kTf32UnitRoundoff : kFloat32UnitRoundoff, options);
   if (!rows.finite) return nonfinite_uniform_outputs(x, queue, grad_x, grad_queue);
   const cuda::UniformPrecision precision = tile_precision(rows, x.scalar_type(), tf32);
   // The operands: the raw 16-bit inputs (stacked), or the centered rows in the dtype the
@@ -141,14 +141,14 @@ UniformResult uniform_lse_cuda_with(const at::Tensor& x, const std::optional<at:
               " bytes of shared memory per block at least; ", x.device(), " allows ",
               shared_memory_optin(x));
 
-  // The kernel writes lse and the gradient in its own accumulation type (float64 for
-  // float64 rows, also when the policy moved float32 rows there).
+  // The kernel writes lse as a double (ops.h) and the gradient in its own accumulation type
+  // (float64 for float64 rows, also when the policy moved float32 rows there).
   const bool compute_grad = grad_x || grad_queue;
   const auto kernel_options = x.options().dtype(operand.scalar_type() == at::kDouble ? at::kDouble
                                                                                      : at::kFloat);
   const at::Tensor workspace = at::empty(
       {static_cast<int64_t>(cuda::uniform_workspace_bytes(problem))}, x.options().dtype(at::kByte));
-  at::Tensor lse = at::empty({}, kernel_options);
+  at::Tensor lse = at::empty({}, x.options().dtype(at::kDouble));
   at::Tensor grad_rows =
       compute_grad ? at::empty({problem.n + problem.k, problem.d}, kernel_options) : at::Tensor();
   const cudaError_t err = cuda::launch_uniform_lse(
@@ -157,7 +157,6 @@ UniformResult uniform_lse_cuda_with(const at::Tensor& x, const std::optional<at:
   TORCH_CHECK(err == cudaSuccess, "uniform_loss: CUDA kernel launch failed: ", cudaGetErrorString(err));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const auto acc = accumulate_dtype(x.scalar_type());
-  lse = lse.to(acc);
   if (compute_grad) grad_rows = grad_rows.to(acc);
   UniformOutputs outputs = make_uniform_outputs(lse, grad_rows, 0, x, queue, grad_x, grad_queue);
   return options.host_read ? outputs : mask_nonfinite_outputs(outputs, finite);

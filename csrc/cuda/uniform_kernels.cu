@@ -323,11 +323,12 @@ __global__ void pack_rows_kernel(const op_t* rows, int64_t n, int64_t k, int64_t
 }
 
 // One CTA: lse = log sum over x's rows of lw_i exp(m_i), from every split's partials
-// (slice 0) in a fixed order, in double.  stats[0] = lse in log2 units for the gradient.
+// (slice 0) in a fixed order, in double, written as a double (ops.h).  stats[0] = lse in
+// log2 units for the gradient.
 template <class acc_t>
 __global__ void __launch_bounds__(kLseThreads)
     lse_kernel(const acc_t* m2, const acc_t* lw, int64_t splits, int64_t slices, int64_t rows, int64_t rows_pad,
-               acc_t* lse, double* stats) {
+               double* lse, double* stats) {
   __shared__ double scratch[kLseThreads];
   const int tid = threadIdx.x;
   const int64_t count = splits * rows;
@@ -353,7 +354,7 @@ __global__ void __launch_bounds__(kLseThreads)
   if (tid == 0) {
     const double lse2 = scratch[0] > 0 ? top + std::log2(scratch[0]) : -std::numeric_limits<double>::infinity();
     stats[0] = lse2;
-    lse[0] = static_cast<acc_t>(lse2 * plan::kLn2);
+    lse[0] = lse2 * plan::kLn2;  // a double: the loss lse - log |P| keeps its digits only if lse does
   }
 }
 
@@ -506,7 +507,7 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   bind(x, w.x);
   if ((err = run_pass<Mma, kBlockRows>(x, !problem.static_shift, problem.max_ctas, stream)) != cudaSuccess) return err;
   lse_kernel<acc_t><<<1, kLseThreads, 0, stream>>>(x.m2, x.lw, x.plan.splits, x.plan.slices, x.rows, x.rows_pad,
-                                                   static_cast<acc_t*>(lse_out), stats);
+                                                   static_cast<double*>(lse_out), stats);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   acc_t* grad = static_cast<acc_t*>(grad_out);
   if (problem.grad_x) {

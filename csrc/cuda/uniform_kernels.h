@@ -73,7 +73,7 @@ int64_t uniform_block_rows_for(UniformPrecision precision, int64_t smem_optin);
 // and, per gradient asked for, one partial row of a_i per row and column split.
 size_t uniform_workspace_bytes(const UniformProblem& problem);
 
-// Computes lse (one value of the accumulation type: float, or double for kFp64) and,
+// Computes lse (one double, whatever the precision) and,
 // with grad_x / grad_queue, their rows of grad_rows ([n + k, d], contiguous,
 // accumulation type; the other rows are left as they are), on `stream`
 // and the current device.  `workspace` holds uniform_workspace_bytes(problem) bytes,

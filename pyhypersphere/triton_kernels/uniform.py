@@ -152,7 +152,7 @@ def uniform_config(operand_dtype: torch.dtype, d: int, precision: str, has_parts
             "num_stages": 1 if chunked else 2}
 
 
-def _plan_operands(x, queue, t, host_read):
+def _plan_operands(x, queue, t, intra_batch, host_read):
     """(z, sq_norm, gram_precision, grad_precision, finite_on_device) or None for non-finite
     inputs.  Without a host read (CUDA-graph capture) the decision is blind and the outputs
     are masked with finite_on_device instead.
@@ -164,7 +164,7 @@ def _plan_operands(x, queue, t, host_read):
     # The CUDA glue's options: for 16-bit inputs the policy first asks whether the raw
     # inputs can be the operands (exact products, float32 sums, budget on their norms).
     z, sq, finite, operand_ok, raw_ok, finite_dev = _C._plan_uniform_rows(
-        x, queue, t, roundoff, raw_16bit_operands=True, host_read=host_read)
+        x, queue, t, roundoff, raw_16bit_operands=True, host_read=host_read, intra_batch=intra_batch)
     if not finite:
         return None
     finite_dev = None if host_read else finite_dev
@@ -242,10 +242,10 @@ def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *
     k = 0 if queue is None else queue.shape[0]
     # No device-to-host read while a CUDA graph is being captured (as the CUDA glue).
     host_read = not (x.is_cuda and torch.cuda.is_current_stream_capturing())
-    planned = _plan_operands(x, queue, t, host_read)
+    planned = _plan_operands(x, queue, t, intra_batch, host_read)
     if planned is None:
         nan = float("nan")
-        return (torch.full((), nan, dtype=acc_t, device=x.device),
+        return (torch.full((), nan, dtype=torch.float64, device=x.device),
                 torch.full(x.shape, nan, dtype=acc_t, device=x.device) if grad_x else x.new_empty((0,), dtype=acc_t),
                 torch.full(queue.shape, nan, dtype=acc_t, device=x.device) if grad_queue else x.new_empty((0,), dtype=acc_t))
     z, sq, gram_p, grad_p, finite_dev = planned
@@ -262,8 +262,8 @@ def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *
     if grad_queue:
         mq, lq, _, aq = _row_pass(z, sq, n, k, 0, n, n, t, True, parts, gram_p, grad_p, col_splits)
         gq = _row_gradient(mq, lq, aq, z[n:], lse, t).to(acc_t)
-    outputs = (lse.to(acc_t), gx, gq)
+    # lse in float64: the loss lse - log |P| is formed from it without losing its digits.
+    outputs = (lse, gx, gq)
     if finite_dev is not None:  # a device-side select: NaN outputs for non-finite inputs
-        nan = torch.full((), float("nan"), dtype=acc_t, device=x.device)
-        outputs = tuple(torch.where(finite_dev, v, nan) if v.numel() else v for v in outputs)
+        outputs = tuple(torch.where(finite_dev, v, float("nan")) if v.numel() else v for v in outputs)
     return outputs

@@ -83,7 +83,7 @@ int main() {
 
   // Sizes and arguments without a kernel are rejected before any device work.
   char dummy[256];
-  float lse = 0;
+  double lse = 0;
   problem.block_rows = 32;
   expect(cu::launch_uniform_lse(problem, dummy, &lse, dummy, nullptr) == cudaErrorInvalidValue,
          "32-row blocks rejected", 0);
