@@ -125,7 +125,7 @@ Matrix transpose(const Matrix& m) {
 // The kernel's ldmatrix row addresses (always-inline functions, wrapped to be passed).
 const auto a_row = [](int lane) { return L::ldmatrix_a_row(lane); };
 const auto bt_row = [](int lane) { return L::ldmatrix_bt_row(lane); };
-const auto v_row = [](int lane) { return L::ldmatrix_v_row(lane); };
+const auto v_row = a_row;  // V (with .trans) is addressed as an A block
 
 // What ldmatrix .x4 gives lane `lane` in register q, half h: lanes 8q..8q+7 give the
 // row addresses (row, col) of matrix q as the kernel computes them from `row_of`.
