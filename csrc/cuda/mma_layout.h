@@ -46,6 +46,18 @@ PYHS_HOST_DEVICE Coord ldmatrix_element(int lane, int half, bool trans) {
   return trans ? Coord{c, r} : Coord{r, c};
 }
 
+// The diagonal mask.  A warp's 16 rows start `offset` (a multiple of 16) columns after
+// a tile's first; the tile holds self pairs iff they start inside it.  Accumulator
+// element (row g + r, column 2t + c) is the self pair iff c - r == offset + g - 2t: r, c
+// and so the key are constants per element, and since g - 2t is in [-6, 7] a key of
+// 8 or 9 mod 16 never matches, so the mask skips those elements.
+PYHS_HOST_DEVICE bool diagonal_tile(int offset, int tile_cols) { return offset >= 0 && offset < tile_cols; }
+constexpr int kNeverSelf = -(1 << 30);
+PYHS_HOST_DEVICE int self_pair_key(int r, int c) {
+  const int key = c - r, low = key & 15;
+  return low == 8 || low == 9 ? kNeverSelf : key;
+}
+
 // TF32 / f64 P V: a lane's accumulators of an n8 tile hold columns 2t and 2t + 1, fed as
 // A registers unchanged, so k position t stands for column 2t and t + 4 for 2t + 1; V's
 // rows are read in the same order.

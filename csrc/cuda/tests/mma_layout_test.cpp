@@ -4,7 +4,8 @@
 //   1. each layout function matches the ISA's formula for every lane and register;
 //   2. a warp's products emulated register by register, as the kernel assembles them
 //      (ldmatrix addresses and deliveries, the accumulators of S reused as the A of
-//      P V, the permuted k of TF32 and f64), equal the plain matrix products.
+//      P V, the permuted k of TF32 and f64), equal the plain matrix products;
+//   3. the diagonal mask (self_pair_key) selects exactly the self pairs.
 // No GPU needed; built and run by .ci/cuda_compile_check.sh.
 #include "../mma_layout.h"
 
@@ -283,6 +284,32 @@ void check_f64(std::mt19937& rng) {
       expect(o[lane][i] == want[L::acc8x8(lane, i).row][L::acc8x8(lane, i).col], "f64 O = P V (permuted k)", lane, i);
 }
 
+// The kernel's diagonal mask (diagonal_tile, self_pair_key) against the self pairs
+// themselves: for a warp's 16 rows starting `offset` columns after the tile's first (a
+// multiple of 16), exactly the elements with column - row == offset, 16 of them when the
+// rows start inside the tile, none otherwise.
+template <class Coord>
+void check_diagonal_mask(int cols, int atoms, Coord coord, int elements) {
+  for (int offset = -2 * cols; offset <= 2 * cols; offset += 16) {
+    int masked_count = 0, self_count = 0;
+    const bool diagonal = L::diagonal_tile(offset, cols);
+    for (int lane = 0; lane < 32; ++lane)
+      for (int atom = 0; atom < atoms; ++atom)
+        for (int j = 0; j < cols / 8; ++j)
+          for (int i = 0; i < elements; ++i) {
+            const RC c = coord(lane, i);
+            const int row = 8 * atom + c.row, col = 8 * j + c.col;
+            const int key = L::self_pair_key(row - gid(lane), col - 2 * tig(lane));
+            const bool masked = diagonal && key != L::kNeverSelf && key == offset + gid(lane) - 2 * tig(lane);
+            masked_count += masked;
+            self_count += col - row == offset;
+            expect(masked == (col - row == offset), "diagonal mask == self pairs", lane, offset);
+          }
+    expect(self_count == (diagonal ? 16 : 0) && masked_count == self_count, "16 self pairs per diagonal warp tile",
+           masked_count, offset);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -291,6 +318,8 @@ int main() {
   check_16bit(rng);
   check_tf32(rng);
   check_f64(rng);
+  check_diagonal_mask(64, 1, isa_c16, 4);  // bf16, fp16, TF32: 64-column tiles, rows g, g + 8
+  check_diagonal_mask(32, 2, isa_c_f64, 2);  // f64: 32 columns, two m8 atoms
   if (failures) {
     std::printf("mma_layout_test: %d failures\n", failures);
     return 1;
