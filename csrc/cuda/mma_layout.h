@@ -65,6 +65,10 @@ PYHS_HOST_DEVICE int permuted_k_column(int k_position) {
   return k_position < 4 ? 2 * k_position : 2 * (k_position - 4) + 1;
 }
 
+// TF32 P V: output n8 tile f covers features f, f + 8, ..., f + 56 (column n: 8n + f), so
+// the B values a lane (column g) takes in the 8 tiles are the consecutive features 8g .. +7.
+PYHS_HOST_DEVICE int tf32_v_feature(int tile, int n) { return 8 * n + tile; }
+
 // The A registers of P V from S's accumulators (no data movement).  16-bit: register r
 // of k16 step kk = elements acc_first_of_a16(r), +1 of column tile 2 kk + acc_tile_of_a16(r);
 // TF32: register r of k8 step c = element acc_of_tf32_a(r) of column tile c.

@@ -165,15 +165,22 @@ struct Mma16 : Acc16x8 {
 // float32 on TF32 tensor cores (m16n8k8).  kSplit: 3xTF32, float32 accuracy (big + small
 // parts, small * small dropped); else the rows are stored TF32-rounded and only the
 // weights are rounded here.  P V's k order is permuted (layout::permuted_k_column) so
-// that accumulators are A registers; V is read with plain shared loads in that order.
+// that accumulators are A registers, and its output features too (layout::tf32_v_feature)
+// so that a lane's V values of a k step are two 16-byte shared loads per row.
 template <bool kSplit>
 struct MmaTf32 : Acc16x8 {
   using op_t = float;
   using acc_t = float;
-  static constexpr int kWindow = 64, kTileCols = 64;
+  static constexpr int kWindow = 64, kTileCols = 64;  // kWindow: 8 n8 tiles x 8 lanes' features
   static constexpr int kS = kTileCols / 2, kO = kWindow / 2;
   // TF32 mode stores the rows rounded, so the norms are those of the values multiplied.
   __device__ static float round_operand(float v) { return kSplit ? v : __uint_as_float(to_tf32(v)); }
+  __device__ static int out_col(int lane, int e) {
+    return layout::tf32_v_feature(e >> 2, layout::acc16x8(lane, e & 3).col);
+  }
+  // A weight (finite, >= 0) as a TF32 operand rounded to nearest, ties away: ptxas's own
+  // cvt.rna.tf32.f32 less its inf / NaN select (the tensor core ignores the 13 low bits).
+  __device__ static unsigned weight_tf32(float w) { return __float_as_uint(w) + 0x1000u; }
 
   __device__ static void mma(float (&d)[4], const float (&a)[4], float b0, float b1) {
     if constexpr (kSplit) {
@@ -186,7 +193,7 @@ struct MmaTf32 : Acc16x8 {
       mma_tf32(d, ab, bs0, bs1);
       mma_tf32(d, ab, bb0, bb1);
     } else {
-      const unsigned ar[4] = {to_tf32(a[0]), to_tf32(a[1]), to_tf32(a[2]), to_tf32(a[3])};
+      const unsigned ar[4] = {weight_tf32(a[0]), weight_tf32(a[1]), weight_tf32(a[2]), weight_tf32(a[3])};
       mma_tf32(d, ar, __float_as_uint(b0), __float_as_uint(b1));
     }
   }
@@ -226,11 +233,16 @@ struct MmaTf32 : Acc16x8 {
                           e[layout::acc_of_tf32_a(3)]};
       mma(l, a, one, one);
       if (!with_o) continue;
-      const float* v0 = v + (8 * c + 2 * t) * pitch + g;
+      // Rows 2t, 2t + 1 of the step (its k positions t, t + 4), features 8g .. 8g + 7.
+      const float* v0 = v + (8 * c + 2 * t) * pitch + layout::tf32_v_feature(0, g);
+      float b0[8], b1[8];
 #pragma unroll
-      for (int f = 0; f < kWindow / 8; ++f) {
-        mma(*reinterpret_cast<float(*)[4]>(o + 4 * f), a, v0[8 * f], v0[pitch + 8 * f]);
+      for (int h = 0; h < 2; ++h) {
+        *reinterpret_cast<float4*>(b0 + 4 * h) = *reinterpret_cast<const float4*>(v0 + 4 * h);
+        *reinterpret_cast<float4*>(b1 + 4 * h) = *reinterpret_cast<const float4*>(v0 + pitch + 4 * h);
       }
+#pragma unroll
+      for (int f = 0; f < kWindow / 8; ++f) mma(*reinterpret_cast<float(*)[4]>(o + 4 * f), a, b0[f], b1[f]);
     }
   }
 };

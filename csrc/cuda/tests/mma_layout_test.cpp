@@ -243,16 +243,19 @@ void check_tf32(std::mt19937& rng) {
   }
   const Matrix want_s = product(q, transpose(kmat));
   expect_acc(s, want_s, "TF32 S = Q K^T");
-  const Matrix v = random_matrix(kCols, kWindow, rng);
-  std::vector<std::vector<double>> o(32, std::vector<double>(kWindow / 2, 0.0));
+  const int kOut = 64;  // the kernel's output window: 8 n8 tiles, features 8n + f
+  const Matrix v = random_matrix(kCols, kOut, rng);
+  std::vector<std::vector<double>> o(32, std::vector<double>(kOut / 2, 0.0));
   for (int c8 = 0; c8 < kCols / 8; ++c8) {
     std::vector<std::vector<double>> a(32, std::vector<double>(4));
     for (int lane = 0; lane < 32; ++lane)
       for (int r = 0; r < 4; ++r) a[lane][r] = s[lane][4 * c8 + L::acc_of_tf32_a(r)];
-    for (int f = 0; f < kWindow / 8; ++f) {
+    for (int f = 0; f < kOut / 8; ++f) {
       std::vector<std::vector<double>> b(32, std::vector<double>(2)), c(32, std::vector<double>(4));
       for (int lane = 0; lane < 32; ++lane) {
-        for (int i = 0; i < 2; ++i) b[lane][i] = v[8 * c8 + L::permuted_k_column(4 * i + tig(lane))][8 * f + gid(lane)];
+        for (int i = 0; i < 2; ++i) {
+          b[lane][i] = v[8 * c8 + L::permuted_k_column(4 * i + tig(lane))][L::tf32_v_feature(f, gid(lane))];
+        }
         for (int i = 0; i < 4; ++i) c[lane][i] = o[lane][4 * f + i];
       }
       warp_mma(16, 8, 8, 4, 2, 4, a, b, c, isa_a_tf32, isa_b_tf32, isa_c16);
@@ -260,7 +263,17 @@ void check_tf32(std::mt19937& rng) {
         for (int i = 0; i < 4; ++i) o[lane][4 * f + i] = c[lane][i];
     }
   }
-  expect_acc(o, product(want_s, v), "TF32 O = P V (permuted k)");
+  // Output tile f, column n is feature tf32_v_feature(f, n); lane g's B values of the 8
+  // tiles are features 8g .. 8g + 7 in order (the kernel loads them as two float4).
+  const Matrix want_o = product(want_s, v);
+  for (int lane = 0; lane < 32; ++lane)
+    for (int f = 0; f < kOut / 8; ++f) {
+      expect(L::tf32_v_feature(f, gid(lane)) == L::tf32_v_feature(0, gid(lane)) + f, "TF32 V: consecutive", lane, f);
+      for (int i = 0; i < 4; ++i) {
+        const RC c = isa_c16(lane, i);
+        expect(o[lane][4 * f + i] == want_o[c.row][L::tf32_v_feature(f, c.col)], "TF32 O = P V (permuted k, n)", lane, f);
+      }
+    }
 }
 
 // f64: P V as two k4 steps per column tile, A = accumulator element `half`, V row 2t + half.
