@@ -148,8 +148,20 @@ PYHS_HOST_DEVICE T weight_bias(T row_term, T shift) {
   return row_term - shift;
 }
 
-// One tile's step of the online shift: the new max, the finite shift the weights take
-// (0 while no pair was seen) and the factor for what is held (0 if nothing was).
+// The online shift m of a row moves only when a tile's max passes it by more than
+// kLazyShift2 (weights then stay <= 2^kLazyShift2, far from overflow), so that the
+// rescale of what is held is rare (FlashAttention-4's conditional rescale).
+constexpr double kLazyShift2 = 8;
+template <class T>
+PYHS_HOST_DEVICE bool shift_moves(T m, T tile_max) {
+  return tile_max > m + T(kLazyShift2);
+}
+// The finite shift the weights take under m: 0 while no pair was seen.
+template <class T>
+PYHS_HOST_DEVICE T shift_of(T m) {
+  return m == -std::numeric_limits<T>::infinity() ? T(0) : m;
+}
+// A move: the new m, and the factor for what is held (0 if nothing was).
 template <class T>
 struct OnlineStep {
   T max, shift, scale;
@@ -157,7 +169,7 @@ struct OnlineStep {
 template <class T>
 PYHS_HOST_DEVICE OnlineStep<T> online_step(T old_max, T tile_max) {
   const T max = tile_max > old_max ? tile_max : old_max;
-  const T shift = max == -std::numeric_limits<T>::infinity() ? T(0) : max;
+  const T shift = shift_of(max);
   return {max, shift, T(std::exp2(old_max - shift))};
 }
 

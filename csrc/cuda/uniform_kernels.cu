@@ -178,71 +178,97 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
                                                      : plan::BlockRange{};
     bool active = false, diagonal = false, x_cols = false;
     int diagonal_key = 0;
-    for (int st = 0; st < stages; ++st) {
-      const int buffer = int(st & 1);
-      copy_async_wait_all();
-      __syncthreads();
-      if (st + 1 < stages) {
-        issue(next_rows, next_terms, false, next_step, next_win, buffer ^ 1);
-        advance();
-        if (++next_win == windows) next_win = 0;
-      }
-      if (step == 0) {
-        const int col0 = region_col0(tile);
-        x_cols = tile < x_tiles;
-        // Padding pairs weigh 0 by their -inf term: only the self pairs of a diagonal tile
-        // are masked, those with elem_col - elem_row == offset (self_pair_key).
-        const int offset = warp_x_row - col0;
-        diagonal = p.rows_are_x && x_cols && layout::diagonal_tile(offset, kCols);
-        diagonal_key = offset + g - 2 * t4;
-        const int u = col0 / int(plan::kPartRows);
-        active = rows_valid && (x_cols ? held_x.holds(u) : held_queue.holds(u));
+    // The main (inner) loop leaves on the rare tile where a row's online shift moves
+    // (plan::shift_moves), with the tile's exponents in s, for the rescale after it, and
+    // resumes that stage past its __syncthreads, so that every warp meets the same one.
+    acc_t tile_max[2] = {0, 0};
+    bool resume = false;
+    for (int st = 0; st < stages;) {
+      for (; st < stages; ++st) {
+        const int buffer = int(st & 1);
+        const op_t* kb = kbuf + buffer * (G::kKBytes / sizeof(op_t));
+        if (!resume) {
+          copy_async_wait_all();
+          __syncthreads();
+          if (st + 1 < stages) {
+            issue(next_rows, next_terms, false, next_step, next_win, buffer ^ 1);
+            advance();
+            if (++next_win == windows) next_win = 0;
+          }
+          if (step == 0) {
+            const int col0 = region_col0(tile);
+            x_cols = tile < x_tiles;
+            // Padding pairs weigh 0 by their -inf term: only the self pairs of a diagonal tile
+            // are masked, those with elem_col - elem_row == offset (self_pair_key).
+            const int offset = warp_x_row - col0;
+            diagonal = p.rows_are_x && x_cols && layout::diagonal_tile(offset, kCols);
+            diagonal_key = offset + g - 2 * t4;
+            const int u = col0 / int(plan::kPartRows);
+            active = rows_valid && (x_cols ? held_x.holds(u) : held_queue.holds(u));
 #pragma unroll
-        for (int e = 0; e < Mma::kS; ++e) s[e] = 0;
-      }
-      const op_t* kb = kbuf + buffer * (G::kKBytes / sizeof(op_t));
-      if (active) {
-        const op_t* qb = qbuf + (resident ? 0 : buffer) * (G::kQBytes / sizeof(op_t));
-        Mma::gram(s, qb + warp * RowSlice::kRows * kPitch, kb, kPitch, lane);
-      }
-      if (active && step == p.windows - 1) {
-        const acc_t* terms = sqbuf + buffer * kCols;
+            for (int e = 0; e < Mma::kS; ++e) s[e] = 0;
+          }
+          if (active) {
+            const op_t* qb = qbuf + (resident ? 0 : buffer) * (G::kQBytes / sizeof(op_t));
+            Mma::gram(s, qb + warp * RowSlice::kRows * kPitch, kb, kPitch, lane);
+          }
+          if (active && step == windows - 1) {
+            const acc_t* terms = sqbuf + buffer * kCols;
 #pragma unroll
-        for (int e = 0; e < Mma::kS; ++e) s[e] = plan::partial_exponent2(p.c2, s[e], terms[Mma::elem_col(lane, e)]);
-        if (diagonal) {
+            for (int e = 0; e < Mma::kS; ++e) s[e] = plan::partial_exponent2(p.c2, s[e], terms[Mma::elem_col(lane, e)]);
+            if (diagonal) {
 #pragma unroll
-          for (int e = 0; e < Mma::kS; ++e) {
-            const int key = layout::self_pair_key(Mma::elem_row(lane, e) - g, Mma::elem_col(lane, e) - 2 * t4);
-            if (key != layout::kNeverSelf && key == diagonal_key) s[e] = negative_infinity<acc_t>();
+              for (int e = 0; e < Mma::kS; ++e) {
+                const int key = layout::self_pair_key(Mma::elem_row(lane, e) - g, Mma::elem_col(lane, e) - 2 * t4);
+                if (key != layout::kNeverSelf && key == diagonal_key) s[e] = negative_infinity<acc_t>();
+              }
+            }
+            if constexpr (kOnline) {
+              tile_max[0] = tile_max[1] = negative_infinity<acc_t>();
+#pragma unroll
+              for (int e = 0; e < Mma::kS; ++e) tile_max[Mma::elem_slot(e)] = fmax(tile_max[Mma::elem_slot(e)], s[e]);
+              bool moves = false;
+#pragma unroll
+              for (int slot = 0; slot < 2; ++slot) {
+                tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 1));
+                tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 2));
+                tile_max[slot] += row_term[slot];
+                moves |= plan::shift_moves(m[slot], tile_max[slot]);
+              }
+              if (__any_sync(0xffffffffu, moves)) break;  // to the rescale
+            }
           }
         }
-        acc_t bias[2] = {row_term[0], row_term[1]};  // the static shift 0
-        if constexpr (kOnline) {
-          acc_t tile_max[2] = {negative_infinity<acc_t>(), negative_infinity<acc_t>()};
+        resume = false;
+        if (active && step == windows - 1) {
+          acc_t bias[2];
 #pragma unroll
-          for (int e = 0; e < Mma::kS; ++e) tile_max[Mma::elem_slot(e)] = fmax(tile_max[Mma::elem_slot(e)], s[e]);
-          acc_t scale[2];
+          for (int slot = 0; slot < 2; ++slot) bias[slot] = plan::weight_bias(row_term[slot], plan::shift_of(m[slot]));
 #pragma unroll
-          for (int slot = 0; slot < 2; ++slot) {
-            tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 1));
-            tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 2));
-            const plan::OnlineStep<acc_t> next = plan::online_step(m[slot], tile_max[slot] + row_term[slot]);
-            m[slot] = next.max;
-            bias[slot] = plan::weight_bias(row_term[slot], next.shift);
-            scale[slot] = next.scale;
-          }
+          for (int e = 0; e < Mma::kS; ++e) s[e] = exp2(s[e] + bias[Mma::elem_slot(e)]);
+          // x-x pairs are seen from both of their rows: half a pair each in lse.
+          const acc_t half = p.rows_are_x && x_cols ? acc_t(0.5) : acc_t(1);
+          Mma::product(o, l, s, kb, kPitch, lane, half, p.with_o);
+        }
+        if (++step == windows) step = 0, ++tile;
+      }
+      if constexpr (kOnline) {
+        if (st == stages) break;
+        acc_t scale[2];  // the shift moves: what is held goes to the new one
 #pragma unroll
-          for (int e = 0; e < Mma::kO; ++e) o[e] *= scale[Mma::out_slot(e)];
-#pragma unroll
-          for (int e = 0; e < Mma::kL; ++e) l[e] *= scale[(e >> 1) & 1];
+        for (int slot = 0; slot < 2; ++slot) {
+          const plan::OnlineStep<acc_t> next = plan::online_step(m[slot], tile_max[slot]);
+          m[slot] = next.max;
+          scale[slot] = next.scale;
         }
 #pragma unroll
-        for (int e = 0; e < Mma::kS; ++e) s[e] = exp2(s[e] + bias[Mma::elem_slot(e)]);
-        // x-x pairs are seen from both of their rows: half a pair each in lse.
-        const acc_t half = p.rows_are_x && x_cols ? acc_t(0.5) : acc_t(1);
-        Mma::product(o, l, s, kb, kPitch, lane, half, p.with_o);
+        for (int e = 0; e < Mma::kO; ++e) o[e] *= scale[Mma::out_slot(e)];
+#pragma unroll
+        for (int e = 0; e < Mma::kL; ++e) l[e] *= scale[(e >> 1) & 1];
+        resume = true;
+      } else {
+        break;
       }
-      if (++step == windows) step = 0, ++tile;
     }
 
     // The item's partials (lanes t == 0 hold columns 0 and 1 of the row sums) and a_i.
