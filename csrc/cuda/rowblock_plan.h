@@ -150,11 +150,12 @@ PYHS_HOST_DEVICE T weight_bias(T row_term, T shift) {
 
 // The online shift m of a row moves only when a tile's max passes it by more than
 // kLazyShift2 (weights then stay <= 2^kLazyShift2, far from overflow), so that the
-// rescale of what is held is rare (FlashAttention-4's conditional rescale).
+// rescale of what is held is rare (FlashAttention-4's conditional rescale).  The limit
+// is on the tile's max partial exponent (without the row term), fixed between moves.
 constexpr double kLazyShift2 = 8;
 template <class T>
-PYHS_HOST_DEVICE bool shift_moves(T m, T tile_max) {
-  return tile_max > m + T(kLazyShift2);
+PYHS_HOST_DEVICE T shift_limit(T m, T row_term) {
+  return m + T(kLazyShift2) - row_term;
 }
 // The finite shift the weights take under m: 0 while no pair was seen.
 template <class T>

@@ -138,11 +138,14 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
       copy_async_commit();
     };
 
-    // The lane's two rows (slots 0 and 1) and their state.
-    acc_t row_term[2], m[2];
+    // The lane's two rows (slots 0 and 1) and their state: the shift m, the weights'
+    // bias, the limit on a tile's max before m moves (online; all fixed between moves).
+    acc_t row_term[2], m[2], bias[2], limit[2];
     for (int slot = 0; slot < 2; ++slot) {
       row_term[slot] = p.term[warp_row0 + g + 8 * slot];
       m[slot] = kOnline ? negative_infinity<acc_t>() : acc_t(0);
+      bias[slot] = plan::weight_bias(row_term[slot], plan::shift_of(m[slot]));
+      limit[slot] = plan::shift_limit(m[slot], row_term[slot]);
     }
     acc_t s[Mma::kS], o[Mma::kO], l[Mma::kL];
 #pragma unroll
@@ -179,7 +182,7 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
     bool active = false, diagonal = false, x_cols = false;
     int diagonal_key = 0;
     // The main (inner) loop leaves on the rare tile where a row's online shift moves
-    // (plan::shift_moves), with the tile's exponents in s, for the rescale after it, and
+    // (plan::shift_limit), with the tile's exponents in s, for the rescale after it, and
     // resumes that stage past its __syncthreads, so that every warp meets the same one.
     acc_t tile_max[2] = {0, 0};
     bool resume = false;
@@ -232,8 +235,7 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
               for (int slot = 0; slot < 2; ++slot) {
                 tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 1));
                 tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 2));
-                tile_max[slot] += row_term[slot];
-                moves |= plan::shift_moves(m[slot], tile_max[slot]);
+                moves |= tile_max[slot] > limit[slot];
               }
               if (__any_sync(0xffffffffu, moves)) break;  // to the rescale
             }
@@ -241,9 +243,6 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
         }
         resume = false;
         if (active && step == windows - 1) {
-          acc_t bias[2];
-#pragma unroll
-          for (int slot = 0; slot < 2; ++slot) bias[slot] = plan::weight_bias(row_term[slot], plan::shift_of(m[slot]));
 #pragma unroll
           for (int e = 0; e < Mma::kS; ++e) s[e] = exp2(s[e] + bias[Mma::elem_slot(e)]);
           // x-x pairs are seen from both of their rows: half a pair each in lse.
@@ -257,9 +256,11 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
         acc_t scale[2];  // the shift moves: what is held goes to the new one
 #pragma unroll
         for (int slot = 0; slot < 2; ++slot) {
-          const plan::OnlineStep<acc_t> next = plan::online_step(m[slot], tile_max[slot]);
+          const plan::OnlineStep<acc_t> next = plan::online_step(m[slot], tile_max[slot] + row_term[slot]);
           m[slot] = next.max;
           scale[slot] = next.scale;
+          bias[slot] = plan::weight_bias(row_term[slot], next.shift);
+          limit[slot] = plan::shift_limit(m[slot], row_term[slot]);
         }
 #pragma unroll
         for (int e = 0; e < Mma::kO; ++e) o[e] *= scale[Mma::out_slot(e)];

@@ -139,9 +139,9 @@ Result emulate(const std::vector<double>& z, int64_t n, int64_t k, int64_t d, do
       const T row_term = -c1 * sq[i];
       T bias = P::weight_bias(row_term, T(0)), scale = 1;
       if (online) {  // the kernel's lazy shift: it moves only past kLazyShift2
-        const T tile_max = *std::max_element(e.begin(), e.end()) + row_term;
-        if (P::shift_moves(p.m2, tile_max)) {
-          const P::OnlineStep<T> s = P::online_step(p.m2, tile_max);
+        const T tile_max = *std::max_element(e.begin(), e.end());
+        if (tile_max > P::shift_limit(p.m2, row_term)) {
+          const P::OnlineStep<T> s = P::online_step(p.m2, tile_max + row_term);
           p.m2 = s.max;
           scale = s.scale;
         }
