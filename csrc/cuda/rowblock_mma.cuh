@@ -108,6 +108,26 @@ struct Acc16x8 : RowSlice {
   __device__ static int out_row(int lane, int e) { return elem_row(lane, e); }
   __device__ static int out_col(int lane, int e) { return elem_col(lane, e); }
   __device__ static int out_slot(int e) { return elem_slot(e); }
+
+  // S += Q K^T over one window of Mma's: A and two n8 tiles of B per ldmatrix (kHalves:
+  // 16-bit halves per element, 2 for TF32), Mma::mma_bits on the registers as loaded.
+  template <class Mma, class T>
+  __device__ static void gram16x8(float (&s)[Mma::kS], const T* q, const T* k, int pitch, int lane) {
+    constexpr int kHalves = int(sizeof(T)) / 2;
+    const layout::Coord ar = layout::ldmatrix_a_row(lane), br = layout::ldmatrix_bt_row(lane);
+#pragma unroll
+    for (int k0 = 0; k0 < Mma::kWindow; k0 += 16 / kHalves) {
+      unsigned a[4];
+      ldmatrix_x4(a, q + ar.row * pitch + k0 + ar.col / kHalves);
+#pragma unroll
+      for (int np = 0; np < Mma::kTileCols / 16; ++np) {
+        unsigned b[4];
+        ldmatrix_x4(b, k + (np * 16 + br.row) * pitch + k0 + br.col / kHalves);
+        Mma::mma_bits(*reinterpret_cast<float(*)[4]>(s + 8 * np), a, b[0], b[1]);
+        Mma::mma_bits(*reinterpret_cast<float(*)[4]>(s + 8 * np + 4), a, b[2], b[3]);
+      }
+    }
+  }
 };
 
 // bf16 / fp16: m16n8k16, fragments by ldmatrix; the weights enter P V rounded to T (the
@@ -120,20 +140,11 @@ struct Mma16 : Acc16x8 {
   static constexpr int kS = kTileCols / 2, kO = kWindow / 2;  // accumulators per lane
   __device__ static T round_operand(T v) { return v; }
 
+  __device__ static void mma_bits(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    mma_16x8x16<T>(d, a, b0, b1);
+  }
   __device__ static void gram(float (&s)[kS], const T* q, const T* k, int pitch, int lane) {
-    const layout::Coord ar = layout::ldmatrix_a_row(lane), br = layout::ldmatrix_bt_row(lane);
-#pragma unroll
-    for (int k0 = 0; k0 < kWindow; k0 += 16) {
-      unsigned a[4];
-      ldmatrix_x4(a, q + ar.row * pitch + k0 + ar.col);
-#pragma unroll
-      for (int np = 0; np < kTileCols / 16; ++np) {
-        unsigned b[4];
-        ldmatrix_x4(b, k + (np * 16 + br.row) * pitch + k0 + br.col);
-        mma_16x8x16<T>(*reinterpret_cast<float(*)[4]>(s + 8 * np), a, b[0], b[1]);
-        mma_16x8x16<T>(*reinterpret_cast<float(*)[4]>(s + 8 * np + 4), a, b[2], b[3]);
-      }
-    }
+    gram16x8<Mma16>(s, q, k, pitch, lane);
   }
 
   __device__ static void product(float (&o)[kO], float (&l)[kL], const float (&s)[kS], const T* v, int pitch,
@@ -198,28 +209,17 @@ struct MmaTf32 : Acc16x8 {
     }
   }
 
-  __device__ static void gram(float (&s)[kS], const float* q, const float* k, int pitch, int lane) {
-    const layout::Coord ar = layout::ldmatrix_a_row(lane), br = layout::ldmatrix_bt_row(lane);
-#pragma unroll
-    for (int k0 = 0; k0 < kWindow; k0 += 8) {
-      unsigned a[4];
-      ldmatrix_x4(a, q + ar.row * pitch + k0 + ar.col / 2);  // 8 halves = 4 words
-      const float af[4] = {__uint_as_float(a[0]), __uint_as_float(a[1]), __uint_as_float(a[2]),
-                           __uint_as_float(a[3])};
-#pragma unroll
-      for (int np = 0; np < kTileCols / 16; ++np) {
-        unsigned b[4];
-        ldmatrix_x4(b, k + (np * 16 + br.row) * pitch + k0 + br.col / 2);
-        float* s0 = s + 8 * np;
-        if constexpr (kSplit) {
-          mma(*reinterpret_cast<float(*)[4]>(s0), af, __uint_as_float(b[0]), __uint_as_float(b[1]));
-          mma(*reinterpret_cast<float(*)[4]>(s0 + 4), af, __uint_as_float(b[2]), __uint_as_float(b[3]));
-        } else {  // stored TF32-rounded: the bits are operands as they are
-          mma_tf32(*reinterpret_cast<float(*)[4]>(s0), a, b[0], b[1]);
-          mma_tf32(*reinterpret_cast<float(*)[4]>(s0 + 4), a, b[2], b[3]);
-        }
-      }
+  // Gram operands as loaded: 3xTF32 splits them; else they are stored TF32-rounded.
+  __device__ static void mma_bits(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    if constexpr (kSplit) {
+      const float af[4] = {__uint_as_float(a[0]), __uint_as_float(a[1]), __uint_as_float(a[2]), __uint_as_float(a[3])};
+      mma(d, af, __uint_as_float(b0), __uint_as_float(b1));
+    } else {
+      mma_tf32(d, a, b0, b1);
     }
+  }
+  __device__ static void gram(float (&s)[kS], const float* q, const float* k, int pitch, int lane) {
+    gram16x8<MmaTf32>(s, q, k, pitch, lane);
   }
 
   __device__ static void product(float (&o)[kO], float (&l)[kL], const float (&s)[kS], const float* v, int pitch,

@@ -271,7 +271,8 @@ void check_tf32(std::mt19937& rng) {
       expect(L::tf32_v_feature(f, gid(lane)) == L::tf32_v_feature(0, gid(lane)) + f, "TF32 V: consecutive", lane, f);
       for (int i = 0; i < 4; ++i) {
         const RC c = isa_c16(lane, i);
-        expect(o[lane][4 * f + i] == want_o[c.row][L::tf32_v_feature(f, c.col)], "TF32 O = P V (permuted k, n)", lane, f);
+        expect(o[lane][4 * f + i] == want_o[c.row][L::tf32_v_feature(f, c.col)], "TF32 O = P V (permuted k, n)",
+               lane, f);
       }
     }
 }
