@@ -293,7 +293,7 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
   }
 }
 
-// ---------------------------------------------------------------- row kernels
+// ---------------------------------------------------------------- pack, lse, gradient
 
 template <class T>
 __device__ __forceinline__ T warp_sum(T v) {
