@@ -74,7 +74,7 @@ struct PassParams {
   acc_t *m2, *l, *lw, *a;
 };
 
-// The row pass.  kOnline: the running max; else the static shift 0.
+// The row pass.  kOnline: the lazy online shift (plan::shift_limit); else the static shift 0.
 template <class Mma, int kBlockRows, bool kOnline>
 __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
     uniform_rows_kernel(PassParams<typename Mma::op_t, typename Mma::acc_t> p) {
