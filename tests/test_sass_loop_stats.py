@@ -62,3 +62,15 @@ def test_report_line_and_failures():
 def test_other_functions_are_ignored():
     text = listing().replace("uniform_rows_kernel", "pack_rows_kernel")
     assert stats.report("90", text, "", limit=16.0) == ([], [])
+
+
+def test_budget_enforced_unless_the_dtype_is_warned(tmp_path, capsys):
+    sass, res = tmp_path / "k.sass", tmp_path / "k.res"
+    sass.write_text(listing().replace("STL [R1], R5", "FADD R5, R5, R5"))  # no spill: only the budget
+    res.write_text(f" Function {NAME}:\n  REG:200 STACK:0 SHARED:0 LOCAL:0\n")
+    argv = ["--arch", "90", "--sass", str(sass), "--res-usage", str(res), "--limit", "0.1"]
+    assert stats.main(argv) == 1
+    assert stats.main(argv + ["--warn-dtypes", "tf32"]) == 1  # bf16 is still enforced
+    assert stats.main(argv + ["--warn-dtypes", "tf32,bf16"]) == 0
+    assert stats.main(argv + ["--budget", "warn"]) == 0
+    assert "OVER BUDGET (not enforced)" in capsys.readouterr().out

@@ -1,14 +1,11 @@
 // Device-only pieces of the row-block kernel: mma.sync / ldmatrix / cp.async in inline
-// PTX (sm_80+), and one struct per precision with the two warp products of a tile:
-//   gram(s, q, k)        s += Q K^T     the warp's 16 rows x kTileCols columns, over one
-//                                       feature window of kWindow elements
-//   product(o, l, s, v)  o += P V       P = s (the weights), V = the tile's rows in the
-//                        l += P [1 w]   output's window; l: the row sums of exactly the
-//                                       weights multiplied (column 0) and the lse-weighted
-//                                       sums (column 1: w = 1/2 on x-x tiles), from one more
-//                                       n8 product against a constant B fragment
-// Accumulator elements (s, o) are flat arrays; elem_row / elem_col say where element e
-// of a lane sits in the warp's 16-row slice (mma_layout.h, checked by mma_layout_test).
+// PTX (sm_80+) and, per precision, the two warp products of a tile:
+//   gram(s, q, k)        s += Q K^T   the warp's 16 rows x kTileCols, one feature window
+//   product(o, l, s, v)  o += P V     P = s (the weights), V = the tile's output window;
+//                        l += P [1 w] the row sums of exactly the weights multiplied
+//                                     (column 0) and lse's (column 1: w = 1/2 on x-x
+//                                     tiles), one more n8 product on a constant B
+// elem_row / elem_col: where a lane's accumulator element e sits (mma_layout.h).
 #pragma once
 
 #include "mma_layout.h"
@@ -17,6 +14,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace pyhypersphere {
 namespace cuda {
@@ -26,15 +24,15 @@ namespace cuda {
 __device__ __forceinline__ unsigned smem_address(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
+template <bool kTrans = false>
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p)));
+  if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(p)));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(p)));
+  }
 }
 // 16 bytes global -> shared, bypassing L1 (cp.async.cg).
 __device__ __forceinline__ void copy_async_16(void* shared_dst, const void* global_src) {
@@ -45,33 +43,21 @@ __device__ __forceinline__ void copy_async_16(void* shared_dst, const void* glob
 __device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void copy_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
+// m16n8 with f32 accumulators in place: bf16, fp16 (k16) or tf32 (k8) operands.
+#define PYHS_MMA_16X8(types)                                                                 \
+  asm volatile("mma.sync.aligned." types " {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, " \
+               "{%0, %1, %2, %3};\n"                                                          \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
 template <class T>
-__device__ __forceinline__ void mma_16x8x16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1);
-template <>
-__device__ __forceinline__ void mma_16x8x16<__nv_bfloat16>(float (&d)[4], const unsigned (&a)[4], unsigned b0,
-                                                           unsigned b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma_16x8x16<__half>(float (&d)[4], const unsigned (&a)[4], unsigned b0,
-                                                    unsigned b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+__device__ __forceinline__ void mma_16x8x16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  if constexpr (std::is_same_v<T, __half>) PYHS_MMA_16X8("m16n8k16.row.col.f32.f16.f16.f32");
+  else PYHS_MMA_16X8("m16n8k16.row.col.f32.bf16.bf16.f32");
 }
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  PYHS_MMA_16X8("m16n8k8.row.col.f32.tf32.tf32.f32");
 }
+#undef PYHS_MMA_16X8
 __device__ __forceinline__ void mma_f64(double (&d)[2], double a, double b) {
   asm volatile("mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0, %1}, {%2}, {%3}, {%0, %1};\n"
                : "+d"(d[0]), "+d"(d[1])
@@ -90,113 +76,122 @@ __device__ __forceinline__ void split_tf32(float v, unsigned& big, unsigned& sma
 
 // Two floats as a 16-bit pair (the first in the low half), rounded to nearest.
 template <class T>
-__device__ __forceinline__ unsigned pack_pair(float lo, float hi);
-template <>
-__device__ __forceinline__ unsigned pack_pair<__nv_bfloat16>(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const unsigned*>(&v);
-}
-template <>
-__device__ __forceinline__ unsigned pack_pair<__half>(float lo, float hi) {
-  const __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const unsigned*>(&v);
+__device__ __forceinline__ unsigned pack_pair(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&v);
+  } else {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&v);
+  }
 }
 
 // ---------------------------------------------------------------- precisions
 
-// What every precision shares: a warp owns 16 rows; the B fragment of the row sums is
-// 1 in column 0, w in column 1 and 0 elsewhere (a lane's B column is its group).
+// A warp owns 16 rows.  The row sums' B fragment: 1 in column 0, w in column 1, else 0
+// (a lane's B column is its group).
 struct RowSlice {
   static constexpr int kRows = 16;
-  __device__ static float ones_value(int lane, float w) {
+  template <class T>
+  __device__ static T ones_value(int lane, T w) {
     const int g = layout::group_of(lane);
-    return g == 0 ? 1.0f : (g == 1 ? w : 0.0f);
+    return g == 0 ? T(1) : (g == 1 ? w : T(0));
   }
 };
 
-// Accumulators of m16n8 tiles (16-bit and TF32), flat [n8 tile][4]: S, O and the row
-// sums (kL) alike.
+// m16n8 accumulators (16-bit and TF32), flat [n8 tile][4]; S, O and the sums alike.
 struct Acc16x8 : RowSlice {
   static constexpr int kL = 4;
   __device__ static int elem_row(int lane, int e) { return layout::acc16x8(lane, e & 3).row; }
   __device__ static int elem_col(int lane, int e) { return 8 * (e >> 2) + layout::acc16x8(lane, e & 3).col; }
-  // Which of the lane's two rows (g, g + 8) element e is in.
-  __device__ static int elem_slot(int e) { return (e >> 1) & 1; }
+  __device__ static int elem_slot(int e) { return (e >> 1) & 1; }  // row g (0) or g + 8 (1)
   __device__ static int out_row(int lane, int e) { return elem_row(lane, e); }
   __device__ static int out_col(int lane, int e) { return elem_col(lane, e); }
   __device__ static int out_slot(int e) { return elem_slot(e); }
+
+  // S += Q K^T over one window of Mma's: A and two n8 tiles of B per ldmatrix (kHalves:
+  // 16-bit halves per element, 2 for TF32), Mma::mma_bits on the registers as loaded.
+  template <class Mma, class T>
+  __device__ static void gram16x8(float (&s)[Mma::kS], const T* q, const T* k, int pitch, int lane) {
+    constexpr int kHalves = int(sizeof(T)) / 2;
+    const layout::Coord ar = layout::ldmatrix_a_row(lane), br = layout::ldmatrix_bt_row(lane);
+#pragma unroll
+    for (int k0 = 0; k0 < Mma::kWindow; k0 += 16 / kHalves) {
+      unsigned a[4];
+      ldmatrix_x4(a, q + ar.row * pitch + k0 + ar.col / kHalves);
+#pragma unroll
+      for (int np = 0; np < Mma::kTileCols / 16; ++np) {
+        unsigned b[4];
+        ldmatrix_x4(b, k + (np * 16 + br.row) * pitch + k0 + br.col / kHalves);
+        Mma::mma_bits(*reinterpret_cast<float(*)[4]>(s + 8 * np), a, b[0], b[1]);
+        Mma::mma_bits(*reinterpret_cast<float(*)[4]>(s + 8 * np + 4), a, b[2], b[3]);
+      }
+    }
+  }
 };
 
-// bf16 / fp16 operands: m16n8k16, fragments by ldmatrix, float32 accumulation; the
-// weights enter P V rounded to the operand type (the row sums use the same values).
+// bf16 / fp16: m16n8k16, fragments by ldmatrix; the weights enter P V rounded to T (the
+// row sums take the same values).
 template <class T>
 struct Mma16 : Acc16x8 {
   using op_t = T;
   using acc_t = float;
   static constexpr int kWindow = 128, kTileCols = 64;
-  static constexpr int kS = kTileCols / 2;  // accumulator elements of S per lane
-  static constexpr int kO = kWindow / 2;
+  static constexpr int kS = kTileCols / 2, kO = kWindow / 2;  // accumulators per lane
   __device__ static T round_operand(T v) { return v; }
 
+  __device__ static void mma_bits(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    mma_16x8x16<T>(d, a, b0, b1);
+  }
   __device__ static void gram(float (&s)[kS], const T* q, const T* k, int pitch, int lane) {
-    const layout::Coord ar = layout::ldmatrix_a_row(lane), br = layout::ldmatrix_bt_row(lane);
-#pragma unroll
-    for (int k0 = 0; k0 < kWindow; k0 += 16) {
-      unsigned a[4];
-      ldmatrix_x4(a, q + ar.row * pitch + k0 + ar.col);
-#pragma unroll
-      for (int np = 0; np < kTileCols / 16; ++np) {
-        unsigned b[4];
-        ldmatrix_x4(b, k + (np * 16 + br.row) * pitch + k0 + br.col);
-        mma_16x8x16<T>(*reinterpret_cast<float(*)[4]>(s + 8 * np), a, b[0], b[1]);
-        mma_16x8x16<T>(*reinterpret_cast<float(*)[4]>(s + 8 * np + 4), a, b[2], b[3]);
-      }
-    }
+    gram16x8<Mma16>(s, q, k, pitch, lane);
   }
 
   __device__ static void product(float (&o)[kO], float (&l)[kL], const float (&s)[kS], const T* v, int pitch,
                                  int lane, float w, bool with_o) {
-    const layout::Coord vr = layout::ldmatrix_v_row(lane);
+    const layout::Coord vr = layout::ldmatrix_a_row(lane);
     const float one = ones_value(lane, w);
     const unsigned ones = pack_pair<T>(one, one);
 #pragma unroll
     for (int kk = 0; kk < kTileCols / 16; ++kk) {
-      // The accumulators of column tiles 2kk and 2kk + 1 are the A fragment of k16 step kk.
-      unsigned a[4];
+      unsigned a[4];  // S's column tiles 2kk, 2kk + 1 are the A fragment of k16 step kk
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const float* c = s + 4 * (2 * kk + layout::acc_tile_of_a16(r)) + layout::acc_first_of_a16(r);
         a[r] = pack_pair<T>(c[0], c[1]);
       }
       mma_16x8x16<T>(l, a, ones, ones);
-      if (with_o) {
+      if (!with_o) continue;
 #pragma unroll
-        for (int np = 0; np < kWindow / 16; ++np) {
-          unsigned b[4];
-          ldmatrix_x4_trans(b, v + (kk * 16 + vr.row) * pitch + np * 16 + vr.col);
-          mma_16x8x16<T>(*reinterpret_cast<float(*)[4]>(o + 8 * np), a, b[0], b[1]);
-          mma_16x8x16<T>(*reinterpret_cast<float(*)[4]>(o + 8 * np + 4), a, b[2], b[3]);
-        }
+      for (int np = 0; np < kWindow / 16; ++np) {
+        unsigned b[4];
+        ldmatrix_x4<true>(b, v + (kk * 16 + vr.row) * pitch + np * 16 + vr.col);
+        mma_16x8x16<T>(*reinterpret_cast<float(*)[4]>(o + 8 * np), a, b[0], b[1]);
+        mma_16x8x16<T>(*reinterpret_cast<float(*)[4]>(o + 8 * np + 4), a, b[2], b[3]);
       }
     }
   }
 };
 
-// float32 rows on TF32 tensor cores (m16n8k8).  kSplit: 3xTF32 (float32 accuracy): every
-// operand split into big + small TF32 parts, three products (small * small dropped).
-// Without the split the rows are stored TF32-rounded, so only the weights are rounded here.
-// The k order of P V is permuted (layout::permuted_k_column): each lane's accumulators
-// are its A registers, and V is read with plain shared loads in the same order.
+// float32 on TF32 tensor cores (m16n8k8).  kSplit: 3xTF32, float32 accuracy (big + small
+// parts, small * small dropped); else the rows are stored TF32-rounded and only the
+// weights are rounded here.  P V's k order is permuted (layout::permuted_k_column) so
+// that accumulators are A registers, and its output features too (layout::tf32_v_feature)
+// so that a lane's V values of a k step are two 16-byte shared loads per row.
 template <bool kSplit>
 struct MmaTf32 : Acc16x8 {
   using op_t = float;
   using acc_t = float;
-  static constexpr int kWindow = 64, kTileCols = 64;
-  static constexpr int kS = kTileCols / 2;
-  static constexpr int kO = kWindow / 2;
-  // The value an operand takes in the products: TF32 mode stores the rows rounded, so
-  // the norms are those of the values multiplied; 3xTF32 keeps float32.
+  static constexpr int kWindow = 64, kTileCols = 64;  // kWindow: 8 n8 tiles x 8 lanes' features
+  static constexpr int kS = kTileCols / 2, kO = kWindow / 2;
+  // TF32 mode stores the rows rounded, so the norms are those of the values multiplied.
   __device__ static float round_operand(float v) { return kSplit ? v : __uint_as_float(to_tf32(v)); }
+  __device__ static int out_col(int lane, int e) {
+    return layout::tf32_v_feature(e >> 2, layout::acc16x8(lane, e & 3).col);
+  }
+  // A weight (finite, >= 0) as a TF32 operand rounded to nearest, ties away: ptxas's own
+  // cvt.rna.tf32.f32 less its inf / NaN select (the tensor core ignores the 13 low bits).
+  __device__ static unsigned weight_tf32(float w) { return __float_as_uint(w) + 0x1000u; }
 
   __device__ static void mma(float (&d)[4], const float (&a)[4], float b0, float b1) {
     if constexpr (kSplit) {
@@ -209,32 +204,22 @@ struct MmaTf32 : Acc16x8 {
       mma_tf32(d, ab, bs0, bs1);
       mma_tf32(d, ab, bb0, bb1);
     } else {
-      const unsigned ar[4] = {to_tf32(a[0]), to_tf32(a[1]), to_tf32(a[2]), to_tf32(a[3])};
+      const unsigned ar[4] = {weight_tf32(a[0]), weight_tf32(a[1]), weight_tf32(a[2]), weight_tf32(a[3])};
       mma_tf32(d, ar, __float_as_uint(b0), __float_as_uint(b1));
     }
   }
 
-  __device__ static void gram(float (&s)[kS], const float* q, const float* k, int pitch, int lane) {
-    const layout::Coord ar = layout::ldmatrix_a_row(lane), br = layout::ldmatrix_bt_row(lane);
-#pragma unroll
-    for (int k0 = 0; k0 < kWindow; k0 += 8) {
-      unsigned a[4];
-      ldmatrix_x4(a, q + ar.row * pitch + k0 + ar.col / 2);  // 8 halves = 4 words
-      const float af[4] = {__uint_as_float(a[0]), __uint_as_float(a[1]), __uint_as_float(a[2]),
-                           __uint_as_float(a[3])};
-#pragma unroll
-      for (int np = 0; np < kTileCols / 16; ++np) {
-        unsigned b[4];
-        ldmatrix_x4(b, k + (np * 16 + br.row) * pitch + k0 + br.col / 2);
-        if constexpr (kSplit) {
-          mma(*reinterpret_cast<float(*)[4]>(s + 8 * np), af, __uint_as_float(b[0]), __uint_as_float(b[1]));
-          mma(*reinterpret_cast<float(*)[4]>(s + 8 * np + 4), af, __uint_as_float(b[2]), __uint_as_float(b[3]));
-        } else {  // the rows are stored TF32-rounded: their bits are operands as they are
-          mma_tf32(*reinterpret_cast<float(*)[4]>(s + 8 * np), a, b[0], b[1]);
-          mma_tf32(*reinterpret_cast<float(*)[4]>(s + 8 * np + 4), a, b[2], b[3]);
-        }
-      }
+  // Gram operands as loaded: 3xTF32 splits them; else they are stored TF32-rounded.
+  __device__ static void mma_bits(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    if constexpr (kSplit) {
+      const float af[4] = {__uint_as_float(a[0]), __uint_as_float(a[1]), __uint_as_float(a[2]), __uint_as_float(a[3])};
+      mma(d, af, __uint_as_float(b0), __uint_as_float(b1));
+    } else {
+      mma_tf32(d, a, b0, b1);
     }
+  }
+  __device__ static void gram(float (&s)[kS], const float* q, const float* k, int pitch, int lane) {
+    gram16x8<MmaTf32>(s, q, k, pitch, lane);
   }
 
   __device__ static void product(float (&o)[kO], float (&l)[kL], const float (&s)[kS], const float* v, int pitch,
@@ -247,19 +232,23 @@ struct MmaTf32 : Acc16x8 {
       const float a[4] = {e[layout::acc_of_tf32_a(0)], e[layout::acc_of_tf32_a(1)], e[layout::acc_of_tf32_a(2)],
                           e[layout::acc_of_tf32_a(3)]};
       mma(l, a, one, one);
-      if (with_o) {
-        const float* v0 = v + (8 * c + 2 * t) * pitch + g;
+      if (!with_o) continue;
+      // Rows 2t, 2t + 1 of the step (its k positions t, t + 4), features 8g .. 8g + 7.
+      const float* v0 = v + (8 * c + 2 * t) * pitch + layout::tf32_v_feature(0, g);
+      float b0[8], b1[8];
 #pragma unroll
-        for (int f = 0; f < kWindow / 8; ++f) {
-          mma(*reinterpret_cast<float(*)[4]>(o + 4 * f), a, v0[8 * f], v0[pitch + 8 * f]);
-        }
+      for (int h = 0; h < 2; ++h) {
+        *reinterpret_cast<float4*>(b0 + 4 * h) = *reinterpret_cast<const float4*>(v0 + 4 * h);
+        *reinterpret_cast<float4*>(b1 + 4 * h) = *reinterpret_cast<const float4*>(v0 + pitch + 4 * h);
       }
+#pragma unroll
+      for (int f = 0; f < kWindow / 8; ++f) mma(*reinterpret_cast<float(*)[4]>(o + 4 * f), a, b0[f], b1[f]);
     }
   }
 };
 
-// float64 rows on DMMA (m8n8k4): a warp's 16 rows are two m8 atoms; k of P V permuted as
-// for TF32 (two k4 steps per n8 column tile: columns 2t, then 2t + 1).
+// float64 on DMMA (m8n8k4): a warp's 16 rows are two m8 atoms; P V's k permuted as for
+// TF32 (two k4 steps per n8 column tile: columns 2t, then 2t + 1).
 struct MmaF64 : RowSlice {
   using op_t = double;
   using acc_t = double;
@@ -293,7 +282,7 @@ struct MmaF64 : RowSlice {
   __device__ static void product(double (&o)[kO], double (&l)[kL], const double (&s)[kS], const double* v,
                                  int pitch, int lane, double w, bool with_o) {
     const int g = layout::group_of(lane), t = layout::thread_in_group(lane);
-    const double one = g == 0 ? 1.0 : (g == 1 ? w : 0.0);
+    const double one = ones_value(lane, w);
 #pragma unroll
     for (int c = 0; c < kN8; ++c) {
 #pragma unroll
@@ -301,13 +290,12 @@ struct MmaF64 : RowSlice {
         const double a0 = s[2 * c + half], a1 = s[2 * kN8 + 2 * c + half];
         mma_f64(*reinterpret_cast<double(*)[2]>(l), a0, one);
         mma_f64(*reinterpret_cast<double(*)[2]>(l + 2), a1, one);
-        if (with_o) {
-          const double* vr = v + (8 * c + 2 * t + half) * pitch + g;
+        if (!with_o) continue;
+        const double* vr = v + (8 * c + 2 * t + half) * pitch + g;
 #pragma unroll
-          for (int f = 0; f < kOut8; ++f) {
-            mma_f64(*reinterpret_cast<double(*)[2]>(o + 2 * f), a0, vr[8 * f]);
-            mma_f64(*reinterpret_cast<double(*)[2]>(o + 2 * kOut8 + 2 * f), a1, vr[8 * f]);
-          }
+        for (int f = 0; f < kOut8; ++f) {
+          mma_f64(*reinterpret_cast<double(*)[2]>(o + 2 * f), a0, vr[8 * f]);
+          mma_f64(*reinterpret_cast<double(*)[2]>(o + 2 * kOut8 + 2 * f), a1, vr[8 * f]);
         }
       }
     }

@@ -1,21 +1,10 @@
-// Torch glue of the CUDA uniformity kernels (uniform_kernels.h): argument checks,
-// device guard and stream, the precision of the tile products, the workspace and the
-// outputs of the ops.h contract.  Host compiler only; the kernels live in .cu files.
-//
-// Precision: the shared policy (plan_uniform_rows, csrc/uniform_rows.cpp) with the
-// operand format PyTorch's matmul settings ask for:
-//   float32   TF32 tensor cores when torch.backends.cuda.matmul.fp32_precision is "tf32"
-//             (torch.set_float32_matmul_precision("high"/"medium"),
-//             torch.backends.cuda.matmul.allow_tf32 = True) and the rows' spread allows
-//             TF32's roundoff (2^-11), else 3xTF32 (float32 accuracy), else float64 rows
-//   bf16/fp16 tensor cores on the raw 16-bit inputs (exact products, float32 sums) when
-//             their uncentered spread allows, else the centered float32 rows as float32
-//   float64   FP64 tensor cores
-// Under CUDA-graph capture there is no host read: float32 accuracy (3xTF32) for every
-// non-float64 input, NaN outputs for non-finite inputs by a device-side select.
-// The static shift where the rows' largest norm certifies it (no weight can underflow),
-// else an online max.  The kernels are deterministic (work cut by the shape alone,
-// fixed-order merges and reductions, no float atomics), so
+// Torch glue of the CUDA uniformity kernels (uniform_kernels.h): checks, device guard,
+// stream, the products' precision, the workspace and the ops.h outputs.  Precision: the
+// shared policy (plan_uniform_rows) with the operand format torch's matmul settings ask
+// for: float32 on TF32 when allowed and the rows' spread allows TF32's roundoff, else
+// 3xTF32, else float64 rows; bf16/fp16 raw when their spread allows, else centered
+// float32.  Under CUDA-graph capture (no host read): 3xTF32 for every non-float64 input
+// and a device-side NaN select for non-finite inputs.  The kernels are deterministic, so
 // torch.use_deterministic_algorithms(True) needs no other path.
 #include "../input_checks.h"
 #include "../ops.h"
@@ -55,8 +44,6 @@ bool stream_is_capturing(cudaStream_t stream) {
   return status != cudaStreamCaptureStatusNone;
 }
 
-// The kernel for the rows the policy chose: their dtype, and for float32 rows whether
-// the fast operand format (TF32) is allowed and suffices.
 cuda::UniformPrecision tile_precision(const UniformRows& rows, at::ScalarType input, bool tf32) {
   if (rows.raw_operands_ok) {
     return input == at::kBFloat16 ? cuda::UniformPrecision::kBf16 : cuda::UniformPrecision::kFp16;
@@ -77,15 +64,14 @@ void check_device_capability(const at::Tensor& x) {
 
 int shared_memory_optin(const at::Tensor& x) {
   int smem_optin = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-                                        x.get_device()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.get_device()));
   return smem_optin;
 }
 
 }  // namespace
 
-// The op with the launch's test settings: max_ctas caps the row kernel's grid (0: one
-// CTA per work item), block_rows 64 runs the 99 KiB devices' kernels (0: the device's).
+// The op with test settings: max_ctas caps the row kernel's grid (0: none), block_rows
+// 64 runs the 99 KiB devices' kernels (0: the device's).
 UniformResult uniform_lse_cuda_with(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
                                     bool intra_batch, int64_t part, int64_t num_parts, bool grad_x,
                                     bool grad_queue, int64_t max_ctas, int64_t block_rows) {
@@ -107,8 +93,7 @@ UniformResult uniform_lse_cuda_with(const at::Tensor& x, const std::optional<at:
                                        tf32 ? kTf32UnitRoundoff : kFloat32UnitRoundoff, options);
   if (!rows.finite) return nonfinite_uniform_outputs(x, queue, grad_x, grad_queue);
   const cuda::UniformPrecision precision = tile_precision(rows, x.scalar_type(), tf32);
-  // The operands: the raw 16-bit inputs (stacked), or the centered rows in the dtype the
-  // policy chose.  The kernels compute the squared norms of exactly what they read.
+  // The raw 16-bit inputs, or the centered rows in the policy's dtype.
   const bool has_queue = queue.has_value() && queue->defined();
   const at::Tensor operand = !rows.raw_operands_ok ? rows.z
                              : has_queue           ? at::cat({x, *queue}, 0)
@@ -120,19 +105,8 @@ UniformResult uniform_lse_cuda_with(const at::Tensor& x, const std::optional<at:
       options.host_read && cuda::plan::static_shift_certified(t, operand_sq_norm, precision == cuda::UniformPrecision::kFp64);
   rows = UniformRows();  // keep the peak at a few copies of the rows
 
-  cuda::UniformProblem problem;
-  problem.rows = operand.data_ptr();
-  problem.n = x.size(0);
-  problem.k = has_queue ? queue->size(0) : 0;
-  problem.d = x.size(1);
-  problem.t = t;
-  problem.intra_batch = intra_batch;
-  problem.part = part;
-  problem.num_parts = num_parts;
-  problem.grad_x = grad_x;
-  problem.grad_queue = grad_queue;
-  problem.precision = precision;
-  problem.static_shift = static_shift;
+  cuda::UniformProblem problem{operand.data_ptr(), x.size(0), has_queue ? queue->size(0) : 0, x.size(1), t,
+                               intra_batch, part, num_parts, grad_x, grad_queue, precision, static_shift};
   problem.max_ctas = max_ctas;
   problem.block_rows = cuda::uniform_block_rows_for(
       precision, block_rows == 64 ? cuda::uniform_shared_memory_bytes(precision, 64) : shared_memory_optin(x));
@@ -141,7 +115,7 @@ UniformResult uniform_lse_cuda_with(const at::Tensor& x, const std::optional<at:
               " bytes of shared memory per block at least; ", x.device(), " allows ",
               shared_memory_optin(x));
 
-  // The kernel writes lse as a double (ops.h) and the gradient in its own accumulation type
+  // The kernel writes lse as a double (ops.h), the gradient in its accumulation type
   // (float64 for float64 rows, also when the policy moved float32 rows there).
   const bool compute_grad = grad_x || grad_queue;
   const auto kernel_options = x.options().dtype(operand.scalar_type() == at::kDouble ? at::kDouble
@@ -170,8 +144,8 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
 
 TORCH_LIBRARY_IMPL(pyhypersphere, CUDA, m) { m.impl("uniform_lse", &uniform_lse_cuda); }
 
-// For tests/test_cuda.py (CUDA builds only): the op with a capped grid or the 64-row
-// kernels, whose results must be bitwise those of the op (grid) or agree to rounding.
+// For tests/test_cuda.py: the op with a capped grid (bitwise the op's results) or the
+// 64-row kernels (equal to rounding).
 TORCH_LIBRARY(pyhypersphere_cuda_testing, m) {
   m.def("uniform_lse_with(Tensor x, Tensor? queue, float t, bool intra_batch, int part, int num_parts, "
         "bool grad_x, bool grad_queue, int max_ctas, int block_rows) -> (Tensor, Tensor, Tensor)");

@@ -4,7 +4,8 @@
 //   1. each layout function matches the ISA's formula for every lane and register;
 //   2. a warp's products emulated register by register, as the kernel assembles them
 //      (ldmatrix addresses and deliveries, the accumulators of S reused as the A of
-//      P V, the permuted k of TF32 and f64), equal the plain matrix products.
+//      P V, the permuted k of TF32 and f64), equal the plain matrix products;
+//   3. the diagonal mask (self_pair_key) selects exactly the self pairs.
 // No GPU needed; built and run by .ci/cuda_compile_check.sh.
 #include "../mma_layout.h"
 
@@ -125,7 +126,7 @@ Matrix transpose(const Matrix& m) {
 // The kernel's ldmatrix row addresses (always-inline functions, wrapped to be passed).
 const auto a_row = [](int lane) { return L::ldmatrix_a_row(lane); };
 const auto bt_row = [](int lane) { return L::ldmatrix_bt_row(lane); };
-const auto v_row = [](int lane) { return L::ldmatrix_v_row(lane); };
+const auto v_row = a_row;  // V (with .trans) is addressed as an A block
 
 // What ldmatrix .x4 gives lane `lane` in register q, half h: lanes 8q..8q+7 give the
 // row addresses (row, col) of matrix q as the kernel computes them from `row_of`.
@@ -242,16 +243,19 @@ void check_tf32(std::mt19937& rng) {
   }
   const Matrix want_s = product(q, transpose(kmat));
   expect_acc(s, want_s, "TF32 S = Q K^T");
-  const Matrix v = random_matrix(kCols, kWindow, rng);
-  std::vector<std::vector<double>> o(32, std::vector<double>(kWindow / 2, 0.0));
+  const int kOut = 64;  // the kernel's output window: 8 n8 tiles, features 8n + f
+  const Matrix v = random_matrix(kCols, kOut, rng);
+  std::vector<std::vector<double>> o(32, std::vector<double>(kOut / 2, 0.0));
   for (int c8 = 0; c8 < kCols / 8; ++c8) {
     std::vector<std::vector<double>> a(32, std::vector<double>(4));
     for (int lane = 0; lane < 32; ++lane)
       for (int r = 0; r < 4; ++r) a[lane][r] = s[lane][4 * c8 + L::acc_of_tf32_a(r)];
-    for (int f = 0; f < kWindow / 8; ++f) {
+    for (int f = 0; f < kOut / 8; ++f) {
       std::vector<std::vector<double>> b(32, std::vector<double>(2)), c(32, std::vector<double>(4));
       for (int lane = 0; lane < 32; ++lane) {
-        for (int i = 0; i < 2; ++i) b[lane][i] = v[8 * c8 + L::permuted_k_column(4 * i + tig(lane))][8 * f + gid(lane)];
+        for (int i = 0; i < 2; ++i) {
+          b[lane][i] = v[8 * c8 + L::permuted_k_column(4 * i + tig(lane))][L::tf32_v_feature(f, gid(lane))];
+        }
         for (int i = 0; i < 4; ++i) c[lane][i] = o[lane][4 * f + i];
       }
       warp_mma(16, 8, 8, 4, 2, 4, a, b, c, isa_a_tf32, isa_b_tf32, isa_c16);
@@ -259,7 +263,18 @@ void check_tf32(std::mt19937& rng) {
         for (int i = 0; i < 4; ++i) o[lane][4 * f + i] = c[lane][i];
     }
   }
-  expect_acc(o, product(want_s, v), "TF32 O = P V (permuted k)");
+  // Output tile f, column n is feature tf32_v_feature(f, n); lane g's B values of the 8
+  // tiles are features 8g .. 8g + 7 in order (the kernel loads them as two float4).
+  const Matrix want_o = product(want_s, v);
+  for (int lane = 0; lane < 32; ++lane)
+    for (int f = 0; f < kOut / 8; ++f) {
+      expect(L::tf32_v_feature(f, gid(lane)) == L::tf32_v_feature(0, gid(lane)) + f, "TF32 V: consecutive", lane, f);
+      for (int i = 0; i < 4; ++i) {
+        const RC c = isa_c16(lane, i);
+        expect(o[lane][4 * f + i] == want_o[c.row][L::tf32_v_feature(f, c.col)], "TF32 O = P V (permuted k, n)",
+               lane, f);
+      }
+    }
 }
 
 // f64: P V as two k4 steps per column tile, A = accumulator element `half`, V row 2t + half.
@@ -283,6 +298,32 @@ void check_f64(std::mt19937& rng) {
       expect(o[lane][i] == want[L::acc8x8(lane, i).row][L::acc8x8(lane, i).col], "f64 O = P V (permuted k)", lane, i);
 }
 
+// The kernel's diagonal mask (diagonal_tile, self_pair_key) against the self pairs
+// themselves: for a warp's 16 rows starting `offset` columns after the tile's first (a
+// multiple of 16), exactly the elements with column - row == offset, 16 of them when the
+// rows start inside the tile, none otherwise.
+template <class Coord>
+void check_diagonal_mask(int cols, int atoms, Coord coord, int elements) {
+  for (int offset = -2 * cols; offset <= 2 * cols; offset += 16) {
+    int masked_count = 0, self_count = 0;
+    const bool diagonal = L::diagonal_tile(offset, cols);
+    for (int lane = 0; lane < 32; ++lane)
+      for (int atom = 0; atom < atoms; ++atom)
+        for (int j = 0; j < cols / 8; ++j)
+          for (int i = 0; i < elements; ++i) {
+            const RC c = coord(lane, i);
+            const int row = 8 * atom + c.row, col = 8 * j + c.col;
+            const int key = L::self_pair_key(row - gid(lane), col - 2 * tig(lane));
+            const bool masked = diagonal && key != L::kNeverSelf && key == offset + gid(lane) - 2 * tig(lane);
+            masked_count += masked;
+            self_count += col - row == offset;
+            expect(masked == (col - row == offset), "diagonal mask == self pairs", lane, offset);
+          }
+    expect(self_count == (diagonal ? 16 : 0) && masked_count == self_count, "16 self pairs per diagonal warp tile",
+           masked_count, offset);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -291,6 +332,8 @@ int main() {
   check_16bit(rng);
   check_tf32(rng);
   check_f64(rng);
+  check_diagonal_mask(64, 1, isa_c16, 4);  // bf16, fp16, TF32: 64-column tiles, rows g, g + 8
+  check_diagonal_mask(32, 2, isa_c_f64, 2);  // f64: 32 columns, two m8 atoms
   if (failures) {
     std::printf("mma_layout_test: %d failures\n", failures);
     return 1;

@@ -138,11 +138,14 @@ Result emulate(const std::vector<double>& z, int64_t n, int64_t k, int64_t d, do
       }
       const T row_term = -c1 * sq[i];
       T bias = P::weight_bias(row_term, T(0)), scale = 1;
-      if (online) {
-        const P::OnlineStep<T> s = P::online_step(p.m2, *std::max_element(e.begin(), e.end()) + row_term);
-        p.m2 = s.max;
-        bias = P::weight_bias(row_term, s.shift);
-        scale = s.scale;
+      if (online) {  // the kernel's lazy shift: it moves only past kLazyShift2
+        const T tile_max = *std::max_element(e.begin(), e.end());
+        if (tile_max > P::shift_limit(p.m2, row_term)) {
+          const P::OnlineStep<T> s = P::online_step(p.m2, tile_max + row_term);
+          p.m2 = s.max;
+          scale = s.scale;
+        }
+        bias = P::weight_bias(row_term, P::shift_of(p.m2));
       }
       const T half = row_x && cols_x ? T(0.5) : T(1);
       p.l *= scale;
@@ -308,6 +311,17 @@ void check_algorithm() {
   for (int i = 0; i < 90; ++i) max_sq = std::max(max_sq, far[i * 3] * far[i * 3] + far[i * 3 + 1] * far[i * 3 + 1] + far[i * 3 + 2] * far[i * 3 + 2]);
   expect(!P::static_shift_certified(50.0, max_sq, false), "far rows: static shift not certified", max_sq);
   compare<float>("far rows, online max", far, 60, 30, 3, 50.0, true, 0, 1, true, 2, 2e-3);
+  // Sorted points on a line: a row's max grows from tile to tile by about 11 (spacing
+  // 0.03: the rescale keeps what is held) or by hundreds (0.3: past float's range, so the
+  // shift must move), both through the lazy shift's moves.  Centered; the gradient
+  // (l z - a) cancels to ~1e-3 of l z, hence the float tolerance.
+  for (double spacing : {0.03, 0.3}) {
+    std::vector<double> line(230);
+    for (size_t j = 0; j < line.size(); ++j) line[j] = spacing * (double(j) - 115.0);
+    for (int64_t splits : {1, 2}) {
+      compare<float>("sorted points, online max", line, 200, 30, 1, 2.0, true, 0, 1, true, splits, 2e-3);
+    }
+  }
   // And the certificate holds where it says so: unit-scale rows at t = 2.
   expect(P::static_shift_certified(2.0, 1.0, false), "unit rows at t = 2: certified");
   expect(!P::static_shift_certified(2.0, 20.0, false) && P::static_shift_certified(2.0, 20.0, true),
