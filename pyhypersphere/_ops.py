@@ -85,21 +85,6 @@ def _align_loss_fake(x, y, alpha, compute_grad):
 # (create_graph=True, torch.func.grad), they are recomputed as differentiable
 # expressions (_differentiable.py), so second and higher derivatives are exact.
 
-_DOUBLE_BACKWARD_MESSAGE = (
-    "pyhypersphere: double backward (create_graph=True through a fused loss, e.g. a "
-    "gradient penalty or a Hessian) is not supported: the fused kernels return first "
-    "derivatives only"
-)
-
-
-def first_order_only(result: torch.Tensor) -> torch.Tensor:
-    """Make `result` raise when differentiated again instead of silently missing terms."""
-    if not torch.is_grad_enabled():
-        return result
-    # The same mechanism as torch.autograd.function.once_differentiable, with our message.
-    err = torch._C._functions.DelayedError(_DOUBLE_BACKWARD_MESSAGE, 1)
-    return err(result.detach().requires_grad_(True))
-
 
 def _setup_uniform(ctx, inputs, output):
     x, queue, t, intra_batch, part, num_parts, want_x, want_queue = inputs
@@ -202,28 +187,24 @@ def _vmap_by_loop(function):
     return staticmethod(rule)
 
 
-class _UniformLse(torch.autograd.Function):
-    @staticmethod
-    def forward(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue):
-        return _lib_ops.uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
+def func_compatible(name: str, op, setup_context, backward):
+    """An autograd.Function calling `op` with the formulas registered on it (setup_context,
+    backward), a vmap rule and a forward-mode rule that raises: the op usable by
+    torch.func (the contrastive operators use it too)."""
 
-    setup_context = staticmethod(_setup_uniform)
-    backward = staticmethod(_backward_uniform)
-    jvp = staticmethod(_no_forward_mode)
+    def forward(*args):
+        return op(*args)
 
-
-class _AlignLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(x, y, alpha, compute_grad):
-        return _lib_ops.align_loss(x, y, alpha, compute_grad)
-
-    setup_context = staticmethod(_setup_align)
-    backward = staticmethod(_backward_align)
-    jvp = staticmethod(_no_forward_mode)
+    function = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward), "jvp": staticmethod(_no_forward_mode),
+    })  # fmt: skip
+    function.vmap = _vmap_by_loop(lambda *args: function.apply(*args))
+    return function
 
 
-_UniformLse.vmap = _vmap_by_loop(lambda *args: _UniformLse.apply(*args))
-_AlignLoss.vmap = _vmap_by_loop(lambda *args: _AlignLoss.apply(*args))
+_UniformLse = func_compatible("_UniformLse", _lib_ops.uniform_lse, _setup_uniform, _backward_uniform)
+_AlignLoss = func_compatible("_AlignLoss", _lib_ops.align_loss, _setup_align, _backward_align)
 
 
 def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *, warn_stacklevel=3):

@@ -51,18 +51,18 @@ def _triton_align_loss(x, y, alpha, compute_grad):
     return align_loss(x, y, alpha, compute_grad)
 
 
-def _triton_contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts):
+def _triton_contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, skip_positives=False):
     from .triton_kernels import contrastive_lse
 
-    return contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts)
+    return contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, skip_positives)
 
 
 def _triton_contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b, part,
-                                     num_parts, grad_a, grad_b):
+                                     num_parts, grad_a, grad_b, skip_positives=False):
     from .triton_kernels import contrastive_lse_backward
 
     return contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b, part,
-                                    num_parts, grad_a, grad_b)
+                                    num_parts, grad_a, grad_b, skip_positives)
 
 
 def _triton_contrastive_mean_lse(a, b, scale, grad_a, grad_b):

@@ -102,7 +102,7 @@ def _contrastive_jobs(quick: bool = False):
         acc = "*fp64" if dtype == torch.float64 else "*fp32"
         common = {name: _INT for name in ("row_start", "n_rows", "n_cols", "cols_per_split", "d", "stride_r",
                                           "stride_c", "part_lo", "part_hi", "row_tile_stride", "col_tile_stride",
-                                          "tri_blocks")}
+                                          "tri_blocks", "n_a")}
         common["scale_ptr"] = acc
         lse_sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "m_ptr": acc, "l_ptr": acc, **common}
         grad_sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "lse_r_ptr": acc, "g_r_ptr": acc,
@@ -112,7 +112,7 @@ def _contrastive_jobs(quick: bool = False):
                 for grad in (False, True):
                     cfg = contrastive.contrastive_config(dtype, d, precision, has_parts, grad)
                     one_chunk = d <= cfg["BLOCK_D"]
-                    consts = {"SELF_PAIRS": self_pairs, "HAS_PARTS": has_parts,
+                    consts = {"SELF_PAIRS": self_pairs, "SKIP_POSITIVES": True, "HAS_PARTS": has_parts,
                               "PART_ROWS": contrastive.PART_BLOCK, "BLOCK_M": cfg["BLOCK_M"],
                               "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"], "ONE_CHUNK": one_chunk,
                               "PRECISION": precision, "WIDEN_OPERANDS": False}

@@ -47,11 +47,21 @@ PART_BLOCK = 64
 
 @triton.jit
 def _pair_mask(rows, cols, row_ok, col_ok, part_lo, part_hi, row_tile_stride, col_tile_stride,
-               tri_blocks, SELF_PAIRS: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr):
+               tri_blocks, n_a, SELF_PAIRS: tl.constexpr, SKIP_POSITIVES: tl.constexpr, HAS_PARTS: tl.constexpr,
+               PART_ROWS: tl.constexpr):
     """Which (row, column) entries of the tile are pairs of this call."""
     ok = row_ok[:, None] & col_ok[None, :]
     if SELF_PAIRS:
         ok = ok & (rows[:, None] != cols[None, :])
+    if SKIP_POSITIVES:
+        # The positive pairs (a_i, b_i): with cross pairs column i of row i (either side);
+        # with self pairs (stacked a then b, n_a rows of a) a_i's is n_a + i, b_i's is i
+        # when a_i exists (-1: none).
+        if SELF_PAIRS:
+            partner = tl.where(rows < n_a, rows + n_a, tl.where(rows < 2 * n_a, rows - n_a, -1))
+            ok = ok & (cols[None, :] != partner[:, None])
+        else:
+            ok = ok & (rows[:, None] != cols[None, :])
     if HAS_PARTS:
         # The pair's tile from per-row and per-column block indices (int32 per element: the
         # launcher checks the tile count fits), the same whichever side is the row.
@@ -69,8 +79,8 @@ def _pair_mask(rows, cols, row_ok, col_ok, part_lo, part_hi, row_tile_stride, co
 
 @triton.jit
 def _logits(r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale,
-            part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks,
-            SELF_PAIRS: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
+            part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a,
+            SELF_PAIRS: tl.constexpr, SKIP_POSITIVES: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
             ONE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
             PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, acc_t: tl.constexpr):
     """The column tile from c0: (columns, their mask, the logits scale <R_i, C_j>, which
@@ -80,7 +90,7 @@ def _logits(r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, sc
     gram, c_j = logit_tile(r_ptr, c_ptr, rows, cols, row_ok, col_ok, r_i, d, stride_r, stride_c,
                            ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, acc_t)
     ok = _pair_mask(rows, cols, row_ok, col_ok, part_lo, part_hi, row_tile_stride, col_tile_stride,
-                    tri_blocks, SELF_PAIRS, HAS_PARTS, PART_ROWS)
+                    tri_blocks, n_a, SELF_PAIRS, SKIP_POSITIVES, HAS_PARTS, PART_ROWS)
     return cols, col_ok, gram * scale, ok, c_j
 
 
@@ -88,8 +98,8 @@ def _logits(r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, sc
 def _row_lse_kernel(
     r_ptr, c_ptr, m_ptr, l_ptr,
     row_start, n_rows, n_cols, cols_per_split, d, stride_r, stride_c, scale_ptr,
-    part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks,
-    SELF_PAIRS: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
+    part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a,
+    SELF_PAIRS: tl.constexpr, SKIP_POSITIVES: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ONE_CHUNK: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr,
 ):
@@ -106,7 +116,8 @@ def _row_lse_kernel(
     for c0 in range(c_lo, c_hi, BLOCK_N):
         cols, col_ok, s, ok, _ = _logits(
             r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale,
-            part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, SELF_PAIRS, HAS_PARTS, PART_ROWS,
+            part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a, SELF_PAIRS, SKIP_POSITIVES,
+            HAS_PARTS, PART_ROWS,
             ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, acc_t)
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -123,9 +134,9 @@ def _row_lse_kernel(
 def _row_grad_kernel(
     r_ptr, c_ptr, lse_r_ptr, g_r_ptr, lse_c_ptr, g_c_ptr, out_ptr,
     row_start, n_rows, n_cols, cols_per_split, d, stride_r, stride_c, scale_ptr,
-    part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks,
+    part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a,
     ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr,
-    SELF_PAIRS: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
+    SELF_PAIRS: tl.constexpr, SKIP_POSITIVES: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ONE_CHUNK: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr,
 ):
@@ -149,7 +160,8 @@ def _row_grad_kernel(
     for c0 in range(c_lo, c_hi, BLOCK_N):
         cols, col_ok, s, ok, c_j = _logits(
             r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale,
-            part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, SELF_PAIRS, HAS_PARTS, PART_ROWS,
+            part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a, SELF_PAIRS, SKIP_POSITIVES,
+            HAS_PARTS, PART_ROWS,
             ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, acc_t)
         w = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
         if ROW_TERMS:
@@ -216,11 +228,12 @@ class _Problem:
     """The rows a launch reads and where its pairs live: the inputs (stacked for self
     pairs), the part slicing and the product precision."""
 
-    def __init__(self, function, a, b, scale, self_pairs, part, num_parts):
+    def __init__(self, function, a, b, scale, self_pairs, part, num_parts, skip_positives):
         check_device(a.device, function)
         self.a, self.b = a.contiguous(), b.contiguous()
         self.na, self.nb = a.shape[0], b.shape[0]
         self.self_pairs = self_pairs
+        self.skip_positives = skip_positives
         self.acc_t = torch.float64 if a.dtype == torch.float64 else torch.float32
         self.z = torch.cat([self.a, self.b]) if self_pairs else None
         # [scale, the gradient kernel's 16-bit weight scale (row_grad sets it)]
@@ -253,9 +266,10 @@ class _Problem:
         n_cols = cols.shape[0]
         splits, per_split = split_columns(n_rows, n_cols, cfg["BLOCK_M"], cfg["BLOCK_N"], rows.device, col_splits)
         args = (row_start, n_rows, n_cols, per_split, d, rows.stride(0), cols.stride(0), self.scale,
-                self.part_lo, self.part_hi, row_stride, col_stride, self.tri_blocks)
+                self.part_lo, self.part_hi, row_stride, col_stride, self.tri_blocks, self.na)
         consts = dict(
-            SELF_PAIRS=self.self_pairs, HAS_PARTS=self.part_hi >= 0, PART_ROWS=PART_BLOCK,
+            SELF_PAIRS=self.self_pairs, SKIP_POSITIVES=self.skip_positives, HAS_PARTS=self.part_hi >= 0,
+            PART_ROWS=PART_BLOCK,
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], ONE_CHUNK=d <= cfg["BLOCK_D"],
             PRECISION=self.precision,
             # The interpreter's 16-bit tl.dot is wrong (Triton 3.9): widen (exactly) there.
@@ -319,13 +333,13 @@ def _where_finite(ok: torch.Tensor, *outputs):
     return tuple(torch.where(ok, v, nan) if v.numel() else v for v in outputs)
 
 
-def contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, *, col_splits=None):
+def contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, skip_positives=False, *, col_splits=None):
     """`torch.ops.pyhypersphere.contrastive_lse` on Triton: same arguments, same results.
 
     `col_splits` (tests only) forces how many programs share a row block's columns.
     """
     _C._check_contrastive_args(a, b, scale, self_pairs, lse_b, part, num_parts)
-    p = _Problem("contrastive_lse", a, b, scale, self_pairs, part, num_parts)
+    p = _Problem("contrastive_lse", a, b, scale, self_pairs, part, num_parts, skip_positives)
     if self_pairs:
         both = p.row_lse(True, col_splits)
         out_a, out_b = both[: p.na], both[p.na:]
@@ -336,11 +350,11 @@ def contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, *, col_spli
 
 
 def contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b, part, num_parts,
-                             grad_a, grad_b, *, col_splits=None):
+                             grad_a, grad_b, skip_positives=False, *, col_splits=None):
     """`torch.ops.pyhypersphere.contrastive_lse_backward` on Triton: same arguments, same results."""
     _C._check_contrastive_backward_args(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b,
                                         part, num_parts)
-    p = _Problem("contrastive_lse_backward", a, b, scale, self_pairs, part, num_parts)
+    p = _Problem("contrastive_lse_backward", a, b, scale, self_pairs, part, num_parts, skip_positives)
     empty = a.new_empty((0,), dtype=p.acc_t)
     if not (grad_a or grad_b):
         return empty, empty
@@ -372,17 +386,29 @@ def contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, 
 def contrastive_mean_lse(a, b, scale, grad_a, grad_b, *, col_splits=None):
     """`torch.ops.pyhypersphere.contrastive_mean_lse` on Triton: same arguments, same results.
 
-    The row lse kernel, then the gradient kernel with every row's upstream gradient 1 / N_a
-    (rows a against columns b for grad_a; rows b against columns a, a's terms as the
-    column terms, for grad_b).
+    The row lse kernel over each row's negatives (b_i skipped), then the gradient kernel
+    with the positive skipped, the rows' full lse log(e^n_i + e^s_ii) and upstream
+    gradient 1 / N_a (rows a against columns b for grad_a; rows b against columns a, a's
+    terms as the column terms, for grad_b); the positive's term, the negatives' total
+    weight times b_i (a_i), is added after.
     """
     _C._check_contrastive_mean_lse_args(a, b, scale)
-    p = _Problem("contrastive_mean_lse", a, b, scale, False, 0, 1)
+    p = _Problem("contrastive_mean_lse", a, b, scale, False, 0, 1, True)
     lse = p.row_lse(True, col_splits)
-    g = torch.full_like(lse, 1.0 / p.na)
+    na = p.na
+    positive = (p.a.to(p.acc_t) * p.b[:na].to(p.acc_t)).sum(1) * scale
+    u = lse - positive
+    loss = torch.logaddexp(u, torch.zeros_like(u))  # log(1 + e^(n_i - s_ii)), no cancellation
+    full = positive + loss
+    weight = (-(scale / na) * torch.exp(u - loss))[:, None]  # the positive's, -sum_{j != i} p_ij
+    g = torch.full_like(lse, 1.0 / na)
     empty = a.new_empty((0,), dtype=p.acc_t)
-    out_a = p.row_grad(True, lse, g, None, None, col_splits) if grad_a else empty
-    out_b = p.row_grad(False, None, None, lse, g, col_splits) if grad_b else empty
-    # The mean in float64 (as the CPU kernel sums): no cancellation between rows' lse.
-    mean = lse.to(torch.float64).mean().to(p.acc_t)
+    out_a = p.row_grad(True, full, g, None, None, col_splits) + weight * p.b[:na] if grad_a else empty
+    if grad_b:
+        out_b = p.row_grad(False, None, None, full, g, col_splits)
+        out_b[:na] += weight * p.a
+    else:
+        out_b = empty
+    # The mean in float64 (as the CPU kernel sums).
+    mean = loss.to(torch.float64).mean().to(p.acc_t)
     return _where_finite(p.all_finite(), mean, out_a, out_b)
