@@ -134,6 +134,31 @@ def test_skipped_positives_against_float64(na, nb, d, scale, self_pairs, lse_b, 
         torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=GRAD_TOL[dtype] * max(w.abs().max(), 1e-300))
 
 
+@pytest.mark.parametrize("na,nb,dtype,self_pairs,skip,col_splits", [
+    (100, 100, torch.float32, True, True, 1),  # 32-row blocks: one straddles a/b, positives' windows
+    (100, 100, torch.float32, True, False, 2),
+    (70, 100, torch.float64, True, True, 1),  # N_a != N_b: rows of b without a positive
+    (150, 150, torch.bfloat16, False, True, 3),  # 64-row blocks, the positives on the diagonal
+    (130, 200, torch.float32, False, False, None),  # no special block: the main loop and the tail
+])
+def test_main_loop_and_masked_stage_against_float64(na, nb, dtype, self_pairs, skip, col_splits):
+    # Enough blocks that the unmasked main loop, the special blocks (diagonal, positives)
+    # and the partial tail all occur, with and without a column split.
+    a, b = rows(na, 8, dtype, 51), rows(nb, 8, dtype, 52)
+    got = tk.contrastive_lse(a, b, 7.0, self_pairs, True, 0, 1, skip, col_splits=col_splits)
+    acc = got[0].dtype
+    g = torch.rand(na, generator=torch.Generator().manual_seed(53), dtype=torch.float64).to(acc).to(DEVICE)
+    h = torch.rand(nb, generator=torch.Generator().manual_seed(54), dtype=torch.float64).to(acc).to(DEVICE)
+    want_a, want_b, want_ga, want_gb = reference(a, b, 7.0, self_pairs, g, h, skip_positives=skip)
+    for x, w in zip(got, (want_a, want_b)):
+        torch.testing.assert_close(x.cpu().double(), w, rtol=TOL[dtype], atol=TOL[dtype] * 7.0)
+    lse = (want_a.to(acc).to(DEVICE), want_b.to(acc).to(DEVICE))
+    ga, gb = tk.contrastive_lse_backward(a, b, 7.0, self_pairs, *lse, g, h, 0, 1, True, True, skip,
+                                         col_splits=col_splits)
+    for x, w in ((ga, want_ga), (gb, want_gb)):
+        torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=GRAD_TOL[dtype] * w.abs().max())
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_16bit_gradient_of_a_mean_loss_keeps_its_small_weights(dtype):
     # NT-Xent's upstream gradient is 1/(2N) and its softmax weights ~1/(2N): products

@@ -147,6 +147,7 @@ def _contrastive_jobs(quick: bool = False):
                     consts = {"SELF_PAIRS": self_pairs, "SKIP_POSITIVES": True, "HAS_PARTS": has_parts,
                               "PART_ROWS": contrastive.PART_BLOCK, "BLOCK_M": cfg["BLOCK_M"],
                               "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"], "ONE_CHUNK": one_chunk,
+                              "EVEN_D": d == cfg["BLOCK_D"],
                               "PRECISION": precision, "WIDEN_OPERANDS": False}
                     label = (f"{str(dtype).split('.')[-1]}/{precision} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
                              f"D{cfg['BLOCK_D']}{'' if one_chunk else ' chunked'}"

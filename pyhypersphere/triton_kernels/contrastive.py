@@ -94,6 +94,80 @@ def _logits(r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, sc
     return cols, col_ok, gram * scale, ok, c_j
 
 
+LOG2E = tl.constexpr(1.4426950408889634)  # the kernels work in log2 units: exp2, log2(e) in the scale
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _block_range(lo, hi, c_lo, n_blocks, BLOCK_N: tl.constexpr):
+    """The column blocks [s, e) (from c_lo, within [0, n_blocks)) that meet columns [lo, hi)."""
+    rel_lo = tl.maximum(lo - c_lo, 0)
+    rel_hi = tl.maximum(hi - c_lo, 0)
+    s = tl.minimum(rel_lo // BLOCK_N, n_blocks)
+    e = tl.minimum((rel_hi + BLOCK_N - 1) // BLOCK_N, n_blocks)
+    return s, tl.maximum(e, s)
+
+
+@triton.jit
+def _special_blocks(row0, c_lo, n_blocks, n_a, ALL_MASKED: tl.constexpr, SELF_PAIRS: tl.constexpr,
+                    SKIP_POSITIVES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(s1, e1, s2, e2): the full column blocks of this program's sweep that hold an entry
+    which is not a pair (the row block's own rows with self pairs, its rows' positives when
+    skipped), as two sorted, disjoint ranges of block numbers; every block when
+    ALL_MASKED.  Only these take the per-element mask: the main loop runs on the others."""
+    zero = n_blocks * 0
+    s1, e1, s2, e2 = zero, zero, zero, zero
+    if ALL_MASKED:
+        e1 = n_blocks
+    else:
+        if SELF_PAIRS or SKIP_POSITIVES:  # the diagonal, or the cross pairs' positives (column i of row i)
+            s1, e1 = _block_range(row0, row0 + BLOCK_M, c_lo, n_blocks, BLOCK_N)
+        if SELF_PAIRS and SKIP_POSITIVES:  # the positives of stacked rows: their bounding range
+            below = row0 + BLOCK_M <= n_a
+            above = row0 >= n_a
+            lo = tl.where(below, row0 + n_a, tl.where(above, row0 - n_a, 0))
+            hi = tl.where(below, row0 + BLOCK_M + n_a, tl.where(above, row0 + BLOCK_M - n_a, 2 * n_a))
+            s2, e2 = _block_range(lo, hi, c_lo, n_blocks, BLOCK_N)
+            # Sorted, and merged when they meet.
+            swap = s2 < s1
+            a_s, a_e = tl.where(swap, s2, s1), tl.where(swap, e2, e1)
+            b_s, b_e = tl.where(swap, s1, s2), tl.where(swap, e1, e2)
+            meet = b_s <= a_e
+            s1, e1 = a_s, tl.where(meet, tl.maximum(a_e, b_e), a_e)
+            s2, e2 = tl.where(meet, e1, b_s), tl.where(meet, e1, b_e)
+    return s1, e1, s2, e2
+
+
+@triton.jit
+def _plain_block(k, s1, e1, s2, e2):
+    """The k-th column block outside the special ranges (sorted, disjoint)."""
+    b = k + tl.where(k >= s1, e1 - s1, 0)
+    return b + tl.where(b >= s2, e2 - s2, 0)
+
+
+@triton.jit
+def _masked_block(t, s1, e1, s2, e2, n_blocks):
+    """The t-th block of the masked stage: the special ranges, then the partial tail block."""
+    len1 = e1 - s1
+    return tl.where(t < len1, s1 + t, tl.where(t < len1 + e2 - s2, s2 + t - len1, n_blocks))
+
+
+@triton.jit
+def _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+                   WIDEN_OPERANDS: tl.constexpr, acc_t: tl.constexpr):
+    """A full column block's logits in log2 units and its rows C_j: no per-element mask
+    (c_tile holds the int32 offsets of one block; the block's base is the only 64-bit
+    arithmetic)."""
+    ptrs = c_tile + c0.to(tl.int64) * stride_c
+    if EVEN_D:
+        c_j = tl.load(ptrs)
+    else:
+        c_j = tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+    if WIDEN_OPERANDS:
+        c_j = c_j.to(acc_t)
+    return tl.dot(r_i, tl.trans(c_j), input_precision=PRECISION, out_dtype=acc_t) * scale2, c_j
+
+
 @triton.jit
 def _row_lse_kernel(
     r_ptr, c_ptr, m_ptr, l_ptr,
@@ -101,33 +175,72 @@ def _row_lse_kernel(
     part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a,
     SELF_PAIRS: tl.constexpr, SKIP_POSITIVES: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ONE_CHUNK: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr,
+    ONE_CHUNK: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, EVEN_D: tl.constexpr,
 ):
+    """Per row the online max m_i and l_i = sum_j exp(s_ij - m_i) over this program's
+    columns.  Per pair of the main loop: 1 GEMM (S), 1 exp2, no mask; the diagonal, the
+    positives, the tail and the part slicing take the masked stage."""
     split = tl.program_id(1)
     acc_t = m_ptr.dtype.element_ty
-    scale = tl.load(scale_ptr)  # a pointer: a Python float argument would be float32
+    scale2 = tl.load(scale_ptr) * LOG2E  # a pointer: a Python float argument would be float32
     local, row_ok, rows, r_i = row_block(r_ptr, row_start, n_rows, d, stride_r, ONE_CHUNK, BLOCK_M, BLOCK_D,
                                          WIDEN_OPERANDS, acc_t)
-
+    ALL_MASKED: tl.constexpr = HAS_PARTS or not ONE_CHUNK
     m_i = tl.full([BLOCK_M], float("-inf"), acc_t)
     l_i = tl.zeros([BLOCK_M], acc_t)
     c_lo = split * cols_per_split
     c_hi = tl.minimum(n_cols, c_lo + cols_per_split)
-    for c0 in range(c_lo, c_hi, BLOCK_N):
+    n_blocks = (c_hi - c_lo) // BLOCK_N
+    s1, e1, s2, e2 = _special_blocks(row_start + tl.program_id(0) * BLOCK_M, c_lo, n_blocks, n_a, ALL_MASKED,
+                                     SELF_PAIRS, SKIP_POSITIVES, BLOCK_M, BLOCK_N)
+    if not ALL_MASKED:
+        offs_d = tl.arange(0, BLOCK_D)
+        d_ok = offs_d < d
+        c_tile = c_ptr + tl.arange(0, BLOCK_N)[:, None] * stride_c + offs_d[None, :]
+        for k in range(0, n_blocks - (e1 - s1) - (e2 - s2)):
+            c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
+            s, _ = _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION, WIDEN_OPERANDS,
+                                  acc_t)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
+            m_i = m_new
+    tail = tl.where(c_lo + n_blocks * BLOCK_N < c_hi, 1, 0)
+    for t in range(0, (e1 - s1) + (e2 - s2) + tail):
+        c0 = c_lo + _masked_block(t, s1, e1, s2, e2, n_blocks) * BLOCK_N
         cols, col_ok, s, ok, _ = _logits(
-            r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale,
+            r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale2,
             part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a, SELF_PAIRS, SKIP_POSITIVES,
             HAS_PARTS, PART_ROWS,
             ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, acc_t)
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        l_i = l_i * tl.exp(m_i - shift) + tl.sum(tl.exp(s - shift[:, None]), 1)
+        l_i = l_i * tl.math.exp2(m_i - shift) + tl.sum(tl.math.exp2(s - shift[:, None]), 1)
         m_i = m_new
 
     out = split.to(tl.int64) * n_rows + local
-    tl.store(m_ptr + out, m_i, mask=row_ok)
+    tl.store(m_ptr + out, m_i * LN2, mask=row_ok)  # natural units for the split merge
     tl.store(l_ptr + out, l_i, mask=row_ok)
+
+
+@triton.jit
+def _grad_weights(s, lse_i, g_i, lse_j, g_j, ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, acc_t: tl.constexpr):
+    """w_ij = g_i 2^(s_ij - lse_i) + h_j 2^(s_ij - lse_j), all in log2 units (an lse of +inf,
+    a row without pairs, gives 0)."""
+    w = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
+    if ROW_TERMS:
+        w += g_i[:, None] * tl.math.exp2(s - lse_i[:, None])
+    if COL_TERMS:
+        w += g_j[None, :] * tl.math.exp2(s - lse_j[None, :])
+    return w
+
+
+@triton.jit
+def _log2_lse(lse):
+    """An lse in log2 units, -inf (a row without pairs) as +inf: its weights are then 0
+    without a mask (2^(s - inf) = 0, also for s = -inf)."""
+    return tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
 
 
 @triton.jit
@@ -138,62 +251,96 @@ def _row_grad_kernel(
     ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr,
     SELF_PAIRS: tl.constexpr, SKIP_POSITIVES: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ONE_CHUNK: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr,
+    ONE_CHUNK: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, EVEN_D: tl.constexpr,
 ):
+    """Per row scale * sum_j w_ij C_j.  Per pair of the main loop: 2 GEMMs (S, W C), one
+    exp2 per side with terms (the row terms, the column terms), no mask."""
     split = tl.program_id(1)
     d_chunk = tl.program_id(2)  # the slice of the gradient this program accumulates (d > BLOCK_D)
     acc_t = out_ptr.dtype.element_ty
     scale = tl.load(scale_ptr)
+    scale2 = scale * LOG2E
     w_scale = tl.load(scale_ptr + 1)  # see the 16-bit product below
     local, row_ok, rows, r_i = row_block(r_ptr, row_start, n_rows, d, stride_r, ONE_CHUNK, BLOCK_M, BLOCK_D,
                                          WIDEN_OPERANDS, acc_t)
     chunk_d = d_chunk * BLOCK_D + tl.arange(0, BLOCK_D)
-    # A row whose lse is -inf has no pairs: its weights never occur (and exp(s + inf)
-    # would), so its terms are masked out rather than computed.
+    SIXTEEN_BIT: tl.constexpr = c_ptr.dtype.element_ty != acc_t
+    # The upstream gradients carry the 16-bit weights' power-of-two scale (exact).
+    lse_i = tl.full([BLOCK_M], float("inf"), acc_t)
+    g_i = tl.zeros([BLOCK_M], acc_t)
     if ROW_TERMS:
-        lse_i = tl.load(lse_r_ptr + rows, mask=row_ok, other=float("-inf"))
+        lse_i = _log2_lse(tl.load(lse_r_ptr + rows, mask=row_ok, other=float("-inf")))
         g_i = tl.load(g_r_ptr + rows, mask=row_ok, other=0.0)
-
+        if SIXTEEN_BIT:
+            g_i = g_i * w_scale
+    ALL_MASKED: tl.constexpr = HAS_PARTS or not ONE_CHUNK
     acc = tl.zeros([BLOCK_M, BLOCK_D], acc_t)
     c_lo = split * cols_per_split
     c_hi = tl.minimum(n_cols, c_lo + cols_per_split)
-    for c0 in range(c_lo, c_hi, BLOCK_N):
+    n_blocks = (c_hi - c_lo) // BLOCK_N
+    s1, e1, s2, e2 = _special_blocks(row_start + tl.program_id(0) * BLOCK_M, c_lo, n_blocks, n_a, ALL_MASKED,
+                                     SELF_PAIRS, SKIP_POSITIVES, BLOCK_M, BLOCK_N)
+    if not ALL_MASKED:
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        d_ok = offs_d < d
+        c_tile = c_ptr + offs_n[:, None] * stride_c + offs_d[None, :]
+        for k in range(0, n_blocks - (e1 - s1) - (e2 - s2)):
+            c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
+            s, c_j = _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION, WIDEN_OPERANDS,
+                                    acc_t)
+            lse_j = tl.full([BLOCK_N], float("inf"), acc_t)
+            g_j = tl.zeros([BLOCK_N], acc_t)
+            if COL_TERMS:
+                lse_j = _log2_lse(tl.load(lse_c_ptr + c0 + offs_n))
+                g_j = tl.load(g_c_ptr + c0 + offs_n)
+                if SIXTEEN_BIT:
+                    g_j = g_j * w_scale
+            w = _grad_weights(s, lse_i, g_i, lse_j, g_j, ROW_TERMS, COL_TERMS, BLOCK_M, BLOCK_N, acc_t)
+            acc = _accumulate(acc, w, c_j, c_ptr, PRECISION, WIDEN_OPERANDS, acc_t)
+    tail = tl.where(c_lo + n_blocks * BLOCK_N < c_hi, 1, 0)
+    for t in range(0, (e1 - s1) + (e2 - s2) + tail):
+        c0 = c_lo + _masked_block(t, s1, e1, s2, e2, n_blocks) * BLOCK_N
         cols, col_ok, s, ok, c_j = _logits(
-            r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale,
+            r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale2,
             part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a, SELF_PAIRS, SKIP_POSITIVES,
             HAS_PARTS, PART_ROWS,
             ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, acc_t)
-        w = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
-        if ROW_TERMS:
-            live = ok & (lse_i[:, None] > float("-inf"))
-            w += g_i[:, None] * tl.exp(tl.where(live, s - lse_i[:, None], float("-inf")))
+        s = tl.where(ok, s, float("-inf"))
+        lse_j = tl.full([BLOCK_N], float("inf"), acc_t)
+        g_j = tl.zeros([BLOCK_N], acc_t)
         if COL_TERMS:
-            lse_j = tl.load(lse_c_ptr + cols, mask=col_ok, other=float("-inf"))
+            lse_j = _log2_lse(tl.load(lse_c_ptr + cols, mask=col_ok, other=float("-inf")))
             g_j = tl.load(g_c_ptr + cols, mask=col_ok, other=0.0)
-            live = ok & (lse_j[None, :] > float("-inf"))
-            w += g_j[None, :] * tl.exp(tl.where(live, s - lse_j[None, :], float("-inf")))
+            if SIXTEEN_BIT:
+                g_j = g_j * w_scale
+        w = _grad_weights(s, lse_i, g_i, lse_j, g_j, ROW_TERMS, COL_TERMS, BLOCK_M, BLOCK_N, acc_t)
         if not ONE_CHUNK:
             c_j = tl.load(c_ptr + cols[:, None] * stride_c + chunk_d[None, :],
                           mask=col_ok[:, None] & (chunk_d[None, :] < d), other=0.0)
             if WIDEN_OPERANDS:
                 c_j = c_j.to(acc_t)
-        if c_ptr.dtype.element_ty == acc_t:
-            acc += tl.dot(w, c_j, input_precision=PRECISION)
-        else:
-            # 16-bit operands: the weights in the operands' format (flash attention's
-            # choice; relative 2^-9 for bf16, the gradient's own output rounding), first
-            # scaled by the power of two w_scale that brings the largest upstream
-            # gradient near 1: a mean loss's weights are ~1/N^2, below fp16's range.
-            w_op = (w * w_scale).to(c_ptr.dtype.element_ty)
-            if WIDEN_OPERANDS:
-                w_op = w_op.to(acc_t)
-            acc += tl.dot(w_op, c_j, input_precision=PRECISION, out_dtype=acc_t)
+        acc = _accumulate(acc, w, c_j, c_ptr, PRECISION, WIDEN_OPERANDS, acc_t)
 
-    if c_ptr.dtype.element_ty != acc_t:
+    if SIXTEEN_BIT:
         acc = acc / w_scale  # exact: a power of two
     out = split.to(tl.int64) * n_rows + local
     tl.store(out_ptr + out[:, None] * d + chunk_d[None, :], acc * scale,
              mask=row_ok[:, None] & (chunk_d[None, :] < d))
+
+
+@triton.jit
+def _accumulate(acc, w, c_j, c_ptr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, acc_t: tl.constexpr):
+    """acc + W C_j.  16-bit operands: the weights in the operands' format (flash attention's
+    choice; relative 2^-9 for bf16, the gradient's own output rounding), already scaled by
+    the power of two that brings the largest upstream gradient near 1 (the upstream
+    gradients carry it): a mean loss's weights are ~1/N^2, below fp16's range."""
+    if c_ptr.dtype.element_ty == acc_t:
+        return acc + tl.dot(w, c_j, input_precision=PRECISION)
+    w_op = w.to(c_ptr.dtype.element_ty)
+    if WIDEN_OPERANDS:
+        w_op = w_op.to(acc_t)
+    return acc + tl.dot(w_op, c_j, input_precision=PRECISION, out_dtype=acc_t)
 
 
 # ---------------------------------------------------------------- launchers
@@ -271,6 +418,7 @@ class _Problem:
             SELF_PAIRS=self.self_pairs, SKIP_POSITIVES=self.skip_positives, HAS_PARTS=self.part_hi >= 0,
             PART_ROWS=PART_BLOCK,
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], ONE_CHUNK=d <= cfg["BLOCK_D"],
+            EVEN_D=d == cfg["BLOCK_D"],
             PRECISION=self.precision,
             # The interpreter's 16-bit tl.dot is wrong (Triton 3.9): widen (exactly) there.
             WIDEN_OPERANDS=triton.knobs.runtime.interpret and rows.dtype in (torch.bfloat16, torch.float16),
