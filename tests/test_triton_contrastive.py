@@ -134,26 +134,31 @@ def test_skipped_positives_against_float64(na, nb, d, scale, self_pairs, lse_b, 
         torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=GRAD_TOL[dtype] * max(w.abs().max(), 1e-300))
 
 
-@pytest.mark.parametrize("na,nb,dtype,self_pairs,skip,col_splits", [
-    (100, 100, torch.float32, True, True, 1),  # 32-row blocks: one straddles a/b, positives' windows
-    (100, 100, torch.float32, True, False, 2),
-    (70, 100, torch.float64, True, True, 1),  # N_a != N_b: rows of b without a positive
-    (150, 150, torch.bfloat16, False, True, 3),  # 64-row blocks, the positives on the diagonal
-    (130, 200, torch.float32, False, False, None),  # no special block: the main loop and the tail
+@pytest.mark.parametrize("na,nb,dtype,self_pairs,skip,col_splits,scale", [
+    (100, 100, torch.float32, True, True, 1, 7.0),  # 32-row blocks: one straddles a/b, positives' windows
+    (100, 100, torch.float32, True, False, 2, 7.0),
+    (70, 100, torch.float64, True, True, 1, 7.0),  # N_a != N_b: rows of b without a positive
+    (150, 150, torch.bfloat16, False, True, 3, 7.0),  # 64-row blocks, the positives on the diagonal
+    (130, 200, torch.float32, False, False, None, 7.0),  # no special block: the main loop and the tail
+    (100, 100, torch.float32, True, True, 1, 50.0),  # 2 scale > 80: no static shift (running max)
+    (130, 200, torch.float32, False, True, 1, 50.0),
 ])
-def test_main_loop_and_masked_stage_against_float64(na, nb, dtype, self_pairs, skip, col_splits):
-    # Enough blocks that the unmasked main loop, the special blocks (diagonal, positives)
-    # and the partial tail all occur, with and without a column split.
+def test_main_loop_and_masked_stage_against_float64(na, nb, dtype, self_pairs, skip, col_splits, scale):
+    # Enough blocks that the unmasked main loop (with and without the static shift), the
+    # special blocks (diagonal, positives) and the partial tail all occur, with and
+    # without a column split.
     a, b = rows(na, 8, dtype, 51), rows(nb, 8, dtype, 52)
-    got = tk.contrastive_lse(a, b, 7.0, self_pairs, True, 0, 1, skip, col_splits=col_splits)
-    acc = got[0].dtype
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    certified = tk.contrastive._static_shift(a, b, scale, acc)[1].item() > 0
+    assert certified == (scale < 40)
+    got = tk.contrastive_lse(a, b, scale, self_pairs, True, 0, 1, skip, col_splits=col_splits)
     g = torch.rand(na, generator=torch.Generator().manual_seed(53), dtype=torch.float64).to(acc).to(DEVICE)
     h = torch.rand(nb, generator=torch.Generator().manual_seed(54), dtype=torch.float64).to(acc).to(DEVICE)
-    want_a, want_b, want_ga, want_gb = reference(a, b, 7.0, self_pairs, g, h, skip_positives=skip)
+    want_a, want_b, want_ga, want_gb = reference(a, b, scale, self_pairs, g, h, skip_positives=skip)
     for x, w in zip(got, (want_a, want_b)):
-        torch.testing.assert_close(x.cpu().double(), w, rtol=TOL[dtype], atol=TOL[dtype] * 7.0)
+        torch.testing.assert_close(x.cpu().double(), w, rtol=TOL[dtype], atol=TOL[dtype] * scale)
     lse = (want_a.to(acc).to(DEVICE), want_b.to(acc).to(DEVICE))
-    ga, gb = tk.contrastive_lse_backward(a, b, 7.0, self_pairs, *lse, g, h, 0, 1, True, True, skip,
+    ga, gb = tk.contrastive_lse_backward(a, b, scale, self_pairs, *lse, g, h, 0, 1, True, True, skip,
                                          col_splits=col_splits)
     for x, w in ((ga, want_ga), (gb, want_gb)):
         torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=GRAD_TOL[dtype] * w.abs().max())

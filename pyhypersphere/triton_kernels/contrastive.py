@@ -177,9 +177,10 @@ def _row_lse_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ONE_CHUNK: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, EVEN_D: tl.constexpr,
 ):
-    """Per row the online max m_i and l_i = sum_j exp(s_ij - m_i) over this program's
-    columns.  Per pair of the main loop: 1 GEMM (S), 1 exp2, no mask; the diagonal, the
-    positives, the tail and the part slicing take the masked stage."""
+    """Per row a shift m_i and l_i = sum_j exp(s_ij - m_i) over this program's columns.
+    Per pair of the main loop: 1 GEMM (S), 1 exp2, no mask, and under a certified static
+    shift no running max either; the diagonal, the positives, the tail and the part
+    slicing take the masked stage (online max)."""
     split = tl.program_id(1)
     acc_t = m_ptr.dtype.element_ty
     scale2 = tl.load(scale_ptr) * LOG2E  # a pointer: a Python float argument would be float32
@@ -197,13 +198,24 @@ def _row_lse_kernel(
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < d
         c_tile = c_ptr + tl.arange(0, BLOCK_N)[:, None] * stride_c + offs_d[None, :]
-        for k in range(0, n_blocks - (e1 - s1) - (e2 - s2)):
-            c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
-            s, _ = _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION, WIDEN_OPERANDS,
-                                  acc_t)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
-            m_i = m_new
+        n_plain = n_blocks - (e1 - s1) - (e2 - s2)
+        if tl.load(scale_ptr + 3) > 0:
+            # The certified static shift c >= every logit (_static_shift): no running max.
+            c2 = tl.load(scale_ptr + 2) * LOG2E
+            m_i = tl.full([BLOCK_M], 0.0, acc_t) + c2
+            for k in range(0, n_plain):
+                c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
+                s, _ = _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
+                                      WIDEN_OPERANDS, acc_t)
+                l_i += tl.sum(tl.math.exp2(s - c2), 1)
+        else:
+            for k in range(0, n_plain):
+                c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
+                s, _ = _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
+                                      WIDEN_OPERANDS, acc_t)
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
+                m_i = m_new
     tail = tl.where(c_lo + n_blocks * BLOCK_N < c_hi, 1, 0)
     for t in range(0, (e1 - s1) + (e2 - s2) + tail):
         c0 = c_lo + _masked_block(t, s1, e1, s2, e2, n_blocks) * BLOCK_N
@@ -244,6 +256,17 @@ def _log2_lse(lse):
 
 
 @triton.jit
+def _column_terms(lse_c_ptr, g_c_ptr, cols, w_scale, SIXTEEN_BIT: tl.constexpr):
+    """A full column block's (lse in log2 units, upstream gradient) (see _log2_lse and the
+    16-bit weights' scale)."""
+    lse_j = _log2_lse(tl.load(lse_c_ptr + cols))
+    g_j = tl.load(g_c_ptr + cols)
+    if SIXTEEN_BIT:
+        g_j = g_j * w_scale
+    return lse_j, g_j
+
+
+@triton.jit
 def _row_grad_kernel(
     r_ptr, c_ptr, lse_r_ptr, g_r_ptr, lse_c_ptr, g_c_ptr, out_ptr,
     row_start, n_rows, n_cols, cols_per_split, d, stride_r, stride_c, scale_ptr,
@@ -253,8 +276,9 @@ def _row_grad_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ONE_CHUNK: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, EVEN_D: tl.constexpr,
 ):
-    """Per row scale * sum_j w_ij C_j.  Per pair of the main loop: 2 GEMMs (S, W C), one
-    exp2 per side with terms (the row terms, the column terms), no mask."""
+    """Per row scale * sum_j w_ij C_j.  Per pair of the main loop: 2 GEMMs (S, W C), no
+    mask, and one exp2 under a certified static shift (both sides' terms from it), else
+    one per side with terms."""
     split = tl.program_id(1)
     d_chunk = tl.program_id(2)  # the slice of the gradient this program accumulates (d > BLOCK_D)
     acc_t = out_ptr.dtype.element_ty
@@ -285,19 +309,33 @@ def _row_grad_kernel(
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < d
         c_tile = c_ptr + offs_n[:, None] * stride_c + offs_d[None, :]
-        for k in range(0, n_blocks - (e1 - s1) - (e2 - s2)):
-            c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
-            s, c_j = _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION, WIDEN_OPERANDS,
-                                    acc_t)
-            lse_j = tl.full([BLOCK_N], float("inf"), acc_t)
-            g_j = tl.zeros([BLOCK_N], acc_t)
-            if COL_TERMS:
-                lse_j = _log2_lse(tl.load(lse_c_ptr + c0 + offs_n))
-                g_j = tl.load(g_c_ptr + c0 + offs_n)
-                if SIXTEEN_BIT:
-                    g_j = g_j * w_scale
-            w = _grad_weights(s, lse_i, g_i, lse_j, g_j, ROW_TERMS, COL_TERMS, BLOCK_M, BLOCK_N, acc_t)
-            acc = _accumulate(acc, w, c_j, c_ptr, PRECISION, WIDEN_OPERANDS, acc_t)
+        n_plain = n_blocks - (e1 - s1) - (e2 - s2)
+        if tl.load(scale_ptr + 3) > 0:
+            # Two-sided weights with one exp under the certified static shift c:
+            # g_i e^(s - lse_i) + h_j e^(s - lse_j) = e^(s - c) (a_i + b_j), a_i = g_i e^(c - lse_i).
+            c2 = tl.load(scale_ptr + 2) * LOG2E
+            a_i = g_i * tl.math.exp2(c2 - lse_i)
+            for k in range(0, n_plain):
+                c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
+                s, c_j = _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
+                                        WIDEN_OPERANDS, acc_t)
+                b_j = tl.zeros([BLOCK_N], acc_t)
+                if COL_TERMS:
+                    lse_j, g_j = _column_terms(lse_c_ptr, g_c_ptr, c0 + offs_n, w_scale, SIXTEEN_BIT)
+                    b_j = g_j * tl.math.exp2(c2 - lse_j)
+                w = tl.math.exp2(s - c2) * (a_i[:, None] + b_j[None, :])
+                acc = _accumulate(acc, w, c_j, c_ptr, PRECISION, WIDEN_OPERANDS, acc_t)
+        else:
+            for k in range(0, n_plain):
+                c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
+                s, c_j = _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
+                                        WIDEN_OPERANDS, acc_t)
+                lse_j = tl.full([BLOCK_N], float("inf"), acc_t)
+                g_j = tl.zeros([BLOCK_N], acc_t)
+                if COL_TERMS:
+                    lse_j, g_j = _column_terms(lse_c_ptr, g_c_ptr, c0 + offs_n, w_scale, SIXTEEN_BIT)
+                w = _grad_weights(s, lse_i, g_i, lse_j, g_j, ROW_TERMS, COL_TERMS, BLOCK_M, BLOCK_N, acc_t)
+                acc = _accumulate(acc, w, c_j, c_ptr, PRECISION, WIDEN_OPERANDS, acc_t)
     tail = tl.where(c_lo + n_blocks * BLOCK_N < c_hi, 1, 0)
     for t in range(0, (e1 - s1) + (e2 - s2) + tail):
         c0 = c_lo + _masked_block(t, s1, e1, s2, e2, n_blocks) * BLOCK_N
@@ -383,8 +421,10 @@ class _Problem:
         self.skip_positives = skip_positives
         self.acc_t = torch.float64 if a.dtype == torch.float64 else torch.float32
         self.z = torch.cat([self.a, self.b]) if self_pairs else None
-        # [scale, the gradient kernel's 16-bit weight scale (row_grad sets it)]
-        self.scale = torch.tensor([float(scale), 1.0], dtype=self.acc_t, device=a.device)
+        # [scale, the gradient kernel's 16-bit weight scale (row_grad sets it), the static
+        # shift and whether it is certified (> 0)]
+        self.scale = torch.cat([torch.tensor([float(scale), 1.0], dtype=self.acc_t, device=a.device),
+                                _static_shift(self.a, self.b, float(scale), self.acc_t)])
         self.precision = _precision(a.dtype)
         a_blocks, b_blocks = triton.cdiv(self.na, PART_BLOCK), triton.cdiv(self.nb, PART_BLOCK)
         self.tri_blocks = triton.cdiv(self.na + self.nb, PART_BLOCK)
@@ -450,7 +490,7 @@ class _Problem:
         d = rows.shape[1]
         d_chunks = 1 if consts["ONE_CHUNK"] else triton.cdiv(d, cfg["BLOCK_D"])
         if rows.dtype in (torch.float16, torch.bfloat16):
-            self.scale[1:] = _weight_scale([v for v in (g, g_cols) if v is not None])
+            self.scale[1:2] = _weight_scale([v for v in (g, g_cols) if v is not None])
         out = torch.empty((splits, n_rows, d), dtype=self.acc_t, device=rows.device)
         unused = self.scale  # a pointer the kernel never reads (its terms are off)
         _row_grad_kernel[(triton.cdiv(n_rows, cfg["BLOCK_M"]), splits, d_chunks)](
@@ -463,6 +503,22 @@ class _Problem:
     def all_finite(self) -> torch.Tensor:
         """On the device, without a host read (CUDA-graph capture)."""
         return torch.isfinite(self.a).all() & torch.isfinite(self.b).all()
+
+
+# The widest spread of logits below the static shift that keeps every weight a normal
+# number: e^(s - c) >= e^-(2 c) and e^(c - lse) <= e^(2 c) stay within float32's (float64's)
+# normal range with room for the sums; past it the kernels keep a running max.
+STATIC_SHIFT_SPREAD = {torch.float32: 80.0, torch.float64: 700.0}
+
+
+def _static_shift(a: torch.Tensor, b: torch.Tensor, scale: float, acc_t: torch.dtype) -> torch.Tensor:
+    """[c, certified] on the device (no host read): c = scale max|a_i| max|b_j| bounds every
+    logit (Cauchy-Schwarz), so e^(s - c) <= 1; certified (1.0, else 0.0) when
+    |s - c| <= 2c <= STATIC_SHIFT_SPREAD for every pair and lse (unit rows: tau >= 0.025
+    in float32), so that the shifted weights neither overflow nor lose their digits."""
+    c = scale * a.to(acc_t).norm(dim=1).max() * b.to(acc_t).norm(dim=1).max()
+    certified = torch.isfinite(c) & (2 * c <= STATIC_SHIFT_SPREAD[acc_t])
+    return torch.stack([torch.where(torch.isfinite(c), c, torch.zeros_like(c)), certified.to(acc_t)])
 
 
 def _weight_scale(upstream: list) -> torch.Tensor:
