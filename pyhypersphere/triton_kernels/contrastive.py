@@ -5,10 +5,27 @@ Both kernels are flash-style row blocks: a program owns BLOCK_M rows R_i and swe
 contiguous range of partner columns C_j with the logits s_ij = scale <R_i, C_j> computed
 tile by tile, never stored.  No program waits for another and there are no atomics.
 
-- `_row_lse_kernel`: per row an online max m_i and l_i = sum_j exp(s_ij - m_i).
+- `_row_lse_kernel`: per row a shift m_i and l_i = sum_j exp(s_ij - m_i).
 - `_row_grad_kernel`: per row scale * sum_j w_ij C_j with the softmax weights of both
   sides of each logit, w_ij = g_i exp(s_ij - lse_i) + h_j exp(s_ij - lse_j) (each <= |g|
   since an lse bounds its logits), for the upstream gradients g (rows) and h (columns).
+
+Both follow the flash-attention forward's loop (Triton's fused-attention tutorial): the
+main loop runs over the full column blocks that hold only pairs, without a per-element
+mask (int32 offsets within a block, exp2 with log2(e) in the scale); the blocks that meet
+the diagonal, the skipped positives or the tail, and every block under the part slicing
+or a chunked width, take a masked stage of their own.  When the static shift
+c = scale max|a_i| max|b_j| is certified (_static_shift: unit rows at tau >= 0.025 in
+float32) the main loops keep no running max, and the gradient's two-sided weights take
+one exp: e^(s - c) (g_i e^(c - lse_i) + h_j e^(c - lse_j)).
+
+Work per ordered pair of the main loops (certified), in tensor-core GEMMs over a tile
+and exps: the lse kernel 1 GEMM (S) and 1 exp; the gradient kernel 2 GEMMs (S, W C) and
+1 exp.  Per loss (the issue 23 minimum in brackets):
+- NT-Xent: lse of the stacked rows, then their gradient: 3 GEMMs, 2 exps [3, 2];
+- MoCo InfoNCE, detached queue: the queries' lse, then their gradient: 3, 2 [2, 1];
+- in-batch InfoNCE, both gradients: lse, the queries' and the keys' gradients: 5, 3 [4, 2];
+- CLIP: row and column lse, then both gradients: 6, 4 [5, 3].
 
 Every side of the contract is one of these with the roles of the inputs chosen:
 - cross pairs: a's lse = rows a against columns b; b's (CLIP's column lse) = rows b
@@ -153,12 +170,14 @@ def _masked_block(t, s1, e1, s2, e2, n_blocks):
 
 
 @triton.jit
-def _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
-                   WIDEN_OPERANDS: tl.constexpr, acc_t: tl.constexpr):
-    """A full column block's logits in log2 units and its rows C_j: no per-element mask
-    (c_tile holds the int32 offsets of one block; the block's base is the only 64-bit
-    arithmetic)."""
-    ptrs = c_tile + c0.to(tl.int64) * stride_c
+def _plain_logits2(r_i, c_ptr, c0, stride_c, scale2, d_ok, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+                   WIDEN_OPERANDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   acc_t: tl.constexpr):
+    """A full column block's logits in log2 units and its rows C_j: no per-element mask;
+    int32 offsets within the block, whose base is the only 64-bit arithmetic (a hoisted
+    tile of 64-bit pointers would take the registers)."""
+    ptrs = (c_ptr + c0.to(tl.int64) * stride_c) + (tl.arange(0, BLOCK_N)[:, None] * stride_c
+                                                   + tl.arange(0, BLOCK_D)[None, :])
     if EVEN_D:
         c_j = tl.load(ptrs)
     else:
@@ -197,7 +216,6 @@ def _row_lse_kernel(
     if not ALL_MASKED:
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < d
-        c_tile = c_ptr + tl.arange(0, BLOCK_N)[:, None] * stride_c + offs_d[None, :]
         n_plain = n_blocks - (e1 - s1) - (e2 - s2)
         if tl.load(scale_ptr + 3) > 0:
             # The certified static shift c >= every logit (_static_shift): no running max.
@@ -205,14 +223,14 @@ def _row_lse_kernel(
             m_i = tl.full([BLOCK_M], 0.0, acc_t) + c2
             for k in range(0, n_plain):
                 c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
-                s, _ = _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
-                                      WIDEN_OPERANDS, acc_t)
+                s, _ = _plain_logits2(r_i, c_ptr, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
+                                      WIDEN_OPERANDS, BLOCK_N, BLOCK_D, acc_t)
                 l_i += tl.sum(tl.math.exp2(s - c2), 1)
         else:
             for k in range(0, n_plain):
                 c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
-                s, _ = _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
-                                      WIDEN_OPERANDS, acc_t)
+                s, _ = _plain_logits2(r_i, c_ptr, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
+                                      WIDEN_OPERANDS, BLOCK_N, BLOCK_D, acc_t)
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
                 m_i = m_new
@@ -308,7 +326,6 @@ def _row_grad_kernel(
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < d
-        c_tile = c_ptr + offs_n[:, None] * stride_c + offs_d[None, :]
         n_plain = n_blocks - (e1 - s1) - (e2 - s2)
         if tl.load(scale_ptr + 3) > 0:
             # Two-sided weights with one exp under the certified static shift c:
@@ -317,8 +334,8 @@ def _row_grad_kernel(
             a_i = g_i * tl.math.exp2(c2 - lse_i)
             for k in range(0, n_plain):
                 c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
-                s, c_j = _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
-                                        WIDEN_OPERANDS, acc_t)
+                s, c_j = _plain_logits2(r_i, c_ptr, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
+                                        WIDEN_OPERANDS, BLOCK_N, BLOCK_D, acc_t)
                 b_j = tl.zeros([BLOCK_N], acc_t)
                 if COL_TERMS:
                     lse_j, g_j = _column_terms(lse_c_ptr, g_c_ptr, c0 + offs_n, w_scale, SIXTEEN_BIT)
@@ -328,8 +345,8 @@ def _row_grad_kernel(
         else:
             for k in range(0, n_plain):
                 c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
-                s, c_j = _plain_logits2(r_i, c_tile, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
-                                        WIDEN_OPERANDS, acc_t)
+                s, c_j = _plain_logits2(r_i, c_ptr, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
+                                        WIDEN_OPERANDS, BLOCK_N, BLOCK_D, acc_t)
                 lse_j = tl.full([BLOCK_N], float("inf"), acc_t)
                 g_j = tl.zeros([BLOCK_N], acc_t)
                 if COL_TERMS:
@@ -394,12 +411,27 @@ def contrastive_config(operand_dtype: torch.dtype, d: int, precision: str, has_p
     one on sm_90 too).  32-row blocks with 8 warps, and 32 columns where the feature
     block is 32 wide or less, compile without spills in every format, mask and width
     (found by compiling the candidates for both archs), at the cost of wgmma on sm_90:
-    to be tuned on a GPU."""
+    to be tuned on a GPU.  64-row gradient blocks (wgmma) still spill with the main loop
+    of the flash-attention layout (Triton 3.9: 536 bytes on sm_90 at bf16, d = 128, with
+    the features' rows and the accumulator in registers).
+
+    The lse kernel's main loop without a mask or a running max holds 128 x 64 tiles with
+    8 warps, 16-bit or TF32, up to d = 128, no part mask (the flash-attention forward's
+    tile; compile_check: no spills on sm_80 and sm_90, sm_90 bf16 9.0 non-mma
+    instructions per pair against 15.5 with 64 x 64)."""
     cfg = uniform_config(operand_dtype, d, precision, has_parts)
     if grad:
         cfg.update(BLOCK_M=32, num_warps=8)
+        if operand_dtype == torch.float32:
+            # TF32 / 3xTF32: with the main loop's layout two stages spilled a few bytes in 7 of
+            # 54 configurations, one stage in 1 (TF32, 32 wide, the part mask), which keeps two
+            # (compile_check, Triton 3.9, sm_80 and sm_90).
+            tf32_parts_32 = precision == "tf32" and has_parts and cfg["BLOCK_D"] == 32
+            cfg["num_stages"] = 2 if tf32_parts_32 else 1
         if cfg["BLOCK_D"] <= 32:
             cfg["BLOCK_N"] = 32
+    elif cfg["BLOCK_M"] == 64 and not has_parts and d <= cfg["BLOCK_D"]:
+        cfg.update(BLOCK_M=128, BLOCK_N=64, num_warps=8)
     return cfg
 
 
