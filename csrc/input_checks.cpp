@@ -151,7 +151,10 @@ void check_contrastive_backward_args(const at::Tensor& a, const at::Tensor& b, d
 }
 
 void check_contrastive_mean_lse_args(const at::Tensor& a, const at::Tensor& b, double scale) {
-  check_logit_inputs(a, b, scale, "contrastive_mean_lse");
+  constexpr const char* fn = "contrastive_mean_lse";
+  check_logit_inputs(a, b, scale, fn);
+  TORCH_CHECK_VALUE(b.size(0) >= a.size(0), fn, ": b must have at least as many rows as a (",
+                    a.size(0), "; b_i is a_i's positive), got shape ", b.sizes());
 }
 
 void check_align_args(const at::Tensor& x, const at::Tensor& y, double alpha) {

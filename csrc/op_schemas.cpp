@@ -8,11 +8,11 @@ TORCH_LIBRARY(pyhypersphere, m) {
       "bool grad_x, bool grad_queue) -> (Tensor, Tensor, Tensor)");
   m.def(
       "contrastive_lse(Tensor a, Tensor b, float scale, bool self_pairs, bool lse_b, int part, "
-      "int num_parts) -> (Tensor, Tensor)");
+      "int num_parts, bool skip_positives=False) -> (Tensor, Tensor)");
   m.def(
       "contrastive_lse_backward(Tensor a, Tensor b, float scale, bool self_pairs, Tensor lse_a, "
       "Tensor lse_b, Tensor grad_lse_a, Tensor grad_lse_b, int part, int num_parts, bool grad_a, "
-      "bool grad_b) -> (Tensor, Tensor)");
+      "bool grad_b, bool skip_positives=False) -> (Tensor, Tensor)");
   m.def(
       "contrastive_mean_lse(Tensor a, Tensor b, float scale, bool grad_a, bool grad_b) -> (Tensor, "
       "Tensor, Tensor)");

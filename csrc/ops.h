@@ -18,35 +18,46 @@
 //   the input dtype once.  A kernel computes only the gradients asked for.
 //   The uniformity loss is lse - log |P|.  NaN or inf in the inputs give NaN outputs.
 //
-// contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts) -> (lse_a, lse_b)
+// contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, skip_positives)
+//     -> (lse_a, lse_b)
 //   a [N_a, d], b [N_b, d]: floating point, same dtype and device; scale > 0.  The logits
 //   are s(u, v) = scale <u, v>.  Each row's partners:
 //     cross pairs (self_pairs false): a_i's are the rows of b, b_j's the rows of a;
 //     self pairs (self_pairs true):   every row of a and b stacked, except the row itself
 //                                     (SimCLR's 2N views).
+//   With skip_positives the positive pairs (a_i, b_i), i < min(N_a, N_b), are not
+//   partners either (on both sides): the lse are then over the negatives only, and a
+//   loss forms each row's cross entropy as log(1 + exp(lse - s_pos)) without the
+//   cancellation of (lse with the positive) - s_pos when the positive dominates.
 //   lse_a[i] = log sum_{partners v of a_i} exp(s(a_i, v)), [N_a]; lse_b likewise for b's
 //   rows when lse_b (with cross pairs these are the column log-sum-exps of a b^T), else
-//   an empty [0] (self pairs need lse_b = True).  In the accumulation dtype.  With
-//   num_parts > 1 only the part-th slice of the pair tiles is summed (see
-//   tile_schedule.h); rows without pairs in the slice get -inf, and the slices' lse
-//   combine by log-sum-exp.  NaN or inf in the inputs give NaN outputs.
+//   an empty [0] (self pairs need lse_b = True).  In the accumulation dtype; -inf for a
+//   row without partners.  With num_parts > 1 only the part-th slice of the pair tiles
+//   is summed (see tile_schedule.h); rows without pairs in the slice get -inf, and the
+//   slices' lse combine by log-sum-exp.  NaN or inf in the inputs give NaN outputs.
 //
 // contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b,
-//                          part, num_parts, grad_a, grad_b) -> (grad_a, grad_b)
-//   Given the (whole, not per-part) lse of the forward and upstream gradients grad_lse_a
-//   [N_a] and grad_lse_b [N_b] (or [0]: zero; needed with self pairs), the gradients of
-//   sum_i grad_lse_a[i] lse_a[i] + sum_j grad_lse_b[j] lse_b[j] with respect to a and b
-//   from this part's tiles (they sum over parts), each an empty [0] tensor when its flag
-//   is false; in the accumulation dtype.
+//                          part, num_parts, grad_a, grad_b, skip_positives)
+//     -> (grad_a, grad_b)
+//   Given the (whole, not per-part) lse of the forward (same skip_positives) and upstream
+//   gradients grad_lse_a [N_a] and grad_lse_b [N_b] (or [0]: zero; needed with self
+//   pairs), the gradients of sum_i grad_lse_a[i] lse_a[i] + sum_j grad_lse_b[j] lse_b[j]
+//   with respect to a and b from this part's tiles (they sum over parts), each an empty
+//   [0] tensor when its flag is false; in the accumulation dtype.  Skipped positives get
+//   weight exactly 0.
 //
-// contrastive_mean_lse(a, b, scale, grad_a, grad_b) -> (mean_lse, grad_a, grad_b)
-//   a, b, scale and the logits as for contrastive_lse with cross pairs:
-//   mean_lse = (1 / N_a) sum_i log sum_j exp(scale <a_i, b_j>), a 0-dim tensor; grad_a
-//   [N_a, d] and grad_b [N_b, d] its gradients with respect to a and b when their flags
-//   are set, each an empty [0] tensor otherwise.  All in the accumulation dtype.  Every
-//   row's lse has the same upstream gradient (1 / N_a), so the gradients come out of the
-//   forward pass (in-batch InfoNCE: 3 GEMMs' worth where contrastive_lse and its
-//   backward need 4).  NaN or inf in the inputs give NaN outputs.
+// contrastive_mean_lse(a, b, scale, grad_a, grad_b) -> (mean_loss, grad_a, grad_b)
+//   In-batch InfoNCE: a [N_a, d] against b [N_b, d], N_b >= N_a, where b_i is a_i's
+//   positive and every other row of b a negative; logits as for contrastive_lse.
+//   mean_loss = (1 / N_a) sum_i [log sum_j exp(s_ij) - s_ii], each row's term formed as
+//   log(1 + exp(n_i - s_ii)) with n_i = log sum_{j != i} exp(s_ij), so it never cancels
+//   and is never negative; a 0-dim tensor.  grad_a [N_a, d] and grad_b [N_b, d] are its
+//   gradients with respect to a and b when their flags are set (an empty [0] tensor
+//   otherwise): with p_ij = softmax_j(s_ij), d/da_i = (scale / N_a) sum_{j != i} p_ij
+//   (b_j - b_i), the positive's weight exactly 0 and its term the negatives' total
+//   weight times b_i.  All in the accumulation dtype.  The gradients come out of the
+//   forward pass (3 GEMMs' worth where contrastive_lse and its backward need 4).  NaN or
+//   inf in the inputs give NaN outputs.
 //
 // align_loss(x, y, alpha, compute_grad) -> (loss, grad_x)
 //   loss = mean_i ||x_i - y_i||^alpha in x's dtype; grad_x = d loss / d x (d loss / d y
@@ -73,11 +84,12 @@ AlignResult align_loss_cpu(const at::Tensor& x, const at::Tensor& y, double alph
                            bool compute_grad);
 ContrastiveLseResult contrastive_lse_cpu(const at::Tensor& a, const at::Tensor& b, double scale,
                                          bool self_pairs, bool lse_b, int64_t part,
-                                         int64_t num_parts);
+                                         int64_t num_parts, bool skip_positives);
 ContrastiveGradResult contrastive_lse_backward_cpu(
     const at::Tensor& a, const at::Tensor& b, double scale, bool self_pairs,
     const at::Tensor& lse_a, const at::Tensor& lse_b, const at::Tensor& grad_lse_a,
-    const at::Tensor& grad_lse_b, int64_t part, int64_t num_parts, bool grad_a, bool grad_b);
+    const at::Tensor& grad_lse_b, int64_t part, int64_t num_parts, bool grad_a, bool grad_b,
+    bool skip_positives);
 ContrastiveMeanLseResult contrastive_mean_lse_cpu(const at::Tensor& a, const at::Tensor& b,
                                                   double scale, bool grad_a, bool grad_b);
 

@@ -107,3 +107,91 @@ def align_gradient(x, y, alpha: float):
     positive = sq > 0
     safe = torch.where(positive, sq, torch.ones_like(sq))
     return torch.where(positive, safe.pow(alpha / 2 - 1) * scale, torch.zeros_like(sq)) * diff
+
+
+# ---------------------------------------------------------------- contrastive losses
+#
+# With logits s_ij = scale <r_i, c_j>, the gradient of sum_i g_i lse_i + sum_j h_j lse_j
+# (the rows' and the columns' log-sum-exps over their partners) with respect to the rows
+# is scale * sum_j W_ij c_j, W_ij = g_i e^(s_ij - lse_i) + h_j e^(s_ij - lse_j), W = 0
+# where (i, j) is not a pair.  Self pairs (rows = columns = the stacked views) give the
+# whole gradient this way: the logit matrix is symmetric.  Evaluated in float64, one
+# block of rows at a time, as the uniformity's.
+
+
+def _finite_shift(lse):
+    """lse with -inf (a row without partners: all its entries are masked) replaced by 0,
+    so that exp(-inf - shift) is 0 and its derivative too."""
+    return torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)
+
+
+def _weighted_rows(rows, cols, scale, row_terms, col_terms, excluded):
+    """scale * W @ cols for every row; row_terms / col_terms are (lse, g) or None;
+    excluded(i, j) -> bool mask of the entries that are not pairs (i, j index tensors)."""
+    step = _block_rows(cols.shape[0])
+    j = torch.arange(cols.shape[0], device=rows.device)
+    blocks = []
+    for s in range(0, rows.shape[0], step):
+        i = torch.arange(s, min(s + step, rows.shape[0]), device=rows.device)
+        logits = torch.where(excluded(i[:, None], j[None, :]), float("-inf"), scale * (rows[i] @ cols.T))
+        w = torch.zeros_like(logits)
+        if row_terms is not None:
+            lse, g = row_terms
+            w = w + g[i, None] * torch.exp(logits - _finite_shift(lse)[i, None])
+        if col_terms is not None:
+            lse, g = col_terms
+            w = w + g[None, :] * torch.exp(logits - _finite_shift(lse)[None, :])
+        blocks.append(scale * (w @ cols))
+    return torch.cat(blocks, 0)
+
+
+def contrastive_lse_gradients(a, b, scale, self_pairs, skip_positives, lse_a, lse_b, g_a, g_b, want_a, want_b):
+    """(d/da or None, d/db or None) of sum_i g_a[i] lse_a[i] + sum_j g_b[j] lse_b[j] (g_b
+    None: no b terms) as contrastive_lse computes the lse (csrc/ops.h), in float64,
+    differentiable in a, b, the lse and the upstream gradients."""
+    a64, b64 = a.to(torch.float64), b.to(torch.float64)
+    na, nb = a64.shape[0], b64.shape[0]
+    f64 = [None if v is None else v.to(torch.float64) for v in (lse_a, lse_b, g_a, g_b)]
+    lse_a, lse_b, g_a, g_b = f64
+    if self_pairs:
+        z = torch.cat([a64, b64])
+        terms = (torch.cat([lse_a, lse_b]), torch.cat([g_a, g_b]))
+
+        def excluded(i, j):
+            partner = torch.where(i < na, i + na, torch.where(i < 2 * na, i - na, -1))
+            return (i == j) | ((j == partner) & skip_positives)
+
+        grad = _weighted_rows(z, z, scale, terms, terms, excluded)
+        return (grad[:na] if want_a else None), (grad[na:] if want_b else None)
+
+    def excluded(i, j):
+        return (i == j) & skip_positives
+
+    a_terms = (lse_a, g_a)
+    b_terms = (lse_b, g_b) if g_b is not None else None
+    grad_a = _weighted_rows(a64, b64, scale, a_terms, b_terms, excluded) if want_a else None
+    grad_b = _weighted_rows(b64, a64, scale, b_terms, a_terms, excluded) if want_b else None
+    return grad_a, grad_b
+
+
+def mean_cross_entropy_gradients(a, b, scale, want_a, want_b):
+    """(d/da or None, d/db or None) of contrastive_mean_lse's mean cross entropy (b_i a_i's
+    positive) in float64, differentiable: (scale / N) sum_{j != i} p_ij (b_j - b_i), the
+    negatives' weights and, separately, their total times b_i."""
+    a64, b64 = a.to(torch.float64), b.to(torch.float64)
+    na = a64.shape[0]
+    step = _block_rows(b64.shape[0])
+    j = torch.arange(b64.shape[0], device=a64.device)
+    grad_a, grad_b = [], torch.zeros_like(b64)
+    for s in range(0, na, step):
+        i = torch.arange(s, min(s + step, na), device=a64.device)
+        logits = scale * (a64[i] @ b64.T)
+        lse = logits.logsumexp(1, keepdim=True)
+        w = torch.where(i[:, None] == j[None, :], 0.0, torch.exp(logits - lse) / na)
+        total = w.sum(1, keepdim=True)
+        if want_a:
+            grad_a.append(scale * (w @ b64 - total * b64[i]))
+        if want_b:
+            grad_b = grad_b + scale * (w.T @ a64[i])
+            grad_b = grad_b.index_add(0, i, -scale * total * a64[i])
+    return (torch.cat(grad_a, 0) if want_a else None), (grad_b if want_b else None)

@@ -85,21 +85,6 @@ def _align_loss_fake(x, y, alpha, compute_grad):
 # (create_graph=True, torch.func.grad), they are recomputed as differentiable
 # expressions (_differentiable.py), so second and higher derivatives are exact.
 
-_DOUBLE_BACKWARD_MESSAGE = (
-    "pyhypersphere: double backward (create_graph=True through a fused loss, e.g. a "
-    "gradient penalty or a Hessian) is not supported: the fused kernels return first "
-    "derivatives only"
-)
-
-
-def first_order_only(result: torch.Tensor) -> torch.Tensor:
-    """Make `result` raise when differentiated again instead of silently missing terms."""
-    if not torch.is_grad_enabled():
-        return result
-    # The same mechanism as torch.autograd.function.once_differentiable, with our message.
-    err = torch._C._functions.DelayedError(_DOUBLE_BACKWARD_MESSAGE, 1)
-    return err(result.detach().requires_grad_(True))
-
 
 def _setup_uniform(ctx, inputs, output):
     x, queue, t, intra_batch, part, num_parts, want_x, want_queue = inputs[:8]
@@ -223,6 +208,22 @@ def _below_autograd(op, *args):
     mode off and do the same."""
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
+
+
+def func_compatible(name: str, op, setup_context, backward):
+    """An autograd.Function calling `op` with the formulas registered on it (setup_context,
+    backward), a vmap rule and a forward-mode rule that raises: the op usable by
+    torch.func (the contrastive operators use it)."""
+
+    def forward(*args):
+        return _below_autograd(op, *args)
+
+    function = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward), "jvp": staticmethod(_no_forward_mode),
+    })  # fmt: skip
+    function.vmap = _vmap_by_loop(lambda *args: function.apply(*args))
+    return function
 
 
 class _UniformLse(torch.autograd.Function):

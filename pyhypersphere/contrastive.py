@@ -7,6 +7,12 @@ logits.  Same values as the dense PyTorch formulas (``F.cross_entropy`` on the l
 
 The inputs need not be normalized; the paper's setting (and SimCLR's, MoCo's, CLIP's)
 L2-normalizes the features first, which keeps the logits within [-1/tau, 1/tau].
+
+Each row's cross entropy is log(1 + sum_{j != pos} exp(s_ij - s_pos)), from the
+negatives' log-sum-exp (the kernels skip the positive) relative to the positive's logit:
+it does not cancel when the positive dominates (lse - s_pos would), is never negative,
+and its gradient is sum_{j != pos} p_ij (b_j - b_pos) with the positive's weight exactly 0.
+Under autocast the losses return float32, their positives' logits accumulated in float32.
 """
 
 import math
@@ -15,7 +21,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from ._contrastive_ops import contrastive_lse, contrastive_mean_lse
-from ._ops import accumulate_dtype
+from ._ops import accumulate_dtype, loss_dtype
 from .losses import _as_float, _check_tensor
 
 DEFAULT_NT_XENT_TAU = 0.5  # SimCLR (and lightly's NTXentLoss)
@@ -108,9 +114,17 @@ def _temperature(tau: Temperature, function: str) -> Tuple[float, Optional[torch
 
 
 def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """<a_i, b_i> for every row, in the accumulation dtype."""
+    """<a_i, b_i> for every row, in the accumulation dtype (a product and a sum, not
+    torch.linalg.vecdot, which autocast would run in 16 bits)."""
     acc = accumulate_dtype(a.dtype)
-    return torch.linalg.vecdot(a.to(acc), b.to(acc))
+    return (a.to(acc) * b.to(acc)).sum(1)
+
+
+def _cross_entropy(lse_negatives: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Each row's -log softmax at its positive, log(1 + exp(lse_negatives - positive)):
+    no cancellation, never negative, 0 for a row without negatives (lse -inf)."""
+    u = lse_negatives - positive
+    return torch.logaddexp(u, torch.zeros_like(u))
 
 
 def _divide(features: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
@@ -130,18 +144,19 @@ def nt_xent_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_NT
         x, y: the two views' features [N, d], same shape, dtype and device.
         tau: the temperature: a positive number, or a one-element tensor (differentiable).
 
-    Returns a 0-dim tensor in x's dtype (float16/bfloat16 are accumulated in float32).
+    Returns a 0-dim tensor in x's dtype (float16/bfloat16 are accumulated in float32;
+    float32 under autocast).
     """
     function = "nt_xent_loss"
     _check_pair(x, y, ("x", "y"), function)
-    out_dtype = x.dtype
+    out_dtype = loss_dtype(x)
     scale, tau_tensor = _temperature(tau, function)
     if tau_tensor is not None:  # <x_i, y_j> / tau = <x_i / sqrt(tau), y_j / sqrt(tau)>
         root = tau_tensor.sqrt()
         x, y = _divide(x, root), _divide(y, root)
-    lse_x, lse_y = contrastive_lse(x, y, scale, True, True)
+    lse_x, lse_y = contrastive_lse(x, y, scale, True, True, skip_positives=True)
     positive = _row_dots(x, y) * scale
-    loss = (lse_x.mean() + lse_y.mean()) / 2 - positive.mean()
+    loss = (_cross_entropy(lse_x, positive).mean() + _cross_entropy(lse_y, positive).mean()) / 2
     return loss.to(out_dtype)
 
 
@@ -165,7 +180,7 @@ def info_nce_loss(
         queue: optional negatives [K, d], same dtype and device.
         in_batch: use the other keys of the batch as negatives; False (MoCo) needs a queue.
 
-    Returns a 0-dim tensor in q's dtype.  Differentiable with respect to q, k, queue
+    Returns a 0-dim tensor in q's dtype (float32 under autocast).  Differentiable with respect to q, k, queue
     (those that require grad; MoCo's keys and queue usually do not).
     """
     function = "info_nce_loss"
@@ -175,22 +190,21 @@ def info_nce_loss(
         _check_matches(q, "q", queue, "queue", function, same_rows=False)
     elif not in_batch:
         raise ValueError(f"{function}: in_batch=False needs a queue (there would be no negatives)")
-    out_dtype = q.dtype
+    out_dtype = loss_dtype(q)
     scale, tau_tensor = _temperature(tau, function)
     if tau_tensor is not None:
         q = _divide(q, tau_tensor)
         k = k.to(q.dtype)
         queue = queue.to(q.dtype) if queue is not None else None
-    positive = _row_dots(q, k) * scale
     if in_batch:
-        # Every row's lse enters with weight 1/N: the kernel's gradients come out of its
-        # single pass over the logits (contrastive_mean_lse).
+        # Every row's loss enters with weight 1/N: the kernel's gradients come out of its
+        # single pass over the logits (contrastive_mean_lse; k_i is column i).
         keys = k if queue is None else torch.cat([k, queue])
-        return (contrastive_mean_lse(q, keys, scale) - positive.mean()).to(out_dtype)
-    # The positive is not among the keys: its term joins each row's sum, which weights
-    # the rows' lse unequally (two passes: contrastive_lse and its backward).
+        return contrastive_mean_lse(q, keys, scale).to(out_dtype)
+    # The positive is not among the keys: the queue's lse is the negatives' (two passes:
+    # contrastive_lse and its backward).
     lse, _ = contrastive_lse(q, queue, scale, False, False)
-    return (torch.logaddexp(lse, positive) - positive).mean().to(out_dtype)
+    return _cross_entropy(lse, _row_dots(q, k) * scale).mean().to(out_dtype)
 
 
 def clip_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_CLIP_TAU) -> torch.Tensor:
@@ -205,15 +219,15 @@ def clip_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_CLIP_
             (CLIP learns it: pass ``1 / logit_scale.exp()``); the loss is then
             differentiable with respect to it.
 
-    Returns a 0-dim tensor in x's dtype.
+    Returns a 0-dim tensor in x's dtype (float32 under autocast).
     """
     function = "clip_loss"
     _check_pair(x, y, ("x", "y"), function)
-    out_dtype = x.dtype
+    out_dtype = loss_dtype(x)
     scale, tau_tensor = _temperature(tau, function)
     if tau_tensor is not None:
         x = _divide(x, tau_tensor)
         y = y.to(x.dtype)
-    lse_x, lse_y = contrastive_lse(x, y, scale, False, True)
+    lse_x, lse_y = contrastive_lse(x, y, scale, False, True, skip_positives=True)
     positive = _row_dots(x, y) * scale
-    return ((lse_x + lse_y) / 2 - positive).mean().to(out_dtype)
+    return ((_cross_entropy(lse_x, positive) + _cross_entropy(lse_y, positive)) / 2).mean().to(out_dtype)

@@ -12,7 +12,9 @@ in rank order), the same value on every rank: the value of the single-process lo
 global-batch layer (``_global_batch.py``, with the views [x, y]); this module holds the
 loss-specific step: rank r computes the log-sum-exps of its own rows only (its rows
 against every row of the gathered batch, with the fused ``contrastive_lse``; never an
-N x N matrix) and the gradient of its share of the loss with respect to every row of
+N x N matrix; each row's positive skipped, as the single-process losses do, so that a
+row's cross entropy is formed from its negatives relative to its positive) and the
+gradient of its share of the loss with respect to every row of
 the gathered batch, which one reduce-scatter sums over the ranks.  The gradient follows
 the distributed uniformity loss's DDP convention (docs/distributed.md): the backward
 returns W * g * dL/dx_r, so DDP's averaging yields the single-process gradient.
@@ -87,11 +89,19 @@ def _to_learned_tau(tau_tensor: torch.Tensor, tau: float, x, y, both: bool):
     return (x, y * s.to(device=y.device, dtype=y.dtype)) if both else (x, y)
 
 
-def _row_lse(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """log sum_j exp(scale <a_i, b_j>) for every row of a (-inf with no b rows)."""
+def _row_lse(a: torch.Tensor, b: torch.Tensor, scale: float, skip_positives: bool = False) -> torch.Tensor:
+    """log sum_j exp(scale <a_i, b_j>) for every row of a, without j = i when
+    `skip_positives` (-inf with no such b rows)."""
     if a.shape[0] == 0 or b.shape[0] == 0:
         return a.new_full((a.shape[0],), -math.inf)
-    return contrastive_lse(a, b, scale, False, False)[0]
+    return contrastive_lse(a, b, scale, False, False, skip_positives=skip_positives)[0]
+
+
+def _mine_first(rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """The gathered rows with this rank's [lo, hi) first: row i of the rank's shard then
+    has its positive at index i (the kernels' skipped pairs); a row set's lse does not
+    depend on its order."""
+    return torch.cat([rows[lo:hi], rows[:lo], rows[hi:]])
 
 
 def _nt_xent_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tensor:
@@ -104,10 +114,10 @@ def _nt_xent_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Te
     if layout.my_rows == 0:
         return z[:0].sum()  # 0, still a function of z
     others = torch.cat([x[:lo], x[hi:], y[:lo], y[hi:]])
-    own_x, own_y = contrastive_lse(mine_x, mine_y, scale, True, True)
+    own_x, own_y = contrastive_lse(mine_x, mine_y, scale, True, True, skip_positives=True)
     lse = torch.logaddexp(torch.cat([own_x, own_y]), _row_lse(torch.cat([mine_x, mine_y]), others, scale))
-    positive = torch.linalg.vecdot(mine_x, mine_y) * scale
-    return (lse.sum() - 2 * positive.sum()) / (2 * total)
+    positive = contrastive._row_dots(mine_x, mine_y) * scale
+    return contrastive._cross_entropy(lse, torch.cat([positive, positive])).sum() / (2 * total)
 
 
 def _clip_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tensor:
@@ -115,9 +125,11 @@ def _clip_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tenso
     the logits) and its y rows' over all of x (columns), minus its positives."""
     d, lo, hi = layout.dim, layout.my_offset, layout.my_offset + layout.my_rows
     x, y = z[:, :d], z[:, d:]
-    rows, columns = _row_lse(x[lo:hi], y, scale), _row_lse(y[lo:hi], x, scale)
-    positive = torch.linalg.vecdot(x[lo:hi], y[lo:hi]) * scale
-    return ((rows + columns).sum() / 2 - positive.sum()) / layout.total
+    rows = _row_lse(x[lo:hi], _mine_first(y, lo, hi), scale, True)
+    columns = _row_lse(y[lo:hi], _mine_first(x, lo, hi), scale, True)
+    positive = contrastive._row_dots(x[lo:hi], y[lo:hi]) * scale
+    ce = contrastive._cross_entropy
+    return (ce(rows, positive) + ce(columns, positive)).sum() / (2 * layout.total)
 
 
 def _info_nce_share(z: torch.Tensor, layout: gb.Layout, scale: float, queue, in_batch: bool) -> torch.Tensor:
@@ -127,12 +139,11 @@ def _info_nce_share(z: torch.Tensor, layout: gb.Layout, scale: float, queue, in_
     q, k = z[:, :d], z[:, d:]
     if layout.my_rows == 0:
         return z[:0].sum()  # 0, still a function of z
-    keys = ([k] if in_batch else []) + ([queue.detach().to(z.dtype)] if queue is not None else [])
-    positive = torch.linalg.vecdot(q[lo:hi], k[lo:hi]) * scale
-    lse = _row_lse(q[lo:hi], torch.cat(keys), scale)
-    if not in_batch:  # the positive is not among the keys: add its term to the sum
-        lse = torch.logaddexp(lse, positive)
-    return (lse - positive).sum() / layout.total
+    keys = ([_mine_first(k, lo, hi)] if in_batch else []) + ([queue.detach().to(z.dtype)] if queue is not None else [])
+    positive = contrastive._row_dots(q[lo:hi], k[lo:hi]) * scale
+    # in_batch: the positive is key i, skipped; else it is not among the keys.
+    lse = _row_lse(q[lo:hi], torch.cat(keys), scale, in_batch)
+    return contrastive._cross_entropy(lse, positive).sum() / layout.total
 
 
 def _queue_problem(q, queue, in_batch: bool, function: str) -> Optional[str]:

@@ -41,3 +41,61 @@ def value_and_grads(fn, *tensors, **kwargs):
     out = fn(*leaves, **kwargs)
     grads = torch.autograd.grad(out, leaves)
     return out.detach(), [g.detach() for g in grads]
+
+
+# ---------------------------------------------------------------- the positive dominating
+#
+# When the positive's logit dominates its row, lse - positive cancels (issue 26).  The
+# exact forms below take each row's negatives relative to its positive instead,
+# log1p(sum_{j != pos} exp(l_ij - l_pos)), written as logaddexp(u, 0) with u the
+# negatives' log-sum-exp minus the positive: no cancellation, in any dtype.  The naive
+# forms are the two lines a user writes (F.cross_entropy on the logit matrix): the bar
+# the package must meet in float32.
+
+
+def _rows_and_targets(name, x, y, tau):
+    """The logit rows of a loss and each row's target column (NT-Xent: the self logit -inf)."""
+    n = x.shape[0]
+    target = torch.arange(n, device=x.device)
+    if name == "nt_xent":
+        z = torch.cat([x, y])
+        logits = (z @ z.T / tau).fill_diagonal_(float("-inf"))
+        return [(logits, torch.cat([target + n, target]))]
+    logits = x @ y.T / tau
+    if name == "info_nce":
+        return [(logits, target)]
+    return [(logits, target), (logits.T, target)]  # clip
+
+
+def exact_cross_entropy(logits, target):
+    """Per row -log softmax(logits)[target], from the negatives relative to the positive
+    (float64: the non-pairs are set to -1e300)."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    positive = logits[rows, target]
+    negatives = logits.index_put((rows, target), torch.tensor(float("-inf"), dtype=logits.dtype))
+    # -1e300 for the non-pairs: a row without negatives (N = 1) gets u ~ -1e300, a loss of
+    # 0 and zero gradients instead of logsumexp's NaN derivative at all -inf.
+    negatives = torch.where(torch.isneginf(negatives), -1e300, negatives)
+    u = (negatives - positive[:, None]).logsumexp(1)
+    return torch.logaddexp(u, torch.zeros_like(u))
+
+
+def exact_loss(name, x, y, tau):
+    """NT-Xent, in-batch InfoNCE or CLIP without cancellation (evaluate in float64)."""
+    sides = [exact_cross_entropy(l, t).mean() for l, t in _rows_and_targets(name, x, y, tau)]
+    return sum(sides) / len(sides)
+
+
+def naive_loss(name, x, y, tau):
+    """The same losses by F.cross_entropy on the logit matrix (what a user writes)."""
+    sides = [torch.nn.functional.cross_entropy(l, t) for l, t in _rows_and_targets(name, x, y, tau)]
+    return sum(sides) / len(sides)
+
+
+def mean_cross_entropy_and_grads(a, b, scale):
+    """contrastive_mean_lse's contract in float64 with autograd: the mean over a's rows of
+    the cross entropy of scale a_i b^T, target column i; (value, d/da, d/db)."""
+    ar, br = (t.detach().cpu().double().requires_grad_() for t in (a, b))
+    mean = exact_cross_entropy(scale * ar @ br.T, torch.arange(ar.shape[0])).mean()
+    mean.backward()
+    return mean.detach(), ar.grad, br.grad

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import pyhypersphere
 from pyhypersphere import distributed, distributed_contrastive
 
-from dense_contrastive import dense_clip, dense_info_nce, dense_nt_xent, value_and_grads
+from dense_contrastive import dense_clip, dense_info_nce, dense_nt_xent, exact_loss, value_and_grads
 from dist_harness import (
     global_batch,
     on_subgroups,
@@ -233,6 +233,27 @@ def _check_disagreements(rank, world):
     _check_no_grad(rank, world, [2, 3, 1])  # the group still works
 
 
+def _check_dominant_positive(rank, world, rows):
+    """Each row's positive dominating (issue 26): the global loss and gradient against the
+    cancellation-free float64 formula; in float32 never negative (-1.5e-5 before)."""
+    z1 = global_batch(rows, D, 7)
+    noise = global_batch(rows, D, 8)
+    z2 = F.normalize(z1 + 0.02 * noise, dim=1)
+    for loss_fn, name in ((distributed.nt_xent_loss, "nt_xent"), (distributed.clip_loss, "clip"),
+                          (distributed.info_nce_loss, "info_nce")):
+        for tau in (0.05, 0.005):
+            x, y = _shards([z1, z2], rows, rank)
+            loss = loss_fn(x, y, tau)
+            loss.backward()
+            expected, (gx, gy) = value_and_grads(lambda a, b: exact_loss(name, a, b, tau), z1, z2)
+            torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+            for got, want in ((x.grad, gx), (y.grad, gy)):
+                atol = 1e-12 * world * want.abs().max().item()
+                torch.testing.assert_close(got, world * shard(want, rows, rank), rtol=1e-10, atol=atol)
+            low = loss_fn(*(shard(z, rows, rank).float() for z in (z1, z2)), tau)
+            assert low >= 0 and abs(low.item() - expected.item()) <= 2e-5 * expected.item() + 1e-44
+
+
 def _check_failure_inside_the_loss(rank, world):
     """The operator fails on rank 1 only: it raises its error, every other rank a
     RuntimeError naming it, and nobody waits in a collective."""
@@ -325,6 +346,7 @@ def three_ranks(rank, world):
     _check_low_precision(rank, world, [30, 17, 25], torch.float32, 1e-5, 1e-5)
     _check_low_precision(rank, world, [12, 10, 14], torch.bfloat16, 2 * 2**-8, 1.1 * 2**-8)
     _check_no_grad(rank, world, [3, 4, 2])
+    _check_dominant_positive(rank, world, [40, 25, 33])
     _check_no_second_order(rank, world)
     _check_disagreements(rank, world)
     _check_failure_inside_the_loss(rank, world)

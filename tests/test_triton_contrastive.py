@@ -18,7 +18,9 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from dense_contrastive import dense_clip, dense_info_nce, dense_nt_xent, value_and_grads  # noqa: E402
+from dense_contrastive import (  # noqa: E402
+    dense_clip, dense_info_nce, dense_nt_xent, mean_cross_entropy_and_grads, value_and_grads,
+)
 from pyhypersphere import clip_loss, info_nce_loss, nt_xent_loss  # noqa: E402
 from pyhypersphere import gpu_backend  # noqa: E402
 from pyhypersphere import triton_kernels as tk  # noqa: E402
@@ -36,24 +38,32 @@ def rows(n, d, dtype, seed, norm=1.0):
     return (norm * x).to(dtype).to(DEVICE)
 
 
-def reference_lse(a, b, scale, self_pairs):
-    """(lse over a's rows, lse over b's rows) from the explicit float64 logit matrix."""
+def reference_lse(a, b, scale, self_pairs, skip_positives=False):
+    """(lse over a's rows, lse over b's rows) from the explicit float64 logit matrix,
+    without the positive pairs (a_i, b_i) when `skip_positives`."""
+    na, nb = a.shape[0], b.shape[0]
+    i = torch.arange(min(na, nb), device=a.device)
     if self_pairs:
         z = torch.cat([a, b])
-        logits = scale * z @ z.T
-        lse = logits.masked_fill(torch.eye(z.shape[0], dtype=torch.bool, device=z.device), -math.inf).logsumexp(1)
-        return lse[: a.shape[0]], lse[a.shape[0]:]
+        excluded = torch.eye(na + nb, dtype=torch.bool, device=z.device)
+        if skip_positives:
+            excluded[i, na + i] = excluded[na + i, i] = True
+        lse = (scale * z @ z.T).masked_fill(excluded, -math.inf).logsumexp(1)
+        return lse[:na], lse[na:]
     logits = scale * a @ b.T
+    if skip_positives:
+        logits = logits.index_put((i, i), torch.tensor(-math.inf, dtype=logits.dtype, device=a.device))
     return logits.logsumexp(1), logits.logsumexp(0)
 
 
-def reference(a, b, scale, self_pairs, g, h):
+def reference(a, b, scale, self_pairs, g, h, skip_positives=False):
     """float64 lse and the gradients of sum g lse_a + sum h lse_b (h None: no b terms)."""
     ar, br = (t.detach().cpu().double().requires_grad_() for t in (a, b))
-    lse_a, lse_b = reference_lse(ar, br, scale, self_pairs)
-    total = (g.cpu().double() * lse_a).sum()
+    lse_a, lse_b = reference_lse(ar, br, scale, self_pairs, skip_positives)
+    # A row without partners (lse -inf) has no gradient terms.
+    total = (g.cpu().double() * lse_a).nan_to_num(neginf=0.0).sum()
     if h is not None:
-        total = total + (h.cpu().double() * lse_b).sum()
+        total = total + (h.cpu().double() * lse_b).nan_to_num(neginf=0.0).sum()
     total.backward()
     return lse_a.detach(), lse_b.detach(), ar.grad, br.grad
 
@@ -99,6 +109,59 @@ def test_lse_and_gradients_against_float64(na, nb, d, scale, self_pairs, lse_b, 
     assert ga.dtype == gb.dtype == acc and ga.shape == a.shape and gb.shape == b.shape
     for got, want in ((ga, want_ga), (gb, want_gb)):
         torch.testing.assert_close(got.cpu().double(), want, rtol=0, atol=GRAD_TOL[dtype] * want.abs().max())
+
+
+@pytest.mark.parametrize("na,nb,d,scale,self_pairs,lse_b,dtype",
+                         [CASES[0], CASES[1], CASES[2], CASES[3], CASES[5], CASES[7]])
+def test_skipped_positives_against_float64(na, nb, d, scale, self_pairs, lse_b, dtype):
+    # The losses' form: each row's lse over its negatives (N = 1 NT-Xent: none, -inf), the
+    # positives' weights exactly 0 in the gradient; self pairs with N_a != N_b too.
+    a, b = rows(na, d, dtype, 41), rows(nb, d, dtype, 42)
+    got = tk.contrastive_lse(a, b, scale, self_pairs, True, 0, 1, True)
+    acc = got[0].dtype
+    g = torch.rand(na, generator=torch.Generator().manual_seed(43), dtype=torch.float64).to(acc).to(DEVICE)
+    h = torch.rand(nb, generator=torch.Generator().manual_seed(44), dtype=torch.float64).to(acc).to(DEVICE)
+    want_a, want_b, want_ga, want_gb = reference(a, b, scale, self_pairs, g, h, skip_positives=True)
+    for x, w in zip(got, (want_a, want_b)):
+        assert torch.equal(torch.isneginf(x.cpu()), torch.isneginf(w))
+        torch.testing.assert_close(x.cpu().double(), w, rtol=TOL[dtype], atol=TOL[dtype] * scale)
+    cpu = ops.contrastive_lse(a.cpu(), b.cpu(), scale, self_pairs, True, 0, 1, True)
+    for x, w in zip(got, cpu):
+        torch.testing.assert_close(x.cpu(), w, rtol=1e-5, atol=1e-5 * scale)
+    lse = (want_a.to(acc).to(DEVICE), want_b.to(acc).to(DEVICE))
+    ga, gb = tk.contrastive_lse_backward(a, b, scale, self_pairs, *lse, g, h, 0, 1, True, True, True)
+    for x, w in ((ga, want_ga), (gb, want_gb)):
+        torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=GRAD_TOL[dtype] * max(w.abs().max(), 1e-300))
+
+
+@pytest.mark.parametrize("na,nb,dtype,self_pairs,skip,col_splits,scale", [
+    (100, 100, torch.float32, True, True, 1, 7.0),  # 32-row blocks: one straddles a/b, positives' windows
+    (100, 100, torch.float32, True, False, 2, 7.0),
+    (70, 100, torch.float64, True, True, 1, 7.0),  # N_a != N_b: rows of b without a positive
+    (150, 150, torch.bfloat16, False, True, 3, 7.0),  # 64-row blocks, the positives on the diagonal
+    (130, 200, torch.float32, False, False, None, 7.0),  # no special block: the main loop and the tail
+    (100, 100, torch.float32, True, True, 1, 50.0),  # 2 scale > 80: no static shift (running max)
+    (130, 200, torch.float32, False, True, 1, 50.0),
+])
+def test_main_loop_and_masked_stage_against_float64(na, nb, dtype, self_pairs, skip, col_splits, scale):
+    # Enough blocks that the unmasked main loop (with and without the static shift), the
+    # special blocks (diagonal, positives) and the partial tail all occur, with and
+    # without a column split.
+    a, b = rows(na, 8, dtype, 51), rows(nb, 8, dtype, 52)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    certified = tk.contrastive._static_shift(a, b, scale, acc)[1].item() > 0
+    assert certified == (scale < 40)
+    got = tk.contrastive_lse(a, b, scale, self_pairs, True, 0, 1, skip, col_splits=col_splits)
+    g = torch.rand(na, generator=torch.Generator().manual_seed(53), dtype=torch.float64).to(acc).to(DEVICE)
+    h = torch.rand(nb, generator=torch.Generator().manual_seed(54), dtype=torch.float64).to(acc).to(DEVICE)
+    want_a, want_b, want_ga, want_gb = reference(a, b, scale, self_pairs, g, h, skip_positives=skip)
+    for x, w in zip(got, (want_a, want_b)):
+        torch.testing.assert_close(x.cpu().double(), w, rtol=TOL[dtype], atol=TOL[dtype] * scale)
+    lse = (want_a.to(acc).to(DEVICE), want_b.to(acc).to(DEVICE))
+    ga, gb = tk.contrastive_lse_backward(a, b, scale, self_pairs, *lse, g, h, 0, 1, True, True, skip,
+                                         col_splits=col_splits)
+    for x, w in ((ga, want_ga), (gb, want_gb)):
+        torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=GRAD_TOL[dtype] * w.abs().max())
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -305,9 +368,9 @@ def test_registered_for_cuda_whatever_the_uniformity_backend():
 
 MEAN_LSE_CASES = [  # na, nb, d, scale, dtype, col_splits
     (2, 2, 1, 0.5, torch.float32, None),
-    (70, 45, 33, 14.3, torch.float32, None),  # past a 64-row block
+    (45, 70, 33, 14.3, torch.float32, None),  # past a 64-row block
     (10, 300, 8, 1 / 0.07, torch.float32, 3),  # MoCo's shape: columns split over programs
-    (67, 35, 100, 3.0, torch.float64, None),  # chunked d
+    (35, 67, 100, 3.0, torch.float64, None),  # chunked d
     (33, 40, 64, 10.0, torch.bfloat16, None),
 ]
 
@@ -316,12 +379,11 @@ MEAN_LSE_CASES = [  # na, nb, d, scale, dtype, col_splits
 def test_mean_lse_and_gradients_against_float64(na, nb, d, scale, dtype, col_splits):
     a, b = rows(na, d, dtype, 31), rows(nb, d, dtype, 32)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    g = torch.full((na,), 1.0 / na, dtype=torch.float64)
-    want_a, _, want_ga, want_gb = reference(a, b, scale, False, g, None)
+    want_mean, want_ga, want_gb = mean_cross_entropy_and_grads(a, b, scale)
     for grad_a, grad_b in ((True, True), (True, False), (False, True)):
         mean, ga, gb = tk.contrastive_mean_lse(a, b, scale, grad_a, grad_b, col_splits=col_splits)
         assert mean.shape == () and mean.dtype == acc
-        torch.testing.assert_close(mean.cpu().double(), want_a.mean(), rtol=TOL[dtype], atol=TOL[dtype] * scale)
+        torch.testing.assert_close(mean.cpu().double(), want_mean, rtol=TOL[dtype], atol=TOL[dtype] * scale)
         assert ga.shape == (a.shape if grad_a else (0,)) and gb.shape == (b.shape if grad_b else (0,))
         for flag, got, want in ((grad_a, ga, want_ga), (grad_b, gb, want_gb)):
             if flag:

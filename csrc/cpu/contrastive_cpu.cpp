@@ -34,10 +34,11 @@ namespace {
 // a's rows then b's rows, in blocks that never straddle the two; a row's index in this
 // stacked order addresses the per-row state.  Self pairs: every block against every
 // block (upper triangle, diagonal tiles skip i == i); cross pairs: a's blocks against
-// b's blocks.
+// b's blocks.  a's block k and b's block k start at the same row of their inputs, so
+// the positive pairs (a_i, b_i) lie on the diagonal of the tiles {k, a_blocks + k}.
 template <typename T>
 struct LogitRows {
-  LogitRows(const at::Tensor& a_rows, const at::Tensor& b_rows, bool self)
+  LogitRows(const at::Tensor& a_rows, const at::Tensor& b_rows, bool self, bool skip_pos)
       : a(a_rows.data_ptr<T>()),
         b(b_rows.data_ptr<T>()),
         na(a_rows.size(0)),
@@ -46,7 +47,8 @@ struct LogitRows {
         block(cpu::cpu_block_rows(self ? na + nb : std::max(na, nb))),
         a_blocks(blocks_for(na, block)),
         b_blocks(blocks_for(nb, block)),
-        self_pairs(self) {}
+        self_pairs(self),
+        skip_positives(skip_pos) {}
 
   int64_t blocks() const { return a_blocks + b_blocks; }
   bool is_a(int64_t k) const { return k < a_blocks; }
@@ -61,11 +63,17 @@ struct LogitRows {
   }
   // Tile workspace: the logits plus four per-row/column vectors.
   int64_t workspace() const { return block * block + 4 * block; }
+  // Whether the tile's entries (i, i) are not pairs: a block against itself with self
+  // pairs, or the positive pairs' tile when they are skipped.
+  bool skips_diagonal(int64_t ka, int64_t kb) const {
+    if (ka == kb) return self_pairs;
+    return skip_positives && (kb - ka == a_blocks || ka - kb == a_blocks);
+  }
 
   const T* a;
   const T* b;
   int64_t na, nb, d, block, a_blocks, b_blocks;
-  bool self_pairs;
+  bool self_pairs, skip_positives;
 };
 
 // Per-row lse over this part's tiles (-inf for a row without pairs), stacked a then b.
@@ -85,7 +93,7 @@ std::vector<double> forward_lse(const LogitRows<T>& r, T scale, bool lse_b, int6
   cpu::run_ordered_tiles<T>(tiles, turns, r.workspace(), [&](const cpu::ScheduledTile& tile, T* ws) {
     const int64_t ka = tile.blocks.a, kb = tile.blocks.b;
     const int64_t rows_a = r.size(ka), rows_b = r.size(kb);
-    const bool diagonal = ka == kb;
+    const bool diagonal = r.skips_diagonal(ka, kb);
     const bool cols = tile.turn_b >= 0;
     T* s = ws;
     T* row_max = ws + r.block * r.block;
@@ -139,7 +147,7 @@ void backward_grads(const LogitRows<T>& r, T scale, const T* lse, const T* g, bo
     cpu::gemm_row_major<T>(false, true, rows_a, rows_b, r.d, scale, r.rows(ka), r.d, r.rows(kb),
                            r.d, T(0), w, rows_b);
     cpu::logit_grad_weights(w, rows_a, rows_b, rows_b, lse + ia, g + ia, cols ? lse + ib : nullptr,
-                            cols ? g + ib : nullptr, ka == kb);
+                            cols ? g + ib : nullptr, r.skips_diagonal(ka, kb));
     if (tile.turn_a >= 0) {
       if (!turns.wait(ka, tile.turn_a)) return false;
       cpu::gemm_row_major<T>(false, false, rows_a, r.d, rows_b, scale, w, rows_b, r.rows(kb), r.d,
@@ -169,7 +177,7 @@ bool all_finite(const at::Tensor& a, const at::Tensor& b) {
 
 ContrastiveLseResult contrastive_lse_cpu(const at::Tensor& a, const at::Tensor& b, double scale,
                                          bool self_pairs, bool lse_b, int64_t part,
-                                         int64_t num_parts) {
+                                         int64_t num_parts, bool skip_positives) {
   check_contrastive_args(a, b, scale, self_pairs, lse_b, part, num_parts);
   TORCH_CHECK_VALUE(a.device().is_cpu(), "contrastive_lse: a must be on the CPU for the CPU kernel");
   const at::Tensor za = compute_rows(a), zb = compute_rows(b);
@@ -179,7 +187,7 @@ ContrastiveLseResult contrastive_lse_cpu(const at::Tensor& a, const at::Tensor& 
     return {at::full({a.size(0)}, nan, acc), lse_b ? at::full({b.size(0)}, nan, acc) : at::empty({0}, acc)};
   }
   return AT_DISPATCH_FLOATING_TYPES(za.scalar_type(), "contrastive_lse_cpu", [&] {
-    const LogitRows<scalar_t> r(za, zb, self_pairs);
+    const LogitRows<scalar_t> r(za, zb, self_pairs, skip_positives);
     const std::vector<double> lse =
         forward_lse(r, static_cast<scalar_t>(scale), lse_b, part, num_parts);
     const at::Tensor all = at::tensor(lse, acc.dtype(at::kDouble)).to(za.scalar_type());
@@ -191,7 +199,8 @@ ContrastiveLseResult contrastive_lse_cpu(const at::Tensor& a, const at::Tensor& 
 ContrastiveGradResult contrastive_lse_backward_cpu(
     const at::Tensor& a, const at::Tensor& b, double scale, bool self_pairs,
     const at::Tensor& lse_a, const at::Tensor& lse_b, const at::Tensor& grad_lse_a,
-    const at::Tensor& grad_lse_b, int64_t part, int64_t num_parts, bool grad_a, bool grad_b) {
+    const at::Tensor& grad_lse_b, int64_t part, int64_t num_parts, bool grad_a, bool grad_b,
+    bool skip_positives) {
   check_contrastive_backward_args(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b,
                                   part, num_parts);
   TORCH_CHECK_VALUE(a.device().is_cpu(), "contrastive_lse_backward: a must be on the CPU for the CPU kernel");
@@ -221,7 +230,7 @@ ContrastiveGradResult contrastive_lse_backward_cpu(
     return outputs();
   }
   AT_DISPATCH_FLOATING_TYPES(za.scalar_type(), "contrastive_lse_backward_cpu", [&] {
-    const LogitRows<scalar_t> r(za, zb, self_pairs);
+    const LogitRows<scalar_t> r(za, zb, self_pairs, skip_positives);
     backward_grads(r, static_cast<scalar_t>(scale), lse.data_ptr<scalar_t>(),
                    g.data_ptr<scalar_t>(), col_terms, ga, gb, part, num_parts);
   });
@@ -243,34 +252,53 @@ ContrastiveMeanLseResult contrastive_mean_lse_cpu(const at::Tensor& a, const at:
     return {at::scalar_tensor(nan, acc), ga, gb};
   }
   const int64_t na = za.size(0), nb = zb.size(0);
-  std::vector<double> lse(na);
+  // The positives' logits s_ii, accumulated in double.
+  const at::Tensor positive_t =
+      (za * zb.narrow(0, 0, na)).sum(1, /*keepdim=*/false, at::kDouble).mul_(scale).contiguous();
+  const double* positive = positive_t.data_ptr<double>();
+  std::vector<double> lse(na);  // over the negatives
   AT_DISPATCH_FLOATING_TYPES(za.scalar_type(), "contrastive_mean_lse_cpu", [&] {
     const auto s = static_cast<scalar_t>(scale);
     const int64_t strip_rows = cpu::mean_lse_strip_rows(na, nb, sizeof(scalar_t),
                                                         cpu::mean_lse_strip_budget_bytes());
     if (strip_rows > 0) {
       cpu::mean_lse_strips<scalar_t>(za.data_ptr<scalar_t>(), na, zb.data_ptr<scalar_t>(), nb,
-                                     za.size(1), s, strip_rows, lse,
+                                     za.size(1), s, strip_rows, positive, lse,
                                      grad_a ? ga.data_ptr<scalar_t>() : nullptr,
                                      grad_b ? gb.data_ptr<scalar_t>() : nullptr);
       return;
     }
     // A queue so long that even the smallest strip's logits exceed the budget: the
-    // two-pass kernel, O(tile) memory per thread, with every row's upstream gradient 1 / N_a.
-    const LogitRows<scalar_t> r(za, zb, false);
+    // two-pass kernel, O(tile) memory per thread, every row's weights
+    // exp(s_ij - lse with the positive) / N_a on its negatives.
+    const LogitRows<scalar_t> r(za, zb, false, true);
     lse = forward_lse(r, s, false, 0, 1);
     lse.resize(na);
     if (!grad_a && !grad_b) return;
     std::vector<scalar_t> lse_rows(na + nb, scalar_t(0)), weights(na + nb, scalar_t(0));
     for (int64_t i = 0; i < na; ++i) {
-      lse_rows[i] = static_cast<scalar_t>(lse[i]);
+      lse_rows[i] = static_cast<scalar_t>(cpu::log_add_exp(lse[i], positive[i]));
       weights[i] = scalar_t(1) / static_cast<scalar_t>(na);
     }
     at::Tensor ga_out = grad_a ? ga : at::Tensor(), gb_out = grad_b ? gb : at::Tensor();
     backward_grads(r, s, lse_rows.data(), weights.data(), false, ga_out, gb_out, 0, 1);
   });
+  // Row i's loss log(1 + e^(n_i - s_ii)) and its negatives' total weight
+  // sum_{j != i} p_ij = e^(n_i - lse_i): the positive's term of the gradient,
+  // -(scale / N_a) weight_i b_i (and a_i for b_i), added after the negatives' GEMMs.
   double total = 0;  // in row order: the same sum at any thread count
-  for (const double v : lse) total += v;
+  std::vector<double> weight(na);
+  for (int64_t i = 0; i < na; ++i) {
+    const double u = lse[i] - positive[i];
+    const double loss = cpu::log_add_exp(u, 0.0);
+    total += loss;
+    weight[i] = -std::exp(u - loss) * scale / static_cast<double>(na);
+  }
+  if (grad_a || grad_b) {
+    const at::Tensor w = at::tensor(weight, acc.dtype(at::kDouble)).to(za.scalar_type()).unsqueeze(1);
+    if (grad_a) ga.addcmul_(w, zb.narrow(0, 0, na));
+    if (grad_b) gb.narrow(0, 0, na).addcmul_(w, za);
+  }
   return {at::scalar_tensor(total / static_cast<double>(na), acc), ga, gb};
 }
 

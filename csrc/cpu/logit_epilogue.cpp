@@ -129,10 +129,11 @@ PYHS_INLINE void grad_weight_range(T* s, T lse_i, T g_i, const T* lse_col, const
   }
 }
 
-// Calls f(j0, j1) for the columns of row i, around (i, i) on a diagonal tile.
+// Calls f(j0, j1) for the columns of row i, around (i, i) on a diagonal tile (which
+// need not be square: a positive pairs' tile at a ragged edge).
 template <typename F>
 PYHS_INLINE void for_row_columns(int64_t i, int64_t cols, bool diagonal, F f) {
-  if (diagonal) {
+  if (diagonal && i < cols) {
     f(0, i);
     f(i + 1, cols);
   } else {
@@ -183,7 +184,7 @@ PYHS_INLINE void grad_weights_impl(T* tile, int64_t rows, int64_t cols, int64_t 
     for_row_columns(i, cols, diagonal, [&](int64_t j0, int64_t j1) __attribute__((always_inline)) {
       grad_weight_range<T, kCols>(s, lse_row[i], g_row[i], lse_col, g_col, j0, j1);
     });
-    if (diagonal) s[i] = 0;
+    if (diagonal && i < cols) s[i] = 0;
   }
 }
 

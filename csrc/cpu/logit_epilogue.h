@@ -2,7 +2,8 @@
 //
 // The tile holds the logits s_ij = scale <a_i, b_j> of rows i of one block against rows
 // j of another, row-major with leading dimension ld.  With `diagonal` (a block against
-// itself, self pairs excluded) entry (i, i) is skipped everywhere.
+// itself, self pairs excluded, or the tile of the positive pairs (a_i, b_i) when they are
+// skipped) entry (i, i) is skipped everywhere (for i < cols: the tile may be ragged).
 //   logit_max:          row maxima into row_max[0, rows) and, when col_max is given,
 //                       column maxima into col_max[0, cols).
 //   logit_exp_sums:     row_sum[i] = sum_j exp(s_ij - row_max[i]) and, when col_sum is
@@ -23,6 +24,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 namespace pyhypersphere {
 namespace cpu {
@@ -52,6 +54,13 @@ void logit_exp_store(double* s, int64_t rows, int64_t cols, int64_t ld, const do
 
 void logit_scale_rows(float* s, int64_t rows, int64_t cols, int64_t ld, const float* factor);
 void logit_scale_rows(double* s, int64_t rows, int64_t cols, int64_t ld, const double* factor);
+
+// log(e^u + e^v) without overflow, exact at -inf (log(0 + e^v) = v).
+inline double log_add_exp(double u, double v) {
+  const double m = u > v ? u : v;
+  if (m == -std::numeric_limits<double>::infinity()) return m;
+  return m + std::log1p(std::exp(-std::fabs(u - v)));
+}
 
 // Merges a tile's (max, sum) of each row (from logit_max / logit_exp_sums) into the row's
 // running (max, sum), kept in double.

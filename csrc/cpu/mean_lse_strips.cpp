@@ -26,6 +26,15 @@ constexpr int64_t kMinStrips = 8;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Sets the strip's positive entries (row i against column i0 + i) that fall in the
+// column block [j0, j0 + cols) to `value`.
+template <typename T>
+void set_positives(T* s, int64_t rows, int64_t ld, int64_t i0, int64_t j0, int64_t cols, T value) {
+  for (int64_t i = std::max<int64_t>(0, j0 - i0); i < rows && i0 + i < j0 + cols; ++i) {
+    s[i * ld + (i0 + i - j0)] = value;
+  }
+}
+
 }  // namespace
 
 int64_t mean_lse_strip_rows(int64_t na, int64_t nb, int64_t elem_bytes, int64_t budget_bytes) {
@@ -45,7 +54,8 @@ int64_t mean_lse_strip_budget_bytes() {
 
 template <typename T>
 void mean_lse_strips(const T* a, int64_t na, const T* b, int64_t nb, int64_t d, T scale,
-                     int64_t strip_rows, std::vector<double>& lse, T* grad_a, T* grad_b) {
+                     int64_t strip_rows, const double* positive, std::vector<double>& lse,
+                     T* grad_a, T* grad_b) {
   const int64_t strips = ceil_div(na, strip_rows);
   const int64_t cols = cpu_block_rows(nb);
   const int64_t col_blocks = ceil_div(nb, cols);
@@ -69,19 +79,33 @@ void mean_lse_strips(const T* a, int64_t na, const T* b, int64_t nb, int64_t d, 
       T* s = strip + j0;
       T* m = block_max + c * strip_rows;
       gemm_row_major<T>(false, true, rows, n, d, scale, a_rows, d, b + j0 * d, d, T(0), s, nb);
+      set_positives(s, rows, nb, i0, j0, n, -std::numeric_limits<T>::infinity());
       logit_max(s, rows, n, nb, m, nullptr, false);
+      // A row whose only column here is its positive has no terms: a finite shift for the
+      // exps, and a zero sum.  (The float exp clamps its argument: e^-inf is 1.6e-38.)
+      int64_t empty_row = -1;
+      for (int64_t i = 0; i < rows; ++i) {
+        if (m[i] == -std::numeric_limits<T>::infinity()) m[i] = T(0), empty_row = i;
+      }
       logit_exp_store(s, rows, n, nb, m, row_sum);
+      set_positives(s, rows, nb, i0, j0, n, T(0));
+      if (empty_row >= 0) row_sum[empty_row] = 0;
       merge_rows(m, row_sum, rows, max.data() + i0, sum.data() + i0);
     }
-    for (int64_t i = 0; i < rows; ++i) lse[i0 + i] = max[i0 + i] + std::log(sum[i0 + i]);
+    for (int64_t i = 0; i < rows; ++i) {
+      lse[i0 + i] = sum[i0 + i] > 0 ? max[i0 + i] + std::log(sum[i0 + i])
+                                    : -std::numeric_limits<double>::infinity();
+    }
     if (grad_a == nullptr && grad_b == nullptr) return true;
     for (int64_t c = 0; c < col_blocks; ++c) {
       const int64_t j0 = c * cols, n = std::min(cols, nb - j0);
       T* p = strip + j0;
-      // P = exp(s - m_c) exp(m_c - lse) / N_a: the stored exps times a factor per row.
+      // P = exp(s - m_c) exp(m_c - lse) / N_a: the stored exps times a factor per row,
+      // lse with the positive's term.
       T* factor = block_max + c * strip_rows;
       for (int64_t i = 0; i < rows; ++i) {
-        factor[i] = static_cast<T>(std::exp(static_cast<double>(factor[i]) - lse[i0 + i]) /
+        const double full = log_add_exp(lse[i0 + i], positive[i0 + i]);
+        factor[i] = static_cast<T>(std::exp(static_cast<double>(factor[i]) - full) /
                                    static_cast<double>(na));
       }
       logit_scale_rows(p, rows, n, nb, factor);
@@ -101,9 +125,10 @@ void mean_lse_strips(const T* a, int64_t na, const T* b, int64_t nb, int64_t d, 
 }
 
 template void mean_lse_strips<float>(const float*, int64_t, const float*, int64_t, int64_t, float,
-                                     int64_t, std::vector<double>&, float*, float*);
+                                     int64_t, const double*, std::vector<double>&, float*, float*);
 template void mean_lse_strips<double>(const double*, int64_t, const double*, int64_t, int64_t,
-                                      double, int64_t, std::vector<double>&, double*, double*);
+                                      double, int64_t, const double*, std::vector<double>&, double*,
+                                      double*);
 
 }  // namespace cpu
 }  // namespace pyhypersphere

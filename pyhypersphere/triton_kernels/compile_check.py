@@ -5,10 +5,17 @@
 For each kernel, each configuration the launchers can pick (operand dtype and dot
 precision, block sizes, gradient or not, part mask or not) and each arch, compiles to
 PTX and cubin with triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32)),
-then reads registers and spills from ptxas -v.  Prints one line each and exits non-zero
-on a compile error, any spill, shared memory above the arch's limit, or a kernel that
-multiplies tiles (tl.dot) without a tensor-core instruction (mma / wgmma) in its PTX.
-Catches what the interpreter lets pass (e.g. tl.dot operand dtypes).
+then reads registers and spills from ptxas -v and the main loop's instruction mix from
+the cubin's SASS (sass_mix).  A reference flash-attention forward (reference_attention)
+is compiled in the same run.  Prints one line per configuration:
+
+    arch= kernel= dtype= tensor_core= regs= spills= gemms_per_tile= exps_per_pair= nonmma_per_pair= gate=
+
+and exits non-zero on a compile error, any spill, shared memory above the arch's limit,
+a kernel that multiplies tiles (tl.dot) without a tensor-core instruction in its PTX,
+or a line of an enforced family that fails the main-loop gate (loop_gate: its minimum
+work, wgmma on sm_90, the non-mma instruction budget).  Lines of report-only families
+print gate=report.  Catches what the interpreter lets pass (e.g. tl.dot operand dtypes).
 """
 
 import argparse
@@ -18,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from typing import NamedTuple
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
@@ -26,7 +34,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from . import align, contrastive, uniform  # noqa: E402
+from . import align, contrastive, loop_gate, reference_attention, sass_mix, uniform  # noqa: E402
 
 # Largest shared memory one block may use (opt-in), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -35,6 +43,27 @@ _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
 # Integer arguments as the JIT passes them: int32 below 2^31 (every size and stride in
 # practice; the launchers' 64-bit offsets are computed inside the kernels).
 _INT = "i32"
+
+
+class Job(NamedTuple):
+    name: str
+    kernel: str  # key of _KERNELS
+    sig: dict
+    consts: dict
+    num_warps: int
+    num_stages: int
+    uses_dot: bool
+    family: str  # key of loop_gate.MIN_WORK
+    dtype: str  # bf16, fp16, tf32, tf32x3, fp32 or fp64: the main loop's product format
+    tile: tuple  # (BLOCK_M, BLOCK_N, BLOCK_D) of the main loop's products
+    archs: tuple = ()  # the compute capabilities it is compiled for; () = every one asked
+
+
+def dtype_label(dtype: torch.dtype, precision: str = "ieee") -> str:
+    if dtype == torch.float32:
+        return "fp32" if precision == "ieee" else precision
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}[dtype]
+
 
 # (operand dtype, Gram precision, gradient precision): every operand format
 # uniform._plan_operands can choose.
@@ -69,7 +98,9 @@ def _uniform_jobs():
                     name = (f"uniform {str(dtype).split('.')[-1]}/{gram_p} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
                             f"D{block_d}{'' if one_chunk else ' chunked'}{' grad' if with_grad else ''}"
                             f"{' parts' if has_parts else ''}")
-                    yield name, "uniform", sig, consts, cfg["num_warps"], cfg["num_stages"], True
+                    yield Job(name, "uniform", sig, consts, cfg["num_warps"], cfg["num_stages"], True,
+                              "uniform_grad" if with_grad else "uniform_loss", dtype_label(dtype, gram_p),
+                              (cfg["BLOCK_M"], cfg["BLOCK_N"], block_d))
 
 
 def _align_jobs():
@@ -82,7 +113,8 @@ def _align_jobs():
                        "n": _INT, "d": _INT, "stride_x": _INT, "stride_y": _INT, "scalars_ptr": acc}
                 consts = {"WITH_GRAD": with_grad, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_D": cfg["BLOCK_D"]}
                 name = f"align {str(dtype).split('.')[-1]} M{cfg['BLOCK_M']} D{cfg['BLOCK_D']}{' grad' if with_grad else ''}"
-                yield name, "align", sig, consts, cfg["num_warps"], cfg["num_stages"], False
+                yield Job(name, "align", sig, consts, cfg["num_warps"], cfg["num_stages"], False, "align",
+                          dtype_label(dtype), (cfg["BLOCK_M"], 1, cfg["BLOCK_D"]))
 
 
 # CI's subset of the contrastive configurations (--quick): the widths and masks the
@@ -102,7 +134,7 @@ def _contrastive_jobs(quick: bool = False):
         acc = "*fp64" if dtype == torch.float64 else "*fp32"
         common = {name: _INT for name in ("row_start", "n_rows", "n_cols", "cols_per_split", "d", "stride_r",
                                           "stride_c", "part_lo", "part_hi", "row_tile_stride", "col_tile_stride",
-                                          "tri_blocks")}
+                                          "tri_blocks", "n_a")}
         common["scale_ptr"] = acc
         lse_sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "m_ptr": acc, "l_ptr": acc, **common}
         grad_sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "lse_r_ptr": acc, "g_r_ptr": acc,
@@ -112,28 +144,43 @@ def _contrastive_jobs(quick: bool = False):
                 for grad in (False, True):
                     cfg = contrastive.contrastive_config(dtype, d, precision, has_parts, grad)
                     one_chunk = d <= cfg["BLOCK_D"]
-                    consts = {"SELF_PAIRS": self_pairs, "HAS_PARTS": has_parts,
+                    consts = {"SELF_PAIRS": self_pairs, "SKIP_POSITIVES": True, "HAS_PARTS": has_parts,
                               "PART_ROWS": contrastive.PART_BLOCK, "BLOCK_M": cfg["BLOCK_M"],
                               "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"], "ONE_CHUNK": one_chunk,
+                              "EVEN_D": d == cfg["BLOCK_D"],
                               "PRECISION": precision, "WIDEN_OPERANDS": False}
                     label = (f"{str(dtype).split('.')[-1]}/{precision} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
                              f"D{cfg['BLOCK_D']}{'' if one_chunk else ' chunked'}"
                              f"{' self' if self_pairs else ' cross'}{' parts' if has_parts else ''}")
                     run = (cfg["num_warps"], cfg["num_stages"], True)
+                    gate = (dtype_label(dtype, precision), (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]))
                     if not grad:
-                        yield (f"contrastive lse {label}", "contrastive_lse", lse_sig, consts, *run)
+                        yield Job(f"contrastive lse {label}", "contrastive_lse", lse_sig, consts, *run,
+                                  "contrastive_lse", *gate)
                         continue
                     for row_terms in ((True,) if self_pairs or quick else (True, False)):
-                        yield (f"contrastive grad {label}{'' if row_terms else ' col-terms'}", "contrastive_grad",
-                               grad_sig, dict(consts, ROW_TERMS=row_terms, COL_TERMS=True), *run)
+                        yield Job(f"contrastive grad {label}{'' if row_terms else ' col-terms'}", "contrastive_grad",
+                                  grad_sig, dict(consts, ROW_TERMS=row_terms, COL_TERMS=True), *run,
+                                  "contrastive_grad", *gate)
 
 
-def _jobs(quick: bool = False):
+def _reference_jobs(archs):
+    sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "o_ptr": "*bf16", "lse_ptr": "*fp32",
+           "sm_scale": "fp32", "n_ctx": _INT, "stride_row": _INT}
+    for arch in archs:
+        cfg = reference_attention.config(arch)
+        consts = {k: cfg[k] for k in ("HEAD_DIM", "BLOCK_M", "BLOCK_N")}
+        yield Job(f"reference M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['HEAD_DIM']} sm_{arch}", "reference", sig,
+                  consts, cfg["num_warps"], cfg["num_stages"], True, "reference", "bf16",
+                  (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["HEAD_DIM"]), (arch,))
+
+
+def _jobs(quick: bool = False, archs=(80, 90)):
     # De-duplicated: small d values can map to the same configuration.
     seen = set()
-    for job in list(_uniform_jobs()) + list(_align_jobs()) + list(_contrastive_jobs(quick)):
-        if job[0] not in seen:
-            seen.add(job[0])
+    for job in [*_reference_jobs(archs), *_uniform_jobs(), *_align_jobs(), *_contrastive_jobs(quick)]:
+        if job.name not in seen:
+            seen.add(job.name)
             yield job
 
 
@@ -142,6 +189,7 @@ _KERNELS = {
     "align": lambda: align._align_rows_kernel,
     "contrastive_lse": lambda: contrastive._row_lse_kernel,
     "contrastive_grad": lambda: contrastive._row_grad_kernel,
+    "reference": lambda: reference_attention.attention_forward_kernel,
 }
 
 
@@ -161,38 +209,50 @@ def _ptxas_stats(ptx: str, arch: int) -> tuple:
     return regs, spills
 
 
-def compile_one(job, arch: int) -> dict:
-    name, kernel, sig, consts, num_warps, num_stages, uses_dot = job
-    row = {"name": name, "arch": arch}
+def compile_one(job: Job, arch: int) -> dict:
+    row = {"name": job.name, "arch": arch, "family": job.family, "dtype": job.dtype,
+           "enforced": loop_gate.MIN_WORK[job.family].enforced}
     try:
-        full_sig = dict(sig, **{k: "constexpr" for k in consts})
-        src = ASTSource(fn=_KERNELS[kernel](), signature=full_sig, constexprs=consts)
+        full_sig = dict(job.sig, **{k: "constexpr" for k in job.consts})
+        src = ASTSource(fn=_KERNELS[job.kernel](), signature=full_sig, constexprs=job.consts)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": num_warps, "num_stages": num_stages})
+                                  options={"num_warps": job.num_warps, "num_stages": job.num_stages})
         ptx = compiled.asm["ptx"]
         regs, spills = _ptxas_stats(ptx, arch)
         kinds = sorted(set(re.findall(r"\b(wgmma\.mma_async|mma\.sync)\b", ptx)))
-        row.update(regs=regs, spills=spills, smem=int(compiled.metadata.shared), tensor_core=",".join(kinds) or "-")
+        mix = sass_mix.loop_mix(sass_mix.disassemble(compiled.asm["cubin"]), job.num_warps, *job.tile)
+        row.update(regs=regs, spills=spills, smem=int(compiled.metadata.shared), mix=mix)
         problems = []
         if spills:
             problems.append(f"{spills} bytes spilled")
         if row["smem"] > SMEM_LIMIT.get(arch, 99 * 1024):
             problems.append(f"shared memory {row['smem']} B above the sm_{arch} limit")
-        if uses_dot and not kinds:
+        if job.uses_dot and not kinds:
             problems.append("no tensor-core instruction (mma/wgmma) in the PTX")
+        if job.uses_dot:
+            problems += loop_gate.problems(job.family, job.dtype, arch, mix)
         row["problem"] = "; ".join(problems)
     except Exception as exc:  # noqa: BLE001  (reported, and fails the check)
         row["problem"] = f"compile error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return row
 
 
+def _kernel_field(name: str) -> str:
+    """The configuration's name as one field: "uniform bfloat16/ieee M64 grad" ->
+    "uniform:bfloat16/ieee:M64:grad"."""
+    return ":".join(name.split())
+
+
 def _format(row: dict) -> str:
+    head = f"arch={row['arch']} kernel={_kernel_field(row['name'])} dtype={row['dtype']}"
+    gate = f"gate={'enforced' if row['enforced'] else 'report'}"
     if "regs" not in row:
-        return f"FAIL {row['name']:<60} sm_{row['arch']}  {row['problem']}"
-    status = "FAIL" if row["problem"] else "ok  "
-    return (f"{status} {row['name']:<60} sm_{row['arch']}  regs {row['regs']:>3}  smem {row['smem']:>6} B  "
-            f"spill {row['spills']:>3} B  tensor-core {row['tensor_core']}"
-            + (f"  <- {row['problem']}" if row["problem"] else ""))
+        return f"{head} {gate} FAIL: {row['problem']}"
+    mix = row["mix"]
+    line = (f"{head} tensor_core={mix.tensor_core} regs={row['regs']} spills={row['spills']} "
+            f"gemms_per_tile={mix.gemms_per_tile:.2f} exps_per_pair={mix.exps_per_pair:.2f} "
+            f"nonmma_per_pair={mix.nonmma_per_pair:.1f} smem={row['smem']} {gate}")
+    return line + (f" FAIL: {row['problem']}" if row["problem"] else "")
 
 
 def main(argv=None) -> int:
@@ -205,7 +265,8 @@ def main(argv=None) -> int:
     parser.add_argument("--filter", default="", help="only configurations whose name matches this regular expression")
     args = parser.parse_args(argv)
     archs = [int(a) for a in args.arch.split(",") if a.strip()]
-    work = [(job, arch) for job in _jobs(args.quick) if re.search(args.filter, job[0]) for arch in archs]
+    work = [(job, arch) for job in _jobs(args.quick, archs) if re.search(args.filter, job.name)
+            for arch in archs if not job.archs or arch in job.archs]
     rows = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for row in pool.map(compile_one, *zip(*work)):  # in order, as they finish

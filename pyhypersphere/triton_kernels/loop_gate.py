@@ -1,0 +1,72 @@
+"""The main-loop gate of compile_check (issue 23): each kernel family's minimum work and
+whether its lines fail the check or are only reported.
+
+The minimum is the algorithm's, per step of the main loop over one BLOCK_M x BLOCK_N
+tile: tensor-core GEMMs (BLOCK_M x BLOCK_N x d products) and exps per pair.  A kernel
+line fails when its loop issues more (exps with 10% slack for the per-row work of a
+step), when a 16-bit or TF32 kernel has no wgmma on sm_90, or when its 16-bit or TF32
+loop issues more other instructions per pair than NONMMA_PER_PAIR_LIMIT for its arch.
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class MinWork:
+    gemms_per_tile: float | None  # None: no pair loop (nothing to count)
+    exps_per_pair: float | None
+    enforced: bool  # False: printed with gate=report, never fails on the mix
+    note: str
+
+
+# One source of truth, keyed by kernel family (compile_check's Job.family).
+MIN_WORK = {
+    # Uniformity, loss and gradient: S = 2t<x_i, x_j> - t||x_j||^2, P = exp2(S - shift),
+    # O += P x_j (the queue's own gradient is the same kernel on queue rows).
+    "uniform_grad": MinWork(2, 1, False, "S and P x; one exp"),
+    "uniform_loss": MinWork(1, 1, False, "S only; one exp"),
+    "align": MinWork(None, None, True, "row-wise, no pair loop"),
+    # The two passes of the contrastive losses (lse, then the gradient with two-sided
+    # weights and a static shift: S, one exp, W C and W^T R).  Reported only until the
+    # contrastive rewrite passes; its owner sets the per-kernel minimum.
+    "contrastive_lse": MinWork(1, 1, False, "S; one exp per lse"),
+    "contrastive_grad": MinWork(3, 1, False, "S, W C, W^T R; one exp"),
+    # Triton's fused-attention tutorial, as the yardstick: S and P V, one exp.
+    "reference": MinWork(2, 1, True, "flash-attention forward"),
+}
+
+EXP_SLACK = 1.10
+# Non-mma instructions per pair, per arch (the issue's budget is for sm_90's wgmma loop;
+# the reference forward issues about 8 there).  Before sm_90, mma.sync takes its operands
+# from registers, so each step adds the ldmatrix and register moves: the reference
+# issues 35.8 per pair on sm_80 (128 x 64 tile), and the budget is that plus 10%.
+NONMMA_PER_PAIR_LIMIT = {90: 16, 80: 40}
+# A 3xTF32 product issues three tensor-core products (hi*hi, hi*lo, lo*hi); only S is
+# computed that way (P x takes TF32 with rounded weights), hence two more per tile.
+TF32X3_EXTRA_GEMMS = 2
+# Formats on tensor cores of 16 or 19 bits (the dtype labels compile_check prints).
+REDUCED_FORMATS = ("bf16", "fp16", "tf32", "tf32x3")
+
+
+def problems(family: str, dtype: str, arch: int, mix) -> list:
+    """Why a line fails the main-loop gate ([] if it passes or its family is report-only).
+    `mix` is a sass_mix.LoopMix."""
+    work = MIN_WORK[family]
+    if not work.enforced:
+        return []
+    out = []
+    reduced = dtype in REDUCED_FORMATS
+    if reduced and arch >= 90 and mix.has_loop and mix.tensor_core != "wgmma":
+        out.append(f"no wgmma on sm_{arch}")
+    if work.gemms_per_tile is not None and not mix.has_loop:
+        out.append("no loop with a tensor-core instruction")
+    if work.gemms_per_tile is not None and mix.has_loop:
+        allowed = work.gemms_per_tile + (TF32X3_EXTRA_GEMMS if dtype == "tf32x3" else 0)
+        if mix.gemms_per_tile > allowed + 1e-9:
+            out.append(f"{mix.gemms_per_tile:.2f} GEMMs per tile > {allowed}")
+        if mix.exps_per_pair > work.exps_per_pair * EXP_SLACK + 1e-9:
+            out.append(f"{mix.exps_per_pair:.2f} exps per pair > {work.exps_per_pair} (+10%)")
+        limit = NONMMA_PER_PAIR_LIMIT[90 if arch >= 90 else 80]
+        if reduced and mix.nonmma_per_pair > limit:
+            out.append(f"{mix.nonmma_per_pair:.1f} non-mma instructions per pair > {limit}")
+    return out

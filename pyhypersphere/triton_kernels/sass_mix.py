@@ -1,0 +1,147 @@
+"""The instruction mix of a compiled kernel's main loop, read from its cubin's SASS.
+
+Used by compile_check's gate (issue 23): how many tensor-core GEMMs one tile's step
+issues, how many exps and how many other instructions per pair of the tile.  Static
+counts of the loop body, not a profile: every instruction between the loop's head and
+its backward branch counts once (both arms of a branch inside the body included).
+
+Definitions:
+- the main loop: among the loops (a branch back to an earlier label) that contain a
+  tensor-core instruction, the one with the most tensor-core instructions; on a tie,
+  the one with the fewest instructions (a masked diagonal stage loses to the plain one);
+- tensor-core instructions: HGMMA (wgmma, one per warpgroup of 4 warps), HMMA and DMMA
+  (mma.sync, one per warp); their shapes give the multiply-adds they issue;
+- gemms_per_tile: the loop body's multiply-adds over those of one BLOCK_M x BLOCK_N x
+  BLOCK_D product (a 3xTF32 product counts as 3: it issues three);
+- exps_per_pair: MUFU.EX2 executed by all threads of a CTA over the tile's pairs;
+- nonmma_per_pair: every other instruction of the body, executed by all threads, over
+  the tile's pairs (the issue slots that compete with the exps and the mma issue).
+"""
+
+import dataclasses
+import os
+import re
+import subprocess
+import tempfile
+
+# SASS as nvdisasm prints it: "/*0a30*/  @!P5 BRA `(.L_x_3) ;" and labels ".L_x_3:".
+_INSTR = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)(.*?);")
+_LABEL = re.compile(r"^\s*(\.L\w+):")
+_BRANCH_TARGET = re.compile(r"`\((\.L\w+)\)")
+# mma.sync shapes SASS spells without separators (HMMA.16816 = m16n8k16) -> (m, n, k);
+# others are spelled "MxNxK" (HGMMA.64x64x16, DMMA.8x8x4 on sm_90).
+_PACKED_SHAPES = {"16816": (16, 8, 16), "1688": (16, 8, 8), "16832": (16, 8, 32), "884": (8, 8, 4),
+                  "8816": (8, 8, 16), "1684": (16, 8, 4)}
+_SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
+WARPGROUP = 4  # warps that issue one HGMMA together
+_MMA = ("HGMMA", "HMMA", "DMMA", "IMMA")
+
+
+@dataclasses.dataclass(frozen=True)
+class Instr:
+    index: int
+    opcode: str  # with modifiers, e.g. "HGMMA.64x64x16.F32.BF16"
+    label: str | None  # the label this instruction starts, if any
+    target: str | None  # a branch's target label
+
+    @property
+    def base(self) -> str:
+        return self.opcode.split(".")[0]
+
+
+def parse(sass: str) -> list:
+    """The instructions of SASS text (one function), in order, with labels and targets."""
+    instrs, pending = [], None
+    for line in sass.splitlines():
+        lab = _LABEL.match(line)
+        if lab:
+            pending = lab.group(1)
+            continue
+        m = _INSTR.match(line)
+        if not m:
+            continue
+        opcode, rest = m.group(2), m.group(3)
+        tgt = _BRANCH_TARGET.search(rest) if opcode.split(".")[0] in ("BRA", "BRX", "JMP") else None
+        instrs.append(Instr(len(instrs), opcode, pending, tgt.group(1) if tgt else None))
+        pending = None
+    return instrs
+
+
+def mma_macs(instr: Instr, num_warps: int) -> int:
+    """Multiply-adds one tensor-core instruction issues for a whole CTA (0 if it is not one)."""
+    parts = instr.opcode.split(".")
+    if parts[0] not in _MMA or len(parts) < 2:
+        return 0
+    spelled = _SHAPE.match(parts[1])
+    shape = tuple(int(v) for v in spelled.groups()) if spelled else _PACKED_SHAPES.get(parts[1])
+    if shape is None:
+        raise ValueError(f"sass_mix: unknown mma shape in {instr.opcode!r}")
+    m, n, k = shape
+    # An HGMMA is one instruction of a warpgroup; the others, one of a warp.
+    return m * n * k * (num_warps // WARPGROUP if parts[0] == "HGMMA" else num_warps)
+
+
+def tensor_core_kind(instrs) -> str:
+    bases = {i.base for i in instrs}
+    if "HGMMA" in bases:
+        return "wgmma"
+    return "mma" if bases & set(_MMA) else "none"
+
+
+def loops(instrs) -> list:
+    """(first, last) instruction indices of every loop: a branch back to a label at or
+    before it.  The body is the contiguous range, as the compilers lay loops out."""
+    at = {i.label: i.index for i in instrs if i.label}
+    return [(at[i.target], i.index) for i in instrs if i.target in at and at[i.target] <= i.index]
+
+
+def main_loop(instrs):
+    """The main loop's instructions (see the module docstring), or None without one."""
+    best, best_key = None, None
+    for lo, hi in loops(instrs):
+        body = instrs[lo:hi + 1]
+        n_mma = sum(1 for i in body if i.base in _MMA)
+        if not n_mma:
+            continue
+        key = (-n_mma, len(body))
+        if best_key is None or key < best_key:
+            best, best_key = body, key
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopMix:
+    tensor_core: str  # "wgmma", "mma" or "none" (of the whole kernel)
+    gemms_per_tile: float
+    exps_per_pair: float
+    nonmma_per_pair: float
+    has_loop: bool
+
+
+def loop_mix(sass: str, num_warps: int, block_m: int, block_n: int, block_d: int) -> LoopMix:
+    """The main loop's mix for a kernel of `num_warps` warps over BLOCK_M x BLOCK_N tiles
+    with products over BLOCK_D features."""
+    instrs = parse(sass)
+    kind = tensor_core_kind(instrs)
+    body = main_loop(instrs)
+    if body is None:
+        return LoopMix(kind, 0.0, 0.0, 0.0, False)
+    pairs = block_m * block_n
+    threads = 32 * num_warps
+    macs = sum(mma_macs(i, num_warps) for i in body)
+    n_mma = sum(1 for i in body if i.base in _MMA)
+    exps = sum(1 for i in body if i.opcode == "MUFU.EX2")
+    return LoopMix(kind, macs / (block_m * block_n * block_d),
+                   exps * threads / pairs, (len(body) - n_mma) * threads / pairs, True)
+
+
+def disassemble(cubin: bytes) -> str:
+    """SASS text of a cubin, with the nvdisasm Triton ships (no CUDA toolkit needed)."""
+    from triton import knobs
+
+    tool = knobs.nvidia.nvdisasm.path
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        return subprocess.run([tool, "-c", path], capture_output=True, text=True, check=True).stdout

@@ -1,0 +1,153 @@
+"""The main-loop gate's SASS reading (pyhypersphere/triton_kernels/sass_mix.py) and its
+rules (loop_gate.py) on small hand-written SASS: loops found from backward branches, the
+main loop chosen, tensor-core shapes turned into GEMMs per tile, exps and other
+instructions per pair.  Expected counts are worked out by hand from the snippets."""
+
+import pytest
+
+pytest.importorskip("triton")
+
+from pyhypersphere.triton_kernels import loop_gate, sass_mix  # noqa: E402
+
+
+def sass(*lines):
+    """nvdisasm -c style text from "label:" and instruction lines (addresses added)."""
+    out, addr = [], 0
+    for line in lines:
+        if line.endswith(":"):
+            out.append(line)
+        else:
+            out.append(f"        /*{addr:04x}*/                   {line} ;")
+            addr += 16
+    return "\n".join(out)
+
+
+# A wgmma loop: S from 2 HGMMA 64x64x16 (d = 32), a forward branch inside the body, P V
+# from 2 HGMMA 64x32x16.
+WGMMA_LOOP = sass(
+    "S2R R0, SR_TID.X",
+    ".L_x_1:",
+    "WARPGROUP.ARRIVE",
+    "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ, !UPT",
+    "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24, gsb0",
+    "FFMA R2, R24, R3, -R4",
+    "MUFU.EX2 R5, R2",
+    "MUFU.EX2 R6, R2",
+    "@P0 BRA `(.L_x_2)",
+    "FADD R7, R5, R6",
+    ".L_x_2:",
+    "HGMMA.64x32x16.F32.BF16 R40, R8, gdesc[UR12].tnspB, R40",
+    "HGMMA.64x32x16.F32.BF16 R40, R12, gdesc[UR12].tnspB, R40, gsb0",
+    "@!P5 BRA `(.L_x_1)",
+    "EXIT",
+)
+
+
+def test_parse_labels_and_branches():
+    instrs = sass_mix.parse(WGMMA_LOOP)
+    assert [i.opcode for i in instrs][:4] == ["S2R", "WARPGROUP.ARRIVE", "HGMMA.64x64x16.F32.BF16",
+                                              "HGMMA.64x64x16.F32.BF16"]
+    assert instrs[1].label == ".L_x_1" and instrs[0].label is None
+    assert instrs[7].opcode == "BRA" and instrs[7].target == ".L_x_2"  # predicated branch
+    # The forward branch is no loop; the backward one spans .L_x_1 .. the branch.
+    assert sass_mix.loops(instrs) == [(1, 11)]
+
+
+def test_wgmma_loop_mix():
+    # 8 warps = 2 warpgroups, tile 64 x 64, d = 32.  Body: 11 instructions, 4 HGMMA.
+    mix = sass_mix.loop_mix(WGMMA_LOOP, num_warps=8, block_m=64, block_n=64, block_d=32)
+    assert mix.tensor_core == "wgmma" and mix.has_loop
+    # MACs: 2 * 64*64*16 + 2 * 64*32*16 = 196608 per warpgroup, x2 warpgroups, over 64*64*32.
+    assert mix.gemms_per_tile == pytest.approx(3.0)
+    # 2 EX2 per thread x 256 threads over 4096 pairs.
+    assert mix.exps_per_pair == pytest.approx(0.125)
+    # 11 - 4 = 7 other instructions x 256 / 4096.
+    assert mix.nonmma_per_pair == pytest.approx(7 / 16)
+
+
+def test_mma_sync_shapes_and_main_loop_choice():
+    # Two loops with mma: a masked stage (more instructions) and the plain one; the plain
+    # loop (fewest instructions at the same mma count) is the main loop.  A loop without
+    # mma (an epilogue) is never chosen.
+    text = sass(
+        ".L_x_0:",
+        "HMMA.16816.F32.BF16 R4, R8, R12, R4",
+        "HMMA.16816.F32.BF16 R4, R8, R14, R4",
+        "MUFU.EX2 R2, R3",
+        "ISETP.GE.AND P1, PT, R1, R2, PT",
+        "FSEL R3, R3, -INF, P1",
+        "@P2 BRA `(.L_x_0)",
+        ".L_x_5:",
+        "HMMA.16816.F32.BF16 R4, R8, R12, R4",
+        "HMMA.16816.F32.BF16 R4, R8, R14, R4",
+        "MUFU.EX2 R2, R3",
+        "@P2 BRA `(.L_x_5)",
+        ".L_x_9:",
+        "FADD R1, R1, R2",
+        "FADD R1, R1, R2",
+        "FADD R1, R1, R2",
+        "@P3 BRA `(.L_x_9)",
+    )
+    body = sass_mix.main_loop(sass_mix.parse(text))
+    assert [i.opcode for i in body] == ["HMMA.16816.F32.BF16"] * 2 + ["MUFU.EX2", "BRA"]
+    # 4 warps, tile 32 x 32, d = 16: 2 x 16*8*16 MACs x 4 warps = 16384 = 1 GEMM of 32*32*16.
+    mix = sass_mix.loop_mix(text, num_warps=4, block_m=32, block_n=32, block_d=16)
+    assert mix.tensor_core == "mma"
+    assert mix.gemms_per_tile == pytest.approx(1.0)
+    assert mix.exps_per_pair == pytest.approx(128 / 1024)
+    assert mix.nonmma_per_pair == pytest.approx(2 * 128 / 1024)
+
+
+def test_spelled_shapes_and_unknown_shape():
+    instr = sass_mix.parse(sass("DMMA.8x8x4 R4, R8, R12, R4"))[0]
+    assert sass_mix.mma_macs(instr, num_warps=4) == 8 * 8 * 4 * 4
+    tf32 = sass_mix.parse(sass("HMMA.1688.F32.TF32 R4, R8, R12, R4"))[0]
+    assert sass_mix.mma_macs(tf32, num_warps=2) == 16 * 8 * 8 * 2
+    assert sass_mix.mma_macs(sass_mix.parse(sass("FFMA R1, R2, R3, R4"))[0], 4) == 0
+    with pytest.raises(ValueError, match="unknown mma shape"):
+        sass_mix.mma_macs(sass_mix.parse(sass("HMMA.999.F32 R4, R8, R12, R4"))[0], 4)
+
+
+def test_no_tensor_core_loop():
+    text = sass(".L_x_0:", "FADD R1, R1, R2", "@P0 BRA `(.L_x_0)", "EXIT")
+    mix = sass_mix.loop_mix(text, num_warps=4, block_m=64, block_n=64, block_d=64)
+    assert mix == sass_mix.LoopMix("none", 0.0, 0.0, 0.0, False)
+
+
+def _mix(gemms, exps, nonmma, kind="wgmma"):
+    return sass_mix.LoopMix(kind, gemms, exps, nonmma, True)
+
+
+def test_gate_rules():
+    assert loop_gate.problems("reference", "bf16", 90, _mix(2.0, 1.05, 8.0)) == []
+    assert len(loop_gate.problems("reference", "bf16", 90, _mix(3.0, 2.2, 17.0))) == 3
+    assert loop_gate.problems("reference", "bf16", 90, _mix(2.0, 1.0, 8.0, kind="mma")) == ["no wgmma on sm_90"]
+    # Before sm_90 mma.sync is right, and the non-mma budget is the arch's own.
+    assert loop_gate.problems("reference", "bf16", 80, _mix(2.0, 1.0, 30.0, kind="mma")) == []
+    # 3xTF32 may issue the two correction products of S; fp64 has no instruction budget.
+    assert loop_gate.problems("reference", "tf32x3", 90, _mix(4.0, 1.0, 8.0)) == []
+    assert loop_gate.problems("reference", "tf32x3", 90, _mix(5.0, 1.0, 8.0)) != []
+    assert loop_gate.problems("reference", "fp64", 90, _mix(2.0, 0.0, 90.0, kind="mma")) == []
+    # Report-only families never fail on the mix.
+    assert loop_gate.problems("contrastive_grad", "bf16", 90, _mix(9.0, 9.0, 99.0)) == []
+    assert loop_gate.problems("reference", "bf16", 90, sass_mix.LoopMix("wgmma", 0, 0, 0, False)) != []
+
+
+def test_compile_check_reference_line():
+    # The CLI (compiled, so outside this process's interpreter mode) on the sm_90
+    # reference forward: one line with every field, passing the gate.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    out = subprocess.run([sys.executable, "-m", "pyhypersphere.triton_kernels.compile_check", "--arch", "90",
+                          "--filter", "^reference", "--jobs", "1"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = out.stdout.splitlines()[0]
+    fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+    for name in ("arch", "kernel", "dtype", "tensor_core", "regs", "spills", "gemms_per_tile", "exps_per_pair",
+                 "nonmma_per_pair", "gate"):
+        assert name in fields, line
+    assert fields["kernel"].startswith("reference") and fields["tensor_core"] == "wgmma", line
+    assert float(fields["gemms_per_tile"]) == 2.0 and "FAIL" not in line, line
