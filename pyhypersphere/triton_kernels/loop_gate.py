@@ -25,6 +25,10 @@ MIN_WORK = {
     # O += P x_j (the queue's own gradient is the same kernel on queue rows).
     "uniform_grad": MinWork(2, 1, False, "S and P x; one exp"),
     "uniform_loss": MinWork(1, 1, False, "S only; one exp"),
+    # d past the one-chunk width: S loops over feature chunks and each slice of a_i
+    # recomputes it; not the flash pattern, reported only.
+    "uniform_grad_chunked": MinWork(2, 1, False, "chunked S, per slice of a_i"),
+    "uniform_loss_chunked": MinWork(1, 1, False, "chunked S"),
     "align": MinWork(None, None, True, "row-wise, no pair loop"),
     # The two passes of the contrastive losses (lse, then the gradient with two-sided
     # weights and a static shift: S, one exp, W C and W^T R).  Reported only until the
