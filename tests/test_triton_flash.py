@@ -64,7 +64,7 @@ def test_large_t_takes_the_online_max(monkeypatch):
 def test_d_256(dtype):
     # bf16: one 256-wide chunk (sm_90's blocks under the interpreter); float32: the
     # chunked path (3xTF32 stops at 64), several slices of the gradient.
-    cfg = uniform.flash_config(uniform.operand_format(dtype, "tf32x3"), 256, True, 90)
+    cfg = uniform.flash_config(uniform.operand_format(dtype, "tf32x3"), 256, True, 90, True)
     assert cfg["ONE_CHUNK"] == (dtype == torch.bfloat16) and cfg["BLOCK_D"] == (256 if cfg["ONE_CHUNK"] else 32)
     x = rows(140, 256, dtype, 24)
     with cuda_fp32_matmul("ieee"):

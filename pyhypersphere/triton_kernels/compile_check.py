@@ -77,9 +77,10 @@ UNIFORM_FORMATS = [
 
 
 # CI's subset of the uniformity configurations (--quick): every format at the common
-# width, 16-bit at the widest one-chunk width, one chunked case; the full matrix is for
-# changes to the kernel or its blocks.
-QUICK_UNIFORM = {"d": (128,), "extra": ((torch.bfloat16, 256), (torch.float32, 512))}
+# width, 16-bit at the widest one-chunk width, the one-chunk 3xTF32 and float64 width,
+# one chunked case; the full matrix is for changes to the kernel or its blocks.
+QUICK_UNIFORM = {"d": (128,), "extra": ((torch.bfloat16, 256), (torch.float32, 64), (torch.float64, 64),
+                                          (torch.float32, 512))}
 
 
 def _uniform_jobs(archs, quick: bool = False):
@@ -92,12 +93,14 @@ def _uniform_jobs(archs, quick: bool = False):
         fmt = uniform.operand_format(dtype, gram_p)
         for arch in archs:
             for with_grad in (False, True):
-                cfg = uniform.flash_config(fmt, d, with_grad, arch)
                 for static in (True, False):
-                    sig = {"z_ptr": _PTR[dtype], "colterm_ptr": acc, "scale_ptr": acc, "ranges_ptr": "*i32",
+                    cfg = uniform.flash_config(fmt, d, with_grad, arch, static)
+                    desc = f"tensordesc<{_PTR[dtype][1:]}[{{}},{cfg['BLOCK_D']}]>"
+                    sig = {"zi_desc": desc.format(cfg["BLOCK_M"]), "zj_desc": desc.format(cfg["BLOCK_N"]),
+                           "colterm_ptr": acc, "scale_ptr": acc, "ranges_ptr": "*i32",
                            "m_ptr": acc, "l_ptr": acc, "lw_ptr": acc, "acc_ptr": acc,
                            **{name: _INT for name in ("row_start", "n_rows", "span_lo", "span_hi", "cols_per_split",
-                                                      "x_end", "stride_z", "ranges_stride")}}
+                                                      "x_end", "d_pad", "ranges_stride")}}
                     consts = {"WITH_GRAD": with_grad, "STATIC_SHIFT": static,
                               **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_CHUNK")},
                               "GRAM_PRECISION": gram_p, "GRAD_PRECISION": grad_p, "WIDEN_OPERANDS": False}

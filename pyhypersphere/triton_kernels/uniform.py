@@ -10,7 +10,8 @@ prepared rows (x then the queue, each padded to PART_BLOCK rows and to the block
   per-element mask in the main loop) and c_i the row's own, a static shift;
 - with the static shift (the launcher certifies it: every exponent lies in [-bound, 0])
   the weights are p = exp2(e) with no running max; otherwise the online max of the
-  tutorial (m_i in base 2);
+  tutorial over S * 2t log2(e) + c_j (m_i in base 2, c_i added after the loop, no clamp:
+  the max absorbs a rounding above 0);
 - per row: l_i = sum_j p_ij, the lse-weighted sum lw_i (an x-x pair is seen from both of
   its rows, so it counts 1/2 there) and, with a gradient, a_i = sum_j p_ij z_j (P z_j,
   the second GEMM; P in the operands' format for 16-bit operands, as flash attention);
@@ -18,7 +19,8 @@ prepared rows (x then the queue, each padded to PART_BLOCK rows and to the block
   the launcher's _ranges, which also cut them to this call's part): whole tiles, no
   masks.  The diagonal block [r0, r0 + BLOCK_M) of x columns is its own stage after the
   loop (the only per-element mask: i != j), as the tutorial splits its causal loop;
-- int32 offsets inside the loop, int64 only for each tile's base pointer.
+- the tiles of z are read through tensor descriptors (TMA on sm_90, plain loads before
+  it): no address arithmetic in the loop, the row padding makes every tile whole.
 
 Work per step of the main loop: 2 GEMMs with a gradient (1 without) and 1 exp per pair,
 the algorithm's minimum (loop_gate.MIN_WORK, checked on the SASS by compile_check).
@@ -40,6 +42,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import _C
 from .._matmul_precision import cuda_matmul_allows_tf32
@@ -58,14 +61,19 @@ PART_BLOCK = 128
 # stays above this (natural log): the row sums cannot underflow, whatever the row.
 STATIC_SHIFT_BOUND = {torch.float32: 80.0, torch.float64: 700.0}
 # Widest d computed in one chunk, per operand format (wider: the chunked path): the row
-# block's accumulator [BLOCK_M, d] in registers, without spills (compile_check).  Before
-# sm_90, mma.sync also holds S and P there: 16-bit stops at 128.
+# block's accumulator [BLOCK_M, d] in registers without spills, within the gate's
+# instruction budget (compile_check).  Before sm_90, mma.sync also holds S and P in
+# registers: 16-bit stops at 128.  TF32 with the online max stops at 64: its rescale of
+# the accumulator (d / BLOCK_N multiplies per pair) puts every 128-wide configuration
+# tried above 16 instructions per pair (best 18.2).
 ONE_CHUNK_MAX_D = {"bf16": 256, "fp16": 256, "tf32": 128, "tf32x3": 64, "fp64": 64}
 ONE_CHUNK_MAX_D_SM80 = {"bf16": 128, "fp16": 128}
+ONE_CHUNK_MAX_D_ONLINE = {"tf32": 64}
 
 
-def one_chunk_max_d(fmt: str, arch: int) -> int:
-    return ONE_CHUNK_MAX_D[fmt] if arch >= 90 else ONE_CHUNK_MAX_D_SM80.get(fmt, ONE_CHUNK_MAX_D[fmt])
+def one_chunk_max_d(fmt: str, arch: int, static_shift: bool) -> int:
+    cap = ONE_CHUNK_MAX_D[fmt] if arch >= 90 else ONE_CHUNK_MAX_D_SM80.get(fmt, ONE_CHUNK_MAX_D[fmt])
+    return cap if static_shift else min(cap, ONE_CHUNK_MAX_D_ONLINE.get(fmt, cap))
 
 
 # Ranges per row block: (x low, x high, queue) x (start, end), the diagonal flag, unused.
@@ -73,7 +81,8 @@ _RANGE_FIELDS = 8
 
 
 @triton.jit
-def _tile_step(z_ptr, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, weight, stride_z, d_chunk,
+def _tile_step(zi_desc, zj_desc, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, weight, d_pad,
+               d_chunk,
                DIAG: tl.constexpr, STATIC_SHIFT: tl.constexpr, WITH_GRAD: tl.constexpr, ONE_CHUNK: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GRAM_PRECISION: tl.constexpr,
                GRAD_PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr):
@@ -82,26 +91,28 @@ def _tile_step(z_ptr, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i,
     acc_t = colterm_ptr.dtype.element_ty
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    z_cols = z_ptr + tl.cast(c0, tl.int64) * stride_z  # int64 base; int32 offsets below
     if ONE_CHUNK:
-        z_j = tl.load(z_cols + offs_n[:, None] * BLOCK_D + offs_d[None, :])
+        z_j = zj_desc.load([c0, 0])  # K and V of this step (TMA on sm_90)
         if WIDEN_OPERANDS:
             z_j = z_j.to(acc_t)
         s = tl.dot(z_i, tl.trans(z_j), input_precision=GRAM_PRECISION, out_dtype=acc_t)
     else:
-        z_rows = z_ptr + tl.cast(r0, tl.int64) * stride_z
         s = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
-        for k0 in range(0, stride_z, BLOCK_D):
-            zi_k = tl.load(z_rows + offs_m[:, None] * stride_z + (k0 + offs_d)[None, :])
-            zj_k = tl.load(z_cols + offs_n[:, None] * stride_z + (k0 + offs_d)[None, :])
+        for k0 in range(0, d_pad, BLOCK_D):
+            zi_k = zi_desc.load([r0, k0])
+            zj_k = zj_desc.load([c0, k0])
             if WIDEN_OPERANDS:
                 zi_k = zi_k.to(acc_t)
                 zj_k = zj_k.to(acc_t)
             s = tl.dot(zi_k, tl.trans(zj_k), s, input_precision=GRAM_PRECISION, out_dtype=acc_t)
     col_term = tl.load(colterm_ptr + c0 + offs_n)
-    # -t ||z_i - z_j||^2 log2(e), clamped at 0 (the Gram form's rounding can cross it).
-    e = tl.minimum(s * scale + col_term[None, :] + row_term[:, None], 0.0)
+    if STATIC_SHIFT:
+        # -t ||z_i - z_j||^2 log2(e), clamped at 0 (the Gram form's rounding can cross it).
+        e = tl.minimum(s * scale + col_term[None, :] + row_term[:, None], 0.0)
+    else:
+        # The running max absorbs any per-row constant: the row term is added to m_i
+        # once, after the loop.
+        e = s * scale + col_term[None, :]
     if DIAG:
         e = tl.where((r0 + offs_m)[:, None] == (c0 + offs_n)[None, :], float("-inf"), e)
     if STATIC_SHIFT:
@@ -124,15 +135,15 @@ def _tile_step(z_ptr, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i,
         if ONE_CHUNK:
             z_c = z_j
         else:
-            z_c = tl.load(z_cols + offs_n[:, None] * stride_z + (d_chunk * BLOCK_D + offs_d)[None, :])
+            z_c = zj_desc.load([c0, d_chunk * BLOCK_D])
             if WIDEN_OPERANDS:
                 z_c = z_c.to(acc_t)
-        if z_ptr.dtype.element_ty == acc_t:
+        if zj_desc.dtype == acc_t:
             acc = tl.dot(p, z_c, acc, input_precision=GRAD_PRECISION, out_dtype=acc_t)
         else:
             # 16-bit operands: the weights in the operands' format (as flash attention
             # does; relative 2^-9 for bf16, the gradient's own output rounding).
-            p_op = p.to(z_ptr.dtype.element_ty)
+            p_op = p.to(zj_desc.dtype)
             if WIDEN_OPERANDS:
                 p_op = p_op.to(acc_t)
             acc = tl.dot(p_op, z_c, acc, input_precision=GRAD_PRECISION, out_dtype=acc_t)
@@ -141,8 +152,8 @@ def _tile_step(z_ptr, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i,
 
 @triton.jit
 def _uniform_rows_kernel(
-    z_ptr, colterm_ptr, scale_ptr, ranges_ptr, m_ptr, l_ptr, lw_ptr, acc_ptr,
-    row_start, n_rows, span_lo, span_hi, cols_per_split, x_end, stride_z, ranges_stride,
+    zi_desc, zj_desc, colterm_ptr, scale_ptr, ranges_ptr, m_ptr, l_ptr, lw_ptr, acc_ptr,
+    row_start, n_rows, span_lo, span_hi, cols_per_split, x_end, d_pad, ranges_stride,
     WITH_GRAD: tl.constexpr, STATIC_SHIFT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ONE_CHUNK: tl.constexpr, GRAM_PRECISION: tl.constexpr, GRAD_PRECISION: tl.constexpr,
@@ -156,9 +167,9 @@ def _uniform_rows_kernel(
     r0 = row_start + block * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    z_i = tl.zeros([BLOCK_M, BLOCK_D], z_ptr.dtype.element_ty)  # unused when chunked
+    z_i = tl.zeros([BLOCK_M, BLOCK_D], zi_desc.dtype)  # unused when chunked
     if ONE_CHUNK:
-        z_i = tl.load(z_ptr + tl.cast(r0, tl.int64) * stride_z + offs_m[:, None] * BLOCK_D + offs_d[None, :])
+        z_i = zi_desc.load([r0, 0])
     if WIDEN_OPERANDS:
         z_i = z_i.to(acc_t)
     row_term = tl.load(colterm_ptr + r0 + offs_m)
@@ -190,7 +201,8 @@ def _uniform_rows_kernel(
         weight = tl.where(seg < 4, 0.5, 1.0).to(acc_t)
         for c0 in range(lo, hi, BLOCK_N):
             m_i, l_i, lw_i, acc = _tile_step(
-                z_ptr, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, weight, stride_z, d_chunk,
+                zi_desc, zj_desc, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, weight, d_pad,
+                d_chunk,
                 False, STATIC_SHIFT, WITH_GRAD, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, GRAM_PRECISION,
                 GRAD_PRECISION, WIDEN_OPERANDS)
     # Stage 2: the diagonal block (x rows against their own columns), masked i != j.
@@ -199,17 +211,20 @@ def _uniform_rows_kernel(
         hi = tl.minimum(tl.minimum(r0 + BLOCK_M, c_hi), x_end)
         for c0 in range(lo, hi, BLOCK_N):
             m_i, l_i, lw_i, acc = _tile_step(
-                z_ptr, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, 0.5, stride_z, d_chunk,
+                zi_desc, zj_desc, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, 0.5, d_pad,
+                d_chunk,
                 True, STATIC_SHIFT, WITH_GRAD, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, GRAM_PRECISION,
                 GRAD_PRECISION, WIDEN_OPERANDS)
 
     out = split.to(tl.int64) * n_rows + block * BLOCK_M + offs_m
+    if not STATIC_SHIFT:
+        m_i += row_term  # the shift of -t ||z_i - z_j||^2 log2(e) (-inf stays -inf)
     if d_chunk == 0:
         tl.store(m_ptr + out, m_i)
         tl.store(l_ptr + out, l_i)
         tl.store(lw_ptr + out, lw_i)
     if WITH_GRAD:
-        tl.store(acc_ptr + out[:, None] * stride_z + (d_chunk * BLOCK_D + offs_d)[None, :], acc)
+        tl.store(acc_ptr + out[:, None] * d_pad + (d_chunk * BLOCK_D + offs_d)[None, :], acc)
 
 
 # ---------------------------------------------------------------- launcher
@@ -222,30 +237,35 @@ def operand_format(dtype: torch.dtype, precision: str) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}[dtype]
 
 
-def block_width(fmt: str, d: int, arch: int) -> int:
+def block_width(fmt: str, d: int, arch: int, static_shift: bool) -> int:
     """BLOCK_D: d rounded up to a power of two (>= 16), or the chunk width past the cap."""
-    if d > one_chunk_max_d(fmt, arch):
+    if d > one_chunk_max_d(fmt, arch, static_shift):
         return 32 if fmt == "tf32x3" else 64
     return max(16, triton.next_power_of_2(d))
 
 
-def flash_config(fmt: str, d: int, with_grad: bool, arch: int) -> dict:
+def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: bool) -> dict:
     """The block configuration the launcher picks for a product format, width, gradient
-    or not and arch (also what compile_check compiles: the enumerable set).  Chosen by
-    compiling the candidates for sm_80 and sm_90 (no spills, the gate's mix); to be tuned
-    on a GPU.  sm_90 multiplies from shared memory (wgmma): 128 x 128 tiles fit its
-    registers for the loss, 128 x 64 with the gradient's accumulator; mma.sync (sm_80)
-    holds S and P in registers, so its column tiles are narrower."""
-    block_d = block_width(fmt, d, arch)
-    one_chunk = d <= one_chunk_max_d(fmt, arch)
+    or not, arch and shift (also what compile_check compiles: the enumerable set).
+    Chosen by compiling the candidates for sm_80 and sm_90 (no spills, the gate's mix);
+    to be tuned on a GPU.  sm_90 multiplies from shared memory (wgmma) with the tiles
+    brought by TMA: 128 x 128 tiles fit its registers up to d = 128 (64 x 64 at 256);
+    mma.sync (sm_80) holds S and P in registers, so its column tiles are narrower."""
+    block_d = block_width(fmt, d, arch, static_shift)
+    one_chunk = d <= one_chunk_max_d(fmt, arch, static_shift)
     if fmt == "fp64":
         block_m, block_n, warps = 32, 32, 4
     elif not one_chunk or fmt == "tf32x3":
         block_m, block_n, warps = 128, 32, 8
     elif fmt == "tf32":
         block_m, block_n, warps = 128, (64 if arch >= 90 or not with_grad else 32), 8
+    elif arch < 90:
+        # 8 warps at d <= 32 compile with a 128-register cap and spill (online max).
+        block_m, block_n, warps = 128, 64, (4 if block_d <= 32 else 8)
+    elif block_d > 128:
+        block_m, block_n, warps = 64, 64, 4
     else:
-        block_m, block_n, warps = 128, (128 if arch >= 90 and not with_grad and block_d <= 128 else 64), 8
+        block_m, block_n, warps = 128, 128, 8
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "ONE_CHUNK": one_chunk,
             "num_warps": warps, "num_stages": 2 if one_chunk else 1}
 
@@ -371,7 +391,7 @@ def _row_pass(st, queue_rows, intra_batch, t, with_grad, parts, gram_precision, 
     column splits: per row (m, l, lw, a) in natural-log units, a None without gradient."""
     z = st.z
     acc_t = st.colterm.dtype
-    cfg = flash_config(operand_format(z.dtype, gram_precision), st.d, with_grad, device_arch(z.device))
+    cfg = flash_config(operand_format(z.dtype, gram_precision), st.d, with_grad, device_arch(z.device), static_shift)
     block_m, block_n, block_d = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
     n_rows = st.k if queue_rows else st.n
     row_blocks = triton.cdiv(n_rows, block_m)
@@ -386,7 +406,8 @@ def _row_pass(st, queue_rows, intra_batch, t, with_grad, parts, gram_precision, 
     lw = torch.empty_like(m)
     acc = torch.empty((col_splits, rows_out, d_pad) if with_grad else (1,), dtype=acc_t, device=z.device)
     _uniform_rows_kernel[(row_blocks, col_splits, d_chunks)](
-        z, st.colterm, torch.full((1,), 2.0 * t * LOG2E, dtype=acc_t, device=z.device), ranges, m, l, lw, acc,
+        TensorDescriptor.from_tensor(z, [block_m, block_d]), TensorDescriptor.from_tensor(z, [block_n, block_d]),
+        st.colterm, torch.full((1,), 2.0 * t * LOG2E, dtype=acc_t, device=z.device), ranges, m, l, lw, acc,
         st.n_pad if queue_rows else 0, rows_out, span_lo, span_hi, cols_per_split, x_end, d_pad, ranges_stride,
         WITH_GRAD=with_grad, STATIC_SHIFT=static_shift,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, ONE_CHUNK=cfg["ONE_CHUNK"],
@@ -445,11 +466,11 @@ def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *
                 torch.full(queue.shape, nan, dtype=acc_t, device=x.device) if grad_queue else x.new_empty((0,), dtype=acc_t))
     z, sq, gram_p, grad_p, finite_dev = planned
     parts = _part_bounds(n, k, intra_batch, part, num_parts)
-    block_d = block_width(operand_format(z.dtype, gram_p), z.shape[1], device_arch(x.device))
-    st = _Stacked(z, sq, n, k, t, triton.cdiv(z.shape[1], block_d) * block_d)
     # Certifying the static shift reads max |z|^2 on the host; under CUDA-graph capture
     # (no host read) the online max is always right.
     static = host_read and static_shift_certified(t, float(sq.max()), acc_t)
+    block_d = block_width(operand_format(z.dtype, gram_p), z.shape[1], device_arch(x.device), static)
+    st = _Stacked(z, sq, n, k, t, triton.cdiv(z.shape[1], block_d) * block_d)
     m, l, lw, a = _row_pass(st, False, intra_batch, t, grad_x, parts, gram_p, grad_p, static, col_splits)
     terms = m.double() + torch.log(lw.double())
     lse = torch.logsumexp(terms, 0)
