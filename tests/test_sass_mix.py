@@ -131,6 +131,8 @@ def test_gate_rules():
     # 3xTF32 issues three tensor-core products per GEMM; fp64 has no instruction budget.
     assert loop_gate.problems("reference", "tf32x3", 90, _mix(6.0, 1.0, 8.0)) == []
     assert loop_gate.problems("reference", "tf32x3", 90, _mix(6.5, 1.0, 8.0)) != []
+    assert loop_gate.problems("reference", "tf32x3", 90, _mix(6.0, 1.0, 40.0)) == []
+    assert loop_gate.problems("reference", "tf32", 90, _mix(2.0, 1.0, 17.0)) != []
     assert loop_gate.problems("reference", "fp64", 90, _mix(2.0, 0.0, 90.0, kind="mma")) == []
     # Report-only families never fail on the mix.
     assert loop_gate.problems("contrastive_grad", "bf16", 90, _mix(9.0, 9.0, 99.0)) == []

@@ -97,12 +97,12 @@ def _uniform_jobs(archs, quick: bool = False):
                     cfg = uniform.flash_config(fmt, d, with_grad, arch, static)
                     desc = f"tensordesc<{_PTR[dtype][1:]}[{{}},{cfg['BLOCK_D']}]>"
                     sig = {"zi_desc": desc.format(cfg["BLOCK_M"]), "zj_desc": desc.format(cfg["BLOCK_N"]),
-                           "colterm_ptr": acc, "scale_ptr": acc, "ranges_ptr": "*i32",
+                           "z_ptr": _PTR[dtype], "colterm_ptr": acc, "scale_ptr": acc, "ranges_ptr": "*i32",
                            "m_ptr": acc, "l_ptr": acc, "lw_ptr": acc, "acc_ptr": acc,
                            **{name: _INT for name in ("row_start", "n_rows", "span_lo", "span_hi", "cols_per_split",
                                                       "x_end", "d_pad", "ranges_stride")}}
                     consts = {"WITH_GRAD": with_grad, "STATIC_SHIFT": static,
-                              **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_CHUNK")},
+                              **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_CHUNK", "USE_DESC")},
                               "GRAM_PRECISION": gram_p, "GRAD_PRECISION": grad_p, "WIDEN_OPERANDS": False}
                     name = (f"uniform {'grad' if with_grad else 'loss'} {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
                             f"D{cfg['BLOCK_D']}{'' if cfg['ONE_CHUNK'] else ' chunked'} "

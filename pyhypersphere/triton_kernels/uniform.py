@@ -10,7 +10,8 @@ prepared rows (x then the queue, each padded to PART_BLOCK rows and to the block
   per-element mask in the main loop) and c_i the row's own, a static shift;
 - with the static shift (the launcher certifies it: every exponent lies in [-bound, 0])
   the weights are p = exp2(e) with no running max; otherwise the online max of the
-  tutorial over S * 2t log2(e) + c_j (m_i in base 2, c_i added after the loop, no clamp:
+  tutorial over S * 2t log2(e) + c_j (m_i in base 2, rounded up to an integer so that
+  the rescale is an exact power of two with no exp; c_i added after the loop; no clamp:
   the max absorbs a rounding above 0);
 - per row: l_i = sum_j p_ij, the lse-weighted sum lw_i (an x-x pair is seen from both of
   its rows, so it counts 1/2 there) and, with a gradient, a_i = sum_j p_ij z_j (P z_j,
@@ -19,8 +20,9 @@ prepared rows (x then the queue, each padded to PART_BLOCK rows and to the block
   the launcher's _ranges, which also cut them to this call's part): whole tiles, no
   masks.  The diagonal block [r0, r0 + BLOCK_M) of x columns is its own stage after the
   loop (the only per-element mask: i != j), as the tutorial splits its causal loop;
-- the tiles of z are read through tensor descriptors (TMA on sm_90, plain loads before
-  it): no address arithmetic in the loop, the row padding makes every tile whole.
+- the tiles of z are read through tensor descriptors on sm_90 (TMA: no address
+  arithmetic in the loop), plain loads with int32 offsets from an int64 base before it;
+  the row padding makes every tile whole (no masks).
 
 Work per step of the main loop: 2 GEMMs with a gradient (1 without) and 1 exp per pair,
 the algorithm's minimum (loop_gate.MIN_WORK, checked on the SASS by compile_check).
@@ -81,26 +83,51 @@ _RANGE_FIELDS = 8
 
 
 @triton.jit
-def _tile_step(zi_desc, zj_desc, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, weight, d_pad,
+def _load_rows(desc, z_ptr, row, col, d_pad, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, USE_DESC: tl.constexpr):
+    """Rows [row, row + BLOCK_R) x features [col, col + BLOCK_D) of the padded rows: whole
+    tiles, no masks.  Through the tensor descriptor (TMA on sm_90), or plain loads with an
+    int64 base and int32 offsets (before sm_90, where the descriptor's lowering issues
+    more instructions per element)."""
+    if USE_DESC:
+        tile = desc.load([row, col])
+    else:
+        offs = tl.arange(0, BLOCK_R)[:, None] * d_pad + (col + tl.arange(0, BLOCK_D))[None, :]
+        tile = tl.load(z_ptr + tl.cast(row, tl.int64) * d_pad + offs)
+    return tile
+
+
+@triton.jit
+def _pow2(k):
+    """2^k for integer-valued k <= 0 or -inf (0 below 2^-126): for float32 from the
+    exponent bits, without the exp unit; float64 through exp2 (software either way)."""
+    if k.dtype == tl.float32:
+        bits = (tl.maximum(k, -127.0).to(tl.int32) + 127) << 23
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return tl.math.exp2(k)
+
+
+@triton.jit
+def _tile_step(zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, weight, d_pad,
                d_chunk,
                DIAG: tl.constexpr, STATIC_SHIFT: tl.constexpr, WITH_GRAD: tl.constexpr, ONE_CHUNK: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GRAM_PRECISION: tl.constexpr,
-               GRAD_PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr):
+               GRAD_PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
     """One BLOCK_M x BLOCK_N tile at columns [c0, c0 + BLOCK_N): the state (m, l, lw, a)
     updated.  DIAG masks the pairs i == j (the diagonal stage only)."""
     acc_t = colterm_ptr.dtype.element_ty
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     if ONE_CHUNK:
-        z_j = zj_desc.load([c0, 0])  # K and V of this step (TMA on sm_90)
+        z_j = _load_rows(zj_desc, z_ptr, c0, 0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)  # K and V of this step
         if WIDEN_OPERANDS:
             z_j = z_j.to(acc_t)
         s = tl.dot(z_i, tl.trans(z_j), input_precision=GRAM_PRECISION, out_dtype=acc_t)
     else:
         s = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
         for k0 in range(0, d_pad, BLOCK_D):
-            zi_k = zi_desc.load([r0, k0])
-            zj_k = zj_desc.load([c0, k0])
+            zi_k = _load_rows(zi_desc, z_ptr, r0, k0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
+            zj_k = _load_rows(zj_desc, z_ptr, c0, k0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)
             if WIDEN_OPERANDS:
                 zi_k = zi_k.to(acc_t)
                 zj_k = zj_k.to(acc_t)
@@ -121,9 +148,11 @@ def _tile_step(zi_desc, zj_desc, colterm_ptr, c0, r0, z_i, row_term, scale, m_i,
         l_i += row_sum
         lw_i += weight * row_sum
     else:
-        m_new = tl.maximum(m_i, tl.max(e, 1))
+        # The running max rounded up to an integer: p <= 1 still, and the rescale is an
+        # exact power of two built without the exp unit (_pow2): one exp per pair.
+        m_new = tl.maximum(m_i, tl.math.ceil(tl.max(e, 1)))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - shift)
+        alpha = _pow2(m_i - shift)
         p = tl.math.exp2(e - shift[:, None])
         row_sum = tl.sum(p, 1)
         l_i = l_i * alpha + row_sum
@@ -135,7 +164,7 @@ def _tile_step(zi_desc, zj_desc, colterm_ptr, c0, r0, z_i, row_term, scale, m_i,
         if ONE_CHUNK:
             z_c = z_j
         else:
-            z_c = zj_desc.load([c0, d_chunk * BLOCK_D])
+            z_c = _load_rows(zj_desc, z_ptr, c0, d_chunk * BLOCK_D, d_pad, BLOCK_N, BLOCK_D, USE_DESC)
             if WIDEN_OPERANDS:
                 z_c = z_c.to(acc_t)
         if zj_desc.dtype == acc_t:
@@ -152,12 +181,12 @@ def _tile_step(zi_desc, zj_desc, colterm_ptr, c0, r0, z_i, row_term, scale, m_i,
 
 @triton.jit
 def _uniform_rows_kernel(
-    zi_desc, zj_desc, colterm_ptr, scale_ptr, ranges_ptr, m_ptr, l_ptr, lw_ptr, acc_ptr,
+    zi_desc, zj_desc, z_ptr, colterm_ptr, scale_ptr, ranges_ptr, m_ptr, l_ptr, lw_ptr, acc_ptr,
     row_start, n_rows, span_lo, span_hi, cols_per_split, x_end, d_pad, ranges_stride,
     WITH_GRAD: tl.constexpr, STATIC_SHIFT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ONE_CHUNK: tl.constexpr, GRAM_PRECISION: tl.constexpr, GRAD_PRECISION: tl.constexpr,
-    WIDEN_OPERANDS: tl.constexpr,
+    WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr,
 ):
     block = tl.program_id(0)
     split = tl.program_id(1)
@@ -169,7 +198,7 @@ def _uniform_rows_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     z_i = tl.zeros([BLOCK_M, BLOCK_D], zi_desc.dtype)  # unused when chunked
     if ONE_CHUNK:
-        z_i = zi_desc.load([r0, 0])
+        z_i = _load_rows(zi_desc, z_ptr, r0, 0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
     if WIDEN_OPERANDS:
         z_i = z_i.to(acc_t)
     row_term = tl.load(colterm_ptr + r0 + offs_m)
@@ -201,20 +230,20 @@ def _uniform_rows_kernel(
         weight = tl.where(seg < 4, 0.5, 1.0).to(acc_t)
         for c0 in range(lo, hi, BLOCK_N):
             m_i, l_i, lw_i, acc = _tile_step(
-                zi_desc, zj_desc, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, weight, d_pad,
-                d_chunk,
+                zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, weight,
+                d_pad, d_chunk,
                 False, STATIC_SHIFT, WITH_GRAD, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, GRAM_PRECISION,
-                GRAD_PRECISION, WIDEN_OPERANDS)
+                GRAD_PRECISION, WIDEN_OPERANDS, USE_DESC)
     # Stage 2: the diagonal block (x rows against their own columns), masked i != j.
     if tl.load(ranges + 6) != 0:
         lo = tl.maximum(r0, c_lo)
         hi = tl.minimum(tl.minimum(r0 + BLOCK_M, c_hi), x_end)
         for c0 in range(lo, hi, BLOCK_N):
             m_i, l_i, lw_i, acc = _tile_step(
-                zi_desc, zj_desc, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, 0.5, d_pad,
-                d_chunk,
+                zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, 0.5,
+                d_pad, d_chunk,
                 True, STATIC_SHIFT, WITH_GRAD, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, GRAM_PRECISION,
-                GRAD_PRECISION, WIDEN_OPERANDS)
+                GRAD_PRECISION, WIDEN_OPERANDS, USE_DESC)
 
     out = split.to(tl.int64) * n_rows + block * BLOCK_M + offs_m
     if not STATIC_SHIFT:
@@ -250,24 +279,30 @@ def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: boo
     Chosen by compiling the candidates for sm_80 and sm_90 (no spills, the gate's mix);
     to be tuned on a GPU.  sm_90 multiplies from shared memory (wgmma) with the tiles
     brought by TMA: 128 x 128 tiles fit its registers up to d = 128 (64 x 64 at 256);
-    mma.sync (sm_80) holds S and P in registers, so its column tiles are narrower."""
+    mma.sync (sm_80) holds S and P in registers, so its column tiles are narrower; there
+    plain loads mostly issue fewer instructions than the descriptors' lowering."""
     block_d = block_width(fmt, d, arch, static_shift)
     one_chunk = d <= one_chunk_max_d(fmt, arch, static_shift)
+    use_desc = arch >= 90
     if fmt == "fp64":
-        block_m, block_n, warps = 32, 32, 4
+        # Plain loads: the descriptors' version of the online-max gradient spills.
+        block_m, block_n, warps, use_desc = 32, 32, 4, False
+    elif fmt == "tf32x3" and arch < 90 and one_chunk:
+        block_m, block_n, warps, use_desc = 64, 32, 4, True
     elif not one_chunk or fmt == "tf32x3":
         block_m, block_n, warps = 128, 32, 8
     elif fmt == "tf32":
         block_m, block_n, warps = 128, (64 if arch >= 90 or not with_grad else 32), 8
     elif arch < 90:
-        # 8 warps at d <= 32 compile with a 128-register cap and spill (online max).
-        block_m, block_n, warps = 128, 64, (4 if block_d <= 32 else 8)
+        # 8 warps at d <= 32 compile with a 128-register cap and spill (online max); the
+        # 16-bit gradient spills without the descriptors.
+        block_m, block_n, warps, use_desc = 128, 64, (4 if block_d <= 32 else 8), with_grad
     elif block_d > 128:
         block_m, block_n, warps = 64, 64, 4
     else:
         block_m, block_n, warps = 128, 128, 8
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "ONE_CHUNK": one_chunk,
-            "num_warps": warps, "num_stages": 2 if one_chunk else 1}
+            "USE_DESC": use_desc, "num_warps": warps, "num_stages": 2 if one_chunk else 1}
 
 
 def device_arch(device: torch.device) -> int:
@@ -406,7 +441,7 @@ def _row_pass(st, queue_rows, intra_batch, t, with_grad, parts, gram_precision, 
     lw = torch.empty_like(m)
     acc = torch.empty((col_splits, rows_out, d_pad) if with_grad else (1,), dtype=acc_t, device=z.device)
     _uniform_rows_kernel[(row_blocks, col_splits, d_chunks)](
-        TensorDescriptor.from_tensor(z, [block_m, block_d]), TensorDescriptor.from_tensor(z, [block_n, block_d]),
+        TensorDescriptor.from_tensor(z, [block_m, block_d]), TensorDescriptor.from_tensor(z, [block_n, block_d]), z,
         st.colterm, torch.full((1,), 2.0 * t * LOG2E, dtype=acc_t, device=z.device), ranges, m, l, lw, acc,
         st.n_pad if queue_rows else 0, rows_out, span_lo, span_hi, cols_per_split, x_end, d_pad, ranges_stride,
         WITH_GRAD=with_grad, STATIC_SHIFT=static_shift,
@@ -414,7 +449,7 @@ def _row_pass(st, queue_rows, intra_batch, t, with_grad, parts, gram_precision, 
         GRAM_PRECISION=gram_precision, GRAD_PRECISION=grad_precision,
         # The interpreter's 16-bit tl.dot is wrong (Triton 3.9): widen (exactly) there.
         WIDEN_OPERANDS=triton.knobs.runtime.interpret and z.dtype in (torch.bfloat16, torch.float16),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        USE_DESC=cfg["USE_DESC"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     m = m[:, :n_rows] * math.log(2.0)  # base 2 -> natural (0 and -inf stay)
     acc = acc[:, :n_rows, :st.d] if with_grad else None
