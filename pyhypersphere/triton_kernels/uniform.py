@@ -284,11 +284,14 @@ def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: boo
     block_d = block_width(fmt, d, arch, static_shift)
     one_chunk = d <= one_chunk_max_d(fmt, arch, static_shift)
     use_desc = arch >= 90
+    stages = 2 if one_chunk else 1
     if fmt == "fp64":
-        # Plain loads: the descriptors' version of the online-max gradient spills.
+        # Plain loads: the descriptors' version of the online-max gradient spills; the
+        # loss alone spills pipelined (d = 16, sm_90).
         block_m, block_n, warps, use_desc = 32, 32, 4, False
+        stages = stages if with_grad else 1
     elif fmt == "tf32x3" and arch < 90 and one_chunk:
-        block_m, block_n, warps, use_desc = 64, 32, 4, True
+        block_m, block_n, warps, use_desc = (64, 32, 4, True) if with_grad else (128, 32, 8, True)
     elif not one_chunk or fmt == "tf32x3":
         block_m, block_n, warps = 128, 32, 8
     elif fmt == "tf32":
@@ -302,7 +305,7 @@ def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: boo
     else:
         block_m, block_n, warps = 128, 128, 8
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "ONE_CHUNK": one_chunk,
-            "USE_DESC": use_desc, "num_warps": warps, "num_stages": 2 if one_chunk else 1}
+            "USE_DESC": use_desc, "num_warps": warps, "num_stages": stages}
 
 
 def device_arch(device: torch.device) -> int:
