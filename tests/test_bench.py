@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pyhypersphere.bench import cli, peers, roofline, sweep, worker
-from pyhypersphere.bench.impls import FLEX_CPU_REASON, ROOFLINE
+from pyhypersphere.bench.impls import ROOFLINE
 from pyhypersphere.bench.record import FIELDS, OK, OOM, SKIPPED, UNSUPPORTED, CaseSpec
 from pyhypersphere.reference import blocked_uniform_loss, reference_uniform_loss
 
@@ -30,6 +30,7 @@ def unit_rows(n, d, seed=0, dtype=torch.float64):
     return torch.nn.functional.normalize(torch.randn(n, d, generator=gen, dtype=dtype), dim=1)
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_cli_writes_well_formed_results(tmp_path, capsys):
     out = tmp_path / "out"
     rc = run_cli(["--device", "cpu", "--n", "16,48,80", "--max-n", "reference=48,blocked=48,flex=48,pyhypersphere=48",
@@ -44,9 +45,6 @@ def test_cli_writes_well_formed_results(tmp_path, capsys):
     for r in (r for r in records if r["n"] < 80):
         assert set(FIELDS) <= set(r), set(FIELDS) - set(r)
         assert (r["d"], r["dtype"], r["device"]) == (8, "float32", "cpu")
-        if r["impl"] == "flex":
-            assert r["status"] == UNSUPPORTED and r["message"] == FLEX_CPU_REASON
-            continue
         assert r["status"] == OK, r["message"]
         assert r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0
         assert r["peak_mem_bytes"] is not None and r["peak_mem_bytes"] >= 0
@@ -156,6 +154,23 @@ def test_flex_attention_value_matches_reference_on_cpu(n, d, t):
     got = peers.flex_uniform_loss(x, t)
     want = reference_uniform_loss(x.double(), t)
     assert got.item() == pytest.approx(want.item(), abs=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("scale", [1.0, 1.7])
+def test_flex_attention_closed_form_gradient_on_cpu(scale):
+    # Any rows (not only unit ones): the score_mod's -t ||x_j||^2 and the row term make
+    # the value exact, and the closed-form gradient is the full one, against float64
+    # autograd through explicit pair differences.
+    n, d, t = 70, 8, 2.0
+    x = (scale * unit_rows(n, d, seed=3, dtype=torch.float64)).requires_grad_(True)
+    got = peers.flex_uniform_loss(x, t)
+    (grad_got,) = torch.autograd.grad(2.0 * got, x)
+    x_ref = x.detach().clone().requires_grad_(True)
+    want = reference_uniform_loss(x_ref, t)
+    (grad_want,) = torch.autograd.grad(2.0 * want, x_ref)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.gpu

@@ -90,6 +90,10 @@ def test_mma_sync_shapes_and_main_loop_choice():
     )
     body = sass_mix.main_loop(sass_mix.parse(text))
     assert [i.opcode for i in body] == ["HMMA.16816.F32.BF16"] * 2 + ["MUFU.EX2", "BRA"]
+    # An outer loop around it, holding a peeled iteration (more mma): still the inner one.
+    nested = "\n".join([sass(".L_x_7:", "HMMA.16816.F32.BF16 R4, R8, R12, R4"), text, sass("@P4 BRA `(.L_x_7)")])
+    body = sass_mix.main_loop(sass_mix.parse(nested))
+    assert [i.opcode for i in body] == ["HMMA.16816.F32.BF16"] * 2 + ["MUFU.EX2", "BRA"]
     # 4 warps, tile 32 x 32, d = 16: 2 x 16*8*16 MACs x 4 warps = 16384 = 1 GEMM of 32*32*16.
     mix = sass_mix.loop_mix(text, num_warps=4, block_m=32, block_n=32, block_d=16)
     assert mix.tensor_core == "mma"
@@ -124,9 +128,11 @@ def test_gate_rules():
     assert loop_gate.problems("reference", "bf16", 90, _mix(2.0, 1.0, 8.0, kind="mma")) == ["no wgmma on sm_90"]
     # Before sm_90 mma.sync is right, and the non-mma budget is the arch's own.
     assert loop_gate.problems("reference", "bf16", 80, _mix(2.0, 1.0, 30.0, kind="mma")) == []
-    # 3xTF32 may issue the two correction products of S; fp64 has no instruction budget.
-    assert loop_gate.problems("reference", "tf32x3", 90, _mix(4.0, 1.0, 8.0)) == []
-    assert loop_gate.problems("reference", "tf32x3", 90, _mix(5.0, 1.0, 8.0)) != []
+    # 3xTF32 issues three tensor-core products per GEMM; fp64 has no instruction budget.
+    assert loop_gate.problems("reference", "tf32x3", 90, _mix(6.0, 1.0, 8.0)) == []
+    assert loop_gate.problems("reference", "tf32x3", 90, _mix(6.5, 1.0, 8.0)) != []
+    assert loop_gate.problems("reference", "tf32x3", 90, _mix(6.0, 1.0, 40.0)) == []
+    assert loop_gate.problems("reference", "tf32", 90, _mix(2.0, 1.0, 17.0)) != []
     assert loop_gate.problems("reference", "fp64", 90, _mix(2.0, 0.0, 90.0, kind="mma")) == []
     # Report-only families never fail on the mix.
     assert loop_gate.problems("contrastive_grad", "bf16", 90, _mix(9.0, 9.0, 99.0)) == []

@@ -14,12 +14,6 @@ from . import peers
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
-FLEX_CPU_REASON = (
-    "FlexAttention is CUDA-only here: compiled flex_attention on CPU supports inference "
-    "only and cannot return the lse (torch 2.13); the eager fallback materializes the "
-    "N x N scores and is not the fused kernel"
-)
-
 
 @dataclass(frozen=True)
 class Impl:
@@ -95,17 +89,14 @@ def _build_keops(_n, _device, _dtype, t) -> LossFn:
     return lambda x: peers.keops_uniform_loss(x, t)
 
 
-def _flex_unsupported(device, _dtype) -> Optional[str]:
-    if device.type != "cuda":
-        return FLEX_CPU_REASON
-    return None
-
-
 def _build_flex(n, device, _dtype, t) -> LossFn:
     from torch.nn.attention.flex_attention import flex_attention
 
     block_mask = peers.flex_block_mask(n, device)
-    attention = torch.compile(flex_attention, dynamic=False)
+    # CUDA: the fused kernel.  CPU: the eager function (compiled CPU flex attention is
+    # inference-only and cannot return the lse in torch 2.13; eager materializes the
+    # N x N scores, so CPU timings are not the fused kernel's).
+    attention = torch.compile(flex_attention, dynamic=False) if device.type == "cuda" else flex_attention
     return lambda x: peers.flex_uniform_loss(x, t, block_mask=block_mask, attention=attention)
 
 
@@ -122,7 +113,8 @@ IMPLS = {
             _build_blocked,
         ),
         Impl("keops", "KeOps LazyTensor log-sum-exp reduction", _keops_unsupported, _build_keops),
-        Impl("flex", "FlexAttention lse, q = k = x, scale 2t, diagonal masked", _flex_unsupported, _build_flex),
+        Impl("flex", "FlexAttention forward (q = k = v = x, scale 2t, score_mod -t|x_j|^2, diagonal masked), "
+             "lse and closed-form gradient", _always, _build_flex),
     )
 }
 

@@ -48,30 +48,52 @@ def flex_block_mask(n: int, device):
     return create_block_mask(_off_diagonal, 1, 1, n, n, device=device)
 
 
+class _FlexUniformLoss(torch.autograd.Function):
+    """The loss from FlexAttention's forward, its gradient from the closed form (no
+    attention backward): with lse_i = log sum_{j != i} exp(-t ||x_i - x_j||^2) and
+    o_i = sum_{j != i} softmax_j x_j, d LSE / d x_i = -4t softmax_i(lse) (x_i - o_i)."""
+
+    @staticmethod
+    def forward(ctx, x, t, block_mask, attention):
+        from torch.nn.attention.flex_attention import AuxRequest
+
+        n = x.shape[0]
+        sq = x.float().square().sum(1) if x.dtype != torch.float64 else x.square().sum(1)
+        col = (-t * sq).to(x.dtype if x.dtype == torch.float64 else torch.float32)
+
+        def score_mod(score, _batch, _head, _q_idx, kv_idx):
+            return score + col[kv_idx]  # 2t <x_i, x_j> - t ||x_j||^2
+
+        q = x.detach()[None, None]  # [batch=1, heads=1, n, d]: Q = K = V = x
+        out, aux = attention(q, q, q, score_mod=score_mod, block_mask=block_mask, scale=2.0 * t,
+                             return_aux=AuxRequest(lse=True))
+        lse = aux.lse.reshape(-1).to(sq.dtype) - t * sq  # the row's own -t ||x_i||^2
+        total = torch.logsumexp(lse, 0)
+        o = out.reshape(n, -1).to(sq.dtype)
+        ctx.save_for_backward((-4.0 * t) * torch.exp(lse - total)[:, None] * (x.detach().to(sq.dtype) - o))
+        # Ordered pairs: twice the pair sum over twice the pair count.
+        return (total - math.log(n * (n - 1))).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_loss.to(grad.dtype)).to(grad_loss.dtype), None, None, None
+
+
 def flex_uniform_loss(x: torch.Tensor, t: float = 2.0, *, block_mask=None, attention=None) -> torch.Tensor:
-    """FlexAttention log-sum-exp formulation, for unit-norm rows of x.
+    """Uniformity through FlexAttention's forward, for any rows: Q = K = V = x, scale 2t,
+    a score_mod adding -t ||x_j||^2, the diagonal masked by a block mask, the lse
+    returned; the loss is logsumexp_i(lse_i - t ||x_i||^2) - log(n(n-1)) and the gradient
+    the closed form (_FlexUniformLoss), so no attention backward runs.
 
-    For ||x_i|| = 1, -t ||x_i - x_j||^2 = 2t <x_i, x_j> - 2t, so attention with
-    q = k = x, scale 2t and the diagonal masked returns lse_i = log sum_{j != i}
-    exp(2t <x_i, x_j>), and the loss is logsumexp_i(lse_i) - 2t - log(n(n-1)).
-    The value is wrong for rows that are not unit-norm; the gradient equals the
-    reference's up to a component along each x_i, which the Jacobian of
-    F.normalize (the paper's last layer) removes.
-
-    attention: the flex_attention callable, e.g. torch.compile(flex_attention) (the
-    fused kernel; CUDA only for this op: compiled CPU flex attention is inference-only
-    and cannot return the lse in torch 2.13); defaults to the eager function, which
-    materializes the N x N scores (fine for checking values on small inputs).
+    attention: the flex_attention callable, e.g. torch.compile(flex_attention) (the fused
+    kernel, CUDA); defaults to the eager function, which materializes the N x N scores
+    (runs on CPU: fine for checking values and gradients on small inputs).
     """
-    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
-    n = x.shape[0]
     if attention is None:
         attention = flex_attention
     if block_mask is None:
-        block_mask = flex_block_mask(n, x.device)
-    q = x[None, None]  # [batch=1, heads=1, n, d]
-    # The output is discarded; value must still be given.  Detached so no gradient flows to it.
-    _, aux = attention(q, q, q.detach(), block_mask=block_mask, scale=2.0 * t, return_aux=AuxRequest(lse=True))
-    lse = aux.lse.reshape(-1).float()
-    return (torch.logsumexp(lse, dim=0) - 2.0 * t - math.log(n * (n - 1))).to(x.dtype)
+        block_mask = flex_block_mask(x.shape[0], x.device)
+    return _FlexUniformLoss.apply(x, float(t), block_mask, attention)

@@ -76,31 +76,40 @@ UNIFORM_FORMATS = [
 ]
 
 
-def _uniform_jobs():
-    for dtype, gram_p, grad_p in UNIFORM_FORMATS:
+# CI's subset of the uniformity configurations (--quick): every format at the common
+# width, 16-bit at the widest one-chunk width, the one-chunk 3xTF32 and float64 width,
+# one chunked case; the full matrix is for changes to the kernel or its blocks.
+QUICK_UNIFORM = {"d": (128,), "extra": ((torch.bfloat16, 256), (torch.float32, 64), (torch.float64, 64),
+                                          (torch.float32, 512))}
+
+
+def _uniform_jobs(archs, quick: bool = False):
+    widths = QUICK_UNIFORM["d"] if quick else (16, 32, 64, 128, 256, 512)
+    cases = [(fmt, d) for fmt in UNIFORM_FORMATS for d in widths]
+    if quick:
+        cases += [(fmt, d) for fmt in UNIFORM_FORMATS for dt, d in QUICK_UNIFORM["extra"] if fmt[0] == dt]
+    for (dtype, gram_p, grad_p), d in cases:
         acc = "*fp64" if dtype == torch.float64 else "*fp32"
-        # One d per configuration the launcher can pick (duplicates dropped in _jobs).
-        for d in (16, 32, 64, 128, 4096):
-            for has_parts in (False, True):
-                cfg = uniform.uniform_config(dtype, d, gram_p, has_parts)
-                block_d = cfg["BLOCK_D"]
-                one_chunk = d <= block_d
-                for with_grad in (False, True):
-                    sig = {"z_ptr": _PTR[dtype], "sq_ptr": acc, "m_ptr": acc, "l_ptr": acc, "lw_ptr": acc,
-                           "acc_ptr": acc, "neg_t_ptr": acc,
-                           **{name: _INT for name in ("row_start", "n_rows", "col_start", "col_end",
-                                                      "cols_per_split", "n_x", "d", "stride_z", "part_lo",
-                                                      "part_hi", "part_tri", "x_part_blocks", "q_part_blocks")}}
-                    consts = {"WITH_GRAD": with_grad, "HAS_PARTS": has_parts, "PART_ROWS": uniform.PART_BLOCK,
-                              "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": block_d,
-                              "ONE_CHUNK": one_chunk, "GRAM_PRECISION": gram_p, "GRAD_PRECISION": grad_p,
-                              "WIDEN_OPERANDS": False}
-                    name = (f"uniform {str(dtype).split('.')[-1]}/{gram_p} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
-                            f"D{block_d}{'' if one_chunk else ' chunked'}{' grad' if with_grad else ''}"
-                            f"{' parts' if has_parts else ''}")
-                    yield Job(name, "uniform", sig, consts, cfg["num_warps"], cfg["num_stages"], True,
-                              "uniform_grad" if with_grad else "uniform_loss", dtype_label(dtype, gram_p),
-                              (cfg["BLOCK_M"], cfg["BLOCK_N"], block_d))
+        fmt = uniform.operand_format(dtype, gram_p)
+        for arch in archs:
+            for with_grad in (False, True):
+                for static in (True, False):
+                    cfg = uniform.flash_config(fmt, d, with_grad, arch, static)
+                    desc = f"tensordesc<{_PTR[dtype][1:]}[{{}},{cfg['BLOCK_D']}]>"
+                    sig = {"zi_desc": desc.format(cfg["BLOCK_M"]), "zj_desc": desc.format(cfg["BLOCK_N"]),
+                           "z_ptr": _PTR[dtype], "colterm_ptr": acc, "scale_ptr": acc, "ranges_ptr": "*i32",
+                           "m_ptr": acc, "l_ptr": acc, "lw_ptr": acc, "acc_ptr": acc,
+                           **{name: _INT for name in ("row_start", "n_rows", "span_lo", "span_hi", "cols_per_split",
+                                                      "x_end", "d_pad", "ranges_stride")}}
+                    consts = {"WITH_GRAD": with_grad, "STATIC_SHIFT": static,
+                              **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_CHUNK", "USE_DESC")},
+                              "GRAM_PRECISION": gram_p, "GRAD_PRECISION": grad_p, "WIDEN_OPERANDS": False}
+                    name = (f"uniform {'grad' if with_grad else 'loss'} {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
+                            f"D{cfg['BLOCK_D']}{'' if cfg['ONE_CHUNK'] else ' chunked'} "
+                            f"{'static' if static else 'online'} w{cfg['num_warps']} s{cfg['num_stages']}")
+                    family = ("uniform_grad" if with_grad else "uniform_loss") + ("" if cfg["ONE_CHUNK"] else "_chunked")
+                    yield Job(name, "uniform", sig, consts, cfg["num_warps"], cfg["num_stages"], True, family, fmt,
+                              (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]), (arch,))
 
 
 def _align_jobs():
@@ -178,9 +187,9 @@ def _reference_jobs(archs):
 def _jobs(quick: bool = False, archs=(80, 90)):
     # De-duplicated: small d values can map to the same configuration.
     seen = set()
-    for job in [*_reference_jobs(archs), *_uniform_jobs(), *_align_jobs(), *_contrastive_jobs(quick)]:
-        if job.name not in seen:
-            seen.add(job.name)
+    for job in [*_reference_jobs(archs), *_uniform_jobs(archs, quick), *_align_jobs(), *_contrastive_jobs(quick)]:
+        if (job.name, job.archs) not in seen:
+            seen.add((job.name, job.archs))
             yield job
 
 

@@ -6,9 +6,10 @@ counts of the loop body, not a profile: every instruction between the loop's hea
 its backward branch counts once (both arms of a branch inside the body included).
 
 Definitions:
-- the main loop: among the loops (a branch back to an earlier label) that contain a
-  tensor-core instruction, the one with the most tensor-core instructions; on a tie,
-  the one with the fewest instructions (a masked diagonal stage loses to the plain one);
+- the main loop: among the innermost loops (a branch back to an earlier label) that
+  contain a tensor-core instruction, the one with the most tensor-core instructions;
+  on a tie, the one with the fewest instructions (a masked diagonal stage loses to the
+  plain one);
 - tensor-core instructions: HGMMA (wgmma, one per warpgroup of 4 warps), HMMA and DMMA
   (mma.sync, one per warp); their shapes give the multiply-adds they issue;
 - gemms_per_tile: the loop body's multiply-adds over those of one BLOCK_M x BLOCK_N x
@@ -97,13 +98,15 @@ def loops(instrs) -> list:
 
 def main_loop(instrs):
     """The main loop's instructions (see the module docstring), or None without one."""
+    with_mma = [(lo, hi) for lo, hi in loops(instrs) if any(i.base in _MMA for i in instrs[lo:hi + 1])]
+    # Innermost: no other loop with mma inside (an outer loop around a pipelined inner one
+    # also holds the inner loop's peeled iterations, so it would count more).
+    innermost = [(lo, hi) for lo, hi in with_mma
+                 if not any((a, b) != (lo, hi) and lo <= a and b <= hi for a, b in with_mma)]
     best, best_key = None, None
-    for lo, hi in loops(instrs):
+    for lo, hi in innermost:
         body = instrs[lo:hi + 1]
-        n_mma = sum(1 for i in body if i.base in _MMA)
-        if not n_mma:
-            continue
-        key = (-n_mma, len(body))
+        key = (-sum(1 for i in body if i.base in _MMA), len(body))
         if best_key is None or key < best_key:
             best, best_key = body, key
     return best

@@ -2,6 +2,7 @@
 products of a tile of rows with a tile of partner columns, and the bound on the part
 slicing's int32 tile index."""
 
+import torch
 import triton
 import triton.language as tl
 
@@ -28,6 +29,26 @@ def part_index_fits(tiles: int, triangle_blocks: int) -> bool:
     """Whether the kernels' int32 tile index of the part mask cannot overflow: the tile
     count, and the triangle formula's products of block indices (up to blocks^2)."""
     return max(tiles, triangle_blocks * triangle_blocks) < INT32_LIMIT
+
+
+def row_tile_config(operand_dtype: torch.dtype, d: int, precision: str, has_parts: bool) -> dict:
+    """The contrastive kernels' base block configuration (the uniformity kernel's until
+    issue 23; contrastive_config adjusts it).  The caps keep the row block's accumulator
+    [BLOCK_M, BLOCK_D] and the part mask's integer tiles in registers without spills."""
+    wide = operand_dtype == torch.float64
+    split = precision == "tf32x3"  # three products on hi/lo halves: more registers
+    cap = 64 if wide or split else 128
+    chunked = d > cap
+    # Past the cap the Gram loops over 64-wide chunks (32 for 3xTF32), one stage.
+    block_d = (32 if split else 64) if chunked else max(16, triton.next_power_of_2(d))
+    warps = 8 if block_d >= 128 or chunked else 4
+    if wide or split:
+        block_m, block_n = 32, 32
+    else:
+        # The part mask at full width needs the registers of half a row block.
+        block_m, block_n = (32 if chunked or (has_parts and block_d >= 128) else 64), 64
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": warps,
+            "num_stages": 1 if chunked else 2}
 
 
 @triton.jit
