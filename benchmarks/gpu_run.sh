@@ -125,10 +125,10 @@ if [[ " $STAGES " == *" check "* ]]; then
   run host_tests 30 bash -c "$KBUILD/mma_layout_test && $KBUILD/rowblock_plan_test && $KBUILD/tile_size_test"
   run smoke 60 "$KBUILD/uniform_bench_cuda" --reps 1 --skip-timing
   run test_cuda $CAP $PT -n 4 tests/test_cuda.py -m "not slow" --junitxml="$LOG/test_cuda.xml" &
-  run test_triton_cuda $CAP $PT tests/test_triton.py tests/test_triton_contrastive.py &
+  run test_triton_cuda $CAP $PT tests/test_triton.py tests/test_triton_flash.py tests/test_triton_contrastive.py &
   run test_cuda_via_triton $CAP env PYHYPERSPHERE_GPU_BACKEND=triton $PT -n 4 tests/test_cuda.py -m "not slow" &
   run crosscheck $CAP $PY benchmarks/gpu_crosscheck.py --json "$LOG/crosscheck.json" &
-  run test_suite $CAP $PT -n 8 tests -m "not slow" --ignore=tests/test_cuda.py --ignore=tests/test_triton.py \
+  run test_suite $CAP $PT -n 8 tests -m "not slow" --ignore=tests/test_cuda.py --ignore=tests/test_triton.py --ignore=tests/test_triton_flash.py \
     --ignore=tests/test_triton_contrastive.py &
   if [[ ${GPU_RUN_SANITIZER:-1} == 1 ]]; then
     (for tool in memcheck racecheck synccheck; do
