@@ -62,12 +62,20 @@ def unit_rows(n, d, dtype, seed=0):
     return torch.nn.functional.normalize(x, dim=1).to(dtype)
 
 
+# Larger than any GPU's L2 (H100 50 MB, H200 60 MB): zeroed before each timed call so that
+# no call finds the previous one's rows in L2, as triton.testing.do_bench does.
+L2_FLUSH_BYTES = 256 * 2**20
+
+
 def cuda_times(fn, reps, warmup=1):
-    """Milliseconds of each of `reps` calls of fn(), CUDA events around each call."""
+    """Milliseconds of each of `reps` calls of fn(), CUDA events around each call, the L2
+    cache flushed before each."""
     for _ in range(warmup):
         fn()
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
     times = []
     for _ in range(reps):
+        flush.zero_()
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
