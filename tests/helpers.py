@@ -17,6 +17,18 @@ def load_script(relative_path: str):
     return module
 
 
+def signal_and_wait(process, signum, timeout=120) -> str:
+    """Sends `signum` to a running process, waits for it to end and returns its stderr; the
+    process is killed if it outlives `timeout` (or the wait raises)."""
+    try:
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return err
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """The trainer's dataset cache in the test's own folder."""

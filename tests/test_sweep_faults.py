@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("mnist1d")
 
-from helpers import REPO  # noqa: E402
+from helpers import REPO, signal_and_wait  # noqa: E402
 from pyhypersphere.sweep import runner  # noqa: E402
 from pyhypersphere.train import checkpoint, runlock  # noqa: E402
 
@@ -68,11 +68,10 @@ def test_sigterm_to_the_driver_stops_its_workers_and_ends_in_one_line(tmp_path):
     driver = sweep_process(tmp_path, "--workers", "2")
     try:
         pids = worker_pids(tmp_path, driver)
-        driver.send_signal(signal.SIGTERM)
-        _, err = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    except BaseException:
+        driver.kill()
+        raise
+    err = signal_and_wait(driver, signal.SIGTERM)
     assert driver.returncode == 143, err
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]

@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("mnist1d")
 
-from helpers import REPO, isolated_cache, tiny_config  # noqa: E402,F401  (isolated_cache: autouse fixture)
+from helpers import REPO, isolated_cache, signal_and_wait, tiny_config  # noqa: E402,F401  (isolated_cache: autouse fixture)
 from pyhypersphere.train import NonFiniteLossError, RunExistsError, TrainingInterrupted, train  # noqa: E402
 from pyhypersphere.train import checkpoint, cli, data, evaluate, loop, runlock  # noqa: E402
 
@@ -261,11 +261,10 @@ def test_sigterm_keeps_the_checkpoint_and_says_how_to_resume(tmp_path):
     proc = trainer(out, "--epochs", "500", cache=tmp_path / "cache")
     try:
         wait_for(lambda: (out / "checkpoint.pt").exists(), proc)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    except BaseException:
+        proc.kill()
+        raise
+    err = signal_and_wait(proc, signal.SIGTERM)
     assert proc.returncode == 143, err
     line = last_error_line(err)
     assert re.match(r"pyhypersphere train: interrupted .*epoch \d+.*: the checkpoint after epoch \d+ is kept", line), line
