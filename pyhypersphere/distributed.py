@@ -10,7 +10,7 @@ all counted, not just the (N/W)^2 within each shard.  The collective steps (meta
 gather, status, reduce-scatter, the backward as a scale) are the generic global-batch
 layer in ``_global_batch.py``; this module holds what is specific to uniformity.
 ``nt_xent_loss``, ``clip_loss`` and ``info_nce_loss`` (the global-batch contrastive losses) are defined in
-``distributed_contrastive.py`` and re-exported here.
+``distributed_contrastive.py`` and re-exported here, ``siglip_loss`` in ``ops/siglip.py``.
 
 How the pair work is split (backend-independent): rank r takes the rows [a_r, a_{r+1})
 of the gathered batch and sums the pairs (i, j), i < j, whose first row i is one of
@@ -42,6 +42,7 @@ from . import _ops
 from .losses import DEFAULT_T, _learned, _scale_to_learned_t
 from .distributed_contrastive import clip_loss, info_nce_loss, nt_xent_loss  # noqa: F401  (the contrastive losses)
 from .losses import uniform_loss as _local_uniform_loss
+from .ops.siglip import global_siglip_loss as siglip_loss  # noqa: F401  (SigLIP's global-batch loss)
 
 _FUNCTION = "pyhypersphere.distributed.uniform_loss"
 

@@ -20,6 +20,7 @@ import os
 import torch
 
 from . import _C
+from .ops import FAMILIES
 
 ENV_VAR = "PYHYPERSPHERE_GPU_BACKEND"
 CHOICES = ("auto", "cuda", "triton")
@@ -66,6 +67,8 @@ OPS = {
     "contrastive_lse_backward": False,
     "contrastive_mean_lse": False,
 }
+for _family in FAMILIES:  # the op families arranged by issue 27 name their own ops
+    OPS.update(_family.OPS)
 
 
 def choose_for_op(op: str, requested: str, with_cuda: bool, has_triton: bool) -> tuple:
