@@ -314,6 +314,12 @@ def _two_ranks(rank, world):
         assert_close(total / world, torch.stack([tr.grad, br.grad]), 1e-11, "d/dt, d/db averaged")
     with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
         distributed.siglip_loss(shard(full_x, rows, rank), shard(full_y, rows, rank), reduction="none")
+    # One rank's bad input raises on every rank (none is left waiting in a collective).
+    y_bad = shard(full_y, rows, rank)[:, : D - 1] if rank == 1 else shard(full_y, rows, rank)
+    with pytest.raises(ValueError, match=r"rank\(s\) \[1\] passed something else"):
+        distributed.siglip_loss(shard(full_x, rows, rank), y_bad)
+    with pytest.raises(ValueError, match=r"the ranks disagree on b"):
+        distributed.siglip_loss(shard(full_x, rows, rank), shard(full_y, rows, rank), 10.0, -10.0 + rank)
     equal_rows = [7, 7]
     ex, ey = global_batch(equal_rows, D, 22), global_batch(equal_rows, D, 23)
     x = shard(ex, equal_rows, rank).clone().requires_grad_(True)
