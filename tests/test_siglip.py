@@ -126,14 +126,16 @@ def test_python_numbers_and_the_papers_defaults():
     assert_close(siglip_loss(x, y, 2, 0.5), dense_loss(x.double(), y.double(), 2.0, 0.5), 2e-6, "ints")
 
 
-def test_extreme_logits_stay_finite_and_exact():
-    # |l| up to ~1000: log sigmoid in the stable form never overflows nor cancels.
-    x, y = inputs(20, 4, seed=6)
-    value, got, want_value, want = fused_and_dense(x, y, 1000.0, 0.0)
+@pytest.mark.parametrize("dtype,t,tol", [(torch.float64, 1000.0, 1e-11), (torch.float32, 200.0, 2e-5)])
+def test_extreme_logits_stay_finite_and_exact(dtype, t, tol):
+    # |l| up to t: log sigmoid in the stable form never overflows nor cancels; in float32
+    # most terms lie below e^-87, where the vector epilogue keeps off denormal numbers.
+    x, y = inputs(70, 4, dtype, seed=6)
+    value, got, want_value, want = fused_and_dense(x, y, t, -10.0)
     assert torch.isfinite(value) and all(torch.isfinite(g).all() for g in got)
-    assert_close(value, want_value, 1e-12, "loss")
+    assert_close(value, want_value, tol, "loss")
     for g, w, name in zip(got, want, "xytb"):
-        assert_close(g, w, 1e-11, f"d/d{name}")
+        assert_close(g, w, 5 * tol, f"d/d{name}")
 
 
 def test_nan_inputs_give_nan():
