@@ -10,12 +10,13 @@ from typing import Optional
 
 import torch
 
+
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def loss_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype of a uniformity loss of x: x's dtype, or under autocast on x's device
+    """The dtype of a loss of x: x's dtype, or under autocast on x's device
     float32 (float64 kept), as torch.pdist under CUDA autocast (csrc/autocast.cpp)."""
     if torch.is_autocast_enabled(x.device.type):
         return torch.promote_types(x.dtype, torch.float32)
