@@ -353,21 +353,21 @@ def triton_kernels():
     pytest.importorskip("triton")
     from triton_device import DEVICE, INTERPRET
 
-    from pyhypersphere import triton_kernels as tk
+    from pyhypersphere.triton_kernels.siglip import siglip as launcher
 
     if not INTERPRET and not torch.cuda.is_available():
         pytest.skip("needs TRITON_INTERPRET=1 before triton is imported, or a CUDA device")
     if not INTERPRET:
-        yield tk, DEVICE
+        yield launcher, DEVICE
         return
     import warnings
 
     lib = torch.library.Library("pyhypersphere", "IMPL")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
-        lib.impl("siglip", tk.siglip, "CPU")
+        lib.impl("siglip", launcher, "CPU")
     try:
-        yield tk, DEVICE
+        yield launcher, DEVICE
     finally:
         lib._destroy()
 
@@ -376,11 +376,11 @@ def triton_kernels():
     (1, 1, 1, torch.float64), (70, 45, 20, torch.float64), (45, 70, 130, torch.float32), (40, 40, 16, torch.bfloat16),
 ])
 def test_triton_kernel_against_the_dense_formula(triton_kernels, n, ny, d, dtype):
-    tk, device = triton_kernels
+    launcher, device = triton_kernels
     x, y = inputs(n, d, dtype, seed=14, ny=ny)
     coef = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     t, b = torch.tensor(6.0), torch.tensor(-4.0)
-    total, rows, gx, gy, gtb = tk.siglip(*(v.to(device) for v in (x, y, t, b, coef)), True, True, True)
+    total, rows, gx, gy, gtb = launcher(*(v.to(device) for v in (x, y, t, b, coef)), True, True, True)
     refs = [v.double().requires_grad_(True) for v in (x, y, t, b)]
     want_rows = dense_rows(*refs)
     (want_rows * coef).sum().backward()
@@ -393,7 +393,7 @@ def test_triton_kernel_against_the_dense_formula(triton_kernels, n, ny, d, dtype
 
 
 def test_triton_loss_through_dispatch_and_its_errors(triton_kernels):
-    tk, device = triton_kernels
+    launcher, device = triton_kernels
     x, y = inputs(33, 9, seed=15)
     weight = torch.rand(33, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     value, got, want_value, want = fused_and_dense(x.to(device), y.to(device), 7.0, -5.0, "mean", weight.to(device))
@@ -402,8 +402,8 @@ def test_triton_loss_through_dispatch_and_its_errors(triton_kernels):
         assert_close(g.cpu(), w, 1e-10, f"d/d{name}")
     nan = x.clone()
     nan[0, 0] = math.nan
-    assert torch.isnan(tk.siglip(nan.to(device), y.to(device), torch.tensor(1.0), torch.tensor(0.0),
+    assert torch.isnan(launcher(nan.to(device), y.to(device), torch.tensor(1.0), torch.tensor(0.0),
                                  torch.ones(33, dtype=torch.float64, device=device), False, False, False)[0]).all()
     with pytest.raises(ValueError, match="y must have the same feature dimension as x"):
-        tk.siglip(x.to(device), y[:, :3].to(device), torch.tensor(1.0), torch.tensor(0.0),
+        launcher(x.to(device), y[:, :3].to(device), torch.tensor(1.0), torch.tensor(0.0),
                   torch.ones(33, device=device), False, False, False)

@@ -1,4 +1,4 @@
-// CPU SigLIP kernel (contract: csrc/siglip.cpp): the loss and every gradient in one pass
+// CPU SigLIP kernel (contract: csrc/ops.h): the loss and every gradient in one pass
 // over the pair tiles, never holding the logit matrix.
 //
 // Per tile of rows x_i (one block of x) against rows y_j (one block of y): one Gram GEMM
@@ -11,7 +11,7 @@
 // Tiles run in the ordered schedule of ordered_tiles.h: every accumulator is updated in
 // schedule order (deterministic at any thread count); the (t, b) sums are kept per tile
 // and added in tile order at the end.  Extra memory O((N_x + N_y) d).
-#include "../input_checks.h"
+#include "../ops.h"
 #include "../tile_schedule.h"
 #include "../uniform_rows.h"
 #include "cpu_isa.h"
@@ -30,10 +30,6 @@
 #include <vector>
 
 namespace pyhypersphere {
-
-// Defined beside the schema (csrc/siglip.cpp).
-void check_siglip_args(const at::Tensor& x, const at::Tensor& y, const at::Tensor& t,
-                       const at::Tensor& b, const at::Tensor& coef);
 
 namespace {
 

@@ -4,7 +4,7 @@ autograd, the public ``siglip_loss`` and its global-batch form for ``pyhypersphe
 The logits l_ij = t <x_i, y_j> + b over all N x N pairs, labels z_ii = +1 and z_ij = -1
 off the diagonal; row i's loss is L_i = -sum_j log sigmoid(z_ij l_ij) and the loss
 (1/N) sum_i L_i (big_vision's and open_clip's definition).  The operator
-``torch.ops.pyhypersphere.siglip`` (schema and contract: csrc/siglip.cpp) returns the rows'
+``torch.ops.pyhypersphere.siglip`` (schema: csrc/siglip.cpp, contract: csrc/ops.h) returns the rows'
 losses L_i and sum_i coef_i L_i for per-row coefficients coef; a weight depends on its own
 logit only, so the gradients of that sum (x, y, t, b) come out of the same pass over the
 pairs, and the backward is a scale.  A backward that needs other coefficients
@@ -21,9 +21,7 @@ import torch.distributed as dist
 
 from .. import _C  # noqa: F401  (loads the library and registers the operators)
 from .. import _global_batch as gb
-from .._ops import accumulate_dtype, func_compatible, loss_dtype
-from ..contrastive import _check_features, _check_matches
-from ..losses import _as_float, _learned
+from ._common import accumulate_dtype, as_float, check_features, check_matches, func_compatible, learned, loss_dtype
 
 DEFAULT_T = 10.0  # the paper's initial scale t = exp(t'), t' = log 10
 DEFAULT_B = -10.0  # the paper's initial bias
@@ -122,9 +120,9 @@ def kernel_problem(device: torch.device) -> Optional[str]:
 
 
 def _check_inputs(x, y, function: str, min_rows: int = 1) -> None:
-    _check_features(x, "x", function, min_rows)
-    _check_features(y, "y", function, min_rows)
-    _check_matches(x, "x", y, "y", function, same_rows=True)
+    check_features(x, "x", function, min_rows)
+    check_features(y, "y", function, min_rows)
+    check_matches(x, "x", y, "y", function, same_rows=True)
 
 
 def _scalar(value: Scalar, name: str, function: str, x: torch.Tensor) -> torch.Tensor:
@@ -136,7 +134,7 @@ def _scalar(value: Scalar, name: str, function: str, x: torch.Tensor) -> torch.T
                 f"{value.dtype} tensor of shape {tuple(value.shape)}"
             )
         return value.reshape(()).to(x.device)
-    number = _as_float(value, name, function)
+    number = as_float(value, name, function)
     if not math.isfinite(number):
         raise ValueError(f"{function}: {name} must be a finite number, got {number}")
     return torch.tensor(number, dtype=accumulate_dtype(x.dtype), device=x.device)
@@ -279,9 +277,9 @@ def global_siglip_loss(
         "reduction": (float(reduction == "sum"), None if ok_reduction else f"reduction must be 'mean' or 'sum', got {reduction!r}"),
     }  # fmt: skip
     views = [x, y]
-    learned = {name: _learned(value) for name, value in (("t", t), ("b", b))}
+    learned_params = {name: learned(value) for name, value in (("t", t), ("b", b))}
     tensors = [v for v in views if isinstance(v, torch.Tensor)]
-    grad = torch.is_grad_enabled() and (any(v.requires_grad for v in tensors) or any(v is not None for v in learned.values()))
+    grad = torch.is_grad_enabled() and (any(v.requires_grad for v in tensors) or any(v is not None for v in learned_params.values()))
     if equal_shards:
         problem = _input_problem(views, function) or kernel_problem(x.device)
         if problem is not None:
@@ -324,7 +322,7 @@ def global_siglip_loss(
     rows = gb.reduce_scatter_rows(send, layout, group) if grad else None
     failure.reraise()  # the no-sync path's failed rank, after its last collective
     out = gb.attach_gradient(loss.reshape(1), rows, float(world), views)[0]
-    for k, (name, param) in enumerate(learned.items()):
+    for k, param in enumerate(learned_params.values()):
         if param is not None:  # adds 0; d/dparam = W * this rank's share, as for x and y
             out = out + ((param - param.detach()) * (world * tb[k]).to(param.dtype)).to(out.dtype).to(out.device)
     return out

@@ -1,4 +1,4 @@
-"""Triton kernel and launcher for `siglip` (contract: csrc/siglip.cpp).
+"""Triton kernel and launcher for `siglip` (contract: csrc/ops.h).
 
 One kernel, two roles, both flash-style row blocks: a program owns BLOCK_M rows R_i and
 sweeps every partner column C_j, the logits l_ij = t <R_i, C_j> + b computed tile by tile
@@ -22,11 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _C  # noqa: F401  (loads the operator schemas and their checks)
+from .. import _C  # the operator's argument checks
 from .contrastive import _precision
 from .tiles import check_device
-
-_checks = torch.ops.pyhypersphere.siglip_check
 
 
 @triton.jit
@@ -126,7 +124,7 @@ def _sweep(rows, cols, coef, tb, rows_are_x: bool, want_grad: bool, acc_t):
 
 def siglip(x, y, t, b, coef, grad_x, grad_y, grad_tb):
     """`torch.ops.pyhypersphere.siglip` on Triton: same arguments, same results."""
-    _checks(x, y, t, b, coef)
+    _C._check_siglip_args(x, y, t, b, coef)
     check_device(x.device, "siglip_loss")
     acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
     x, y = x.contiguous(), y.contiguous()
