@@ -155,6 +155,28 @@ def test_gradients_computed_in_the_forward_are_those_of_a_second_pass():
     torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_second_derivatives_and_torch_func(reduction):
+    """create_graph=True and torch.func.grad take the differentiable form of the gradient."""
+    x, y = inputs(12, 5, seed=16)
+    weight = torch.rand(12, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) + 0.5
+    probe = torch.randn(12, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+
+    def gradient_then_probe(fn):
+        leaves = [v.clone().requires_grad_(True) for v in (x, y)]
+        t = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+        b = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+        out = fn(*leaves, t, b, reduction=reduction, weight=weight)
+        (gx,) = torch.autograd.grad(out.sum(), leaves[0], create_graph=True)
+        return torch.autograd.grad((gx * probe).sum(), [*leaves, t, b])
+
+    for got, want in zip(gradient_then_probe(siglip_loss), gradient_then_probe(dense_loss)):
+        assert_close(got, want, 1e-11, "second derivative")
+    grad_fn = torch.func.grad(lambda a: siglip_loss(a, y, 3.0, -2.0, reduction, weight).sum())
+    want = torch.func.grad(lambda a: dense_loss(a, y, 3.0, -2.0, reduction, weight).sum())(x)
+    assert_close(grad_fn(x), want, 1e-12, "torch.func.grad")
+
+
 def test_autocast_gives_a_float32_loss():
     x, y = inputs(48, 16, torch.float32, seed=8)
     for dtype in (torch.float32, torch.bfloat16):

@@ -18,6 +18,7 @@ from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from .. import _C  # noqa: F401  (loads the library and registers the operators)
 from .. import _global_batch as gb
@@ -59,26 +60,42 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(x, y, t, b, coef, rows, grad_x, grad_y, grad_tb)
 
 
+def _coefficients(grad_total, grad_rows, coef, rows):
+    """Each row's upstream coefficient: d/dL_i of grad_total * sum_i coef_i L_i + <grad_rows, L>."""
+    c = grad_rows.to(rows.dtype) if grad_rows is not None else torch.zeros_like(rows)
+    return c if grad_total is None else c + grad_total.to(rows.dtype) * coef.to(rows.dtype)
+
+
+def _differentiable_gradients(x, y, t, b, c):
+    """(L, d/dx, d/dy, [d/dt, d/db]) of sum_i c_i L_i as differentiable torch expressions over
+    the explicit logits: O(N_x N_y) memory, for second derivatives only."""
+    acc = c.dtype
+    x, y, t, b = x.to(acc), y.to(acc), t.to(acc), b.to(acc)
+    gram = x @ y.T
+    labels = -torch.ones_like(gram)
+    i = torch.arange(min(x.shape[0], y.shape[0]), device=x.device)
+    labels[i, i] = 1.0
+    u = -labels * (t * gram + b)
+    w = c[:, None] * -labels * torch.sigmoid(u)  # c_i d softplus(u_ij) / d l_ij
+    return (F.softplus(u).sum(1), t * (w @ y), t * (w.T @ x), torch.stack([(w * gram).sum(), w.sum()]))
+
+
 def _backward(ctx, grad_total, grad_rows, *_unused):
     x, y, t, b, coef, rows, gx, gy, gtb = ctx.saved_tensors
     need_x, need_y, need_t, need_b, need_coef = ctx.needs_input_grad[:5]
     flags = (None, None, None)
     if grad_total is None and grad_rows is None:
         return (None,) * 5 + flags
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "siglip_loss: second derivatives (create_graph=True, torch.func.grad of a gradient) are "
-            "not supported by the fused kernel; differentiate the dense formula instead"
-        )
     need_tb = need_t or need_b
     acc = rows.dtype
     have = all(done or not needed for done, needed in zip(ctx.computed, (need_x, need_y, need_tb)))
-    if grad_rows is None and have:  # the forward's gradients of sum_i coef_i L_i, scaled
+    if torch.is_grad_enabled():  # create_graph=True, torch.func.grad: differentiable expressions
+        rows, gx, gy, gtb = _differentiable_gradients(x, y, t, b, _coefficients(grad_total, grad_rows, coef, rows))
+        scale = None
+    elif grad_rows is None and have:  # the forward's gradients of sum_i coef_i L_i, scaled
         scale = grad_total.to(acc)
     else:  # other coefficients: the gradients of sum_i c_i L_i from one more pass
-        c = grad_rows.to(acc) if grad_rows is not None else torch.zeros_like(rows)
-        if grad_total is not None:
-            c = c + grad_total.to(acc) * coef.to(acc)
+        c = _coefficients(grad_total, grad_rows, coef, rows)
         _, _, gx, gy, gtb = _lib_ops.siglip(x, y, t, b, c, need_x, need_y, need_tb)
         scale = None
 
