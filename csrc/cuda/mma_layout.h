@@ -65,16 +65,27 @@ PYHS_HOST_DEVICE int permuted_k_column(int k_position) {
   return k_position < 4 ? 2 * k_position : 2 * (k_position - 4) + 1;
 }
 
-// TF32 P V: output n8 tile f covers features f, f + 8, ..., f + 56 (column n: 8n + f), so
-// the B values a lane (column g) takes in the 8 tiles are the consecutive features 8g .. +7.
-PYHS_HOST_DEVICE int tf32_v_feature(int tile, int n) { return 8 * n + tile; }
+// TF32's O^T = V^T P^T: rows g and g + 8 of m tile i are features tf32_v_feature(i, g, 0 / 1)
+// (adjacent: one 8-byte load; at the 68-float pitch a half warp's loads of a tile fall in
+// distinct banks); output element e (flat [m tile][row tile][4]) is of row tf32_out_row,
+// and so are the row sums l^T.
+PYHS_HOST_DEVICE int tf32_v_feature(int tile, int g, int h) { return 16 * tile + 2 * g + h; }
+PYHS_HOST_DEVICE int tf32_out_row(int lane, int e) { return 8 * ((e >> 2) & 1) + 2 * thread_in_group(lane) + (e & 1); }
+// Its row sums l^T = A P^T: A register r of lane group g; [1 w] (one = 1 for g = 0, w for
+// g = 1) in rows 0, 1 at k positions 0..3 and rows 8, 9 at 4..7, so that the four registers
+// differ (ptxas copies a repeated one into place per use); l = D rows 0 + 8, lw = 1 + 9
+// (tf32_sum_col of element e; >= 2 once rows 8, 9 are added in).
+template <class T>
+PYHS_HOST_DEVICE T tf32_sums_a(int g, T one, int r) {
+  if (r == 0) return one;
+  return g < 2 ? (r == 3 ? one : T(0)) : T(r);
+}
+PYHS_HOST_DEVICE int tf32_sum_col(int lane, int e) { return group_of(lane) + 8 * ((e >> 1) & 1); }
 
-// The A registers of P V from S's accumulators (no data movement).  16-bit: register r
-// of k16 step kk = elements acc_first_of_a16(r), +1 of column tile 2 kk + acc_tile_of_a16(r);
-// TF32: register r of k8 step c = element acc_of_tf32_a(r) of column tile c.
+// The A registers of 16-bit P V from S's accumulators (no data movement): register r of
+// k16 step kk = elements acc_first_of_a16(r), +1 of column tile 2 kk + acc_tile_of_a16(r).
 PYHS_HOST_DEVICE int acc_tile_of_a16(int r) { return r >> 1; }
 PYHS_HOST_DEVICE int acc_first_of_a16(int r) { return 2 * (r & 1); }
-PYHS_HOST_DEVICE int acc_of_tf32_a(int r) { return ((r & 1) << 1) | (r >> 1); }
 
 }  // namespace layout
 }  // namespace cuda

@@ -97,6 +97,11 @@ struct RowSlice {
     const int g = layout::group_of(lane);
     return g == 0 ? T(1) : (g == 1 ? w : T(0));
   }
+  // Row sums: element e of l is (row, column) of [l lw] (columns 0 and 1; others are 0).
+  __device__ static int sum_row(int lane, int e) { return layout::group_of(lane) + 8 * (e >> 1); }
+  __device__ static int sum_col(int lane, int e) { return 2 * layout::thread_in_group(lane) + (e & 1); }
+  template <class T, int kL>
+  __device__ static void finish_sums(T (&)[kL]) {}
 };
 
 // m16n8 accumulators (16-bit and TF32), flat [n8 tile][4]; S, O and the sums alike.
@@ -107,7 +112,6 @@ struct Acc16x8 : RowSlice {
   __device__ static int elem_slot(int e) { return (e >> 1) & 1; }  // row g (0) or g + 8 (1)
   __device__ static int out_row(int lane, int e) { return elem_row(lane, e); }
   __device__ static int out_col(int lane, int e) { return elem_col(lane, e); }
-  __device__ static int out_slot(int e) { return elem_slot(e); }
 
   // S += Q K^T over one window of Mma's: A and two n8 tiles of B per ldmatrix (kHalves:
   // 16-bit halves per element, 2 for TF32), Mma::mma_bits on the registers as loaded.
@@ -175,74 +179,84 @@ struct Mma16 : Acc16x8 {
 
 // float32 on TF32 tensor cores (m16n8k8).  kSplit: 3xTF32, float32 accuracy (big + small
 // parts, small * small dropped); else the rows are stored TF32-rounded and only the
-// weights are rounded here.  P V's k order is permuted (layout::permuted_k_column) so
-// that accumulators are A registers, and its output features too (layout::tf32_v_feature)
-// so that a lane's V values of a k step are two 16-byte shared loads per row.
+// weights are rounded here.  P V runs transposed, O^T = V^T P^T: P's accumulators are B
+// pairs as they lie and V^T's A registers are two 8-byte loads, where O = P V needed
+// V's B pairs from two rows (register moves: ldmatrix cannot transpose 32-bit words).
 template <bool kSplit>
 struct MmaTf32 : Acc16x8 {
   using op_t = float;
   using acc_t = float;
-  static constexpr int kWindow = 64, kTileCols = 64;  // kWindow: 8 n8 tiles x 8 lanes' features
-  static constexpr int kS = kTileCols / 2, kO = kWindow / 2;
-  // TF32 mode stores the rows rounded, so the norms are those of the values multiplied.
+  static constexpr int kWindow = 64, kTileCols = 64;
+  static constexpr int kS = kTileCols / 2, kO = kWindow / 2, kL = 8;  // O^T, l^T: [m tile][row tile][4]
   __device__ static float round_operand(float v) { return kSplit ? v : __uint_as_float(to_tf32(v)); }
+  __device__ static int out_row(int lane, int e) { return layout::tf32_out_row(lane, e); }
   __device__ static int out_col(int lane, int e) {
-    return layout::tf32_v_feature(e >> 2, layout::acc16x8(lane, e & 3).col);
+    return layout::tf32_v_feature(e >> 3, layout::group_of(lane), (e >> 1) & 1);
   }
-  // A weight (finite, >= 0) as a TF32 operand rounded to nearest, ties away: ptxas's own
-  // cvt.rna.tf32.f32 less its inf / NaN select (the tensor core ignores the 13 low bits).
+  __device__ static int sum_row(int lane, int e) { return layout::tf32_out_row(lane, e); }
+  __device__ static int sum_col(int lane, int e) { return layout::tf32_sum_col(lane, e); }
+  __device__ static void finish_sums(float (&l)[kL]) {
+#pragma unroll
+    for (int e = 0; e < kL; ++e)
+      if (!(e & 2)) l[e] += l[e + 2];
+  }
+  // A weight (finite, >= 0) rounded to TF32, ties away: ptxas's own cvt.rna.tf32.f32 less
+  // its inf / NaN select (the tensor core ignores the 13 low bits).
   __device__ static unsigned weight_tf32(float w) { return __float_as_uint(w) + 0x1000u; }
 
-  __device__ static void mma(float (&d)[4], const float (&a)[4], float b0, float b1) {
+  // d += a b with a as stored (TF32 rows, the Gram's A or P V's V^T) and b a weight.
+  __device__ static void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, bool b_is_weight) {
     if constexpr (kSplit) {
       unsigned ab[4], as[4], bb0, bs0, bb1, bs1;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) split_tf32(a[i], ab[i], as[i]);
-      split_tf32(b0, bb0, bs0);
-      split_tf32(b1, bb1, bs1);
+      for (int i = 0; i < 4; ++i) split_tf32(__uint_as_float(a[i]), ab[i], as[i]);
+      split_tf32(__uint_as_float(b0), bb0, bs0);
+      split_tf32(__uint_as_float(b1), bb1, bs1);
       mma_tf32(d, as, bb0, bb1);  // small terms first
       mma_tf32(d, ab, bs0, bs1);
       mma_tf32(d, ab, bb0, bb1);
-    } else {
-      const unsigned ar[4] = {weight_tf32(a[0]), weight_tf32(a[1]), weight_tf32(a[2]), weight_tf32(a[3])};
-      mma_tf32(d, ar, __float_as_uint(b0), __float_as_uint(b1));
-    }
-  }
-
-  // Gram operands as loaded: 3xTF32 splits them; else they are stored TF32-rounded.
-  __device__ static void mma_bits(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    if constexpr (kSplit) {
-      const float af[4] = {__uint_as_float(a[0]), __uint_as_float(a[1]), __uint_as_float(a[2]), __uint_as_float(a[3])};
-      mma(d, af, __uint_as_float(b0), __uint_as_float(b1));
+    } else if (b_is_weight) {
+      mma_tf32(d, a, weight_tf32(__uint_as_float(b0)), weight_tf32(__uint_as_float(b1)));
     } else {
       mma_tf32(d, a, b0, b1);
     }
+  }
+  __device__ static void mma_bits(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    mma(d, a, b0, b1, false);
   }
   __device__ static void gram(float (&s)[kS], const float* q, const float* k, int pitch, int lane) {
     gram16x8<MmaTf32>(s, q, k, pitch, lane);
   }
 
+  // k8 step c: B = P^T, rows g (n8 tile 0) and g + 8 (tile 1) at columns 8c + 2t, 2t + 1
+  // (layout::permuted_k_column); A = V^T of m16 tile i: features tf32_v_feature(i, g, 0 / 1)
+  // of V's rows 8c + 2t, 2t + 1.
   __device__ static void product(float (&o)[kO], float (&l)[kL], const float (&s)[kS], const float* v, int pitch,
                                  int lane, float w, bool with_o) {
     const int g = layout::group_of(lane), t = layout::thread_in_group(lane);
-    const float one = ones_value(lane, w);
+    unsigned ones[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) ones[r] = __float_as_uint(layout::tf32_sums_a(g, ones_value(lane, w), r));
+    unsigned p[kS];
+#pragma unroll
+    for (int e = 0; e < kS; ++e) p[e] = __float_as_uint(s[e]);
 #pragma unroll
     for (int c = 0; c < kTileCols / 8; ++c) {
-      const float* e = s + 4 * c;
-      const float a[4] = {e[layout::acc_of_tf32_a(0)], e[layout::acc_of_tf32_a(1)], e[layout::acc_of_tf32_a(2)],
-                          e[layout::acc_of_tf32_a(3)]};
-      mma(l, a, one, one);
-      if (!with_o) continue;
-      // Rows 2t, 2t + 1 of the step (its k positions t, t + 4), features 8g .. 8g + 7.
-      const float* v0 = v + (8 * c + 2 * t) * pitch + layout::tf32_v_feature(0, g);
-      float b0[8], b1[8];
+      mma(*reinterpret_cast<float(*)[4]>(l), ones, p[4 * c], p[4 * c + 1], true);
+      mma(*reinterpret_cast<float(*)[4]>(l + 4), ones, p[4 * c + 2], p[4 * c + 3], true);
+    }
+    if (!with_o) return;
+    const float* vt = v + 2 * t * pitch + layout::tf32_v_feature(0, g, 0);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        *reinterpret_cast<float4*>(b0 + 4 * h) = *reinterpret_cast<const float4*>(v0 + 4 * h);
-        *reinterpret_cast<float4*>(b1 + 4 * h) = *reinterpret_cast<const float4*>(v0 + pitch + 4 * h);
+    for (int c = 0; c < kTileCols / 8; ++c) {
+#pragma unroll
+      for (int i = 0; i < kWindow / 16; ++i) {
+        const float* v0 = vt + 8 * c * pitch + layout::tf32_v_feature(i, 0, 0);
+        const float2 lo = *reinterpret_cast<const float2*>(v0), hi = *reinterpret_cast<const float2*>(v0 + pitch);
+        const unsigned a[4] = {__float_as_uint(lo.x), __float_as_uint(lo.y), __float_as_uint(hi.x), __float_as_uint(hi.y)};
+        mma(*reinterpret_cast<float(*)[4]>(o + 8 * i), a, p[4 * c], p[4 * c + 1], true);
+        mma(*reinterpret_cast<float(*)[4]>(o + 8 * i + 4), a, p[4 * c + 2], p[4 * c + 3], true);
       }
-#pragma unroll
-      for (int f = 0; f < kWindow / 8; ++f) mma(*reinterpret_cast<float(*)[4]>(o + 4 * f), a, b0[f], b1[f]);
     }
   }
 };
@@ -262,7 +276,6 @@ struct MmaF64 : RowSlice {
   __device__ static int elem_slot(int e) { return e / (2 * kN8); }
   __device__ static int out_row(int lane, int e) { return 8 * (e / (2 * kOut8)) + layout::acc8x8(lane, e & 1).row; }
   __device__ static int out_col(int lane, int e) { return 8 * ((e >> 1) % kOut8) + layout::acc8x8(lane, e & 1).col; }
-  __device__ static int out_slot(int e) { return e / (2 * kOut8); }
   __device__ static double round_operand(double v) { return v; }
 
   __device__ static void gram(double (&s)[kS], const double* q, const double* k, int pitch, int lane) {

@@ -157,6 +157,13 @@ template <class T>
 PYHS_HOST_DEVICE T shift_limit(T m, T row_term) {
   return m + T(kLazyShift2) - row_term;
 }
+// Exponents are <= 0 (up to the policy's rounding budget), so a shift >= -(kLazyShift2 - 1)
+// never moves again: the kernel's main loop takes a tile's exact max only while a row of
+// the warp has a lower one.
+template <class T>
+PYHS_HOST_DEVICE bool needs_exact_max(T m) {
+  return !(m >= -T(kLazyShift2 - 1));
+}
 // The finite shift the weights take under m: 0 while no pair was seen.
 template <class T>
 PYHS_HOST_DEVICE T shift_of(T m) {

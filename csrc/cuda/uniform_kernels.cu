@@ -181,11 +181,11 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
                                                      : plan::BlockRange{};
     bool active = false, diagonal = false, x_cols = false;
     int diagonal_key = 0;
-    // The main (inner) loop leaves on the rare tile where a row's online shift moves
-    // (plan::shift_limit), with the tile's exponents in s, for the rescale after it, and
-    // resumes that stage past its __syncthreads, so that every warp meets the same one.
-    acc_t tile_max[2] = {0, 0};
-    bool resume = false;
+    // Online: while a row of the warp may still move its shift (plan::needs_exact_max), the
+    // main (inner) loop leaves with the tile's exponents in s for the exact max and the
+    // rescale after it, and resumes that stage past its __syncthreads, so that every warp
+    // meets the same one.
+    bool resume = false, exact_max = kOnline;
     for (int st = 0; st < stages;) {
       for (; st < stages; ++st) {
         const int buffer = int(st & 1);
@@ -226,19 +226,7 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
                 if (key != layout::kNeverSelf && key == diagonal_key) s[e] = negative_infinity<acc_t>();
               }
             }
-            if constexpr (kOnline) {
-              tile_max[0] = tile_max[1] = negative_infinity<acc_t>();
-#pragma unroll
-              for (int e = 0; e < Mma::kS; ++e) tile_max[Mma::elem_slot(e)] = fmax(tile_max[Mma::elem_slot(e)], s[e]);
-              bool moves = false;
-#pragma unroll
-              for (int slot = 0; slot < 2; ++slot) {
-                tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 1));
-                tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 2));
-                moves |= tile_max[slot] > limit[slot];
-              }
-              if (__any_sync(0xffffffffu, moves)) break;  // to the rescale
-            }
+            if (kOnline && exact_max) break;  // to the tile's exact row max
           }
         }
         resume = false;
@@ -253,34 +241,52 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
       }
       if constexpr (kOnline) {
         if (st == stages) break;
-        acc_t scale[2];  // the shift moves: what is held goes to the new one
+        // The tile's row max; the shift moves past the limit (plan::shift_limit).
+        acc_t tile_max[2] = {negative_infinity<acc_t>(), negative_infinity<acc_t>()}, scale[2] = {1, 1};
 #pragma unroll
+        for (int e = 0; e < Mma::kS; ++e) tile_max[Mma::elem_slot(e)] = fmax(tile_max[Mma::elem_slot(e)], s[e]);
         for (int slot = 0; slot < 2; ++slot) {
+          tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 1));
+          tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 2));
+          if (!(tile_max[slot] > limit[slot])) continue;  // (a padding row's limit is NaN)
           const plan::OnlineStep<acc_t> next = plan::online_step(m[slot], tile_max[slot] + row_term[slot]);
           m[slot] = next.max;
           scale[slot] = next.scale;
           bias[slot] = plan::weight_bias(row_term[slot], next.shift);
           limit[slot] = plan::shift_limit(m[slot], row_term[slot]);
         }
+        // What is held goes to the new shift; TF32's outputs are of rows 2t, 2t + 1 (+ 8).
+        acc_t paired[2][2];
+        for (int slot = 0; slot < 2; ++slot)
+          for (int h = 0; h < 2; ++h) paired[slot][h] = __shfl_sync(0xffffffffu, scale[slot], 4 * (2 * t4 + h));
+        auto row_scale = [&](int r) {  // selects, no local array
+          const bool hi = r >= 8, odd = r & 1;
+          return r % 8 == g ? (hi ? scale[1] : scale[0])
+                            : (hi ? (odd ? paired[1][1] : paired[1][0]) : (odd ? paired[0][1] : paired[0][0]));
+        };
 #pragma unroll
-        for (int e = 0; e < Mma::kO; ++e) o[e] *= scale[Mma::out_slot(e)];
+        for (int e = 0; e < Mma::kO; ++e) o[e] *= row_scale(Mma::out_row(lane, e));
 #pragma unroll
-        for (int e = 0; e < Mma::kL; ++e) l[e] *= scale[(e >> 1) & 1];
+        for (int e = 0; e < Mma::kL; ++e) l[e] *= row_scale(Mma::sum_row(lane, e));
+        exact_max = __any_sync(0xffffffffu, plan::needs_exact_max(m[0]) || plan::needs_exact_max(m[1]));
         resume = true;
       } else {
         break;
       }
     }
 
-    // The item's partials (lanes t == 0 hold columns 0 and 1 of the row sums) and a_i.
+    // The item's partials and a_i.
+    Mma::finish_sums(l);
     const int64_t base = (w.split * p.plan.slices + w.slice) * p.rows_pad;
     for (int slot = 0; slot < 2; ++slot) {
       const int64_t r = warp_row0 + g + 8 * slot - p.row_start;
-      if (t4 == 0 && r < p.rows) {
-        p.m2[base + r] = m[slot];
-        p.l[base + r] = l[2 * slot];
-        p.lw[base + r] = l[2 * slot + 1];
-      }
+      if (t4 == 0 && r < p.rows) p.m2[base + r] = m[slot];
+    }
+#pragma unroll
+    for (int e = 0; e < Mma::kL; ++e) {
+      const int64_t r = warp_row0 + Mma::sum_row(lane, e) - p.row_start;
+      const int c = Mma::sum_col(lane, e);
+      if (c < 2 && r < p.rows) (c == 0 ? p.l : p.lw)[base + r] = l[e];
     }
     if (p.with_o) {
       acc_t* a = p.a + w.split * p.rows_pad * p.ld + w.slice * G::kWindow;
