@@ -39,13 +39,6 @@ PYHS_HOST_DEVICE Coord ldmatrix_bt_row(int lane) {
   return {(q >> 1) * 8 + (lane & 7), (q & 1) * 8};
 }
 
-// What ldmatrix delivers: register q of lane L holds elements (L / 4, 2 (L % 4) + half)
-// of matrix q, transposed with .trans.
-PYHS_HOST_DEVICE Coord ldmatrix_element(int lane, int half, bool trans) {
-  const int r = group_of(lane), c = 2 * thread_in_group(lane) + half;
-  return trans ? Coord{c, r} : Coord{r, c};
-}
-
 // The diagonal mask.  A warp's 16 rows start `offset` (a multiple of 16) columns after
 // a tile's first; the tile holds self pairs iff they start inside it.  Accumulator
 // element (row g + r, column 2t + c) is the self pair iff c - r == offset + g - 2t: r, c

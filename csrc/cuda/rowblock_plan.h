@@ -1,7 +1,5 @@
-// The row-block algorithm's arithmetic that is not a tensor-core product: how the work
-// is cut (row blocks, column splits, feature windows, parts) and the log-sum-exp state.
-// Host + device, so that rowblock_plan_test checks it and runs the whole algorithm on
-// the host with it.  Exponents and shifts are in log2 units: the kernel's exp is exp2.
+// The row-block algorithm's arithmetic other than products: how the work is cut and the
+// log-sum-exp state (log2 units), host + device for rowblock_plan_test's emulation.
 #pragma once
 
 #include "../uniform_math.h"
@@ -17,14 +15,11 @@ namespace plan {
 constexpr double kLog2E = 1.4426950408889634;
 constexpr double kLn2 = 0.6931471805599453;
 
-// Rows of a part-slicing block: parts are balanced ranges of 64 x 64 tiles numbered as
-// the Triton kernels number them (x's upper triangle row by row, then x by queue), so
-// both GPU backends cut the same slices.  A warp's 16 rows and a column tile lie in one
-// block, so a part selects whole (warp, tile) pieces: no per-pair mask.
+// Parts are balanced ranges of 64 x 64 tiles numbered as the Triton kernels number them
+// (docs/cuda.md, "Parts"); a part selects whole (warp, tile) pieces: no per-pair mask.
 constexpr int64_t kPartRows = 64;
-// Work items aimed for: a function of the shape only, never of the device, so the
-// results are too.  A split keeps >= kMinSplitTiles tiles so that its partial a_i
-// (d floats per row) costs less than the tiles it sums.
+// Work items aimed for (a function of the shape only, as the results); a split keeps
+// >= kMinSplitTiles tiles so that its partial a_i costs less than the tiles it sums.
 constexpr int64_t kTargetItems = 512;
 constexpr int64_t kMinSplitTiles = 8;
 
@@ -68,9 +63,8 @@ PYHS_HOST_DEVICE bool part_holds(const Parts& p, bool rows_are_x, bool cols_are_
   return f >= p.lo && f < p.hi;
 }
 
-// The column blocks of one region that this part holds against row block a: the
-// part-tile index grows with the column block within a region, so they are one range,
-// found by bisection once per warp and item instead of an index per tile.
+// The column blocks of one region that this part holds against row block a: one range
+// (the index grows with the column block), found by bisection once per warp and item.
 struct BlockRange {
   int64_t lo = 0, hi = 0;
   PYHS_HOST_DEVICE bool holds(int64_t b) const { return b >= lo && b < hi; }
@@ -135,10 +129,8 @@ PYHS_HOST_DEVICE int64_t window_at(int64_t slice, int64_t step, int64_t windows)
 
 // ---------------------------------------------------------------- log-sum-exp state
 
-// A pair's exponent -t log2(e) ||z_i - z_j||^2 = c2 gram + col_term + row_term, with
-// c2 = 2 t log2(e) and the norm terms -t log2(e) ||z||^2; the kernel's weights are
-// exp2(partial + bias), bias = row_term - shift.  No clamp at 0: rounding makes a
-// near-duplicate's distance negative by at most the policy's budget (weight <= 1.001).
+// A pair's exponent -t log2(e) ||z_i - z_j||^2 = c2 gram + col_term + row_term (c2 = 2 t
+// log2(e), terms -t log2(e) ||z||^2); weights exp2(partial + bias), bias = row_term - shift.
 template <class T>
 PYHS_HOST_DEVICE T partial_exponent2(T c2, T gram, T col_term) {
   return c2 * gram + col_term;
@@ -148,10 +140,8 @@ PYHS_HOST_DEVICE T weight_bias(T row_term, T shift) {
   return row_term - shift;
 }
 
-// The online shift m of a row moves only when a tile's max passes it by more than
-// kLazyShift2 (weights then stay <= 2^kLazyShift2, far from overflow), so that the
-// rescale of what is held is rare (FlashAttention-4's conditional rescale).  The limit
-// is on the tile's max partial exponent (without the row term), fixed between moves.
+// The lazy online shift m moves only when a tile's max passes it by more than kLazyShift2
+// (weights stay <= 2^8); the limit is on the tile's max partial exponent.
 constexpr double kLazyShift2 = 8;
 template <class T>
 PYHS_HOST_DEVICE T shift_limit(T m, T row_term) {

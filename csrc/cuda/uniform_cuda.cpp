@@ -1,11 +1,6 @@
-// Torch glue of the CUDA uniformity kernels (uniform_kernels.h): checks, device guard,
-// stream, the products' precision, the workspace and the ops.h outputs.  Precision: the
-// shared policy (plan_uniform_rows) with the operand format torch's matmul settings ask
-// for: float32 on TF32 when allowed and the rows' spread allows TF32's roundoff, else
-// 3xTF32, else float64 rows; bf16/fp16 raw when their spread allows, else centered
-// float32.  Under CUDA-graph capture (no host read): 3xTF32 for every non-float64 input
-// and a device-side NaN select for non-finite inputs.  The kernels are deterministic, so
-// torch.use_deterministic_algorithms(True) needs no other path.
+// Torch glue of the CUDA uniformity kernels: checks, device guard, stream, the products'
+// precision (the shared policy with torch's matmul settings; docs/cuda.md, "Precision
+// modes"), the workspace and the ops.h outputs.
 #include "../input_checks.h"
 #include "../ops.h"
 #include "../uniform_rows.h"
@@ -18,9 +13,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
-
 #include <torch/version.h>
-
 #include <cuda_runtime_api.h>
 
 #include <algorithm>

@@ -1,17 +1,6 @@
-// CUDA uniformity kernels: one pass over row blocks, flash-attention-2 style.  With
-// Q = K = V = z, per row i: l_i = sum_j 2^(e_ij - m_i), a_i = sum_j 2^(e_ij - m_i) z_j
-// (e in log2 units), and d lse / d z_i = -2t 2^(m_i - lse) (l_i z_i - a_i).
-// Launches on one stream, no host synchronization:
-//   1. pack_rows_kernel: x's rows then the queue's, padded with zeros to whole row blocks
-//      and feature windows, and their norm terms (of the values as stored);
-//   2. uniform_rows_kernel: one CTA per work item (rowblock_plan.h), 16 rows per warp so
-//      that nothing is reduced between warps; per column tile S = Q K^T, the shift
-//      (online max or static), P = 2^(S - m), o += P V and the row sums, in registers;
-//      the queue pass (the queue's gradient) has the queue's rows against x's columns;
-//   3. lse_kernel: the x pass's partials in a fixed order, in double;
-//   4. gradient_kernel: a row's column splits merged in split order, the closed form.
-// Each item writes its own partials and every sum has a fixed order (no atomics), so the
-// results depend on the shape only, not on the grid, the timing or the device.
+// CUDA uniformity kernels, one pass over row blocks, FlashAttention-2 style (docs/cuda.md,
+// "Design"): pack_rows_kernel, uniform_rows_kernel (per pass), lse_kernel, gradient_kernel,
+// on one stream, no host synchronization, no atomics: results depend on the shape only.
 #include "convert.cuh"
 #include "rowblock_mma.cuh"
 #include "rowblock_plan.h"
@@ -29,9 +18,7 @@ constexpr int kSmallThreads = 256;  // the pack, lse and gradient kernels
 constexpr int kLseThreads = 512;
 
 template <class T>
-__device__ __forceinline__ T negative_infinity() {
-  return -std::numeric_limits<T>::infinity();
-}
+__device__ __forceinline__ T negative_infinity() { return -std::numeric_limits<T>::infinity(); }
 
 // Shared memory and threads of the row kernel of a precision and block size.
 template <class Mma, int kBlockRows>

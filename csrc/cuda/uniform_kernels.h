@@ -1,12 +1,6 @@
-// Host entry points of the CUDA uniformity kernels: toolkit only (raw device pointers,
-// sizes, a stream), shared by the torch glue (uniform_cuda.cpp) and the benchmark.
-// Contract (csrc/ops.h): rows z = [x (n rows); queue (k rows)], the pairs of `part` of
-// `num_parts` (slices of 64-row tiles, as the Triton kernels cut them):
-//   lse = log sum_P exp(-t ||z_i - z_j||^2) (-inf for an empty slice), grad = d lse / d z.
-// Products: kBf16/kFp16 m16n8k16 (weights rounded to the operand type), kTf32 m16n8k8 on
-// TF32-rounded rows, kFp32 3xTF32, kFp64 DMMA; everything else in float (double for
-// kFp64).  Needs sm_80+.  Work is cut by the shape alone, merges have a fixed order and
-// there are no float atomics: results are bitwise the same for every grid size.
+// Host entry points of the CUDA uniformity kernels (toolkit only: raw device pointers,
+// sizes, a stream), for the torch glue and the benchmark; contract and design: ops.h,
+// docs/cuda.md.  Needs sm_80+; results are bitwise the same for every grid size.
 #pragma once
 
 #include <cuda_runtime_api.h>

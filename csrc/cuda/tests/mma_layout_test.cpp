@@ -147,13 +147,6 @@ void check_layout_functions() {
       expect(L::acc8x8(lane, i).row == isa_c_f64(lane, i).row && L::acc8x8(lane, i).col == isa_c_f64(lane, i).col,
              "acc8x8 == ISA m8n8k4 C", lane, i);
     }
-    for (int h = 0; h < 2; ++h) {
-      for (bool trans : {false, true}) {
-        const L::Coord got = L::ldmatrix_element(lane, h, trans);
-        const RC want = isa_ldmatrix(lane, h, trans);
-        expect(got.row == want.row && got.col == want.col, "ldmatrix_element == ISA", lane, h);
-      }
-    }
   }
   for (int p = 0; p < 8; ++p) {
     // TF32 A: k position p of a lane with thread_in_group t is column permuted_k_column(p),
