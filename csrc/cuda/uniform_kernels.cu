@@ -394,8 +394,8 @@ int grid_for(int64_t items, int64_t per_cta) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(plan::ceil_div(items, per_cta), int64_t(1) << 20)));
 }
 
-// Where each buffer sits in the workspace, a pure function of the problem.  A pass's
-// partials: m2, l and lw back to back, then a.
+// Where each buffer sits in the workspace, a pure function of the problem; a pass's
+// partials are m2, l and lw back to back.
 struct Workspace {
   size_t z = 0, term = 0, stats = 0, x_partials = 0, x_a = 0, queue_partials = 0, queue_a = 0, bytes = 0;
   int64_t x_pad = 0, queue_pad = 0, ld = 0, windows = 0;
@@ -412,46 +412,28 @@ Workspace plan_workspace(const UniformProblem& problem) {
   w.ld = plan::round_up(problem.d, G::kWindow);
   w.windows = w.ld / G::kWindow;
   const int64_t x_tiles = problem.intra_batch ? w.x_pad / G::kCols : 0;
-  w.x_plan = plan::make_pass_plan(w.x_pad / kBlockRows, x_tiles + w.queue_pad / G::kCols,
-                                  problem.grad_x ? w.windows : 1);
+  w.x_plan = plan::make_pass_plan(w.x_pad / kBlockRows, x_tiles + w.queue_pad / G::kCols, problem.grad_x ? w.windows : 1);
   w.queue_plan = plan::make_pass_plan(w.queue_pad / kBlockRows, w.x_pad / G::kCols, w.windows);
-  size_t at = 0;
   auto take = [&](size_t bytes) {
-    const size_t here = at;
-    at = (at + bytes + 255) / 256 * 256;
+    const size_t here = w.bytes;
+    w.bytes = (w.bytes + bytes + 255) / 256 * 256;
     return here;
   };
+  auto partials = [&](const plan::PassPlan& pp, int64_t rows_pad) {
+    return take(3 * size_t(pp.splits * pp.slices * rows_pad) * sizeof(acc_t));
+  };
+  auto a = [&](const plan::PassPlan& pp, int64_t rows_pad) { return take(size_t(pp.splits * rows_pad * w.ld) * sizeof(acc_t)); };
   const size_t rows = size_t(w.x_pad + w.queue_pad);
   w.z = take(rows * size_t(w.ld) * sizeof(typename Mma::op_t));
   w.term = take(rows * sizeof(acc_t));
   w.stats = take(2 * sizeof(double));
-  auto partials = [&](const plan::PassPlan& pp, int64_t rows_pad) {
-    return take(3 * size_t(pp.splits * pp.slices * rows_pad) * sizeof(acc_t));
-  };
-  auto a = [&](const plan::PassPlan& pp, int64_t rows_pad) {
-    return take(size_t(pp.splits * rows_pad * w.ld) * sizeof(acc_t));
-  };
   w.x_partials = partials(w.x_plan, w.x_pad);
   if (problem.grad_x) w.x_a = a(w.x_plan, w.x_pad);
   if (problem.grad_queue) {
     w.queue_partials = partials(w.queue_plan, w.queue_pad);
     w.queue_a = a(w.queue_plan, w.queue_pad);
   }
-  w.bytes = at;
   return w;
-}
-
-template <class Mma, int kBlockRows>
-cudaError_t run_pass(const PassParams<typename Mma::op_t, typename Mma::acc_t>& p, bool online,
-                     int64_t max_ctas, cudaStream_t stream) {
-  using G = RowGeometry<Mma, kBlockRows>;
-  const auto kernel = online ? uniform_rows_kernel<Mma, kBlockRows, true> : uniform_rows_kernel<Mma, kBlockRows, false>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(G::kSmemBytes));
-  if (err != cudaSuccess) return err;
-  int64_t ctas = std::max<int64_t>(1, std::min<int64_t>(p.plan.items(), int64_t(1) << 30));
-  if (max_ctas > 0) ctas = std::min(ctas, max_ctas);
-  kernel<<<static_cast<unsigned>(ctas), G::kThreads, G::kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
 }
 
 template <class Mma, int kBlockRows>
@@ -463,13 +445,13 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   const Workspace w = plan_workspace<Mma, kBlockRows>(problem);
   // The row kernel counts an item's stages, and rows within a pass, in 32 bits.
   if (w.x_pad + w.queue_pad >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  for (const plan::PassPlan* pp : {&w.x_plan, &w.queue_plan}) {
+  for (const plan::PassPlan* pp : {&w.x_plan, &w.queue_plan})
     if (pp->tiles_per_split * w.windows >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  }
   unsigned char* base = static_cast<unsigned char*>(workspace);
   auto at = [&](size_t offset) { return reinterpret_cast<acc_t*>(base + offset); };
   op_t* z = reinterpret_cast<op_t*>(base + w.z);
   double* stats = reinterpret_cast<double*>(base + w.stats);
+  acc_t* grad = static_cast<acc_t*>(grad_out);
   // c1 > 0 (t > 0 is checked; a t so small that c1 rounds to 0 weighs every pair 1, as
   // exp(-t d^2) does then), so padding terms are -inf, never NaN.
   const acc_t c1 = static_cast<acc_t>(problem.t * plan::kLog2E);
@@ -477,46 +459,46 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   pack_rows_kernel<Mma><<<grid_for(padded_rows, kSmallThreads / 32), kSmallThreads, 0, stream>>>(
       static_cast<const op_t*>(problem.rows), problem.n, problem.k, problem.d, w.x_pad, padded_rows, w.ld, c1, z,
       at(w.term));
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-
-  PassParams<op_t, acc_t> x{z, at(w.term), w.ld, 0, problem.n, w.x_pad, true,
-                            problem.intra_batch ? w.x_pad / G::kCols : 0, w.x_pad, w.x_plan,
-                            plan::make_parts(problem.n, problem.k, problem.intra_batch, problem.part, problem.num_parts),
-                            w.windows, problem.grad_x, static_cast<acc_t>(2 * problem.t * plan::kLog2E)};
-  auto bind = [&](PassParams<op_t, acc_t>& p, size_t partials, size_t a) {
+  // A pass: its partials bound, the row kernel, then the gradient of its rows.
+  auto run_pass = [&](PassParams<op_t, acc_t>& p, size_t partials, size_t a, bool grad_rows, int64_t grad_row0) {
     const int64_t count = p.plan.splits * p.plan.slices * p.rows_pad;
     p.m2 = at(partials);
     p.l = p.m2 + count;
     p.lw = p.l + count;
     p.a = p.with_o ? at(a) : nullptr;
+    const auto kernel = problem.static_shift ? uniform_rows_kernel<Mma, kBlockRows, false>
+                                             : uniform_rows_kernel<Mma, kBlockRows, true>;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(G::kSmemBytes));
+    if (err != cudaSuccess) return err;
+    int64_t ctas = std::max<int64_t>(1, std::min<int64_t>(p.plan.items(), int64_t(1) << 30));
+    if (problem.max_ctas > 0) ctas = std::min(ctas, problem.max_ctas);
+    kernel<<<static_cast<unsigned>(ctas), G::kThreads, G::kSmemBytes, stream>>>(p);
+    if (p.rows_are_x) {  // the x pass: lse first, the gradient needs it
+      lse_kernel<acc_t><<<1, kLseThreads, 0, stream>>>(p.m2, p.lw, p.plan.splits, p.plan.slices, p.rows, p.rows_pad,
+                                                       static_cast<double*>(lse_out), stats);
+    }
+    if (grad_rows) {
+      gradient_kernel<op_t, acc_t><<<grid_for(p.rows, kSmallThreads / 32), kSmallThreads, 0, stream>>>(
+          p, problem.d, G::kWindow, grad_row0, problem.t, stats, grad);
+    }
+    return cudaGetLastError();
   };
-  bind(x, w.x_partials, w.x_a);
-  if ((err = run_pass<Mma, kBlockRows>(x, !problem.static_shift, problem.max_ctas, stream)) != cudaSuccess) return err;
-  lse_kernel<acc_t><<<1, kLseThreads, 0, stream>>>(x.m2, x.lw, x.plan.splits, x.plan.slices, x.rows, x.rows_pad,
-                                                   static_cast<double*>(lse_out), stats);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  acc_t* grad = static_cast<acc_t*>(grad_out);
-  if (problem.grad_x) {
-    gradient_kernel<op_t, acc_t><<<grid_for(problem.n, kSmallThreads / 32), kSmallThreads, 0, stream>>>(
-        x, problem.d, G::kWindow, 0, problem.t, stats, grad);
-  }
-  if (problem.grad_queue) {
-    // The queue's rows against x's columns; the same part selection, seen from the queue.
-    PassParams<op_t, acc_t> q = x;
-    q.row_start = w.x_pad;
-    q.rows = problem.k;
-    q.rows_pad = w.queue_pad;
-    q.rows_are_x = false;
-    q.x_tiles = w.x_pad / G::kCols;
-    q.plan = w.queue_plan;
-    q.with_o = true;
-    bind(q, w.queue_partials, w.queue_a);
-    if ((err = run_pass<Mma, kBlockRows>(q, !problem.static_shift, problem.max_ctas, stream)) != cudaSuccess) return err;
-    gradient_kernel<op_t, acc_t><<<grid_for(problem.k, kSmallThreads / 32), kSmallThreads, 0, stream>>>(
-        q, problem.d, G::kWindow, problem.n, problem.t, stats, grad);
-  }
-  return cudaGetLastError();
+  PassParams<op_t, acc_t> x{z, at(w.term), w.ld, 0, problem.n, w.x_pad, true,
+                            problem.intra_batch ? w.x_pad / G::kCols : 0, w.x_pad, w.x_plan,
+                            plan::make_parts(problem.n, problem.k, problem.intra_batch, problem.part, problem.num_parts),
+                            w.windows, problem.grad_x, static_cast<acc_t>(2 * problem.t * plan::kLog2E)};
+  cudaError_t err = run_pass(x, w.x_partials, w.x_a, problem.grad_x, 0);
+  if (err != cudaSuccess || !problem.grad_queue) return err;
+  // The queue's rows against x's columns; the same part selection, seen from the queue.
+  PassParams<op_t, acc_t> q = x;
+  q.row_start = w.x_pad;
+  q.rows = problem.k;
+  q.rows_pad = w.queue_pad;
+  q.rows_are_x = false;
+  q.x_tiles = w.x_pad / G::kCols;
+  q.plan = w.queue_plan;
+  q.with_o = true;
+  return run_pass(q, w.queue_partials, w.queue_a, true, problem.n);
 }
 
 // f(Mma{}, rows) with the kernel of a precision and block size (0: the default).
