@@ -1,10 +1,6 @@
-// Where each mma.sync operand element lives in a warp (lane, register) and which
-// shared-memory row each lane hands to ldmatrix; host + device, so that mma_layout_test
-// checks it against the PTX ISA's layouts.  PTX notation: lane = 4 g + t (group g 0..7,
-// thread_in_group t 0..3); a warp's 16 rows are rows g and g + 8 of each thread.
-// Tiles are row-major in shared memory: S = Q K^T takes B[k][n] = K[n][k] by ldmatrix;
-// O = P V takes A = P from S's accumulators and B = V by ldmatrix.trans (16-bit), or
-// (TF32, f64) with the k order permuted so that accumulators are A registers as they are.
+// Where each mma.sync operand element lives in a warp (lane, register) and which shared
+// row each lane hands to ldmatrix; host + device, for mma_layout_test against the PTX
+// ISA's layouts.  Lane = 4 g + t (group g, thread_in_group t); tiles are row-major.
 #pragma once
 
 #include "../uniform_math.h"  // PYHS_HOST_DEVICE
@@ -14,8 +10,7 @@ namespace cuda {
 namespace layout {
 
 struct Coord {
-  int row;
-  int col;
+  int row, col;
 };
 
 PYHS_HOST_DEVICE int group_of(int lane) { return lane >> 2; }
@@ -30,14 +25,8 @@ PYHS_HOST_DEVICE Coord acc8x8(int lane, int i) { return {group_of(lane), 2 * thr
 // ldmatrix .x4: lane L addresses row L % 8 of matrix q = L / 8.  For a 16 x 16-half A
 // block (or V, with .trans) matrix q covers rows 8 (q % 2) .. +8, columns 8 (q / 2) .. +8;
 // for two n8 tiles of B = K^T, K rows 8 (q / 2) .. +8, columns 8 (q % 2) .. +8.
-PYHS_HOST_DEVICE Coord ldmatrix_a_row(int lane) {
-  const int q = lane >> 3;
-  return {(q & 1) * 8 + (lane & 7), (q >> 1) * 8};
-}
-PYHS_HOST_DEVICE Coord ldmatrix_bt_row(int lane) {
-  const int q = lane >> 3;
-  return {(q >> 1) * 8 + (lane & 7), (q & 1) * 8};
-}
+PYHS_HOST_DEVICE Coord ldmatrix_a_row(int lane) { return {((lane >> 3) & 1) * 8 + (lane & 7), (lane >> 4) * 8}; }
+PYHS_HOST_DEVICE Coord ldmatrix_bt_row(int lane) { return {(lane >> 4) * 8 + (lane & 7), ((lane >> 3) & 1) * 8}; }
 
 // The diagonal mask.  A warp's 16 rows start `offset` (a multiple of 16) columns after
 // a tile's first; the tile holds self pairs iff they start inside it.  Accumulator
@@ -54,9 +43,7 @@ PYHS_HOST_DEVICE int self_pair_key(int r, int c) {
 // TF32 / f64 P V: a lane's accumulators of an n8 tile hold columns 2t and 2t + 1, fed as
 // A registers unchanged, so k position t stands for column 2t and t + 4 for 2t + 1; V's
 // rows are read in the same order.
-PYHS_HOST_DEVICE int permuted_k_column(int k_position) {
-  return k_position < 4 ? 2 * k_position : 2 * (k_position - 4) + 1;
-}
+PYHS_HOST_DEVICE int permuted_k_column(int k_position) { return k_position < 4 ? 2 * k_position : 2 * k_position - 7; }
 
 // TF32's O^T = V^T P^T: rows g and g + 8 of m tile i are features tf32_v_feature(i, g, 0 / 1)
 // (adjacent: one 8-byte load; at the 68-float pitch a half warp's loads of a tile fall in
@@ -69,10 +56,7 @@ PYHS_HOST_DEVICE int tf32_out_row(int lane, int e) { return 8 * ((e >> 2) & 1) +
 // differ (ptxas copies a repeated one into place per use); l = D rows 0 + 8, lw = 1 + 9
 // (tf32_sum_col of element e; >= 2 once rows 8, 9 are added in).
 template <class T>
-PYHS_HOST_DEVICE T tf32_sums_a(int g, T one, int r) {
-  if (r == 0) return one;
-  return g < 2 ? (r == 3 ? one : T(0)) : T(r);
-}
+PYHS_HOST_DEVICE T tf32_sums_a(int g, T one, int r) { return r == 0 ? one : g < 2 ? (r == 3 ? one : T(0)) : T(r); }
 PYHS_HOST_DEVICE int tf32_sum_col(int lane, int e) { return group_of(lane) + 8 * ((e >> 1) & 1); }
 
 // The A registers of 16-bit P V from S's accumulators (no data movement): register r of

@@ -20,26 +20,21 @@ constexpr int kLseThreads = 512;
 template <class T>
 __device__ __forceinline__ T negative_infinity() { return -std::numeric_limits<T>::infinity(); }
 
-// Shared memory and threads of the row kernel of a precision and block size.
+// Shared memory and threads of the row kernel of a precision and block size: Q (the
+// block's rows), K (a column tile) and the tile's norm terms, each double-buffered.
 template <class Mma, int kBlockRows>
 struct RowGeometry {
   using op_t = typename Mma::op_t;
-  using acc_t = typename Mma::acc_t;
-  static constexpr int kThreads = kBlockRows / RowSlice::kRows * 32;
-  static constexpr int kCols = Mma::kTileCols;
-  static constexpr int kWindow = Mma::kWindow;
+  static constexpr int kThreads = kBlockRows / RowSlice::kRows * 32, kCols = Mma::kTileCols, kWindow = Mma::kWindow;
   // Rows padded by 16 bytes: ldmatrix's eight row addresses fall in distinct banks.
-  static constexpr int kPitch = kWindow + 16 / int(sizeof(op_t));
-  static constexpr int kChunk = 16 / int(sizeof(op_t));  // elements per cp.async
-  static constexpr int kRowChunks = kWindow / kChunk;
-  static constexpr size_t kQBytes = size_t(kBlockRows) * kPitch * sizeof(op_t);
-  static constexpr size_t kKBytes = size_t(kCols) * kPitch * sizeof(op_t);
-  static constexpr size_t kSqBytes = size_t(kCols) * sizeof(acc_t);
-  static constexpr size_t kSmemBytes = 2 * (kQBytes + kKBytes + kSqBytes);
+  static constexpr int kPitch = kWindow + 16 / int(sizeof(op_t)), kChunk = 16 / int(sizeof(op_t));  // per cp.async
+  static constexpr int kRowChunks = kWindow / kChunk, kPassRows = kThreads / kRowChunks;  // rows per CTA-wide copy
+  static constexpr size_t kQElems = size_t(kBlockRows) * kPitch, kKElems = size_t(kCols) * kPitch;
+  static constexpr size_t kSmemBytes = 2 * ((kQElems + kKElems) * sizeof(op_t) + kCols * sizeof(typename Mma::acc_t));
   // x's and the queue's rows are padded to whole row blocks and part blocks.
   static constexpr int kRowAlign = kBlockRows > plan::kPartRows ? kBlockRows : int(plan::kPartRows);
-  static_assert(kRowAlign % kCols == 0 && kRowAlign % kBlockRows == 0, "tiles within the padding");
-  static_assert((kCols * sizeof(acc_t)) % 16 == 0, "norms by cp.async");
+  static_assert(kRowAlign % kCols == 0 && kRowAlign % kBlockRows == 0 && kThreads % kRowChunks == 0 &&
+                kCols % kPassRows == 0 && kBlockRows % kPassRows == 0, "whole tiles and rows");
 };
 
 template <class op_t, class acc_t>
@@ -68,115 +63,89 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
   using G = RowGeometry<Mma, kBlockRows>;
   using op_t = typename Mma::op_t;
   using acc_t = typename Mma::acc_t;
-  constexpr int kCols = G::kCols, kPitch = G::kPitch;
+  constexpr int kCols = G::kCols, kPitch = G::kPitch, kPassRows = G::kPassRows;
   extern __shared__ __align__(128) unsigned char smem[];
   op_t* qbuf = reinterpret_cast<op_t*>(smem);
-  op_t* kbuf = reinterpret_cast<op_t*>(smem + 2 * G::kQBytes);
-  acc_t* sqbuf = reinterpret_cast<acc_t*>(smem + 2 * (G::kQBytes + G::kKBytes));
-
+  op_t* kbuf = qbuf + 2 * G::kQElems;
+  acc_t* sqbuf = reinterpret_cast<acc_t*>(kbuf + 2 * G::kKElems);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = layout::group_of(lane), t4 = layout::thread_in_group(lane);
   const bool resident = p.windows == 1;  // Q loaded once per item
-  constexpr int kPassRows = G::kThreads / G::kRowChunks;  // rows the CTA's 16-byte chunks cover at once
-  static_assert(G::kThreads % G::kRowChunks == 0 && kCols % kPassRows == 0 && kBlockRows % kPassRows == 0,
-                "whole rows per pass");
   const int my_row = tid / G::kRowChunks, my_chunk = tid % G::kRowChunks;
   const int my_smem = my_row * kPitch + my_chunk * G::kChunk;
-  const int64_t pass_stride = kPassRows * p.ld;
-  const int64_t thread_offset = my_row * p.ld + my_chunk * G::kChunk;
+  const int64_t pass_stride = kPassRows * p.ld, thread_offset = my_row * p.ld + my_chunk * G::kChunk;
 
   for (int64_t item = blockIdx.x; item < p.plan.items(); item += gridDim.x) {
     const plan::WorkItem w = plan::work_item(p.plan, item);
-    const int64_t row0 = p.row_start + w.row_block * kBlockRows;
-    const int64_t warp_row0 = row0 + warp * RowSlice::kRows;
+    const int64_t row0 = p.row_start + w.row_block * kBlockRows, warp_row0 = row0 + warp * RowSlice::kRows;
     const op_t* const block_rows = p.z + row0 * p.ld + thread_offset;
     // Tiles and columns within a region in 32 bits (the launcher checks the counts).
-    const int tiles = int(w.end_tile - w.first_tile);
-    const int stages = tiles * int(p.windows);
+    const int tiles = int(w.end_tile - w.first_tile), windows = int(p.windows), stages = tiles * windows;
     const int x_tiles = int(std::min<int64_t>(std::max<int64_t>(p.x_tiles - w.first_tile, 0), tiles));
-    const int windows = int(p.windows);
-    // A tile's first column within its region (x's or the queue's), and in the padded rows.
-    auto region_col0 = [&](int tile) {
-      return (int(w.first_tile) + tile - (tile < x_tiles ? 0 : int(p.x_tiles))) * kCols;
-    };
-    auto tile_col0 = [&](int tile) {
-      return (tile < x_tiles ? 0 : p.queue_start) + int64_t(region_col0(tile));
-    };
-    // Stage s: tile s / windows, window s % windows.  A thread loads chunk my_chunk of
-    // rows my_row, my_row + kPassRows, ... (static trip counts: no loop in the main loop).
+    // A tile's first column within its region (x's or the queue's).
+    auto region_col0 = [&](int tile) { return (int(w.first_tile) + tile - (tile < x_tiles ? 0 : int(p.x_tiles))) * kCols; };
+    // Stage s: tile s / windows, window s % windows.  A thread loads chunk my_chunk of rows
+    // my_row, my_row + kPassRows, ... (static trip counts: no loop in the main loop).
     auto copy_rows = [&](op_t* dst, const op_t* src, auto rows) {
 #pragma unroll
-      for (int i = 0; i < decltype(rows)::value / kPassRows; ++i) {
+      for (int i = 0; i < decltype(rows)::value / kPassRows; ++i)
         copy_async_16(dst + i * kPassRows * kPitch, src + i * pass_stride);
-      }
     };
     // tile_rows: this thread's first chunk of the tile (window 0); tile_terms: its terms.
     auto issue = [&](const op_t* tile_rows, const acc_t* tile_terms, bool first, int step, int win, int buffer) {
-      copy_rows(kbuf + buffer * (G::kKBytes / sizeof(op_t)) + my_smem, tile_rows + win * G::kWindow,
-                std::integral_constant<int, kCols>{});
-      constexpr int kTermChunks = kCols * int(sizeof(acc_t)) / 16;
-      if (step == windows - 1 && tid < kTermChunks) {
-        copy_async_16(sqbuf + buffer * kCols + tid * (16 / sizeof(acc_t)), tile_terms + tid * (16 / sizeof(acc_t)));
-      }
-      if (!resident || first) {
-        copy_rows(qbuf + (resident ? 0 : buffer) * (G::kQBytes / sizeof(op_t)) + my_smem,
-                  block_rows + win * G::kWindow, std::integral_constant<int, kBlockRows>{});
-      }
+      copy_rows(kbuf + buffer * G::kKElems + my_smem, tile_rows + win * G::kWindow, std::integral_constant<int, kCols>{});
+      constexpr int kTermChunk = 16 / sizeof(acc_t);
+      if (step == windows - 1 && tid < kCols / kTermChunk)
+        copy_async_16(sqbuf + buffer * kCols + tid * kTermChunk, tile_terms + tid * kTermChunk);
+      if (!resident || first)
+        copy_rows(qbuf + (resident ? 0 : buffer) * G::kQElems + my_smem, block_rows + win * G::kWindow,
+                  std::integral_constant<int, kBlockRows>{});
       copy_async_commit();
     };
-
     // The lane's two rows (slots 0 and 1) and their state: the shift m, the weights'
     // bias, the limit on a tile's max before m moves (online; all fixed between moves).
-    acc_t row_term[2], m[2], bias[2], limit[2];
+    acc_t row_term[2], m[2], bias[2], limit[2], s[Mma::kS], o[Mma::kO] = {}, l[Mma::kL] = {};
     for (int slot = 0; slot < 2; ++slot) {
       row_term[slot] = p.term[warp_row0 + g + 8 * slot];
       m[slot] = kOnline ? negative_infinity<acc_t>() : acc_t(0);
       bias[slot] = plan::weight_bias(row_term[slot], plan::shift_of(m[slot]));
       limit[slot] = plan::shift_limit(m[slot], row_term[slot]);
     }
-    acc_t s[Mma::kS], o[Mma::kO], l[Mma::kL];
-#pragma unroll
-    for (int e = 0; e < Mma::kO; ++e) o[e] = 0;
-#pragma unroll
-    for (int e = 0; e < Mma::kL; ++e) l[e] = 0;
-
     __syncthreads();  // the previous item's warps are done with every buffer
-    const op_t* next_rows = p.z + tile_col0(0) * p.ld + thread_offset;
-    const acc_t* next_terms = p.term + tile_col0(0);
+    const int64_t col0 = (x_tiles > 0 ? 0 : p.queue_start) + region_col0(0);
+    const op_t* next_rows = p.z + col0 * p.ld + thread_offset;
+    const acc_t* next_terms = p.term + col0;
     const op_t* const queue_rows = p.z + p.queue_start * p.ld + thread_offset;
     const int64_t tile_stride = int64_t(kCols) * p.ld;
     if (stages > 0) issue(next_rows, next_terms, true, 0, int(plan::window_at(w.slice, 0, windows)), 0);
-    int tile = 0, step = 0;
     // The next stage's tile (pointers), step and window (plan::window_at, no division).
-    int next_tile = 0, next_step = 0;
+    int tile = 0, step = 0, next_tile = 0, next_step = 0;
     auto advance = [&] {
       if (++next_step < windows) return;
       next_step = 0;
-      ++next_tile;
-      const bool to_queue = next_tile == x_tiles;
+      const bool to_queue = ++next_tile == x_tiles;
       next_rows = to_queue ? queue_rows : next_rows + tile_stride;
       next_terms = to_queue ? p.term + p.queue_start : next_terms + kCols;
     };
     advance();
     int next_win = int(plan::window_at(w.slice, next_step, windows));
     // This part's column blocks against the warp's rows, per region, for the whole item.
-    const bool rows_valid = warp_row0 - p.row_start < p.rows;
     const int warp_x_row = int(warp_row0 - p.row_start);  // the warp's first row within its pass
-    const int64_t part_row = (warp_row0 - p.row_start) / plan::kPartRows;
+    const bool rows_valid = warp_x_row < p.rows;
+    const int64_t part_row = warp_x_row / plan::kPartRows;
     const plan::BlockRange held_x = plan::held_blocks(p.parts, p.rows_are_x, true, part_row, p.parts.x_blocks);
-    const plan::BlockRange held_queue = p.rows_are_x ? plan::held_blocks(p.parts, true, false, part_row, p.parts.queue_blocks)
-                                                     : plan::BlockRange{};
-    bool active = false, diagonal = false, x_cols = false;
+    const plan::BlockRange held_queue =
+        p.rows_are_x ? plan::held_blocks(p.parts, true, false, part_row, p.parts.queue_blocks) : plan::BlockRange{};
+    bool active = false, diagonal = false, x_cols = false, resume = false, exact_max = kOnline;
     int diagonal_key = 0;
     // Online: while a row of the warp may still move its shift (plan::needs_exact_max), the
     // main (inner) loop leaves with the tile's exponents in s for the exact max and the
     // rescale after it, and resumes that stage past its __syncthreads, so that every warp
     // meets the same one.
-    bool resume = false, exact_max = kOnline;
     for (int st = 0; st < stages;) {
       for (; st < stages; ++st) {
         const int buffer = int(st & 1);
-        const op_t* kb = kbuf + buffer * (G::kKBytes / sizeof(op_t));
+        const op_t* kb = kbuf + buffer * G::kKElems;
         if (!resume) {
           copy_async_wait_all();
           __syncthreads();
@@ -186,22 +155,18 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
             if (++next_win == windows) next_win = 0;
           }
           if (step == 0) {
-            const int col0 = region_col0(tile);
-            x_cols = tile < x_tiles;
             // Padding pairs weigh 0 by their -inf term: only the self pairs of a diagonal tile
             // are masked, those with elem_col - elem_row == offset (self_pair_key).
-            const int offset = warp_x_row - col0;
+            const int c0 = region_col0(tile), offset = warp_x_row - c0;
+            x_cols = tile < x_tiles;
             diagonal = p.rows_are_x && x_cols && layout::diagonal_tile(offset, kCols);
             diagonal_key = offset + g - 2 * t4;
-            const int u = col0 / int(plan::kPartRows);
-            active = rows_valid && (x_cols ? held_x.holds(u) : held_queue.holds(u));
+            active = rows_valid && (x_cols ? held_x.holds(c0 / int(plan::kPartRows)) : held_queue.holds(c0 / int(plan::kPartRows)));
 #pragma unroll
             for (int e = 0; e < Mma::kS; ++e) s[e] = 0;
           }
-          if (active) {
-            const op_t* qb = qbuf + (resident ? 0 : buffer) * (G::kQBytes / sizeof(op_t));
-            Mma::gram(s, qb + warp * RowSlice::kRows * kPitch, kb, kPitch, lane);
-          }
+          if (active) Mma::gram(s, qbuf + (resident ? 0 : buffer) * G::kQElems + warp * RowSlice::kRows * kPitch, kb,
+                                kPitch, lane);
           if (active && step == windows - 1) {
             const acc_t* terms = sqbuf + buffer * kCols;
 #pragma unroll
@@ -221,67 +186,59 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
 #pragma unroll
           for (int e = 0; e < Mma::kS; ++e) s[e] = exp2(s[e] + bias[Mma::elem_slot(e)]);
           // x-x pairs are seen from both of their rows: half a pair each in lse.
-          const acc_t half = p.rows_are_x && x_cols ? acc_t(0.5) : acc_t(1);
-          Mma::product(o, l, s, kb, kPitch, lane, half, p.with_o);
+          Mma::product(o, l, s, kb, kPitch, lane, p.rows_are_x && x_cols ? acc_t(0.5) : acc_t(1), p.with_o);
         }
         if (++step == windows) step = 0, ++tile;
       }
-      if constexpr (kOnline) {
-        if (st == stages) break;
-        // The tile's row max; the shift moves past the limit (plan::shift_limit).
-        acc_t tile_max[2] = {negative_infinity<acc_t>(), negative_infinity<acc_t>()}, scale[2] = {1, 1};
+      if (!kOnline || st == stages) break;
+      // The tile's row max; the shift moves past the limit (plan::shift_limit).
+      acc_t tile_max[2] = {negative_infinity<acc_t>(), negative_infinity<acc_t>()}, scale[2] = {1, 1};
 #pragma unroll
-        for (int e = 0; e < Mma::kS; ++e) tile_max[Mma::elem_slot(e)] = fmax(tile_max[Mma::elem_slot(e)], s[e]);
-        for (int slot = 0; slot < 2; ++slot) {
-          tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 1));
-          tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 2));
-          if (!(tile_max[slot] > limit[slot])) continue;  // (a padding row's limit is NaN)
-          const plan::OnlineStep<acc_t> next = plan::online_step(m[slot], tile_max[slot] + row_term[slot]);
-          m[slot] = next.max;
-          scale[slot] = next.scale;
-          bias[slot] = plan::weight_bias(row_term[slot], next.shift);
-          limit[slot] = plan::shift_limit(m[slot], row_term[slot]);
-        }
-        // What is held goes to the new shift; TF32's outputs are of rows 2t, 2t + 1 (+ 8).
-        acc_t paired[2][2];
-        for (int slot = 0; slot < 2; ++slot)
-          for (int h = 0; h < 2; ++h) paired[slot][h] = __shfl_sync(0xffffffffu, scale[slot], 4 * (2 * t4 + h));
-        auto row_scale = [&](int r) {  // selects, no local array
-          const bool hi = r >= 8, odd = r & 1;
-          return r % 8 == g ? (hi ? scale[1] : scale[0])
-                            : (hi ? (odd ? paired[1][1] : paired[1][0]) : (odd ? paired[0][1] : paired[0][0]));
-        };
-#pragma unroll
-        for (int e = 0; e < Mma::kO; ++e) o[e] *= row_scale(Mma::out_row(lane, e));
-#pragma unroll
-        for (int e = 0; e < Mma::kL; ++e) l[e] *= row_scale(Mma::sum_row(lane, e));
-        exact_max = __any_sync(0xffffffffu, plan::needs_exact_max(m[0]) || plan::needs_exact_max(m[1]));
-        resume = true;
-      } else {
-        break;
+      for (int e = 0; e < Mma::kS; ++e) tile_max[Mma::elem_slot(e)] = fmax(tile_max[Mma::elem_slot(e)], s[e]);
+      for (int slot = 0; slot < 2; ++slot) {
+        tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 1));
+        tile_max[slot] = fmax(tile_max[slot], __shfl_xor_sync(0xffffffffu, tile_max[slot], 2));
+        if (!(tile_max[slot] > limit[slot])) continue;  // (a padding row's limit is NaN)
+        const plan::OnlineStep<acc_t> next = plan::online_step(m[slot], tile_max[slot] + row_term[slot]);
+        m[slot] = next.max;
+        scale[slot] = next.scale;
+        bias[slot] = plan::weight_bias(row_term[slot], next.shift);
+        limit[slot] = plan::shift_limit(m[slot], row_term[slot]);
       }
+      // What is held goes to the new shift; TF32's outputs are of rows 2t, 2t + 1 (+ 8).
+      acc_t paired[2][2];
+      for (int slot = 0; slot < 2; ++slot)
+        for (int h = 0; h < 2; ++h) paired[slot][h] = __shfl_sync(0xffffffffu, scale[slot], 4 * (2 * t4 + h));
+      auto row_scale = [&](int r) {  // selects, no local array
+        const bool hi = r >= 8, odd = r & 1;
+        return r % 8 == g ? (hi ? scale[1] : scale[0])
+                          : (hi ? (odd ? paired[1][1] : paired[1][0]) : (odd ? paired[0][1] : paired[0][0]));
+      };
+#pragma unroll
+      for (int e = 0; e < Mma::kO; ++e) o[e] *= row_scale(Mma::out_row(lane, e));
+#pragma unroll
+      for (int e = 0; e < Mma::kL; ++e) l[e] *= row_scale(Mma::sum_row(lane, e));
+      exact_max = __any_sync(0xffffffffu, plan::needs_exact_max(m[0]) || plan::needs_exact_max(m[1]));
+      resume = true;
     }
 
     // The item's partials and a_i.
     Mma::finish_sums(l);
     const int64_t base = (w.split * p.plan.slices + w.slice) * p.rows_pad;
     for (int slot = 0; slot < 2; ++slot) {
-      const int64_t r = warp_row0 + g + 8 * slot - p.row_start;
+      const int64_t r = warp_x_row + g + 8 * slot;
       if (t4 == 0 && r < p.rows) p.m2[base + r] = m[slot];
     }
 #pragma unroll
     for (int e = 0; e < Mma::kL; ++e) {
-      const int64_t r = warp_row0 + Mma::sum_row(lane, e) - p.row_start;
+      const int64_t r = warp_x_row + Mma::sum_row(lane, e);
       const int c = Mma::sum_col(lane, e);
       if (c < 2 && r < p.rows) (c == 0 ? p.l : p.lw)[base + r] = l[e];
     }
-    if (p.with_o) {
-      acc_t* a = p.a + w.split * p.rows_pad * p.ld + w.slice * G::kWindow;
 #pragma unroll
-      for (int e = 0; e < Mma::kO; ++e) {
-        const int64_t r = warp_row0 + Mma::out_row(lane, e) - p.row_start;
-        if (r < p.rows) a[r * p.ld + Mma::out_col(lane, e)] = o[e];
-      }
+    for (int e = 0; e < Mma::kO && p.with_o; ++e) {
+      const int64_t r = warp_x_row + Mma::out_row(lane, e);
+      if (r < p.rows) p.a[(w.split * p.rows_pad + r) * p.ld + w.slice * G::kWindow + Mma::out_col(lane, e)] = o[e];
     }
   }
 }

@@ -22,9 +22,7 @@ struct UniformProblem {
   bool grad_x = false;      // into grad_rows [0, n)
   bool grad_queue = false;  // into grad_rows [n, n + k) (needs k > 0)
   UniformPrecision precision = UniformPrecision::kFp32;
-  // Shift 0 instead of an online max: only where no weight can underflow
-  // (plan::static_shift_certified).
-  bool static_shift = false;
+  bool static_shift = false;  // shift 0, no online max: where plan::static_shift_certified
   int64_t block_rows = 0;  // 0: uniform_block_rows(precision); 64 for 99 KiB devices
   int64_t max_ctas = 0;    // cap on the row kernel's grid, for tests (0: none)
 };
@@ -40,8 +38,8 @@ size_t uniform_workspace_bytes(const UniformProblem& problem);
 // lse (one double, whatever the precision: ops.h) and the asked rows of grad_rows ([n + k,
 // d], the accumulation type), asynchronously on `stream`; `workspace`:
 // uniform_workspace_bytes, 256-byte aligned.  Returns the first launch error.
-cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, void* lse,
-                               void* grad_rows, cudaStream_t stream);
+cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, void* lse, void* grad_rows,
+                               cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace pyhypersphere
