@@ -243,19 +243,9 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
   }
 }
 
-// ---------------------------------------------------------------- pack, lse, gradient
-
-template <class T>
-__device__ __forceinline__ T warp_sum(T v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Padded row p holds data row src(p): x's rows at [0, n), the queue's at
-// [x_pad, x_pad + k), zeros elsewhere and in columns [d, ld).  term[p] = -c1 ||row||^2
-// (c1 = t log2(e)) of the values as stored (Mma::round_operand), so the distances are
-// those of the operands; -inf for a padding row, so that its pairs weigh 0 without a mask.
+// Padded row r: x's rows at [0, n), the queue's at [x_pad, x_pad + k), zeros elsewhere and
+// in columns [d, ld); term[r] = -c1 ||row||^2 of the values as stored (the operands'
+// distances), -inf for a padding row, so that its pairs weigh 0 without a mask.
 template <class Mma, class op_t = typename Mma::op_t, class acc_t = typename Mma::acc_t>
 __global__ void pack_rows_kernel(const op_t* rows, int64_t n, int64_t k, int64_t d, int64_t x_pad,
                                  int64_t padded_rows, int64_t ld, acc_t c1, op_t* z, acc_t* term) {
@@ -267,10 +257,9 @@ __global__ void pack_rows_kernel(const op_t* rows, int64_t n, int64_t k, int64_t
     for (int64_t c = lane; c < ld; c += 32) {
       const op_t v = (src >= 0 && c < d) ? Mma::round_operand(rows[src * d + c]) : op_t{};
       z[r * ld + c] = v;
-      const acc_t a = to_acc(v);
-      s += a * a;
+      s += to_acc(v) * to_acc(v);
     }
-    s = warp_sum(s);
+    for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
     if (lane == 0) term[r] = src >= 0 ? -c1 * s : negative_infinity<acc_t>();
   }
 }
@@ -278,39 +267,34 @@ __global__ void pack_rows_kernel(const op_t* rows, int64_t n, int64_t k, int64_t
 // A CTA-wide reduction of one value per thread, in a fixed tree order.
 template <class Op>
 __device__ double block_reduce(double* scratch, double v, Op op) {
-  const int tid = threadIdx.x;
-  scratch[tid] = v;
-  __syncthreads();
+  scratch[threadIdx.x] = v;
   for (int s = kLseThreads / 2; s > 0; s /= 2) {
-    if (tid < s) scratch[tid] = op(scratch[tid], scratch[tid + s]);
     __syncthreads();
+    if (threadIdx.x < s) scratch[threadIdx.x] = op(scratch[threadIdx.x], scratch[threadIdx.x + s]);
   }
+  __syncthreads();
   const double result = scratch[0];
   __syncthreads();
   return result;
 }
 
-// One CTA: lse = log sum over x's rows of lw_i 2^m_i, from every split's partials
-// (slice 0), in double, written as a double (ops.h).  stats[0] = lse in log2 units, for
-// the gradient.
+// One CTA: lse = log sum over x's rows and splits of lw 2^m2 (slice 0), in double;
+// stats[0] = lse in log2 units, for the gradient.
 template <class acc_t>
-__global__ void __launch_bounds__(kLseThreads)
-    lse_kernel(const acc_t* m2, const acc_t* lw, int64_t splits, int64_t slices, int64_t rows, int64_t rows_pad,
-               double* lse, double* stats) {
+__global__ void __launch_bounds__(kLseThreads) lse_kernel(const acc_t* m2, const acc_t* lw, int64_t splits,
+                                                          int64_t slices, int64_t rows, int64_t rows_pad,
+                                                          double* lse, double* stats) {
   __shared__ double scratch[kLseThreads];
-  const int64_t count = splits * rows;
   auto at = [&](int64_t i) { return (i / rows) * slices * rows_pad + i % rows; };
   double top = -std::numeric_limits<double>::infinity(), total = 0;
-  for (int64_t i = threadIdx.x; i < count; i += kLseThreads) top = fmax(top, double(m2[at(i)]));
+  for (int64_t i = threadIdx.x; i < splits * rows; i += kLseThreads) top = fmax(top, double(m2[at(i)]));
   top = block_reduce(scratch, top, [](double a, double b) { return fmax(a, b); });
-  for (int64_t i = threadIdx.x; i < count; i += kLseThreads) {
+  for (int64_t i = threadIdx.x; i < splits * rows; i += kLseThreads)
     total += double(lw[at(i)]) * plan::rescale2(double(m2[at(i)]), top);
-  }
   total = block_reduce(scratch, total, [](double a, double b) { return a + b; });
   if (threadIdx.x == 0) {
-    const double lse2 = total > 0 ? top + std::log2(total) : -std::numeric_limits<double>::infinity();
-    stats[0] = lse2;
-    lse[0] = lse2 * plan::kLn2;  // a double: the loss lse - log |P| keeps its digits only if lse does
+    stats[0] = total > 0 ? top + std::log2(total) : -std::numeric_limits<double>::infinity();
+    lse[0] = stats[0] * plan::kLn2;  // a double: the loss lse - log |P| keeps its digits only if lse does
   }
 }
 
@@ -320,26 +304,18 @@ template <class op_t, class acc_t>
 __global__ void gradient_kernel(PassParams<op_t, acc_t> p, int64_t d, int window, int64_t grad_row0, double t,
                                 const double* stats, acc_t* grad) {
   const int lane = threadIdx.x % 32;
-  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
-  const int64_t splits = p.plan.splits, slices = p.plan.slices;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32), splits = p.plan.splits, slices = p.plan.slices;
   for (int64_t r = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32; r < p.rows; r += warps) {
-    const op_t* z = p.z + (p.row_start + r) * p.ld;
     for (int64_t slice = 0; slice < slices; ++slice) {
-      acc_t top = negative_infinity<acc_t>();
-      for (int64_t s = 0; s < splits; ++s) top = fmax(top, p.m2[(s * slices + slice) * p.rows_pad + r]);
-      acc_t l = 0;
-      for (int64_t s = 0; s < splits; ++s) {
-        const int64_t at = (s * slices + slice) * p.rows_pad + r;
-        l += p.l[at] * plan::rescale2(p.m2[at], top);
-      }
+      auto at = [&](int64_t split) { return (split * slices + slice) * p.rows_pad + r; };
+      acc_t top = negative_infinity<acc_t>(), l = 0;
+      for (int64_t s = 0; s < splits; ++s) top = fmax(top, p.m2[at(s)]);
+      for (int64_t s = 0; s < splits; ++s) l += p.l[at(s)] * plan::rescale2(p.m2[at(s)], top);
       const acc_t coefficient = static_cast<acc_t>(plan::gradient_coefficient(t, double(top), stats[0]));
-      const int64_t c_end = std::min<int64_t>(d, (slice + 1) * window);
-      for (int64_t c = slice * window + lane; c < c_end; c += 32) {
+      for (int64_t c = slice * window + lane; c < std::min<int64_t>(d, (slice + 1) * window); c += 32) {
         acc_t a = 0;
-        for (int64_t s = 0; s < splits; ++s) {
-          a += p.a[(s * p.rows_pad + r) * p.ld + c] * plan::rescale2(p.m2[(s * slices + slice) * p.rows_pad + r], top);
-        }
-        grad[(grad_row0 + r) * d + c] = coefficient * (l * to_acc(z[c]) - a);
+        for (int64_t s = 0; s < splits; ++s) a += p.a[(s * p.rows_pad + r) * p.ld + c] * plan::rescale2(p.m2[at(s)], top);
+        grad[(grad_row0 + r) * d + c] = coefficient * (l * to_acc(p.z[(p.row_start + r) * p.ld + c]) - a);
       }
     }
   }
@@ -347,8 +323,8 @@ __global__ void gradient_kernel(PassParams<op_t, acc_t> p, int64_t d, int window
 
 // ---------------------------------------------------------------- host side
 
-int grid_for(int64_t items, int64_t per_cta) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(plan::ceil_div(items, per_cta), int64_t(1) << 20)));
+int grid_for(int64_t rows) {  // one warp per row of the small kernels
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(plan::ceil_div(rows, kSmallThreads / 32), 1 << 20)));
 }
 
 // Where each buffer sits in the workspace, a pure function of the problem; a pass's
@@ -376,20 +352,16 @@ Workspace plan_workspace(const UniformProblem& problem) {
     w.bytes = (w.bytes + bytes + 255) / 256 * 256;
     return here;
   };
-  auto partials = [&](const plan::PassPlan& pp, int64_t rows_pad) {
-    return take(3 * size_t(pp.splits * pp.slices * rows_pad) * sizeof(acc_t));
+  auto pass = [&](const plan::PassPlan& pp, int64_t rows_pad, bool with_a, size_t& partials, size_t& a) {
+    partials = take(3 * size_t(pp.splits * pp.slices * rows_pad) * sizeof(acc_t));
+    if (with_a) a = take(size_t(pp.splits * rows_pad * w.ld) * sizeof(acc_t));
   };
-  auto a = [&](const plan::PassPlan& pp, int64_t rows_pad) { return take(size_t(pp.splits * rows_pad * w.ld) * sizeof(acc_t)); };
   const size_t rows = size_t(w.x_pad + w.queue_pad);
   w.z = take(rows * size_t(w.ld) * sizeof(typename Mma::op_t));
   w.term = take(rows * sizeof(acc_t));
   w.stats = take(2 * sizeof(double));
-  w.x_partials = partials(w.x_plan, w.x_pad);
-  if (problem.grad_x) w.x_a = a(w.x_plan, w.x_pad);
-  if (problem.grad_queue) {
-    w.queue_partials = partials(w.queue_plan, w.queue_pad);
-    w.queue_a = a(w.queue_plan, w.queue_pad);
-  }
+  pass(w.x_plan, w.x_pad, problem.grad_x, w.x_partials, w.x_a);
+  if (problem.grad_queue) pass(w.queue_plan, w.queue_pad, true, w.queue_partials, w.queue_a);
   return w;
 }
 
@@ -413,7 +385,7 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   // exp(-t d^2) does then), so padding terms are -inf, never NaN.
   const acc_t c1 = static_cast<acc_t>(problem.t * plan::kLog2E);
   const int64_t padded_rows = w.x_pad + w.queue_pad;
-  pack_rows_kernel<Mma><<<grid_for(padded_rows, kSmallThreads / 32), kSmallThreads, 0, stream>>>(
+  pack_rows_kernel<Mma><<<grid_for(padded_rows), kSmallThreads, 0, stream>>>(
       static_cast<const op_t*>(problem.rows), problem.n, problem.k, problem.d, w.x_pad, padded_rows, w.ld, c1, z,
       at(w.term));
   // A pass: its partials bound, the row kernel, then the gradient of its rows.
@@ -435,7 +407,7 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
                                                        static_cast<double*>(lse_out), stats);
     }
     if (grad_rows) {
-      gradient_kernel<op_t, acc_t><<<grid_for(p.rows, kSmallThreads / 32), kSmallThreads, 0, stream>>>(
+      gradient_kernel<op_t, acc_t><<<grid_for(p.rows), kSmallThreads, 0, stream>>>(
           p, problem.d, G::kWindow, grad_row0, problem.t, stats, grad);
     }
     return cudaGetLastError();
