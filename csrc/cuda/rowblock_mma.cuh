@@ -19,16 +19,15 @@ namespace cuda {
 __device__ __forceinline__ unsigned smem_address(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
+#define PYHS_LDMATRIX(trans)                                                                      \
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4" trans ".shared.b16 {%0, %1, %2, %3}, [%4];\n"      \
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(p)))
 template <bool kTrans = false>
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
-  if constexpr (kTrans) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(p)));
-  } else {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(p)));
-  }
+  if constexpr (kTrans) PYHS_LDMATRIX(".trans");
+  else PYHS_LDMATRIX("");
 }
+#undef PYHS_LDMATRIX
 __device__ __forceinline__ void copy_async_16(void* shared_dst, const void* global_src) {  // bypasses L1
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_address(shared_dst)), "l"(global_src)
                : "memory");
@@ -69,8 +68,8 @@ __device__ __forceinline__ unsigned pack_pair(float lo, float hi) {
     return *reinterpret_cast<const unsigned*>(&v);
   }
 }
-template <class T>
-__device__ __forceinline__ T (&acc4(T* p))[4] { return *reinterpret_cast<T(*)[4]>(p); }
+template <int N = 4, class T>  // N accumulators of one mma at p
+__device__ __forceinline__ T (&acc4(T* p))[N] { return *reinterpret_cast<T(*)[N]>(p); }
 
 // A warp owns 16 rows.  The sums' B (16-bit, f64): 1 in column 0, w in column 1, else 0.
 struct RowSlice {
@@ -149,11 +148,8 @@ struct Mma16 : Acc16x8<Mma16<T>, T, 128, 64> {
   }
 };
 
-// float32 on TF32 tensor cores (m16n8k8).  kSplit: 3xTF32 (big + small parts of both
-// operands, small * small dropped); else the rows are stored TF32-rounded and only the
-// weights are rounded here.  P V runs transposed, O^T = V^T P^T: P's accumulators are B
-// pairs as they lie and V^T's A registers two 8-byte loads (O = P V would need V's B pairs
-// from two rows: register moves, as ldmatrix cannot transpose 32-bit words).
+// float32 on TF32 (m16n8k8).  kSplit: 3xTF32; else rows stored TF32-rounded, weights
+// rounded here.  P V runs transposed (docs/cuda.md): O^T = V^T P^T.
 template <bool kSplit>
 struct MmaTf32 : Acc16x8<MmaTf32<kSplit>, float, 64, 64> {
   using Base = Acc16x8<MmaTf32<kSplit>, float, 64, 64>;
@@ -170,8 +166,7 @@ struct MmaTf32 : Acc16x8<MmaTf32<kSplit>, float, 64, 64> {
     for (int e = 0; e < kL; ++e)
       if (!(e & 2)) l[e] += l[e + 2];
   }
-  // The weights (finite, >= 0) to TF32, ties away: ptxas's own cvt.rna.tf32.f32 less its
-  // inf / NaN select (the tensor core ignores the 13 low bits).
+  // Weights (finite, >= 0) to TF32: cvt.rna less its inf / NaN select (13 low bits ignored).
   __device__ static unsigned weight_tf32(unsigned w) { return w + 0x1000u; }
   __device__ static void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, bool b_is_weight) {
     if constexpr (kSplit) {
@@ -194,9 +189,8 @@ struct MmaTf32 : Acc16x8<MmaTf32<kSplit>, float, 64, 64> {
   __device__ static void mma_bits(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     mma(d, a, b0, b1, false);
   }
-  // k8 step c: B = P^T, rows g (row tile 0) and g + 8 (1) at columns 8c + 2t, + 1
-  // (layout::permuted_k_column); A = V^T of m tile i: features tf32_v_feature(i, g, 0 / 1)
-  // of V's rows 8c + 2t, + 1.
+  // k8 step c: B = P^T of rows g (row tile 0), g + 8 (1) at columns 8c + 2t, + 1; A = V^T
+  // of m tile i: features tf32_v_feature(i, g, 0 / 1) of V's rows 8c + 2t, + 1.
   __device__ static void product(float (&o)[Base::kO], float (&l)[kL], const float (&s)[Base::kS], const float* v,
                                  int pitch, int lane, float w, bool with_o) {
     const int g = layout::group_of(lane), t = layout::thread_in_group(lane);
@@ -233,9 +227,9 @@ struct MmaF64 : RowSlice {
   using acc_t = double;
   static constexpr int kWindow = 32, kTileCols = 32, kN8 = kTileCols / 8, kOut8 = kWindow / 8;
   static constexpr int kS = 4 * kN8, kO = 4 * kOut8, kL = 4;
-  __device__ static int elem_row(int lane, int e) { return 8 * (e / (2 * kN8)) + layout::group_of(lane); }
-  __device__ static int elem_col(int lane, int e) { return 8 * ((e >> 1) % kN8) + layout::acc8x8(lane, e & 1).col; }
   __device__ static int elem_slot(int e) { return e / (2 * kN8); }
+  __device__ static int elem_row(int lane, int e) { return 8 * elem_slot(e) + layout::group_of(lane); }
+  __device__ static int elem_col(int lane, int e) { return 8 * ((e >> 1) % kN8) + layout::acc8x8(lane, e & 1).col; }
   __device__ static int out_row(int lane, int e) { return 8 * (e / (2 * kOut8)) + layout::group_of(lane); }
   __device__ static int out_col(int lane, int e) { return 8 * ((e >> 1) % kOut8) + layout::acc8x8(lane, e & 1).col; }
   __device__ static double round_operand(double v) { return v; }
@@ -247,8 +241,8 @@ struct MmaF64 : RowSlice {
 #pragma unroll
       for (int n = 0; n < kN8; ++n) {
         const double b = k[(8 * n + g) * pitch + k0 + t];
-        mma_f64(*reinterpret_cast<double(*)[2]>(s + 2 * n), a0, b);
-        mma_f64(*reinterpret_cast<double(*)[2]>(s + 2 * kN8 + 2 * n), a1, b);
+        mma_f64(acc4<2>(s + 2 * n), a0, b);
+        mma_f64(acc4<2>(s + 2 * kN8 + 2 * n), a1, b);
       }
     }
   }
@@ -259,14 +253,14 @@ struct MmaF64 : RowSlice {
 #pragma unroll
     for (int c = 0; c < 2 * kN8; ++c) {  // column tile c / 2, half c % 2
       const double a0 = s[c], a1 = s[2 * kN8 + c];
-      mma_f64(*reinterpret_cast<double(*)[2]>(l), a0, one);
-      mma_f64(*reinterpret_cast<double(*)[2]>(l + 2), a1, one);
+      mma_f64(acc4<2>(l), a0, one);
+      mma_f64(acc4<2>(l + 2), a1, one);
       if (!with_o) continue;
       const double* vr = v + (4 * (c & ~1) + 2 * t + (c & 1)) * pitch + g;
 #pragma unroll
       for (int f = 0; f < kOut8; ++f) {
-        mma_f64(*reinterpret_cast<double(*)[2]>(o + 2 * f), a0, vr[8 * f]);
-        mma_f64(*reinterpret_cast<double(*)[2]>(o + 2 * kOut8 + 2 * f), a1, vr[8 * f]);
+        mma_f64(acc4<2>(o + 2 * f), a0, vr[8 * f]);
+        mma_f64(acc4<2>(o + 2 * kOut8 + 2 * f), a1, vr[8 * f]);
       }
     }
   }

@@ -51,8 +51,7 @@ struct PassParams {
   int64_t windows;  // ld / window
   bool with_o;      // accumulate a_i (this pass's gradient is asked for)
   acc_t c2;         // 2 t log2(e)
-  // [splits][slices][rows_pad]: the shift (log2 units), the sum of the weights under it
-  // and the same with x-x pairs at 1/2; [splits][rows_pad][ld]: a_i (with_o)
+  // [splits][slices][rows_pad]: shift, sum of weights, with x-x pairs at 1/2; a [splits][rows_pad][ld]
   acc_t *m2, *l, *lw, *a;
 };
 
@@ -84,8 +83,7 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
     const int x_tiles = int(std::min<int64_t>(std::max<int64_t>(p.x_tiles - w.first_tile, 0), tiles));
     // A tile's first column within its region (x's or the queue's).
     auto region_col0 = [&](int tile) { return (int(w.first_tile) + tile - (tile < x_tiles ? 0 : int(p.x_tiles))) * kCols; };
-    // Stage s: tile s / windows, window s % windows.  A thread loads chunk my_chunk of rows
-    // my_row, my_row + kPassRows, ... (static trip counts: no loop in the main loop).
+    // Stage s: tile s / windows, window s % windows; static trip counts (no loop in the loop).
     auto copy_rows = [&](op_t* dst, const op_t* src, auto rows) {
 #pragma unroll
       for (int i = 0; i < decltype(rows)::value / kPassRows; ++i)
@@ -102,8 +100,7 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
                   std::integral_constant<int, kBlockRows>{});
       copy_async_commit();
     };
-    // The lane's two rows (slots 0 and 1) and their state: the shift m, the weights'
-    // bias, the limit on a tile's max before m moves (online; all fixed between moves).
+    // The lane's rows g, g + 8 (slots): shift m, weights' bias, limit before m moves (online).
     acc_t row_term[2], m[2], bias[2], limit[2], s[Mma::kS], o[Mma::kO] = {}, l[Mma::kL] = {};
     for (int slot = 0; slot < 2; ++slot) {
       row_term[slot] = p.term[warp_row0 + g + 8 * slot];
@@ -138,10 +135,9 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
         p.rows_are_x ? plan::held_blocks(p.parts, true, false, part_row, p.parts.queue_blocks) : plan::BlockRange{};
     bool active = false, diagonal = false, x_cols = false, resume = false, exact_max = kOnline;
     int diagonal_key = 0;
-    // Online: while a row of the warp may still move its shift (plan::needs_exact_max), the
-    // main (inner) loop leaves with the tile's exponents in s for the exact max and the
-    // rescale after it, and resumes that stage past its __syncthreads, so that every warp
-    // meets the same one.
+    // Online: while a row of the warp may move its shift (plan::needs_exact_max), the main
+    // loop leaves with the tile's exponents in s for the exact max and rescale after it,
+    // and resumes that stage past its __syncthreads (every warp meets the same one).
     for (int st = 0; st < stages;) {
       for (; st < stages; ++st) {
         const int buffer = int(st & 1);
@@ -155,8 +151,7 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
             if (++next_win == windows) next_win = 0;
           }
           if (step == 0) {
-            // Padding pairs weigh 0 by their -inf term: only the self pairs of a diagonal tile
-            // are masked, those with elem_col - elem_row == offset (self_pair_key).
+            // Padding pairs weigh 0 by their -inf term; only self pairs are masked.
             const int c0 = region_col0(tile), offset = warp_x_row - c0;
             x_cols = tile < x_tiles;
             diagonal = p.rows_are_x && x_cols && layout::diagonal_tile(offset, kCols);
@@ -327,8 +322,7 @@ int grid_for(int64_t rows) {  // one warp per row of the small kernels
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(plan::ceil_div(rows, kSmallThreads / 32), 1 << 20)));
 }
 
-// Where each buffer sits in the workspace, a pure function of the problem; a pass's
-// partials are m2, l and lw back to back.
+// Where each buffer sits in the workspace (a pass's partials: m2, l, lw back to back).
 struct Workspace {
   size_t z = 0, term = 0, stats = 0, x_partials = 0, x_a = 0, queue_partials = 0, queue_a = 0, bytes = 0;
   int64_t x_pad = 0, queue_pad = 0, ld = 0, windows = 0;
@@ -381,8 +375,7 @@ cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* ls
   op_t* z = reinterpret_cast<op_t*>(base + w.z);
   double* stats = reinterpret_cast<double*>(base + w.stats);
   acc_t* grad = static_cast<acc_t*>(grad_out);
-  // c1 > 0 (t > 0 is checked; a t so small that c1 rounds to 0 weighs every pair 1, as
-  // exp(-t d^2) does then), so padding terms are -inf, never NaN.
+  // c1 > 0 (t > 0 is checked), so padding terms are -inf, never NaN.
   const acc_t c1 = static_cast<acc_t>(problem.t * plan::kLog2E);
   const int64_t padded_rows = w.x_pad + w.queue_pad;
   pack_rows_kernel<Mma><<<grid_for(padded_rows), kSmallThreads, 0, stream>>>(
