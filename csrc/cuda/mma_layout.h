@@ -5,9 +5,7 @@
 
 #include "../uniform_math.h"  // PYHS_HOST_DEVICE
 
-namespace pyhypersphere {
-namespace cuda {
-namespace layout {
+namespace pyhypersphere::cuda::layout {
 
 struct Coord {
   int row, col;
@@ -58,6 +56,4 @@ PYHS_HOST_DEVICE int tf32_sum_col(int lane, int e) { return group_of(lane) + 8 *
 PYHS_HOST_DEVICE int acc_tile_of_a16(int r) { return r >> 1; }
 PYHS_HOST_DEVICE int acc_first_of_a16(int r) { return 2 * (r & 1); }
 
-}  // namespace layout
-}  // namespace cuda
-}  // namespace pyhypersphere
+}  // namespace pyhypersphere::cuda::layout

@@ -7,14 +7,11 @@
 #pragma once
 
 #include "mma_layout.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-
 #include <type_traits>
 
-namespace pyhypersphere {
-namespace cuda {
+namespace pyhypersphere::cuda {
 
 __device__ __forceinline__ unsigned smem_address(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -269,5 +266,4 @@ struct MmaF64 : RowSlice {
 using MmaBf16 = Mma16<__nv_bfloat16>;
 using MmaFp16 = Mma16<__half>;
 
-}  // namespace cuda
-}  // namespace pyhypersphere
+}  // namespace pyhypersphere::cuda

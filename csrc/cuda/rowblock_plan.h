@@ -3,14 +3,11 @@
 #pragma once
 
 #include "../uniform_math.h"
-
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
-namespace pyhypersphere {
-namespace cuda {
-namespace plan {
+namespace pyhypersphere::cuda::plan {
 
 constexpr double kLog2E = 1.4426950408889634;
 constexpr double kLn2 = 0.6931471805599453;
@@ -139,6 +136,4 @@ PYHS_HOST_DEVICE double gradient_coefficient(double t, double m2, double lse2) {
   return lse2 == -std::numeric_limits<double>::infinity() ? 0.0 : -2.0 * t * rescale2(m2, lse2);
 }
 
-}  // namespace plan
-}  // namespace cuda
-}  // namespace pyhypersphere
+}  // namespace pyhypersphere::cuda::plan

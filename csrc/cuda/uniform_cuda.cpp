@@ -6,7 +6,6 @@
 #include "../uniform_rows.h"
 #include "rowblock_plan.h"
 #include "uniform_kernels.h"
-
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <c10/cuda/CUDAException.h>

@@ -5,13 +5,11 @@
 #include "rowblock_mma.cuh"
 #include "rowblock_plan.h"
 #include "uniform_kernels.h"
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
-namespace pyhypersphere {
-namespace cuda {
+namespace pyhypersphere::cuda {
 namespace {
 
 constexpr int kSmallThreads = 256;  // the pack, lse and gradient kernels
@@ -478,5 +476,4 @@ cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, v
   });
 }
 
-}  // namespace cuda
-}  // namespace pyhypersphere
+}  // namespace pyhypersphere::cuda

@@ -4,12 +4,10 @@
 #pragma once
 
 #include <cuda_runtime_api.h>
-
 #include <cstddef>
 #include <cstdint>
 
-namespace pyhypersphere {
-namespace cuda {
+namespace pyhypersphere::cuda {
 
 enum class UniformPrecision { kBf16, kFp16, kTf32, kFp32, kFp64 };
 
@@ -41,5 +39,4 @@ size_t uniform_workspace_bytes(const UniformProblem& problem);
 cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, void* lse, void* grad_rows,
                                cudaStream_t stream);
 
-}  // namespace cuda
-}  // namespace pyhypersphere
+}  // namespace pyhypersphere::cuda
