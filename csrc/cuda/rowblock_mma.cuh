@@ -167,18 +167,16 @@ struct MmaTf32 : Acc16x8<MmaTf32<kSplit>, float, 64, 64> {
   __device__ static unsigned weight_tf32(unsigned w) { return w + 0x1000u; }
   __device__ static void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, bool b_is_weight) {
     if constexpr (kSplit) {
-      unsigned ab[4], as[4], bb[2], bs[2];
-      auto split = [](unsigned v, unsigned& big, unsigned& small) {
-        big = to_tf32(__uint_as_float(v));
-        small = to_tf32(__uint_as_float(v) - __uint_as_float(big));
-      };
+      const unsigned v[6] = {a[0], a[1], a[2], a[3], b0, b1};
+      unsigned big[6], small[6];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) split(a[i], ab[i], as[i]);
-      split(b0, bb[0], bs[0]);
-      split(b1, bb[1], bs[1]);
-      mma_tf32(d, as, bb[0], bb[1]);  // small terms first
-      mma_tf32(d, ab, bs[0], bs[1]);
-      mma_tf32(d, ab, bb[0], bb[1]);
+      for (int i = 0; i < 6; ++i) {
+        big[i] = to_tf32(__uint_as_float(v[i]));
+        small[i] = to_tf32(__uint_as_float(v[i]) - __uint_as_float(big[i]));
+      }
+      mma_tf32(d, acc4(small), big[4], big[5]);  // small terms first
+      mma_tf32(d, acc4(big), small[4], small[5]);
+      mma_tf32(d, acc4(big), big[4], big[5]);
     } else {
       mma_tf32(d, a, b_is_weight ? weight_tf32(b0) : b0, b_is_weight ? weight_tf32(b1) : b1);
     }
