@@ -194,15 +194,22 @@ struct MmaTf32 : Acc16x8<MmaTf32<kSplit>, float, 64, 64> {
     for (int r = 0; r < 4; ++r) ones[r] = __float_as_uint(layout::tf32_sums_a(g, Base::ones_value(lane, w), r));
 #pragma unroll
     for (int e = 0; e < Base::kS; ++e) p[e] = __float_as_uint(s[e]);
-#pragma unroll
-    for (int c = 0; c < Base::kTileCols / 8; ++c) {
+    auto sums = [&](int c) {
       mma(acc4(l), ones, p[4 * c], p[4 * c + 1], true);
       mma(acc4(l + 4), ones, p[4 * c + 2], p[4 * c + 3], true);
+    };
+    // TF32: the sums first, so that the products' loop has no branch; 3xTF32: beside the
+    // products, so that each weight is split once.
+    if constexpr (!kSplit) {
+#pragma unroll
+      for (int c = 0; c < Base::kTileCols / 8; ++c) sums(c);
+      if (!with_o) return;
     }
-    if (!with_o) return;
     const float* vt = v + 2 * t * pitch + layout::tf32_v_feature(0, g, 0);
 #pragma unroll
     for (int c = 0; c < Base::kTileCols / 8; ++c) {
+      if constexpr (kSplit) sums(c);
+      if (!with_o) continue;
 #pragma unroll
       for (int i = 0; i < Base::kWindow / 16; ++i) {
         const float* v0 = vt + 8 * c * pitch + layout::tf32_v_feature(i, 0, 0);
