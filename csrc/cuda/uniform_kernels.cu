@@ -35,14 +35,13 @@ template <class op_t, class acc_t>
 struct PassParams {
   op_t* z;      // padded rows [x_pad + queue_pad, ld]
   acc_t* term;  // their norm terms -t log2(e) ||z||^2; -inf for padding rows
-  int64_t ld;         // padded features (whole windows)
+  int64_t ld, windows;  // padded features (whole windows), ld / window
   int64_t row_start;  // the pass's first row: 0, or x_pad for the queue pass
   int64_t rows, rows_pad;  // data rows of the pass; padded (the partials' stride)
   bool rows_are_x;
   int64_t x_tiles, queue_start;  // columns: x_tiles tiles of x, then the queue's from row queue_start
   plan::PassPlan plan;
   plan::Parts parts;
-  int64_t windows;  // ld / window
   bool with_o;      // accumulate a_i (this pass's gradient is asked for)
   acc_t c2;         // 2 t log2(e)
   // [splits][slices][rows_pad]: shift, sum of weights, with x-x pairs at 1/2; a [splits][rows_pad][ld]
@@ -210,7 +209,6 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
       resume = true;
     }
 
-    // The item's partials and a_i.
     Mma::finish_sums(l);
     const int64_t base = (w.split * p.plan.slices + w.slice) * p.rows_pad;
     for (int slot = 0; slot < 2; ++slot) {
@@ -320,15 +318,15 @@ Passes<Mma> plan_passes(const UniformProblem& problem, uintptr_t base) {
     buffer = reinterpret_cast<std::remove_reference_t<decltype(buffer)>>(base + s.bytes);
     s.bytes = (s.bytes + size_t(count) * sizeof(*buffer) + 255) / 256 * 256;
   };
-  s.x = {nullptr, nullptr, ld, 0, problem.n, x_pad, true, x_tiles, x_pad,
+  s.x = {nullptr, nullptr, ld, windows, 0, problem.n, x_pad, true, x_tiles, x_pad,
          plan::make_pass_plan(x_pad / kBlockRows, x_tiles + queue_pad / G::kCols, problem.grad_x ? windows : 1),
          plan::make_parts(problem.n, problem.k, problem.intra_batch, problem.part, problem.num_parts),
-         windows, problem.grad_x, static_cast<typename Mma::acc_t>(2 * problem.t * plan::kLog2E)};
+         problem.grad_x, static_cast<typename Mma::acc_t>(2 * problem.t * plan::kLog2E)};
   take(s.x.z, (x_pad + queue_pad) * ld);
   take(s.x.term, x_pad + queue_pad);
   // The queue's rows against x's columns; the same part selection, seen from the queue.
-  s.queue = {s.x.z, s.x.term, ld, x_pad, problem.k, queue_pad, false, x_pad / G::kCols, x_pad,
-             plan::make_pass_plan(queue_pad / kBlockRows, x_pad / G::kCols, windows), s.x.parts, windows, true, s.x.c2};
+  s.queue = {s.x.z, s.x.term, ld, windows, x_pad, problem.k, queue_pad, false, x_pad / G::kCols, x_pad,
+             plan::make_pass_plan(queue_pad / kBlockRows, x_pad / G::kCols, windows), s.x.parts, true, s.x.c2};
   auto buffers = [&](auto& p) {
     const int64_t count = p.plan.splits * p.plan.slices * p.rows_pad;
     take(p.m2, 3 * count);
