@@ -35,11 +35,8 @@ PYHS_HOST_DEVICE int self_pair_key(int r, int c) {
   return low == 8 || low == 9 ? kNeverSelf : key;
 }
 
-// TF32 / f64 P V: S's accumulators (columns 2t, 2t + 1) are fed as they lie, so k position
-// t stands for column 2t and t + 4 for 2t + 1; V's rows are read in that order.
-PYHS_HOST_DEVICE int permuted_k_column(int k_position) { return k_position < 4 ? 2 * k_position : 2 * k_position - 7; }
-
-// TF32's O^T = V^T P^T: rows g, g + 8 of m tile i are features tf32_v_feature(i, g, 0 / 1)
+// TF32 / f64 P V: S's accumulators are fed as they lie (k position t is column 2t, t + 4 is
+// 2t + 1).  TF32's O^T = V^T P^T: rows g, g + 8 of m tile i are features tf32_v_feature(i, g, 0 / 1)
 // (one 8-byte load, bank-conflict free at the 68-float pitch); output and sums element e
 // ([m tile][row tile][4]) is of row tf32_out_row.
 PYHS_HOST_DEVICE int tf32_v_feature(int tile, int g, int h) { return 16 * tile + 2 * g + h; }

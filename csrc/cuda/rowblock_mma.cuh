@@ -1,9 +1,7 @@
 // Device-only pieces of the row-block kernel: inline PTX (sm_80+) and, per precision, a
-// warp's two products of a tile (docs/cuda.md, "Products per precision"):
-//   gram(s, q, k)        s += Q K^T, the warp's 16 rows x kTileCols, one feature window;
-//   product(o, l, s, v)  o += P V with P = s, and l += P [1 w], the row sums of exactly
-//                        the weights multiplied (w = 1/2 on x-x tiles, for lse).
-// elem_* / out_* / sum_*: the row and column of a lane's element of s / o / l.
+// warp's two products of a tile (docs/cuda.md): gram(s, q, k) s += Q K^T (16 rows x
+// kTileCols, one window); product(o, l, s, v) o += P V with P = s and l += P [1 w].
+// elem_col, elem_slot (row g or g + 8) / out_* / sum_*: where a lane's element of s / o / l is.
 #pragma once
 
 #include "mma_layout.h"
@@ -57,13 +55,10 @@ __device__ __forceinline__ unsigned to_tf32(float v) {
 }
 template <class T>  // two floats as a 16-bit pair (the first in the low half), to nearest
 __device__ __forceinline__ unsigned pack_pair(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __half>) {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const unsigned*>(&v);
-  } else {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const unsigned*>(&v);
-  }
+  unsigned r;
+  if constexpr (std::is_same_v<T, __half>) asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  else asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
 }
 template <int N = 4, class T>  // N accumulators of one mma at p
 __device__ __forceinline__ T (&acc4(T* p))[N] { return *reinterpret_cast<T(*)[N]>(p); }
@@ -71,6 +66,8 @@ __device__ __forceinline__ T (&acc4(T* p))[N] { return *reinterpret_cast<T(*)[N]
 // A warp owns 16 rows.  The sums' B (16-bit, f64): 1 in column 0, w in column 1, else 0.
 struct RowSlice {
   static constexpr int kRows = 16;
+  template <class T>
+  __device__ static T round_operand(T v) { return v; }
   template <class T>
   __device__ static T ones_value(int lane, T w) {
     const int g = layout::group_of(lane);
@@ -83,16 +80,15 @@ struct RowSlice {
 };
 
 // m16n8 accumulators (16-bit and TF32), flat [n8 tile][4].  gram: A and two n8 tiles of
-// B per ldmatrix (2 halves per TF32 element), Mma::mma_bits on the registers as loaded.
+// B per ldmatrix (2 halves per TF32 element), Mma::mma on the registers as loaded.
 template <class Mma, class T, int kWin, int kCols>
 struct Acc16x8 : RowSlice {
   using op_t = T;
   using acc_t = float;
   static constexpr int kWindow = kWin, kTileCols = kCols, kS = kCols / 2, kO = kWin / 2, kL = 4;
-  __device__ static int elem_row(int lane, int e) { return layout::acc16x8(lane, e & 3).row; }
   __device__ static int elem_col(int lane, int e) { return 8 * (e >> 2) + layout::acc16x8(lane, e & 3).col; }
   __device__ static int elem_slot(int e) { return (e >> 1) & 1; }  // row g (0) or g + 8 (1)
-  __device__ static int out_row(int lane, int e) { return elem_row(lane, e); }
+  __device__ static int out_row(int lane, int e) { return layout::acc16x8(lane, e & 3).row; }
   __device__ static int out_col(int lane, int e) { return elem_col(lane, e); }
   __device__ static void gram(float (&s)[kS], const T* q, const T* k, int pitch, int lane) {
     constexpr int kHalves = int(sizeof(T)) / 2;
@@ -104,8 +100,8 @@ struct Acc16x8 : RowSlice {
 #pragma unroll
       for (int np = 0; np < kTileCols / 16; ++np) {
         ldmatrix_x4(b, k + (np * 16 + br.row) * pitch + k0 + br.col / kHalves);
-        Mma::mma_bits(acc4(s + 8 * np), a, b[0], b[1]);
-        Mma::mma_bits(acc4(s + 8 * np + 4), a, b[2], b[3]);
+        Mma::mma(acc4(s + 8 * np), a, b[0], b[1]);
+        Mma::mma(acc4(s + 8 * np + 4), a, b[2], b[3]);
       }
     }
   }
@@ -116,8 +112,7 @@ struct Acc16x8 : RowSlice {
 template <class T>
 struct Mma16 : Acc16x8<Mma16<T>, T, 128, 64> {
   using Base = Acc16x8<Mma16<T>, T, 128, 64>;
-  __device__ static T round_operand(T v) { return v; }
-  __device__ static void mma_bits(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  __device__ static void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     mma_16x8x16<T>(d, a, b0, b1);
   }
   __device__ static void product(float (&o)[Base::kO], float (&l)[Base::kL], const float (&s)[Base::kS], const T* v,
@@ -165,7 +160,8 @@ struct MmaTf32 : Acc16x8<MmaTf32<kSplit>, float, 64, 64> {
   }
   // Weights (finite, >= 0) to TF32: cvt.rna less its inf / NaN select (13 low bits ignored).
   __device__ static unsigned weight_tf32(unsigned w) { return w + 0x1000u; }
-  __device__ static void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, bool b_is_weight) {
+  __device__ static void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1,
+                             bool b_is_weight = false) {
     if constexpr (kSplit) {
       const unsigned v[6] = {a[0], a[1], a[2], a[3], b0, b1};
       unsigned big[6], small[6];
@@ -180,9 +176,6 @@ struct MmaTf32 : Acc16x8<MmaTf32<kSplit>, float, 64, 64> {
     } else {
       mma_tf32(d, a, b_is_weight ? weight_tf32(b0) : b0, b_is_weight ? weight_tf32(b1) : b1);
     }
-  }
-  __device__ static void mma_bits(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    mma(d, a, b0, b1, false);
   }
   // k8 step c: B = P^T of rows g (row tile 0), g + 8 (1) at columns 8c + 2t, + 1; A = V^T
   // of m tile i: features tf32_v_feature(i, g, 0 / 1) of V's rows 8c + 2t, + 1.
@@ -230,11 +223,9 @@ struct MmaF64 : RowSlice {
   static constexpr int kWindow = 32, kTileCols = 32, kN8 = kTileCols / 8, kOut8 = kWindow / 8;
   static constexpr int kS = 4 * kN8, kO = 4 * kOut8, kL = 4;
   __device__ static int elem_slot(int e) { return e / (2 * kN8); }
-  __device__ static int elem_row(int lane, int e) { return 8 * elem_slot(e) + layout::group_of(lane); }
   __device__ static int elem_col(int lane, int e) { return 8 * ((e >> 1) % kN8) + layout::acc8x8(lane, e & 1).col; }
   __device__ static int out_row(int lane, int e) { return 8 * (e / (2 * kOut8)) + layout::group_of(lane); }
   __device__ static int out_col(int lane, int e) { return 8 * ((e >> 1) % kOut8) + layout::acc8x8(lane, e & 1).col; }
-  __device__ static double round_operand(double v) { return v; }
   __device__ static void gram(double (&s)[kS], const double* q, const double* k, int pitch, int lane) {
     const int g = layout::group_of(lane), t = layout::thread_in_group(lane);
 #pragma unroll

@@ -42,10 +42,6 @@ PYHS_HOST_DEVICE int64_t pass_tile(const Parts& p, bool rows_are_x, bool cols_ar
   const int64_t lo = a < b ? a : b, hi = a < b ? b : a;
   return lo * p.x_blocks - lo * (lo - 1) / 2 + hi - lo;
 }
-PYHS_HOST_DEVICE bool part_holds(const Parts& p, bool rows_are_x, bool cols_are_x, int64_t a, int64_t b) {
-  const int64_t f = pass_tile(p, rows_are_x, cols_are_x, a, b);
-  return p.hi < 0 || (f >= p.lo && f < p.hi);
-}
 // The column blocks of one region that this part holds against row block a: one range
 // (the index grows with the column block), found by bisection once per warp and item.
 struct BlockRange {
@@ -65,9 +61,8 @@ PYHS_HOST_DEVICE BlockRange held_blocks(const Parts& p, bool rows_are_x, bool co
   return {first_at_least(p.lo), first_at_least(p.hi)};
 }
 
-// One pass (rows against column tiles) cut into items: row blocks x splits (column
-// ranges, for few row blocks: about kTargetItems items, none empty) x slices (feature
-// windows of a_i, 1 without it).
+// A pass's items: row blocks x splits (column ranges, for few row blocks: about
+// kTargetItems items, none empty) x slices (feature windows of a_i, 1 without it).
 struct PassPlan {
   int64_t row_blocks = 0, col_tiles = 0, splits = 1, tiles_per_split = 0, slices = 1;
   PYHS_HOST_DEVICE int64_t items() const { return row_blocks * splits * slices; }
@@ -97,14 +92,12 @@ template <class T>
 PYHS_HOST_DEVICE T partial_exponent2(T c2, T gram, T col_term) { return c2 * gram + col_term; }
 template <class T>
 PYHS_HOST_DEVICE T weight_bias(T row_term, T shift) { return row_term - shift; }
-// The lazy online shift m moves only when a tile's max passes it by more than kLazyShift2
-// (weights stay <= 2^8); the limit is on the tile's max partial exponent.
+// The lazy online shift m moves only when a tile's max partial exponent passes the limit.
 constexpr double kLazyShift2 = 8;
 template <class T>
 PYHS_HOST_DEVICE T shift_limit(T m, T row_term) { return m + T(kLazyShift2) - row_term; }
-// Exponents are <= 0 (up to the policy's rounding budget), so a shift >= -(kLazyShift2 - 1)
-// never moves again: the main loop takes a tile's exact max only while a row of the warp
-// has a lower one.
+// Exponents are <= 0 (up to the policy's rounding budget): a shift >= -(kLazyShift2 - 1)
+// never moves again, and the exact max is needed only below it.
 template <class T>
 PYHS_HOST_DEVICE bool needs_exact_max(T m) { return !(m >= -T(kLazyShift2 - 1)); }
 // The finite shift the weights take under m: 0 while no pair was seen.

@@ -1,13 +1,10 @@
-// Torch glue of the CUDA uniformity kernels: checks, device guard, stream, the products'
-// precision (the shared policy with torch's matmul settings; docs/cuda.md, "Precision
-// modes"), the workspace and the ops.h outputs.
-#include "../input_checks.h"
+// Torch glue of the CUDA uniformity kernels: checks, device, stream, the products' precision
+// (the shared policy with torch's matmul settings; docs/cuda.md), workspace, outputs (ops.h).
 #include "../ops.h"
 #include "../uniform_rows.h"
 #include "rowblock_plan.h"
 #include "uniform_kernels.h"
 #include <ATen/ATen.h>
-#include <ATen/Context.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -28,12 +25,6 @@ bool tf32_allowed() {
 #endif
 }
 
-bool stream_is_capturing(cudaStream_t stream) {
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-  return status != cudaStreamCaptureStatusNone;
-}
-
 int device_attribute(const at::Tensor& x, cudaDeviceAttr attribute) {
   int value = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, x.get_device()));
@@ -42,13 +33,13 @@ int device_attribute(const at::Tensor& x, cudaDeviceAttr attribute) {
 
 }  // namespace
 
-// The op with test settings: max_ctas caps the row kernel's grid (0: none), block_rows
-// 64 runs the 99 KiB devices' kernels (0: the device's).
+// The op with test settings (tests/test_cuda.py, through pyhypersphere_cuda_testing below):
+// max_ctas caps the row kernel's grid (0: none; bitwise the op's results), block_rows 64
+// runs the 99 KiB devices' kernels (0: the device's; equal to rounding).
 UniformResult uniform_lse_cuda_with(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
                                     bool intra_batch, int64_t part, int64_t num_parts, bool grad_x, bool grad_queue,
                                     int64_t max_ctas, int64_t block_rows) {
   check_uniform_args(x, queue, t, intra_batch, part, num_parts, grad_queue);
-  TORCH_CHECK_VALUE(x.is_cuda(), "uniform_loss: x must be a CUDA tensor for the CUDA kernel, got ", x.device());
   TORCH_CHECK_VALUE(max_ctas >= 0, "uniform_loss: max_ctas must be >= 0, got ", max_ctas);
   TORCH_CHECK_VALUE(block_rows == 0 || block_rows == 64, "uniform_loss: block_rows must be 0 or 64, got ", block_rows);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -56,10 +47,10 @@ UniformResult uniform_lse_cuda_with(const at::Tensor& x, const std::optional<at:
   TORCH_CHECK(major >= 8, "uniform_loss: the CUDA kernels need a GPU of compute capability 8.0 or newer (A100, H100, "
               "...); ", x.device(), " has ", major, ".", device_attribute(x, cudaDevAttrComputeCapabilityMinor));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const UniformPlanOptions options{/*raw_16bit_operands=*/true, /*host_read=*/capture == cudaStreamCaptureStatusNone};
   const bool tf32 = tf32_allowed();
-  UniformPlanOptions options;
-  options.raw_16bit_operands = true;
-  options.host_read = !stream_is_capturing(stream);
   UniformRows rows = plan_uniform_rows(x, queue, intra_batch, t, tf32 ? kTf32UnitRoundoff : kFloat32UnitRoundoff,
                                        options);
   if (!rows.finite) return nonfinite_uniform_outputs(x, queue, grad_x, grad_queue);
@@ -81,22 +72,19 @@ UniformResult uniform_lse_cuda_with(const at::Tensor& x, const std::optional<at:
                                intra_batch, part, num_parts, grad_x, grad_queue, precision, static_shift};
   problem.max_ctas = max_ctas;
   const int smem_optin = device_attribute(x, cudaDevAttrMaxSharedMemoryPerBlockOptin);
-  problem.block_rows = cuda::uniform_block_rows_for(
-      precision, block_rows == 64 ? cuda::uniform_shared_memory_bytes(precision, 64) : smem_optin);
+  problem.block_rows = block_rows ? block_rows : cuda::uniform_block_rows_for(precision, smem_optin);
   TORCH_CHECK(problem.block_rows > 0, "uniform_loss: the CUDA kernel for ", x.scalar_type(), " needs ",
               cuda::uniform_shared_memory_bytes(precision, 64), " bytes of shared memory per block at least; ",
               x.device(), " allows ", smem_optin);
-  // lse is a double (ops.h); the gradient is in the kernel's accumulation type (float64
-  // for float64 rows, also when the policy moved float32 rows there).
   const bool compute_grad = grad_x || grad_queue;
   const at::Tensor workspace =
       at::empty({static_cast<int64_t>(cuda::uniform_workspace_bytes(problem))}, x.options().dtype(at::kByte));
   at::Tensor lse = at::empty({}, x.options().dtype(at::kDouble));
-  at::Tensor grad_rows = compute_grad ? at::empty({problem.n + problem.k, problem.d},
-                                                  x.options().dtype(operand.scalar_type() == at::kDouble ? at::kDouble
-                                                                                                         : at::kFloat))
+  // The kernel's accumulation type: float64 also when the policy moved float32 rows there.
+  const at::ScalarType grad_dtype = operand.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor grad_rows = compute_grad ? at::empty({problem.n + problem.k, problem.d}, x.options().dtype(grad_dtype))
                                       : at::Tensor();
-  const cudaError_t err = cuda::launch_uniform_lse(problem, workspace.data_ptr(), lse.data_ptr(),
+  const cudaError_t err = cuda::launch_uniform_lse(problem, workspace.data_ptr(), lse.data_ptr<double>(),
                                                    compute_grad ? grad_rows.data_ptr() : nullptr, stream);
   TORCH_CHECK(err == cudaSuccess, "uniform_loss: CUDA kernel launch failed: ", cudaGetErrorString(err));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -112,8 +100,6 @@ UniformResult uniform_lse_cuda(const at::Tensor& x, const std::optional<at::Tens
 
 TORCH_LIBRARY_IMPL(pyhypersphere, CUDA, m) { m.impl("uniform_lse", &uniform_lse_cuda); }
 
-// For tests/test_cuda.py: the op with a capped grid (bitwise the op's results) or the
-// 64-row kernels (equal to rounding).
 TORCH_LIBRARY(pyhypersphere_cuda_testing, m) {
   m.def("uniform_lse_with(Tensor x, Tensor? queue, float t, bool intra_batch, int part, int num_parts, "
         "bool grad_x, bool grad_queue, int max_ctas, int block_rows) -> (Tensor, Tensor, Tensor)");

@@ -1,22 +1,18 @@
-// CUDA uniformity kernels, one pass over row blocks, FlashAttention-2 style (docs/cuda.md,
-// "Design"): pack_rows_kernel, uniform_rows_kernel (per pass), lse_kernel, gradient_kernel,
-// on one stream, no host synchronization, no atomics: results depend on the shape only.
+// CUDA uniformity kernels, FlashAttention-2 style row blocks (docs/cuda.md, "Design"): pack,
+// row pass, lse, gradient; one stream, no host read, no atomics: results depend on the shape only.
 #include "convert.cuh"
 #include "rowblock_mma.cuh"
 #include "rowblock_plan.h"
 #include "uniform_kernels.h"
+#include <cub/block/block_reduce.cuh>
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 namespace pyhypersphere::cuda {
 namespace {
 
 constexpr int kSmallThreads = 256;  // the pack, lse and gradient kernels
 constexpr int kLseThreads = 512;
-
-template <class T>
-__device__ __forceinline__ T negative_infinity() { return -std::numeric_limits<T>::infinity(); }
 
 // Shared memory and threads of the row kernel of a precision and block size: Q (the
 // block's rows), K (a column tile) and the tile's norm terms, each double-buffered.
@@ -37,16 +33,15 @@ struct RowGeometry {
 
 template <class op_t, class acc_t>
 struct PassParams {
-  const op_t* z;      // padded rows [x_pad + queue_pad, ld]
-  const acc_t* term;  // their norm terms -t log2(e) ||z||^2; -inf for padding rows
-  int64_t ld;         // padded features (whole windows)
+  op_t* z;      // padded rows [x_pad + queue_pad, ld]
+  acc_t* term;  // their norm terms -t log2(e) ||z||^2; -inf for padding rows
+  int64_t ld, windows;  // padded features (whole windows), ld / window
   int64_t row_start;  // the pass's first row: 0, or x_pad for the queue pass
   int64_t rows, rows_pad;  // data rows of the pass; padded (the partials' stride)
   bool rows_are_x;
   int64_t x_tiles, queue_start;  // columns: x_tiles tiles of x, then the queue's from row queue_start
   plan::PassPlan plan;
   plan::Parts parts;
-  int64_t windows;  // ld / window
   bool with_o;      // accumulate a_i (this pass's gradient is asked for)
   acc_t c2;         // 2 t log2(e)
   // [splits][slices][rows_pad]: shift, sum of weights, with x-x pairs at 1/2; a [splits][rows_pad][ld]
@@ -102,7 +97,7 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
     acc_t row_term[2], m[2], bias[2], limit[2], s[Mma::kS], o[Mma::kO] = {}, l[Mma::kL] = {};
     for (int slot = 0; slot < 2; ++slot) {
       row_term[slot] = p.term[warp_row0 + g + 8 * slot];
-      m[slot] = kOnline ? negative_infinity<acc_t>() : acc_t(0);
+      m[slot] = kOnline ? acc_t(-INFINITY) : acc_t(0);
       bias[slot] = plan::weight_bias(row_term[slot], plan::shift_of(m[slot]));
       limit[slot] = plan::shift_limit(m[slot], row_term[slot]);
     }
@@ -133,9 +128,8 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
         p.rows_are_x ? plan::held_blocks(p.parts, true, false, part_row, p.parts.queue_blocks) : plan::BlockRange{};
     bool active = false, diagonal = false, x_cols = false, resume = false, exact_max = kOnline;
     int diagonal_key = 0;
-    // Online: while a row of the warp may move its shift (plan::needs_exact_max), the main
-    // loop leaves with the tile's exponents in s for the exact max and rescale after it,
-    // and resumes that stage past its __syncthreads (every warp meets the same one).
+    // Online, while a row may move its shift (plan::needs_exact_max): out of the loop with the
+    // tile's exponents in s for the exact max, then back past its __syncthreads (docs/cuda.md).
     for (int st = 0; st < stages;) {
       for (; st < stages; ++st) {
         const int buffer = int(st & 1);
@@ -167,8 +161,8 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
             if (diagonal) {
 #pragma unroll
               for (int e = 0; e < Mma::kS; ++e) {
-                const int key = layout::self_pair_key(Mma::elem_row(lane, e) - g, Mma::elem_col(lane, e) - 2 * t4);
-                if (key != layout::kNeverSelf && key == diagonal_key) s[e] = negative_infinity<acc_t>();
+                const int key = layout::self_pair_key(8 * Mma::elem_slot(e), Mma::elem_col(lane, e) - 2 * t4);
+                if (key != layout::kNeverSelf && key == diagonal_key) s[e] = -INFINITY;
               }
             }
             if (kOnline && exact_max) break;  // to the tile's exact row max
@@ -185,7 +179,7 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
       }
       if (!kOnline || st == stages) break;
       // The tile's row max; the shift moves past the limit (plan::shift_limit).
-      acc_t tile_max[2] = {negative_infinity<acc_t>(), negative_infinity<acc_t>()}, scale[2] = {1, 1};
+      acc_t tile_max[2] = {-INFINITY, -INFINITY}, scale[2] = {1, 1};
 #pragma unroll
       for (int e = 0; e < Mma::kS; ++e) tile_max[Mma::elem_slot(e)] = fmax(tile_max[Mma::elem_slot(e)], s[e]);
       for (int slot = 0; slot < 2; ++slot) {
@@ -215,7 +209,6 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
       resume = true;
     }
 
-    // The item's partials and a_i.
     Mma::finish_sums(l);
     const int64_t base = (w.split * p.plan.slices + w.slice) * p.rows_pad;
     for (int slot = 0; slot < 2; ++slot) {
@@ -236,9 +229,8 @@ __global__ void __launch_bounds__(RowGeometry<Mma, kBlockRows>::kThreads, 1)
   }
 }
 
-// Padded row r: x's rows at [0, n), the queue's at [x_pad, x_pad + k), zeros elsewhere and
-// in columns [d, ld); term[r] = -c1 ||row||^2 of the values as stored (the operands'
-// distances), -inf for a padding row, so that its pairs weigh 0 without a mask.
+// Padded row r: x's rows at [0, n), the queue's at [x_pad, x_pad + k), else zeros; term[r] =
+// -c1 ||row||^2 as stored, -inf for a padding row, so that its pairs weigh 0 without a mask.
 template <class Mma, class op_t = typename Mma::op_t, class acc_t = typename Mma::acc_t>
 __global__ void pack_rows_kernel(const op_t* rows, int64_t n, int64_t k, int64_t d, int64_t x_pad,
                                  int64_t padded_rows, int64_t ld, acc_t c1, op_t* z, acc_t* term) {
@@ -253,58 +245,45 @@ __global__ void pack_rows_kernel(const op_t* rows, int64_t n, int64_t k, int64_t
       s += to_acc(v) * to_acc(v);
     }
     for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
-    if (lane == 0) term[r] = src >= 0 ? -c1 * s : negative_infinity<acc_t>();
+    if (lane == 0) term[r] = src >= 0 ? -c1 * s : acc_t(-INFINITY);
   }
 }
 
-// A CTA-wide reduction of one value per thread, in a fixed tree order.
-template <class Op>
-__device__ double block_reduce(double* scratch, double v, Op op) {
-  scratch[threadIdx.x] = v;
-  for (int s = kLseThreads / 2; s > 0; s /= 2) {
-    __syncthreads();
-    if (threadIdx.x < s) scratch[threadIdx.x] = op(scratch[threadIdx.x], scratch[threadIdx.x + s]);
-  }
+// One CTA: lse = log sum over x's rows and splits of lw 2^m2 (slice 0), in double; cub's
+// block reductions have a fixed order.
+template <class op_t, class acc_t>
+__global__ void __launch_bounds__(kLseThreads) lse_kernel(PassParams<op_t, acc_t> p, double* lse) {
+  using Reduce = cub::BlockReduce<double, kLseThreads>;
+  __shared__ typename Reduce::TempStorage scratch;
+  __shared__ double top;
+  auto at = [&](int64_t i) { return (i / p.rows) * p.plan.slices * p.rows_pad + i % p.rows; };
+  double v = -INFINITY;
+  for (int64_t i = threadIdx.x; i < p.plan.splits * p.rows; i += kLseThreads) v = fmax(v, double(p.m2[at(i)]));
+  v = Reduce(scratch).Reduce(v, [](double a, double b) { return fmax(a, b); });
+  if (threadIdx.x == 0) top = v;
   __syncthreads();
-  const double result = scratch[0];
-  __syncthreads();
-  return result;
-}
-
-// One CTA: lse = log sum over x's rows and splits of lw 2^m2 (slice 0), in double;
-// stats[0] = lse in log2 units, for the gradient.
-template <class acc_t>
-__global__ void __launch_bounds__(kLseThreads) lse_kernel(const acc_t* m2, const acc_t* lw, int64_t splits,
-                                                          int64_t slices, int64_t rows, int64_t rows_pad,
-                                                          double* lse, double* stats) {
-  __shared__ double scratch[kLseThreads];
-  auto at = [&](int64_t i) { return (i / rows) * slices * rows_pad + i % rows; };
-  double top = -std::numeric_limits<double>::infinity(), total = 0;
-  for (int64_t i = threadIdx.x; i < splits * rows; i += kLseThreads) top = fmax(top, double(m2[at(i)]));
-  top = block_reduce(scratch, top, [](double a, double b) { return fmax(a, b); });
-  for (int64_t i = threadIdx.x; i < splits * rows; i += kLseThreads)
-    total += double(lw[at(i)]) * plan::rescale2(double(m2[at(i)]), top);
-  total = block_reduce(scratch, total, [](double a, double b) { return a + b; });
-  if (threadIdx.x == 0) {
-    stats[0] = total > 0 ? top + std::log2(total) : -std::numeric_limits<double>::infinity();
-    lse[0] = stats[0] * plan::kLn2;  // a double: the loss lse - log |P| keeps its digits only if lse does
-  }
+  v = 0;
+  for (int64_t i = threadIdx.x; i < p.plan.splits * p.rows; i += kLseThreads)
+    v += double(p.lw[at(i)]) * plan::rescale2(double(p.m2[at(i)]), top);
+  v = Reduce(scratch).Sum(v);
+  // A double: the loss lse - log |P| keeps its digits only if lse does.
+  if (threadIdx.x == 0) lse[0] = v > 0 ? (top + std::log2(v)) * plan::kLn2 : -INFINITY;
 }
 
 // One warp per row of a pass: per feature slice, the splits' partials merged in split
 // order under their largest shift, then grad = coefficient (l z - a).
 template <class op_t, class acc_t>
 __global__ void gradient_kernel(PassParams<op_t, acc_t> p, int64_t d, int window, int64_t grad_row0, double t,
-                                const double* stats, acc_t* grad) {
+                                const double* lse, acc_t* grad) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32), splits = p.plan.splits, slices = p.plan.slices;
   for (int64_t r = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32; r < p.rows; r += warps) {
     for (int64_t slice = 0; slice < slices; ++slice) {
       auto at = [&](int64_t split) { return (split * slices + slice) * p.rows_pad + r; };
-      acc_t top = negative_infinity<acc_t>(), l = 0;
+      acc_t top = -INFINITY, l = 0;
       for (int64_t s = 0; s < splits; ++s) top = fmax(top, p.m2[at(s)]);
       for (int64_t s = 0; s < splits; ++s) l += p.l[at(s)] * plan::rescale2(p.m2[at(s)], top);
-      const acc_t coefficient = static_cast<acc_t>(plan::gradient_coefficient(t, double(top), stats[0]));
+      const acc_t coefficient = static_cast<acc_t>(plan::gradient_coefficient(t, double(top), lse[0] * plan::kLog2E));
       for (int64_t c = slice * window + lane; c < std::min<int64_t>(d, (slice + 1) * window); c += 32) {
         acc_t a = 0;
         for (int64_t s = 0; s < splits; ++s) a += p.a[(s * p.rows_pad + r) * p.ld + c] * plan::rescale2(p.m2[at(s)], top);
@@ -320,105 +299,80 @@ int grid_for(int64_t rows) {  // one warp per row of the small kernels
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(plan::ceil_div(rows, kSmallThreads / 32), 1 << 20)));
 }
 
-// Where each buffer sits in the workspace (a pass's partials: m2, l, lw back to back).
-struct Workspace {
-  size_t z = 0, term = 0, stats = 0, x_partials = 0, x_a = 0, queue_partials = 0, queue_a = 0, bytes = 0;
-  int64_t x_pad = 0, queue_pad = 0, ld = 0, windows = 0;
-  plan::PassPlan x_plan, queue_plan;
+// Both passes' parameters, their buffers taken in order from a workspace at `base` (the
+// padded rows, their terms, then per pass its partials m2, l, lw and a); base 0 sizes it.
+template <class Mma>
+struct Passes {
+  PassParams<typename Mma::op_t, typename Mma::acc_t> x, queue;
+  size_t bytes = 0;
 };
 
 template <class Mma, int kBlockRows>
-Workspace plan_workspace(const UniformProblem& problem) {
+Passes<Mma> plan_passes(const UniformProblem& problem, uintptr_t base) {
   using G = RowGeometry<Mma, kBlockRows>;
-  using acc_t = typename Mma::acc_t;
-  Workspace w;
-  w.x_pad = plan::round_up(problem.n, G::kRowAlign);
-  w.queue_pad = plan::round_up(problem.k, G::kRowAlign);
-  w.ld = plan::round_up(problem.d, G::kWindow);
-  w.windows = w.ld / G::kWindow;
-  const int64_t x_tiles = problem.intra_batch ? w.x_pad / G::kCols : 0;
-  w.x_plan = plan::make_pass_plan(w.x_pad / kBlockRows, x_tiles + w.queue_pad / G::kCols, problem.grad_x ? w.windows : 1);
-  w.queue_plan = plan::make_pass_plan(w.queue_pad / kBlockRows, w.x_pad / G::kCols, w.windows);
-  auto take = [&](size_t bytes) {
-    const size_t here = w.bytes;
-    w.bytes = (w.bytes + bytes + 255) / 256 * 256;
-    return here;
+  const int64_t x_pad = plan::round_up(problem.n, G::kRowAlign), queue_pad = plan::round_up(problem.k, G::kRowAlign);
+  const int64_t ld = plan::round_up(problem.d, G::kWindow), windows = ld / G::kWindow;
+  const int64_t x_tiles = problem.intra_batch ? x_pad / G::kCols : 0;
+  Passes<Mma> s;
+  auto take = [&](auto*& buffer, int64_t count) {
+    buffer = reinterpret_cast<std::remove_reference_t<decltype(buffer)>>(base + s.bytes);
+    s.bytes = (s.bytes + size_t(count) * sizeof(*buffer) + 255) / 256 * 256;
   };
-  auto pass = [&](const plan::PassPlan& pp, int64_t rows_pad, bool with_a, size_t& partials, size_t& a) {
-    partials = take(3 * size_t(pp.splits * pp.slices * rows_pad) * sizeof(acc_t));
-    if (with_a) a = take(size_t(pp.splits * rows_pad * w.ld) * sizeof(acc_t));
+  s.x = {nullptr, nullptr, ld, windows, 0, problem.n, x_pad, true, x_tiles, x_pad,
+         plan::make_pass_plan(x_pad / kBlockRows, x_tiles + queue_pad / G::kCols, problem.grad_x ? windows : 1),
+         plan::make_parts(problem.n, problem.k, problem.intra_batch, problem.part, problem.num_parts),
+         problem.grad_x, static_cast<typename Mma::acc_t>(2 * problem.t * plan::kLog2E)};
+  take(s.x.z, (x_pad + queue_pad) * ld);
+  take(s.x.term, x_pad + queue_pad);
+  // The queue's rows against x's columns; the same part selection, seen from the queue.
+  s.queue = {s.x.z, s.x.term, ld, windows, x_pad, problem.k, queue_pad, false, x_pad / G::kCols, x_pad,
+             plan::make_pass_plan(queue_pad / kBlockRows, x_pad / G::kCols, windows), s.x.parts, true, s.x.c2};
+  auto buffers = [&](auto& p) {
+    const int64_t count = p.plan.splits * p.plan.slices * p.rows_pad;
+    take(p.m2, 3 * count);
+    p.l = p.m2 + count;
+    p.lw = p.l + count;
+    if (p.with_o) take(p.a, p.plan.splits * p.rows_pad * ld);
   };
-  const size_t rows = size_t(w.x_pad + w.queue_pad);
-  w.z = take(rows * size_t(w.ld) * sizeof(typename Mma::op_t));
-  w.term = take(rows * sizeof(acc_t));
-  w.stats = take(2 * sizeof(double));
-  pass(w.x_plan, w.x_pad, problem.grad_x, w.x_partials, w.x_a);
-  if (problem.grad_queue) pass(w.queue_plan, w.queue_pad, true, w.queue_partials, w.queue_a);
-  return w;
+  buffers(s.x);
+  if (problem.grad_queue) buffers(s.queue);
+  return s;
 }
 
 template <class Mma, int kBlockRows>
-cudaError_t launch_with(const UniformProblem& problem, void* workspace, void* lse_out, void* grad_out,
-                        cudaStream_t stream) {
+cudaError_t launch_with(const UniformProblem& problem, void* workspace, double* lse, void* grad, cudaStream_t stream) {
   using G = RowGeometry<Mma, kBlockRows>;
   using op_t = typename Mma::op_t;
   using acc_t = typename Mma::acc_t;
-  const Workspace w = plan_workspace<Mma, kBlockRows>(problem);
+  const Passes<Mma> s = plan_passes<Mma, kBlockRows>(problem, reinterpret_cast<uintptr_t>(workspace));
   // The row kernel counts an item's stages, and rows within a pass, in 32 bits.
-  if (w.x_pad + w.queue_pad >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  for (const plan::PassPlan* pp : {&w.x_plan, &w.queue_plan})
-    if (pp->tiles_per_split * w.windows >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  unsigned char* base = static_cast<unsigned char*>(workspace);
-  auto at = [&](size_t offset) { return reinterpret_cast<acc_t*>(base + offset); };
-  op_t* z = reinterpret_cast<op_t*>(base + w.z);
-  double* stats = reinterpret_cast<double*>(base + w.stats);
-  acc_t* grad = static_cast<acc_t*>(grad_out);
+  const int64_t padded_rows = s.x.rows_pad + s.queue.rows_pad;
+  if (padded_rows >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+  for (const auto* p : {&s.x, &s.queue})
+    if (p->plan.tiles_per_split * p->windows >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+  const auto kernel = problem.static_shift ? uniform_rows_kernel<Mma, kBlockRows, false>
+                                           : uniform_rows_kernel<Mma, kBlockRows, true>;
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(G::kSmemBytes));
+  if (err != cudaSuccess) return err;
   // c1 > 0 (t > 0 is checked), so padding terms are -inf, never NaN.
-  const acc_t c1 = static_cast<acc_t>(problem.t * plan::kLog2E);
-  const int64_t padded_rows = w.x_pad + w.queue_pad;
   pack_rows_kernel<Mma><<<grid_for(padded_rows), kSmallThreads, 0, stream>>>(
-      static_cast<const op_t*>(problem.rows), problem.n, problem.k, problem.d, w.x_pad, padded_rows, w.ld, c1, z,
-      at(w.term));
-  // A pass: its partials bound, the row kernel, then the gradient of its rows.
-  auto run_pass = [&](PassParams<op_t, acc_t>& p, size_t partials, size_t a, bool grad_rows, int64_t grad_row0) {
-    const int64_t count = p.plan.splits * p.plan.slices * p.rows_pad;
-    p.m2 = at(partials);
-    p.l = p.m2 + count;
-    p.lw = p.l + count;
-    p.a = p.with_o ? at(a) : nullptr;
-    const auto kernel = problem.static_shift ? uniform_rows_kernel<Mma, kBlockRows, false>
-                                             : uniform_rows_kernel<Mma, kBlockRows, true>;
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(G::kSmemBytes));
-    if (err != cudaSuccess) return err;
+      static_cast<const op_t*>(problem.rows), problem.n, problem.k, problem.d, s.x.rows_pad, padded_rows, s.x.ld,
+      static_cast<acc_t>(problem.t * plan::kLog2E), s.x.z, s.x.term);
+  // A pass: the row kernel, lse after the x pass, then the gradient of the pass's rows.
+  auto run_pass = [&](const PassParams<op_t, acc_t>& p) {
     int64_t ctas = std::max<int64_t>(1, std::min<int64_t>(p.plan.items(), int64_t(1) << 30));
     if (problem.max_ctas > 0) ctas = std::min(ctas, problem.max_ctas);
     kernel<<<static_cast<unsigned>(ctas), G::kThreads, G::kSmemBytes, stream>>>(p);
-    if (p.rows_are_x) {  // the x pass: lse first, the gradient needs it
-      lse_kernel<acc_t><<<1, kLseThreads, 0, stream>>>(p.m2, p.lw, p.plan.splits, p.plan.slices, p.rows, p.rows_pad,
-                                                       static_cast<double*>(lse_out), stats);
-    }
-    if (grad_rows) {
+    if (p.rows_are_x)
+      lse_kernel<op_t, acc_t><<<1, kLseThreads, 0, stream>>>(p, lse);
+    if (p.with_o) {
       gradient_kernel<op_t, acc_t><<<grid_for(p.rows), kSmallThreads, 0, stream>>>(
-          p, problem.d, G::kWindow, grad_row0, problem.t, stats, grad);
+          p, problem.d, G::kWindow, p.rows_are_x ? 0 : problem.n, problem.t, lse, static_cast<acc_t*>(grad));
     }
     return cudaGetLastError();
   };
-  PassParams<op_t, acc_t> x{z, at(w.term), w.ld, 0, problem.n, w.x_pad, true,
-                            problem.intra_batch ? w.x_pad / G::kCols : 0, w.x_pad, w.x_plan,
-                            plan::make_parts(problem.n, problem.k, problem.intra_batch, problem.part, problem.num_parts),
-                            w.windows, problem.grad_x, static_cast<acc_t>(2 * problem.t * plan::kLog2E)};
-  cudaError_t err = run_pass(x, w.x_partials, w.x_a, problem.grad_x, 0);
-  if (err != cudaSuccess || !problem.grad_queue) return err;
-  // The queue's rows against x's columns; the same part selection, seen from the queue.
-  PassParams<op_t, acc_t> q = x;
-  q.row_start = w.x_pad;
-  q.rows = problem.k;
-  q.rows_pad = w.queue_pad;
-  q.rows_are_x = false;
-  q.x_tiles = w.x_pad / G::kCols;
-  q.plan = w.queue_plan;
-  q.with_o = true;
-  return run_pass(q, w.queue_partials, w.queue_a, true, problem.n);
+  const cudaError_t x_err = run_pass(s.x);
+  return x_err != cudaSuccess || !problem.grad_queue ? x_err : run_pass(s.queue);
 }
 
 // f(Mma{}, rows) with the kernel of a precision and block size (0: the default).
@@ -438,8 +392,6 @@ auto with_kernel(UniformPrecision precision, int64_t block_rows, F&& f) {
 
 }  // namespace
 
-int64_t uniform_block_rows(UniformPrecision precision) { return precision == UniformPrecision::kFp64 ? 64 : 128; }
-
 size_t uniform_shared_memory_bytes(UniformPrecision precision, int64_t block_rows) {
   return with_kernel(precision, block_rows, [](auto mma, auto rows) -> size_t {
     return RowGeometry<decltype(mma), decltype(rows)::value>::kSmemBytes;
@@ -447,21 +399,18 @@ size_t uniform_shared_memory_bytes(UniformPrecision precision, int64_t block_row
 }
 
 int64_t uniform_block_rows_for(UniformPrecision precision, int64_t smem_optin) {
-  const int64_t rows = uniform_block_rows(precision);
-  for (const int64_t candidate : {rows, rows / 2}) {
-    if (candidate < 64) break;  // no 32-row kernel
-    if (static_cast<int64_t>(uniform_shared_memory_bytes(precision, candidate)) <= smem_optin) return candidate;
-  }
+  for (const int64_t rows : {uniform_block_rows(precision), int64_t(64)})
+    if (static_cast<int64_t>(uniform_shared_memory_bytes(precision, rows)) <= smem_optin) return rows;
   return 0;
 }
 
 size_t uniform_workspace_bytes(const UniformProblem& problem) {
   return with_kernel(problem.precision, problem.block_rows, [&](auto mma, auto rows) -> size_t {
-    return plan_workspace<decltype(mma), decltype(rows)::value>(problem).bytes;
+    return plan_passes<decltype(mma), decltype(rows)::value>(problem, 0).bytes;
   });
 }
 
-cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, void* lse, void* grad_rows,
+cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, double* lse, void* grad_rows,
                                cudaStream_t stream) {
   const int64_t block_rows = problem.block_rows;
   if (problem.n < 1 || problem.k < 0 || problem.d < 1 || problem.num_parts < 1 || problem.part < 0 ||

@@ -1,6 +1,5 @@
-// Host entry points of the CUDA uniformity kernels (toolkit only: raw device pointers,
-// sizes, a stream), for the torch glue and the benchmark; contract and design: ops.h,
-// docs/cuda.md.  Needs sm_80+; results are bitwise the same for every grid size.
+// Host entry points of the CUDA uniformity kernels (toolkit only, sm_80+), for the torch glue
+// and the benchmark; contract: ops.h, design: docs/cuda.md.  Bitwise the same for any grid.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -26,17 +25,16 @@ struct UniformProblem {
 };
 
 // 128 rows per CTA, 64 for kFp64.
-int64_t uniform_block_rows(UniformPrecision precision);
+inline int64_t uniform_block_rows(UniformPrecision p) { return p == UniformPrecision::kFp64 ? 64 : 128; }
 // Dynamic shared memory per CTA (block_rows 0: the default).
 size_t uniform_shared_memory_bytes(UniformPrecision precision, int64_t block_rows = 0);
 // The block size that fits `smem_optin` bytes per block: the default, else 64, else 0.
 int64_t uniform_block_rows_for(UniformPrecision precision, int64_t smem_optin);
 // Device workspace of launch_uniform_lse, O((n + k) d).
 size_t uniform_workspace_bytes(const UniformProblem& problem);
-// lse (one double, whatever the precision: ops.h) and the asked rows of grad_rows ([n + k,
-// d], the accumulation type), asynchronously on `stream`; `workspace`:
-// uniform_workspace_bytes, 256-byte aligned.  Returns the first launch error.
-cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, void* lse, void* grad_rows,
+// lse (one double) and the asked rows of grad_rows ([n + k, d], accumulation type), async on
+// `stream`; `workspace`: uniform_workspace_bytes, 256-byte aligned.  Returns a launch error.
+cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, double* lse, void* grad_rows,
                                cudaStream_t stream);
 
 }  // namespace pyhypersphere::cuda

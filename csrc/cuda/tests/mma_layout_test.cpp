@@ -47,6 +47,9 @@ RC isa_ldmatrix(int lane, int h, bool trans) {
   const int r = lane / 4, c = 2 * (lane % 4) + h;
   return trans ? RC{c, r} : RC{r, c};
 }
+// The kernel's TF32 / f64 P V feeds S's accumulators (columns 2t, 2t + 1) as they lie:
+// k position t stands for column 2t, t + 4 for 2t + 1.
+int permuted_k_column(int k_position) { return k_position < 4 ? 2 * k_position : 2 * (k_position - 4) + 1; }
 
 // ---------------------------------------------------------------- emulation
 
@@ -148,18 +151,13 @@ void check_layout_functions() {
              "acc8x8 == ISA m8n8k4 C", lane, i);
     }
   }
-  for (int p = 0; p < 8; ++p) {
-    // TF32 A: k position p of a lane with thread_in_group t is column permuted_k_column(p),
-    // and the accumulator element acc_of_tf32_a(r) sits at the column of register r.
-    expect(L::permuted_k_column(p) == (p < 4 ? 2 * p : 2 * (p - 4) + 1), "permuted_k_column", p);
-  }
   for (int lane = 0; lane < 32; ++lane) {
     for (int nr = 0; nr < 2; ++nr)
       for (int i = 0; i < 2; ++i) {
         // TF32 P^T as B: register i of row tile nr is accumulator 2 nr + i, as it lies.
         const RC b = isa_b_tf32(lane, i);
         const L::Coord c = L::acc16x8(lane, 2 * nr + i);
-        expect(8 * nr + b.col == c.row && L::permuted_k_column(b.row) == c.col, "TF32 B from accumulators", lane, i);
+        expect(8 * nr + b.col == c.row && permuted_k_column(b.row) == c.col, "TF32 B from accumulators", lane, i);
       }
   }
 }
