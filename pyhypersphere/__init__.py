@@ -14,6 +14,8 @@ from .contrastive import clip_loss, info_nce_loss, nt_xent_loss  # noqa: E402
 from .gpu_backend import build_info  # noqa: E402
 from .losses import align_loss, uniform_loss  # noqa: E402
 from .nn import AlignmentLoss, AlignUniformLoss, CLIPLoss, InfoNCELoss, NTXentLoss, UniformityLoss  # noqa: E402
+from .nn import KeyQueue, SupConLoss  # noqa: E402
+from .ops.supcon import supcon_loss  # noqa: E402
 from ._ops import PrecisionWarning  # noqa: E402
 
 __version__ = "0.1.0"
@@ -23,13 +25,16 @@ __all__ = [
     "AlignmentLoss",
     "CLIPLoss",
     "InfoNCELoss",
+    "KeyQueue",
     "NTXentLoss",
     "PrecisionWarning",
+    "SupConLoss",
     "UniformityLoss",
     "align_loss",
     "build_info",
     "clip_loss",
     "info_nce_loss",
     "nt_xent_loss",
+    "supcon_loss",
     "uniform_loss",
 ]

@@ -42,6 +42,7 @@ from . import _ops
 from .losses import DEFAULT_T, _learned, _scale_to_learned_t
 from .distributed_contrastive import clip_loss, info_nce_loss, nt_xent_loss  # noqa: F401  (the contrastive losses)
 from .losses import uniform_loss as _local_uniform_loss
+from .ops.supcon import distributed_supcon_loss as supcon_loss  # noqa: F401  (supervised contrastive)
 
 _FUNCTION = "pyhypersphere.distributed.uniform_loss"
 

@@ -20,6 +20,7 @@ import os
 import torch
 
 from . import _C
+from .ops import supcon as _supcon
 
 ENV_VAR = "PYHYPERSPHERE_GPU_BACKEND"
 CHOICES = ("auto", "cuda", "triton")
@@ -65,6 +66,7 @@ OPS = {
     "contrastive_lse": False,
     "contrastive_lse_backward": False,
     "contrastive_mean_lse": False,
+    **_supcon.OPS,
 }
 
 

@@ -21,7 +21,9 @@ from .contrastive import (
     info_nce_loss,
     nt_xent_loss,
 )
+from .key_queue import KeyQueue  # noqa: F401  (MoCo's queue, exported here)
 from .losses import DEFAULT_ALPHA, DEFAULT_T, align_loss, uniform_loss
+from .ops.supcon import DEFAULT_SUPCON_TAU, check_reduction, supcon_loss
 
 
 def _shown(value) -> str:
@@ -204,3 +206,21 @@ class CLIPLoss(nn.Module):
         if self.learn_tau:
             return f"learn_tau=True, max_logit_scale={self.max_logit_scale}"
         return f"tau={self.tau}"
+
+
+class SupConLoss(nn.Module):
+    """`supcon_loss(x, labels, tau, reduction, weight)` (Khosla et al.'s supervised
+    contrastive L_out) as a module: ``loss_fn(x, labels)`` or ``loss_fn(x, labels, weight)``."""
+
+    def __init__(self, tau: float = DEFAULT_SUPCON_TAU, reduction: str = "mean"):
+        super().__init__()
+        _number(tau, "tau", "SupConLoss", positive=True, tensor_ok=True)
+        check_reduction(reduction, "SupConLoss")
+        self.tau = tau
+        self.reduction = reduction
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return supcon_loss(x, labels, self.tau, self.reduction, weight)
+
+    def extra_repr(self) -> str:
+        return f"tau={_shown(self.tau)}, reduction={self.reduction!r}"

@@ -99,3 +99,33 @@ def mean_cross_entropy_and_grads(a, b, scale):
     mean = exact_cross_entropy(scale * ar @ br.T, torch.arange(ar.shape[0])).mean()
     mean.backward()
     return mean.detach(), ar.grad, br.grad
+
+
+# ---------------------------------------------------------------- supervised contrastive
+
+
+def dense_supcon_rows(x, labels, tau):
+    """Khosla et al.'s L_out per anchor, from the definition: -(1/|P(i)|) sum_{p in P(i)}
+    log(e^{s_ip} / sum_{a != i} e^{s_ia}); 0 for an anchor without positives.  Also
+    returns which anchors have positives."""
+    n = x.shape[0]
+    logits = x @ x.T / tau
+    eye = torch.eye(n, dtype=torch.bool, device=x.device)
+    log_prob = logits - logits.masked_fill(eye, float("-inf")).logsumexp(1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~eye
+    count = positives.sum(1)
+    per_anchor = -(log_prob * positives).sum(1) / count.clamp(min=1)
+    return per_anchor, count > 0
+
+
+def dense_supcon(x, labels, tau, reduction="mean", weight=None):
+    """dense_supcon_rows reduced: weighted per-anchor losses; 'mean' over the anchors with
+    positives (divided by their weights' sum when weighted)."""
+    per_anchor, has = dense_supcon_rows(x, labels, tau)
+    w = torch.ones_like(per_anchor) if weight is None else weight.to(per_anchor.dtype)
+    weighted = per_anchor * w
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return weighted.sum()
+    return weighted.sum() / w[has].sum()
