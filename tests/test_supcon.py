@@ -212,3 +212,12 @@ def test_errors():
         supcon_loss(x[0], torch.zeros(6, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"supcon_lse: labels must be an int64 tensor \(labels.long\(\)\)"):
         ops.supcon_lse(x, torch.zeros(6, dtype=torch.int32), 1.0)
+
+
+def test_the_benchmarks_dense_baseline_is_supcon():
+    # pyhypersphere bench --loss supcon's "dense" row: pytorch-metric-learning's computation.
+    from pyhypersphere.bench.contrastive import dense_supcon_pml, supcon_views
+
+    x, y = unit_rows(40, 6, seed=14), unit_rows(40, 6, seed=15)
+    z, labels = supcon_views(x, y)
+    torch.testing.assert_close(dense_supcon_pml(z, labels, 0.1), dense_supcon(z, labels, 0.1), rtol=1e-12, atol=0)

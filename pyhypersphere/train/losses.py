@@ -50,3 +50,15 @@ def info_nce(x: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     logits, so the baseline runs at the batch sizes the align+uniform loss reaches.
     """
     return nt_xent_loss(x, y, tau)
+
+
+def supcon_loss(world: int) -> Callable:
+    """Khosla et al.'s supervised contrastive loss over the 2N views of a batch, views of
+    one sample sharing its class label; global-batch under torch.distributed."""
+    if world > 1:
+        from pyhypersphere.distributed import supcon_loss as global_supcon
+
+        return global_supcon
+    from pyhypersphere import supcon_loss as local_supcon
+
+    return local_supcon
