@@ -1,4 +1,7 @@
-// The operators of pyhypersphere, declared once for every backend.
+// The operators of pyhypersphere, declared once for every backend.  Each family's schema
+// and argument checks are in csrc/<family>.cpp (uniform.cpp, align.cpp, contrastive.cpp),
+// its CPU kernel in csrc/cpu/<family>_cpu.cpp, its C++ CUDA kernel (where there is one) in
+// csrc/cuda/<family>_cuda.cpp; docs/adding_a_loss.md.
 //
 // uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
 //     -> (lse, grad_x, grad_queue)
@@ -59,6 +62,21 @@
 //   forward pass (3 GEMMs' worth where contrastive_lse and its backward need 4).  NaN or
 //   inf in the inputs give NaN outputs.
 //
+// supcon_lse(x, labels, scale, part, num_parts) -> (lse, positive_sum, positive_count)
+//   x [N, d] floating point, labels [N] int64 on x's device, scale > 0.  Logits
+//   s_ia = scale <x_i, x_a>.  For every anchor i: lse[i] = log sum_{a != i} exp(s_ia),
+//   positive_sum[i] = sum_{p != i, labels_p == labels_i} s_ip and positive_count[i] the
+//   number of such p (int64).  lse and positive_sum in the accumulation dtype.  With
+//   num_parts > 1 only the part-th slice of the pair tiles is summed (tile_schedule.h):
+//   slices' lse combine by log-sum-exp (-inf for a row without pairs in the slice),
+//   sums and counts add.  NaN or inf in x give NaN lse and sums.
+//
+// supcon_lse_backward(x, labels, scale, lse, grad_lse, grad_positive, part, num_parts)
+//   -> grad_x
+//   Given the whole (not per-part) lse and upstream gradients grad_lse [N] and
+//   grad_positive [N], the gradient of sum_i grad_lse[i] lse[i] + grad_positive[i]
+//   positive_sum[i] with respect to x from this part's tiles, in the accumulation dtype.
+//
 // align_loss(x, y, alpha, compute_grad) -> (loss, grad_x)
 //   loss = mean_i ||x_i - y_i||^alpha in x's dtype; grad_x = d loss / d x (d loss / d y
 //   is -grad_x), or an empty [0] tensor.  At x_i == y_i the gradient is 0.
@@ -76,6 +94,38 @@ using AlignResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveLseResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveGradResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveMeanLseResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// The argument checks of each op (csrc/<family>.cpp), one for every backend: the C++
+// kernels call them, and the Triton launchers through pyhypersphere._C.
+
+// All checks of the uniformity op.
+void check_uniform_args(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
+                        bool intra_batch, int64_t part, int64_t num_parts, bool grad_queue);
+
+// All checks of the contrastive op (a and b: see ops.h).
+void check_contrastive_args(const at::Tensor& a, const at::Tensor& b, double scale,
+                            bool self_pairs, bool lse_b, int64_t part, int64_t num_parts);
+
+// All checks of the contrastive backward op: the forward's, plus the lse and upstream
+// gradient vectors' shapes.
+void check_contrastive_backward_args(const at::Tensor& a, const at::Tensor& b, double scale,
+                                     bool self_pairs, const at::Tensor& lse_a,
+                                     const at::Tensor& lse_b, const at::Tensor& grad_lse_a,
+                                     const at::Tensor& grad_lse_b, int64_t part,
+                                     int64_t num_parts);
+
+// All checks of the contrastive mean-lse op (a and b: see ops.h).
+void check_contrastive_mean_lse_args(const at::Tensor& a, const at::Tensor& b, double scale);
+
+// All checks of the supervised contrastive ops (csrc/supcon.cpp).
+void check_supcon_lse_args(const at::Tensor& x, const at::Tensor& labels, double scale, int64_t part,
+                           int64_t num_parts);
+void check_supcon_lse_backward_args(const at::Tensor& x, const at::Tensor& labels, double scale,
+                                    const at::Tensor& lse, const at::Tensor& grad_lse,
+                                    const at::Tensor& grad_positive, int64_t part, int64_t num_parts);
+
+// All checks of the alignment op.
+void check_align_args(const at::Tensor& x, const at::Tensor& y, double alpha);
 
 UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tensor>& queue,
                               double t, bool intra_batch, int64_t part, int64_t num_parts,

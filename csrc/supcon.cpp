@@ -1,15 +1,26 @@
-// The supervised contrastive family's operator schemas and argument checks (contract in
-// supcon.h).
-#include "supcon.h"
-
+// The supervised contrastive family: the schemas of supcon_lse and supcon_lse_backward
+// (contract in ops.h) and their argument checks, one for every backend
+// (csrc/cpu/supcon_cpu.cpp, pyhypersphere/triton_kernels/supcon.py).
 #include "input_checks.h"
+#include "ops.h"
 
 #include <torch/library.h>
 
+TORCH_LIBRARY_FRAGMENT(pyhypersphere, m) {
+  m.def(
+      "supcon_lse(Tensor x, Tensor labels, float scale, int part=0, int num_parts=1) -> (Tensor, "
+      "Tensor, Tensor)");
+  m.def(
+      "supcon_lse_backward(Tensor x, Tensor labels, float scale, Tensor lse, Tensor grad_lse, "
+      "Tensor grad_positive, int part=0, int num_parts=1) -> Tensor");
+}
+
 namespace pyhypersphere {
 
-void check_supcon_args(const at::Tensor& x, const at::Tensor& labels, double scale, int64_t part,
-                       int64_t num_parts, const char* function) {
+namespace {
+
+void check_supcon_inputs(const at::Tensor& x, const at::Tensor& labels, double scale, int64_t part,
+                         int64_t num_parts, const char* function) {
   check_feature_matrix(x, function, "x", 1);
   check_positive_finite(scale, function, "scale");
   TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == x.size(0), function,
@@ -23,11 +34,18 @@ void check_supcon_args(const at::Tensor& x, const at::Tensor& labels, double sca
   check_part(part, num_parts, function);
 }
 
-void check_supcon_backward_args(const at::Tensor& x, const at::Tensor& labels, double scale,
-                                const at::Tensor& lse, const at::Tensor& grad_lse,
-                                const at::Tensor& grad_positive, int64_t part, int64_t num_parts) {
+}  // namespace
+
+void check_supcon_lse_args(const at::Tensor& x, const at::Tensor& labels, double scale, int64_t part,
+                           int64_t num_parts) {
+  check_supcon_inputs(x, labels, scale, part, num_parts, "supcon_lse");
+}
+
+void check_supcon_lse_backward_args(const at::Tensor& x, const at::Tensor& labels, double scale,
+                                    const at::Tensor& lse, const at::Tensor& grad_lse,
+                                    const at::Tensor& grad_positive, int64_t part, int64_t num_parts) {
   const char* function = "supcon_lse_backward";
-  check_supcon_args(x, labels, scale, part, num_parts, function);
+  check_supcon_inputs(x, labels, scale, part, num_parts, function);
   const int64_t n = x.size(0);
   TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == n, function, ": lse must have shape [", n,
                     "], got ", lse.sizes());
@@ -35,15 +53,6 @@ void check_supcon_backward_args(const at::Tensor& x, const at::Tensor& labels, d
                     ": grad_lse must have shape [", n, "], got ", grad_lse.sizes());
   TORCH_CHECK_VALUE(grad_positive.dim() == 1 && grad_positive.size(0) == n, function,
                     ": grad_positive must have shape [", n, "], got ", grad_positive.sizes());
-}
-
-TORCH_LIBRARY_FRAGMENT(pyhypersphere, m) {
-  m.def(
-      "supcon_lse(Tensor x, Tensor labels, float scale, int part=0, int num_parts=1) -> (Tensor, "
-      "Tensor, Tensor)");
-  m.def(
-      "supcon_lse_backward(Tensor x, Tensor labels, float scale, Tensor lse, Tensor grad_lse, "
-      "Tensor grad_positive, int part=0, int num_parts=1) -> Tensor");
 }
 
 }  // namespace pyhypersphere

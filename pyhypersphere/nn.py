@@ -23,7 +23,8 @@ from .contrastive import (
 )
 from .key_queue import KeyQueue  # noqa: F401  (MoCo's queue, exported here)
 from .losses import DEFAULT_ALPHA, DEFAULT_T, align_loss, uniform_loss
-from .ops.supcon import DEFAULT_SUPCON_TAU, check_reduction, supcon_loss
+from .ops._common import check_reduction
+from .ops.supcon import DEFAULT_SUPCON_TAU, supcon_loss
 
 
 def _shown(value) -> str:

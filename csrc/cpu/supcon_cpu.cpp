@@ -1,4 +1,4 @@
-// CPU kernel of the supervised contrastive loss (contract in ../supcon.h): x's rows
+// CPU kernel of the supervised contrastive loss (contract in ../ops.h): x's rows
 // against each other in tiles through BLAS, never holding the logit matrix or a label mask.
 //
 // Forward, one pass: per tile of the upper triangle (ordered_tiles.h) one Gram GEMM, the
@@ -10,7 +10,7 @@
 //   M_ij = g_i p_ij + g_j p_ji + [label_i == label_j] (h_i + h_j),  M_ii = 0,
 // and grad_i += scale M x_j, grad_j += scale M^T x_i.  Deterministic (every block is
 // updated in schedule order), extra memory O(N d) plus one tile per thread.
-#include "../supcon.h"
+#include "../ops.h"
 #include "../tile_schedule.h"
 #include "../uniform_rows.h"
 #include "logit_epilogue.h"
@@ -198,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> supcon_lse_cpu(const at::Tensor& 
                                                               const at::Tensor& labels,
                                                               double scale, int64_t part,
                                                               int64_t num_parts) {
-  check_supcon_args(x, labels, scale, part, num_parts, "supcon_lse");
+  check_supcon_lse_args(x, labels, scale, part, num_parts);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "supcon_lse: x must be on the CPU for the CPU kernel");
   const at::Tensor z = compute_rows(x), y = labels.contiguous();
   const auto acc = z.options();
@@ -221,7 +221,7 @@ at::Tensor supcon_lse_backward_cpu(const at::Tensor& x, const at::Tensor& labels
                                    const at::Tensor& lse, const at::Tensor& grad_lse,
                                    const at::Tensor& grad_positive, int64_t part,
                                    int64_t num_parts) {
-  check_supcon_backward_args(x, labels, scale, lse, grad_lse, grad_positive, part, num_parts);
+  check_supcon_lse_backward_args(x, labels, scale, lse, grad_lse, grad_positive, part, num_parts);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "supcon_lse_backward: x must be on the CPU for the CPU kernel");
   const at::Tensor z = compute_rows(x), y = labels.contiguous();
   const auto acc = z.options();

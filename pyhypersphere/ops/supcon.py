@@ -17,15 +17,21 @@ distributed form (`distributed_supcon_loss`, on the global-batch layer).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Optional
 
 import torch
 
 from .. import _C  # noqa: F401  (loads the library and registers the operators)
-from .._ops import accumulate_dtype, func_compatible, loss_dtype
+from .. import _global_batch as gb
+from ._common import (
+    REDUCTIONS, accumulate_dtype, check_features, check_reduction, check_weight, func_compatible, learned, loss_dtype,
+    reduce_rows,
+)
+from .contrastive import _check_kernel, _divide, kernel_problem, temperature
+from .contrastive_distributed import _tau_param, _to_learned_tau
 
 DEFAULT_SUPCON_TAU = 0.1  # Khosla et al.'s temperature
-REDUCTIONS = ("mean", "sum", "none")
 
 # op name -> has a C++ CUDA kernel (the registry, gpu_backend.py, reads it).
 OPS = {"supcon_lse": False, "supcon_lse_backward": False}
@@ -36,34 +42,10 @@ _lib_ops = torch.ops.pyhypersphere
 # ---------------------------------------------------------------- fake kernels
 
 
-def check_op_args(x, labels, scale, part, num_parts, function, *vectors) -> None:
-    """The operators' argument checks (csrc/supcon.cpp's, with its messages), for the fake
-    and Triton kernels, which the C++ checks do not reach: x [N, d] floating, labels int64
-    [N] on x's device, scale > 0, 0 <= part < num_parts, and each of `vectors` [N]."""
-    from ..contrastive import _check_features
-
-    _check_features(x, "x", function)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"{function}: scale must be a positive finite number, got {scale}")
-    n = x.shape[0]
-    if labels.dim() != 1 or labels.shape[0] != n:
-        raise ValueError(f"{function}: labels must be a 1-D tensor with one label per row of x ({n}), got shape {list(labels.shape)}")
-    if labels.dtype != torch.int64:
-        raise ValueError(f"{function}: labels must be an int64 tensor (labels.long())")
-    if labels.device != x.device:
-        raise ValueError(f"{function}: labels must be on the same device as x ({x.device}), got {labels.device}")
-    if num_parts < 1:
-        raise ValueError(f"{function}: num_parts must be >= 1, got {num_parts}")
-    if not 0 <= part < num_parts:
-        raise ValueError(f"{function}: part must be in [0, num_parts = {num_parts}), got {part}")
-    for name, v in zip(("lse", "grad_lse", "grad_positive"), vectors):
-        if v.dim() != 1 or v.shape[0] != n:
-            raise ValueError(f"{function}: {name} must have shape [{n}], got {list(v.shape)}")
-
-
 @torch.library.register_fake("pyhypersphere::supcon_lse")
 def _supcon_lse_fake(x, labels, scale, part=0, num_parts=1):
-    check_op_args(x, labels, scale, part, num_parts, "supcon_lse")
+    if labels.device != x.device:  # mixed devices reach this instead of a kernel's checks
+        raise ValueError(f"supcon_lse: labels must be on the same device as x ({x.device}), got {labels.device}")
     acc = accumulate_dtype(x.dtype)
     n = x.shape[0]
     return x.new_empty((n,), dtype=acc), x.new_empty((n,), dtype=acc), x.new_empty((n,), dtype=torch.int64)
@@ -71,7 +53,8 @@ def _supcon_lse_fake(x, labels, scale, part=0, num_parts=1):
 
 @torch.library.register_fake("pyhypersphere::supcon_lse_backward")
 def _supcon_lse_backward_fake(x, labels, scale, lse, grad_lse, grad_positive, part=0, num_parts=1):
-    check_op_args(x, labels, scale, part, num_parts, "supcon_lse_backward", lse, grad_lse, grad_positive)
+    if labels.device != x.device:
+        raise ValueError(f"supcon_lse_backward: labels must be on the same device as x ({x.device}), got {labels.device}")
     return x.new_empty(tuple(x.shape), dtype=accumulate_dtype(x.dtype))
 
 
@@ -134,45 +117,6 @@ def check_labels(labels, x, function: str) -> torch.Tensor:
     return labels.to(torch.int64)
 
 
-def check_reduction(reduction, function: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{function}: reduction must be one of 'mean', 'sum', 'none', got {reduction!r}")
-
-
-def check_weight(weight, rows: int, like: torch.Tensor, function: str, what: str) -> None:
-    """weight: None, or a floating [rows] tensor on like's device (one per anchor row)."""
-    if weight is None:
-        return
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{function}: weight must be a torch.Tensor or None, got {type(weight).__name__}")
-    if not weight.is_floating_point() or weight.shape != (rows,):
-        raise ValueError(
-            f"{function}: weight must be a floating-point tensor of shape ({rows},), one weight per {what}, "
-            f"got a {weight.dtype} tensor of shape {tuple(weight.shape)}"
-        )
-    if weight.device != like.device:
-        raise ValueError(f"{function}: weight must be on the same device as the features ({like.device}), got {weight.device}")
-
-
-def reduce_rows(losses, weight, reduction: str, counted=None):
-    """The per-anchor losses (times the weights) reduced: 'none' -> them, 'sum' -> their
-    sum, 'mean' -> their sum over the sum of the counted anchors' weights (their number
-    without weights).  `counted`: which anchors count (default: all)."""
-    if weight is not None:
-        losses = losses * weight.to(losses.dtype)
-    if reduction == "none":
-        return losses
-    total = losses.sum()
-    if reduction == "sum":
-        return total
-    if weight is None:
-        norm = losses.new_tensor(losses.shape[0]) if counted is None else counted.sum().to(losses.dtype)
-    else:
-        w = weight.to(losses.dtype)
-        norm = (w if counted is None else torch.where(counted, w, 0)).sum()
-    return total / norm
-
-
 def anchor_losses(lse, positive_sum, count):
     """L_i = lse_i - positive_sum_i / |P(i)| for anchors with positives, 0 for the others."""
     has = count > 0
@@ -198,16 +142,14 @@ def supcon_loss(x: torch.Tensor, labels: torch.Tensor, tau=DEFAULT_SUPCON_TAU, r
     torch.compile that check (a host read) is skipped and the mean is then NaN.
     Returns a tensor in x's dtype (float32 under autocast).
     """
-    from ..contrastive import _check_features, _check_kernel, _divide, _temperature
-
     function = "supcon_loss"
-    _check_features(x, "x", function)
+    check_features(x, "x", function)
     labels = check_labels(labels, x, function)
     check_reduction(reduction, function)
     check_weight(weight, x.shape[0], x, function, "row of x (anchor)")
     _check_kernel(x, function)
     out_dtype = loss_dtype(x)
-    scale, tau_tensor = _temperature(tau, function)
+    scale, tau_tensor = temperature(tau, function)
     if tau_tensor is not None:  # <x_i, x_a> / tau = <x_i / sqrt(tau), x_a / sqrt(tau)>
         x = _divide(x, tau_tensor.sqrt())
     lse, positive, count = supcon_lse(x, labels, scale)
@@ -233,10 +175,8 @@ def supcon_loss(x: torch.Tensor, labels: torch.Tensor, tau=DEFAULT_SUPCON_TAU, r
 
 def _distributed_problem(x, labels, weight, reduction, function):
     """What is wrong with this rank's inputs (as a message without the function name), or None."""
-    from ..contrastive import _check_features
-
     try:
-        _check_features(x, "x", function, min_rows=0)
+        check_features(x, "x", function, min_rows=0)
         labels = check_labels(labels, x, function)
         check_weight(weight, x.shape[0], x, function, "row of x (anchor)")
         check_reduction(reduction, function)
@@ -261,13 +201,6 @@ def distributed_supcon_loss(x: torch.Tensor, labels: torch.Tensor, tau=DEFAULT_S
     no collective.  Every rank must call it; an invalid input or a failure on one rank
     raises on every rank.  World size 1 calls ``supcon_loss``.
     """
-    from dataclasses import replace
-
-    from .. import _global_batch as gb
-    from ..contrastive import kernel_problem
-    from ..distributed_contrastive import _tau_param, _to_learned_tau
-    from ..losses import _learned
-
     function = "pyhypersphere.distributed.supcon_loss"
     rank, world = gb.member_of(group, function, "pyhypersphere.supcon_loss")
     if world == 1:
@@ -280,7 +213,7 @@ def distributed_supcon_loss(x: torch.Tensor, labels: torch.Tensor, tau=DEFAULT_S
         return gb.check_views(views) or _distributed_problem(views[0], labels, weight, reduction, function)
 
     views = [x]
-    tau_tensor = _learned(tau)
+    tau_tensor = learned(tau)
     if tau_tensor is not None and params["tau"][1] is None and problem(views) is None:
         views = [_to_learned_tau(tau_tensor, params["tau"][0], x, x, True)[0]]
     grad = torch.is_grad_enabled() and isinstance(views[0], torch.Tensor) and views[0].requires_grad

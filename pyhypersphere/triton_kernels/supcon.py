@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _C
 from .._matmul_precision import cuda_matmul_allows_tf32
 from .tiles import check_device
 
@@ -121,9 +122,7 @@ def _columns(n: int, part: int, num_parts: int) -> tuple:
 
 def supcon_lse(x, labels, scale, part=0, num_parts=1):
     """`torch.ops.pyhypersphere.supcon_lse` on Triton: same arguments, same results."""
-    from ..ops.supcon import check_op_args
-
-    check_op_args(x, labels, scale, part, num_parts, "supcon_lse")
+    _C._check_supcon_lse_args(x, labels, scale, part, num_parts)
     check_device(x.device, "supcon_lse")
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     z = x.to(acc).contiguous()
@@ -145,9 +144,7 @@ def supcon_lse(x, labels, scale, part=0, num_parts=1):
 
 def supcon_lse_backward(x, labels, scale, lse, grad_lse, grad_positive, part=0, num_parts=1):
     """`torch.ops.pyhypersphere.supcon_lse_backward` on Triton: same arguments, same results."""
-    from ..ops.supcon import check_op_args
-
-    check_op_args(x, labels, scale, part, num_parts, "supcon_lse_backward", lse, grad_lse, grad_positive)
+    _C._check_supcon_lse_backward_args(x, labels, scale, lse, grad_lse, grad_positive, part, num_parts)
     check_device(x.device, "supcon_lse_backward")
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     z = x.to(acc).contiguous()
