@@ -1,15 +1,18 @@
-"""pyhypersphere.distributed.supcon_loss and nn.KeyQueue.push in a real 2-rank gloo run:
-values and gradients of the global batch against the dense float64 formula
-(tests/dense_contrastive.py), unequal and empty shards, weights, 'sum', a learned tau,
-errors raised on every rank, a failure inside the operator, and the key queue gathered
-across ranks.  One spawn runs every scenario."""
+"""Issue 25 across processes, in a real 2-rank gloo run: pyhypersphere.distributed.supcon_loss
+(values and gradients of the global batch against the dense float64 formula of
+tests/dense_contrastive.py, unequal and empty shards, weights, 'sum', a learned tau, errors
+raised on every rank, a failure inside the operator), the contrastive losses' decoupled
+and reduction options, and nn.KeyQueue gathered across ranks.  One spawn runs every
+scenario."""
 
 import types
 
 import pytest
 import torch
 
-from dense_contrastive import dense_supcon, value_and_grads
+from dense_contrastive import (
+    dense_clip_rows, dense_info_nce_rows, dense_nt_xent_rows, dense_reduce, dense_supcon, value_and_grads,
+)
 from dist_harness import global_batch, recorded_collectives, run, same_on_every_rank, shard
 from pyhypersphere import distributed, nn
 from pyhypersphere.ops import supcon as supcon_ops
@@ -89,6 +92,34 @@ def _check_key_queue(rank, world):
     same_on_every_rank(queue.queue.tolist())
 
 
+def _check_contrastive_options(rank, world):
+    rows = (5, 9)
+    fulls = [global_batch(rows, D, seed=20 + v) for v in range(2)]
+    queue = global_batch((7,), D, seed=30)
+    cases = [
+        (lambda x, y: distributed.nt_xent_loss(x, y, 0.3, decoupled=True),
+         lambda x, y: dense_reduce(dense_nt_xent_rows(x, y, 0.3, True), "mean")),
+        (lambda x, y: distributed.info_nce_loss(x, y, 0.3, queue=queue, decoupled=True, reduction="sum"),
+         lambda x, y: dense_reduce(dense_info_nce_rows(x, y, 0.3, queue, decoupled=True), "sum")),
+        (lambda x, y: distributed.clip_loss(x, y, 0.3, reduction="sum"),
+         lambda x, y: dense_reduce(dense_clip_rows(x, y, 0.3), "sum")),
+    ]
+    for fused, dense in cases:
+        x, y = (shard(f, rows, rank).clone().requires_grad_() for f in fulls)
+        loss = fused(x, y)
+        (UPSTREAM * loss).backward()
+        want, (gx, gy) = value_and_grads(dense, *fulls)
+        torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(x.grad, world * UPSTREAM * shard(gx, rows, rank), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(y.grad, world * UPSTREAM * shard(gy, rows, rank), rtol=1e-10, atol=1e-12)
+    x = torch.randn(3, D, dtype=torch.float64)
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum' across ranks"):
+        distributed.nt_xent_loss(x, x, reduction="none")
+    # Ranks that disagree on an option raise together.
+    with pytest.raises(ValueError, match="the ranks disagree on decoupled"):
+        distributed.nt_xent_loss(x, x, decoupled=rank == 0)
+
+
 def scenarios(rank, world):
     for rows, reduction, weighted, learned in [((5, 9), "mean", False, False), ((0, 12), "sum", True, False),
                                                ((7, 7), "mean", True, True)]:
@@ -96,6 +127,7 @@ def scenarios(rank, world):
     _check_errors_on_every_rank(rank, world)
     _check_failure_inside_the_operator(rank, world)
     _check_key_queue(rank, world)
+    _check_contrastive_options(rank, world)
 
 
 def test_two_ranks():
