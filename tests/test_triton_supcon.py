@@ -8,7 +8,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from dense_contrastive import dense_supcon_rows  # noqa: E402
-from pyhypersphere import triton_kernels as tk  # noqa: E402
+from pyhypersphere.triton_kernels import supcon as tk  # noqa: E402
 from triton_device import DEVICE, RUNNABLE, assert_same_value_error  # noqa: E402
 
 ops = torch.ops.pyhypersphere

@@ -7,9 +7,11 @@ For x [N, d] holding every view (views of one sample share a label) and integer 
         = lse_i - (1 / |P(i)|) sum_{p in P(i)} s_ip,
 
 and the loss averages L_i over the anchors with |P(i)| >= 1 (an anchor without positives
-is skipped).  The operator `supcon_lse` (csrc/supcon.h) returns every anchor's lse_i, its
-sum of positive logits and |P(i)| from one pass over the tiles, comparing labels inside
-each tile (no N x N logits or mask); its backward `supcon_lse_backward` is a second pass.
+is skipped).  The operator `supcon_lse` returns every anchor's lse_i, its sum of positive
+logits and |P(i)| from one pass over the tiles, comparing labels inside each tile (no
+N x N logits or mask); its backward `supcon_lse_backward` is a second pass.  Contract in
+csrc/ops.h, schemas and checks in csrc/supcon.cpp, kernels in csrc/cpu/supcon_cpu.cpp
+and triton_kernels/supcon.py.
 Below: the fake kernels, the autograd formula, the public `supcon_loss` and its
 distributed form (`distributed_supcon_loss`, on the global-batch layer).
 """

@@ -1,5 +1,5 @@
 """Triton kernels and launchers for `supcon_lse` and `supcon_lse_backward` (contract:
-csrc/supcon.h).
+csrc/ops.h).
 
 Flash-style row blocks: a program owns BLOCK_M anchors and sweeps the partner columns in
 BLOCK_N tiles, the logits s_ia = scale <x_i, x_a> computed tile by tile and never stored,
