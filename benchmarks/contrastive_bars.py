@@ -7,10 +7,13 @@
    F.cross_entropy, pyhypersphere.bench.contrastive): medians of --reps after one
    warm-up call, and each call's peak RSS growth.  Every (loss, implementation) runs in
    its own fresh process, one after another, so neither's memory touches the other's.
-2. N=65536 forward+backward of the fused nt_xent_loss, clip_loss and siglip_loss in a
-   fresh process: peak RSS growth over the RSS just before the call (the dense logits
+2. N=65536 forward+backward of the fused nt_xent_loss, clip_loss, siglip_loss and supcon_loss
+   in a fresh process: peak RSS growth over the RSS just before the call (the dense logits
    alone would be 64 GiB and 16 GiB).
 SigLIP's bar (issue 25): `--losses siglip`.
+supcon (--losses supcon) takes --n samples of two views each, 2n anchors (the dense
+baseline is pytorch-metric-learning's computation, pyhypersphere.bench.contrastive): its
+bars (issue 25: N = 16384 anchors, memory at 65536) are --n 8192 --big-n 32768.
 Prints one JSON document with every figure.
 """
 
@@ -27,7 +30,7 @@ from pyhypersphere.bench.memory import peak_extra_bytes
 from pyhypersphere.bench.timing import median_time
 from pyhypersphere.bench.worker import unit_rows
 
-LOSSES = ("nt_xent", "info_nce", "clip", "siglip")
+LOSSES = ("nt_xent", "info_nce", "clip", "siglip", "supcon")
 CPU = torch.device("cpu")
 
 
@@ -90,7 +93,7 @@ def main() -> None:
         out["speed"][loss] = entry
         print(json.dumps({loss: entry}), file=sys.stderr)
     if args.big_n:
-        for loss in ("nt_xent", "clip", "siglip"):
+        for loss in ("nt_xent", "clip", "siglip", "supcon"):
             if loss in losses:
                 out["memory"][loss] = run_child(loss, "pyhypersphere", args.big_n, args.d, 0)
                 print(json.dumps({loss: out["memory"][loss]}), file=sys.stderr)

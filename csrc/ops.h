@@ -62,6 +62,21 @@
 //   forward pass (3 GEMMs' worth where contrastive_lse and its backward need 4).  NaN or
 //   inf in the inputs give NaN outputs.
 //
+// supcon_lse(x, labels, scale, part, num_parts) -> (lse, positive_sum, positive_count)
+//   x [N, d] floating point, labels [N] int64 on x's device, scale > 0.  Logits
+//   s_ia = scale <x_i, x_a>.  For every anchor i: lse[i] = log sum_{a != i} exp(s_ia),
+//   positive_sum[i] = sum_{p != i, labels_p == labels_i} s_ip and positive_count[i] the
+//   number of such p (int64).  lse and positive_sum in the accumulation dtype.  With
+//   num_parts > 1 only the part-th slice of the pair tiles is summed (tile_schedule.h):
+//   slices' lse combine by log-sum-exp (-inf for a row without pairs in the slice),
+//   sums and counts add.  NaN or inf in x give NaN lse and sums.
+//
+// supcon_lse_backward(x, labels, scale, lse, grad_lse, grad_positive, part, num_parts)
+//   -> grad_x
+//   Given the whole (not per-part) lse and upstream gradients grad_lse [N] and
+//   grad_positive [N], the gradient of sum_i grad_lse[i] lse[i] + grad_positive[i]
+//   positive_sum[i] with respect to x from this part's tiles, in the accumulation dtype.
+//
 // align_loss(x, y, alpha, compute_grad) -> (loss, grad_x)
 //   loss = mean_i ||x_i - y_i||^alpha in x's dtype; grad_x = d loss / d x (d loss / d y
 //   is -grad_x), or an empty [0] tensor.  At x_i == y_i the gradient is 0.
@@ -118,6 +133,13 @@ void check_contrastive_backward_args(const at::Tensor& a, const at::Tensor& b, d
 
 // All checks of the contrastive mean-lse op (a and b: see ops.h).
 void check_contrastive_mean_lse_args(const at::Tensor& a, const at::Tensor& b, double scale);
+
+// All checks of the supervised contrastive ops (csrc/supcon.cpp).
+void check_supcon_lse_args(const at::Tensor& x, const at::Tensor& labels, double scale, int64_t part,
+                           int64_t num_parts);
+void check_supcon_lse_backward_args(const at::Tensor& x, const at::Tensor& labels, double scale,
+                                    const at::Tensor& lse, const at::Tensor& grad_lse,
+                                    const at::Tensor& grad_positive, int64_t part, int64_t num_parts);
 
 // All checks of the alignment op.
 void check_align_args(const at::Tensor& x, const at::Tensor& y, double alpha);

@@ -162,6 +162,10 @@ PYBIND11_MODULE(_C, module) {
              "Raises the contrastive mean-lse operator's ValueError for bad arguments (internal).");
   module.def("_check_siglip_args", &pyhypersphere::check_siglip_args,
              "Raises the SigLIP operator's ValueError for bad arguments (internal).");
+  module.def("_check_supcon_lse_args", &pyhypersphere::check_supcon_lse_args,
+             "Raises the supervised contrastive operator's ValueError for bad arguments (internal).");
+  module.def("_check_supcon_lse_backward_args", &pyhypersphere::check_supcon_lse_backward_args,
+             "Raises the supervised contrastive backward operator's ValueError for bad arguments (internal).");
   module.def(
       "_mean_lse_strip_rows",
       [](int64_t na, int64_t nb, int64_t elem_bytes) {

@@ -12,8 +12,10 @@ from . import ops  # noqa: E402,F401  (registers every family's fake kernels and
 from .contrastive import clip_loss, info_nce_loss, nt_xent_loss  # noqa: E402
 from .gpu_backend import build_info  # noqa: E402
 from .losses import align_loss, uniform_loss  # noqa: E402
-from .nn import AlignmentLoss, AlignUniformLoss, CLIPLoss, InfoNCELoss, NTXentLoss, SigLIPLoss, UniformityLoss  # noqa: E402
+from .nn import AlignmentLoss, AlignUniformLoss, CLIPLoss, InfoNCELoss, NTXentLoss, SigLIPLoss, SupConLoss, UniformityLoss  # noqa: E402
 from .ops.siglip import siglip_loss  # noqa: E402
+from .nn import KeyQueue  # noqa: E402
+from .ops.supcon import supcon_loss  # noqa: E402
 from .ops.uniform import PrecisionWarning  # noqa: E402
 
 __version__ = "0.1.0"
@@ -23,9 +25,11 @@ __all__ = [
     "AlignmentLoss",
     "CLIPLoss",
     "InfoNCELoss",
+    "KeyQueue",
     "NTXentLoss",
     "PrecisionWarning",
     "SigLIPLoss",
+    "SupConLoss",
     "UniformityLoss",
     "align_loss",
     "build_info",
@@ -33,5 +37,6 @@ __all__ = [
     "info_nce_loss",
     "nt_xent_loss",
     "siglip_loss",
+    "supcon_loss",
     "uniform_loss",
 ]

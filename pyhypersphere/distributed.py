@@ -32,6 +32,7 @@ divide this loss by W.
 
 from .ops.contrastive_distributed import clip_loss, info_nce_loss, nt_xent_loss
 from .ops.siglip import global_siglip_loss as siglip_loss
+from .ops.supcon import distributed_supcon_loss as supcon_loss
 from .ops.uniform_distributed import pair_rows, split_pays_off, uniform_loss
 
-__all__ = ["clip_loss", "info_nce_loss", "nt_xent_loss", "pair_rows", "siglip_loss", "split_pays_off", "uniform_loss"]
+__all__ = ["clip_loss", "info_nce_loss", "nt_xent_loss", "pair_rows", "siglip_loss", "split_pays_off", "supcon_loss", "uniform_loss"]

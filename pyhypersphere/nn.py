@@ -21,8 +21,11 @@ from .contrastive import (
     info_nce_loss,
     nt_xent_loss,
 )
+from .key_queue import KeyQueue  # noqa: F401  (MoCo's queue, exported here)
 from .losses import DEFAULT_ALPHA, DEFAULT_T, align_loss, uniform_loss
 from .ops import siglip
+from .ops._common import check_reduction
+from .ops.supcon import DEFAULT_SUPCON_TAU, supcon_loss
 
 
 def _shown(value) -> str:
@@ -108,35 +111,46 @@ class AlignUniformLoss(nn.Module):
 
 
 class NTXentLoss(nn.Module):
-    """`nt_xent_loss(x, y, tau)` (SimCLR) as a module."""
+    """`nt_xent_loss(x, y, tau, decoupled=..., reduction=..., weight=...)` (SimCLR) as a
+    module; the per-anchor weights, if any, are passed to forward."""
 
-    def __init__(self, tau: float = DEFAULT_NT_XENT_TAU):
+    def __init__(self, tau: float = DEFAULT_NT_XENT_TAU, decoupled: bool = False, reduction: str = "mean"):
         super().__init__()
         _number(tau, "tau", "NTXentLoss", positive=True, tensor_ok=True)
         self.tau = tau
+        self.decoupled = _flag(decoupled, "decoupled", "NTXentLoss")
+        check_reduction(reduction, "NTXentLoss")
+        self.reduction = reduction
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nt_xent_loss(x, y, self.tau)
+    def forward(self, x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return nt_xent_loss(x, y, self.tau, decoupled=self.decoupled, reduction=self.reduction, weight=weight)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}"
+        return f"tau={self.tau}, decoupled={self.decoupled}, reduction={self.reduction!r}"
 
 
 class InfoNCELoss(nn.Module):
-    """`info_nce_loss(q, k, tau, queue=queue, in_batch=in_batch)` as a module; the queue
-    (MoCo's negatives) is passed to forward, since it changes every step."""
+    """`info_nce_loss(q, k, tau, queue=queue, in_batch=in_batch, decoupled=..., reduction=...,
+    weight=...)` as a module; the queue (MoCo's negatives, e.g. a KeyQueue's ``.queue``) and
+    the per-query weights are passed to forward, since they change every step."""
 
-    def __init__(self, tau: float = DEFAULT_INFO_NCE_TAU, in_batch: bool = True):
+    def __init__(self, tau: float = DEFAULT_INFO_NCE_TAU, in_batch: bool = True, decoupled: bool = False,
+                 reduction: str = "mean"):
         super().__init__()
         _number(tau, "tau", "InfoNCELoss", positive=True, tensor_ok=True)
         self.tau = tau
         self.in_batch = _flag(in_batch, "in_batch", "InfoNCELoss")
+        self.decoupled = _flag(decoupled, "decoupled", "InfoNCELoss")
+        check_reduction(reduction, "InfoNCELoss")
+        self.reduction = reduction
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, queue: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return info_nce_loss(q, k, self.tau, queue=queue, in_batch=self.in_batch)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, queue: Optional[torch.Tensor] = None,
+                weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return info_nce_loss(q, k, self.tau, queue=queue, in_batch=self.in_batch, decoupled=self.decoupled,
+                             reduction=self.reduction, weight=weight)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, in_batch={self.in_batch}"
+        return f"tau={self.tau}, in_batch={self.in_batch}, decoupled={self.decoupled}, reduction={self.reduction!r}"
 
 
 class CLIPLoss(nn.Module):
@@ -157,9 +171,12 @@ class CLIPLoss(nn.Module):
     away at the first step (raise ``max_logit_scale`` to start lower).
     """
 
-    def __init__(self, tau: float = DEFAULT_CLIP_TAU, learn_tau: bool = False, max_logit_scale: float = 100.0):
+    def __init__(self, tau: float = DEFAULT_CLIP_TAU, learn_tau: bool = False, max_logit_scale: float = 100.0,
+                 reduction: str = "mean"):
         super().__init__()
         module = "CLIPLoss"
+        check_reduction(reduction, module)
+        self.reduction = reduction
         tau_value = _number(tau, "tau", module, positive=True, tensor_ok=True)
         self.learn_tau = _flag(learn_tau, "learn_tau", module)
         self.max_logit_scale = _number(max_logit_scale, "max_logit_scale", module, positive=True)
@@ -198,8 +215,8 @@ class CLIPLoss(nn.Module):
                             f"got {type(optimizer).__name__}")
         return optimizer.register_step_post_hook(lambda *_: self.clamp_())
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return clip_loss(x, y, self.temperature())
+    def forward(self, x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return clip_loss(x, y, self.temperature(), reduction=self.reduction, weight=weight)
 
     def extra_repr(self) -> str:
         if self.learn_tau:
@@ -247,3 +264,21 @@ class SigLIPLoss(nn.Module):
     def extra_repr(self) -> str:
         t, b = self.scale_and_bias()
         return f"t={_shown(t)}, b={_shown(b)}, learn={self.learn}"
+
+
+class SupConLoss(nn.Module):
+    """`supcon_loss(x, labels, tau, reduction, weight)` (Khosla et al.'s supervised
+    contrastive L_out) as a module: ``loss_fn(x, labels)`` or ``loss_fn(x, labels, weight)``."""
+
+    def __init__(self, tau: float = DEFAULT_SUPCON_TAU, reduction: str = "mean"):
+        super().__init__()
+        _number(tau, "tau", "SupConLoss", positive=True, tensor_ok=True)
+        check_reduction(reduction, "SupConLoss")
+        self.tau = tau
+        self.reduction = reduction
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return supcon_loss(x, labels, self.tau, self.reduction, weight)
+
+    def extra_repr(self) -> str:
+        return f"tau={_shown(self.tau)}, reduction={self.reduction!r}"

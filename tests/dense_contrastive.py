@@ -99,3 +99,86 @@ def mean_cross_entropy_and_grads(a, b, scale):
     mean = exact_cross_entropy(scale * ar @ br.T, torch.arange(ar.shape[0])).mean()
     mean.backward()
     return mean.detach(), ar.grad, br.grad
+
+
+# ---------------------------------------------------------------- supervised contrastive
+
+
+def dense_supcon_rows(x, labels, tau):
+    """Khosla et al.'s L_out per anchor, from the definition: -(1/|P(i)|) sum_{p in P(i)}
+    log(e^{s_ip} / sum_{a != i} e^{s_ia}); 0 for an anchor without positives.  Also
+    returns which anchors have positives."""
+    n = x.shape[0]
+    logits = x @ x.T / tau
+    eye = torch.eye(n, dtype=torch.bool, device=x.device)
+    log_prob = logits - logits.masked_fill(eye, float("-inf")).logsumexp(1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~eye
+    count = positives.sum(1)
+    per_anchor = -(log_prob * positives).sum(1) / count.clamp(min=1)
+    return per_anchor, count > 0
+
+
+def dense_supcon(x, labels, tau, reduction="mean", weight=None):
+    """dense_supcon_rows reduced: weighted per-anchor losses; 'mean' over the anchors with
+    positives (divided by their weights' sum when weighted)."""
+    per_anchor, has = dense_supcon_rows(x, labels, tau)
+    w = torch.ones_like(per_anchor) if weight is None else weight.to(per_anchor.dtype)
+    weighted = per_anchor * w
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return weighted.sum()
+    return weighted.sum() / w[has].sum()
+
+
+# ---------------------------------------------------------------- per-anchor losses (issue 25)
+
+
+def _masked_lse(logits, keep):
+    return logits.masked_fill(~keep, float("-inf")).logsumexp(1)
+
+
+def dense_nt_xent_rows(x, y, tau, decoupled=False):
+    """The 2N anchors' losses, x's rows then y's: -log softmax at the positive over the
+    other 2N - 1 views, or with `decoupled` lse over the 2N - 2 negatives minus the positive."""
+    z = torch.cat([x, y])
+    m, n = z.shape[0], x.shape[0]
+    logits = z @ z.T / tau
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    keep = ~torch.eye(m, dtype=torch.bool)
+    if decoupled:
+        keep[torch.arange(m), partner] = False
+    return _masked_lse(logits, keep) - logits[torch.arange(m), partner]
+
+
+def dense_info_nce_rows(q, k, tau, queue=None, in_batch=True, decoupled=False):
+    """The N queries' losses: columns [<q_i, k_j> (all j if in_batch, else only k_i), <q_i, queue_m>] / tau,
+    the positive k_i; with `decoupled` the positive's column left out of the lse."""
+    n = q.shape[0]
+    positive = (q * k).sum(1) / tau
+    columns = [q @ k.T / tau] if in_batch else [positive[:, None]]
+    if queue is not None:
+        columns.append(q @ queue.T / tau)
+    logits = torch.cat(columns, 1)
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    if decoupled:
+        keep[torch.arange(n), torch.arange(n) if in_batch else 0] = False
+    return _masked_lse(logits, keep) - positive
+
+
+def dense_clip_rows(x, y, tau):
+    """The 2N anchors' losses: x_i's cross entropy over the rows of x y^T / tau, then y_i's over its columns."""
+    logits = x @ y.T / tau
+    target = torch.arange(x.shape[0])
+    f = torch.nn.functional.cross_entropy
+    return torch.cat([f(logits, target, reduction="none"), f(logits.T, target, reduction="none")])
+
+
+def dense_reduce(rows, reduction, weight=None):
+    """'none': w_i l_i; 'sum': their sum; 'mean': their sum / sum w_i (the number of rows unweighted)."""
+    w = torch.ones_like(rows) if weight is None else weight.to(rows.dtype)
+    if reduction == "none":
+        return rows * w
+    if reduction == "sum":
+        return (rows * w).sum()
+    return (rows * w).sum() / w.sum()

@@ -1,4 +1,4 @@
-"""`pyhypersphere bench --loss nt_xent|info_nce|clip`: the fused losses against the dense
+"""`pyhypersphere bench --loss nt_xent|info_nce|clip|supcon`: the fused losses against the dense
 PyTorch formula, whose values are checked against the tests' own dense formulas."""
 
 import argparse
@@ -7,11 +7,15 @@ import json
 import pytest
 import torch
 
-from dense_contrastive import dense_clip, dense_info_nce, dense_nt_xent
+from dense_contrastive import dense_clip, dense_info_nce, dense_nt_xent, dense_supcon
 from pyhypersphere.bench import cli, contrastive, worker
 from pyhypersphere.bench.record import OK, UNSUPPORTED, CaseSpec
 
-DENSE = {"nt_xent": dense_nt_xent, "info_nce": dense_info_nce, "clip": dense_clip}
+DENSE = {
+    "nt_xent": dense_nt_xent, "info_nce": dense_info_nce, "clip": dense_clip,
+    # the two views of n samples, sample i of class i mod SUPCON_CLASSES
+    "supcon": lambda x, y, tau: dense_supcon(*contrastive.supcon_views(x, y), tau),
+}
 
 
 def run_cli(argv):
@@ -20,7 +24,7 @@ def run_cli(argv):
     return cli.main(parser.parse_args(argv))
 
 
-@pytest.mark.parametrize("loss", ["nt_xent", "info_nce", "clip"])
+@pytest.mark.parametrize("loss", ["nt_xent", "info_nce", "clip", "supcon"])
 def test_cli_measures_fused_and_dense(loss, tmp_path):
     out = tmp_path / loss
     rc = run_cli(["--loss", loss, "--device", "cpu", "--n", "16,40", "--d", "8", "--isolation", "none",

@@ -20,7 +20,7 @@ LAYERS = (
     ("triton_kernels",),
     ("ops",),
     ("gpu_backend",),
-    ("losses", "contrastive", "distributed", "metrics", "nn", "large_batch"),
+    ("losses", "contrastive", "distributed", "metrics", "nn", "key_queue", "large_batch"),
     ("",),  # pyhypersphere/__init__.py
 )
 

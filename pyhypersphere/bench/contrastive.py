@@ -1,7 +1,8 @@
-"""The contrastive losses in the benchmark (`pyhypersphere bench --loss nt_xent|info_nce|clip|siglip`).
+"""The contrastive losses in the benchmark (`pyhypersphere bench --loss nt_xent|info_nce|clip|siglip|supcon`).
 
 Each implementation builds a callable on two [N, d] tensors (x, y: the two views, or
-queries and keys, or image and text features).  "dense" is the PyTorch formula users
+queries and keys, or image and text features).  supcon takes x and y as two views of N
+samples of SUPCON_CLASSES classes (sample i has class i mod SUPCON_CLASSES): 2N anchors.  "dense" is the PyTorch formula users
 write: the logit matrix and ``F.cross_entropy`` (2N x 2N for NT-Xent, N x N for InfoNCE
 and CLIP), with in-place ops where autograd allows, so it is not handicapped by copies;
 for SigLIP the logits t x y^T + b, the +-1 labels and ``F.logsigmoid``.  SigLIP's "tau" is
@@ -16,11 +17,13 @@ import torch.nn.functional as F
 
 from pyhypersphere.contrastive import DEFAULT_CLIP_TAU, DEFAULT_INFO_NCE_TAU, DEFAULT_NT_XENT_TAU
 from pyhypersphere.ops import siglip
+from pyhypersphere.ops.supcon import DEFAULT_SUPCON_TAU
 
 UNIFORM = "uniform"
-LOSSES = (UNIFORM, "nt_xent", "info_nce", "clip", "siglip")
+LOSSES = (UNIFORM, "nt_xent", "info_nce", "clip", "siglip", "supcon")
 DEFAULT_TAU = {"nt_xent": DEFAULT_NT_XENT_TAU, "info_nce": DEFAULT_INFO_NCE_TAU, "clip": DEFAULT_CLIP_TAU,
-               "siglip": 1.0 / siglip.DEFAULT_T}
+               "siglip": 1.0 / siglip.DEFAULT_T, "supcon": DEFAULT_SUPCON_TAU}
+SUPCON_CLASSES = 100  # ImageNet-100 / CIFAR-100-like batches: many positives per anchor
 
 PairLossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,7 +54,45 @@ def dense_siglip(x: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     return -F.logsigmoid(labels * logits).sum() / x.shape[0]
 
 
-_DENSE = {"nt_xent": dense_nt_xent, "info_nce": dense_info_nce, "clip": dense_clip, "siglip": dense_siglip}
+
+def supcon_views(x: torch.Tensor, y: torch.Tensor):
+    """The two views stacked [2N, d] and their labels (sample i: class i mod SUPCON_CLASSES)."""
+    labels = torch.arange(x.shape[0], device=x.device) % SUPCON_CLASSES
+    return torch.cat([x, y]), torch.cat([labels, labels])
+
+
+def dense_supcon_pml(z: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """SupCon as pytorch-metric-learning's SupConLoss computes it (its _compute_loss on the
+    cosine-similarity matrix, the pair masks of get_all_pairs_indices, lmu.logsumexp with
+    a keep mask, AvgNonZeroReducer): N x N similarity, masks and log-probabilities."""
+    z = F.normalize(z, dim=1)
+    mat = z @ z.T
+    matches = labels[:, None] == labels[None, :]
+    pos_mask = matches.fill_diagonal_(False).to(mat.dtype)
+    neg_mask = (labels[:, None] != labels[None, :]).to(mat.dtype)
+    mat = mat / tau
+    mat = mat - mat.max(dim=1, keepdim=True)[0].detach()
+    keep = (pos_mask + neg_mask).bool()
+    denominator = mat.masked_fill(~keep, torch.finfo(mat.dtype).min).logsumexp(dim=1, keepdim=True)
+    denominator = denominator.masked_fill(~keep.any(dim=1, keepdim=True), 0)
+    log_prob = mat - denominator
+    mean_log_prob_pos = (pos_mask * log_prob).sum(dim=1) / (pos_mask.sum(dim=1) + torch.finfo(mat.dtype).tiny)
+    losses = -mean_log_prob_pos
+    nonzero = losses > 0
+    return losses[nonzero].mean()
+
+
+def dense_supcon(x: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+    return dense_supcon_pml(*supcon_views(x, y), tau)
+
+
+def fused_supcon(x: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+    import pyhypersphere
+
+    return pyhypersphere.supcon_loss(*supcon_views(x, y), tau)
+
+
+_DENSE = {"nt_xent": dense_nt_xent, "info_nce": dense_info_nce, "clip": dense_clip, "siglip": dense_siglip, "supcon": dense_supcon}
 
 
 def _fused(loss: str):
@@ -59,12 +100,13 @@ def _fused(loss: str):
 
     if loss == "siglip":
         return lambda x, y, tau: pyhypersphere.siglip_loss(x, y, 1.0 / tau, siglip.DEFAULT_B)
-    return {"nt_xent": pyhypersphere.nt_xent_loss, "info_nce": pyhypersphere.info_nce_loss, "clip": pyhypersphere.clip_loss}[loss]
+    return {"nt_xent": pyhypersphere.nt_xent_loss, "info_nce": pyhypersphere.info_nce_loss, "clip": pyhypersphere.clip_loss,
+            "supcon": fused_supcon}[loss]
 
 
 def _inf_cl_unsupported(loss: str, device: torch.device, _dtype) -> Optional[str]:
-    if loss in ("nt_xent", "siglip"):
-        return "inf-cl computes softmax image-text (cross) losses only, not SimCLR's NT-Xent or SigLIP's sigmoid loss"
+    if loss in ("nt_xent", "siglip", "supcon"):
+        return "inf-cl computes softmax image-text (cross) losses only, not self-pair losses (NT-Xent, SupCon) or SigLIP's sigmoid loss"
     if device.type != "cuda":
         return "inf-cl is CUDA-only (Triton kernels)"
     try:
@@ -119,7 +161,7 @@ CONTRASTIVE_IMPLS = {
 
 def logits(loss: str, n: int) -> int:
     """Entries of the logit matrix the loss reduces over (the 'pairs' of a record)."""
-    return 2 * n * (2 * n - 1) if loss == "nt_xent" else n * n
+    return 2 * n * (2 * n - 1) if loss in ("nt_xent", "supcon") else n * n
 
 
 def tau_for(loss: str, tau: Optional[float]) -> float:

@@ -6,6 +6,7 @@ public loss function(s) and its distributed specification (docs/adding_a_loss.md
     contrastive.py  contrastive_lse(_backward), contrastive_mean_lse, nt_xent_loss,
                     info_nce_loss, clip_loss          (contrastive_distributed.py: global batch)
     siglip.py       siglip, siglip_loss, global_siglip_loss (SigLIP's sigmoid loss)
+    supcon.py       supcon_lse(_backward), supcon_loss, distributed_supcon_loss
     _common.py      the argument helpers and torch.func machinery they share
 
 Importing this package registers every family's fake kernels and autograd.  FAMILIES is
@@ -14,9 +15,9 @@ declared OPS and read by gpu_backend.py's table of implementations, which finds 
 Triton launcher (of the op's name) in triton_kernels/<family>.py.
 """
 
-from . import align, contrastive, siglip, uniform
+from . import align, contrastive, siglip, supcon, uniform
 
-FAMILIES = (uniform, align, contrastive, siglip)
+FAMILIES = (uniform, align, contrastive, siglip, supcon)
 
 OPS = {op: has_cuda for family in FAMILIES for op, has_cuda in family.OPS.items()}
 

@@ -167,3 +167,47 @@ def eager(function):
 def apply_autograd(function, eager, *args):
     """`function` under torch.func transforms, else its `eager` twin (see eager)."""
     return (function if torch._C._are_functorch_transforms_active() else eager).apply(*args)
+
+
+# ---------------------------------------------------------------- per-anchor reductions
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction, function: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{function}: reduction must be one of 'mean', 'sum', 'none', got {reduction!r}")
+
+
+def check_weight(weight, rows: int, like: torch.Tensor, function: str, what: str) -> None:
+    """weight: None, or a floating [rows] tensor on like's device (one per anchor row: `what`)."""
+    if weight is None:
+        return
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{function}: weight must be a torch.Tensor or None, got {type(weight).__name__}")
+    if not weight.is_floating_point() or weight.shape != (rows,):
+        raise ValueError(
+            f"{function}: weight must be a floating-point tensor of shape ({rows},), one weight per {what}, "
+            f"got a {weight.dtype} tensor of shape {tuple(weight.shape)}"
+        )
+    if weight.device != like.device:
+        raise ValueError(f"{function}: weight must be on the same device as the features ({like.device}), got {weight.device}")
+
+
+def reduce_rows(losses, weight, reduction: str, counted=None):
+    """The per-anchor losses (times the weights) reduced: 'none' -> them, 'sum' -> their
+    sum, 'mean' -> their sum over the sum of the counted anchors' weights (their number
+    without weights).  `counted`: which anchors count (default: all)."""
+    if weight is not None:
+        losses = losses * weight.to(losses.dtype)
+    if reduction == "none":
+        return losses
+    total = losses.sum()
+    if reduction == "sum":
+        return total
+    if weight is None:
+        norm = losses.new_tensor(losses.shape[0]) if counted is None else counted.sum().to(losses.dtype)
+    else:
+        w = weight.to(losses.dtype)
+        norm = (w if counted is None else torch.where(counted, w, 0)).sum()
+    return total / norm

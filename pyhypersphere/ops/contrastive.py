@@ -24,7 +24,10 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .. import _C  # noqa: F401  (loads the library and registers the operators)
-from ._common import accumulate_dtype, as_float, block_rows, check_features, check_matches, func_compatible, loss_dtype
+from ._common import (
+    accumulate_dtype, as_float, block_rows, check_features, check_matches, check_reduction, check_weight, func_compatible,
+    loss_dtype, reduce_rows,
+)
 
 # op -> has a C++ CUDA kernel (gpu_backend.py builds its table from this): none, Triton's.
 OPS = {
@@ -352,12 +355,28 @@ def cross_entropy(lse_negatives: torch.Tensor, positive: torch.Tensor) -> torch.
     return torch.logaddexp(u, torch.zeros_like(u))
 
 
+def row_losses(lse_negatives: torch.Tensor, positive: torch.Tensor, decoupled: bool) -> torch.Tensor:
+    """Each anchor's loss from its negatives' lse: the cross entropy (cross_entropy), or with
+    `decoupled` the decoupled contrastive loss of Yeh et al. (2022), lse_negatives - positive:
+    the positive left out of the denominator (the kernels' skipped positives are exactly
+    that denominator)."""
+    return lse_negatives - positive if decoupled else cross_entropy(lse_negatives, positive)
+
+
+def _check_row_options(decoupled, reduction, weight, rows: int, like, function: str, what: str) -> None:
+    if not isinstance(decoupled, bool):
+        raise TypeError(f"{function}: decoupled must be True or False, got {type(decoupled).__name__}")
+    check_reduction(reduction, function)
+    check_weight(weight, rows, like, function, what)
+
+
 def _divide(features: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
     acc = accumulate_dtype(features.dtype)
     return features.to(acc) / divisor.to(acc)
 
 
-def nt_xent_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_NT_XENT_TAU) -> torch.Tensor:
+def nt_xent_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_NT_XENT_TAU, *, decoupled: bool = False,
+                 reduction: str = "mean", weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """SimCLR's NT-Xent (normalized temperature-scaled cross entropy) over the 2N views.
 
     Each of the 2N rows of [x; y] is a view whose positive is its pair (x_i <-> y_i) and
@@ -368,12 +387,22 @@ def nt_xent_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_NT
     Args:
         x, y: the two views' features [N, d], same shape, dtype and device.
         tau: the temperature: a positive number, or a one-element tensor (differentiable).
+        decoupled: leave the positive out of each view's denominator (Yeh et al.'s
+            decoupled contrastive loss, lightly's ``DCLLoss`` without its weighting): each
+            view's loss is log sum_{negatives} e^{s} - s_positive.  Needs N >= 2.
+        reduction: 'mean' (default), 'sum', or 'none': the 2N anchors' losses, x's rows'
+            (anchor x_i, positive y_i) then y's rows' (anchor y_i, positive x_i).
+        weight: optional [2N] weights, one per anchor in that order; 'mean' is then
+            sum_i w_i l_i / sum_i w_i.
 
-    Returns a 0-dim tensor in x's dtype (float16/bfloat16 are accumulated in float32;
-    float32 under autocast).
+    Returns x's dtype (float16/bfloat16 are accumulated in float32; float32 under autocast):
+    a 0-dim tensor, or [2N] with reduction='none'.
     """
     function = "nt_xent_loss"
     _check_pair(x, y, ("x", "y"), function)
+    _check_row_options(decoupled, reduction, weight, 2 * x.shape[0], x, function, "anchor row of [x; y] (2N)")
+    if decoupled and x.shape[0] < 2:
+        raise ValueError(f"{function}: decoupled=True needs N >= 2 (with one pair a view has no negatives)")
     out_dtype = loss_dtype(x)
     scale, tau_tensor = temperature(tau, function)
     if tau_tensor is not None:  # <x_i, y_j> / tau = <x_i / sqrt(tau), y_j / sqrt(tau)>
@@ -381,8 +410,8 @@ def nt_xent_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_NT
         x, y = _divide(x, root), _divide(y, root)
     lse_x, lse_y = contrastive_lse(x, y, scale, True, True, skip_positives=True)
     positive = row_dots(x, y) * scale
-    loss = (cross_entropy(lse_x, positive).mean() + cross_entropy(lse_y, positive).mean()) / 2
-    return loss.to(out_dtype)
+    rows = torch.cat([row_losses(lse_x, positive, decoupled), row_losses(lse_y, positive, decoupled)])
+    return reduce_rows(rows, weight, reduction).to(out_dtype)
 
 
 def info_nce_loss(
@@ -392,6 +421,9 @@ def info_nce_loss(
     *,
     queue: Optional[torch.Tensor] = None,
     in_batch: bool = True,
+    decoupled: bool = False,
+    reduction: str = "mean",
+    weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """InfoNCE: each query q_i against its positive key k_i, mean over i.
 
@@ -404,35 +436,47 @@ def info_nce_loss(
         tau: the temperature: a positive number, or a one-element tensor (differentiable).
         queue: optional negatives [K, d], same dtype and device.
         in_batch: use the other keys of the batch as negatives; False (MoCo) needs a queue.
+        decoupled: leave the positive out of the denominator (Yeh et al. 2022): each
+            query's loss is log sum_{negatives} e^{s} - s_positive.  Needs a negative
+            (N >= 2 in-batch, or a queue).
+        reduction: 'mean' (default), 'sum', or 'none': the N queries' losses in row order.
+        weight: optional [N] weights, one per query (anchor row); 'mean' is then
+            sum_i w_i l_i / sum_i w_i.
 
-    Returns a 0-dim tensor in q's dtype (float32 under autocast).  Differentiable with respect to q, k, queue
-    (those that require grad; MoCo's keys and queue usually do not).
+    Returns q's dtype (float32 under autocast): a 0-dim tensor, or [N] with
+    reduction='none'.  Differentiable with respect to q, k, queue (those that require
+    grad; MoCo's keys and queue usually do not).
     """
     function = "info_nce_loss"
     _check_pair(q, k, ("q", "k"), function)
+    _check_row_options(decoupled, reduction, weight, q.shape[0], q, function, "query (row of q)")
     if queue is not None:
         check_features(queue, "queue", function)
         check_matches(q, "q", queue, "queue", function, same_rows=False)
     elif not in_batch:
         raise ValueError(f"{function}: in_batch=False needs a queue (there would be no negatives)")
+    elif decoupled and q.shape[0] < 2:
+        raise ValueError(f"{function}: decoupled=True needs a negative: N >= 2 or a queue")
     out_dtype = loss_dtype(q)
     scale, tau_tensor = temperature(tau, function)
     if tau_tensor is not None:
         q = _divide(q, tau_tensor)
         k = k.to(q.dtype)
         queue = queue.to(q.dtype) if queue is not None else None
-    if in_batch:
+    keys = (k if queue is None else torch.cat([k, queue])) if in_batch else queue
+    if in_batch and not decoupled and reduction == "mean" and weight is None:
         # Every row's loss enters with weight 1/N: the kernel's gradients come out of its
         # single pass over the logits (contrastive_mean_lse; k_i is column i).
-        keys = k if queue is None else torch.cat([k, queue])
         return contrastive_mean_lse(q, keys, scale).to(out_dtype)
-    # The positive is not among the keys: the queue's lse is the negatives' (two passes:
-    # contrastive_lse and its backward).
-    lse, _ = contrastive_lse(q, queue, scale, False, False)
-    return cross_entropy(lse, row_dots(q, k) * scale).mean().to(out_dtype)
+    # Per-row losses (two passes: contrastive_lse and its backward): the negatives' lse,
+    # the positive k_i skipped in-batch (column i), not among the keys otherwise.
+    lse, _ = contrastive_lse(q, keys, scale, False, False, skip_positives=in_batch)
+    rows = row_losses(lse, row_dots(q, k) * scale, decoupled)
+    return reduce_rows(rows, weight, reduction).to(out_dtype)
 
 
-def clip_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_CLIP_TAU) -> torch.Tensor:
+def clip_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_CLIP_TAU, *, reduction: str = "mean",
+              weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """CLIP's symmetric InfoNCE: (info_nce(x, y) + info_nce(y, x)) / 2 with in-batch negatives.
 
     The mean of the cross entropies of the logits x y^T / tau over rows and over columns,
@@ -443,11 +487,19 @@ def clip_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_CLIP_
         tau: the temperature: a positive number, or a one-element tensor that requires grad
             (CLIP learns it: pass ``1 / logit_scale.exp()``); the loss is then
             differentiable with respect to it.
+        reduction: 'mean' (default), 'sum', or 'none': the 2N anchors' losses of both
+            directions, x's rows against all of y (x_i -> y) then y's rows against all
+            of x (y_i -> x), each in row order: shape [2N] (``.view(2, N)`` separates the
+            directions; their mean per pair is ``.view(2, N).mean(0)``).
+        weight: optional [2N] weights, one per anchor in that order (``torch.cat([w, w])``
+            weighs pair i's two directions alike); 'mean' is then sum_i w_i l_i / sum_i w_i.
 
-    Returns a 0-dim tensor in x's dtype (float32 under autocast).
+    Returns x's dtype (float32 under autocast): a 0-dim tensor, or [2N] with
+    reduction='none'.
     """
     function = "clip_loss"
     _check_pair(x, y, ("x", "y"), function)
+    _check_row_options(False, reduction, weight, 2 * x.shape[0], x, function, "anchor row (x's rows, then y's: 2N)")
     out_dtype = loss_dtype(x)
     scale, tau_tensor = temperature(tau, function)
     if tau_tensor is not None:
@@ -455,4 +507,5 @@ def clip_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_CLIP_
         y = y.to(x.dtype)
     lse_x, lse_y = contrastive_lse(x, y, scale, False, True, skip_positives=True)
     positive = row_dots(x, y) * scale
-    return ((cross_entropy(lse_x, positive) + cross_entropy(lse_y, positive)) / 2).mean().to(out_dtype)
+    rows = torch.cat([cross_entropy(lse_x, positive), cross_entropy(lse_y, positive)])
+    return reduce_rows(rows, weight, reduction).to(out_dtype)

@@ -103,7 +103,26 @@ def _mine_first(rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     return torch.cat([rows[lo:hi], rows[:lo], rows[hi:]])
 
 
-def _nt_xent_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tensor:
+def _row_options(decoupled: bool, reduction: str) -> dict:
+    """The per-anchor options as parameters every rank must agree on."""
+    return {"decoupled": (float(decoupled), None), "reduction": (float(reduction == "sum"), None)}
+
+
+def _options_problem(decoupled, reduction) -> Optional[str]:
+    if not isinstance(decoupled, bool):
+        return f"decoupled must be True or False, got {type(decoupled).__name__}"
+    if reduction not in ("mean", "sum"):
+        return f"reduction must be 'mean' or 'sum' across ranks ('none' is single-process only), got {reduction!r}"
+    return None
+
+
+def _reduced(rows: torch.Tensor, anchors: int, reduction: str) -> torch.Tensor:
+    """This rank's part of the global 'mean' (over `anchors` anchors) or 'sum' of the rows."""
+    return rows.sum() / (anchors if reduction == "mean" else 1)
+
+
+def _nt_xent_share(z: torch.Tensor, layout: gb.Layout, scale: float, decoupled: bool = False,
+                   reduction: str = "mean") -> torch.Tensor:
     """This rank's share of NT-Xent: its 2 N_r views' terms over the global 2N views.
     A view's partners are its own rank's other views (the kernel's self pairs) and every
     view of the other ranks (cross pairs); the two log-sum-exps combine by logaddexp."""
@@ -116,10 +135,10 @@ def _nt_xent_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Te
     own_x, own_y = contrastive_lse(mine_x, mine_y, scale, True, True, skip_positives=True)
     lse = torch.logaddexp(torch.cat([own_x, own_y]), _row_lse(torch.cat([mine_x, mine_y]), others, scale))
     positive = contrastive.row_dots(mine_x, mine_y) * scale
-    return contrastive.cross_entropy(lse, torch.cat([positive, positive])).sum() / (2 * total)
+    return _reduced(contrastive.row_losses(lse, torch.cat([positive, positive]), decoupled), 2 * total, reduction)
 
 
-def _clip_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tensor:
+def _clip_share(z: torch.Tensor, layout: gb.Layout, scale: float, reduction: str = "mean") -> torch.Tensor:
     """This rank's share of CLIP's loss: its rows' log-sum-exps over all of y (rows of
     the logits) and its y rows' over all of x (columns), minus its positives."""
     d, lo, hi = layout.dim, layout.my_offset, layout.my_offset + layout.my_rows
@@ -128,10 +147,11 @@ def _clip_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tenso
     columns = _row_lse(y[lo:hi], _mine_first(x, lo, hi), scale, True)
     positive = contrastive.row_dots(x[lo:hi], y[lo:hi]) * scale
     ce = contrastive.cross_entropy
-    return (ce(rows, positive) + ce(columns, positive)).sum() / (2 * layout.total)
+    return _reduced(torch.cat([ce(rows, positive), ce(columns, positive)]), 2 * layout.total, reduction)
 
 
-def _info_nce_share(z: torch.Tensor, layout: gb.Layout, scale: float, queue, in_batch: bool) -> torch.Tensor:
+def _info_nce_share(z: torch.Tensor, layout: gb.Layout, scale: float, queue, in_batch: bool, decoupled: bool = False,
+                    reduction: str = "mean") -> torch.Tensor:
     """This rank's share of InfoNCE: its queries' terms over the global batch, each query
     against every rank's keys (when in_batch) and the queue, which every rank holds whole."""
     d, lo, hi = layout.dim, layout.my_offset, layout.my_offset + layout.my_rows
@@ -142,7 +162,7 @@ def _info_nce_share(z: torch.Tensor, layout: gb.Layout, scale: float, queue, in_
     positive = contrastive.row_dots(q[lo:hi], k[lo:hi]) * scale
     # in_batch: the positive is key i, skipped; else it is not among the keys.
     lse = _row_lse(q[lo:hi], torch.cat(keys), scale, in_batch)
-    return contrastive.cross_entropy(lse, positive).sum() / layout.total
+    return _reduced(contrastive.row_losses(lse, positive, decoupled), layout.total, reduction)
 
 
 def _queue_problem(q, queue, in_batch: bool, function: str) -> Optional[str]:
@@ -240,6 +260,8 @@ def nt_xent_loss(
     group: Optional[dist.ProcessGroup] = None,
     *,
     equal_shards: bool = False,
+    decoupled: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """SimCLR's NT-Xent over the global batch's 2N views (``pyhypersphere.nt_xent_loss``
     of every rank's x and y shards concatenated in rank order).
@@ -257,6 +279,8 @@ def nt_xent_loss(
             path, as for ``distributed.uniform_loss``: pass tau as a Python number).  A
             disagreement or a failure on one rank then makes the loss and gradient NaN
             on every rank, and the rank at fault raises after its last collective.
+        decoupled, reduction: as for the single-process loss, the same on every rank;
+            reduction 'mean' or 'sum' (per-anchor weights and 'none' are single-process only).
 
     Returns the loss (a 0-dim tensor in x's dtype), the same on every rank.  The backward
     returns W * g * dL/dx_r (and dL/dy_r) for an upstream gradient g that must be the
@@ -266,7 +290,15 @@ def nt_xent_loss(
     disagreeing input raises the same error on every rank.  World size 1 calls the
     single-process loss.
     """
-    return _global_loss(x, y, tau, group, _Spec(contrastive.nt_xent_loss, _nt_xent_share, True), equal_shards)
+    def local(x_, y_, tau_):
+        return contrastive.nt_xent_loss(x_, y_, tau_, decoupled=decoupled, reduction=reduction)
+
+    local.__name__ = "nt_xent_loss"
+    spec = _Spec(
+        local, lambda z, layout, scale: _nt_xent_share(z, layout, scale, decoupled, reduction), True,
+        params=_row_options(decoupled, reduction), other_problem=lambda views: _options_problem(decoupled, reduction),
+    )  # fmt: skip
+    return _global_loss(x, y, tau, group, spec, equal_shards)
 
 
 def clip_loss(
@@ -276,16 +308,25 @@ def clip_loss(
     group: Optional[dist.ProcessGroup] = None,
     *,
     equal_shards: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """CLIP's symmetric InfoNCE over the global batch (``pyhypersphere.clip_loss`` of
     every rank's x and y shards concatenated in rank order): every x_i against all N
     y_j of every rank, and every y_j against all N x_i.
 
     Arguments (``equal_shards`` too), value, gradient and collectives as for
-    :func:`nt_xent_loss`; a learned temperature (``tau = 1 / logit_scale.exp()``) gets
-    this rank's share of dL/dtau.
+    :func:`nt_xent_loss` (reduction 'mean' or 'sum'); a learned temperature
+    (``tau = 1 / logit_scale.exp()``) gets this rank's share of dL/dtau.
     """
-    return _global_loss(x, y, tau, group, _Spec(contrastive.clip_loss, _clip_share, False), equal_shards)
+    def local(x_, y_, tau_):
+        return contrastive.clip_loss(x_, y_, tau_, reduction=reduction)
+
+    local.__name__ = "clip_loss"
+    spec = _Spec(
+        local, lambda z, layout, scale: _clip_share(z, layout, scale, reduction), False,
+        params=_row_options(False, reduction), other_problem=lambda views: _options_problem(False, reduction),
+    )  # fmt: skip
+    return _global_loss(x, y, tau, group, spec, equal_shards)
 
 
 def info_nce_loss(
@@ -297,6 +338,8 @@ def info_nce_loss(
     queue: Optional[torch.Tensor] = None,
     in_batch: bool = True,
     equal_shards: bool = False,
+    decoupled: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """InfoNCE over the global batch (``pyhypersphere.info_nce_loss`` of every rank's q and
     k shards concatenated in rank order): each query against its positive key, every
@@ -304,19 +347,24 @@ def info_nce_loss(
 
     The queue is MoCo's: the same [K, d] tensor on every rank (its shape is checked to
     agree, its values are not), a constant (one that requires grad is refused).
-    Arguments otherwise, value, gradient (to q and k) and collectives as for
-    :func:`nt_xent_loss`; a learned temperature gets this rank's share of dL/dtau.
+    Arguments otherwise (decoupled and reduction too), value, gradient (to q and k) and
+    collectives as for :func:`nt_xent_loss`; a learned temperature gets this rank's share
+    of dL/dtau.
     """
     function = "pyhypersphere.distributed.info_nce_loss"
 
     def local(q_, k_, tau_):
-        return contrastive.info_nce_loss(q_, k_, tau_, queue=queue, in_batch=in_batch)
+        return contrastive.info_nce_loss(q_, k_, tau_, queue=queue, in_batch=in_batch, decoupled=decoupled,
+                                         reduction=reduction)
 
     local.__name__ = "info_nce_loss"
     rows = 0 if queue is None else (queue.shape[0] if isinstance(queue, torch.Tensor) and queue.dim() == 2 else -1)
     spec = _Spec(
-        local, lambda z, layout, scale: _info_nce_share(z, layout, scale, queue, in_batch), False, names=("q", "k"),
-        params={"queue rows": (float(rows), None), "in_batch": (float(bool(in_batch)), None)},
-        other_problem=lambda views: _queue_problem(views[0], queue, in_batch, function),
+        local, lambda z, layout, scale: _info_nce_share(z, layout, scale, queue, in_batch, decoupled, reduction), False,
+        names=("q", "k"),
+        params={"queue rows": (float(rows), None), "in_batch": (float(bool(in_batch)), None),
+                **_row_options(decoupled, reduction)},
+        other_problem=lambda views: (_queue_problem(views[0], queue, in_batch, function)
+                                     or _options_problem(decoupled, reduction)),
     )  # fmt: skip
     return _global_loss(q, k, tau, group, spec, equal_shards)

@@ -64,6 +64,13 @@ class Data:
             return self.x_train
         return torch.cat([self.x_train, self.x_extra])
 
+    def train_labels(self) -> torch.Tensor:
+        """The class labels of train_pool()'s rows (the supervised loss, --loss supcon)."""
+        if self.x_extra is not None:
+            raise ValueError(f"--loss supcon needs the class label of every training sample; {self.name} trains on "
+                             "unlabeled samples too")
+        return self.y_train
+
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 

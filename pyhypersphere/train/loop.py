@@ -210,6 +210,7 @@ class _Objective:
         # InfoNCE over the global batch too: each view's negatives are every rank's views.
         self.dist_nt_xent = losses.distributed_nt_xent_loss() if world > 1 else None
         self.dist_siglip = losses.distributed_siglip_loss() if world > 1 else None
+        self.supcon = losses.supcon_loss(world) if cfg.loss == "supcon" else None
         self.unif_scale: Optional[float] = None  # see _calibrate
 
     def _calibrate(self, z: torch.Tensor) -> float:
@@ -246,13 +247,16 @@ class _Objective:
         dist.all_reduce(total)
         return total / self.world
 
-    def __call__(self, z1: torch.Tensor, z2: torch.Tensor):
-        """(loss for backward, loss value, align value, uniform value)."""
+    def __call__(self, z1: torch.Tensor, z2: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """(loss for backward, loss value, align value, uniform value); `labels`: the
+        samples' classes (--loss supcon)."""
         cfg = self.cfg
         z1, z2 = z1.float(), z2.float()
-        if cfg.loss in ("infonce", "siglip"):
+        if cfg.loss in ("infonce", "siglip", "supcon"):
             if cfg.loss == "siglip":
                 loss = losses.siglip(z1, z2) if self.dist_siglip is None else self.dist_siglip(z1, z2, equal_shards=True)
+            elif cfg.loss == "supcon":  # both views of a sample carry its label
+                loss = self.supcon(torch.cat([z1, z2]), torch.cat([labels, labels]), cfg.tau)
             elif self.dist_nt_xent is None:
                 loss = losses.info_nce(z1, z2, cfg.tau)
             else:
@@ -299,6 +303,7 @@ def train_one_epoch(model, opt, objective, data, aug, pool, cfg, epoch, device, 
     steps = pool.shape[0] // b
     perm = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(_seed_for(cfg.seed, epoch)))
     g = torch.Generator(device=device).manual_seed(_seed_for(cfg.seed, epoch, rank, 1))
+    labels = data.train_labels() if cfg.loss == "supcon" else None
     sums = torch.zeros(3, dtype=torch.float64)
     bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
     model.train()
@@ -308,7 +313,8 @@ def train_one_epoch(model, opt, objective, data, aug, pool, cfg, epoch, device, 
             xb = pool[idx].to(device, non_blocking=True)
             v1, v2 = aug(xb, g), aug(xb, g)
             opt.zero_grad(set_to_none=True)
-            value, a, u = backward_step(model, objective, v1, v2, chunk, progress and rank == 0)
+            yb = labels[idx].to(device) if labels is not None else None
+            value, a, u = backward_step(model, objective, v1, v2, chunk, progress and rank == 0, yb)
             if not _check_finite(value, world):
                 raise NonFiniteLossError(f"the loss is {value.item()} at epoch {epoch + 1}, step {step + 1}")
             opt.step()
@@ -325,15 +331,16 @@ def train_one_epoch(model, opt, objective, data, aug, pool, cfg, epoch, device, 
     return {"train_loss": m[0], "train_align": m[1], "train_uniform": m[2], "steps": steps}
 
 
-def backward_step(model, objective, v1, v2, chunk: int, progress: bool = False):
+def backward_step(model, objective, v1, v2, chunk: int, progress: bool = False, labels=None):
     """The gradient of one step's objective into the parameters' .grad; returns (loss value,
     align value, uniform value).  ``chunk`` < batch runs the encoder on ``chunk`` samples
-    (both views) at a time, the loss still over the whole batch."""
+    (both views) at a time, the loss still over the whole batch.  ``labels``: the samples'
+    classes, for the supervised objective."""
     if chunk < v1.shape[0]:
-        return _chunked_step(model, objective, v1, v2, chunk, progress)
+        return _chunked_step(model, objective, v1, v2, chunk, progress, labels)
     _, z = model(torch.cat([v1, v2]))  # one pass over both views, as the paper's code does
     z1, z2 = z.chunk(2)
-    loss, value, a, u = objective(z1, z2)
+    loss, value, a, u = objective(z1, z2, labels)
     loss.backward()
     return value, a, u
 
@@ -349,7 +356,7 @@ def _paired_order(b: int, chunk: int, device) -> torch.Tensor:
     return torch.cat(parts).to(device)
 
 
-def _chunked_step(model, objective, v1, v2, chunk, progress):
+def _chunked_step(model, objective, v1, v2, chunk, progress, labels=None):
     """Gradient of the full-batch objective with the encoder run on ``chunk`` samples (both
     views) at a time; returns (loss value, align value, uniform value)."""
     b = v1.shape[0]
@@ -359,7 +366,7 @@ def _chunked_step(model, objective, v1, v2, chunk, progress):
 
     def loss_fn(out):
         z1, z2 = out[1][restore].chunk(2)
-        loss, values["value"], values["align"], values["uniform"] = objective(z1, z2)
+        loss, values["value"], values["align"], values["uniform"] = objective(z1, z2, labels)
         return loss
 
     calls = 2 * ((b + chunk - 1) // chunk)

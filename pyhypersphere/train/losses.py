@@ -64,3 +64,15 @@ def siglip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     negative, at the paper's initial t = 10 and b = -10 (held fixed: the trainer's
     optimizer holds the encoder's parameters only)."""
     return siglip_loss(x, y)
+
+
+def supcon_loss(world: int) -> Callable:
+    """Khosla et al.'s supervised contrastive loss over the 2N views of a batch, views of
+    one sample sharing its class label; global-batch under torch.distributed."""
+    if world > 1:
+        from pyhypersphere.distributed import supcon_loss as global_supcon
+
+        return global_supcon
+    from pyhypersphere import supcon_loss as local_supcon
+
+    return local_supcon

@@ -1,0 +1,134 @@
+"""Issue 25 across processes, in a real 2-rank gloo run: pyhypersphere.distributed.supcon_loss
+(values and gradients of the global batch against the dense float64 formula of
+tests/dense_contrastive.py, unequal and empty shards, weights, 'sum', a learned tau, errors
+raised on every rank, a failure inside the operator), the contrastive losses' decoupled
+and reduction options, and nn.KeyQueue gathered across ranks.  One spawn runs every
+scenario."""
+
+import types
+
+import pytest
+import torch
+
+from dense_contrastive import (
+    dense_clip_rows, dense_info_nce_rows, dense_nt_xent_rows, dense_reduce, dense_supcon, value_and_grads,
+)
+from dist_harness import global_batch, recorded_collectives, run, same_on_every_rank, shard
+from pyhypersphere import distributed, nn
+from pyhypersphere.ops import supcon as supcon_ops
+
+D = 6
+UPSTREAM = 0.7
+
+
+def _labels(total):
+    return torch.arange(total) % 4  # every class has several members across the ranks
+
+
+def _check_values_and_grads(rank, world, rows, reduction, weighted, learned_tau):
+    total = sum(rows)
+    full = global_batch(rows, D, seed=total)
+    labels = _labels(total)
+    weight = torch.rand(total, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) if weighted else None
+    tau_value = 0.2
+    tau = torch.tensor(tau_value, dtype=torch.float64, requires_grad=True) if learned_tau else tau_value
+    x = shard(full, rows, rank).clone().requires_grad_()
+    w = shard(weight, rows, rank) if weighted else None
+    with recorded_collectives() as calls:
+        loss = distributed.supcon_loss(x, shard(labels, rows, rank), tau, reduction=reduction, weight=w)
+        forward_calls = len(calls)
+        (UPSTREAM * loss).backward()
+    assert len(calls) == forward_calls, "the backward issued a collective"
+    want, grads = value_and_grads(lambda f, t: dense_supcon(f, labels, t, reduction, weight), full,
+                                  torch.tensor(tau_value, dtype=torch.float64))
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, world * UPSTREAM * shard(grads[0], rows, rank), rtol=1e-10, atol=1e-12)
+    if learned_tau:  # this rank's share; the shares sum to dL/dtau (DDP averages W * share)
+        total_share = torch.tensor([tau.grad.item()], dtype=torch.float64)
+        torch.distributed.all_reduce(total_share)
+        torch.testing.assert_close(total_share[0], world * UPSTREAM * grads[1], rtol=1e-10, atol=1e-12)
+    same_on_every_rank(loss.item())
+
+
+def _check_errors_on_every_rank(rank, world):
+    x = torch.randn(4, D, dtype=torch.float64)
+    # Labels wrong on rank 1 only: every rank raises, naming it.
+    labels = torch.zeros(4 if rank == 0 else 3, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"rank\(s\) \[1\] passed something else"):
+        distributed.supcon_loss(x, labels)
+    # No two rows of the global batch share a label.
+    with pytest.raises(ValueError, match="no two rows of the global batch share a label"):
+        distributed.supcon_loss(x, torch.arange(4) + 4 * rank)
+    with pytest.raises(ValueError, match="reduction='none' is not supported across ranks"):
+        distributed.supcon_loss(x, torch.zeros(4, dtype=torch.int64), reduction="none")
+
+
+def _check_failure_inside_the_operator(rank, world):
+    original = supcon_ops._lib_ops
+
+    def failing(*args):
+        raise RuntimeError("injected failure inside the operator")
+
+    if rank == 1:
+        supcon_ops._lib_ops = types.SimpleNamespace(supcon_lse=original.supcon_lse, supcon_lse_backward=failing)
+    try:
+        x = torch.randn(4, D, dtype=torch.float64, requires_grad=True)
+        match = "injected failure" if rank == 1 else r"rank\(s\) \[1\] failed inside the loss"
+        with pytest.raises(RuntimeError, match=match):
+            distributed.supcon_loss(x, torch.zeros(4, dtype=torch.int64))
+    finally:
+        supcon_ops._lib_ops = original
+
+
+def _check_key_queue(rank, world):
+    queue = nn.KeyQueue(5, 3)
+    batches = [torch.full((2 + rank, 3), float(10 * step + rank)) for step in range(2)]
+    queue.push(batches[0])  # ranks push 2 and 3 rows: 5 rows, rank order
+    want = torch.tensor([0.0, 0, 1, 1, 1])[:, None].expand(5, 3)
+    torch.testing.assert_close(queue.queue, want)
+    queue.push(batches[1])  # 5 more: the first five dropped
+    want = torch.tensor([10.0, 10, 11, 11, 11])[:, None].expand(5, 3)
+    torch.testing.assert_close(queue.queue, want)
+    same_on_every_rank(queue.queue.tolist())
+
+
+def _check_contrastive_options(rank, world):
+    rows = (5, 9)
+    fulls = [global_batch(rows, D, seed=20 + v) for v in range(2)]
+    queue = global_batch((7,), D, seed=30)
+    cases = [
+        (lambda x, y: distributed.nt_xent_loss(x, y, 0.3, decoupled=True),
+         lambda x, y: dense_reduce(dense_nt_xent_rows(x, y, 0.3, True), "mean")),
+        (lambda x, y: distributed.info_nce_loss(x, y, 0.3, queue=queue, decoupled=True, reduction="sum"),
+         lambda x, y: dense_reduce(dense_info_nce_rows(x, y, 0.3, queue, decoupled=True), "sum")),
+        (lambda x, y: distributed.clip_loss(x, y, 0.3, reduction="sum"),
+         lambda x, y: dense_reduce(dense_clip_rows(x, y, 0.3), "sum")),
+    ]
+    for fused, dense in cases:
+        x, y = (shard(f, rows, rank).clone().requires_grad_() for f in fulls)
+        loss = fused(x, y)
+        (UPSTREAM * loss).backward()
+        want, (gx, gy) = value_and_grads(dense, *fulls)
+        torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(x.grad, world * UPSTREAM * shard(gx, rows, rank), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(y.grad, world * UPSTREAM * shard(gy, rows, rank), rtol=1e-10, atol=1e-12)
+    x = torch.randn(3, D, dtype=torch.float64)
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum' across ranks"):
+        distributed.nt_xent_loss(x, x, reduction="none")
+    # Ranks that disagree on an option raise together.
+    with pytest.raises(ValueError, match="the ranks disagree on decoupled"):
+        distributed.nt_xent_loss(x, x, decoupled=rank == 0)
+
+
+def scenarios(rank, world):
+    for rows, reduction, weighted, learned in [((5, 9), "mean", False, False), ((0, 12), "sum", True, False),
+                                               ((7, 7), "mean", True, True)]:
+        _check_values_and_grads(rank, world, rows, reduction, weighted, learned)
+    _check_errors_on_every_rank(rank, world)
+    _check_failure_inside_the_operator(rank, world)
+    _check_key_queue(rank, world)
+    _check_contrastive_options(rank, world)
+
+
+def test_two_ranks():
+    run(scenarios, world=2)
