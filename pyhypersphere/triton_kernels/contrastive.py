@@ -351,8 +351,14 @@ def contrastive_config(fmt: str, d: int, kernel: str, arch: int, static_shift: b
     """The block configuration of a kernel ("lse", "lse_grad": with the row gradient,
     "grad") for a product format, width, arch and shift (also what compile_check
     compiles): the uniformity kernel's (the same tiles: S, and with a second product its
-    accumulator), found without spills by compiling both archs."""
-    return flash_config(fmt, d, kernel != "lse", arch, static_shift)
+    accumulator), found without spills by compiling both archs.  The lse kernel without a
+    second product takes 128 x 128 TF32 tiles on sm_90 (the uniformity kernel's 128 x 64
+    are for its gradient's registers): CLIP's column sums cost a cross-warp reduction per
+    column of a tile, 16.5 non-mma instructions per pair at 64 columns."""
+    cfg = flash_config(fmt, d, kernel != "lse", arch, static_shift)
+    if kernel == "lse" and fmt == "tf32" and arch >= 90 and cfg["ONE_CHUNK"]:
+        cfg["BLOCK_N"] = 128
+    return cfg
 
 
 def _precision(dtype: torch.dtype) -> str:
