@@ -399,10 +399,10 @@ class _Problem:
         self.fmt = operand_format(a.dtype, self.precision)
         self.arch = device_arch(a.device)
         # The static shift needs a host read: none under CUDA-graph capture (online max).
-        shift = _static_shift(a, b, self.scale, self.acc_t)
         host_read = not (a.is_cuda and torch.cuda.is_current_stream_capturing())
-        self.static = host_read and bool(shift[1] > 0)
-        self.c = float(shift[0]) if self.static else 0.0  # natural units
+        c, certified = _static_shift(a, b, self.scale, self.acc_t).tolist() if host_read else (0.0, 0.0)
+        self.static = certified > 0
+        self.c = c if self.static else 0.0  # natural units
         d = a.shape[1]
         self.d = d
         block_d = block_width(self.fmt, d, self.arch, self.static)
