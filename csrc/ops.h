@@ -1,4 +1,7 @@
-// The operators of pyhypersphere, declared once for every backend.
+// The operators of pyhypersphere, declared once for every backend.  Each family's schema
+// and argument checks are in csrc/<family>.cpp (uniform.cpp, align.cpp, contrastive.cpp),
+// its CPU kernel in csrc/cpu/<family>_cpu.cpp, its C++ CUDA kernel (where there is one) in
+// csrc/cuda/<family>_cuda.cpp; docs/adding_a_loss.md.
 //
 // uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
 //     -> (lse, grad_x, grad_queue)
@@ -76,6 +79,31 @@ using AlignResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveLseResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveGradResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveMeanLseResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// The argument checks of each op (csrc/<family>.cpp), one for every backend: the C++
+// kernels call them, and the Triton launchers through pyhypersphere._C.
+
+// All checks of the uniformity op.
+void check_uniform_args(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
+                        bool intra_batch, int64_t part, int64_t num_parts, bool grad_queue);
+
+// All checks of the contrastive op (a and b: see ops.h).
+void check_contrastive_args(const at::Tensor& a, const at::Tensor& b, double scale,
+                            bool self_pairs, bool lse_b, int64_t part, int64_t num_parts);
+
+// All checks of the contrastive backward op: the forward's, plus the lse and upstream
+// gradient vectors' shapes.
+void check_contrastive_backward_args(const at::Tensor& a, const at::Tensor& b, double scale,
+                                     bool self_pairs, const at::Tensor& lse_a,
+                                     const at::Tensor& lse_b, const at::Tensor& grad_lse_a,
+                                     const at::Tensor& grad_lse_b, int64_t part,
+                                     int64_t num_parts);
+
+// All checks of the contrastive mean-lse op (a and b: see ops.h).
+void check_contrastive_mean_lse_args(const at::Tensor& a, const at::Tensor& b, double scale);
+
+// All checks of the alignment op.
+void check_align_args(const at::Tensor& x, const at::Tensor& y, double alpha);
 
 UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tensor>& queue,
                               double t, bool intra_batch, int64_t part, int64_t num_parts,

@@ -1,9 +1,10 @@
-// The Python module pyhypersphere._C: loading it registers the operators (op_schemas.cpp
+// The Python module pyhypersphere._C: loading it registers the operators (csrc/<family>.cpp
 // and the backends); build_info() reports how the extension was built.
 #include "cpu/mean_lse_strips.h"
 #include "cpu/tile_epilogue.h"
 #include "cpu/tile_gemm.h"
 #include "input_checks.h"
+#include "ops.h"
 #include "uniform_rows.h"
 
 #ifdef PYHYPERSPHERE_WITH_CUDA
