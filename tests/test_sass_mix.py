@@ -138,8 +138,10 @@ def test_gate_rules():
     assert loop_gate.problems("reference", "tf32x3", 90, _mix(6.0, 1.0, 40.0)) == []
     assert loop_gate.problems("reference", "tf32", 90, _mix(2.0, 1.0, 17.0)) != []
     assert loop_gate.problems("reference", "fp64", 90, _mix(2.0, 0.0, 90.0, kind="mma")) == []
-    # Report-only families never fail on the mix.
-    assert loop_gate.problems("contrastive_grad", "bf16", 90, _mix(9.0, 9.0, 99.0)) == []
+    # Report-only families never fail on the mix; the contrastive kernels' are enforced.
+    assert loop_gate.problems("contrastive_grad_two_exp", "bf16", 90, _mix(9.0, 9.0, 99.0)) == []
+    assert len(loop_gate.problems("contrastive_grad", "bf16", 90, _mix(3.0, 2.0, 17.0))) == 3
+    assert loop_gate.problems("contrastive_lse", "bf16", 90, _mix(1.0, 1.0, 13.0)) == []
     assert loop_gate.problems("reference", "bf16", 90, sass_mix.LoopMix("wgmma", 0, 0, 0, False)) != []
 
 
@@ -161,6 +163,41 @@ def test_compile_check_reference_line():
         assert name in fields, line
     assert fields["kernel"].startswith("reference") and fields["tensor_core"] == "wgmma", line
     assert float(fields["gemms_per_tile"]) == 2.0 and "FAIL" not in line, line
+
+
+# Issue 23's minimum work per contrastive loss (GEMMs per tile, exps per pair), as the
+# issue states it.
+ISSUE_23_LOSS_MINIMUM = {"nt_xent": (3, 2), "moco_info_nce": (2, 1), "info_nce": (4, 2), "clip": (5, 3)}
+
+
+def test_contrastive_losses_passes_meet_the_issue_minimum():
+    # Each loss's passes, at their enforced families' minimums, add up to at most the
+    # issue's minimum for the loss.
+    assert set(loop_gate.LOSS_MIN_WORK) == set(ISSUE_23_LOSS_MINIMUM)
+    for loss, (gemms, exps) in ISSUE_23_LOSS_MINIMUM.items():
+        assert loop_gate.LOSS_MIN_WORK[loss][0] == (gemms, exps)
+        got_gemms, got_exps = loop_gate.loss_work(loss)
+        assert got_gemms <= gemms and got_exps <= exps, loss
+        assert all(loop_gate.MIN_WORK[f].enforced for f in loop_gate.loss_families(loss)), loss
+
+
+def test_loss_lines_add_up_each_loss_passes():
+    from pyhypersphere.triton_kernels import compile_check
+
+    def row(kernel, what, gemms, exps):
+        return {"name": f"contrastive {kernel} bf16 M128 N128 D128 {what} static w8 s2", "arch": 90,
+                "mix": _mix(gemms, exps, 6.0)}
+
+    rows = [row("lse", "self", 1.0, 1.0), row("grad", "two-sided", 2.0, 1.0), row("lse", "col-sums", 1.0, 1.0),
+            row("lse_grad", "cross", 2.0, 1.0), row("grad", "col-terms", 2.0, 1.0)]
+    lines = dict((line.split()[1], (line, bad)) for line, bad in compile_check._loss_lines(rows))
+    assert set(lines) == {f"loss={loss}" for loss in loop_gate.LOSS_MIN_WORK}
+    assert "gemms_per_tile=5.00 exps_per_pair=3.00 minimum=5/3" in lines["loss=clip"][0]
+    assert not any(bad for _, bad in lines.values())
+    # A second exp in the gradient pass puts CLIP (two of them) and NT-Xent above their minimum.
+    rows[1] = row("grad", "two-sided", 2.0, 2.0)
+    bad = {line.split()[1] for line, failed in compile_check._loss_lines(rows) if failed}
+    assert bad == {"loss=clip", "loss=nt_xent"}
 
 
 # ---------------------------------------------------------------- the CUDA gate (cuobjdump)

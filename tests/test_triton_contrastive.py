@@ -6,9 +6,9 @@ log-sum-exps of explicit float64 logit matrices with autograd (op level) and the
 float64 loss formulas of dense_contrastive.py (loss level, through the operators'
 dispatch: on CUDA the registered Triton kernels, under the interpreter the same kernels
 registered for the CPU key for the duration of those tests).  Shapes cross the block
-sizes (32 rows for float32 with 3xTF32, float64 and the part mask at full width; 64
-rows for TF32 and 16-bit inputs; 128-wide features, 64 for float64, 32 for 3xTF32) and
-the 64-row part blocks; the interpreter is slow, so they stay small.
+sizes (32 rows for float64, 128 otherwise; 128-wide features, 64 for float64 and 3xTF32)
+and the 128-row part blocks (the padding unit); the interpreter is slow, so they stay
+small.
 """
 
 import math
@@ -78,9 +78,9 @@ CASES = [  # na, nb, d, scale, self_pairs, lse_b, dtype
     (1, 1, 1, 2.0, True, True, torch.float64),  # NT-Xent at N = 1: each view's only partner
     (2, 2, 1, 0.5, False, True, torch.float32),  # N = 2, d = 1
     (40, 40, 16, 2.0, True, True, torch.float32),  # NT-Xent
-    (70, 70, 33, 14.3, False, True, torch.float32),  # CLIP, past a 64-row block
+    (140, 130, 33, 14.3, False, True, torch.float32),  # CLIP, past a 128-row block
     (20, 300, 8, 1 / 0.07, False, False, torch.float32),  # InfoNCE with a queue: column splits
-    (67, 35, 100, 3.0, True, True, torch.float64),  # three 32-row blocks; chunked d (64-wide)
+    (67, 35, 100, 3.0, True, True, torch.float64),  # 32-row blocks; chunked d (64-wide)
     (30, 30, 200, 2.0, False, True, torch.float32),  # d past the 128-wide block: chunked
     (33, 33, 64, 10.0, False, True, torch.bfloat16),
     (40, 40, 16, 5.0, True, True, torch.float16),
@@ -135,10 +135,10 @@ def test_skipped_positives_against_float64(na, nb, d, scale, self_pairs, lse_b, 
 
 
 @pytest.mark.parametrize("na,nb,dtype,self_pairs,skip,col_splits,scale", [
-    (100, 100, torch.float32, True, True, 1, 7.0),  # 32-row blocks: one straddles a/b, positives' windows
+    (150, 150, torch.float32, True, True, 1, 7.0),  # stacked: two blocks per side, the positives' spans
     (100, 100, torch.float32, True, False, 2, 7.0),
     (70, 100, torch.float64, True, True, 1, 7.0),  # N_a != N_b: rows of b without a positive
-    (150, 150, torch.bfloat16, False, True, 3, 7.0),  # 64-row blocks, the positives on the diagonal
+    (150, 150, torch.bfloat16, False, True, 3, 7.0),  # two row blocks, the positives on the diagonal
     (130, 200, torch.float32, False, False, None, 7.0),  # no special block: the main loop and the tail
     (100, 100, torch.float32, True, True, 1, 50.0),  # 2 scale > 80: no static shift (running max)
     (130, 200, torch.float32, False, True, 1, 50.0),
@@ -179,7 +179,7 @@ def test_16bit_gradient_of_a_mean_loss_keeps_its_small_weights(dtype):
 
 
 def test_tf32_products_when_torch_allows_them():
-    # torch's TF32 setting picks the 64-row TF32 configuration (3xTF32, 32 rows, otherwise).
+    # torch's TF32 setting picks the TF32 configuration (3xTF32 otherwise).
     a, b = rows(70, 40, torch.float32, 33), rows(50, 40, torch.float32, 34)
     with cuda_fp32_matmul("tf32"):
         assert tk.contrastive._precision(torch.float32) == "tf32"
@@ -265,9 +265,9 @@ def test_computes_only_what_is_asked(grad_a, grad_b, with_h):
 @pytest.mark.parametrize("self_pairs", [True, False])
 @pytest.mark.parametrize("num_parts", [2, 3])
 def test_parts_combine_to_the_whole(self_pairs, num_parts):
-    # 70 and 75 rows: two or three 64-row part blocks per side, so tiles of the triangle
-    # and of the rectangle spread over the parts.
-    a, b = rows(70, 5, torch.float64, 13), rows(70 if self_pairs else 75, 5, torch.float64, 14)
+    # 140 and 275 rows: two or three 128-row part blocks per side, so tiles of the
+    # triangle and of the rectangle spread over the parts.
+    a, b = rows(140, 5, torch.float64, 13), rows(140 if self_pairs else 275, 5, torch.float64, 14)
     whole = tk.contrastive_lse(a, b, 1.5, self_pairs, True, 0, 1)
     parts = [tk.contrastive_lse(a, b, 1.5, self_pairs, True, p, num_parts) for p in range(num_parts)]
     for side in (0, 1):
@@ -275,7 +275,7 @@ def test_parts_combine_to_the_whole(self_pairs, num_parts):
         # exp(lse) of the parts sum to the whole's: no pair counted twice or missed.
         torch.testing.assert_close(torch.logsumexp(lses, 0), whole[side], rtol=1e-12, atol=1e-12)
         assert not torch.isneginf(lses).all(1).any()  # every part holds some pairs
-    g, h = torch.full((70,), 0.3, dtype=torch.float64, device=DEVICE), torch.full((b.shape[0],), 0.2,
+    g, h = torch.full((140,), 0.3, dtype=torch.float64, device=DEVICE), torch.full((b.shape[0],), 0.2,
                                                                                   dtype=torch.float64, device=DEVICE)
     grads = [tk.contrastive_lse_backward(a, b, 1.5, self_pairs, *whole, g, h, p, num_parts, True, True)
              for p in range(num_parts)]
@@ -368,10 +368,12 @@ def test_registered_for_cuda_whatever_the_uniformity_backend():
 
 MEAN_LSE_CASES = [  # na, nb, d, scale, dtype, col_splits
     (2, 2, 1, 0.5, torch.float32, None),
-    (45, 70, 33, 14.3, torch.float32, None),  # past a 64-row block
+    (45, 150, 33, 14.3, torch.float32, None),  # past a 128-row block
     (10, 300, 8, 1 / 0.07, torch.float32, 3),  # MoCo's shape: columns split over programs
     (35, 67, 100, 3.0, torch.float64, None),  # chunked d
     (33, 40, 64, 10.0, torch.bfloat16, None),
+    (33, 40, 64, 10.0, torch.float16, None),  # fp16's row gradient under the online max
+    (40, 150, 16, 60.0, torch.float32, 2),  # 2 scale > 80: no static shift (running max)
 ]
 
 

@@ -14,7 +14,10 @@ is compiled in the same run.  Prints one line per configuration:
 and exits non-zero on a compile error, any spill, shared memory above the arch's limit,
 a kernel that multiplies tiles (tl.dot) without a tensor-core instruction in its PTX,
 or a line of an enforced family that fails the main-loop gate (loop_gate: its minimum
-work, wgmma on sm_90, the non-mma instruction budget).  Lines of report-only families
+work, wgmma on sm_90, the non-mma instruction budget).  Then one line per contrastive
+loss, arch and format, `arch= loss= dtype= block_d= gemms_per_tile= exps_per_pair=
+minimum=`: its passes' measured work added up, failing above the loss's minimum
+(loop_gate.LOSS_MIN_WORK).  Lines of report-only families
 print gate=report.  Catches what the interpreter lets pass (e.g. tl.dot operand dtypes).
 """
 
@@ -126,51 +129,71 @@ def _align_jobs():
                           dtype_label(dtype), (cfg["BLOCK_M"], 1, cfg["BLOCK_D"]))
 
 
-# CI's subset of the contrastive configurations (--quick): the widths and masks the
-# losses launch in one process and across ranks (self pairs with parts, cross pairs
-# without), both gradient terms; the full matrix is for changes to the kernels or blocks.
-QUICK_CONTRASTIVE = {"d": (32, 128), "masks": ((True, True), (False, False))}
+# CI's subset of the contrastive configurations (--quick): every format at the common
+# width (3xTF32, float64 and TF32 with the online max are chunked there), bf16 at the
+# widest one-chunk width, float64 at its one-chunk width; the full matrix is for changes
+# to the kernels or their blocks.
+QUICK_CONTRASTIVE = {"d": (128,), "extra": ((torch.bfloat16, 256), (torch.float64, 64))}
+
+# The variants per format, width and arch: (kernel, static shift, self pairs, column
+# sums / row gradient, row terms, column terms).  The masks only shape the span stage;
+# the self pairs with skipped positives have both spans.
+_CONTRASTIVE_VARIANTS = (
+    ("lse", True, True, False, False, False),  # NT-Xent's lse (static shift)
+    ("lse", True, False, True, False, False),  # CLIP's lse, both sides from one S tile
+    ("lse", False, True, False, False, False),  # online max
+    ("lse_grad", True, False, True, False, False),  # InfoNCE / MoCo: lse with the row gradient
+    ("lse_grad", False, False, True, False, False),
+    ("grad", True, True, False, True, True),  # two-sided weights, one exp
+    ("grad", True, False, False, False, True),  # InfoNCE's keys: column terms only
+    ("grad", False, True, False, True, True),  # uncertified: one exp per side
+)
 
 
-def _contrastive_jobs(quick: bool = False):
-    # Per operand format and d: each kernel with each combination of the self-pair and
-    # part masks (the block sizes depend on both), the gradient with both terms, and for
-    # cross pairs with the column terms only (b's gradient under InfoNCE).
-    widths = QUICK_CONTRASTIVE["d"] if quick else (16, 32, 64, 128, 4096)
-    masks = QUICK_CONTRASTIVE["masks"] if quick else ((s, p) for s in (True, False) for p in (False, True))
-    masks = tuple(masks)
-    for dtype, precision, _ in UNIFORM_FORMATS:
+def _contrastive_jobs(archs, quick: bool = False):
+    widths = QUICK_CONTRASTIVE["d"] if quick else (16, 32, 64, 128, 256, 512)
+    cases = [(fmt, d) for fmt in UNIFORM_FORMATS for d in widths]
+    if quick:
+        cases += [(fmt, d) for fmt in UNIFORM_FORMATS for dt, d in QUICK_CONTRASTIVE["extra"] if fmt[0] == dt]
+    for (dtype, precision, _), d in cases:
         acc = "*fp64" if dtype == torch.float64 else "*fp32"
-        common = {name: _INT for name in ("row_start", "n_rows", "n_cols", "cols_per_split", "d", "stride_r",
-                                          "stride_c", "part_lo", "part_hi", "row_tile_stride", "col_tile_stride",
-                                          "tri_blocks", "n_a")}
-        common["scale_ptr"] = acc
-        lse_sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "m_ptr": acc, "l_ptr": acc, **common}
-        grad_sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "lse_r_ptr": acc, "g_r_ptr": acc,
-                    "lse_c_ptr": acc, "g_c_ptr": acc, "out_ptr": acc, **common}
-        for d in widths:
-            for self_pairs, has_parts in masks:
-                for grad in (False, True):
-                    cfg = contrastive.contrastive_config(dtype, d, precision, has_parts, grad)
-                    one_chunk = d <= cfg["BLOCK_D"]
-                    consts = {"SELF_PAIRS": self_pairs, "SKIP_POSITIVES": True, "HAS_PARTS": has_parts,
-                              "PART_ROWS": contrastive.PART_BLOCK, "BLOCK_M": cfg["BLOCK_M"],
-                              "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"], "ONE_CHUNK": one_chunk,
-                              "EVEN_D": d == cfg["BLOCK_D"],
-                              "PRECISION": precision, "WIDEN_OPERANDS": False}
-                    label = (f"{str(dtype).split('.')[-1]}/{precision} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
-                             f"D{cfg['BLOCK_D']}{'' if one_chunk else ' chunked'}"
-                             f"{' self' if self_pairs else ' cross'}{' parts' if has_parts else ''}")
-                    run = (cfg["num_warps"], cfg["num_stages"], True)
-                    gate = (dtype_label(dtype, precision), (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]))
-                    if not grad:
-                        yield Job(f"contrastive lse {label}", "contrastive_lse", lse_sig, consts, *run,
-                                  "contrastive_lse", *gate)
-                        continue
-                    for row_terms in ((True,) if self_pairs or quick else (True, False)):
-                        yield Job(f"contrastive grad {label}{'' if row_terms else ' col-terms'}", "contrastive_grad",
-                                  grad_sig, dict(consts, ROW_TERMS=row_terms, COL_TERMS=True), *run,
-                                  "contrastive_grad", *gate)
+        fmt = uniform.operand_format(dtype, precision)
+        for arch in archs:
+            for kernel, static, self_pairs, extra, row_terms, col_terms in _CONTRASTIVE_VARIANTS:
+                if kernel == "lse_grad" and static and dtype == torch.float16:
+                    continue  # fp16's row gradient keeps the online max (contrastive.row_lse)
+                cfg = contrastive.contrastive_config(fmt, d, kernel, arch, static)
+                desc = f"tensordesc<{_PTR[dtype][1:]}[{{}},{cfg['BLOCK_D']}]>"
+                ints = ("row_start", "rows_out", "cols_per_split", "d_pad", "ranges_stride", "pos_offset")
+                sig = {"ri_desc": desc.format(cfg["BLOCK_M"]), "cj_desc": desc.format(cfg["BLOCK_N"]),
+                       "r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype]}
+                consts = {"STATIC_SHIFT": static, "DIAG_SPAN": True, "POS_SPAN": self_pairs,
+                          **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_CHUNK", "USE_DESC")},
+                          "PRECISION": precision, "WIDEN_OPERANDS": False}
+                if kernel == "grad":
+                    sig.update({name: acc for name in ("row_coef_ptr", "row_lse_ptr", "col_coef_ptr", "col_lse_ptr",
+                                                       "scale_ptr")}, ranges_ptr="*i32", out_ptr=acc)
+                    consts.update(ROW_TERMS=row_terms, COL_TERMS=col_terms)
+                    what = "two-sided" if row_terms else "col-terms"
+                else:
+                    sig.update(bias_ptr=acc, scale_ptr=acc, ranges_ptr="*i32", m_ptr=acc, l_ptr=acc, colsum_ptr=acc,
+                               acc_ptr=acc)
+                    ints = ("row_start", "row_end", "rows_out", "cols_per_split", "n_cols_pad", "d_pad",
+                            "ranges_stride", "pos_offset")
+                    consts.update(COL_SUMS=kernel == "lse" and extra, ROW_GRAD=kernel == "lse_grad")
+                    what = "col-sums" if kernel == "lse" and extra else ("self" if self_pairs else "cross")
+                sig.update({name: _INT for name in ints})
+                name = (f"contrastive {kernel} {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']}"
+                        f"{'' if cfg['ONE_CHUNK'] else ' chunked'} {what} {'static' if static else 'online'} "
+                        f"w{cfg['num_warps']} s{cfg['num_stages']}")
+                family = f"contrastive_{kernel}"
+                if kernel == "grad" and not static and row_terms and col_terms:
+                    family += "_two_exp"
+                if not cfg["ONE_CHUNK"]:
+                    family = f"contrastive_{kernel}_chunked"
+                yield Job(name, "contrastive_grad" if kernel == "grad" else "contrastive_lse", sig, consts,
+                          cfg["num_warps"], cfg["num_stages"], True, family, fmt,
+                          (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]), (arch,))
 
 
 def _reference_jobs(archs):
@@ -187,7 +210,7 @@ def _reference_jobs(archs):
 def _jobs(quick: bool = False, archs=(80, 90)):
     # De-duplicated: small d values can map to the same configuration.
     seen = set()
-    for job in [*_reference_jobs(archs), *_uniform_jobs(archs, quick), *_align_jobs(), *_contrastive_jobs(quick)]:
+    for job in [*_reference_jobs(archs), *_uniform_jobs(archs, quick), *_align_jobs(), *_contrastive_jobs(archs, quick)]:
         if (job.name, job.archs) not in seen:
             seen.add((job.name, job.archs))
             yield job
@@ -196,8 +219,8 @@ def _jobs(quick: bool = False, archs=(80, 90)):
 _KERNELS = {
     "uniform": lambda: uniform._uniform_rows_kernel,
     "align": lambda: align._align_rows_kernel,
-    "contrastive_lse": lambda: contrastive._row_lse_kernel,
-    "contrastive_grad": lambda: contrastive._row_grad_kernel,
+    "contrastive_lse": lambda: contrastive._lse_rows_kernel,
+    "contrastive_grad": lambda: contrastive._grad_rows_kernel,
     "reference": lambda: reference_attention.attention_forward_kernel,
 }
 
@@ -264,13 +287,43 @@ def _format(row: dict) -> str:
     return line + (f" FAIL: {row['problem']}" if row["problem"] else "")
 
 
+def _loss_lines(rows: list) -> list:
+    """(line, failed) per contrastive loss, arch, format and one-chunk width: the sums of
+    its passes' measured GEMMs and exps against the loss's minimum.  fp16's row gradient
+    keeps the online max (contrastive.row_lse)."""
+    found = {}
+    for row in rows:
+        parts = row["name"].split()
+        if parts[0] != "contrastive" or "chunked" in parts or "mix" not in row:
+            continue
+        kernel, fmt, block_d, what, shift = parts[1], parts[2], parts[5], parts[6], parts[7]
+        found[(row["arch"], fmt, block_d, kernel, what, shift)] = row["mix"]
+    groups = sorted({key[:3] for key in found})
+    out = []
+    for arch, fmt, block_d in groups:
+        for loss, ((gemms, exps), passes) in loop_gate.LOSS_MIN_WORK.items():
+            mixes = [found.get((arch, fmt, block_d, kernel, what,
+                                "online" if kernel == "lse_grad" and fmt == "fp16" else "static"))
+                     for kernel, what in passes]
+            if any(m is None for m in mixes):
+                continue
+            allowed = gemms * (1 + (loop_gate.TF32X3_EXTRA_GEMMS_PER_GEMM if fmt == "tf32x3" else 0))
+            got_gemms = sum(m.gemms_per_tile for m in mixes)
+            got_exps = sum(m.exps_per_pair for m in mixes)
+            failed = got_gemms > allowed + 1e-9 or got_exps > exps * loop_gate.EXP_SLACK + 1e-9
+            out.append((f"arch={arch} loss={loss} dtype={fmt} block_d={block_d[1:]} gemms_per_tile={got_gemms:.2f} "
+                        f"exps_per_pair={got_exps:.2f} minimum={gemms}/{exps} gate=enforced"
+                        + (" FAIL: above the loss's minimum" if failed else ""), failed))
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyhypersphere.triton_kernels.compile_check",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="80,90", help="comma-separated compute capabilities, e.g. 80,90")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
     parser.add_argument("--quick", action="store_true",
-                        help="CI's subset of the contrastive configurations (QUICK_CONTRASTIVE)")
+                        help="CI's subset of the configurations (QUICK_UNIFORM, QUICK_CONTRASTIVE)")
     parser.add_argument("--filter", default="", help="only configurations whose name matches this regular expression")
     args = parser.parse_args(argv)
     archs = [int(a) for a in args.arch.split(",") if a.strip()]
@@ -281,9 +334,14 @@ def main(argv=None) -> int:
         for row in pool.map(compile_one, *zip(*work)):  # in order, as they finish
             rows.append(row)
             print(_format(row), flush=True)
+    loss_lines = _loss_lines(rows)
+    for line, _ in loss_lines:
+        print(line)
     failed = [r for r in rows if r["problem"]]
-    print(f"compile_check: {len(rows)} compiles, {len(failed)} failed (triton {triton.__version__})")
-    return 1 if failed else 0
+    loss_failed = sum(1 for _, bad in loss_lines if bad)
+    print(f"compile_check: {len(rows)} compiles, {len(failed)} failed, {len(loss_lines)} contrastive losses, "
+          f"{loss_failed} above their minimum (triton {triton.__version__})")
+    return 1 if failed or loss_failed else 0
 
 
 if __name__ == "__main__":

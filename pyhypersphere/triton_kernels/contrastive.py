@@ -1,437 +1,371 @@
 """Triton kernels and launchers for `contrastive_lse`, `contrastive_lse_backward` and
 `contrastive_mean_lse` (contract: csrc/ops.h).
 
-Both kernels are flash-style row blocks: a program owns BLOCK_M rows R_i and sweeps a
-contiguous range of partner columns C_j with the logits s_ij = scale <R_i, C_j> computed
-tile by tile, never stored.  No program waits for another and there are no atomics.
+Both kernels are the flash-attention forward (Triton's fused-attention tutorial) over the
+logits s_ij = scale <R_i, C_j> of a program's BLOCK_M rows R_i against its columns C_j,
+computed tile by tile and never stored.  No program waits for another, no atomics.
 
-- `_row_lse_kernel`: per row a shift m_i and l_i = sum_j exp(s_ij - m_i).
-- `_row_grad_kernel`: per row scale * sum_j w_ij C_j with the softmax weights of both
-  sides of each logit, w_ij = g_i exp(s_ij - lse_i) + h_j exp(s_ij - lse_j) (each <= |g|
-  since an lse bounds its logits), for the upstream gradients g (rows) and h (columns).
+- `_lse_rows_kernel`: per row a shift m_i and l_i = sum_j 2^(s_ij log2(e) - m_i); with
+  COL_SUMS also every column's sum over the program's rows (CLIP's column lse from the
+  same S tile: a cross-block merge of sums, not of gradients); with ROW_GRAD also
+  o_i = sum_j 2^(...) C_j (P C, the second GEMM), the whole gradient of a loss whose
+  weights are one-sided (InfoNCE's queries, MoCo).
+- `_grad_rows_kernel`: per row sum_j w_ij C_j with the softmax weights of both sides of
+  each logit, w_ij = g_i e^(s_ij - lse_i) + h_j e^(s_ij - lse_j), for the upstream
+  gradients g (rows) and h (columns).
 
-Both follow the flash-attention forward's loop (Triton's fused-attention tutorial): the
-main loop runs over the full column blocks that hold only pairs, without a per-element
-mask (int32 offsets within a block, exp2 with log2(e) in the scale); the blocks that meet
-the diagonal, the skipped positives or the tail, and every block under the part slicing
-or a chunked width, take a masked stage of their own.  When the static shift
-c = scale max|a_i| max|b_j| is certified (_static_shift: unit rows at tau >= 0.025 in
-float32) the main loops keep no running max, and the gradient's two-sided weights take
-one exp: e^(s - c) (g_i e^(c - lse_i) + h_j e^(c - lse_j)).
+The layout (the uniformity kernel's): the launcher pads a and b (stacked for self pairs:
+a at rows [0, na_pad), b at [na_pad, ...)) with zero rows to PART_BLOCK and the features
+to the block width, so every tile is whole.  A column vector carries the shift and -inf
+on padding columns (the lse kernel's only per-column term; in the gradient kernel a zero
+row contributes nothing).  The columns of a row block come as at most two ranges (the
+part slicing at PART_BLOCK granularity, `_part_ranges`), each cut around the at most two
+column spans that hold a pair to leave out: the row block's own rows (self pairs) and its
+rows' positives (skip_positives: column i of row i across, i +- na_pad stacked).  The
+main loop runs over whole tiles without a mask; the spans are a stage of their own, the
+only per-element mask, as the tutorial splits its causal loop.  Offsets are int32 inside
+the loop; tiles come through tensor descriptors (TMA on sm_90).
 
-Work per ordered pair of the main loops (certified), in tensor-core GEMMs over a tile
-and exps: the lse kernel 1 GEMM (S) and 1 exp; the gradient kernel 2 GEMMs (S, W C) and
-1 exp.  Per loss (the issue 23 minimum in brackets):
-- NT-Xent: lse of the stacked rows, then their gradient: 3 GEMMs, 2 exps [3, 2];
-- MoCo InfoNCE, detached queue: the queries' lse, then their gradient: 3, 2 [2, 1];
-- in-batch InfoNCE, both gradients: lse, the queries' and the keys' gradients: 5, 3 [4, 2];
-- CLIP: row and column lse, then both gradients: 6, 4 [5, 3].
+The shift: c = scale max|a_i| max|b_j| bounds every logit (Cauchy-Schwarz).  When the
+launcher certifies it (_static_shift: 2c <= 80 in float32, e.g. unit rows at
+tau >= 0.025) it is the static shift: no running max, the lse kernel's column sums come
+from the same exps, and the gradient's two-sided weights take one exp:
+w_ij = e^(s - c) (g_i e^(c - lse_i) + h_j e^(c - lse_j)), the factors per row and per
+column computed by the launcher.  Otherwise (or under CUDA-graph capture: no host read)
+the tutorial's online max, rounded up to an integer so the rescale needs no exp, and two
+exps for two-sided weights.
 
-Every side of the contract is one of these with the roles of the inputs chosen:
-- cross pairs: a's lse = rows a against columns b; b's (CLIP's column lse) = rows b
-  against columns a.  d/da = rows a (row terms g = grad_lse_a, column terms h =
-  grad_lse_b); d/db = rows b against columns a with the two terms' roles exchanged.
-- self pairs: a and b stacked into Z, rows Z against columns Z without the diagonal; the
-  logit matrix is symmetric, so the gradient of a row has both terms with the stacked lse
-  and upstream gradients.
-A symmetric logit is thus computed twice (once per side), which buys determinism without
-ordering programs.  Few row blocks (queue shapes) split the columns over programs whose
-partials merge in split order (splits.py).
+Work per step of the main loop (certified), in tensor-core GEMMs over a tile and exps
+per pair: lse 1 and 1 (with or without column sums), lse with the row gradient 2 and 1,
+gradient 2 and 1.  Per loss (issue 23's minimum, loop_gate.LOSS_PASSES):
+- NT-Xent: the stacked rows' lse, then their gradient: 3 GEMMs, 2 exps;
+- InfoNCE with in-batch negatives and a detached queue (MoCo's): lse with the row
+  gradient: 2, 1;
+- in-batch InfoNCE, both gradients: lse with the queries' gradient, then the keys': 4, 2;
+- CLIP: both lse from one S tile, then each side's gradient: 5, 3.
+(InfoNCE against a queue alone, in_batch=False, takes contrastive_lse and its backward:
+3, 2; the op contract's contrastive_lse returns no gradient to fuse.)
 
 Precision: float64 in float64; float32 with TF32 products when torch allows TF32 for
 float32 matmuls (as `a @ b.T` would), else 3xTF32 (float32 accuracy); bf16/fp16 inputs
 multiplied as given on 16-bit tensor cores with float32 accumulation (exact products),
-and in the gradient's second product the weights rounded to the 16-bit format (as flash
-attention does).  Unlike the uniformity loss there is no centering: an inner product has
-no cancellation to protect.
+and in the second product the weights rounded to the 16-bit format (as flash attention
+does; fp16's row gradient keeps the online max, whose weights peak at 1 in every row).
+No centering: an inner product has no cancellation to protect.
 """
+
+import math
 
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import _C  # noqa: F401  (loads the operator schemas and their checks)
 from .._matmul_precision import cuda_matmul_allows_tf32
 from .splits import merge_splits, split_columns
-from .tiles import check_device, logit_tile, part_index_fits, row_block
-from .uniform import uniform_config
+from .tiles import check_device, part_index_fits
+from .uniform import _load_rows, _pow2, block_width, device_arch, flash_config, operand_format
 
-# Rows per part-slicing block: `part`/`num_parts` cut the pair set into tiles of
-# PART_BLOCK x PART_BLOCK rows (self pairs: the upper triangle of the stacked rows' blocks;
-# cross pairs: a's blocks by b's blocks, row-major) and keep a contiguous, balanced range.
-PART_BLOCK = 64
-
-
-@triton.jit
-def _pair_mask(rows, cols, row_ok, col_ok, part_lo, part_hi, row_tile_stride, col_tile_stride,
-               tri_blocks, n_a, SELF_PAIRS: tl.constexpr, SKIP_POSITIVES: tl.constexpr, HAS_PARTS: tl.constexpr,
-               PART_ROWS: tl.constexpr):
-    """Which (row, column) entries of the tile are pairs of this call."""
-    ok = row_ok[:, None] & col_ok[None, :]
-    if SELF_PAIRS:
-        ok = ok & (rows[:, None] != cols[None, :])
-    if SKIP_POSITIVES:
-        # The positive pairs (a_i, b_i): with cross pairs column i of row i (either side);
-        # with self pairs (stacked a then b, n_a rows of a) a_i's is n_a + i, b_i's is i
-        # when a_i exists (-1: none).
-        if SELF_PAIRS:
-            partner = tl.where(rows < n_a, rows + n_a, tl.where(rows < 2 * n_a, rows - n_a, -1))
-            ok = ok & (cols[None, :] != partner[:, None])
-        else:
-            ok = ok & (rows[:, None] != cols[None, :])
-    if HAS_PARTS:
-        # The pair's tile from per-row and per-column block indices (int32 per element: the
-        # launcher checks the tile count fits), the same whichever side is the row.
-        rb = (rows // PART_ROWS).to(tl.int32)
-        cb = (cols // PART_ROWS).to(tl.int32)
-        if SELF_PAIRS:
-            lo_b = tl.minimum(rb[:, None], cb[None, :])
-            hi_b = tl.maximum(rb[:, None], cb[None, :])
-            tile = lo_b * tri_blocks - (lo_b * (lo_b - 1)) // 2 + hi_b - lo_b
-        else:
-            tile = rb[:, None] * row_tile_stride + cb[None, :] * col_tile_stride
-        ok = ok & (tile >= part_lo) & (tile < part_hi)
-    return ok
+# Rows per part-slicing block, and the padding unit of a and b: `part`/`num_parts` cut
+# the pair set into tiles of PART_BLOCK x PART_BLOCK padded rows (self pairs: the upper
+# triangle of the stacked rows' blocks; cross pairs: a's blocks by b's, row-major) and
+# keep a contiguous, balanced range.  A multiple of every block size.
+PART_BLOCK = 128
+LOG2E = 1.4426950408889634
+PART_ROWS = tl.constexpr(PART_BLOCK)  # the same, inside the kernels
+# Far beyond any padded row: a span that does not exist.
+_NO_SPAN = tl.constexpr(2**30)
 
 
 @triton.jit
-def _logits(r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale,
-            part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a,
-            SELF_PAIRS: tl.constexpr, SKIP_POSITIVES: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
-            ONE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-            PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, acc_t: tl.constexpr):
-    """The column tile from c0: (columns, their mask, the logits scale <R_i, C_j>, which
-    entries are pairs of this call, the columns' features when they fit one chunk)."""
-    cols = (c0 + tl.arange(0, BLOCK_N)).to(tl.int64)
-    col_ok = cols < c_hi
-    gram, c_j = logit_tile(r_ptr, c_ptr, rows, cols, row_ok, col_ok, r_i, d, stride_r, stride_c,
-                           ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, acc_t)
-    ok = _pair_mask(rows, cols, row_ok, col_ok, part_lo, part_hi, row_tile_stride, col_tile_stride,
-                    tri_blocks, n_a, SELF_PAIRS, SKIP_POSITIVES, HAS_PARTS, PART_ROWS)
-    return cols, col_ok, gram * scale, ok, c_j
-
-
-LOG2E = tl.constexpr(1.4426950408889634)  # the kernels work in log2 units: exp2, log2(e) in the scale
-LN2 = tl.constexpr(0.6931471805599453)
-
-
-@triton.jit
-def _block_range(lo, hi, c_lo, n_blocks, BLOCK_N: tl.constexpr):
-    """The column blocks [s, e) (from c_lo, within [0, n_blocks)) that meet columns [lo, hi)."""
-    rel_lo = tl.maximum(lo - c_lo, 0)
-    rel_hi = tl.maximum(hi - c_lo, 0)
-    s = tl.minimum(rel_lo // BLOCK_N, n_blocks)
-    e = tl.minimum((rel_hi + BLOCK_N - 1) // BLOCK_N, n_blocks)
-    return s, tl.maximum(e, s)
-
-
-@triton.jit
-def _special_blocks(row0, c_lo, n_blocks, n_a, ALL_MASKED: tl.constexpr, SELF_PAIRS: tl.constexpr,
-                    SKIP_POSITIVES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(s1, e1, s2, e2): the full column blocks of this program's sweep that hold an entry
-    which is not a pair (the row block's own rows with self pairs, its rows' positives when
-    skipped), as two sorted, disjoint ranges of block numbers; every block when
-    ALL_MASKED.  Only these take the per-element mask: the main loop runs on the others."""
-    zero = n_blocks * 0
-    s1, e1, s2, e2 = zero, zero, zero, zero
-    if ALL_MASKED:
-        e1 = n_blocks
+def _tile_logits(ri_desc, cj_desc, r_ptr, c_ptr, r0, c0, r_i, d_pad, ONE_CHUNK: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+                 WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr, acc_t: tl.constexpr):
+    """(<R_i, C_j> over the tile at columns [c0, c0 + BLOCK_N), C_j when it fits one chunk)."""
+    if ONE_CHUNK:
+        c_j = _load_rows(cj_desc, c_ptr, c0, 0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)  # K and V of this step
+        if WIDEN_OPERANDS:
+            c_j = c_j.to(acc_t)
+        s = tl.dot(r_i, tl.trans(c_j), input_precision=PRECISION, out_dtype=acc_t)
     else:
-        if SELF_PAIRS or SKIP_POSITIVES:  # the diagonal, or the cross pairs' positives (column i of row i)
-            s1, e1 = _block_range(row0, row0 + BLOCK_M, c_lo, n_blocks, BLOCK_N)
-        if SELF_PAIRS and SKIP_POSITIVES:  # the positives of stacked rows: their bounding range
-            below = row0 + BLOCK_M <= n_a
-            above = row0 >= n_a
-            lo = tl.where(below, row0 + n_a, tl.where(above, row0 - n_a, 0))
-            hi = tl.where(below, row0 + BLOCK_M + n_a, tl.where(above, row0 + BLOCK_M - n_a, 2 * n_a))
-            s2, e2 = _block_range(lo, hi, c_lo, n_blocks, BLOCK_N)
-            # Sorted, and merged when they meet.
-            swap = s2 < s1
-            a_s, a_e = tl.where(swap, s2, s1), tl.where(swap, e2, e1)
-            b_s, b_e = tl.where(swap, s1, s2), tl.where(swap, e1, e2)
-            meet = b_s <= a_e
-            s1, e1 = a_s, tl.where(meet, tl.maximum(a_e, b_e), a_e)
-            s2, e2 = tl.where(meet, e1, b_s), tl.where(meet, e1, b_e)
-    return s1, e1, s2, e2
-
-
-@triton.jit
-def _plain_block(k, s1, e1, s2, e2):
-    """The k-th column block outside the special ranges (sorted, disjoint)."""
-    b = k + tl.where(k >= s1, e1 - s1, 0)
-    return b + tl.where(b >= s2, e2 - s2, 0)
-
-
-@triton.jit
-def _masked_block(t, s1, e1, s2, e2, n_blocks):
-    """The t-th block of the masked stage: the special ranges, then the partial tail block."""
-    len1 = e1 - s1
-    return tl.where(t < len1, s1 + t, tl.where(t < len1 + e2 - s2, s2 + t - len1, n_blocks))
-
-
-@triton.jit
-def _plain_logits2(r_i, c_ptr, c0, stride_c, scale2, d_ok, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
-                   WIDEN_OPERANDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   acc_t: tl.constexpr):
-    """A full column block's logits in log2 units and its rows C_j: no per-element mask;
-    int32 offsets within the block, whose base is the only 64-bit arithmetic (a hoisted
-    tile of 64-bit pointers would take the registers)."""
-    ptrs = (c_ptr + c0.to(tl.int64) * stride_c) + (tl.arange(0, BLOCK_N)[:, None] * stride_c
-                                                   + tl.arange(0, BLOCK_D)[None, :])
-    if EVEN_D:
-        c_j = tl.load(ptrs)
-    else:
-        c_j = tl.load(ptrs, mask=d_ok[None, :], other=0.0)
-    if WIDEN_OPERANDS:
-        c_j = c_j.to(acc_t)
-    return tl.dot(r_i, tl.trans(c_j), input_precision=PRECISION, out_dtype=acc_t) * scale2, c_j
-
-
-@triton.jit
-def _row_lse_kernel(
-    r_ptr, c_ptr, m_ptr, l_ptr,
-    row_start, n_rows, n_cols, cols_per_split, d, stride_r, stride_c, scale_ptr,
-    part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a,
-    SELF_PAIRS: tl.constexpr, SKIP_POSITIVES: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ONE_CHUNK: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, EVEN_D: tl.constexpr,
-):
-    """Per row a shift m_i and l_i = sum_j exp(s_ij - m_i) over this program's columns.
-    Per pair of the main loop: 1 GEMM (S), 1 exp2, no mask, and under a certified static
-    shift no running max either; the diagonal, the positives, the tail and the part
-    slicing take the masked stage (online max)."""
-    split = tl.program_id(1)
-    acc_t = m_ptr.dtype.element_ty
-    scale2 = tl.load(scale_ptr) * LOG2E  # a pointer: a Python float argument would be float32
-    local, row_ok, rows, r_i = row_block(r_ptr, row_start, n_rows, d, stride_r, ONE_CHUNK, BLOCK_M, BLOCK_D,
-                                         WIDEN_OPERANDS, acc_t)
-    ALL_MASKED: tl.constexpr = HAS_PARTS or not ONE_CHUNK
-    m_i = tl.full([BLOCK_M], float("-inf"), acc_t)
-    l_i = tl.zeros([BLOCK_M], acc_t)
-    c_lo = split * cols_per_split
-    c_hi = tl.minimum(n_cols, c_lo + cols_per_split)
-    n_blocks = (c_hi - c_lo) // BLOCK_N
-    s1, e1, s2, e2 = _special_blocks(row_start + tl.program_id(0) * BLOCK_M, c_lo, n_blocks, n_a, ALL_MASKED,
-                                     SELF_PAIRS, SKIP_POSITIVES, BLOCK_M, BLOCK_N)
-    if not ALL_MASKED:
-        offs_d = tl.arange(0, BLOCK_D)
-        d_ok = offs_d < d
-        n_plain = n_blocks - (e1 - s1) - (e2 - s2)
-        if tl.load(scale_ptr + 3) > 0:
-            # The certified static shift c >= every logit (_static_shift): no running max.
-            c2 = tl.load(scale_ptr + 2) * LOG2E
-            m_i = tl.full([BLOCK_M], 0.0, acc_t) + c2
-            for k in range(0, n_plain):
-                c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
-                s, _ = _plain_logits2(r_i, c_ptr, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
-                                      WIDEN_OPERANDS, BLOCK_N, BLOCK_D, acc_t)
-                l_i += tl.sum(tl.math.exp2(s - c2), 1)
-        else:
-            for k in range(0, n_plain):
-                c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
-                s, _ = _plain_logits2(r_i, c_ptr, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
-                                      WIDEN_OPERANDS, BLOCK_N, BLOCK_D, acc_t)
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
-                m_i = m_new
-    tail = tl.where(c_lo + n_blocks * BLOCK_N < c_hi, 1, 0)
-    for t in range(0, (e1 - s1) + (e2 - s2) + tail):
-        c0 = c_lo + _masked_block(t, s1, e1, s2, e2, n_blocks) * BLOCK_N
-        cols, col_ok, s, ok, _ = _logits(
-            r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale2,
-            part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a, SELF_PAIRS, SKIP_POSITIVES,
-            HAS_PARTS, PART_ROWS,
-            ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, acc_t)
-        s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        l_i = l_i * tl.math.exp2(m_i - shift) + tl.sum(tl.math.exp2(s - shift[:, None]), 1)
-        m_i = m_new
-
-    out = split.to(tl.int64) * n_rows + local
-    tl.store(m_ptr + out, m_i * LN2, mask=row_ok)  # natural units for the split merge
-    tl.store(l_ptr + out, l_i, mask=row_ok)
-
-
-@triton.jit
-def _grad_weights(s, lse_i, g_i, lse_j, g_j, ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, acc_t: tl.constexpr):
-    """w_ij = g_i 2^(s_ij - lse_i) + h_j 2^(s_ij - lse_j), all in log2 units (an lse of +inf,
-    a row without pairs, gives 0)."""
-    w = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
-    if ROW_TERMS:
-        w += g_i[:, None] * tl.math.exp2(s - lse_i[:, None])
-    if COL_TERMS:
-        w += g_j[None, :] * tl.math.exp2(s - lse_j[None, :])
-    return w
-
-
-@triton.jit
-def _log2_lse(lse):
-    """An lse in log2 units, -inf (a row without pairs) as +inf: its weights are then 0
-    without a mask (2^(s - inf) = 0, also for s = -inf)."""
-    return tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
-
-
-@triton.jit
-def _column_terms(lse_c_ptr, g_c_ptr, cols, w_scale, SIXTEEN_BIT: tl.constexpr):
-    """A full column block's (lse in log2 units, upstream gradient) (see _log2_lse and the
-    16-bit weights' scale)."""
-    lse_j = _log2_lse(tl.load(lse_c_ptr + cols))
-    g_j = tl.load(g_c_ptr + cols)
-    if SIXTEEN_BIT:
-        g_j = g_j * w_scale
-    return lse_j, g_j
-
-
-@triton.jit
-def _row_grad_kernel(
-    r_ptr, c_ptr, lse_r_ptr, g_r_ptr, lse_c_ptr, g_c_ptr, out_ptr,
-    row_start, n_rows, n_cols, cols_per_split, d, stride_r, stride_c, scale_ptr,
-    part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a,
-    ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr,
-    SELF_PAIRS: tl.constexpr, SKIP_POSITIVES: tl.constexpr, HAS_PARTS: tl.constexpr, PART_ROWS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    ONE_CHUNK: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, EVEN_D: tl.constexpr,
-):
-    """Per row scale * sum_j w_ij C_j.  Per pair of the main loop: 2 GEMMs (S, W C), no
-    mask, and one exp2 under a certified static shift (both sides' terms from it), else
-    one per side with terms."""
-    split = tl.program_id(1)
-    d_chunk = tl.program_id(2)  # the slice of the gradient this program accumulates (d > BLOCK_D)
-    acc_t = out_ptr.dtype.element_ty
-    scale = tl.load(scale_ptr)
-    scale2 = scale * LOG2E
-    w_scale = tl.load(scale_ptr + 1)  # see the 16-bit product below
-    local, row_ok, rows, r_i = row_block(r_ptr, row_start, n_rows, d, stride_r, ONE_CHUNK, BLOCK_M, BLOCK_D,
-                                         WIDEN_OPERANDS, acc_t)
-    chunk_d = d_chunk * BLOCK_D + tl.arange(0, BLOCK_D)
-    SIXTEEN_BIT: tl.constexpr = c_ptr.dtype.element_ty != acc_t
-    # The upstream gradients carry the 16-bit weights' power-of-two scale (exact).
-    lse_i = tl.full([BLOCK_M], float("inf"), acc_t)
-    g_i = tl.zeros([BLOCK_M], acc_t)
-    if ROW_TERMS:
-        lse_i = _log2_lse(tl.load(lse_r_ptr + rows, mask=row_ok, other=float("-inf")))
-        g_i = tl.load(g_r_ptr + rows, mask=row_ok, other=0.0)
-        if SIXTEEN_BIT:
-            g_i = g_i * w_scale
-    ALL_MASKED: tl.constexpr = HAS_PARTS or not ONE_CHUNK
-    acc = tl.zeros([BLOCK_M, BLOCK_D], acc_t)
-    c_lo = split * cols_per_split
-    c_hi = tl.minimum(n_cols, c_lo + cols_per_split)
-    n_blocks = (c_hi - c_lo) // BLOCK_N
-    s1, e1, s2, e2 = _special_blocks(row_start + tl.program_id(0) * BLOCK_M, c_lo, n_blocks, n_a, ALL_MASKED,
-                                     SELF_PAIRS, SKIP_POSITIVES, BLOCK_M, BLOCK_N)
-    if not ALL_MASKED:
-        offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
-        d_ok = offs_d < d
-        n_plain = n_blocks - (e1 - s1) - (e2 - s2)
-        if tl.load(scale_ptr + 3) > 0:
-            # Two-sided weights with one exp under the certified static shift c:
-            # g_i e^(s - lse_i) + h_j e^(s - lse_j) = e^(s - c) (a_i + b_j), a_i = g_i e^(c - lse_i).
-            c2 = tl.load(scale_ptr + 2) * LOG2E
-            a_i = g_i * tl.math.exp2(c2 - lse_i)
-            for k in range(0, n_plain):
-                c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
-                s, c_j = _plain_logits2(r_i, c_ptr, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
-                                        WIDEN_OPERANDS, BLOCK_N, BLOCK_D, acc_t)
-                b_j = tl.zeros([BLOCK_N], acc_t)
-                if COL_TERMS:
-                    lse_j, g_j = _column_terms(lse_c_ptr, g_c_ptr, c0 + offs_n, w_scale, SIXTEEN_BIT)
-                    b_j = g_j * tl.math.exp2(c2 - lse_j)
-                w = tl.math.exp2(s - c2) * (a_i[:, None] + b_j[None, :])
-                acc = _accumulate(acc, w, c_j, c_ptr, PRECISION, WIDEN_OPERANDS, acc_t)
-        else:
-            for k in range(0, n_plain):
-                c0 = c_lo + _plain_block(k, s1, e1, s2, e2) * BLOCK_N
-                s, c_j = _plain_logits2(r_i, c_ptr, c0, stride_c, scale2, d_ok, EVEN_D, PRECISION,
-                                        WIDEN_OPERANDS, BLOCK_N, BLOCK_D, acc_t)
-                lse_j = tl.full([BLOCK_N], float("inf"), acc_t)
-                g_j = tl.zeros([BLOCK_N], acc_t)
-                if COL_TERMS:
-                    lse_j, g_j = _column_terms(lse_c_ptr, g_c_ptr, c0 + offs_n, w_scale, SIXTEEN_BIT)
-                w = _grad_weights(s, lse_i, g_i, lse_j, g_j, ROW_TERMS, COL_TERMS, BLOCK_M, BLOCK_N, acc_t)
-                acc = _accumulate(acc, w, c_j, c_ptr, PRECISION, WIDEN_OPERANDS, acc_t)
-    tail = tl.where(c_lo + n_blocks * BLOCK_N < c_hi, 1, 0)
-    for t in range(0, (e1 - s1) + (e2 - s2) + tail):
-        c0 = c_lo + _masked_block(t, s1, e1, s2, e2, n_blocks) * BLOCK_N
-        cols, col_ok, s, ok, c_j = _logits(
-            r_ptr, c_ptr, c0, c_hi, rows, row_ok, r_i, d, stride_r, stride_c, scale2,
-            part_lo, part_hi, row_tile_stride, col_tile_stride, tri_blocks, n_a, SELF_PAIRS, SKIP_POSITIVES,
-            HAS_PARTS, PART_ROWS,
-            ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, acc_t)
-        s = tl.where(ok, s, float("-inf"))
-        lse_j = tl.full([BLOCK_N], float("inf"), acc_t)
-        g_j = tl.zeros([BLOCK_N], acc_t)
-        if COL_TERMS:
-            lse_j = _log2_lse(tl.load(lse_c_ptr + cols, mask=col_ok, other=float("-inf")))
-            g_j = tl.load(g_c_ptr + cols, mask=col_ok, other=0.0)
-            if SIXTEEN_BIT:
-                g_j = g_j * w_scale
-        w = _grad_weights(s, lse_i, g_i, lse_j, g_j, ROW_TERMS, COL_TERMS, BLOCK_M, BLOCK_N, acc_t)
-        if not ONE_CHUNK:
-            c_j = tl.load(c_ptr + cols[:, None] * stride_c + chunk_d[None, :],
-                          mask=col_ok[:, None] & (chunk_d[None, :] < d), other=0.0)
+        c_j = r_i  # unused: the chunked second product loads its own slice
+        s = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
+        for k0 in range(0, d_pad, BLOCK_D):
+            ri_k = _load_rows(ri_desc, r_ptr, r0, k0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
+            cj_k = _load_rows(cj_desc, c_ptr, c0, k0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)
             if WIDEN_OPERANDS:
-                c_j = c_j.to(acc_t)
-        acc = _accumulate(acc, w, c_j, c_ptr, PRECISION, WIDEN_OPERANDS, acc_t)
-
-    if SIXTEEN_BIT:
-        acc = acc / w_scale  # exact: a power of two
-    out = split.to(tl.int64) * n_rows + local
-    tl.store(out_ptr + out[:, None] * d + chunk_d[None, :], acc * scale,
-             mask=row_ok[:, None] & (chunk_d[None, :] < d))
+                ri_k = ri_k.to(acc_t)
+                cj_k = cj_k.to(acc_t)
+            s = tl.dot(ri_k, tl.trans(cj_k), s, input_precision=PRECISION, out_dtype=acc_t)
+    return s, c_j
 
 
 @triton.jit
-def _accumulate(acc, w, c_j, c_ptr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, acc_t: tl.constexpr):
-    """acc + W C_j.  16-bit operands: the weights in the operands' format (flash attention's
-    choice; relative 2^-9 for bf16, the gradient's own output rounding), already scaled by
-    the power of two that brings the largest upstream gradient near 1 (the upstream
-    gradients carry it): a mean loss's weights are ~1/N^2, below fp16's range."""
-    if c_ptr.dtype.element_ty == acc_t:
-        return acc + tl.dot(w, c_j, input_precision=PRECISION)
-    w_op = w.to(c_ptr.dtype.element_ty)
+def _second_product(acc, w, c_j, cj_desc, c_ptr, c0, d_chunk, d_pad, ONE_CHUNK: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+                    WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
+    """acc + W C_j (this program's feature slice when chunked).  16-bit operands: W in the
+    operands' format (flash attention's choice; relative 2^-9 for bf16)."""
+    acc_t = acc.dtype
+    if not ONE_CHUNK:
+        c_j = _load_rows(cj_desc, c_ptr, c0, d_chunk * BLOCK_D, d_pad, BLOCK_N, BLOCK_D, USE_DESC)
+        if WIDEN_OPERANDS:
+            c_j = c_j.to(acc_t)
+    if cj_desc.dtype == acc_t:
+        return tl.dot(w, c_j, acc, input_precision=PRECISION, out_dtype=acc_t)
+    w_op = w.to(cj_desc.dtype)
     if WIDEN_OPERANDS:
         w_op = w_op.to(acc_t)
-    return acc + tl.dot(w_op, c_j, input_precision=PRECISION, out_dtype=acc_t)
+    return tl.dot(w_op, c_j, acc, input_precision=PRECISION, out_dtype=acc_t)
+
+
+@triton.jit
+def _spans(r0, pos_offset, DIAG_SPAN: tl.constexpr, POS_SPAN: tl.constexpr):
+    """The column spans [s, s + BLOCK_M) holding pairs to leave out, sorted (_NO_SPAN: none):
+    the row block's own rows, its rows' positives (stacked: the other half)."""
+    s1 = r0 * 0 + _NO_SPAN
+    s2 = r0 * 0 + _NO_SPAN
+    if DIAG_SPAN:
+        s1 = r0
+    if POS_SPAN:
+        s2 = tl.where(r0 < pos_offset, r0 + pos_offset, r0 - pos_offset)
+    return tl.minimum(s1, s2), tl.maximum(s1, s2)
+
+
+@triton.jit
+def _plain_segment(ranges, seg, span_a, span_b, c_lo, c_hi, BLOCK_M: tl.constexpr):
+    """Segment seg (0-5) of the main loop: range seg // 3, piece seg % 3 of it around the
+    spans, within this split's columns [c_lo, c_hi)."""
+    r = seg // 3
+    piece = seg % 3
+    lo = tl.load(ranges + 2 * r)
+    hi = tl.load(ranges + 2 * r + 1)
+    hi = tl.where(piece == 0, tl.minimum(hi, span_a), tl.where(piece == 1, tl.minimum(hi, span_b), hi))
+    lo = tl.where(piece == 1, tl.maximum(lo, span_a + BLOCK_M), tl.where(piece == 2, tl.maximum(lo, span_b + BLOCK_M), lo))
+    return tl.maximum(lo, c_lo), tl.minimum(hi, c_hi)
+
+
+@triton.jit
+def _span_segment(ranges, k, span_a, span_b, c_lo, c_hi, BLOCK_M: tl.constexpr):
+    """Segment k (0-3) of the masked stage: range k // 2 within span k % 2; and the span."""
+    r = k // 2
+    span = tl.where(k % 2 == 0, span_a, span_b)
+    lo = tl.maximum(tl.maximum(tl.load(ranges + 2 * r), span), c_lo)
+    hi = tl.minimum(tl.minimum(tl.load(ranges + 2 * r + 1), span + BLOCK_M), c_hi)
+    return lo, hi, span
+
+
+@triton.jit
+def _lse_step(ri_desc, cj_desc, r_ptr, c_ptr, bias_ptr, colsum_ptr, r0, c0, span, r_i, scale2, m_i, l_i, acc,
+              colsum_row, row_w, d_pad, d_chunk,
+              MASKED: tl.constexpr, STATIC_SHIFT: tl.constexpr, COL_SUMS: tl.constexpr, ROW_GRAD: tl.constexpr,
+              ONE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+              PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
+    """One tile: (m, l, o) updated; MASKED leaves out the pairs (span + i, c0 + j), i == j."""
+    acc_t = bias_ptr.dtype.element_ty
+    offs_n = tl.arange(0, BLOCK_N)
+    s, c_j = _tile_logits(ri_desc, cj_desc, r_ptr, c_ptr, r0, c0, r_i, d_pad, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D,
+                          PRECISION, WIDEN_OPERANDS, USE_DESC, acc_t)
+    # The column vector: -c log2(e) (static shift) or 0, -inf on padding columns.
+    e = s * scale2 + tl.load(bias_ptr + c0 + offs_n)[None, :]
+    if MASKED:
+        e = tl.where((span + tl.arange(0, BLOCK_M))[:, None] == (c0 + offs_n)[None, :], float("-inf"), e)
+    if STATIC_SHIFT:
+        p = tl.math.exp2(e)
+        l_i += tl.sum(p, 1)
+        if COL_SUMS:  # padding rows (row_w 0) are no pairs
+            tl.store(colsum_ptr + colsum_row + c0 + offs_n, tl.sum(p * row_w[:, None], 0))
+    else:
+        # The running max rounded up to an integer: p <= 1 still, and the rescale is an
+        # exact power of two built without the exp unit (_pow2): one exp per pair.
+        m_new = tl.maximum(m_i, tl.math.ceil(tl.max(e, 1)))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = _pow2(m_i - shift)
+        p = tl.math.exp2(e - shift[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        if ROW_GRAD:
+            acc = acc * alpha[:, None]
+    if ROW_GRAD:
+        acc = _second_product(acc, p, c_j, cj_desc, c_ptr, c0, d_chunk, d_pad, ONE_CHUNK, BLOCK_N, BLOCK_D,
+                              PRECISION, WIDEN_OPERANDS, USE_DESC)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _lse_rows_kernel(
+    ri_desc, cj_desc, r_ptr, c_ptr, bias_ptr, scale_ptr, ranges_ptr, m_ptr, l_ptr, colsum_ptr, acc_ptr,
+    row_start, row_end, rows_out, cols_per_split, n_cols_pad, d_pad, ranges_stride, pos_offset,
+    STATIC_SHIFT: tl.constexpr, COL_SUMS: tl.constexpr, ROW_GRAD: tl.constexpr,
+    DIAG_SPAN: tl.constexpr, POS_SPAN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
+    PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr,
+):
+    """Per row m_i and l_i (log2 units; o_i with ROW_GRAD, column sums with COL_SUMS) over
+    this program's columns.  Main loop per pair: 1 GEMM (2 with ROW_GRAD), 1 exp2, no mask."""
+    block = tl.program_id(0)
+    split = tl.program_id(1)
+    d_chunk = tl.program_id(2)  # the slice of o_i this program accumulates (chunked path)
+    acc_t = bias_ptr.dtype.element_ty
+    scale2 = tl.load(scale_ptr)  # scale log2(e), through a pointer: a Python float would be float32
+    r0 = row_start + block * BLOCK_M
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    r_i = tl.zeros([BLOCK_M, BLOCK_D], ri_desc.dtype)  # unused when chunked
+    if ONE_CHUNK:
+        r_i = _load_rows(ri_desc, r_ptr, r0, 0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
+    if WIDEN_OPERANDS:
+        r_i = r_i.to(acc_t)
+    if STATIC_SHIFT:
+        m_i = tl.zeros([BLOCK_M], acc_t)  # the shift is in the column vector
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), acc_t)
+    l_i = tl.zeros([BLOCK_M], acc_t)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], acc_t)
+    colsum_row = block.to(tl.int64) * n_cols_pad
+    row_w = (r0 + offs_m < row_end).to(acc_t)  # 0 on padding rows
+
+    c_lo = split * cols_per_split
+    c_hi = c_lo + cols_per_split
+    ranges = ranges_ptr + (r0 // PART_ROWS) * ranges_stride
+    span_a, span_b = _spans(r0, pos_offset, DIAG_SPAN, POS_SPAN)
+    for seg in range(6):  # stage 1: whole tiles, no masks
+        lo, hi = _plain_segment(ranges, seg, span_a, span_b, c_lo, c_hi, BLOCK_M)
+        for c0 in range(lo, hi, BLOCK_N):
+            m_i, l_i, acc = _lse_step(
+                ri_desc, cj_desc, r_ptr, c_ptr, bias_ptr, colsum_ptr, r0, c0, 0, r_i, scale2, m_i, l_i, acc,
+                colsum_row, row_w, d_pad, d_chunk, False, STATIC_SHIFT, COL_SUMS, ROW_GRAD, ONE_CHUNK,
+                BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC)
+    if DIAG_SPAN or POS_SPAN:
+        for k in range(4):  # stage 2: the spans, masked
+            lo, hi, span = _span_segment(ranges, k, span_a, span_b, c_lo, c_hi, BLOCK_M)
+            for c0 in range(lo, hi, BLOCK_N):
+                m_i, l_i, acc = _lse_step(
+                    ri_desc, cj_desc, r_ptr, c_ptr, bias_ptr, colsum_ptr, r0, c0, span, r_i, scale2, m_i, l_i,
+                    acc, colsum_row, row_w, d_pad, d_chunk, True, STATIC_SHIFT, COL_SUMS, ROW_GRAD, ONE_CHUNK,
+                    BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC)
+
+    out = split.to(tl.int64) * rows_out + block * BLOCK_M + offs_m
+    if d_chunk == 0:
+        tl.store(m_ptr + out, m_i)
+        tl.store(l_ptr + out, l_i)
+    if ROW_GRAD:
+        tl.store(acc_ptr + out[:, None] * d_pad + (d_chunk * BLOCK_D + offs_d)[None, :], acc)
+
+
+@triton.jit
+def _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, r0, c0, span, r_i, scale2, shift2,
+               row_coef, row_lse, acc, d_pad, d_chunk,
+               MASKED: tl.constexpr, STATIC_SHIFT: tl.constexpr, ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr,
+               ONE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
+    """One tile: acc + W C_j; MASKED gives the pairs (span + i, c0 + j), i == j, weight 0."""
+    acc_t = acc.dtype
+    offs_n = tl.arange(0, BLOCK_N)
+    s, c_j = _tile_logits(ri_desc, cj_desc, r_ptr, c_ptr, r0, c0, r_i, d_pad, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D,
+                          PRECISION, WIDEN_OPERANDS, USE_DESC, acc_t)
+    if STATIC_SHIFT:
+        # g_i e^(s - lse_i) + h_j e^(s - lse_j) = e^(s - c) (a_i + b_j), a_i = g_i e^(c - lse_i).
+        coef = row_coef[:, None]
+        if COL_TERMS:
+            coef = coef + tl.load(col_coef_ptr + c0 + offs_n)[None, :]
+        w = tl.math.exp2(s * scale2 - shift2) * coef
+    else:
+        s = s * scale2
+        w = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
+        if ROW_TERMS:
+            w += row_coef[:, None] * tl.math.exp2(s - row_lse[:, None])
+        if COL_TERMS:
+            col_coef = tl.load(col_coef_ptr + c0 + offs_n)
+            col_lse = tl.load(col_lse_ptr + c0 + offs_n)
+            w += col_coef[None, :] * tl.math.exp2(s - col_lse[None, :])
+    if MASKED:
+        w = tl.where((span + tl.arange(0, BLOCK_M))[:, None] == (c0 + offs_n)[None, :], 0.0, w)
+    return _second_product(acc, w, c_j, cj_desc, c_ptr, c0, d_chunk, d_pad, ONE_CHUNK, BLOCK_N, BLOCK_D,
+                           PRECISION, WIDEN_OPERANDS, USE_DESC)
+
+
+@triton.jit
+def _grad_rows_kernel(
+    ri_desc, cj_desc, r_ptr, c_ptr, row_coef_ptr, row_lse_ptr, col_coef_ptr, col_lse_ptr, scale_ptr, ranges_ptr,
+    out_ptr,
+    row_start, rows_out, cols_per_split, d_pad, ranges_stride, pos_offset,
+    STATIC_SHIFT: tl.constexpr, ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr,
+    DIAG_SPAN: tl.constexpr, POS_SPAN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
+    PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr,
+):
+    """Per row sum_j w_ij C_j.  Main loop per pair: 2 GEMMs (S, W C), no mask, one exp2
+    under the static shift (w = 2^(s - c) (row factor + column factor)), else one per side
+    with terms (w = g_i 2^(s - lse_i) + h_j 2^(s - lse_j), lse +inf: no term)."""
+    block = tl.program_id(0)
+    split = tl.program_id(1)
+    d_chunk = tl.program_id(2)
+    acc_t = out_ptr.dtype.element_ty
+    scale2 = tl.load(scale_ptr)
+    shift2 = tl.load(scale_ptr + 1)  # c log2(e) (static shift)
+    r0 = row_start + block * BLOCK_M
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    r_i = tl.zeros([BLOCK_M, BLOCK_D], ri_desc.dtype)
+    if ONE_CHUNK:
+        r_i = _load_rows(ri_desc, r_ptr, r0, 0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
+    if WIDEN_OPERANDS:
+        r_i = r_i.to(acc_t)
+    row_coef = tl.zeros([BLOCK_M], acc_t)
+    row_lse = tl.full([BLOCK_M], float("inf"), acc_t)
+    if ROW_TERMS:
+        row_coef = tl.load(row_coef_ptr + r0 + offs_m)
+        if not STATIC_SHIFT:
+            row_lse = tl.load(row_lse_ptr + r0 + offs_m)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], acc_t)
+
+    c_lo = split * cols_per_split
+    c_hi = c_lo + cols_per_split
+    ranges = ranges_ptr + (r0 // PART_ROWS) * ranges_stride
+    span_a, span_b = _spans(r0, pos_offset, DIAG_SPAN, POS_SPAN)
+    for seg in range(6):  # stage 1: whole tiles, no masks
+        lo, hi = _plain_segment(ranges, seg, span_a, span_b, c_lo, c_hi, BLOCK_M)
+        for c0 in range(lo, hi, BLOCK_N):
+            acc = _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, r0, c0, 0, r_i, scale2,
+                             shift2, row_coef, row_lse, acc, d_pad, d_chunk, False, STATIC_SHIFT, ROW_TERMS,
+                             COL_TERMS, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC)
+    if DIAG_SPAN or POS_SPAN:
+        for k in range(4):  # stage 2: the spans, masked
+            lo, hi, span = _span_segment(ranges, k, span_a, span_b, c_lo, c_hi, BLOCK_M)
+            for c0 in range(lo, hi, BLOCK_N):
+                acc = _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, r0, c0, span, r_i,
+                                 scale2, shift2, row_coef, row_lse, acc, d_pad, d_chunk, True, STATIC_SHIFT,
+                                 ROW_TERMS, COL_TERMS, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION,
+                                 WIDEN_OPERANDS, USE_DESC)
+
+    out = split.to(tl.int64) * rows_out + block * BLOCK_M + offs_m
+    tl.store(out_ptr + out[:, None] * d_pad + (d_chunk * BLOCK_D + offs_d)[None, :], acc)
 
 
 # ---------------------------------------------------------------- launchers
 
 
-def contrastive_config(operand_dtype: torch.dtype, d: int, precision: str, has_parts: bool, grad: bool) -> dict:
-    """The block configuration for operands of this dtype, product precision, width and
-    part mask, for the lse or the gradient kernel (also what compile_check compiles).
-
-    The lse kernel's tiles hold what the uniformity kernel's forward holds (a Gram tile,
-    the mask): its configuration.  The gradient kernel adds the accumulator and the
-    column terms' vectors: with 64-row blocks it spilled on sm_80 (Triton 3.9; the TF32
-    one on sm_90 too).  32-row blocks with 8 warps, and 32 columns where the feature
-    block is 32 wide or less, compile without spills in every format, mask and width
-    (found by compiling the candidates for both archs), at the cost of wgmma on sm_90:
-    to be tuned on a GPU.  64-row gradient blocks (wgmma) still spill with the main loop
-    of the flash-attention layout (Triton 3.9: 536 bytes on sm_90 at bf16, d = 128, with
-    the features' rows and the accumulator in registers).
-
-    The lse kernel's main loop without a mask or a running max holds 128 x 64 tiles with
-    8 warps, 16-bit or TF32, up to d = 128, no part mask (the flash-attention forward's
-    tile; compile_check: no spills on sm_80 and sm_90, sm_90 bf16 9.0 non-mma
-    instructions per pair against 15.5 with 64 x 64)."""
-    cfg = uniform_config(operand_dtype, d, precision, has_parts)
-    if grad:
-        cfg.update(BLOCK_M=32, num_warps=8)
-        if operand_dtype == torch.float32:
-            # TF32 / 3xTF32: with the main loop's layout two stages spilled a few bytes in 7 of
-            # 54 configurations, one stage in 1 (TF32, 32 wide, the part mask), which keeps two
-            # (compile_check, Triton 3.9, sm_80 and sm_90).
-            tf32_parts_32 = precision == "tf32" and has_parts and cfg["BLOCK_D"] == 32
-            cfg["num_stages"] = 2 if tf32_parts_32 else 1
-        if cfg["BLOCK_D"] <= 32:
-            cfg["BLOCK_N"] = 32
-    elif cfg["BLOCK_M"] == 64 and not has_parts and d <= cfg["BLOCK_D"]:
-        cfg.update(BLOCK_M=128, BLOCK_N=64, num_warps=8)
+def contrastive_config(fmt: str, d: int, kernel: str, arch: int, static_shift: bool) -> dict:
+    """The block configuration of a kernel ("lse", "lse_grad": with the row gradient,
+    "grad") for a product format, width, arch and shift (also what compile_check
+    compiles): the uniformity kernel's (the same tiles: S, and with a second product its
+    accumulator), found without spills by compiling both archs.  The lse kernel without a
+    second product takes 128 x 128 TF32 tiles on sm_90 (the uniformity kernel's 128 x 64
+    are for its gradient's registers): CLIP's column sums cost a cross-warp reduction per
+    column of a tile, 16.5 non-mma instructions per pair at 64 columns.  On sm_80 three
+    narrow cases take other warps or stages (compile_check's full matrix, Triton 3.9)."""
+    cfg = flash_config(fmt, d, kernel != "lse", arch, static_shift)
+    if kernel == "lse" and fmt == "tf32" and arch >= 90 and cfg["ONE_CHUNK"]:
+        cfg["BLOCK_N"] = 128
+    if arch < 90:  # three sm_80 cases that spilled (8-24 bytes) with the uniformity kernel's blocks
+        if kernel == "grad" and fmt == "tf32" and cfg["BLOCK_D"] <= 16:
+            cfg["num_warps"] = 4
+        if kernel == "grad" and fmt == "tf32x3" and not static_shift and cfg["BLOCK_D"] == 32:
+            cfg["num_stages"] = 1
+        if kernel == "lse" and fmt == "fp64" and cfg["BLOCK_D"] <= 16:
+            cfg["num_warps"] = 2
     return cfg
 
 
@@ -441,96 +375,212 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"  # float64 (DMMA) and 16-bit tensor cores with float32 accumulation
 
 
+def _pad_rows(x: torch.Tensor, rows: int, d_pad: int) -> torch.Tensor:
+    out = x.new_zeros((rows, d_pad))
+    out[: x.shape[0], : x.shape[1]] = x
+    return out
+
+
+def _padded_vector(parts, fill, dtype, device) -> torch.Tensor:
+    """Concatenates (vector, padded length) pieces, each padded with `fill`."""
+    out = []
+    for v, length in parts:
+        piece = torch.full((length,), fill, dtype=dtype, device=device)
+        piece[: v.shape[0]] = v
+        out.append(piece)
+    return torch.cat(out)
+
+
 class _Problem:
-    """The rows a launch reads and where its pairs live: the inputs (stacked for self
-    pairs), the part slicing and the product precision."""
+    """The padded rows a launch reads, where its pairs live (spans, part ranges), the
+    shift and the product precision."""
 
     def __init__(self, function, a, b, scale, self_pairs, part, num_parts, skip_positives):
         check_device(a.device, function)
-        self.a, self.b = a.contiguous(), b.contiguous()
+        self.a, self.b = a, b
         self.na, self.nb = a.shape[0], b.shape[0]
+        self.scale = float(scale)
         self.self_pairs = self_pairs
         self.skip_positives = skip_positives
         self.acc_t = torch.float64 if a.dtype == torch.float64 else torch.float32
-        self.z = torch.cat([self.a, self.b]) if self_pairs else None
-        # [scale, the gradient kernel's 16-bit weight scale (row_grad sets it), the static
-        # shift and whether it is certified (> 0)]
-        self.scale = torch.cat([torch.tensor([float(scale), 1.0], dtype=self.acc_t, device=a.device),
-                                _static_shift(self.a, self.b, float(scale), self.acc_t)])
         self.precision = _precision(a.dtype)
-        a_blocks, b_blocks = triton.cdiv(self.na, PART_BLOCK), triton.cdiv(self.nb, PART_BLOCK)
-        self.tri_blocks = triton.cdiv(self.na + self.nb, PART_BLOCK)
-        total = self.tri_blocks * (self.tri_blocks + 1) // 2 if self_pairs else a_blocks * b_blocks
-        self.b_blocks = b_blocks
+        self.fmt = operand_format(a.dtype, self.precision)
+        self.arch = device_arch(a.device)
+        # The static shift needs a host read: none under CUDA-graph capture (online max).
+        host_read = not (a.is_cuda and torch.cuda.is_current_stream_capturing())
+        c, certified = _static_shift(a, b, self.scale, self.acc_t).tolist() if host_read else (0.0, 0.0)
+        self.static = certified > 0
+        self.c = c if self.static else 0.0  # natural units
+        d = a.shape[1]
+        self.d = d
+        block_d = block_width(self.fmt, d, self.arch, self.static)
+        self.d_pad = triton.cdiv(d, block_d) * block_d
+        self.na_pad = triton.cdiv(self.na, PART_BLOCK) * PART_BLOCK
+        self.nb_pad = triton.cdiv(self.nb, PART_BLOCK) * PART_BLOCK
+        pa, pb = _pad_rows(a, self.na_pad, self.d_pad), _pad_rows(b, self.nb_pad, self.d_pad)
+        self.z = torch.cat([pa, pb]) if self_pairs else None
+        self.pa, self.pb = pa, pb
+        a_blocks, b_blocks = self.na_pad // PART_BLOCK, self.nb_pad // PART_BLOCK
+        z_blocks = a_blocks + b_blocks
+        total = z_blocks * (z_blocks + 1) // 2 if self_pairs else a_blocks * b_blocks
         if num_parts == 1:
-            self.part_lo, self.part_hi = 0, -1
+            self.part = None
         else:
-            if not part_index_fits(total, self.tri_blocks if self_pairs else 0):
+            if not part_index_fits(total, z_blocks if self_pairs else 0):
                 raise ValueError(f"{function}: num_parts > 1 on the Triton kernels needs the {PART_BLOCK}-row "
                                  f"tile index to fit int32, got {total} tiles (N_a = {self.na}, N_b = {self.nb})")
-            self.part_lo, self.part_hi = total * part // num_parts, total * (part + 1) // num_parts
+            self.part = (total * part // num_parts, total * (part + 1) // num_parts, a_blocks, b_blocks)
 
-    def sides(self, rows_are_a: bool):
-        """(rows tensor, columns tensor, row tile stride, column tile stride) for a's rows
-        against their partners, or b's."""
+    # ------------------------------------------------------------ where the pairs are
+
+    def side(self, rows_are_a: bool):
+        """(rows tensor, columns tensor, row_start, rows_out, n_rows) of a's rows (or b's)."""
         if self.self_pairs:
-            return self.z, self.z, 0, 0
+            if rows_are_a is None:  # every stacked row
+                return self.z, self.z, 0, self.na_pad + self.nb_pad, self.na_pad + self.nb
+            if rows_are_a:
+                return self.z, self.z, 0, self.na_pad, self.na
+            return self.z, self.z, self.na_pad, self.nb_pad, self.nb
         if rows_are_a:
-            return self.a, self.b, self.b_blocks, 1
-        return self.b, self.a, 1, self.b_blocks
+            return self.pa, self.pb, 0, self.na_pad, self.na
+        return self.pb, self.pa, 0, self.nb_pad, self.nb
 
-    def launch_args(self, rows, cols, row_start, n_rows, row_stride, col_stride, col_splits, grad):
-        d = rows.shape[1]
-        cfg = contrastive_config(rows.dtype, d, self.precision, self.part_hi >= 0, grad)
-        n_cols = cols.shape[0]
-        splits, per_split = split_columns(n_rows, n_cols, cfg["BLOCK_M"], cfg["BLOCK_N"], rows.device, col_splits)
-        args = (row_start, n_rows, n_cols, per_split, d, rows.stride(0), cols.stride(0), self.scale,
-                self.part_lo, self.part_hi, row_stride, col_stride, self.tri_blocks, self.na)
+    def real_columns(self, rows_are_a):
+        """(real count, padded length) pieces of the columns."""
+        if self.self_pairs:
+            return [(self.na, self.na_pad), (self.nb, self.nb_pad)]
+        return [(self.nb, self.nb_pad)] if rows_are_a else [(self.na, self.na_pad)]
+
+    def ranges(self, rows_are_a, n_cols_pad, device):
+        """Per PART_BLOCK of rows the column ranges (lo0, hi0, lo1, hi1) of this part's
+        tiles (int32 on the device) and the row stride (0: the same for every block)."""
+        if self.part is None:
+            return torch.tensor([[0, n_cols_pad, 0, 0]], dtype=torch.int32, device=device), 0
+        lo, hi, a_blocks, b_blocks = self.part
+        P = PART_BLOCK
+
+        def clip(v, a, b):
+            return v.clamp(min=a).clamp(max=b)
+
+        if self.self_pairs:
+            nz = a_blocks + b_blocks
+            rb = torch.arange(nz, dtype=torch.int64)
+            out = torch.zeros((nz, 4), dtype=torch.int64)
+            c = torch.arange(nz, dtype=torch.int64)
+            f = c * nz - c * (c - 1) // 2 - c  # tile(cb, rb) = f(cb) + rb for cb < rb
+            first = torch.minimum(torch.searchsorted(f, lo - rb), rb)
+            last = torch.minimum(torch.searchsorted(f, hi - rb), rb)
+            out[:, 0], out[:, 1] = first * P, torch.maximum(last, first) * P
+            base = rb * nz - rb * (rb - 1) // 2  # tile(rb, cb) = base + cb - rb for cb >= rb
+            first = rb + clip(lo - base, 0, nz).minimum(nz - rb)
+            last = rb + clip(hi - base, 0, nz).minimum(nz - rb)
+            out[:, 2], out[:, 3] = first * P, torch.maximum(last, first) * P
+        elif rows_are_a:
+            rb = torch.arange(a_blocks, dtype=torch.int64)
+            out = torch.zeros((a_blocks, 4), dtype=torch.int64)
+            base = rb * b_blocks  # tile(rb, cb) = base + cb
+            first, last = clip(lo - base, 0, b_blocks), clip(hi - base, 0, b_blocks)
+            out[:, 0], out[:, 1] = first * P, torch.maximum(last, first) * P
+        else:
+            rb = torch.arange(b_blocks, dtype=torch.int64)
+            out = torch.zeros((b_blocks, 4), dtype=torch.int64)
+            # tile(ca, rb) = ca * b_blocks + rb: increasing in ca.
+            first = clip(-((-(lo - rb)) // b_blocks), 0, a_blocks)
+            last = clip(-((-(hi - rb)) // b_blocks), 0, a_blocks)
+            out[:, 0], out[:, 1] = first * P, torch.maximum(last, first) * P
+        return out.to(torch.int32).to(device), 4
+
+    def launch(self, kernel, rows_are_a, static, col_splits):
+        """The launch's common pieces: (cfg, grid, descriptor and pointer arguments,
+        integer arguments, constexprs, rows_out, n_rows, splits)."""
+        rows, cols, row_start, rows_out, n_rows = self.side(rows_are_a)
+        cfg = contrastive_config(self.fmt, self.d, kernel, self.arch, static)
+        bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
+        n_cols_pad = cols.shape[0]
+        splits, per_split = split_columns(n_rows, n_cols_pad, bm, bn, rows.device, col_splits)
+        ranges, stride = self.ranges(rows_are_a, n_cols_pad, rows.device)
+        d_chunks = self.d_pad // bd if kernel != "lse" else 1
+        grid = (rows_out // bm, splits, d_chunks)
+        tensors = (TensorDescriptor.from_tensor(rows, [bm, bd]), TensorDescriptor.from_tensor(cols, [bn, bd]),
+                   rows, cols)
+        diag = self.self_pairs or self.skip_positives
         consts = dict(
-            SELF_PAIRS=self.self_pairs, SKIP_POSITIVES=self.skip_positives, HAS_PARTS=self.part_hi >= 0,
-            PART_ROWS=PART_BLOCK,
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], ONE_CHUNK=d <= cfg["BLOCK_D"],
-            EVEN_D=d == cfg["BLOCK_D"],
-            PRECISION=self.precision,
+            DIAG_SPAN=diag, POS_SPAN=self.self_pairs and self.skip_positives,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, ONE_CHUNK=cfg["ONE_CHUNK"], PRECISION=self.precision,
             # The interpreter's 16-bit tl.dot is wrong (Triton 3.9): widen (exactly) there.
             WIDEN_OPERANDS=triton.knobs.runtime.interpret and rows.dtype in (torch.bfloat16, torch.float16),
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            USE_DESC=cfg["USE_DESC"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
-        return cfg, splits, args, consts
+        return grid, tensors, ranges, stride, consts, row_start, rows_out, n_rows, splits, per_split, n_cols_pad
 
-    def row_lse(self, rows_are_a: bool, col_splits=None) -> torch.Tensor:
-        rows, cols, row_stride, col_stride = self.sides(rows_are_a)
-        n_rows = rows.shape[0]
-        cfg, splits, args, consts = self.launch_args(rows, cols, 0, n_rows, row_stride, col_stride,
-                                                     col_splits, False)
-        m = torch.empty((splits, n_rows), dtype=self.acc_t, device=rows.device)
+    # ------------------------------------------------------------ the passes
+
+    def row_lse(self, rows_are_a, col_sums=False, row_grad=False, col_splits=None):
+        """(m, l, o or None, column sums or None), natural-log shift, the splits merged:
+        lse = m + log l; o_i = sum_j e^(s_ij - m_i) C_j."""
+        static = self.static and not (row_grad and self.a.dtype == torch.float16)
+        col_sums = col_sums and static
+        kernel = "lse_grad" if row_grad else "lse"
+        (grid, tensors, ranges, stride, consts, row_start, rows_out, n_rows, splits, per_split,
+         n_cols_pad) = self.launch(kernel, rows_are_a, static, col_splits)
+        dev, acc_t = self.a.device, self.acc_t
+        shift2 = self.c * LOG2E if static else 0.0
+        bias = torch.cat([torch.cat([torch.full((n,), -shift2, dtype=acc_t, device=dev),
+                                     torch.full((p - n,), float("-inf"), dtype=acc_t, device=dev)])
+                          for n, p in self.real_columns(rows_are_a)])
+        scale = torch.tensor([self.scale * LOG2E], dtype=acc_t, device=dev)
+        m = torch.empty((splits, rows_out), dtype=acc_t, device=dev)
         l = torch.empty_like(m)
-        _row_lse_kernel[(triton.cdiv(n_rows, cfg["BLOCK_M"]), splits)](rows, cols, m, l, *args, **consts)
-        top, total, _ = merge_splits(m, (l,))
-        return torch.where(total > 0, top + torch.log(total), torch.full_like(top, float("-inf")))
+        colsum = torch.zeros((grid[0], n_cols_pad) if col_sums else (1,), dtype=acc_t, device=dev)
+        acc = torch.empty((splits, rows_out, self.d_pad) if row_grad else (1,), dtype=acc_t, device=dev)
+        _lse_rows_kernel[grid](
+            *tensors, bias, scale, ranges, m, l, colsum, acc,
+            row_start, row_start + n_rows, rows_out, per_split, n_cols_pad, self.d_pad, stride, self.na_pad,
+            STATIC_SHIFT=static, COL_SUMS=col_sums, ROW_GRAD=row_grad, **consts)
+        # base 2 -> natural; the static shift is in the column vector.
+        m = (m[:, :n_rows] + shift2) * math.log(2.0)
+        top, total, o = merge_splits(m, (l[:, :n_rows],), acc[:, :n_rows, : self.d] if row_grad else None)
+        return top, total, o, colsum.sum(0) if col_sums else None
 
-    def row_grad(self, rows_are_a, lse, g, lse_cols, g_cols, col_splits=None) -> torch.Tensor:
-        """The gradient of a's rows (or b's) from the row terms (lse, g; None: none) and the
-        column terms (lse_cols, g_cols; None: none), each vector over the rows it names."""
-        rows, cols, row_stride, col_stride = self.sides(rows_are_a)
-        if self.self_pairs:
-            row_start, n_rows = (0, self.na) if rows_are_a else (self.na, self.nb)
-        else:
-            row_start, n_rows = 0, rows.shape[0]
-        cfg, splits, args, consts = self.launch_args(rows, cols, row_start, n_rows, row_stride, col_stride,
-                                                     col_splits, True)
-        d = rows.shape[1]
-        d_chunks = 1 if consts["ONE_CHUNK"] else triton.cdiv(d, cfg["BLOCK_D"])
-        if rows.dtype in (torch.float16, torch.bfloat16):
-            self.scale[1:2] = _weight_scale([v for v in (g, g_cols) if v is not None])
-        out = torch.empty((splits, n_rows, d), dtype=self.acc_t, device=rows.device)
-        unused = self.scale  # a pointer the kernel never reads (its terms are off)
-        _row_grad_kernel[(triton.cdiv(n_rows, cfg["BLOCK_M"]), splits, d_chunks)](
-            rows, cols, unused if lse is None else lse, unused if g is None else g,
-            unused if lse_cols is None else lse_cols, unused if g_cols is None else g_cols, out,
-            *args, ROW_TERMS=lse is not None, COL_TERMS=lse_cols is not None, **consts,
-        )
-        return out[0] if splits == 1 else out.sum(0)
+    def row_grad(self, rows_are_a, row_terms, col_terms, col_splits=None):
+        """sum_j w_ij C_j for a's rows (b's; None: every stacked row), from the row terms
+        (lse, g) and column terms (lse, h) over the padded rows and columns (None: none)."""
+        static = self.static
+        (grid, tensors, ranges, stride, consts, row_start, rows_out, n_rows, splits, per_split,
+         _) = self.launch("grad", rows_are_a, static, col_splits)
+        dev, acc_t = self.a.device, self.acc_t
+        sixteen = self.a.dtype in (torch.float16, torch.bfloat16)
+        w_scale = _weight_scale([t[1] for t in (row_terms, col_terms) if t is not None]) if sixteen else None
+        unused = torch.zeros((1,), dtype=acc_t, device=dev)
+
+        def factors(terms):
+            if terms is None:
+                return unused, unused
+            lse, g = terms
+            if sixteen:
+                g = g * w_scale  # a power of two: exact
+            if static:
+                # g e^(c - lse): 0 for a row without pairs (lse -inf) or a padding row.
+                return torch.where(torch.isneginf(lse), 0.0, g * torch.exp(self.c - lse)).to(acc_t), unused
+            return g.to(acc_t), torch.where(torch.isneginf(lse), float("inf"), lse * LOG2E).to(acc_t)
+
+        rc, rl = factors(row_terms)
+        cc, cl = factors(col_terms)
+        scale = torch.tensor([self.scale * LOG2E, self.c * LOG2E], dtype=acc_t, device=dev)
+        out = torch.empty((splits, rows_out, self.d_pad), dtype=acc_t, device=dev)
+        _grad_rows_kernel[grid](
+            *tensors, rc, rl, cc, cl, scale, ranges, out,
+            row_start, rows_out, per_split, self.d_pad, stride, self.na_pad,
+            STATIC_SHIFT=static, ROW_TERMS=row_terms is not None, COL_TERMS=col_terms is not None, **consts)
+        out = out[0] if splits == 1 else out.sum(0)
+        out = out[:n_rows, : self.d] * self.scale
+        if sixteen:
+            out = out / w_scale
+        return out
+
+    def padded(self, pieces, fill):
+        """The vectors of `pieces` ((vector, padded length) ...) padded and concatenated."""
+        return _padded_vector(pieces, fill, self.acc_t, self.a.device)
 
     def all_finite(self) -> torch.Tensor:
         """On the device, without a host read (CUDA-graph capture)."""
@@ -544,8 +594,8 @@ STATIC_SHIFT_SPREAD = {torch.float32: 80.0, torch.float64: 700.0}
 
 
 def _static_shift(a: torch.Tensor, b: torch.Tensor, scale: float, acc_t: torch.dtype) -> torch.Tensor:
-    """[c, certified] on the device (no host read): c = scale max|a_i| max|b_j| bounds every
-    logit (Cauchy-Schwarz), so e^(s - c) <= 1; certified (1.0, else 0.0) when
+    """[c, certified] on the device: c = scale max|a_i| max|b_j| bounds every logit
+    (Cauchy-Schwarz), so e^(s - c) <= 1; certified (1.0, else 0.0) when
     |s - c| <= 2c <= STATIC_SHIFT_SPREAD for every pair and lse (unit rows: tau >= 0.025
     in float32), so that the shifted weights neither overflow nor lose their digits."""
     c = scale * a.to(acc_t).norm(dim=1).max() * b.to(acc_t).norm(dim=1).max()
@@ -569,6 +619,10 @@ def _where_finite(ok: torch.Tensor, *outputs):
     return tuple(torch.where(ok, v, nan) if v.numel() else v for v in outputs)
 
 
+def _lse(m, total):
+    return torch.where(total > 0, m + torch.log(total), torch.full_like(m, float("-inf")))
+
+
 def contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, skip_positives=False, *, col_splits=None):
     """`torch.ops.pyhypersphere.contrastive_lse` on Triton: same arguments, same results.
 
@@ -576,12 +630,20 @@ def contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, skip_positi
     """
     _C._check_contrastive_args(a, b, scale, self_pairs, lse_b, part, num_parts)
     p = _Problem("contrastive_lse", a, b, scale, self_pairs, part, num_parts, skip_positives)
-    if self_pairs:
-        both = p.row_lse(True, col_splits)
-        out_a, out_b = both[: p.na], both[p.na:]
+    if self_pairs:  # every stacked row in one launch
+        m, total, _, _ = p.row_lse(None, col_splits=col_splits)
+        both = _lse(m, total)
+        out_a, out_b = both[: p.na], both[p.na_pad: p.na_pad + p.nb]
     else:
-        out_a = p.row_lse(True, col_splits)
-        out_b = p.row_lse(False, col_splits) if lse_b else a.new_empty((0,), dtype=p.acc_t)
+        # CLIP: b's lse from the column sums of a's S tiles (static shift; else its own pass).
+        m, total, _, colsum = p.row_lse(True, col_sums=lse_b, col_splits=col_splits)
+        out_a = _lse(m, total)
+        if not lse_b:
+            out_b = a.new_empty((0,), dtype=p.acc_t)
+        elif colsum is not None:
+            out_b = _lse(torch.full((p.nb,), p.c, dtype=p.acc_t, device=a.device), colsum[: p.nb])
+        else:
+            out_b = _lse(*p.row_lse(False, col_splits=col_splits)[:2])
     return _where_finite(p.all_finite(), out_a, out_b)
 
 
@@ -595,22 +657,28 @@ def contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, 
     if not (grad_a or grad_b):
         return empty, empty
     acc = p.acc_t
+    ninf = float("-inf")
     # b's side of the weights: always with self pairs (whose grad_lse_b the check requires),
     # with cross pairs when b's lse has an upstream gradient (csrc/ops.h).
     col_terms = self_pairs or grad_lse_b.numel() > 0
-    la, ga = lse_a.to(acc).contiguous(), grad_lse_a.to(acc).contiguous()
-    lb = lse_b.to(acc).contiguous() if col_terms else None
-    gb = grad_lse_b.to(acc).contiguous() if col_terms and grad_lse_b.numel() else None
+    la, ga = lse_a.to(acc), grad_lse_a.to(acc)
     if self_pairs:
-        lse = torch.cat([la, lb])
-        g = torch.cat([ga, gb])
-        out_a = p.row_grad(True, lse, g, lse, g, col_splits) if grad_a else empty
-        out_b = p.row_grad(False, lse, g, lse, g, col_splits) if grad_b else empty
-        lse_all = lse
+        lb, gb = lse_b.to(acc), grad_lse_b.to(acc)
+        terms = (p.padded([(la, p.na_pad), (lb, p.nb_pad)], ninf), p.padded([(ga, p.na_pad), (gb, p.nb_pad)], 0.0))
+        if grad_a and grad_b:  # every stacked row in one launch
+            both = p.row_grad(None, terms, terms, col_splits)
+            out_a, out_b = both[: p.na], both[p.na_pad: p.na_pad + p.nb]
+        else:
+            out_a = p.row_grad(True, terms, terms, col_splits) if grad_a else empty
+            out_b = p.row_grad(False, terms, terms, col_splits) if grad_b else empty
+        lse_all = torch.cat([la, lb])
     else:
-        row_b = (lb, gb) if col_terms else (None, None)
-        out_a = p.row_grad(True, la, ga, *row_b, col_splits) if grad_a else empty
-        out_b = p.row_grad(False, *row_b, la, ga, col_splits) if grad_b else empty
+        a_terms = (p.padded([(la, p.na_pad)], ninf), p.padded([(ga, p.na_pad)], 0.0))
+        b_terms = None
+        if col_terms:
+            b_terms = (p.padded([(lse_b.to(acc), p.nb_pad)], ninf), p.padded([(grad_lse_b.to(acc), p.nb_pad)], 0.0))
+        out_a = p.row_grad(True, a_terms, b_terms, col_splits) if grad_a else empty
+        out_b = p.row_grad(False, b_terms, a_terms, col_splits) if grad_b else empty
         # lse_b given but unused (no upstream gradient for it) still has to be valid, as
         # for the CPU kernel.
         lse_all = torch.cat([la, lse_b.to(acc)]) if lse_b.numel() else la
@@ -622,27 +690,33 @@ def contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, 
 def contrastive_mean_lse(a, b, scale, grad_a, grad_b, *, col_splits=None):
     """`torch.ops.pyhypersphere.contrastive_mean_lse` on Triton: same arguments, same results.
 
-    The row lse kernel over each row's negatives (b_i skipped), then the gradient kernel
-    with the positive skipped, the rows' full lse log(e^n_i + e^s_ii) and upstream
-    gradient 1 / N_a (rows a against columns b for grad_a; rows b against columns a, a's
-    terms as the column terms, for grad_b); the positive's term, the negatives' total
-    weight times b_i (a_i), is added after.
+    One pass over a's rows gives each row's negatives' lse (b_i skipped) and, when grad_a,
+    o_i = sum_{j != i} e^(s_ij - m_i) b_j with it (the flash-attention forward: 2 GEMMs,
+    1 exp).  With the rows' full lse log(e^n_i + e^s_ii) and upstream gradient 1 / N_a,
+    d/da_i = scale / N_a (e^(m_i - full_i) o_i - (sum_{j != i} p_ij) b_i); grad_b is the
+    gradient kernel on b's rows with a's terms as column terms, the positive's term
+    (the negatives' total weight times a_i) added after.
     """
     _C._check_contrastive_mean_lse_args(a, b, scale)
     p = _Problem("contrastive_mean_lse", a, b, scale, False, 0, 1, True)
-    lse = p.row_lse(True, col_splits)
+    m, total, o, _ = p.row_lse(True, row_grad=grad_a, col_splits=col_splits)
+    lse = _lse(m, total)
     na = p.na
-    positive = (p.a.to(p.acc_t) * p.b[:na].to(p.acc_t)).sum(1) * scale
+    positive = (a.to(p.acc_t) * b[:na].to(p.acc_t)).sum(1) * scale
     u = lse - positive
     loss = torch.logaddexp(u, torch.zeros_like(u))  # log(1 + e^(n_i - s_ii)), no cancellation
     full = positive + loss
     weight = (-(scale / na) * torch.exp(u - loss))[:, None]  # the positive's, -sum_{j != i} p_ij
-    g = torch.full_like(lse, 1.0 / na)
     empty = a.new_empty((0,), dtype=p.acc_t)
-    out_a = p.row_grad(True, full, g, None, None, col_splits) + weight * p.b[:na] if grad_a else empty
+    out_a = empty
+    if grad_a:
+        coef = torch.where(total > 0, (scale / na) * torch.exp(m - full), torch.zeros_like(m))
+        out_a = coef[:, None] * o + weight * b[:na].to(p.acc_t)
     if grad_b:
-        out_b = p.row_grad(False, None, None, full, g, col_splits)
-        out_b[:na] += weight * p.a
+        g = torch.full_like(lse, 1.0 / na)
+        out_b = p.row_grad(False, None, (p.padded([(full, p.na_pad)], float("-inf")), p.padded([(g, p.na_pad)], 0.0)),
+                           col_splits)
+        out_b[:na] += weight * a.to(p.acc_t)
     else:
         out_b = empty
     # The mean in float64 (as the CPU kernel sums).

@@ -31,14 +31,47 @@ MIN_WORK = {
     "uniform_grad_chunked": MinWork(2, 1, False, "chunked S, per slice of a_i"),
     "uniform_loss_chunked": MinWork(1, 1, False, "chunked S"),
     "align": MinWork(None, None, True, "row-wise, no pair loop"),
-    # The two passes of the contrastive losses (lse, then the gradient with two-sided
-    # weights and a static shift: S, one exp, W C and W^T R).  Reported only until the
-    # contrastive rewrite passes; its owner sets the per-kernel minimum.
-    "contrastive_lse": MinWork(1, 1, False, "S; one exp per lse"),
-    "contrastive_grad": MinWork(3, 1, False, "S, W C, W^T R; one exp"),
+    # The contrastive kernels (contrastive.py), with the static shift the launcher
+    # certifies for unit rows: the lse (with or without the column sums that give CLIP's
+    # column lse from the same S tile), the lse with the row gradient (P C), and the
+    # gradient with two-sided weights e^(s - c) (a_i + b_j): one exp each.
+    "contrastive_lse": MinWork(1, 1, True, "S; one exp (row and column sums)"),
+    "contrastive_lse_grad": MinWork(2, 1, True, "S and P C; one exp"),
+    "contrastive_grad": MinWork(2, 1, True, "S and W C; one exp (static shift)"),
+    # Without the certified shift, two-sided weights take one exp per side: above the
+    # losses' minimum, reported only.
+    "contrastive_grad_two_exp": MinWork(2, 2, False, "S and W C; one exp per side"),
+    # d past the one-chunk width, as uniformity's chunked path: reported only.
+    "contrastive_lse_chunked": MinWork(1, 1, False, "chunked S"),
+    "contrastive_lse_grad_chunked": MinWork(2, 1, False, "chunked S, per slice of o_i"),
+    "contrastive_grad_chunked": MinWork(2, 1, False, "chunked S, per slice of the gradient"),
     # Triton's fused-attention tutorial, as the yardstick: S and P V, one exp.
     "reference": MinWork(2, 1, True, "flash-attention forward"),
 }
+
+# Issue 23's minimum per contrastive loss (GEMMs over a tile's pairs, exps per pair,
+# with the static shift) and the passes that make it up (contrastive.py's launchers), as
+# (kernel, variant) in compile_check's kernel names; a pass's family is
+# contrastive_<kernel>.  The sum of the passes' minimums must not exceed the loss's.
+LOSS_MIN_WORK = {
+    "nt_xent": ((3, 2), (("lse", "self"), ("grad", "two-sided"))),
+    # in-batch keys and a detached queue: the queries' gradient out of the lse pass
+    "moco_info_nce": ((2, 1), (("lse_grad", "cross"),)),
+    "info_nce": ((4, 2), (("lse_grad", "cross"), ("grad", "col-terms"))),  # both gradients
+    # both lse from one S tile (column sums), then each side's gradient
+    "clip": ((5, 3), (("lse", "col-sums"), ("grad", "two-sided"), ("grad", "two-sided"))),
+}
+
+
+def loss_families(loss: str) -> tuple:
+    return tuple(f"contrastive_{kernel}" for kernel, _ in LOSS_MIN_WORK[loss][1])
+
+
+def loss_work(loss: str) -> tuple:
+    """(GEMMs per tile, exps per pair) of a contrastive loss's passes, each at its family's minimum."""
+    families = loss_families(loss)
+    return (sum(MIN_WORK[f].gemms_per_tile for f in families), sum(MIN_WORK[f].exps_per_pair for f in families))
+
 
 EXP_SLACK = 1.10
 # Non-mma instructions per pair, per arch (the issue's budget is for sm_90's wgmma loop;

@@ -50,7 +50,6 @@ from .. import _C
 from .._matmul_precision import cuda_matmul_allows_tf32
 from .splits import merge_splits, split_columns
 from .tiles import part_index_fits
-from .tiles import row_tile_config as uniform_config  # noqa: F401  (contrastive's blocks until its rewrite)
 
 LOG2E = 1.4426950408889634
 # Rows per part-slicing block: `part`/`num_parts` cut the pair set into tiles of
