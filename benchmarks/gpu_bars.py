@@ -120,7 +120,7 @@ def kernel_steps(case):
     rows, queue_rows, precision, _ = CUDA_KERNEL_CASES[case]
     x = unit_rows(rows, DTYPES[precision], "cuda", 0)
     queue = unit_rows(queue_rows, DTYPES[precision], "cuda", 1) if queue_rows else None
-    cuda_kernel = torch.ops.pyhypersphere_cuda_testing.uniform_lse_with  # max_ctas, block_rows 0: the launcher's
+    cuda_kernel = torch.ops.pyhypersphere_cuda.uniform_lse_with  # max_ctas, block_rows 0: the launcher's
     return (lambda: cuda_kernel(x, queue, T, True, 0, 1, True, False, 0, 0),
             lambda: triton_uniform_lse(x, queue, T, True, 0, 1, True, False))
 

@@ -124,7 +124,7 @@ if [[ " $STAGES " == *" check "* ]]; then
   PT="env OMP_NUM_THREADS=2 $PY -m pytest -q -p no:cacheprovider -rfE"
   run host_tests 30 bash -c "$KBUILD/mma_layout_test && $KBUILD/rowblock_plan_test && $KBUILD/tile_size_test"
   run smoke 60 "$KBUILD/uniform_bench_cuda" --reps 1 --skip-timing
-  run test_cuda $CAP $PT -n 4 tests/test_cuda.py -m "not slow" --junitxml="$LOG/test_cuda.xml" &
+  run test_cuda $CAP env PYHYPERSPHERE_GPU_BACKEND=cuda $PT -n 4 tests/test_cuda.py -m "not slow" --junitxml="$LOG/test_cuda.xml" &
   run test_triton_cuda $CAP $PT tests/test_triton.py tests/test_triton_flash.py tests/test_triton_contrastive.py &
   run test_cuda_via_triton $CAP env PYHYPERSPHERE_GPU_BACKEND=triton $PT -n 4 tests/test_cuda.py -m "not slow" &
   run crosscheck $CAP $PY benchmarks/gpu_crosscheck.py --json "$LOG/crosscheck.json" &

@@ -7,7 +7,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(pyhypersphere, m) {
-  m.def("align_loss(Tensor x, Tensor y, float alpha, bool compute_grad) -> (Tensor, Tensor)");
+  m.def(pyhypersphere::kAlignLossSchema);
 }
 
 namespace pyhypersphere {

@@ -7,9 +7,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(pyhypersphere, m) {
-  m.def(
-      "uniform_lse(Tensor x, Tensor? queue, float t, bool intra_batch, int part, int num_parts, "
-      "bool grad_x, bool grad_queue) -> (Tensor, Tensor, Tensor)");
+  m.def(pyhypersphere::kUniformLseSchema);
 }
 
 namespace pyhypersphere {

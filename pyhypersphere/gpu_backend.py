@@ -2,16 +2,19 @@
 
 PYHYPERSPHERE_GPU_BACKEND=cuda|triton|auto (default auto) applies to every operator on
 CUDA tensors:
-- auto: the C++ CUDA kernels where the extension was built with them and the operator has
-  one, otherwise Triton's when triton is installed;
+- auto: the Triton kernels when triton is installed (they meet the instruction-mix gate
+  of the flash-attention pattern and have run, through the interpreter, every value and
+  gradient test), otherwise the C++ CUDA kernels where the extension was built with them;
 - cuda: the C++ CUDA kernels; an operator without one (the contrastive family) raises a
   clear error on CUDA tensors instead of silently running something else;
 - triton: the Triton kernels.
 The CPU always runs the C++ kernels.  Every dtype of an operator takes the same
 implementation.  `IMPLEMENTATIONS` ({op: {device: backend}}), `python -m pyhypersphere info`
-(key `implementations`) and the tests read this table; the Triton kernels are registered for
-the CUDA dispatch key from here and imported on first use, so `import pyhypersphere` does
-not import triton.
+(key `implementations`) and the tests read this table.  This module is the only
+registration for the CUDA dispatch key of the pyhypersphere operators: the C++ CUDA kernels
+live under their own namespace (torch.ops.pyhypersphere_cuda) and the Triton launchers
+are imported on first use, so `import pyhypersphere` does not import triton and no
+registration overrides another.
 """
 
 import importlib
@@ -41,11 +44,11 @@ def choose(requested: str, with_cuda: bool, has_triton: bool) -> tuple:
         if has_triton:
             return "triton", f"{ENV_VAR}=triton"
         return "none", f"{ENV_VAR}=triton but triton is not installed"
-    if with_cuda:
-        return "cuda", "auto: the extension was built with CUDA kernels"
     if has_triton:
-        return "triton", "auto: the extension has no CUDA kernels and triton is installed"
-    return "none", "auto: the extension has no CUDA kernels and triton is not installed"
+        return "triton", "auto: triton is installed (the default GPU kernels)"
+    if with_cuda:
+        return "cuda", "auto: triton is not installed; the extension's C++ CUDA kernels"
+    return "none", "auto: triton is not installed and the extension has no CUDA kernels"
 
 
 def _triton(name):
@@ -65,10 +68,9 @@ def choose_for_op(op: str, requested: str, with_cuda: bool, has_triton: bool) ->
         return choose(requested, with_cuda, has_triton)
     if requested == "cuda":
         return "none", f"{ENV_VAR}=cuda but {op} has no C++ CUDA kernel (set {ENV_VAR}=triton or auto)"
-    backend, reason = choose(requested if requested == "triton" else "auto", False, has_triton)
-    if requested == "auto" and backend == "triton":
-        reason = f"auto: {op} has no C++ CUDA kernel and triton is installed"
-    return backend, reason
+    if requested == "auto" and not has_triton:
+        return "none", f"auto: {op} has no C++ CUDA kernel and triton is not installed"
+    return choose(requested, False, has_triton)
 
 
 def _unavailable(op, reason):
@@ -76,6 +78,16 @@ def _unavailable(op, reason):
         raise RuntimeError(f"pyhypersphere: no implementation of {op} for CUDA tensors: {reason}")
 
     return fail
+
+
+def _cuda(name):
+    """The C++ CUDA kernel `name` (registered by the CUDA build under pyhypersphere_cuda)."""
+
+    def launch(*args):
+        return getattr(torch.ops.pyhypersphere_cuda, name)(*args)
+
+    launch.__name__ = f"cuda_{name}"
+    return launch
 
 
 def _build_table(requested, with_cuda, has_triton):
@@ -87,22 +99,20 @@ def _build_table(requested, with_cuda, has_triton):
 
 
 _lib = torch.library.Library("pyhypersphere", "IMPL")
+_LAUNCHERS = {"cuda": _cuda, "triton": _triton}
 
 
-def _register(table, with_cuda):
+def _register(table):
     for op, by_device in table.items():
         backend, reason = by_device["cuda"]
-        if backend == "triton":
-            # With a CUDA build this overrides the C++ registration (torch warns once).
-            _lib.impl(op, _triton(op), "CUDA")
-        elif backend == "none" and not (OPS[op] and with_cuda):
-            _lib.impl(op, _unavailable(op, reason), "CUDA")
+        launcher = _LAUNCHERS[backend](op) if backend in _LAUNCHERS else _unavailable(op, reason)
+        _lib.impl(op, launcher, "CUDA")
 
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 REQUESTED = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
 TABLE = _build_table(REQUESTED, bool(_C.WITH_CUDA), HAS_TRITON)
-_register(TABLE, bool(_C.WITH_CUDA))
+_register(TABLE)
 IMPLEMENTATIONS = {op: {device: choice[0] for device, choice in by_device.items()} for op, by_device in TABLE.items()}
 BACKEND, REASON = TABLE["uniform_lse"]["cuda"]
 CONTRASTIVE_BACKEND = TABLE["contrastive_lse"]["cuda"][0]

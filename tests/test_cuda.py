@@ -606,10 +606,10 @@ def test_loss_without_gradient_matches_reference(mode, k, num_parts):
 
 
 def _run_with(x, q, num_parts=1, no_grad=False, intra=True, max_ctas=0, block_rows=0, grad_queue=None):
-    """The op through the CUDA build's test entry (pyhypersphere_cuda_testing): the row
+    """The op through the CUDA build's test entry (pyhypersphere_cuda): the row
     kernel's grid capped at max_ctas CTAs (0: one per work item), block_rows 64 for the
     kernels of 99 KiB devices (0: the device's)."""
-    op = torch.ops.pyhypersphere_cuda_testing.uniform_lse_with
+    op = torch.ops.pyhypersphere_cuda.uniform_lse_with
     gq = (q is not None and not no_grad) if grad_queue is None else grad_queue
     out = []
     for p in range(num_parts):

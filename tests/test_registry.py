@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,7 +30,8 @@ def test_every_registered_operator_is_in_the_table():
 
 
 @pytest.mark.parametrize("requested,with_cuda,has_triton,cpp_op,triton_op", [
-    ("auto", True, True, "cuda", "triton"),
+    ("auto", True, True, "triton", "triton"),
+    ("auto", True, False, "cuda", "none"),
     ("auto", False, True, "triton", "triton"),
     ("auto", False, False, "none", "none"),
     ("cuda", True, True, "cuda", "none"),
@@ -44,6 +46,16 @@ def test_the_backend_choice_applies_to_every_operator(requested, with_cuda, has_
         assert backend == triton_op, (op, reason)
         if requested == "cuda":  # said, not silently replaced by Triton
             assert f"{op} has no C++ CUDA kernel" in reason
+
+
+def test_only_the_table_registers_kernels_for_cuda_tensors():
+    """The C++ CUDA kernels register under their own namespace; gpu_backend alone registers
+    pyhypersphere::<op> for the CUDA key, so no registration silently overrides another."""
+    root = Path(__file__).resolve().parents[1] / "csrc"
+    sources = [p for p in root.rglob("*") if p.suffix in (".cpp", ".cu", ".h", ".cuh")]
+    assert sources
+    for path in sources:
+        assert "TORCH_LIBRARY_IMPL(pyhypersphere, CUDA" not in path.read_text(), path
 
 
 def test_an_operator_without_an_implementation_raises_a_clear_error():

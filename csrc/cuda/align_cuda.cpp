@@ -63,6 +63,8 @@ AlignResult align_loss_cuda(const at::Tensor& x, const at::Tensor& y, double alp
   return {loss.to(x.scalar_type()), grad};
 }
 
-TORCH_LIBRARY_IMPL(pyhypersphere, CUDA, m) { m.impl("align_loss", &align_loss_cuda); }
+// Routed from pyhypersphere::align_loss by pyhypersphere/gpu_backend.py (see ops.h).
+TORCH_LIBRARY_FRAGMENT(pyhypersphere_cuda, m) { m.def(kAlignLossSchema); }
+TORCH_LIBRARY_IMPL(pyhypersphere_cuda, CUDA, m) { m.impl("align_loss", &align_loss_cuda); }
 
 }  // namespace pyhypersphere
