@@ -6,9 +6,15 @@
 
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(pyhypersphere, m) {
-  m.def(pyhypersphere::kAlignLossSchema);
-}
+namespace pyhypersphere {
+
+// A constant initializer: the CUDA glue's registration reads it (see ops.h).
+extern const char* const kAlignLossSchema =
+    "align_loss(Tensor x, Tensor y, float alpha, bool compute_grad) -> (Tensor, Tensor)";
+
+}  // namespace pyhypersphere
+
+TORCH_LIBRARY_FRAGMENT(pyhypersphere, m) { m.def(pyhypersphere::kAlignLossSchema); }
 
 namespace pyhypersphere {
 

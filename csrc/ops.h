@@ -141,15 +141,12 @@ void check_supcon_lse_backward_args(const at::Tensor& x, const at::Tensor& label
                                     const at::Tensor& lse, const at::Tensor& grad_lse,
                                     const at::Tensor& grad_positive, int64_t part, int64_t num_parts);
 
-// The schemas the CUDA glue shares with the family files: the C++ CUDA kernels register
+// The schemas the CUDA glue shares with the family files (defined there): the C++ CUDA kernels register
 // under their own namespace (pyhypersphere_cuda) with the same schema, and
 // pyhypersphere/gpu_backend.py, the one place that picks the implementation for CUDA
 // tensors, registers it for pyhypersphere::<op> (no registration overrides another).
-inline constexpr const char* kUniformLseSchema =
-    "uniform_lse(Tensor x, Tensor? queue, float t, bool intra_batch, int part, int num_parts, "
-    "bool grad_x, bool grad_queue) -> (Tensor, Tensor, Tensor)";
-inline constexpr const char* kAlignLossSchema =
-    "align_loss(Tensor x, Tensor y, float alpha, bool compute_grad) -> (Tensor, Tensor)";
+extern const char* const kUniformLseSchema;  // csrc/uniform.cpp
+extern const char* const kAlignLossSchema;   // csrc/align.cpp
 
 // All checks of the alignment op.
 void check_align_args(const at::Tensor& x, const at::Tensor& y, double alpha);

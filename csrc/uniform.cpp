@@ -6,9 +6,17 @@
 
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(pyhypersphere, m) {
-  m.def(pyhypersphere::kUniformLseSchema);
-}
+namespace pyhypersphere {
+
+// A constant initializer (no dynamic initialization), so the CUDA glue's registration may
+// read it during static initialization in any order.
+extern const char* const kUniformLseSchema =
+    "uniform_lse(Tensor x, Tensor? queue, float t, bool intra_batch, int part, int num_parts, "
+    "bool grad_x, bool grad_queue) -> (Tensor, Tensor, Tensor)";
+
+}  // namespace pyhypersphere
+
+TORCH_LIBRARY_FRAGMENT(pyhypersphere, m) { m.def(pyhypersphere::kUniformLseSchema); }
 
 namespace pyhypersphere {
 
