@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from conftest import unit_rows
-from pyhypersphere import _ops, uniform_loss
+from pyhypersphere import uniform_loss
+from pyhypersphere.ops import uniform as uniform_ops
+from pyhypersphere.ops._common import accumulate_dtype
 
 FLAGS = list(itertools.product([True, False], repeat=2))  # (grad_x, grad_queue)
 
@@ -52,12 +54,12 @@ def test_flags_values_and_gradients(grad_x, grad_queue, intra_batch, num_parts, 
     x = unit_rows(n, d, seed=1, dtype=dtype)
     q = unit_rows(k, d, seed=2, dtype=dtype)
     runs = [
-        _ops.uniform_lse(x, q, t, intra_batch, p, num_parts, grad_x, grad_queue) for p in range(num_parts)
+        uniform_ops.uniform_lse(x, q, t, intra_batch, p, num_parts, grad_x, grad_queue) for p in range(num_parts)
     ]
     for lse_p, gx_p, gq_p in runs:
         assert gx_p.shape == ((n, d) if grad_x else (0,))
         assert gq_p.shape == ((k, d) if grad_queue else (0,))
-        assert gx_p.dtype == gq_p.dtype == _ops.accumulate_dtype(dtype)
+        assert gx_p.dtype == gq_p.dtype == accumulate_dtype(dtype)
         assert lse_p.dtype == torch.float64  # whatever the inputs (ops.h)
     lse, gx, gq = combine_parts(runs)
     want_lse, want_gx, want_gq = reference_lse(x, q, t, intra_batch)
@@ -74,8 +76,8 @@ def test_loss_is_bitwise_the_same_in_every_flag_combination_and_run(intra_batch,
     x = unit_rows(300, 16, seed=3, dtype=torch.float32)
     q = unit_rows(500, 16, seed=4, dtype=torch.float32)
     for part in range(num_parts):
-        first = {f: _ops.uniform_lse(x, q, 2.0, intra_batch, part, num_parts, *f) for f in FLAGS}
-        again = {f: _ops.uniform_lse(x, q, 2.0, intra_batch, part, num_parts, *f) for f in FLAGS}
+        first = {f: uniform_ops.uniform_lse(x, q, 2.0, intra_batch, part, num_parts, *f) for f in FLAGS}
+        again = {f: uniform_ops.uniform_lse(x, q, 2.0, intra_batch, part, num_parts, *f) for f in FLAGS}
         for f in FLAGS:
             assert torch.equal(first[f][0], first[FLAGS[0]][0])
             for a, b in zip(first[f], again[f]):
@@ -88,22 +90,22 @@ def test_loss_is_bitwise_the_same_in_every_flag_combination_and_run(intra_batch,
 
 def test_no_queue_gradient_without_queue_flags():
     x = unit_rows(100, 5, seed=5)
-    lse, gx, gq = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
+    lse, gx, gq = uniform_ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
     assert gq.numel() == 0 and gx.shape == x.shape
     with pytest.raises(ValueError, match="grad_queue=True needs a queue"):
-        _ops.uniform_lse(x, None, 2.0, True, 0, 1, False, True)
+        uniform_ops.uniform_lse(x, None, 2.0, True, 0, 1, False, True)
 
 
 @pytest.mark.parametrize("x_grad,queue_grad", [(True, False), (False, True), (True, True)])
 def test_uniform_loss_asks_only_for_what_autograd_needs(monkeypatch, x_grad, queue_grad):
     calls = []
-    real = _ops._uniform  # every differentiable call of the op goes through it
+    real = uniform_ops._uniform  # every differentiable call of the op goes through it
 
     def spy(args, *rest):
         calls.append(args[-2:])
         return real(args, *rest)
 
-    monkeypatch.setattr(_ops, "_uniform", spy)
+    monkeypatch.setattr(uniform_ops, "_uniform", spy)
     x = unit_rows(20, 3, seed=6).requires_grad_(x_grad)
     q = unit_rows(30, 3, seed=7).requires_grad_(queue_grad)
     uniform_loss(x, queue=q).backward()

@@ -244,6 +244,11 @@ def test_infonce_baseline_runs(tmp_path):
     assert s["loss"] == "infonce" and 0.0 <= s["linear_probe_acc"] <= 1.0
 
 
+def test_siglip_runs(tmp_path):
+    s = train(tiny(tmp_path / "siglip", loss="siglip", epochs=1))
+    assert s["loss"] == "siglip" and 0.0 <= s["linear_probe_acc"] <= 1.0
+
+
 def test_info_nce_matches_a_direct_formula():
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.normalize(torch.randn(5, 3, generator=g), dim=1)
@@ -391,7 +396,7 @@ def _ddp_worker(rank, world, store_path, result_path, loss_name):
     leave_without_finalizing()
 
 
-@pytest.mark.parametrize("loss_name", ["align_uniform", "infonce"])
+@pytest.mark.parametrize("loss_name", ["align_uniform", "infonce", "siglip"])
 def test_distributed_gradient_equals_single_process(tmp_path, loss_name):
     import torch.multiprocessing as mp
 

@@ -144,7 +144,7 @@ DeviceRun run_once(const UniformProblem& base, const std::vector<unsigned char>&
   if (grad) CHECK_CUDA(cudaMalloc(&d_grad, grad_elems * ab));
   CHECK_CUDA(cudaMemcpy(d_rows, rows.data(), rows.size(), cudaMemcpyHostToDevice));
   problem.rows = d_rows;
-  CHECK_CUDA(pyhypersphere::cuda::launch_uniform_lse(problem, d_ws, d_lse, d_grad, nullptr));
+  CHECK_CUDA(pyhypersphere::cuda::launch_uniform_lse(problem, d_ws, static_cast<double*>(d_lse), d_grad, nullptr));
   CHECK_CUDA(cudaDeviceSynchronize());
   DeviceRun out;
   CHECK_CUDA(cudaMemcpy(&out.lse, d_lse, sizeof(double), cudaMemcpyDeviceToHost));
@@ -331,7 +331,7 @@ double time_op(const UniformProblem& problem, int reps) {
   std::vector<double> ms;
   for (int r = 0; r < reps + 2; ++r) {
     CHECK_CUDA(cudaEventRecord(start));
-    CHECK_CUDA(pyhypersphere::cuda::launch_uniform_lse(problem, d_ws, d_lse, d_grad, nullptr));
+    CHECK_CUDA(pyhypersphere::cuda::launch_uniform_lse(problem, d_ws, static_cast<double*>(d_lse), d_grad, nullptr));
     CHECK_CUDA(cudaEventRecord(stop));
     CHECK_CUDA(cudaEventSynchronize(stop));
     float elapsed = 0;

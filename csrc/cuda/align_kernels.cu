@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 namespace pyhypersphere {
 namespace cuda {
@@ -11,6 +12,13 @@ namespace {
 
 constexpr int kRowWarps = 8;
 constexpr int kSumThreads = 1024;
+
+template <class T, class A>
+__device__ __forceinline__ T from_acc(A v) {  // accumulation type -> operand type
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
+  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
+  else return static_cast<T>(v);
+}
 
 // ||v||^alpha and d/dv = coef * v with coef = alpha ||v||^(alpha-2) / n (0 at v = 0:
 // the CPU kernel's convention).  alpha == 2 is the default and is done without pow,
