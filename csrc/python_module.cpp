@@ -1,5 +1,6 @@
 // The Python module pyhypersphere._C: loading it registers the operators (csrc/<family>.cpp
 // and the backends); build_info() reports how the extension was built.
+#include "cpu/helper_threads.h"
 #include "cpu/mean_lse_strips.h"
 #include "cpu/tile_epilogue.h"
 #include "cpu/tile_gemm.h"
@@ -174,6 +175,17 @@ PYBIND11_MODULE(_C, module) {
       },
       "Rows per strip the CPU contrastive_mean_lse kernel takes for this shape under the "
       "current budget; 0: the two-pass fallback (internal, for tests).");
+  module.def(
+      "_last_helper_run",
+      [] {
+        const auto run = pyhypersphere::cpu::last_helper_run();
+        return std::make_pair(run.helpers_posted, run.helpers_joined);
+      },
+      "(helpers posted, helpers that joined) of this thread's latest CPU tile loop "
+      "(internal, for tests).");
+  module.def("_hold_helpers", &pyhypersphere::cpu::hold_helpers, pybind11::arg("held"),
+             "While held, the CPU kernels' helper threads wait before joining, as threads "
+             "the scheduler does not run (internal, for tests).");
   // Read at import (the GPU backend choice) without build_info's run-time queries, which
   // raise on a misspelled CPU override that only the first op call should report.
 #ifdef PYHYPERSPHERE_WITH_CUDA

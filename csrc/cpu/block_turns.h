@@ -1,4 +1,4 @@
-// Ordered, lock-free turns on blocks of rows, for a dynamically scheduled tile loop.
+// Ordered turns on blocks of rows, for a dynamically scheduled tile loop.
 //
 // The tiles are numbered in schedule order and claimed by threads in that order.  A
 // tile's expensive, independent work (Gram product, exps) runs at once; its updates of
@@ -13,9 +13,10 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <thread>
+#include <mutex>
 
 namespace pyhypersphere {
 namespace cpu {
@@ -27,24 +28,47 @@ class BlockTurns {
   }
 
   // Waits until `turn` updates of `block` are done.  Returns false if abandoned.
-  bool wait(int64_t block, int64_t turn) const {
-    for (int spins = 0; done_[block].load(std::memory_order_acquire) != turn; ++spins) {
+  //
+  // Spins briefly (a turn on a quiet machine comes within microseconds), then sleeps:
+  // when the thread we wait for has been descheduled by a busy machine, a waiter that
+  // spins or yields keeps its core busy and that thread waits for a time slice on its
+  // own; a sleeping waiter frees the core, onto which the scheduler moves it at once.
+  bool wait(int64_t block, int64_t turn) {
+    for (int spins = 0; spins < kSpins; ++spins) {
+      if (done_[block].load(std::memory_order_acquire) == turn) return true;
       if (abandoned_.load(std::memory_order_relaxed)) return false;
-      // Yield rather than spin: on an oversubscribed machine the thread we wait for
-      // may need this core.
-      if (spins > 64) std::this_thread::yield();
     }
-    return true;
+    std::unique_lock<std::mutex> lock(mutex_);
+    sleepers_.fetch_add(1);  // seq_cst with finish()'s increment: one of us sees the other
+    wake_.wait(lock, [&] { return done_[block].load() == turn || abandoned_.load(); });
+    sleepers_.fetch_sub(1);
+    return !abandoned_.load();
   }
 
   // Marks this turn of `block` done, publishing the updates made during it.
-  void finish(int64_t block) { done_[block].fetch_add(1, std::memory_order_release); }
+  void finish(int64_t block) {
+    done_[block].fetch_add(1);
+    if (sleepers_.load() > 0) wake_all();
+  }
 
-  void abandon() { abandoned_.store(true, std::memory_order_relaxed); }
+  void abandon() {
+    abandoned_.store(true);
+    wake_all();
+  }
 
  private:
+  static constexpr int kSpins = 4096;  // about 10 us of loads
+
+  void wake_all() {
+    std::lock_guard<std::mutex> lock(mutex_);  // a waiter is either asleep or not yet checking
+    wake_.notify_all();
+  }
+
   std::unique_ptr<std::atomic<int64_t>[]> done_;
   std::atomic<bool> abandoned_{false};
+  std::atomic<int64_t> sleepers_{0};
+  std::mutex mutex_;
+  std::condition_variable wake_;
 };
 
 }  // namespace cpu

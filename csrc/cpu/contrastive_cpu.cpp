@@ -15,6 +15,7 @@
 #include "../ops.h"
 #include "../tile_schedule.h"
 #include "../uniform_rows.h"
+#include "helper_threads.h"
 #include "logit_epilogue.h"
 #include "mean_lse_strips.h"
 #include "ordered_tiles.h"
@@ -180,6 +181,7 @@ ContrastiveLseResult contrastive_lse_cpu(const at::Tensor& a, const at::Tensor& 
                                          int64_t num_parts, bool skip_positives) {
   check_contrastive_args(a, b, scale, self_pairs, lse_b, part, num_parts);
   TORCH_CHECK_VALUE(a.device().is_cpu(), "contrastive_lse: a must be on the CPU for the CPU kernel");
+  const cpu::SerialScope serial;  // ATen calls on O(N d) buffers inline (helper_threads.h)
   const at::Tensor za = compute_rows(a), zb = compute_rows(b);
   const auto acc = za.options();
   if (!all_finite(za, zb)) {
@@ -204,6 +206,7 @@ ContrastiveGradResult contrastive_lse_backward_cpu(
   check_contrastive_backward_args(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b,
                                   part, num_parts);
   TORCH_CHECK_VALUE(a.device().is_cpu(), "contrastive_lse_backward: a must be on the CPU for the CPU kernel");
+  const cpu::SerialScope serial;  // ATen calls on O(N d) buffers inline (helper_threads.h)
   const at::Tensor za = compute_rows(a), zb = compute_rows(b);
   const auto acc = za.options();
   at::Tensor ga = grad_a ? at::zeros(za.sizes(), acc) : at::Tensor();
@@ -241,6 +244,7 @@ ContrastiveMeanLseResult contrastive_mean_lse_cpu(const at::Tensor& a, const at:
                                                   double scale, bool grad_a, bool grad_b) {
   check_contrastive_mean_lse_args(a, b, scale);
   TORCH_CHECK_VALUE(a.device().is_cpu(), "contrastive_mean_lse: a must be on the CPU for the CPU kernel");
+  const cpu::SerialScope serial;  // ATen calls on O(N d) buffers inline (helper_threads.h)
   const at::Tensor za = compute_rows(a), zb = compute_rows(b);
   const auto acc = za.options();
   at::Tensor ga = grad_a ? at::zeros(za.sizes(), acc) : at::empty({0}, acc);

@@ -5,8 +5,7 @@
 
 #include "../tile_schedule.h"
 #include "block_turns.h"
-
-#include <ATen/Parallel.h>
+#include "helper_threads.h"
 
 #include <algorithm>
 #include <atomic>
@@ -50,34 +49,34 @@ std::vector<ScheduledTile> number_tiles(const TileRounds& rounds, int64_t blocks
   return tiles;
 }
 
-// Calls visit(tile, workspace) for every tile, one worker per thread (at most
-// `max_workers`) claiming tiles in schedule order (dynamic load balance); `workspace` is
-// that worker's slice of `workspace_per_worker` elements.  visit brackets each update of a
-// block with turns.wait(block, turn) / turns.finish(block) and returns false when wait
-// does (another worker failed: stop).  An exception in one worker releases the others and
-// propagates.  The results do not depend on the number of workers (the turns order every
-// update), so `max_workers` only bounds the workspace's memory.
+// Calls visit(tile, workspace) for every tile, the calling thread and helper threads
+// (helper_threads.h: at most one participant per intra-op thread and `max_workers` in
+// all) claiming tiles in schedule order (dynamic load balance); `workspace` is that
+// participant's slice of `workspace_per_worker` elements.  visit brackets each update of
+// a block with turns.wait(block, turn) / turns.finish(block) and returns false when wait
+// does (another participant failed: stop).  An exception in one participant releases
+// the others and propagates.  The results do not depend on who runs which tile (the
+// turns order every update), so `max_workers` only bounds the workspace's memory.
 template <typename T, typename Visit>
 void run_ordered_tiles(const std::vector<ScheduledTile>& tiles, BlockTurns& turns,
                        int64_t workspace_per_worker, Visit visit,
                        int64_t max_workers = std::numeric_limits<int64_t>::max()) {
   const int64_t total = static_cast<int64_t>(tiles.size());
   if (total == 0) return;
-  const int64_t workers =
-      std::max<int64_t>(1, std::min({static_cast<int64_t>(at::get_num_threads()), total, max_workers}));
+  const int64_t workers = std::max<int64_t>(1, std::min({intra_op_threads(), total, max_workers}));
   std::vector<T> workspace(static_cast<size_t>(workers) * workspace_per_worker, T(0));
   std::atomic<int64_t> next{0};
-  at::parallel_for(0, workers, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t worker = lo; worker < hi; ++worker) {
-      T* ws = workspace.data() + static_cast<size_t>(worker) * workspace_per_worker;
-      try {
-        for (int64_t k; (k = next.fetch_add(1)) < total;) {
-          if (!visit(tiles[k], ws)) return;
-        }
-      } catch (...) {
-        turns.abandon();
-        throw;
+  run_with_helpers(workers - 1, [&](int64_t participant) {
+    T* ws = workspace.data() + static_cast<size_t>(participant) * workspace_per_worker;
+    const SchedulingWatch watch;
+    try {
+      // A helper leaves the rest to the caller once it has been descheduled.
+      for (int64_t k; (participant == 0 || watch.undisturbed()) && (k = next.fetch_add(1)) < total;) {
+        if (!visit(tiles[k], ws)) return;
       }
+    } catch (...) {
+      turns.abandon();
+      throw;
     }
   });
 }

@@ -16,6 +16,7 @@
 #include "../uniform_rows.h"
 #include "cpu_isa.h"
 #include "float_vec.h"
+#include "helper_threads.h"
 #include "ordered_tiles.h"
 #include "tile_gemm.h"
 
@@ -250,6 +251,7 @@ SiglipResult siglip_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tens
                         bool grad_tb) {
   check_siglip_args(x, y, t, b, coef);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "siglip_loss: x must be on the CPU for the CPU kernel");
+  const cpu::SerialScope serial;  // ATen calls on O(N d) buffers inline (helper_threads.h)
   const at::ScalarType acc_type = accumulate_dtype(x.scalar_type());
   const at::Tensor zx = x.to(acc_type).contiguous(), zy = y.to(acc_type).contiguous();
   const at::Tensor c = coef.to(at::TensorOptions().dtype(acc_type).device(at::kCPU)).contiguous();

@@ -11,7 +11,38 @@ namespace pyhypersphere {
 namespace cpu {
 namespace {
 
-// Sums in double; z rounded to acc_t once, as the general path's conversion does.
+constexpr int64_t kLanes = 8;  // independent partial sums: no add-latency chain per element
+
+// sum_c v[c]^2 in double, in kLanes interleaved partial sums.
+template <typename T>
+double sum_of_squares(const T* v, int64_t d) {
+  double part[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= d; c += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) part[l] += double(v[c + l]) * double(v[c + l]);
+  }
+  for (; c < d; ++c) part[0] += double(v[c]) * double(v[c]);
+  double total = 0;
+  for (double p : part) total += p;
+  return total;
+}
+
+// True when every v[c] is finite: v - v is 0 for those, NaN for NaN and +-inf.
+template <typename T>
+bool all_finite(const T* v, int64_t d) {
+  T part[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= d; c += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) part[l] += v[c + l] - v[c + l];
+  }
+  for (; c < d; ++c) part[0] += v[c] - v[c];
+  T total = 0;
+  for (T p : part) total += p;
+  return total == T(0);
+}
+
+// Sums in double; z rounded to acc_t once, as the general path's conversion does.  Each
+// pass over a row is a loop of its own, so that the compiler vectorizes it.
 template <typename in_t, typename acc_t>
 void fill_rows(const in_t* x, const in_t* q, int64_t n, int64_t k, int64_t d, bool intra_batch,
                bool input_norms, UniformRows& rows) {
@@ -19,35 +50,28 @@ void fill_rows(const in_t* x, const in_t* q, int64_t n, int64_t k, int64_t d, bo
   acc_t* z = rows.z.data_ptr<acc_t>();
   acc_t* sq = rows.sq_norm.data_ptr<acc_t>();
   std::vector<double> mean(d, 0.0), mean_x(d, 0.0);
-  double nonfinite = 0;  // v * 0 is NaN exactly for NaN and +-inf
+  bool finite = true;
   double max_input = 0;
   for (int64_t r = 0; r < total; ++r) {
     const in_t* src = r < n ? x + r * d : q + (r - n) * d;
-    double norm = 0;
-    for (int64_t c = 0; c < d; ++c) {
-      const acc_t v = static_cast<acc_t>(src[c]);
-      z[r * d + c] = v;
-      mean[c] += v;
-      norm += double(v) * double(v);
-      nonfinite += double(v) * 0.0;
-    }
-    max_input = std::max(max_input, norm);
+    acc_t* row = z + r * d;
+    for (int64_t c = 0; c < d; ++c) row[c] = static_cast<acc_t>(src[c]);
+    for (int64_t c = 0; c < d; ++c) mean[c] += double(row[c]);
+    finite = finite && all_finite(row, d);
+    if (input_norms) max_input = std::max(max_input, sum_of_squares(row, d));
   }
-  const bool finite = nonfinite == 0;
   rows.finite = finite;
   rows.finite_on_device = at::scalar_tensor(finite, at::kBool);
   if (!finite) return;
   for (double& m : mean) m /= double(total);
   double max_sq = 0, s_x = 0, s_q = 0;
   for (int64_t r = 0; r < total; ++r) {
-    double norm = 0;
-    for (int64_t c = 0; c < d; ++c) {
-      acc_t& v = z[r * d + c];
-      v = static_cast<acc_t>(double(v) - mean[c]);
-      norm += double(v) * double(v);
-      if (r < n) mean_x[c] += v;
+    acc_t* row = z + r * d;
+    for (int64_t c = 0; c < d; ++c) row[c] = static_cast<acc_t>(double(row[c]) - mean[c]);
+    if (r < n) {
+      for (int64_t c = 0; c < d; ++c) mean_x[c] += double(row[c]);
     }
-    sq[r] = static_cast<acc_t>(norm);
+    sq[r] = static_cast<acc_t>(sum_of_squares(row, d));
     max_sq = std::max(max_sq, double(sq[r]));
     (r < n ? s_x : s_q) += double(sq[r]);
   }

@@ -13,12 +13,12 @@
 #include "../tile_schedule.h"
 #include "../uniform_math.h"
 #include "../uniform_rows.h"
+#include "helper_threads.h"
 #include "ordered_tiles.h"
 #include "tile_epilogue.h"
 #include "tile_gemm.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -187,19 +187,19 @@ class UniformCpuKernel {
     at::Tensor grad = at::empty_like(acc_);
     T* g = grad.data_ptr<T>();
     const T* acc = acc_.data_ptr<T>();
-    at::parallel_for(0, blocks, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t b = lo; b < hi; ++b) {
-        if (!block_needs_grad(b)) continue;
-        const T scale = math::gradient_scale<T>(t_, grad_shift_[b], global, static_cast<T>(total));
-        for (int64_t i = block_begin(b); i < block_begin(b) + block_size(b); ++i) {
-          const int64_t r = i - grad_begin_;  // row of the accumulators
-          const T s = row_sum_[r];
-          for (int64_t c = 0; c < d_; ++c) {
-            g[r * d_ + c] = scale * (s * z_[i * d_ + c] - acc[r * d_ + c]);
-          }
+    // O(N d) on the calling thread: a parallel region here would cost more than it saves
+    // whenever another process holds a core (helper_threads.h).
+    for (int64_t b = 0; b < blocks; ++b) {
+      if (!block_needs_grad(b)) continue;
+      const T scale = math::gradient_scale<T>(t_, grad_shift_[b], global, static_cast<T>(total));
+      for (int64_t i = block_begin(b); i < block_begin(b) + block_size(b); ++i) {
+        const int64_t r = i - grad_begin_;  // row of the accumulators
+        const T s = row_sum_[r];
+        for (int64_t c = 0; c < d_; ++c) {
+          g[r * d_ + c] = scale * (s * z_[i * d_ + c] - acc[r * d_ + c]);
         }
       }
-    });
+    }
     return {lse, grad};
   }
 
@@ -223,6 +223,7 @@ UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tenso
                               bool grad_x, bool grad_queue) {
   check_uniform_args(x, queue, t, intra_batch, part, num_parts, grad_queue);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "uniform_loss: x must be on the CPU for the CPU kernel");
+  const cpu::SerialScope serial;  // ATen calls on O(N d) buffers inline; the tiles on helpers
   const UniformRows rows = plan_uniform_rows(x, queue, intra_batch, t, kFloat32UnitRoundoff);
   if (!rows.finite) return nonfinite_uniform_outputs(x, queue, grad_x, grad_queue);
 
