@@ -366,8 +366,7 @@ def test_contrastive_backward_computes_only_what_is_asked(impl, grad_a, grad_b, 
 
 
 @pytest.mark.parametrize("impl", CONTRASTIVE)
-@pytest.mark.parametrize("self_pairs", [True, False])
-@pytest.mark.parametrize("num_parts", [2, 3])
+@pytest.mark.parametrize("self_pairs,num_parts", [(True, 3), (False, 2)])
 def test_contrastive_parts_combine_to_the_whole(impl, self_pairs, num_parts):
     # 70 and 75 rows: two 64-row part blocks per side, so tiles of the triangle and of the
     # rectangle spread over the parts.
@@ -611,5 +610,3 @@ def test_opcheck_contrastive(backend):
             (a, b, 3.0, False, lse_a, lse_b, g_a, g_b, 1, 2, False, True),
         ]:
             torch.library.opcheck(ops.contrastive_lse_backward.default, args, test_utils=("test_schema", "test_faketensor"))
-        mean_args = (a, b, 2.0, True, True)
-        torch.library.opcheck(ops.contrastive_mean_lse.default, mean_args)
