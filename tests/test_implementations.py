@@ -38,7 +38,7 @@ ops = torch.ops.pyhypersphere
 def assert_close(got, want, tol, scale=None):
     """|got - want| <= tol * scale elementwise, got on any device in any dtype, want float64
     on the CPU; scale max(|want|) by default (a gradient's own scale: single entries can be
-    ~0), infinities and NaN in the same places."""
+    ~0); infinities in the same places."""
     scale = want.abs().max().item() if scale is None else scale
     torch.testing.assert_close(got.detach().cpu().double(), want, rtol=0, atol=tol * scale)
 
@@ -60,21 +60,18 @@ UNIFORM_CASES = [  # n, k, d, intra_batch, t, dtype
 ]
 
 
-def check_uniform(impl, x, queue, t, intra, grad_x=True, grad_queue=None):
+def check_uniform(impl, x, queue, t, intra):
     """impl's (lse, grad_x, grad_queue) for one part holding every pair, against float64."""
-    grad_queue = queue is not None if grad_queue is None else grad_queue
-    lse, gx, gq = impl(*impl.on(x, queue), t, intra, 0, 1, grad_x, grad_queue)
+    has_q = queue is not None
+    lse, gx, gq = impl(*impl.on(x, queue), t, intra, 0, 1, True, has_q)
     want_lse, want_gx, want_gq = explicit_uniform_lse_and_grads(x, queue, t, intra)
-    acc = accumulate_dtype(x.dtype)
     assert lse.shape == () and lse.dtype == F64 and lse.device.type == impl.device  # lse: ops.h
-    assert gx.dtype == gq.dtype == acc
-    assert gx.shape == (x.shape if grad_x else (0,)) and gq.shape == (queue.shape if grad_queue else (0,))
+    assert gx.dtype == gq.dtype == accumulate_dtype(x.dtype)
+    assert gx.shape == x.shape and gq.shape == (queue.shape if has_q else (0,))
     assert_close(lse, want_lse, UNIFORM_TOL[x.dtype], scale=max(1.0, abs(want_lse.item())))
-    if grad_x:
-        assert_close(gx, want_gx, UNIFORM_GRAD_TOL[x.dtype])
-    if grad_queue:
+    assert_close(gx, want_gx, UNIFORM_GRAD_TOL[x.dtype])
+    if has_q:
         assert_close(gq, want_gq, UNIFORM_GRAD_TOL[x.dtype])
-    return lse
 
 
 @pytest.mark.parametrize("impl", UNIFORM)
@@ -328,7 +325,7 @@ def test_contrastive_lse_and_gradients(impl, na, nb, d, scale, self_pairs, lse_b
     (2, 2, 1, 0.5, False, F32),
     (40, 40, 16, 2.0, True, F32),
     (70, 70, 33, 14.3, False, F32),
-    (70, 100, 8, 7.0, True, F64),  # N_a != N_b: rows of b without a positive
+    (40, 60, 8, 7.0, True, F64),  # N_a != N_b: rows of b without a positive
     (33, 33, 64, 10.0, False, BF16),
 ])  # fmt: skip
 def test_contrastive_skipped_positives(impl, na, nb, d, scale, self_pairs, dtype):
@@ -457,7 +454,7 @@ MEAN_LSE_CASES = [  # na, nb, d, scale, dtype
     (2, 2, 1, 0.5, F32),  # N = 2, d = 1
     (45, 70, 33, 14.3, F32),  # past a 64-row block
     (10, 300, 8, 1 / 0.07, F32),  # MoCo's shape: few queries, a long queue
-    (35, 67, 100, 3.0, F64),  # chunked d
+    (20, 40, 100, 3.0, F64),  # chunked d (64-wide for float64)
     (40, 70, 33, 1 / 0.01, F64),  # small tau
     (64, 64, 16, 0.01, F32),  # large tau: near-uniform weights
     (33, 40, 64, 10.0, BF16),

@@ -100,12 +100,14 @@ def test_tf32_products_when_torch_allows_them():
         torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=10 * tol * w.abs().max())
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_chunked_width_parts_and_strided_inputs(dtype):
-    # d = 160 past the 128-wide block (chunked) in 16 bits, float32 parts, and column
-    # slices of a wider tensor (the distributed share's z[:, :d]) as inputs.
-    wide = rows(66, 2 * 160, dtype, 35)
-    a, b = wide[:, :160], wide[:, 160:]
+@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 160), (torch.float32, 72)])
+def test_chunked_width_parts_and_strided_inputs(dtype, d):
+    # d past the feature block (chunked: 128 wide in 16 bits, d = 160; 32 wide for float32
+    # with 3xTF32 past 64, d = 72), parts, and column slices of a wider tensor (the
+    # distributed share's z[:, :d]) as inputs.
+    assert d > tk.contrastive.contrastive_config(dtype, d, tk.contrastive._precision(dtype), True, True)["BLOCK_D"]
+    wide = rows(66, 2 * d, dtype, 35)
+    a, b = wide[:, :d], wide[:, d:]
     assert not a.is_contiguous()
     g = torch.full((66,), 0.3, device=DEVICE)
     want_a, want_b, want_ga, want_gb = reference(a, b, 1.0, False, g, g)
