@@ -7,9 +7,10 @@
    F.cross_entropy, pyhypersphere.bench.contrastive): medians of --reps after one
    warm-up call, and each call's peak RSS growth.  Every (loss, implementation) runs in
    its own fresh process, one after another, so neither's memory touches the other's.
-2. N=65536 forward+backward of the fused nt_xent_loss and clip_loss in a fresh process:
-   peak RSS growth over the RSS just before the call (the dense logits alone would be
-   64 GiB and 16 GiB).
+2. N=65536 forward+backward of the fused nt_xent_loss, clip_loss and siglip_loss in a
+   fresh process: peak RSS growth over the RSS just before the call (the dense logits
+   alone would be 64 GiB and 16 GiB).
+SigLIP's bar (issue 25): `--losses siglip`.
 Prints one JSON document with every figure.
 """
 
@@ -26,7 +27,7 @@ from pyhypersphere.bench.memory import peak_extra_bytes
 from pyhypersphere.bench.timing import median_time
 from pyhypersphere.bench.worker import unit_rows
 
-LOSSES = ("nt_xent", "info_nce", "clip")
+LOSSES = ("nt_xent", "info_nce", "clip", "siglip")
 CPU = torch.device("cpu")
 
 
@@ -89,7 +90,7 @@ def main() -> None:
         out["speed"][loss] = entry
         print(json.dumps({loss: entry}), file=sys.stderr)
     if args.big_n:
-        for loss in ("nt_xent", "clip"):
+        for loss in ("nt_xent", "clip", "siglip"):
             if loss in losses:
                 out["memory"][loss] = run_child(loss, "pyhypersphere", args.big_n, args.d, 0)
                 print(json.dumps({loss: out["memory"][loss]}), file=sys.stderr)

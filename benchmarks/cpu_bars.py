@@ -64,11 +64,11 @@ def forward_backward(loss_fn, x):
 
 def deferred_gradient(x):
     """Forward without the gradient, then a backward that recomputes it."""
-    from pyhypersphere import _ops
+    from pyhypersphere.ops import uniform as uniform_ops
 
     def run():
         xx = x.detach().requires_grad_()
-        lse, _, _ = _ops.uniform_lse(xx, None, 2.0, True, 0, 1, False, False)
+        lse, _, _ = uniform_ops.uniform_lse(xx, None, 2.0, True, 0, 1, False, False)
         lse.backward()
     return run
 

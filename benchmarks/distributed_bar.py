@@ -32,7 +32,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import pyhypersphere
-from pyhypersphere import _ops, distributed
+from pyhypersphere import distributed
+from pyhypersphere.ops import uniform as uniform_ops
 
 
 def unit_rows(n, d, seed=0, dtype=torch.float32):
@@ -88,7 +89,7 @@ def rank_main(rank, world, port, args, out_dir):
         # This rank's share of the pair work alone (no communication), for the overhead.
         lo, hi = distributed.pair_rows(args.n, world, rank)
         queue = full[hi:] if hi < args.n else None
-        part = lambda: _ops.uniform_lse(full[lo:hi], queue, 2.0, True, 0, 1, True, queue is not None)
+        part = lambda: uniform_ops.uniform_lse(full[lo:hi], queue, 2.0, True, 0, 1, True, queue is not None)
         part_median, _ = median_seconds(part, args.reps, before=dist.barrier)
         torch.save({"loss": loss, "grad": grad, "median": median, "times": times, "part_median": part_median,
                     "no_sync_median": no_sync_median, "two_views_one_call_median": one_call_median,

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import pyhypersphere
-from pyhypersphere import _global_batch, distributed_contrastive
+from pyhypersphere import _global_batch
+from pyhypersphere.ops import contrastive_distributed
 
 from cpu_bars import median_seconds  # this script's folder is on sys.path
 
@@ -38,8 +39,8 @@ def main():
         0, args.world, rows, args.d, 2, torch.float32, torch.device("cpu"), torch.device("cpu")
     )
     cases = [
-        ("clip_loss", pyhypersphere.clip_loss, distributed_contrastive._clip_share, 0.07),
-        ("nt_xent_loss", pyhypersphere.nt_xent_loss, distributed_contrastive._nt_xent_share, 0.5),
+        ("clip_loss", pyhypersphere.clip_loss, contrastive_distributed._clip_share, 0.07),
+        ("nt_xent_loss", pyhypersphere.nt_xent_loss, contrastive_distributed._nt_xent_share, 0.5),
     ]
     print(f"N = {args.n}, d = {args.d}, W = {args.world}, float32, 1 thread, median of {args.reps}")
     for name, single_fn, share, tau in cases:

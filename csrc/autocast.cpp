@@ -4,14 +4,14 @@
 // torch.norm are on autocast's float32 list.  Ours match that:
 //   uniform_lse  computes as without autocast: its kernels already accumulate 16-bit
 //                inputs in float32 and return the gradients in float32, lse in float64 (the
-//                loss wrappers then keep the loss in float32, _ops.loss_dtype);
+//                loss wrappers then keep the loss in float32, ops/_common.loss_dtype);
 //   align_loss   runs on float32 inputs (autocast's float32 policy, float64 kept), so
 //                its loss is float32 like the reference's norm;
 //   contrastive_lse, contrastive_lse_backward, contrastive_mean_lse have no rule (the
 //                fallthrough): they compute in the inputs' dtype with float32
 //                accumulation and return float32 already; the loss wrappers take the
 //                positives' logits in float32 and return the loss in float32
-//                (pyhypersphere/contrastive.py).
+//                (pyhypersphere/ops/contrastive.py).
 // Below the autocast keys the calls reach the backends unchanged; autograd records the
 // casts, so 16-bit inputs still get 16-bit gradients.
 #include "ops.h"

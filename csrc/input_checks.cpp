@@ -9,7 +9,7 @@ namespace pyhypersphere {
 namespace {
 
 // Shapes and dtypes as Python prints them ("(8, 5)", "(8,)", "torch.int64"): the same
-// words as the checks written in Python (pyhypersphere/contrastive.py), so one mistake
+// words as the checks written in Python (pyhypersphere/ops/_common.py), so one mistake
 // reads the same in every loss.
 std::string py_shape(at::IntArrayRef sizes) {
   std::ostringstream out;
@@ -83,86 +83,6 @@ void check_part(int64_t part, int64_t num_parts, const char* function) {
   TORCH_CHECK_VALUE(num_parts >= 1, function, ": num_parts must be >= 1, got ", num_parts);
   TORCH_CHECK_VALUE(part >= 0 && part < num_parts, function, ": part must be in [0, num_parts = ",
                     num_parts, "), got ", part);
-}
-
-void check_uniform_args(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
-                        bool intra_batch, int64_t part, int64_t num_parts, bool grad_queue) {
-  constexpr const char* fn = "uniform_loss";
-  const bool has_queue = queue.has_value() && queue->defined();
-  // Without a queue the loss needs one pair inside x; with one, a single row pairs
-  // with every queue row.
-  check_feature_matrix(x, fn, "x", has_queue ? 1 : 2);
-  if (has_queue) {
-    check_feature_matrix(*queue, fn, "queue", 1);
-    check_compatible(x, *queue, fn, "queue", /*same_rows=*/false);
-  }
-  TORCH_CHECK_VALUE(has_queue || !grad_queue, fn,
-                    ": grad_queue=True needs a queue (got queue=None)");
-  check_positive_finite(t, fn, "t");
-  check_part(part, num_parts, fn);
-}
-
-namespace {
-
-// The logit inputs a, b and scale of the contrastive operators.
-void check_logit_inputs(const at::Tensor& a, const at::Tensor& b, double scale, const char* fn) {
-  check_feature_matrix(a, fn, "a", 1);
-  check_feature_matrix(b, fn, "b", 1);
-  TORCH_CHECK_VALUE(b.size(1) == a.size(1), fn, ": b must have the same feature dimension as a (",
-                    a.size(1), "), got shape ", b.sizes());
-  TORCH_CHECK_VALUE(b.device() == a.device(), fn, ": b must be on the same device as a (",
-                    a.device(), "), got ", b.device());
-  TORCH_CHECK_VALUE(b.scalar_type() == a.scalar_type(), fn, ": b must have the same dtype as a (",
-                    a.scalar_type(), "), got ", b.scalar_type());
-  check_positive_finite(scale, fn, "scale");
-}
-
-}  // namespace
-
-void check_contrastive_args(const at::Tensor& a, const at::Tensor& b, double scale,
-                            bool self_pairs, bool lse_b, int64_t part, int64_t num_parts) {
-  constexpr const char* fn = "contrastive_lse";
-  check_logit_inputs(a, b, scale, fn);
-  TORCH_CHECK_VALUE(!self_pairs || lse_b, fn,
-                    ": self_pairs=True computes the lse of every row of a and b; pass lse_b=True");
-  check_part(part, num_parts, fn);
-}
-
-void check_contrastive_backward_args(const at::Tensor& a, const at::Tensor& b, double scale,
-                                     bool self_pairs, const at::Tensor& lse_a,
-                                     const at::Tensor& lse_b, const at::Tensor& grad_lse_a,
-                                     const at::Tensor& grad_lse_b, int64_t part,
-                                     int64_t num_parts) {
-  constexpr const char* fn = "contrastive_lse_backward";
-  check_contrastive_args(a, b, scale, self_pairs, true, part, num_parts);
-  const auto check_vector = [&](const at::Tensor& v, const char* name, int64_t rows, bool optional) {
-    const bool ok = (v.dim() == 1 && v.size(0) == rows) || (optional && v.numel() == 0);
-    TORCH_CHECK_VALUE(ok, fn, ": ", name, " must have shape [", rows, "]",
-                      optional ? " (or [0] when absent)" : "", ", got ", v.sizes());
-    TORCH_CHECK_VALUE(v.device() == a.device() && v.is_floating_point(), fn, ": ", name,
-                      " must be a floating-point tensor on ", a.device());
-  };
-  check_vector(lse_a, "lse_a", a.size(0), false);
-  check_vector(grad_lse_a, "grad_lse_a", a.size(0), false);
-  // b's lse takes part in the weights whenever its rows have an upstream gradient, and
-  // always with self pairs.
-  check_vector(grad_lse_b, "grad_lse_b", b.size(0), !self_pairs);
-  check_vector(lse_b, "lse_b", b.size(0), !self_pairs && grad_lse_b.numel() == 0);
-}
-
-void check_contrastive_mean_lse_args(const at::Tensor& a, const at::Tensor& b, double scale) {
-  constexpr const char* fn = "contrastive_mean_lse";
-  check_logit_inputs(a, b, scale, fn);
-  TORCH_CHECK_VALUE(b.size(0) >= a.size(0), fn, ": b must have at least as many rows as a (",
-                    a.size(0), "; b_i is a_i's positive), got shape ", b.sizes());
-}
-
-void check_align_args(const at::Tensor& x, const at::Tensor& y, double alpha) {
-  constexpr const char* fn = "align_loss";
-  check_feature_matrix(x, fn, "x", 1);
-  check_feature_matrix(y, fn, "y", 1);
-  check_compatible(x, y, fn, "y", /*same_rows=*/true);
-  check_positive_finite(alpha, fn, "alpha");
 }
 
 }  // namespace pyhypersphere

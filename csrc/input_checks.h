@@ -1,5 +1,7 @@
-// Argument checks shared by every backend.  Each message names the public function,
-// the argument and what was expected, so a user sees at once which input is wrong.
+// Tensor checks shared by every operator and backend; each family's checks of its
+// arguments (check_<op>_args, declared in ops.h) are built from these in csrc/<family>.cpp.
+// Each message names the public function, the argument and what was expected, so a user
+// sees at once which input is wrong.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -24,27 +26,5 @@ void check_compatible(const at::Tensor& x, const at::Tensor& other, const char* 
 
 // Raises ValueError unless 0 <= part < num_parts.
 void check_part(int64_t part, int64_t num_parts, const char* function);
-
-// All checks of the uniformity op, in one place for CPU and CUDA.
-void check_uniform_args(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
-                        bool intra_batch, int64_t part, int64_t num_parts, bool grad_queue);
-
-// All checks of the contrastive op (a and b: see ops.h).
-void check_contrastive_args(const at::Tensor& a, const at::Tensor& b, double scale,
-                            bool self_pairs, bool lse_b, int64_t part, int64_t num_parts);
-
-// All checks of the contrastive backward op: the forward's, plus the lse and upstream
-// gradient vectors' shapes.
-void check_contrastive_backward_args(const at::Tensor& a, const at::Tensor& b, double scale,
-                                     bool self_pairs, const at::Tensor& lse_a,
-                                     const at::Tensor& lse_b, const at::Tensor& grad_lse_a,
-                                     const at::Tensor& grad_lse_b, int64_t part,
-                                     int64_t num_parts);
-
-// All checks of the contrastive mean-lse op (a and b: see ops.h).
-void check_contrastive_mean_lse_args(const at::Tensor& a, const at::Tensor& b, double scale);
-
-// All checks of the alignment op.
-void check_align_args(const at::Tensor& x, const at::Tensor& y, double alpha);
 
 }  // namespace pyhypersphere

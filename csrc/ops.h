@@ -1,4 +1,7 @@
-// The operators of pyhypersphere, declared once for every backend.
+// The operators of pyhypersphere, declared once for every backend.  Each family's schema
+// and argument checks are in csrc/<family>.cpp (uniform.cpp, align.cpp, contrastive.cpp),
+// its CPU kernel in csrc/cpu/<family>_cpu.cpp, its C++ CUDA kernel (where there is one) in
+// csrc/cuda/<family>_cuda.cpp; docs/adding_a_loss.md.
 //
 // uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue)
 //     -> (lse, grad_x, grad_queue)
@@ -62,6 +65,23 @@
 // align_loss(x, y, alpha, compute_grad) -> (loss, grad_x)
 //   loss = mean_i ||x_i - y_i||^alpha in x's dtype; grad_x = d loss / d x (d loss / d y
 //   is -grad_x), or an empty [0] tensor.  At x_i == y_i the gradient is 0.
+//
+// siglip(x, y, t, b, coef, grad_x, grad_y, grad_tb) -> (total, rows, grad_x, grad_y, grad_tb)
+//   x [N_x, d], y [N_y, d]: floating point, same d, dtype and device.  t, b: one-element
+//   floating-point tensors (the scale and bias; a kernel reads their values).  coef [N_x]:
+//   one coefficient per row of x (floating point, x's device).
+//   The logits l_ij = t <x_i, y_j> + b over all N_x x N_y pairs, labels z_ij = +1 for the
+//   positives (i, i), i < min(N_x, N_y), and -1 elsewhere (SigLIP, Zhai et al. 2023).
+//   rows[i] = sum_j softplus(-z_ij l_ij) = -sum_j log sigmoid(z_ij l_ij), [N_x], each term
+//   formed as max(u, 0) + log1p(e^-|u|) (u = -z l: never overflows, never cancels);
+//   total = sum_i coef[i] rows[i], 0-dim.  With their flags, the gradients of `total` with
+//   respect to x ([N_x, d]), y ([N_y, d]) and (t, b) ([2]) from the same pass over the
+//   pairs: with w_ij = coef[i] d softplus(-z_ij l_ij) / d l_ij = -coef[i] z_ij sigmoid(-z_ij l_ij),
+//   d/dx_i = t sum_j w_ij y_j, d/dy_j = t sum_i w_ij x_i, d/dt = sum_ij w_ij <x_i, y_j>,
+//   d/db = sum_ij w_ij.  No log-sum-exp, so no second pass: every weight is known as soon
+//   as its logit is.  Each gradient is an empty [0] tensor when its flag is false.  All
+//   outputs in the accumulation dtype (float64 for float64 inputs, float32 otherwise).
+//   NaN or inf in x, y, t or b give NaN outputs.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -76,6 +96,35 @@ using AlignResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveLseResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveGradResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveMeanLseResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// The argument checks of each op (csrc/<family>.cpp), one for every backend: the C++
+// kernels call them, and the Triton launchers through pyhypersphere._C.
+
+// All checks of the uniformity op.
+void check_uniform_args(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
+                        bool intra_batch, int64_t part, int64_t num_parts, bool grad_queue);
+
+// All checks of the contrastive op (a and b: see ops.h).
+void check_contrastive_args(const at::Tensor& a, const at::Tensor& b, double scale,
+                            bool self_pairs, bool lse_b, int64_t part, int64_t num_parts);
+
+// All checks of the contrastive backward op: the forward's, plus the lse and upstream
+// gradient vectors' shapes.
+void check_contrastive_backward_args(const at::Tensor& a, const at::Tensor& b, double scale,
+                                     bool self_pairs, const at::Tensor& lse_a,
+                                     const at::Tensor& lse_b, const at::Tensor& grad_lse_a,
+                                     const at::Tensor& grad_lse_b, int64_t part,
+                                     int64_t num_parts);
+
+// All checks of the contrastive mean-lse op (a and b: see ops.h).
+void check_contrastive_mean_lse_args(const at::Tensor& a, const at::Tensor& b, double scale);
+
+// All checks of the alignment op.
+void check_align_args(const at::Tensor& x, const at::Tensor& y, double alpha);
+
+// All checks of the SigLIP op.
+void check_siglip_args(const at::Tensor& x, const at::Tensor& y, const at::Tensor& t,
+                       const at::Tensor& b, const at::Tensor& coef);
 
 UniformResult uniform_lse_cpu(const at::Tensor& x, const std::optional<at::Tensor>& queue,
                               double t, bool intra_batch, int64_t part, int64_t num_parts,

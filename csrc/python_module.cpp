@@ -1,9 +1,10 @@
-// The Python module pyhypersphere._C: loading it registers the operators (op_schemas.cpp
+// The Python module pyhypersphere._C: loading it registers the operators (csrc/<family>.cpp
 // and the backends); build_info() reports how the extension was built.
 #include "cpu/mean_lse_strips.h"
 #include "cpu/tile_epilogue.h"
 #include "cpu/tile_gemm.h"
 #include "input_checks.h"
+#include "ops.h"
 #include "uniform_rows.h"
 
 #ifdef PYHYPERSPHERE_WITH_CUDA
@@ -159,6 +160,8 @@ PYBIND11_MODULE(_C, module) {
              "Raises the contrastive backward operator's ValueError for bad arguments (internal).");
   module.def("_check_contrastive_mean_lse_args", &pyhypersphere::check_contrastive_mean_lse_args,
              "Raises the contrastive mean-lse operator's ValueError for bad arguments (internal).");
+  module.def("_check_siglip_args", &pyhypersphere::check_siglip_args,
+             "Raises the SigLIP operator's ValueError for bad arguments (internal).");
   module.def(
       "_mean_lse_strip_rows",
       [](int64_t na, int64_t nb, int64_t elem_bytes) {

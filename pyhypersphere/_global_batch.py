@@ -1,8 +1,8 @@
 """The global-batch layer under the distributed losses (torch.distributed, any backend).
 
 A global-batch loss sees the concatenation of every rank's shard, in rank order.  Each
-such loss (uniformity in ``distributed.py``, NT-Xent and CLIP in
-``distributed_contrastive.py``) is built from these steps, and only the middle one is
+such loss (uniformity in ``ops/uniform_distributed.py``, NT-Xent and CLIP in
+``ops/contrastive_distributed.py``) is built from these steps, and only the middle one is
 loss-specific:
 
 1. ``agree`` (or ``assume_equal`` on the no-sync path): one all-gather of a metadata

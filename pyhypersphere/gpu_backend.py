@@ -14,12 +14,14 @@ the CUDA dispatch key from here and imported on first use, so `import pyhypersph
 not import triton.
 """
 
+import importlib
 import importlib.util
 import os
 
 import torch
 
 from . import _C
+from .ops import FAMILY_OF, OPS  # op -> has a C++ CUDA kernel, declared by each family (ops/<family>.py)
 
 ENV_VAR = "PYHYPERSPHERE_GPU_BACKEND"
 CHOICES = ("auto", "cuda", "triton")
@@ -47,25 +49,14 @@ def choose(requested: str, with_cuda: bool, has_triton: bool) -> tuple:
 
 
 def _triton(name):
-    """The Triton launcher `name`, imported on first call."""
+    """The Triton launcher `name` (in triton_kernels/<its family>.py), imported on first call."""
 
     def launch(*args):
-        from . import triton_kernels
-
-        return getattr(triton_kernels, name)(*args)
+        module = importlib.import_module(f"{__package__}.triton_kernels.{FAMILY_OF[name]}")
+        return getattr(module, name)(*args)
 
     launch.__name__ = f"triton_{name}"
     return launch
-
-
-# op -> has a C++ CUDA kernel (registered by the extension when built with CUDA).
-OPS = {
-    "uniform_lse": True,
-    "align_loss": True,
-    "contrastive_lse": False,
-    "contrastive_lse_backward": False,
-    "contrastive_mean_lse": False,
-}
 
 
 def choose_for_op(op: str, requested: str, with_cuda: bool, has_triton: bool) -> tuple:

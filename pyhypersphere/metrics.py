@@ -12,8 +12,9 @@ import math
 
 import torch
 
-from . import _ops
-from .losses import DEFAULT_ALPHA, DEFAULT_T, _as_float, _check_tensor
+from .ops._common import accumulate_dtype, as_float, check_tensor
+from .ops.align import DEFAULT_ALPHA, align
+from .ops.uniform import DEFAULT_T, uniform_lse
 
 # Rows per alignment chunk: bounds the float32 copy made of float16/bfloat16 inputs.
 ALIGN_CHUNK_ROWS = 65536
@@ -35,7 +36,7 @@ def _errors_named(function: str, op_label: str):
 
 
 def _check_features(x, name: str, function: str) -> None:
-    _check_tensor(x, name, function)
+    check_tensor(x, name, function)
     if x.dim() != 2:
         raise ValueError(f"{function}: {name} must be a 2-D tensor of shape [N, d], got shape {tuple(x.shape)}")
 
@@ -48,17 +49,17 @@ def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = DEFAULT_ALPHA) ->
     _check_features(y, "y", function)
     if x.shape != y.shape:
         raise ValueError(f"{function}: x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    alpha = _as_float(alpha, "alpha", function)
+    alpha = as_float(alpha, "alpha", function)
     n = x.shape[0]
     if n == 0:
         raise ValueError(f"{function}: x must have at least one row, got shape {tuple(x.shape)}")
-    acc = _ops.accumulate_dtype(x.dtype)
+    acc = accumulate_dtype(x.dtype)
     total = 0.0
     for start in range(0, n, ALIGN_CHUNK_ROWS):
         xc = x[start : start + ALIGN_CHUNK_ROWS].to(acc)
         yc = y[start : start + ALIGN_CHUNK_ROWS].to(acc)
         with _errors_named(function, "align_loss"):
-            mean, _ = _ops.align(xc, yc, alpha, False)
+            mean, _ = align(xc, yc, alpha, False)
         total += mean.item() * xc.shape[0]
     return total / n
 
@@ -73,18 +74,18 @@ def uniformity(x: torch.Tensor, t: float = DEFAULT_T, *, progress: bool = False)
     """
     function = "metrics.uniformity"
     _check_features(x, "x", function)
-    t = _as_float(t, "t", function)
+    t = as_float(t, "t", function)
     n = x.shape[0]
     if not progress:
         with _errors_named(function, "uniform_loss"):
-            lse, _, _ = _ops.uniform_lse(x, None, t, True, 0, 1, False, False)
+            lse, _, _ = uniform_lse(x, None, t, True, 0, 1, False, False)
     else:
         from tqdm.auto import tqdm
 
         parts = []
         for part in tqdm(range(PROGRESS_PARTS), desc=function, unit="part"):
             with _errors_named(function, "uniform_loss"):
-                lse_part, _, _ = _ops.uniform_lse(x, None, t, True, part, PROGRESS_PARTS, False, False)
+                lse_part, _, _ = uniform_lse(x, None, t, True, part, PROGRESS_PARTS, False, False)
             parts.append(lse_part)
         lse = torch.logsumexp(torch.stack(parts), dim=0)
     return lse.item() - math.log(n * (n - 1) // 2)

@@ -22,6 +22,7 @@ from .contrastive import (
     nt_xent_loss,
 )
 from .losses import DEFAULT_ALPHA, DEFAULT_T, align_loss, uniform_loss
+from .ops import siglip
 
 
 def _shown(value) -> str:
@@ -204,3 +205,45 @@ class CLIPLoss(nn.Module):
         if self.learn_tau:
             return f"learn_tau=True, max_logit_scale={self.max_logit_scale}"
         return f"tau={self.tau}"
+
+
+class SigLIPLoss(nn.Module):
+    """`siglip_loss(x, y, t, b)` (SigLIP's sigmoid loss) as a module.
+
+    With ``learn=True`` (the default) t and b are learned as the paper does it: parameters
+    ``logit_scale`` = t' = log t and ``logit_bias`` = b, initialized from ``t`` and ``b``
+    (the paper: t' = log 10, b = -10), and t = exp(t') in the forward (open_clip's names)::
+
+        loss_fn = SigLIPLoss()
+        opt = torch.optim.AdamW([*model.parameters(), *loss_fn.parameters()])
+
+    With ``learn=False`` they are the fixed numbers given.
+    """
+
+    def __init__(self, t: float = siglip.DEFAULT_T, b: float = siglip.DEFAULT_B, learn: bool = True):
+        super().__init__()
+        module = "SigLIPLoss"
+        t_value = _number(t, "t", module, positive=True)
+        if isinstance(b, bool) or not isinstance(b, numbers.Real):
+            raise TypeError(f"{module}: b must be a number, got {type(b).__name__}")
+        if not math.isfinite(b):
+            raise ValueError(f"{module}: b must be a finite number, got {b}")
+        self.learn = _flag(learn, "learn", module)
+        if learn:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(t_value)))
+            self.logit_bias = nn.Parameter(torch.tensor(float(b)))
+        else:
+            self.t, self.b = t_value, float(b)
+
+    def scale_and_bias(self):
+        """(t, b) in use: numbers, or tensors that require grad when learned."""
+        if self.learn:
+            return self.logit_scale.exp(), self.logit_bias
+        return self.t, self.b
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return siglip.siglip_loss(x, y, *self.scale_and_bias())
+
+    def extra_repr(self) -> str:
+        t, b = self.scale_and_bias()
+        return f"t={_shown(t)}, b={_shown(b)}, learn={self.learn}"

@@ -22,7 +22,10 @@ import torch
 
 import pyhypersphere
 from conftest import unit_rows
-from pyhypersphere import _ops, align_loss, uniform_loss
+from pyhypersphere import align_loss, uniform_loss
+from pyhypersphere.ops import align as align_ops
+from pyhypersphere.ops import uniform as uniform_ops
+from pyhypersphere.ops._common import accumulate_dtype
 from pyhypersphere._matmul_precision import cuda_fp32_matmul
 from pyhypersphere.reference import reference_align_loss
 
@@ -162,7 +165,7 @@ def lowp_torch_lse_grad(x, queue=None, t=2.0, intra=True):
 
 def fused(x, queue=None, t=2.0, intra=True, part=0, num_parts=1):
     """The op with compute_grad: (lse as a float, grad_x, grad_queue or None)."""
-    lse, gx, gq = _ops.uniform_lse(x, queue, t, intra, part, num_parts, True, queue is not None)
+    lse, gx, gq = uniform_ops.uniform_lse(x, queue, t, intra, part, num_parts, True, queue is not None)
     return lse.item(), gx, (gq if queue is not None else None)
 
 
@@ -177,12 +180,12 @@ def check_against_reference(m, x, queue=None, t=2.0, intra=True, cond=1.0):
     lse, gx, gq = fused(x, queue, t, intra)
     ref_lse, ref_gx, ref_gq = reference_lse_grad(x, queue, t, intra)
     # The op's gradients are in the accumulation dtype (csrc/ops.h).
-    assert gx.dtype == _ops.accumulate_dtype(x.dtype) and gx.shape == x.shape and gx.device == x.device
+    assert gx.dtype == accumulate_dtype(x.dtype) and gx.shape == x.shape and gx.device == x.device
     assert math.isfinite(lse)
     assert abs(lse - ref_lse) <= cond * (m.lse_atol + m.lse_rtol * abs(ref_lse)), (m.name, lse, ref_lse)
     assert rel_err(gx, ref_gx) <= cond * m.grad_rtol, (m.name, rel_err(gx, ref_gx))
     if queue is not None:
-        assert gq.dtype == _ops.accumulate_dtype(queue.dtype) and gq.shape == queue.shape
+        assert gq.dtype == accumulate_dtype(queue.dtype) and gq.shape == queue.shape
         assert rel_err(gq, ref_gq) <= cond * m.grad_rtol, (m.name, rel_err(gq, ref_gq))
     if m.dtype in (torch.bfloat16, torch.float16):
         check_16bit_gradients(x, queue, t, intra, (gx, gq), (ref_gx, ref_gq))
@@ -415,7 +418,7 @@ def test_side_stream():
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
+        lse, gx, _ = uniform_ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
         value = align_loss(x, x.flip(0))
     stream.synchronize()
     assert lse.item() == want[0] and torch.equal(gx, want[1])
@@ -506,7 +509,7 @@ def test_align_matches_float64_reference(dtype, alpha, n, d):
 def test_align_bitwise_reproducible():
     x = rows_on_device(5000, 64, torch.float32, seed=101)
     y = rows_on_device(5000, 64, torch.float32, seed=102)
-    runs = [_ops.align(x, y, 2.0, True) for _ in range(3)]
+    runs = [align_ops.align(x, y, 2.0, True) for _ in range(3)]
     for other in runs[1:]:
         assert torch.equal(other[0], runs[0][0]) and torch.equal(other[1], runs[0][1])
 
@@ -520,7 +523,7 @@ def test_loss_without_gradient_matches_reference(mode, k, num_parts):
     # No gradient asked for: the row pass skips a_i (the row sums only), one feature slice.
     x = rows_on_device(700, 24, mode.dtype, seed=200 + k + num_parts)
     q = rows_on_device(k, 24, mode.dtype, seed=201) if k else None
-    lses = [_ops.uniform_lse(x, q, 2.0, True, p, num_parts, False, False)[0].item()
+    lses = [uniform_ops.uniform_lse(x, q, 2.0, True, p, num_parts, False, False)[0].item()
             for p in range(num_parts)]
     combined = torch.logsumexp(torch.tensor(lses, dtype=torch.float64), 0).item()
     ref_lse, _, _ = reference_lse_grad(x, q, 2.0, True)
@@ -568,7 +571,7 @@ def test_the_test_entry_is_the_op():
     x = rows_on_device(500, 40, torch.float32, seed=209)
     q = rows_on_device(300, 40, torch.float32, seed=208)
     (got,) = _run_with(x, q)
-    want = _ops.uniform_lse(x, q, 2.0, True, 0, 1, True, True)
+    want = uniform_ops.uniform_lse(x, q, 2.0, True, 0, 1, True, True)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
     with pytest.raises(ValueError, match="block_rows must be 0 or 64"):
         _run_with(x, q, block_rows=32)
@@ -612,7 +615,7 @@ def test_queue_gradient_is_its_own_pass(mode, grad_x, grad_queue):
     # when asked for; x's a_i only when x's gradient is.  Each matches float64 alone.
     x = rows_on_device(300, 24, mode.dtype, seed=225)
     q = rows_on_device(900, 24, mode.dtype, seed=226)
-    lse, gx, gq = _ops.uniform_lse(x, q, 2.0, True, 0, 1, grad_x, grad_queue)
+    lse, gx, gq = uniform_ops.uniform_lse(x, q, 2.0, True, 0, 1, grad_x, grad_queue)
     ref_lse, ref_gx, ref_gq = reference_lse_grad(x, q)
     assert abs(lse.item() - ref_lse) <= mode.lse_atol + mode.lse_rtol * abs(ref_lse)
     assert (gx.numel() > 0) == grad_x and (gq.numel() > 0) == grad_queue
@@ -645,7 +648,7 @@ def test_float16_near_the_edge_of_its_range(t):
     side = torch.where(torch.rand(300, 1, generator=g) < 0.1, -60000.0, 60000.0).double()
     x = (side + 1000 * (2 * torch.rand(300, 8, generator=g, dtype=torch.float64) - 1)).half().to(DEVICE)
     assert torch.isfinite(x).all()
-    lse, gx, _ = _ops.uniform_lse(x, None, t, True, 0, 1, True, False)
+    lse, gx, _ = uniform_ops.uniform_lse(x, None, t, True, 0, 1, True, False)
     ref_lse, ref_gx, _ = reference_lse_grad(x, None, t)
     m = MODES["float16"]
     assert math.isfinite(lse.item()) and torch.isfinite(gx).all()
@@ -661,7 +664,7 @@ def test_float32_far_from_the_origin(mode):
     x = rows_on_device(300, 8, torch.float64, seed=250, scale=100.0)
     x[1] = x[0] + 0.05
     x = x.float()
-    lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
+    lse, gx, _ = uniform_ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
     ref_lse, ref_gx, _ = reference_lse_grad(x)
     assert abs(lse.item() - ref_lse) <= 2e-5 * max(1.0, abs(ref_lse))
     assert rel_err(gx, ref_gx) <= 3e-4
@@ -687,7 +690,7 @@ def test_concurrent_calls_on_two_streams():
     for _ in range(3):
         for i, (s, x) in enumerate(zip(streams, xs)):
             with torch.cuda.stream(s):
-                out[i] = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
+                out[i] = uniform_ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
         torch.cuda.synchronize()
         for (lse, gx, _), w in zip(out, want):
             assert lse.item() == w[0] and torch.equal(gx, w[1])
@@ -704,11 +707,11 @@ def test_cuda_graph_capture(dtype):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        _ops.uniform_lse(static_x, static_q, 2.0, True, 0, 1, True, True)  # warm-up
+        uniform_ops.uniform_lse(static_x, static_q, 2.0, True, 0, 1, True, True)  # warm-up
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        lse, gx, gq = _ops.uniform_lse(static_x, static_q, 2.0, True, 0, 1, True, True)
+        lse, gx, gq = uniform_ops.uniform_lse(static_x, static_q, 2.0, True, 0, 1, True, True)
     m = MODES["float64" if dtype == torch.float64 else "float32"]
     for seed in (282, 283):
         static_x.copy_(rows_on_device(900, 32, dtype, seed=seed))

@@ -14,7 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import pyhypersphere
-from pyhypersphere import distributed, distributed_contrastive
+from pyhypersphere import distributed
+from pyhypersphere.ops import contrastive_distributed
 
 from dense_contrastive import dense_clip, dense_info_nce, dense_nt_xent, exact_loss, value_and_grads
 from dist_harness import (
@@ -257,20 +258,20 @@ def _check_dominant_positive(rank, world, rows):
 def _check_failure_inside_the_loss(rank, world):
     """The operator fails on rank 1 only: it raises its error, every other rank a
     RuntimeError naming it, and nobody waits in a collective."""
-    original = distributed_contrastive.contrastive_lse
+    original = contrastive_distributed.contrastive_lse
 
     def failing(*args, **kwargs):
         raise RuntimeError("injected failure inside the operator")
 
     x = torch.randn(3, D, dtype=torch.float64, requires_grad=True)
     if rank == 1:
-        distributed_contrastive.contrastive_lse = failing
+        contrastive_distributed.contrastive_lse = failing
     try:
         match = "injected failure" if rank == 1 else r"rank\(s\) \[1\] failed inside the loss"
         with pytest.raises(RuntimeError, match=match):
             distributed.clip_loss(x, x.detach())
     finally:
-        distributed_contrastive.contrastive_lse = original
+        contrastive_distributed.contrastive_lse = original
 
 
 def _check_no_sync_path(rank, world):
@@ -287,9 +288,9 @@ def _check_no_sync_path(rank, world):
         assert [c[0] for c in same_on_every_rank(calls)] == ["all_gather", "all_gather", "reduce_scatter"], calls
         x.grad = None
         # The operator fails on rank 1 only.
-        original = distributed_contrastive.contrastive_lse
+        original = contrastive_distributed.contrastive_lse
         if rank == 1:
-            distributed_contrastive.contrastive_lse = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("injected"))
+            contrastive_distributed.contrastive_lse = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("injected"))
         try:
             with recorded_collectives() as calls:
                 if rank == 1:
@@ -303,7 +304,7 @@ def _check_no_sync_path(rank, world):
                     x.grad = None
             same_on_every_rank(calls)
         finally:
-            distributed_contrastive.contrastive_lse = original
+            contrastive_distributed.contrastive_lse = original
         # An invalid tau on rank 2: it raises, the others get NaN.
         if rank == 2:
             with pytest.raises(ValueError, match="tau must be a positive finite number"):

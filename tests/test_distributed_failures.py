@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from pyhypersphere import _global_batch, _ops, distributed
+from pyhypersphere import _global_batch, distributed
+from pyhypersphere.ops import uniform as uniform_ops
+from pyhypersphere.ops import uniform_distributed
 from pyhypersphere.reference import logsumexp_uniform_loss
 
 from conftest import HAS_CUDA
@@ -50,17 +52,17 @@ def _step_calls(rank, rows, views=2, **kw):
 def _injected_op_error(active: bool):
     """Make the operator raise on this rank (a stand-in for an out-of-memory error or a
     kernel that cannot run on this GPU)."""
-    original = _ops.uniform_lse
+    original = uniform_ops.uniform_lse
 
     def failing(*args, **kwargs):
         raise RuntimeError("injected failure inside the operator")
 
     if active:
-        _ops.uniform_lse = failing
+        uniform_ops.uniform_lse = failing
     try:
         yield
     finally:
-        _ops.uniform_lse = original
+        uniform_ops.uniform_lse = original
 
 
 def _raises_quickly(expected_error, match, call):
@@ -206,21 +208,21 @@ def no_host_sync_on_cuda(rank, world):
 
     def step():
         layout = _global_batch.assume_equal([x, x], params, None, "test")
-        losses = distributed._global_uniformity([x, x], layout, params, None, False, True, True)
+        losses = uniform_distributed._global_uniformity([x, x], layout, params, None, False, True, True)
         sum(losses).backward()
         return losses
 
     expected = step()  # warm-up: lazy initializations may synchronize once
     torch.cuda.synchronize()
     x.grad = None
-    operator = _OperatorReadAllowed(_ops._lib_ops)
-    real, _ops._lib_ops = _ops._lib_ops, operator
+    operator = _OperatorReadAllowed(uniform_ops._lib_ops)
+    real, uniform_ops._lib_ops = uniform_ops._lib_ops, operator
     torch.cuda.set_sync_debug_mode("error")
     try:
         losses = step()
     finally:
         torch.cuda.set_sync_debug_mode(0)
-        _ops._lib_ops = real
+        uniform_ops._lib_ops = real
     assert operator.calls >= 1  # the path went through the operator
     torch.testing.assert_close(losses[0], expected[0])
     torch.testing.assert_close(losses[0], logsumexp_uniform_loss(x.detach().double(), T).float(), rtol=2e-5, atol=0)

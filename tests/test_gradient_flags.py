@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import unit_rows
-from pyhypersphere import _ops, uniform_loss
+from pyhypersphere import uniform_loss
+from pyhypersphere.ops import uniform as uniform_ops
 
 FLAGS = list(itertools.product([True, False], repeat=2))  # (grad_x, grad_queue)
 
@@ -22,8 +23,8 @@ def test_loss_is_bitwise_the_same_in_every_flag_combination_and_run(intra_batch,
     x = unit_rows(300, 16, seed=3, dtype=torch.float32)
     q = unit_rows(500, 16, seed=4, dtype=torch.float32)
     for part in range(num_parts):
-        first = {f: _ops.uniform_lse(x, q, 2.0, intra_batch, part, num_parts, *f) for f in FLAGS}
-        again = {f: _ops.uniform_lse(x, q, 2.0, intra_batch, part, num_parts, *f) for f in FLAGS}
+        first = {f: uniform_ops.uniform_lse(x, q, 2.0, intra_batch, part, num_parts, *f) for f in FLAGS}
+        again = {f: uniform_ops.uniform_lse(x, q, 2.0, intra_batch, part, num_parts, *f) for f in FLAGS}
         for f in FLAGS:
             assert torch.equal(first[f][0], first[FLAGS[0]][0])
             for a, b in zip(first[f], again[f]):
@@ -37,13 +38,13 @@ def test_loss_is_bitwise_the_same_in_every_flag_combination_and_run(intra_batch,
 @pytest.mark.parametrize("x_grad,queue_grad", [(True, False), (False, True), (True, True)])
 def test_uniform_loss_asks_only_for_what_autograd_needs(monkeypatch, x_grad, queue_grad):
     calls = []
-    real = _ops._uniform  # every differentiable call of the op goes through it
+    real = uniform_ops._uniform  # every differentiable call of the op goes through it
 
     def spy(args, *rest):
         calls.append(args[-2:])
         return real(args, *rest)
 
-    monkeypatch.setattr(_ops, "_uniform", spy)
+    monkeypatch.setattr(uniform_ops, "_uniform", spy)
     x = unit_rows(20, 3, seed=6).requires_grad_(x_grad)
     q = unit_rows(30, 3, seed=7).requires_grad_(queue_grad)
     uniform_loss(x, queue=q).backward()

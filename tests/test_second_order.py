@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch.autograd.functional import hessian
 
 from conftest import explicit_align_loss, explicit_uniform_loss, unit_rows
-from pyhypersphere import _ops, align_loss, uniform_loss
+from pyhypersphere import align_loss, uniform_loss
+from pyhypersphere.ops import uniform as uniform_ops
 
 
 def rows(n, d, seed, scale=1.0):
@@ -196,9 +197,9 @@ def test_jacrev_of_jacrev_is_the_hessian():
 
 def test_second_order_of_a_pair_slice_raises():
     x = rows(70, 3, seed=16).requires_grad_()
-    lse, _, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 2, True, False)
+    lse, _, _ = uniform_ops.uniform_lse(x, None, 2.0, True, 0, 2, True, False)
     (g,) = torch.autograd.grad(lse, x, create_graph=False)
-    lse, _, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 2, True, False)
+    lse, _, _ = uniform_ops.uniform_lse(x, None, 2.0, True, 0, 2, True, False)
     with pytest.raises(RuntimeError, match="num_parts > 1"):
         torch.autograd.grad(lse, x, create_graph=True)
 
@@ -206,6 +207,6 @@ def test_second_order_of_a_pair_slice_raises():
 def test_first_order_backward_keeps_the_kernel_gradient():
     # Without create_graph the kernel's gradient is used as is (bitwise).
     x = rows(50, 4, seed=17).float().requires_grad_()
-    lse, gx, _ = _ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
+    lse, gx, _ = uniform_ops.uniform_lse(x, None, 2.0, True, 0, 1, True, False)
     lse.backward()
     assert torch.equal(x.grad, gx.float())

@@ -11,7 +11,7 @@ import pytest
 from pyhypersphere import sweep
 from pyhypersphere.cli import main as cli_main
 from pyhypersphere.sweep import grid as grid_mod
-from pyhypersphere.sweep import results
+from pyhypersphere.sweep import outputs, results
 
 # Two tiny one-epoch runs (a few seconds each on one thread).
 TINY_BASE = dict(num_samples=200, epochs=1, batch_size=32, feature_dim=8, eval_every=1)
@@ -199,7 +199,7 @@ def test_weights_heatmap_when_both_weights_are_swept(tmp_path):
             "config": {"align_w": a, "unif_w": u, "loss": "align_uniform"},
             "summary": {"linear_probe_acc": 0.1 + 0.2 * i, "knn_acc": 0.5, "align_alpha2": 0.1 * i, "uniform_t2": -i},
         })
-    made = results.write_outputs(tmp_path / "pooled", rows, plots=True)  # a new folder: pooled rows
+    made = outputs.write_outputs(tmp_path / "pooled", rows, plots=True)  # a new folder: pooled rows
     assert set(made["plots"]) == {"scatter.png", "accuracy_vs_params.png", "weights_heatmap.png"}
     assert made["correlations"]["linear_probe_acc"]["uniform_t2"]["rho"] == pytest.approx(-1.0)
 

@@ -244,6 +244,11 @@ def test_infonce_baseline_runs(tmp_path):
     assert s["loss"] == "infonce" and 0.0 <= s["linear_probe_acc"] <= 1.0
 
 
+def test_siglip_runs(tmp_path):
+    s = train(tiny(tmp_path / "siglip", loss="siglip", epochs=1))
+    assert s["loss"] == "siglip" and 0.0 <= s["linear_probe_acc"] <= 1.0
+
+
 def test_info_nce_matches_a_direct_formula():
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.normalize(torch.randn(5, 3, generator=g), dim=1)
@@ -396,8 +401,8 @@ def _ddp_worker(rank, world, store_path, result_path, loss_names):
 def test_distributed_gradient_equals_single_process(tmp_path):
     import torch.multiprocessing as mp
 
-    # Both objectives in one pair of processes: starting them is most of the cost.
-    loss_names = ["align_uniform", "infonce"]
+    # Every objective in one pair of processes: starting them is most of the cost.
+    loss_names = ["align_uniform", "infonce", "siglip"]
     path = str(tmp_path / "r.pt")
     store = str(tmp_path / "store")
     mp.start_processes(_ddp_worker, args=(2, store, path, loss_names), nprocs=2, join=True, start_method="spawn")

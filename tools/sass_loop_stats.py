@@ -1,8 +1,8 @@
 """Instruction mix of the row-block kernels' main loop, from `cuobjdump -sass` and
 `cuobjdump -res-usage` output (the CUDA compile gate, .ci/cuda_compile_check.sh).
 
-The main loop of a kernel is the innermost backward branch whose body holds the most
-tensor-core instructions (HMMA, or DMMA for float64).  Its body is counted statically,
+The main loop of a kernel is sass_mix.main_loop's: the innermost loop (backward branch)
+with the most tensor-core instructions (HMMA, or DMMA for float64).  Its body is counted statically,
 once: for the row kernels one iteration is one column tile of one warp (16 rows x the
 tile's columns), so per pair counts are thread instructions, i.e. the warp's count x 32
 lanes / (16 x columns).  Out-of-line paths (BRA.DIV fallbacks) are not in the count.
@@ -15,22 +15,19 @@ frame, or (bf16, fp16, tf32) has more than --limit non-tensor-core instructions 
 """
 
 import argparse
+import importlib.util
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-_FUNCTION = re.compile(r"Function\s*:\s*(\S+)")
-_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
-_TARGET = re.compile(r"(0x[0-9a-f]+)\s*$")
-_RESOURCES = re.compile(r"REG:(\d+)\s+STACK:(\d+)")
-_MMA = ("HMMA", "DMMA")
-
-
-@dataclass
-class Instruction:
-    address: int
-    opcode: str
-    operands: str
+# The one SASS parser (pyhypersphere/triton_kernels/sass_mix.py), loaded by path: no torch,
+# no triton, no package import needed on the CI machine.
+_SASS_MIX = Path(__file__).resolve().parents[1] / "pyhypersphere" / "triton_kernels" / "sass_mix.py"
+_SPEC = importlib.util.spec_from_file_location("sass_mix", _SASS_MIX)
+sass_mix = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(sass_mix)
+parse_functions, parse_resources = sass_mix.parse_functions, sass_mix.parse_resources
 
 
 @dataclass
@@ -41,54 +38,11 @@ class LoopStats:
     local: int  # LDL / STL in the body
 
 
-def parse_functions(sass: str) -> dict:
-    """{mangled name: [Instruction]} of every function in a cuobjdump -sass listing."""
-    functions, current = {}, None
-    for line in sass.splitlines():
-        header = _FUNCTION.search(line)
-        if header:
-            current = functions.setdefault(header.group(1), [])
-            continue
-        match = _INSTRUCTION.search(line)
-        if match and current is not None:
-            current.append(Instruction(int(match.group(1), 16), match.group(2), match.group(3)))
-    return functions
-
-
-def parse_resources(res_usage: str) -> dict:
-    """{mangled name: (registers, stack bytes)} from cuobjdump -res-usage."""
-    out, name = {}, None
-    for line in res_usage.splitlines():
-        header = re.search(r"Function\s+(\S+?):?\s*$", line)
-        if header:
-            name = header.group(1)
-            continue
-        found = _RESOURCES.search(line)
-        if found and name:
-            out[name] = (int(found.group(1)), int(found.group(2)))
-            name = None
-    return out
-
-
 def main_loop(instructions: list) -> LoopStats:
-    """The stats of the main loop (see the module doc); zeros when there is no loop."""
-    loops = []
-    for ins in instructions:
-        if not ins.opcode.startswith("BRA"):
-            continue
-        target = _TARGET.search(ins.operands.strip())
-        if target and int(target.group(1), 16) < ins.address:
-            loops.append((int(target.group(1), 16), ins.address))
-    best, best_key = LoopStats(0, 0, 0, 0), None
-    for begin, end in loops:
-        body = [i for i in instructions if begin <= i.address <= end and i.opcode != "NOP"]
-        mma = sum(i.opcode.startswith(_MMA) for i in body)
-        key = (mma, -(end - begin))  # most products, then the innermost
-        if mma and (best_key is None or key > best_key):
-            best_key = key
-            best = LoopStats(len(body), mma, sum(i.opcode.startswith("MUFU.EX2") for i in body),
-                             sum(i.opcode.startswith(("LDL", "STL")) for i in body))
-    return best
+    """The stats of sass_mix.main_loop's body; zeros when there is no loop."""
+    body = [i for i in (sass_mix.main_loop(instructions) or []) if i.base != "NOP"]
+    return LoopStats(len(body), sum(i.base in ("HMMA", "DMMA") for i in body),
+                     sum(i.opcode.startswith("MUFU.EX2") for i in body), sum(i.base in ("LDL", "STL") for i in body))
 
 
 # uniform_rows_kernel<Mma, rows, online>: the precision and the tile's columns.
@@ -126,7 +80,7 @@ def report(arch: str, sass: str, res_usage: str, limit: float) -> tuple:
         loop = main_loop(instructions)
         pairs = 16 * cols / 32  # a warp's pairs per tile, per lane
         regs, stack = resources.get(name, (-1, -1))
-        spills = sum(i.opcode.startswith(("LDL", "STL")) for i in instructions)
+        spills = sum(i.base in ("LDL", "STL") for i in instructions)
         nonmma = (loop.instructions - loop.mma) / pairs
         core = "DMMA" if dtype == "fp64" and loop.mma else ("HMMA" if loop.mma else "none")
         lines.append(f"arch=sm_{arch} kernel={label} dtype={dtype} tensor_core={core} regs={regs} spills={spills} "

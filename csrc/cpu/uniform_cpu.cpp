@@ -7,7 +7,7 @@
 // separate backward would redo the Gram GEMM and the exps: 3 GEMMs instead of 1 + 3.
 // Only the rows asked for get gradient terms: with a detached queue (MoCo) an x-by-queue
 // tile needs the Gram product and W Z_queue only, 2 GEMMs instead of 3.
-// The backward is then a scale by the upstream gradient (see pyhypersphere/_ops.py).
+// The backward is then a scale by the upstream gradient (see pyhypersphere/ops/uniform.py).
 #include "../input_checks.h"
 #include "../ops.h"
 #include "../tile_schedule.h"

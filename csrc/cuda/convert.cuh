@@ -3,11 +3,9 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-
 #include <type_traits>
 
-namespace pyhypersphere {
-namespace cuda {
+namespace pyhypersphere::cuda {
 
 __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
@@ -21,5 +19,4 @@ __device__ __forceinline__ T from_acc(A v) {
   else return static_cast<T>(v);
 }
 
-}  // namespace cuda
-}  // namespace pyhypersphere
+}  // namespace pyhypersphere::cuda

@@ -1,21 +1,13 @@
-// Host entry points of the CUDA uniformity kernels: toolkit only (raw device pointers,
-// sizes, a stream), shared by the torch glue (uniform_cuda.cpp) and the benchmark.
-// Contract (csrc/ops.h): rows z = [x (n rows); queue (k rows)], the pairs of `part` of
-// `num_parts` (slices of 64-row tiles, as the Triton kernels cut them):
-//   lse = log sum_P exp(-t ||z_i - z_j||^2) (-inf for an empty slice), grad = d lse / d z.
-// Products: kBf16/kFp16 m16n8k16 (weights rounded to the operand type), kTf32 m16n8k8 on
-// TF32-rounded rows, kFp32 3xTF32, kFp64 DMMA; everything else in float (double for
-// kFp64).  Needs sm_80+.  Work is cut by the shape alone, merges have a fixed order and
-// there are no float atomics: results are bitwise the same for every grid size.
+// Host entry points of the CUDA uniformity kernels (toolkit only: raw device pointers,
+// sizes, a stream), for the torch glue and the benchmark; contract and design: ops.h,
+// docs/cuda.md.  Needs sm_80+; results are bitwise the same for every grid size.
 #pragma once
 
 #include <cuda_runtime_api.h>
-
 #include <cstddef>
 #include <cstdint>
 
-namespace pyhypersphere {
-namespace cuda {
+namespace pyhypersphere::cuda {
 
 enum class UniformPrecision { kBf16, kFp16, kTf32, kFp32, kFp64 };
 
@@ -28,9 +20,7 @@ struct UniformProblem {
   bool grad_x = false;      // into grad_rows [0, n)
   bool grad_queue = false;  // into grad_rows [n, n + k) (needs k > 0)
   UniformPrecision precision = UniformPrecision::kFp32;
-  // Shift 0 instead of an online max: only where no weight can underflow
-  // (plan::static_shift_certified).
-  bool static_shift = false;
+  bool static_shift = false;  // shift 0, no online max: where plan::static_shift_certified
   int64_t block_rows = 0;  // 0: uniform_block_rows(precision); 64 for 99 KiB devices
   int64_t max_ctas = 0;    // cap on the row kernel's grid, for tests (0: none)
 };
@@ -46,8 +36,7 @@ size_t uniform_workspace_bytes(const UniformProblem& problem);
 // lse (one double, whatever the precision: ops.h) and the asked rows of grad_rows ([n + k,
 // d], the accumulation type), asynchronously on `stream`; `workspace`:
 // uniform_workspace_bytes, 256-byte aligned.  Returns the first launch error.
-cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, void* lse,
-                               void* grad_rows, cudaStream_t stream);
+cudaError_t launch_uniform_lse(const UniformProblem& problem, void* workspace, void* lse, void* grad_rows,
+                               cudaStream_t stream);
 
-}  // namespace cuda
-}  // namespace pyhypersphere
+}  // namespace pyhypersphere::cuda

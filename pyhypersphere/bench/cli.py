@@ -104,8 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--loss",
         choices=LOSSES,
         default=UNIFORM,
-        help="the loss measured (default uniform); nt_xent, info_nce and clip compare the fused "
-        "contrastive losses with the dense PyTorch formula (logits + F.cross_entropy)",
+        help="the loss measured (default uniform); nt_xent, info_nce, clip and siglip compare the fused "
+        "contrastive losses with the dense PyTorch formula (logits + F.cross_entropy, or F.logsigmoid)",
     )
     add(
         "--impl",

@@ -1,9 +1,11 @@
-"""The contrastive losses in the benchmark (`pyhypersphere bench --loss nt_xent|info_nce|clip`).
+"""The contrastive losses in the benchmark (`pyhypersphere bench --loss nt_xent|info_nce|clip|siglip`).
 
 Each implementation builds a callable on two [N, d] tensors (x, y: the two views, or
 queries and keys, or image and text features).  "dense" is the PyTorch formula users
 write: the logit matrix and ``F.cross_entropy`` (2N x 2N for NT-Xent, N x N for InfoNCE
-and CLIP), with in-place ops where autograd allows, so it is not handicapped by copies.
+and CLIP), with in-place ops where autograd allows, so it is not handicapped by copies;
+for SigLIP the logits t x y^T + b, the +-1 labels and ``F.logsigmoid``.  SigLIP's "tau" is
+1 / t (b = -10, the paper's initialization).
 """
 
 from dataclasses import dataclass
@@ -13,10 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from pyhypersphere.contrastive import DEFAULT_CLIP_TAU, DEFAULT_INFO_NCE_TAU, DEFAULT_NT_XENT_TAU
+from pyhypersphere.ops import siglip
 
 UNIFORM = "uniform"
-LOSSES = (UNIFORM, "nt_xent", "info_nce", "clip")
-DEFAULT_TAU = {"nt_xent": DEFAULT_NT_XENT_TAU, "info_nce": DEFAULT_INFO_NCE_TAU, "clip": DEFAULT_CLIP_TAU}
+LOSSES = (UNIFORM, "nt_xent", "info_nce", "clip", "siglip")
+DEFAULT_TAU = {"nt_xent": DEFAULT_NT_XENT_TAU, "info_nce": DEFAULT_INFO_NCE_TAU, "clip": DEFAULT_CLIP_TAU,
+               "siglip": 1.0 / siglip.DEFAULT_T}
 
 PairLossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,18 +45,26 @@ def dense_clip(x: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-_DENSE = {"nt_xent": dense_nt_xent, "info_nce": dense_info_nce, "clip": dense_clip}
+def dense_siglip(x: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+    logits = (x @ y.T).mul_(1.0 / tau).add_(siglip.DEFAULT_B)
+    labels = 2 * torch.eye(x.shape[0], device=x.device, dtype=logits.dtype) - 1
+    return -F.logsigmoid(labels * logits).sum() / x.shape[0]
+
+
+_DENSE = {"nt_xent": dense_nt_xent, "info_nce": dense_info_nce, "clip": dense_clip, "siglip": dense_siglip}
 
 
 def _fused(loss: str):
     import pyhypersphere
 
+    if loss == "siglip":
+        return lambda x, y, tau: pyhypersphere.siglip_loss(x, y, 1.0 / tau, siglip.DEFAULT_B)
     return {"nt_xent": pyhypersphere.nt_xent_loss, "info_nce": pyhypersphere.info_nce_loss, "clip": pyhypersphere.clip_loss}[loss]
 
 
 def _inf_cl_unsupported(loss: str, device: torch.device, _dtype) -> Optional[str]:
-    if loss == "nt_xent":
-        return "inf-cl computes image-text (cross) losses only, not SimCLR's self-pair NT-Xent"
+    if loss in ("nt_xent", "siglip"):
+        return "inf-cl computes softmax image-text (cross) losses only, not SimCLR's NT-Xent or SigLIP's sigmoid loss"
     if device.type != "cuda":
         return "inf-cl is CUDA-only (Triton kernels)"
     try:
@@ -83,17 +95,17 @@ class ContrastiveImpl:
     build: Callable[[str, float], PairLossFn]
 
 
-def _fused_unsupported(_loss, device, _dtype) -> Optional[str]:
+def _fused_unsupported(loss, device, _dtype) -> Optional[str]:
     from .. import contrastive
 
-    return contrastive.device_problem(device)
+    return siglip.kernel_problem(device) if loss == "siglip" else contrastive.device_problem(device)
 
 
 CONTRASTIVE_IMPLS = {
     impl.name: impl
     for impl in (
         ContrastiveImpl(
-            "pyhypersphere", "the fused op (nt_xent_loss / info_nce_loss / clip_loss)", _fused_unsupported,
+            "pyhypersphere", "the fused op (nt_xent_loss / info_nce_loss / clip_loss / siglip_loss)", _fused_unsupported,
             lambda loss, tau: (lambda x, y, f=_fused(loss): f(x, y, tau)),
         ),
         ContrastiveImpl(

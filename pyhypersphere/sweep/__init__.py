@@ -10,7 +10,8 @@ documented in ``pyhypersphere.sweep.grid`` and docs/reproduction.md.
 """
 
 from .grid import GridError, Run, Sweep, describe, expand, load, shipped_grids
-from .results import correlations, joint_fit, load_rows, spearman, write_outputs
+from .outputs import write_outputs
+from .results import correlations, joint_fit, load_rows, spearman
 from .runner import FAILED, OK, SweepExistsError, default_workers, run
 
 __all__ = [

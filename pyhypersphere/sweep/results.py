@@ -1,4 +1,5 @@
-"""A sweep's results: rows from sweep.jsonl, the CSV, Spearman correlations, the plots."""
+"""A sweep's results: rows from sweep.jsonl, the CSV, Spearman correlations and the joint fit
+(outputs.py writes them to a folder with the plots)."""
 
 from __future__ import annotations
 
@@ -184,28 +185,6 @@ def write_csv(path, rows: Sequence[dict], fields: Sequence[str]) -> None:
                     v = v[0]
                 line.append("" if v is None else v)
             w.writerow(line)
-
-
-def write_outputs(out, rows: Sequence[dict], sweep=None, plots: bool = True) -> Dict[str, object]:
-    """sweep.csv, correlations.json and the plots for ``rows`` (``sweep`` names the swept
-    fields; without it they are inferred from the rows' points)."""
-    from .plots import PlotsUnavailable, write_plots
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fields = list(sweep.swept) if sweep is not None else swept_fields(rows)
-    write_csv(out / CSV, rows, fields)
-    table = correlations(rows)
-    (out / CORRELATIONS).write_text(json.dumps(table, indent=2) + "\n")
-    fit = joint_fit(rows)
-    (out / JOINT_FIT).write_text(json.dumps(fit, indent=2) + "\n")
-    made: List[str] = []
-    if plots:
-        try:
-            made = write_plots(out, rows, fields, table, fit)
-        except PlotsUnavailable as e:
-            print(f"note: {e}", flush=True)
-    return {"csv": str(out / CSV), "correlations": table, "joint_fit": fit, "plots": made}
 
 
 def swept_fields(rows: Sequence[dict]) -> List[str]:

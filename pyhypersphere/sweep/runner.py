@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import grid as grid_mod
-from . import results
+from . import outputs, results
 from .worker import DRIVER_ENV, RUN_CONFIG
 
 OK, FAILED = "ok", "failed"
@@ -111,7 +111,7 @@ def run(
         if bar is not None:
             bar.close()
     rows = results.load_rows(out)
-    results.write_outputs(out, rows, sweep)
+    outputs.write_outputs(out, rows, sweep)
     return rows
 
 

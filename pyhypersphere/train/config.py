@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-LOSSES = ("align_uniform", "infonce")
+LOSSES = ("align_uniform", "infonce", "siglip")
 MNIST1D_MIN_SAMPLES = 20  # the trainer's floor: 4 held-out samples
 MNIST1D_TRAIN_FRACTION = 0.8  # the mnist1d generator's own split
 DATASETS = ("mnist1d", "digits", "folder", "stl10")

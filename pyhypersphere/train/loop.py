@@ -209,6 +209,7 @@ class _Objective:
         self.dist_uniform = losses.distributed_uniform_loss() if world > 1 else None
         # InfoNCE over the global batch too: each view's negatives are every rank's views.
         self.dist_nt_xent = losses.distributed_nt_xent_loss() if world > 1 else None
+        self.dist_siglip = losses.distributed_siglip_loss() if world > 1 else None
         self.unif_scale: Optional[float] = None  # see _calibrate
 
     def _calibrate(self, z: torch.Tensor) -> float:
@@ -249,8 +250,10 @@ class _Objective:
         """(loss for backward, loss value, align value, uniform value)."""
         cfg = self.cfg
         z1, z2 = z1.float(), z2.float()
-        if cfg.loss == "infonce":
-            if self.dist_nt_xent is None:
+        if cfg.loss in ("infonce", "siglip"):
+            if cfg.loss == "siglip":
+                loss = losses.siglip(z1, z2) if self.dist_siglip is None else self.dist_siglip(z1, z2, equal_shards=True)
+            elif self.dist_nt_xent is None:
                 loss = losses.info_nce(z1, z2, cfg.tau)
             else:
                 loss = self.dist_nt_xent(z1, z2, cfg.tau, equal_shards=True)  # equal shards, as below

@@ -1,6 +1,6 @@
-"""The objectives: the package's fused losses (InfoNCE as the fused NT-Xent), and their
-global-batch forms from ``pyhypersphere.distributed`` (uniformity, NT-Xent) under
-torch.distributed with more than one process."""
+"""The objectives: the package's fused losses (InfoNCE as the fused NT-Xent, SigLIP's
+sigmoid loss), and their global-batch forms from ``pyhypersphere.distributed``
+(uniformity, NT-Xent, SigLIP) under torch.distributed with more than one process."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Callable, Tuple
 
 import torch
 
-from pyhypersphere import align_loss, nt_xent_loss, uniform_loss
+from pyhypersphere import align_loss, nt_xent_loss, siglip_loss, uniform_loss
 
 # Recorded in config.json and summary.json.
 LOSS_BACKEND = "pyhypersphere"
@@ -50,3 +50,17 @@ def info_nce(x: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     logits, so the baseline runs at the batch sizes the align+uniform loss reaches.
     """
     return nt_xent_loss(x, y, tau)
+
+
+def distributed_siglip_loss() -> Callable:
+    """Global-batch SigLIP (same value on every rank), imported only when needed."""
+    from pyhypersphere.distributed import siglip_loss as global_siglip
+
+    return global_siglip
+
+
+def siglip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SigLIP's sigmoid loss with the two views as the pair (x_i, y_i), every other pair a
+    negative, at the paper's initial t = 10 and b = -10 (held fixed: the trainer's
+    optimizer holds the encoder's parameters only)."""
+    return siglip_loss(x, y)

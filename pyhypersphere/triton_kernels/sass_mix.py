@@ -1,6 +1,9 @@
-"""The instruction mix of a compiled kernel's main loop, read from its cubin's SASS.
+"""The instruction mix of a compiled kernel's main loop, read from its cubin's SASS: the one
+SASS parser of both compile gates, Triton's (compile_check, issue 23; nvdisasm -c text)
+and CUDA C++'s (tools/sass_loop_stats.py, issue 24; cuobjdump -sass listings of several
+functions, branch targets as addresses, and cuobjdump -res-usage).
 
-Used by compile_check's gate (issue 23): how many tensor-core GEMMs one tile's step
+How many tensor-core GEMMs one tile's step
 issues, how many exps and how many other instructions per pair of the tile.  Static
 counts of the loop body, not a profile: every instruction between the loop's head and
 its backward branch counts once (both arms of a branch inside the body included).
@@ -25,10 +28,13 @@ import re
 import subprocess
 import tempfile
 
-# SASS as nvdisasm prints it: "/*0a30*/  @!P5 BRA `(.L_x_3) ;" and labels ".L_x_3:".
+# SASS as nvdisasm prints it: "/*0a30*/  @!P5 BRA `(.L_x_3) ;" and labels ".L_x_3:"; as
+# cuobjdump prints it: "/*0a30*/  @!P5 BRA 0x9c0 ;", functions headed "Function : name".
 _INSTR = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)(.*?);")
 _LABEL = re.compile(r"^\s*(\.L\w+):")
-_BRANCH_TARGET = re.compile(r"`\((\.L\w+)\)")
+_BRANCH_TARGET = re.compile(r"`\((\.L\w+)\)|\s(0x[0-9a-f]+)\s*$")
+_FUNCTION = re.compile(r"Function\s*:\s*(\S+)")
+_RESOURCES = re.compile(r"REG:(\d+)\s+STACK:(\d+)")
 # mma.sync shapes SASS spells without separators (HMMA.16816 = m16n8k16) -> (m, n, k);
 # others are spelled "MxNxK" (HGMMA.64x64x16, DMMA.8x8x4 on sm_90).
 _PACKED_SHAPES = {"16816": (16, 8, 16), "1688": (16, 8, 8), "16832": (16, 8, 32), "884": (8, 8, 4),
@@ -43,7 +49,8 @@ class Instr:
     index: int
     opcode: str  # with modifiers, e.g. "HGMMA.64x64x16.F32.BF16"
     label: str | None  # the label this instruction starts, if any
-    target: str | None  # a branch's target label
+    target: str | None  # a branch's target: a label, or an address as "0x..." (cuobjdump)
+    address: int = -1
 
     @property
     def base(self) -> str:
@@ -63,9 +70,38 @@ def parse(sass: str) -> list:
             continue
         opcode, rest = m.group(2), m.group(3)
         tgt = _BRANCH_TARGET.search(rest) if opcode.split(".")[0] in ("BRA", "BRX", "JMP") else None
-        instrs.append(Instr(len(instrs), opcode, pending, tgt.group(1) if tgt else None))
+        target = (tgt.group(1) or hex(int(tgt.group(2), 16))) if tgt else None
+        instrs.append(Instr(len(instrs), opcode, pending, target, int(m.group(1), 16)))
         pending = None
     return instrs
+
+
+def parse_functions(sass: str) -> dict:
+    """{mangled name: [Instr]} of every function of a cuobjdump -sass listing."""
+    chunks, name = {}, None
+    for line in sass.splitlines():
+        header = _FUNCTION.search(line)
+        if header:
+            name = header.group(1)
+            chunks[name] = []
+        elif name is not None:
+            chunks[name].append(line)
+    return {n: parse("\n".join(lines)) for n, lines in chunks.items()}
+
+
+def parse_resources(res_usage: str) -> dict:
+    """{mangled name: (registers, stack bytes)} from cuobjdump -res-usage."""
+    out, name = {}, None
+    for line in res_usage.splitlines():
+        header = re.search(r"Function\s+(\S+?):?\s*$", line)
+        if header:
+            name = header.group(1)
+            continue
+        found = _RESOURCES.search(line)
+        if found and name:
+            out[name] = (int(found.group(1)), int(found.group(2)))
+            name = None
+    return out
 
 
 def mma_macs(instr: Instr, num_warps: int) -> int:
@@ -92,7 +128,8 @@ def tensor_core_kind(instrs) -> str:
 def loops(instrs) -> list:
     """(first, last) instruction indices of every loop: a branch back to a label at or
     before it.  The body is the contiguous range, as the compilers lay loops out."""
-    at = {i.label: i.index for i in instrs if i.label}
+    at = {hex(i.address): i.index for i in instrs if i.address >= 0}
+    at.update({i.label: i.index for i in instrs if i.label})
     return [(at[i.target], i.index) for i in instrs if i.target in at and at[i.target] <= i.index]
 
 

@@ -147,13 +147,6 @@ void check_layout_functions() {
       expect(L::acc8x8(lane, i).row == isa_c_f64(lane, i).row && L::acc8x8(lane, i).col == isa_c_f64(lane, i).col,
              "acc8x8 == ISA m8n8k4 C", lane, i);
     }
-    for (int h = 0; h < 2; ++h) {
-      for (bool trans : {false, true}) {
-        const L::Coord got = L::ldmatrix_element(lane, h, trans);
-        const RC want = isa_ldmatrix(lane, h, trans);
-        expect(got.row == want.row && got.col == want.col, "ldmatrix_element == ISA", lane, h);
-      }
-    }
   }
   for (int p = 0; p < 8; ++p) {
     // TF32 A: k position p of a lane with thread_in_group t is column permuted_k_column(p),
@@ -161,11 +154,13 @@ void check_layout_functions() {
     expect(L::permuted_k_column(p) == (p < 4 ? 2 * p : 2 * (p - 4) + 1), "permuted_k_column", p);
   }
   for (int lane = 0; lane < 32; ++lane) {
-    for (int r = 0; r < 4; ++r) {
-      const RC a = isa_a_tf32(lane, r);
-      const L::Coord c = L::acc16x8(lane, L::acc_of_tf32_a(r));
-      expect(a.row == c.row && L::permuted_k_column(a.col) == c.col, "TF32 A from accumulators", lane, r);
-    }
+    for (int nr = 0; nr < 2; ++nr)
+      for (int i = 0; i < 2; ++i) {
+        // TF32 P^T as B: register i of row tile nr is accumulator 2 nr + i, as it lies.
+        const RC b = isa_b_tf32(lane, i);
+        const L::Coord c = L::acc16x8(lane, 2 * nr + i);
+        expect(8 * nr + b.col == c.row && L::permuted_k_column(b.row) == c.col, "TF32 B from accumulators", lane, i);
+      }
   }
 }
 
@@ -243,37 +238,68 @@ void check_tf32(std::mt19937& rng) {
   }
   const Matrix want_s = product(q, transpose(kmat));
   expect_acc(s, want_s, "TF32 S = Q K^T");
-  const int kOut = 64;  // the kernel's output window: 8 n8 tiles, features 8n + f
+  // O^T = V^T P^T and the row sums l^T = A P^T as the kernel runs them: per k8 step c8,
+  // B = S's accumulators of column tile c8 (row tile nr: elements 2 nr, 2 nr + 1), A = V^T
+  // from two 8-byte loads of V's rows 8 c8 + 2t, + 1 (features tf32_v_feature(i, g, 0 / 1)).
+  const int kOut = 64;
+  const double w = 0.5;
   const Matrix v = random_matrix(kCols, kOut, rng);
-  std::vector<std::vector<double>> o(32, std::vector<double>(kOut / 2, 0.0));
-  for (int c8 = 0; c8 < kCols / 8; ++c8) {
-    std::vector<std::vector<double>> a(32, std::vector<double>(4));
+  std::vector<std::vector<double>> o(32, std::vector<double>(kOut / 2, 0.0)), l(32, std::vector<double>(8, 0.0));
+  auto mma_into = [&](std::vector<std::vector<double>>& acc, int at, const std::vector<std::vector<double>>& a,
+                      int c8, int nr) {
+    std::vector<std::vector<double>> b(32, std::vector<double>(2)), c(32, std::vector<double>(4));
+    for (int lane = 0; lane < 32; ++lane) {
+      for (int i = 0; i < 2; ++i) b[lane][i] = s[lane][4 * c8 + 2 * nr + i];
+      for (int i = 0; i < 4; ++i) c[lane][i] = acc[lane][at + i];
+    }
+    warp_mma(16, 8, 8, 4, 2, 4, a, b, c, isa_a_tf32, isa_b_tf32, isa_c16);
     for (int lane = 0; lane < 32; ++lane)
-      for (int r = 0; r < 4; ++r) a[lane][r] = s[lane][4 * c8 + L::acc_of_tf32_a(r)];
-    for (int f = 0; f < kOut / 8; ++f) {
-      std::vector<std::vector<double>> b(32, std::vector<double>(2)), c(32, std::vector<double>(4));
-      for (int lane = 0; lane < 32; ++lane) {
-        for (int i = 0; i < 2; ++i) {
-          b[lane][i] = v[8 * c8 + L::permuted_k_column(4 * i + tig(lane))][L::tf32_v_feature(f, gid(lane))];
-        }
-        for (int i = 0; i < 4; ++i) c[lane][i] = o[lane][4 * f + i];
-      }
-      warp_mma(16, 8, 8, 4, 2, 4, a, b, c, isa_a_tf32, isa_b_tf32, isa_c16);
+      for (int i = 0; i < 4; ++i) acc[lane][at + i] = c[lane][i];
+  };
+  for (int c8 = 0; c8 < kCols / 8; ++c8) {
+    std::vector<std::vector<double>> ones(32, std::vector<double>(4));
+    for (int lane = 0; lane < 32; ++lane) {
+      const double one = gid(lane) == 0 ? 1.0 : (gid(lane) == 1 ? w : 0.0);
+      for (int r = 0; r < 4; ++r) ones[lane][r] = L::tf32_sums_a(gid(lane), one, r);
+    }
+    for (int nr = 0; nr < 2; ++nr) mma_into(l, 4 * nr, ones, c8, nr);
+    for (int i = 0; i < kOut / 16; ++i) {
+      std::vector<std::vector<double>> a(32, std::vector<double>(4));
       for (int lane = 0; lane < 32; ++lane)
-        for (int i = 0; i < 4; ++i) o[lane][4 * f + i] = c[lane][i];
+        for (int r = 0; r < 4; ++r)
+          a[lane][r] = v[8 * c8 + 2 * tig(lane) + r / 2][L::tf32_v_feature(i, gid(lane), r % 2)];
+      for (int nr = 0; nr < 2; ++nr) mma_into(o, 8 * i + 4 * nr, a, c8, nr);
     }
   }
-  // Output tile f, column n is feature tf32_v_feature(f, n); lane g's B values of the 8
-  // tiles are features 8g .. 8g + 7 in order (the kernel loads them as two float4).
   const Matrix want_o = product(want_s, v);
+  std::vector<int> seen(16 * kOut, 0);
   for (int lane = 0; lane < 32; ++lane)
-    for (int f = 0; f < kOut / 8; ++f) {
-      expect(L::tf32_v_feature(f, gid(lane)) == L::tf32_v_feature(0, gid(lane)) + f, "TF32 V: consecutive", lane, f);
-      for (int i = 0; i < 4; ++i) {
-        const RC c = isa_c16(lane, i);
-        expect(o[lane][4 * f + i] == want_o[c.row][L::tf32_v_feature(f, c.col)], "TF32 O = P V (permuted k, n)",
-               lane, f);
-      }
+    for (int e = 0; e < kOut / 2; ++e) {
+      const int row = L::tf32_out_row(lane, e), feature = L::tf32_v_feature(e >> 3, gid(lane), (e >> 1) & 1);
+      ++seen[row * kOut + feature];
+      expect(o[lane][e] == want_o[row][feature], "TF32 O^T = V^T P^T (permuted k)", lane, e);
+    }
+  for (int count : seen) expect(count == 1, "TF32 O^T: each output once", count);
+  int sums = 0;
+  for (int lane = 0; lane < 32; ++lane)
+    for (int e = 0; e < 8; ++e) {
+      if (e & 2) continue;  // the kernel's finish_sums: rows 8, 9 added into rows 0, 1
+      const int col = L::tf32_sum_col(lane, e), row = L::tf32_out_row(lane, e);
+      if (col >= 2) continue;
+      double want = 0;
+      for (int j = 0; j < kCols; ++j) want += want_s[row][j] * (col == 0 ? 1.0 : w);
+      expect(l[lane][e] + l[lane][e + 2] == want, "TF32 row sums [l lw] = P [1 w]", lane, e);
+      ++sums;
+    }
+  expect(sums == 32, "TF32 row sums: every row's l and lw once", sums);
+  // The 8-byte V loads of one m tile by a half warp hit distinct bank pairs at the pitch.
+  const int kPitch = 68;
+  for (int i = 0; i < kOut / 16; ++i)
+    for (int half = 0; half < 2; ++half) {
+      std::vector<int> banks(16, 0);
+      for (int lane = 16 * half; lane < 16 * half + 16; ++lane)
+        ++banks[((2 * tig(lane) * kPitch + L::tf32_v_feature(i, gid(lane), 0)) / 2) % 16];
+      for (int b : banks) expect(b == 1, "TF32 V loads: no bank conflict", i, half);
     }
 }
 

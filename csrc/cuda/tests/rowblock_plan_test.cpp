@@ -140,7 +140,10 @@ Result emulate(const std::vector<double>& z, int64_t n, int64_t k, int64_t d, do
       T bias = P::weight_bias(row_term, T(0)), scale = 1;
       if (online) {  // the kernel's lazy shift: it moves only past kLazyShift2
         const T tile_max = *std::max_element(e.begin(), e.end());
-        if (tile_max > P::shift_limit(p.m2, row_term)) {
+        // The kernel skips the max once the shift is settled: it could not move it.
+        const bool moves = tile_max > P::shift_limit(p.m2, row_term);
+        expect(!moves || P::needs_exact_max(p.m2), "a settled shift never moves", double(p.m2));
+        if (moves && P::needs_exact_max(p.m2)) {
           const P::OnlineStep<T> s = P::online_step(p.m2, tile_max + row_term);
           p.m2 = s.max;
           scale = s.scale;

@@ -8,7 +8,8 @@
 
 Each returns the loss of the global batch (every rank's shards of x and y concatenated
 in rank order), the same value on every rank: the value of the single-process loss in
-``pyhypersphere.contrastive`` on the concatenated batch.  The collective steps are the
+``pyhypersphere.contrastive`` on the concatenated batch (re-exported by
+``pyhypersphere.distributed``).  The collective steps are the
 global-batch layer (``_global_batch.py``, with the views [x, y]); this module holds the
 loss-specific step: rank r computes the log-sum-exps of its own rows only (its rows
 against every row of the gathered batch, with the fused ``contrastive_lse``; never an
@@ -29,12 +30,10 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from . import _global_batch as gb
+from .. import _global_batch as gb
 from . import contrastive
-from ._contrastive_ops import contrastive_lse
-from ._ops import accumulate_dtype
-from .contrastive import DEFAULT_CLIP_TAU, DEFAULT_INFO_NCE_TAU, DEFAULT_NT_XENT_TAU, Temperature
-from .losses import _learned
+from ._common import accumulate_dtype, check_features, check_matches, learned
+from .contrastive import DEFAULT_CLIP_TAU, DEFAULT_INFO_NCE_TAU, DEFAULT_NT_XENT_TAU, Temperature, contrastive_lse
 
 @dataclass(frozen=True)
 class _Spec:
@@ -63,9 +62,9 @@ class _Spec:
         allowed here: the loss is over the global batch), then of its other arguments."""
         (x, y), (a, b), function = views, self.names, self.function
         try:
-            contrastive._check_features(x, a, function, min_rows=0)
-            contrastive._check_features(y, b, function, min_rows=0)
-            contrastive._check_matches(x, a, y, b, function, same_rows=True)
+            check_features(x, a, function, min_rows=0)
+            check_features(y, b, function, min_rows=0)
+            check_matches(x, a, y, b, function, same_rows=True)
         except (TypeError, ValueError) as error:
             return str(error).removeprefix(f"{function}: ")
         return self.other_problem(views)
@@ -116,8 +115,8 @@ def _nt_xent_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Te
     others = torch.cat([x[:lo], x[hi:], y[:lo], y[hi:]])
     own_x, own_y = contrastive_lse(mine_x, mine_y, scale, True, True, skip_positives=True)
     lse = torch.logaddexp(torch.cat([own_x, own_y]), _row_lse(torch.cat([mine_x, mine_y]), others, scale))
-    positive = contrastive._row_dots(mine_x, mine_y) * scale
-    return contrastive._cross_entropy(lse, torch.cat([positive, positive])).sum() / (2 * total)
+    positive = contrastive.row_dots(mine_x, mine_y) * scale
+    return contrastive.cross_entropy(lse, torch.cat([positive, positive])).sum() / (2 * total)
 
 
 def _clip_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tensor:
@@ -127,8 +126,8 @@ def _clip_share(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tenso
     x, y = z[:, :d], z[:, d:]
     rows = _row_lse(x[lo:hi], _mine_first(y, lo, hi), scale, True)
     columns = _row_lse(y[lo:hi], _mine_first(x, lo, hi), scale, True)
-    positive = contrastive._row_dots(x[lo:hi], y[lo:hi]) * scale
-    ce = contrastive._cross_entropy
+    positive = contrastive.row_dots(x[lo:hi], y[lo:hi]) * scale
+    ce = contrastive.cross_entropy
     return (ce(rows, positive) + ce(columns, positive)).sum() / (2 * layout.total)
 
 
@@ -140,10 +139,10 @@ def _info_nce_share(z: torch.Tensor, layout: gb.Layout, scale: float, queue, in_
     if layout.my_rows == 0:
         return z[:0].sum()  # 0, still a function of z
     keys = ([_mine_first(k, lo, hi)] if in_batch else []) + ([queue.detach().to(z.dtype)] if queue is not None else [])
-    positive = contrastive._row_dots(q[lo:hi], k[lo:hi]) * scale
+    positive = contrastive.row_dots(q[lo:hi], k[lo:hi]) * scale
     # in_batch: the positive is key i, skipped; else it is not among the keys.
     lse = _row_lse(q[lo:hi], torch.cat(keys), scale, in_batch)
-    return contrastive._cross_entropy(lse, positive).sum() / layout.total
+    return contrastive.cross_entropy(lse, positive).sum() / layout.total
 
 
 def _queue_problem(q, queue, in_batch: bool, function: str) -> Optional[str]:
@@ -151,8 +150,8 @@ def _queue_problem(q, queue, in_batch: bool, function: str) -> Optional[str]:
     if queue is None:
         return None if in_batch else "in_batch=False needs a queue (there would be no negatives)"
     try:
-        contrastive._check_features(queue, "queue", function)
-        contrastive._check_matches(q, "q", queue, "queue", function, same_rows=False)
+        check_features(queue, "queue", function)
+        check_matches(q, "q", queue, "queue", function, same_rows=False)
     except (TypeError, ValueError) as error:
         return str(error).removeprefix(f"{function}: ")
     if queue.requires_grad and torch.is_grad_enabled():
@@ -176,7 +175,7 @@ def _global_loss(x, y, tau: Temperature, group, spec: _Spec, equal_shards: bool)
         return spec.local(x, y, tau)
     params = {"tau": _tau_param(tau), **spec.params}
     views = [x, y]
-    tau_tensor = _learned(tau)
+    tau_tensor = learned(tau)
     if tau_tensor is not None and params["tau"][1] is None and spec.input_problem(views) is None:
         views = list(_to_learned_tau(tau_tensor, params["tau"][0], x, y, spec.symmetric_scale))
     grad = torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in views)

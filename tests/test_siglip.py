@@ -1,0 +1,431 @@
+"""siglip_loss, nn.SigLIPLoss and distributed.siglip_loss (issue 25) against a dense float64
+formula written here: values and gradients (x, y, t, b and weight), every reduction, tiles
+with tails, float32/float64/bf16 inputs, autocast, opcheck, torch.compile,
+large_batch.chunked_backward, 2 gloo ranks, errors, and the Triton kernel through the
+interpreter.
+
+The CPU kernel cuts rows into 64-row blocks below N = 2048 and its float epilogue into
+16-lane vectors: N = 150 and d = 33 cross both with ragged tails, N_x != N_y the
+rectangle of unequal blocks.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pyhypersphere
+from pyhypersphere import distributed, large_batch, nn as phnn
+from pyhypersphere.ops import siglip as siglip_ops
+from pyhypersphere import siglip_loss
+
+from dist_harness import global_batch, run, shard
+
+ops = torch.ops.pyhypersphere
+
+
+def dense_rows(x, y, t, b):
+    """Each row's -sum_j log sigmoid(z_ij (t <x_i, y_j> + b)), z_ii = +1, else -1, from the
+    explicit logit and label matrices."""
+    logits = t * (x @ y.T) + b
+    labels = -torch.ones_like(logits)
+    i = torch.arange(min(x.shape[0], y.shape[0]))
+    labels[i, i] = 1.0
+    return -F.logsigmoid(labels * logits).sum(1)
+
+
+def dense_loss(x, y, t, b, reduction="mean", weight=None):
+    rows = dense_rows(x, y, t, b)
+    if weight is not None:
+        rows = rows * weight
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / (weight.sum() if weight is not None else x.shape[0])
+
+
+def inputs(n, d, dtype=torch.float64, seed=0, ny=None):
+    g = torch.Generator().manual_seed(seed)
+    x = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+    y = F.normalize(torch.randn(ny or n, d, generator=g, dtype=torch.float64), dim=1)
+    # positives correlated with their anchors: the positive terms are not all alike
+    y[: min(n, y.shape[0])] += 0.7 * x[: y.shape[0]]
+    return x.to(dtype), F.normalize(y, dim=1).to(dtype)
+
+
+def fused_and_dense(x, y, t, b, reduction="mean", weight=None):
+    """(fused value, fused grads, dense value, dense grads) for x, y, t, b (and weight)."""
+    leaves = [x.detach().clone().requires_grad_(True), y.detach().clone().requires_grad_(True),
+              torch.tensor(t, dtype=torch.float64, requires_grad=True),
+              torch.tensor(b, dtype=torch.float64, requires_grad=True)]
+    w = None if weight is None else weight.detach().clone().requires_grad_(True)
+    out = siglip_loss(*leaves, reduction=reduction, weight=w)
+    upstream = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(out.shape)
+    got = torch.autograd.grad((out * upstream).sum(), leaves + ([w] if w is not None else []))
+    refs = [v.detach().double().requires_grad_(True) for v in leaves] + ([w.detach().double().requires_grad_(True)]
+                                                                          if w is not None else [])
+    want_out = dense_loss(*refs[:4], reduction, refs[4] if w is not None else None)
+    want = torch.autograd.grad((want_out * upstream.double()).sum(), refs)
+    return out.detach(), got, want_out.detach(), want
+
+
+def assert_close(got, want, rtol, what=""):
+    got, want = got.double(), want.double()
+    scale = want.abs().max().clamp_min(1e-30)
+    err = (got - want).abs().max() / scale
+    assert err <= rtol, f"{what}: max error {err:.3g} relative to max |ref| (tolerance {rtol:g})"
+
+
+TOL = {torch.float64: 1e-11, torch.float32: 2e-5, torch.bfloat16: 2e-5}
+
+
+@pytest.mark.parametrize("n,ny,d", [(1, 1, 1), (2, 2, 3), (150, 150, 33), (70, 131, 16), (131, 70, 20)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_values_and_gradients_of_x_y_t_b(n, ny, d, dtype):
+    x, y = inputs(n, d, dtype, seed=n + d, ny=ny)
+    if ny != n:  # the op's rectangle: rows of x against more (or fewer) rows of y
+        coef = torch.full((n,), 1.0 / n, dtype=torch.float64)
+        t, b = torch.tensor(3.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64)
+        total, rows, gx, gy, gtb = ops.siglip(x, y, t, b, coef, True, True, True)
+        refs = [v.double().requires_grad_(True) for v in (x, y, t, b)]
+        want_rows = dense_rows(*refs)
+        torch.autograd.backward((want_rows * coef).sum())
+        assert_close(rows, want_rows.detach(), TOL[dtype], "rows")
+        assert_close(total, (want_rows * coef).sum().detach(), TOL[dtype], "total")
+        for got, ref, name in ((gx, refs[0], "x"), (gy, refs[1], "y")):
+            assert_close(got, ref.grad, 10 * TOL[dtype], f"d/d{name}")
+        assert_close(gtb, torch.stack([refs[2].grad, refs[3].grad]), 10 * TOL[dtype], "d/dt, d/db")
+        return
+    value, got, want_value, want = fused_and_dense(x, y, 10.0, -10.0)
+    assert value.dtype == dtype
+    # bf16 inputs: the reference runs on the same rounded inputs; only the output rounds.
+    assert_close(value, want_value, 1e-2 if dtype == torch.bfloat16 else TOL[dtype], "loss")
+    for g, w, name in zip(got, want, "xytb"):
+        assert_close(g, w, 1e-2 if dtype == torch.bfloat16 else 10 * TOL[dtype], f"d/d{name}")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_every_reduction_and_weights(reduction, weighted):
+    x, y = inputs(90, 12, seed=3)
+    weight = torch.rand(90, generator=torch.Generator().manual_seed(4), dtype=torch.float64) + 0.1 if weighted else None
+    value, got, want_value, want = fused_and_dense(x, y, 5.0, -3.0, reduction, weight)
+    assert value.shape == ((90,) if reduction == "none" else ())
+    assert_close(value, want_value, 1e-12, "loss")
+    for g, w, name in zip(got, want, ["x", "y", "t", "b", "weight"]):
+        assert_close(g, w, 1e-11, f"d/d{name}")
+
+
+def test_python_numbers_and_the_papers_defaults():
+    x, y = inputs(40, 8, torch.float32, seed=5)
+    assert siglip_ops.DEFAULT_T == 10.0 and siglip_ops.DEFAULT_B == -10.0
+    want = dense_loss(x.double(), y.double(), 10.0, -10.0)
+    assert_close(siglip_loss(x, y), want, 2e-6, "defaults")
+    assert_close(siglip_loss(x, y, 2, 0.5), dense_loss(x.double(), y.double(), 2.0, 0.5), 2e-6, "ints")
+
+
+@pytest.mark.parametrize("dtype,t,tol", [(torch.float64, 1000.0, 1e-11), (torch.float32, 200.0, 2e-5)])
+def test_extreme_logits_stay_finite_and_exact(dtype, t, tol):
+    # |l| up to t: log sigmoid in the stable form never overflows nor cancels; in float32
+    # most terms lie below e^-87, where the vector epilogue keeps off denormal numbers.
+    x, y = inputs(70, 4, dtype, seed=6)
+    value, got, want_value, want = fused_and_dense(x, y, t, -10.0)
+    assert torch.isfinite(value) and all(torch.isfinite(g).all() for g in got)
+    assert_close(value, want_value, tol, "loss")
+    for g, w, name in zip(got, want, "xytb"):
+        assert_close(g, w, 5 * tol, f"d/d{name}")
+
+
+def test_nan_inputs_give_nan():
+    x, y = inputs(10, 4, torch.float32)
+    x[3, 1] = math.nan
+    assert torch.isnan(siglip_loss(x, y))
+    assert torch.isnan(siglip_loss(*inputs(10, 4), t=torch.tensor(math.nan)))
+
+
+def test_gradients_computed_in_the_forward_are_those_of_a_second_pass():
+    """'mean' takes the forward's gradients; 'none' with the same upstream recomputes
+    them in the backward: both routes agree."""
+    x, y = inputs(64, 8, torch.float32, seed=7)
+    a, b_ = (x.clone().requires_grad_(True) for _ in range(2))
+    (ga,) = torch.autograd.grad(siglip_loss(a, y), a)
+    (gb,) = torch.autograd.grad(siglip_loss(b_, y, reduction="none").sum() / 64, b_)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_second_derivatives_and_torch_func(reduction):
+    """create_graph=True and torch.func.grad take the differentiable form of the gradient."""
+    x, y = inputs(12, 5, seed=16)
+    weight = torch.rand(12, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) + 0.5
+    probe = torch.randn(12, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+
+    def gradient_then_probe(fn):
+        leaves = [v.clone().requires_grad_(True) for v in (x, y)]
+        t = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+        b = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+        out = fn(*leaves, t, b, reduction=reduction, weight=weight)
+        (gx,) = torch.autograd.grad(out.sum(), leaves[0], create_graph=True)
+        return torch.autograd.grad((gx * probe).sum(), [*leaves, t, b])
+
+    for got, want in zip(gradient_then_probe(siglip_loss), gradient_then_probe(dense_loss)):
+        assert_close(got, want, 1e-11, "second derivative")
+    grad_fn = torch.func.grad(lambda a: siglip_loss(a, y, 3.0, -2.0, reduction, weight).sum())
+    want = torch.func.grad(lambda a: dense_loss(a, y, 3.0, -2.0, reduction, weight).sum())(x)
+    assert_close(grad_fn(x), want, 1e-12, "torch.func.grad")
+
+
+def test_autocast_gives_a_float32_loss():
+    x, y = inputs(48, 16, torch.float32, seed=8)
+    for dtype in (torch.float32, torch.bfloat16):
+        a = x.detach().to(dtype).clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = siglip_loss(a, y.to(dtype))
+        assert out.dtype == torch.float32
+        out.backward()
+        assert a.grad.dtype == dtype
+        assert_close(out, dense_loss(x.to(dtype).double(), y.to(dtype).double(), 10.0, -10.0), 2e-5, "autocast")
+
+
+def _op_args(n=20, d=5, dtype=torch.float64, flags=(True, True, True)):
+    x, y = inputs(n, d, dtype, seed=9)
+    t = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    coef = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    return (x.requires_grad_(True), y.requires_grad_(True), t, b, coef, *flags)
+
+
+@pytest.mark.parametrize("flags", [(True, True, True), (False, False, False), (True, False, True)])
+def test_opcheck(flags):
+    torch.library.opcheck(ops.siglip, _op_args(flags=flags))
+    torch.library.opcheck(ops.siglip, _op_args(dtype=torch.float32, flags=flags),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    x, y = inputs(40, 8, torch.float32, seed=10)
+    module = phnn.SigLIPLoss()
+
+    def step(a, b):
+        return module(a, b)
+
+    compiled = torch.compile(step, fullgraph=True)
+    a, a2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out, want = compiled(a, y), step(a2, y)
+    torch.testing.assert_close(out, want)
+    (g,) = torch.autograd.grad(out, a)
+    (g2,) = torch.autograd.grad(want, a2)
+    torch.testing.assert_close(g, g2)
+
+
+def test_chunked_backward_matches_a_plain_step():
+    torch.manual_seed(11)
+    model = torch.nn.Linear(6, 8, dtype=torch.float64)
+    loss_fn = phnn.SigLIPLoss()
+    data = [torch.randn(37, 6, dtype=torch.float64) for _ in range(2)]
+
+    def loss(a, b):
+        return loss_fn(F.normalize(a, dim=1), F.normalize(b, dim=1))
+
+    large_batch.chunked_backward(model, data, loss, chunk_size=10)
+    chunked = [p.grad.clone() for p in (*model.parameters(), *loss_fn.parameters())]
+    for p in (*model.parameters(), *loss_fn.parameters()):
+        p.grad = None
+    loss(model(data[0]), model(data[1])).backward()
+    for got, want in zip(chunked, (*model.parameters(), *loss_fn.parameters())):
+        torch.testing.assert_close(got, want.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_module_learns_t_and_b_as_the_paper_initializes_them():
+    m = phnn.SigLIPLoss()
+    assert {n for n, _ in m.named_parameters()} == {"logit_scale", "logit_bias"}
+    assert m.logit_scale.item() == pytest.approx(math.log(10.0)) and m.logit_bias.item() == -10.0
+    x, y = inputs(30, 6, seed=12)
+    m(x, y).backward()
+    t = torch.tensor(10.0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-10.0, dtype=torch.float64, requires_grad=True)
+    dense_loss(x, y, t, b).backward()
+    assert m.logit_scale.grad.item() == pytest.approx(t.grad.item() * 10.0, rel=1e-6)  # dt/dt' = t
+    assert m.logit_bias.grad.item() == pytest.approx(b.grad.item(), rel=1e-6)
+    fixed = phnn.SigLIPLoss(t=4.0, b=1.0, learn=False)
+    assert list(fixed.parameters()) == []
+    assert_close(fixed(x, y), dense_loss(x, y, 4.0, 1.0), 1e-12, "fixed")
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"t": 0.0}, ValueError, "t must be a positive finite number"),
+    ({"b": math.inf}, ValueError, "b must be a finite number"),
+    ({"b": "x"}, TypeError, "b must be a number"),
+    ({"learn": 1}, TypeError, "learn must be True or False"),
+])
+def test_module_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        phnn.SigLIPLoss(**kwargs)
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda x, y: siglip_loss(x[0], y), ValueError, r"siglip_loss: x must be a 2-D tensor"),
+    (lambda x, y: siglip_loss(x, y[:-1]), ValueError, r"siglip_loss: y must have the same shape as x"),
+    (lambda x, y: siglip_loss(x, y.float()), ValueError, r"y must have the same dtype as x"),
+    (lambda x, y: siglip_loss(x.long(), y.long()), ValueError, r"x must be a floating-point tensor"),
+    (lambda x, y: siglip_loss(x, [1]), TypeError, r"y must be a torch.Tensor"),
+    (lambda x, y: siglip_loss(x, y, reduction="avg"), ValueError, r"reduction must be one of 'mean', 'sum', 'none'"),
+    (lambda x, y: siglip_loss(x, y, weight=torch.ones(3)), ValueError, r"weight must be a floating-point tensor of shape \(6,\)"),
+    (lambda x, y: siglip_loss(x, y, weight=torch.ones(6, dtype=torch.long)), ValueError, r"weight must be a floating"),
+    (lambda x, y: siglip_loss(x, y, weight=[1.0] * 6), TypeError, r"weight must be None or a torch.Tensor"),
+    (lambda x, y: siglip_loss(x, y, t=torch.ones(2)), ValueError, r"t must be a number or a one-element floating"),
+    (lambda x, y: siglip_loss(x, y, b=math.nan), ValueError, r"b must be a finite number"),
+    (lambda x, y: siglip_loss(x, y, t="10"), TypeError, r"t must be a number"),
+    (lambda x, y: ops.siglip(x, y, torch.tensor(1.0), torch.tensor(0.0), torch.ones(5), False, False, False),
+     ValueError, r"siglip_loss: coef must be a floating-point tensor of shape \[6\]"),
+    (lambda x, y: ops.siglip(x, y[:, :2], torch.tensor(1.0), torch.tensor(0.0), torch.ones(6), False, False, False),
+     ValueError, r"siglip_loss: y must have the same feature dimension as x"),
+])
+def test_clear_errors(call, error, match):
+    x, y = inputs(6, 3)
+    with pytest.raises(error, match=match):
+        call(x, y)
+
+
+def test_registry_names_the_op():
+    from pyhypersphere import gpu_backend
+
+    assert gpu_backend.OPS["siglip"] is False  # no C++ CUDA kernel: Triton serves CUDA tensors
+    assert gpu_backend.IMPLEMENTATIONS["siglip"]["cpu"] == "cpu"
+
+
+def test_bench_rows():
+    from pyhypersphere.bench.contrastive import CONTRASTIVE_IMPLS, LOSSES, tau_for
+
+    assert "siglip" in LOSSES
+    x, y = inputs(32, 8, torch.float32, seed=13)
+    fused = CONTRASTIVE_IMPLS["pyhypersphere"].build("siglip", tau_for("siglip", None))(x, y)
+    dense = CONTRASTIVE_IMPLS["dense"].build("siglip", tau_for("siglip", None))(x, y)
+    torch.testing.assert_close(fused, dense, rtol=1e-5, atol=1e-5)
+    assert_close(fused, dense_loss(x.double(), y.double(), 10.0, -10.0), 2e-6, "bench")
+
+
+# ---------------------------------------------------------------- distributed (2 gloo ranks)
+
+D = 6
+
+
+def _two_ranks(rank, world):
+    rows = [9, 5]
+    full_x, full_y = global_batch(rows, D, 20), global_batch(rows, D, 21)
+    for reduction in ("mean", "sum"):
+        x = shard(full_x, rows, rank).clone().requires_grad_(True)
+        y = shard(full_y, rows, rank).clone().requires_grad_(True)
+        t = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
+        b = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+        out = distributed.siglip_loss(x, y, t, b, reduction=reduction)
+        out.backward()
+        refs = [v.clone().requires_grad_(True) for v in (full_x, full_y)]
+        tr = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
+        br = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+        want = dense_loss(*refs, tr, br, reduction)
+        want.backward()
+        assert_close(out.detach(), want.detach(), 1e-12, "global loss")
+        # The DDP convention: W * dL/dx_r on each rank; t and b get W * this rank's share.
+        assert_close(x.grad, world * shard(refs[0].grad, rows, rank), 1e-11, "d/dx_r")
+        assert_close(y.grad, world * shard(refs[1].grad, rows, rank), 1e-11, "d/dy_r")
+        shares = torch.stack([t.grad, b.grad])
+        total = shares.clone()
+        torch.distributed.all_reduce(total)
+        assert_close(total / world, torch.stack([tr.grad, br.grad]), 1e-11, "d/dt, d/db averaged")
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        distributed.siglip_loss(shard(full_x, rows, rank), shard(full_y, rows, rank), reduction="none")
+    # One rank's bad input raises on every rank (none is left waiting in a collective).
+    y_bad = shard(full_y, rows, rank)[:, : D - 1] if rank == 1 else shard(full_y, rows, rank)
+    with pytest.raises(ValueError, match=r"rank\(s\) \[1\] passed something else"):
+        distributed.siglip_loss(shard(full_x, rows, rank), y_bad)
+    with pytest.raises(ValueError, match=r"the ranks disagree on b"):
+        distributed.siglip_loss(shard(full_x, rows, rank), shard(full_y, rows, rank), 10.0, -10.0 + rank)
+    equal_rows = [7, 7]
+    ex, ey = global_batch(equal_rows, D, 22), global_batch(equal_rows, D, 23)
+    x = shard(ex, equal_rows, rank).clone().requires_grad_(True)
+    out = distributed.siglip_loss(x, shard(ey, equal_rows, rank), 3.0, -1.0, equal_shards=True)
+    out.backward()
+    ref = ex.clone().requires_grad_(True)
+    want = dense_loss(ref, ey, 3.0, -1.0)
+    want.backward()
+    assert_close(out.detach(), want.detach(), 1e-12, "no-sync loss")
+    assert_close(x.grad, world * shard(ref.grad, equal_rows, rank), 1e-11, "no-sync d/dx_r")
+
+
+def test_two_gloo_ranks_match_the_dense_formula():
+    run(_two_ranks, world=2)
+
+
+def test_distributed_without_a_process_group_raises():
+    with pytest.raises(RuntimeError, match="no torch.distributed process group is initialized"):
+        distributed.siglip_loss(torch.randn(4, 3), torch.randn(4, 3))
+
+
+# ---------------------------------------------------------------- Triton, through the interpreter
+
+
+@pytest.fixture
+def triton_kernels():
+    """The Triton launcher, and the operator dispatching to it for CPU tensors under the
+    interpreter (on a GPU with TRITON_INTERPRET=0 it is registered for CUDA already)."""
+    pytest.importorskip("triton")
+    from triton_device import DEVICE, INTERPRET
+
+    from pyhypersphere.triton_kernels.siglip import siglip as launcher
+
+    if not INTERPRET and not torch.cuda.is_available():
+        pytest.skip("needs TRITON_INTERPRET=1 before triton is imported, or a CUDA device")
+    if not INTERPRET:
+        yield launcher, DEVICE
+        return
+    import warnings
+
+    lib = torch.library.Library("pyhypersphere", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
+        lib.impl("siglip", launcher, "CPU")
+    try:
+        yield launcher, DEVICE
+    finally:
+        lib._destroy()
+
+
+@pytest.mark.parametrize("n,ny,d,dtype", [
+    (1, 1, 1, torch.float64), (70, 45, 20, torch.float64), (45, 70, 130, torch.float32), (40, 40, 16, torch.bfloat16),
+])
+def test_triton_kernel_against_the_dense_formula(triton_kernels, n, ny, d, dtype):
+    launcher, device = triton_kernels
+    x, y = inputs(n, d, dtype, seed=14, ny=ny)
+    coef = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    t, b = torch.tensor(6.0), torch.tensor(-4.0)
+    total, rows, gx, gy, gtb = launcher(*(v.to(device) for v in (x, y, t, b, coef)), True, True, True)
+    refs = [v.double().requires_grad_(True) for v in (x, y, t, b)]
+    want_rows = dense_rows(*refs)
+    (want_rows * coef).sum().backward()
+    tol = {torch.float64: 1e-11, torch.float32: 2e-5, torch.bfloat16: 1e-2}[dtype]
+    assert_close(rows.cpu(), want_rows.detach(), tol, "rows")
+    assert_close(total.cpu(), (want_rows * coef).sum().detach(), tol, "total")
+    for got, ref, name in ((gx, refs[0], "x"), (gy, refs[1], "y")):
+        assert_close(got.cpu(), ref.grad, 5 * tol, f"d/d{name}")
+    assert_close(gtb.cpu(), torch.stack([refs[2].grad, refs[3].grad]), 5 * tol, "d/dt, d/db")
+
+
+def test_triton_loss_through_dispatch_and_its_errors(triton_kernels):
+    launcher, device = triton_kernels
+    x, y = inputs(33, 9, seed=15)
+    weight = torch.rand(33, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    value, got, want_value, want = fused_and_dense(x.to(device), y.to(device), 7.0, -5.0, "mean", weight.to(device))
+    assert_close(value.cpu(), want_value, 1e-11, "loss")
+    for g, w, name in zip(got, want, ["x", "y", "t", "b", "weight"]):
+        assert_close(g.cpu(), w, 1e-10, f"d/d{name}")
+    nan = x.clone()
+    nan[0, 0] = math.nan
+    assert torch.isnan(launcher(nan.to(device), y.to(device), torch.tensor(1.0), torch.tensor(0.0),
+                                 torch.ones(33, dtype=torch.float64, device=device), False, False, False)[0]).all()
+    with pytest.raises(ValueError, match="y must have the same feature dimension as x"):
+        launcher(x.to(device), y[:, :3].to(device), torch.tensor(1.0), torch.tensor(0.0),
+                  torch.ones(33, device=device), False, False, False)
