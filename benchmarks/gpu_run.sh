@@ -10,7 +10,8 @@
 #          host tests), side by side; skipped when .gpubuild/gpubuild.tgz holds a build of
 #          the same sources (it is written to $OUT after a build, to be carried back);
 #   check  side by side: tests/test_cuda.py, tests/test_triton*.py on CUDA tensors, the
-#          CUDA tests through the Triton backend, the rest of the suite (its CUDA cases),
+#          CUDA tests through the Triton backend, the rest of the suite (its CUDA cases;
+#          tests/test_implementations.py: every GPU implementation of gpu_backend.TABLE),
 #          the backend cross-check (benchmarks/gpu_crosscheck.py), compute-sanitizer
 #          (memcheck, racecheck, synccheck) over the standalone smoke test
 #          (GPU_RUN_SANITIZER=0 skips it);

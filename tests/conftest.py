@@ -62,6 +62,19 @@ def explicit_uniform_loss(x, t=2.0, queue=None, intra_batch=True):
     return torch.logsumexp(d2 * -t, 0) - math.log(d2.numel())
 
 
+def explicit_uniform_lse_and_grads(x, queue, t, intra_batch):
+    """uniform_lse's contract (csrc/ops.h) in float64 on the CPU: the log-sum-exp over the
+    pair set (explicit_uniform_loss + log |P|) and its gradients with respect to x and the
+    queue (None without one)."""
+    xr = x.detach().cpu().double().requires_grad_()
+    qr = None if queue is None else queue.detach().cpu().double().requires_grad_()
+    n, k = xr.shape[0], 0 if qr is None else qr.shape[0]
+    pairs = (n * (n - 1) // 2 if intra_batch else 0) + n * k
+    lse = explicit_uniform_loss(xr, t, qr, intra_batch) + math.log(pairs)
+    grads = torch.autograd.grad(lse, [xr] if qr is None else [xr, qr])
+    return lse.detach(), grads[0], None if qr is None else grads[1]
+
+
 def explicit_align_loss(x, y, alpha=2.0):
     """mean_i ||x_i - y_i||^alpha, differentiable to every order away from x_i == y_i."""
     return (x - y).pow(2).sum(1).pow(alpha / 2).mean()

@@ -101,6 +101,42 @@ def mean_cross_entropy_and_grads(a, b, scale):
     return mean.detach(), ar.grad, br.grad
 
 
+# ---------------------------------------------------------------- the operators' contract
+#
+# contrastive_lse and its backward (csrc/ops.h) from the explicit float64 logit matrix.
+
+
+def dense_contrastive_lse(a, b, scale, self_pairs, skip_positives=False):
+    """(lse over a's rows, lse over b's rows) of the logits scale <u, v> over each row's
+    partners (csrc/ops.h), without the positive pairs (a_i, b_i) when `skip_positives`."""
+    na, nb = a.shape[0], b.shape[0]
+    i = torch.arange(min(na, nb), device=a.device)
+    if self_pairs:
+        z = torch.cat([a, b])
+        excluded = torch.eye(na + nb, dtype=torch.bool, device=z.device)
+        if skip_positives:
+            excluded[i, na + i] = excluded[na + i, i] = True
+        lse = (scale * z @ z.T).masked_fill(excluded, float("-inf")).logsumexp(1)
+        return lse[:na], lse[na:]
+    logits = scale * a @ b.T
+    if skip_positives:
+        logits = logits.index_put((i, i), torch.tensor(float("-inf"), dtype=logits.dtype, device=a.device))
+    return logits.logsumexp(1), logits.logsumexp(0)
+
+
+def dense_contrastive_lse_and_grads(a, b, scale, self_pairs, g, h, skip_positives=False):
+    """float64 (lse_a, lse_b) and the gradients with respect to a and b of
+    sum_i g_i lse_a[i] + sum_j h_j lse_b[j] (h None: no b terms), on the CPU."""
+    ar, br = (t.detach().cpu().double().requires_grad_() for t in (a, b))
+    lse_a, lse_b = dense_contrastive_lse(ar, br, scale, self_pairs, skip_positives)
+    # A row without partners (lse -inf) has no gradient terms.
+    total = (g.cpu().double() * lse_a).nan_to_num(neginf=0.0).sum()
+    if h is not None:
+        total = total + (h.cpu().double() * lse_b).nan_to_num(neginf=0.0).sum()
+    total.backward()
+    return lse_a.detach(), lse_b.detach(), ar.grad, br.grad
+
+
 # ---------------------------------------------------------------- supervised contrastive
 
 

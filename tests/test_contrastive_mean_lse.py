@@ -30,14 +30,10 @@ def assert_matches(got, want, rtol, atol):
         torch.testing.assert_close(g.double(), w, rtol=0, atol=atol + rtol * w.abs().max())
 
 
+# The strips' machinery (small shapes, dtypes, flags: test_implementations.py).
 CASES = [  # na, nb, d, scale, dtype
-    (1, 1, 1, 2.0, torch.float64),
-    (2, 2, 1, 0.5, torch.float32),  # N = 2, d = 1
-    (37, 53, 7, 1 / 0.07, torch.float32),
     (300, 700, 19, 10.0, torch.float32),  # several strips and column blocks, ragged edges
     (16, 2000, 8, 1 / 0.2, torch.float64),  # MoCo's shape: few queries, a long queue
-    (65, 129, 33, 1 / 0.01, torch.float64),  # small tau
-    (64, 64, 16, 0.01, torch.float32),  # large tau: near-uniform weights
 ]
 
 
@@ -51,35 +47,11 @@ def test_values_and_gradients_against_float64(na, nb, d, scale, dtype):
     assert_matches(got, reference(a, b, scale), rtol=tol, atol=tol * scale)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_16bit_inputs_accumulate_in_float32(dtype):
-    a, b = unit_rows(50, 12, dtype=dtype, seed=3), unit_rows(80, 12, dtype=dtype, seed=4)
-    got = ops.contrastive_mean_lse(a, b, 5.0, True, True)
-    assert all(t.dtype == torch.float32 for t in got)
-    assert_matches(got, reference(a, b, 5.0), rtol=2e-5, atol=1e-4)
-
-
-def test_large_logits_are_stable():
-    # Unnormalized rows: logits near 900, where a plain exp overflows float32.
-    a, b = unit_rows(40, 6, dtype=torch.float32, seed=5, scale=9.0), unit_rows(60, 6, dtype=torch.float32, seed=6, scale=9.0)
-    assert (12.0 * a @ b.T).max() > 900
-    want = reference(a, b, 12.0)
-    assert_matches(ops.contrastive_mean_lse(a, b, 12.0, True, True), want, rtol=1e-6, atol=1e-4)
-
-
-@pytest.mark.parametrize("grad_a,grad_b", [(True, False), (False, True), (False, False)])
-def test_computes_only_what_is_asked(grad_a, grad_b):
+def test_value_is_bitwise_the_same_whatever_gradients_are_asked_for():
     a, b = unit_rows(90, 5, seed=7), unit_rows(130, 5, seed=8)
-    mean, ga, gb = ops.contrastive_mean_lse(a, b, 3.0, grad_a, grad_b)
-    want_mean, want_ga, want_gb = reference(a, b, 3.0)
-    assert ga.shape == (a.shape if grad_a else (0,)) and gb.shape == (b.shape if grad_b else (0,))
-    torch.testing.assert_close(mean, want_mean, rtol=1e-12, atol=1e-12)
-    if grad_a:
-        torch.testing.assert_close(ga, want_ga, rtol=1e-10, atol=1e-13)
-    if grad_b:
-        torch.testing.assert_close(gb, want_gb, rtol=1e-10, atol=1e-13)
-    # The value does not depend on which gradients were asked for.
-    assert torch.equal(mean, ops.contrastive_mean_lse(a, b, 3.0, True, True)[0])
+    both = ops.contrastive_mean_lse(a, b, 3.0, True, True)[0]
+    for grad_a, grad_b in [(True, False), (False, True), (False, False)]:
+        assert torch.equal(ops.contrastive_mean_lse(a, b, 3.0, grad_a, grad_b)[0], both)
 
 
 def test_autograd_recomputes_what_the_call_did_not_ask_for():
@@ -157,21 +129,11 @@ def test_nonfinite_inputs_give_nan(where, monkeypatch):
         assert torch.isnan(mean) and torch.isnan(ga).all() and torch.isnan(gb).all()
 
 
-@pytest.mark.parametrize(
-    "args,match",
-    [
-        ((torch.zeros(5), torch.zeros(4, 5), 1.0), "contrastive_mean_lse: a must be a 2-D tensor"),
-        ((torch.zeros(4, 3), torch.zeros(4, 2), 1.0), "contrastive_mean_lse: b must have the same feature dimension"),
-        ((torch.zeros(4, 3), torch.zeros(4, 3, dtype=torch.float64), 1.0), "contrastive_mean_lse: b must have the same dtype"),
-        ((torch.zeros(4, 3), torch.zeros(4, 3), 0.0), "contrastive_mean_lse: scale must be a positive finite"),
-        ((torch.zeros(0, 3), torch.zeros(4, 3), 1.0), "contrastive_mean_lse: a must have at least 1 row"),
-        ((torch.zeros(4, 3), torch.zeros(4, 3).to("meta"), 1.0), "contrastive_mean_lse: b must be on the same device"),
-        ((torch.zeros(4, 3), torch.zeros(3, 3), 1.0), r"contrastive_mean_lse: b must have at least as many rows as a \(4; b_i is"),
-    ],
-)
-def test_errors(args, match):
-    with pytest.raises(ValueError, match=match):
-        ops.contrastive_mean_lse(*args, True, True)
+def test_devices_differ():
+    # A mixed-device call reaches the fake kernel (the other errors, on every
+    # implementation: test_implementations.py).
+    with pytest.raises(ValueError, match="contrastive_mean_lse: b must be on the same device"):
+        ops.contrastive_mean_lse(torch.zeros(4, 3), torch.zeros(4, 3).to("meta"), 1.0, True, True)
 
 
 def test_second_derivatives_match_float64():

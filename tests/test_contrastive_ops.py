@@ -1,5 +1,7 @@
-"""The contrastive operators as PyTorch sees them (opcheck, torch.compile, modules), the
-kernel's contract (parts, determinism, every float ISA path) and its errors."""
+"""The contrastive losses as PyTorch sees them (torch.compile, modules, second derivatives),
+the CPU kernel's determinism and float ISA paths, and the losses' argument errors.  The
+operators' contract on every implementation (parts, flags, opcheck, their errors):
+test_implementations.py."""
 
 import json
 import os
@@ -12,46 +14,6 @@ import torch
 from conftest import unit_rows
 from dense_contrastive import dense_clip, dense_info_nce, dense_nt_xent, value_and_grads
 from pyhypersphere import CLIPLoss, InfoNCELoss, NTXentLoss, _C, clip_loss, info_nce_loss, nt_xent_loss
-
-ops = torch.ops.pyhypersphere
-
-
-def test_opcheck_forward_and_backward():
-    a, b = unit_rows(70, 5, seed=1), unit_rows(33, 5, seed=2)
-    lse_a, lse_b = ops.contrastive_lse(a, b, 3.0, False, True, 0, 1)
-    g_a, g_b = torch.rand(70, dtype=torch.float64), torch.rand(33, dtype=torch.float64)
-    forward_samples = [
-        (a, b, 2.0, False, False, 0, 1),
-        (a.clone().requires_grad_(), b.clone().requires_grad_(), 2.0, False, True, 0, 1),
-        (a.clone().requires_grad_(), b, 1.5, True, True, 0, 1),
-        (a, b.clone().requires_grad_(), 1.5, True, True, 1, 3),
-        (a.float(), b.float(), 2.0, False, True, 0, 1),
-    ]
-    for args in forward_samples:
-        torch.library.opcheck(ops.contrastive_lse.default, args)
-    backward_samples = [
-        (a, b, 3.0, False, lse_a, lse_b, g_a, g_b, 0, 1, True, True),
-        (a, b, 3.0, False, lse_a, torch.empty(0, dtype=torch.float64), g_a, torch.empty(0, dtype=torch.float64), 0, 1, True, False),
-        (a, b, 3.0, False, lse_a, lse_b, g_a, g_b, 1, 2, False, True),
-    ]
-    for args in backward_samples:
-        torch.library.opcheck(ops.contrastive_lse_backward.default, args, test_utils=("test_schema", "test_faketensor"))
-
-
-def test_parts_combine_to_the_whole():
-    # Distributed use: the slices' lse combine by log-sum-exp, their gradients by a sum.
-    for self_pairs in (False, True):
-        a, b = unit_rows(300, 9, seed=3), unit_rows(140, 9, seed=4)
-        whole_a, whole_b = ops.contrastive_lse(a, b, 4.0, self_pairs, True, 0, 1)
-        parts = [ops.contrastive_lse(a, b, 4.0, self_pairs, True, p, 3) for p in range(3)]
-        torch.testing.assert_close(torch.stack([p[0] for p in parts]).logsumexp(0), whole_a, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(torch.stack([p[1] for p in parts]).logsumexp(0), whole_b, rtol=1e-12, atol=1e-12)
-        g_a, g_b = torch.rand(300, dtype=torch.float64), torch.rand(140, dtype=torch.float64)
-        args = (a, b, 4.0, self_pairs, whole_a, whole_b, g_a, g_b)
-        want = ops.contrastive_lse_backward(*args, 0, 1, True, True)
-        got = [ops.contrastive_lse_backward(*args, p, 3, True, True) for p in range(3)]
-        for side in range(2):
-            torch.testing.assert_close(sum(g[side] for g in got), want[side], rtol=1e-10, atol=1e-12)
 
 
 def test_bitwise_reproducible_across_runs_and_threads():
@@ -196,14 +158,6 @@ X = unit_rows(8, 4, seed=17)
         (lambda: info_nce_loss(X, X, queue=X[:, :2]), ValueError, "info_nce_loss: queue must have the same feature dimension as q"),
         (lambda: info_nce_loss(X, X, queue=X.float()), ValueError, "info_nce_loss: queue must have the same dtype as q"),
         (lambda: info_nce_loss(X, X, queue=X.to("meta")), ValueError, "info_nce_loss: queue must be on the same device as q"),
-        (lambda: ops.contrastive_lse(X, X, -1.0, False, True, 0, 1), ValueError, "contrastive_lse: scale must be a positive"),
-        (lambda: ops.contrastive_lse(X, X, 1.0, True, False, 0, 1), ValueError, "self_pairs=True .* pass lse_b=True"),
-        (lambda: ops.contrastive_lse(X, X, 1.0, False, True, 2, 2), ValueError, "contrastive_lse: part must be in"),
-        (lambda: ops.contrastive_lse(X, X[:, :2], 1.0, False, True, 0, 1), ValueError, "b must have the same feature dimension"),
-        (lambda: ops.contrastive_lse_backward(X, X, 1.0, False, X[:, 0], X[:, 0], X[:3, 0], X[:, 0], 0, 1, True, True),
-         ValueError, r"grad_lse_a must have shape \[8\]"),
-        (lambda: ops.contrastive_lse_backward(X, X, 1.0, True, X[:, 0], X[:, 0], X[:, 0], X[:0, 0], 0, 1, True, True),
-         ValueError, r"grad_lse_b must have shape \[8\]"),
     ],
 )
 def test_errors(call, error, match):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [p for p in [*(ROOT / "pyhypersphere").rglob("*.py"), *(ROOT / "csrc").rglob("*")]
-           if p.suffix in (".py", ".cpp", ".h", ".cu", ".cuh") and "tests" not in p.parts]  # fmt: skip
+           if p.suffix in (".py", ".cpp", ".h", ".cu", ".cuh") and "tests" not in p.relative_to(ROOT).parts]  # fmt: skip
 READ = re.compile(r"""(?:getenv|environ(?:\.get)?|environ\[)\s*\(?\s*["']([A-Z][A-Z0-9_]*)["']""")
 # Read by the library but owned by other tools: torch.distributed's launcher, XDG, Triton.
 FOREIGN = {"LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE", "RANK", "XDG_CACHE_HOME", "TRITON_DEFAULT_FP_FUSION",

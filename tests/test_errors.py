@@ -60,13 +60,6 @@ def test_uniform_queue_errors():
         uniform_loss(X, intra_batch=False)
 
 
-def test_uniform_bad_part():
-    with pytest.raises(ValueError, match="part must be in"):
-        torch.ops.pyhypersphere.uniform_lse(X, None, 2.0, True, 3, 2, False, False)
-    with pytest.raises(ValueError, match="num_parts must be >= 1"):
-        torch.ops.pyhypersphere.uniform_lse(X, None, 2.0, True, 0, 0, False, False)
-
-
 @pytest.mark.parametrize(
     "x,y,match",
     [

@@ -93,7 +93,7 @@ def _chunked_reference(x, queue, t, intra_batch, chunk=8192):
 
 
 def test_float32_large_queue_matches_float64_chunked_reference():
-    n, k, d, t = 256, 65536, 128, 2.0
+    n, k, d, t = 256, 16384, 128, 2.0  # 4M pairs, 64 queue blocks per row block
     x0 = _features(n, d, seed=1, dtype=torch.float32)
     q0 = _features(k, d, seed=2, dtype=torch.float32)
     x, q = _leaves(x0, q0)

@@ -2,30 +2,36 @@
 under the interpreter: the static shift against the online max, the choice between them,
 d = 256 in one chunk, the diagonal stage under column splits, and float32's product
 format following torch's matmul setting.  References: float64 explicit pair differences
-(tests/test_triton.py's `reference`)."""
+(conftest.explicit_uniform_lse_and_grads)."""
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
 
+from conftest import explicit_uniform_lse_and_grads  # noqa: E402
+from implementations import UNIFORM_GRAD_TOL, UNIFORM_TOL  # noqa: E402
+from implementations import rows as cpu_rows  # noqa: E402
 from pyhypersphere import triton_kernels as tk  # noqa: E402
 from pyhypersphere._matmul_precision import cuda_fp32_matmul  # noqa: E402
-from test_triton import GRAD_TOL, TOL, reference, rows  # noqa: E402
-from triton_device import RUNNABLE  # noqa: E402
+from triton_device import DEVICE, RUNNABLE  # noqa: E402
 
 uniform = tk.uniform
 pytestmark = RUNNABLE
 
 
+def rows(n, d, dtype, seed, scale=1.0):
+    return cpu_rows(n, d, dtype, seed, scale).to(DEVICE)
+
+
 def _check(got, x, queue, t, intra, dtype):
     lse, gx, gq = got
-    ref_lse, ref_gx, ref_gq = reference(x, queue, t, intra)
-    torch.testing.assert_close(lse.double().cpu(), ref_lse.cpu(), rtol=TOL[dtype], atol=TOL[dtype])
-    torch.testing.assert_close(gx.double().cpu(), ref_gx.cpu(), rtol=0, atol=GRAD_TOL[dtype] * ref_gx.abs().max())
+    ref_lse, ref_gx, ref_gq = explicit_uniform_lse_and_grads(x, queue, t, intra)
+    tol, grad_tol = UNIFORM_TOL[dtype], UNIFORM_GRAD_TOL[dtype]
+    torch.testing.assert_close(lse.double().cpu(), ref_lse, rtol=tol, atol=tol)
+    torch.testing.assert_close(gx.double().cpu(), ref_gx, rtol=0, atol=grad_tol * ref_gx.abs().max())
     if queue is not None:
-        torch.testing.assert_close(gq.double().cpu(), ref_gq.cpu(), rtol=0,
-                                   atol=GRAD_TOL[dtype] * ref_gq.abs().max())
+        torch.testing.assert_close(gq.double().cpu(), ref_gq, rtol=0, atol=grad_tol * ref_gq.abs().max())
 
 
 @pytest.mark.parametrize("static", [True, False])

@@ -33,7 +33,9 @@ def _align_rows_kernel(
         yv = tl.load(y_ptr + rows[:, None] * stride_y + cols[None, :], mask=mask, other=0.0).to(acc_t)
         diff = xv - yv
         sq += tl.sum(diff * diff, 1)
-    moved = sq > 0  # at x_i == y_i the term and (by convention, csrc/ops.h) the gradient are 0
+    # At x_i == y_i the term and (by convention, csrc/ops.h) the gradient are 0; != rather
+    # than > so that a NaN distance stays NaN (the contract: NaN inputs give NaN).
+    moved = sq != 0
     log_norm = 0.5 * tl.log(tl.where(moved, sq, 1.0))
     tl.store(term_ptr + rows, tl.where(moved, tl.exp(alpha * log_norm), 0.0), mask=row_ok)
     if WITH_GRAD:
