@@ -27,3 +27,8 @@ void check_align_args(const at::Tensor& x, const at::Tensor& y, double alpha) {
 }
 
 }  // namespace pyhypersphere
+
+// The check as an operator of its own namespace, for the Triton launcher (see uniform.cpp).
+TORCH_LIBRARY_FRAGMENT(pyhypersphere_checks, m) {
+  m.def("align_loss(Tensor x, Tensor y, float alpha) -> ()", &pyhypersphere::check_align_args);
+}

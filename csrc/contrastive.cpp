@@ -77,3 +77,17 @@ void check_contrastive_mean_lse_args(const at::Tensor& a, const at::Tensor& b, d
 }
 
 }  // namespace pyhypersphere
+
+// The checks as operators of their own namespace, for the Triton launchers (see uniform.cpp).
+TORCH_LIBRARY_FRAGMENT(pyhypersphere_checks, m) {
+  m.def(
+      "contrastive_lse(Tensor a, Tensor b, float scale, bool self_pairs, bool lse_b, int part, "
+      "int num_parts) -> ()",
+      &pyhypersphere::check_contrastive_args);
+  m.def(
+      "contrastive_lse_backward(Tensor a, Tensor b, float scale, bool self_pairs, Tensor lse_a, "
+      "Tensor lse_b, Tensor grad_lse_a, Tensor grad_lse_b, int part, int num_parts) -> ()",
+      &pyhypersphere::check_contrastive_backward_args);
+  m.def("contrastive_mean_lse(Tensor a, Tensor b, float scale) -> ()",
+        &pyhypersphere::check_contrastive_mean_lse_args);
+}

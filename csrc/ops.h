@@ -113,7 +113,8 @@ using ContrastiveGradResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveMeanLseResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // The argument checks of each op (csrc/<family>.cpp), one for every backend: the C++
-// kernels call them, and the Triton launchers through pyhypersphere._C.
+// kernels call them, and the Triton launchers through the operators the family file
+// registers under torch.ops.pyhypersphere_checks (same name as the op, -> ()).
 
 // All checks of the uniformity op.
 void check_uniform_args(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,

@@ -117,13 +117,6 @@ pybind11::dict uniform_rows_policy_py(const at::Tensor& x, const std::optional<a
   return out;
 }
 
-// The operators' argument checks, for the same kernels: one source of truth for the
-// error messages.
-void check_uniform_args_py(const at::Tensor& x, const std::optional<at::Tensor>& queue, double t,
-                           bool intra_batch, int64_t part, int64_t num_parts, bool grad_queue) {
-  pyhypersphere::check_uniform_args(x, queue, t, intra_batch, part, num_parts, grad_queue);
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_C, module) {
@@ -151,22 +144,6 @@ PYBIND11_MODULE(_C, module) {
              pybind11::arg("raw_16bit_operands"), pybind11::arg("host_read"),
              pybind11::arg("intra_batch") = true,
              "plan_uniform_rows' decision with the CUDA glue's options (internal, for tests).");
-  module.def("_check_uniform_args", &check_uniform_args_py,
-             "Raises the uniformity operator's ValueError for bad arguments (internal).");
-  module.def("_check_align_args", &pyhypersphere::check_align_args,
-             "Raises the alignment operator's ValueError for bad arguments (internal).");
-  module.def("_check_contrastive_args", &pyhypersphere::check_contrastive_args,
-             "Raises the contrastive operator's ValueError for bad arguments (internal).");
-  module.def("_check_contrastive_backward_args", &pyhypersphere::check_contrastive_backward_args,
-             "Raises the contrastive backward operator's ValueError for bad arguments (internal).");
-  module.def("_check_contrastive_mean_lse_args", &pyhypersphere::check_contrastive_mean_lse_args,
-             "Raises the contrastive mean-lse operator's ValueError for bad arguments (internal).");
-  module.def("_check_siglip_args", &pyhypersphere::check_siglip_args,
-             "Raises the SigLIP operator's ValueError for bad arguments (internal).");
-  module.def("_check_supcon_lse_args", &pyhypersphere::check_supcon_lse_args,
-             "Raises the supervised contrastive operator's ValueError for bad arguments (internal).");
-  module.def("_check_supcon_lse_backward_args", &pyhypersphere::check_supcon_lse_backward_args,
-             "Raises the supervised contrastive backward operator's ValueError for bad arguments (internal).");
   module.def(
       "_mean_lse_strip_rows",
       [](int64_t na, int64_t nb, int64_t elem_bytes) {

@@ -35,3 +35,9 @@ TORCH_LIBRARY_FRAGMENT(pyhypersphere, m) {
 }
 
 }  // namespace pyhypersphere
+
+// The check as an operator of its own namespace, for the Triton launcher (see uniform.cpp).
+TORCH_LIBRARY_FRAGMENT(pyhypersphere_checks, m) {
+  m.def("siglip(Tensor x, Tensor y, Tensor t, Tensor b, Tensor coef) -> ()",
+        &pyhypersphere::check_siglip_args);
+}

@@ -56,3 +56,13 @@ void check_supcon_lse_backward_args(const at::Tensor& x, const at::Tensor& label
 }
 
 }  // namespace pyhypersphere
+
+// The checks as operators of their own namespace, for the Triton launchers (see uniform.cpp).
+TORCH_LIBRARY_FRAGMENT(pyhypersphere_checks, m) {
+  m.def("supcon_lse(Tensor x, Tensor labels, float scale, int part, int num_parts) -> ()",
+        &pyhypersphere::check_supcon_lse_args);
+  m.def(
+      "supcon_lse_backward(Tensor x, Tensor labels, float scale, Tensor lse, Tensor grad_lse, "
+      "Tensor grad_positive, int part, int num_parts) -> ()",
+      &pyhypersphere::check_supcon_lse_backward_args);
+}

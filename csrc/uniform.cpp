@@ -38,3 +38,12 @@ void check_uniform_args(const at::Tensor& x, const std::optional<at::Tensor>& qu
 }
 
 }  // namespace pyhypersphere
+
+// The check as an operator of its own namespace (not an op of pyhypersphere), so the Triton
+// launcher raises exactly the C++ errors: torch.ops.pyhypersphere_checks.uniform_lse(...).
+TORCH_LIBRARY_FRAGMENT(pyhypersphere_checks, m) {
+  m.def(
+      "uniform_lse(Tensor x, Tensor? queue, float t, bool intra_batch, int part, int num_parts, "
+      "bool grad_queue) -> ()",
+      &pyhypersphere::check_uniform_args);
+}

@@ -143,6 +143,20 @@ def test_the_families_are_listed():
     assert set(families()) >= {"uniform", "align", "contrastive"}
 
 
+# The name of each schema string (every op's first argument is a Tensor).
+SCHEMA_NAME = r'"(\w+)\(Tensor'
+CHECKS_FRAGMENT = "TORCH_LIBRARY_FRAGMENT(pyhypersphere_checks, m) {"
+
+
+def split_checks(source: str) -> tuple:
+    """A family file's text apart from its block of argument checks, and that block (the
+    checks' operators, torch.ops.pyhypersphere_checks.<op>, that the Triton launchers call)."""
+    start = source.find(CHECKS_FRAGMENT)
+    assert start >= 0, "the family file registers its argument checks: " + CHECKS_FRAGMENT
+    end = source.index("\n}", start) + 2
+    return source[:start] + source[end:], source[start:end]
+
+
 @pytest.mark.parametrize("family", families())
 def test_a_family_has_every_piece(family):
     pieces = [
@@ -152,9 +166,10 @@ def test_a_family_has_every_piece(family):
         PACKAGE / "triton_kernels" / f"{family}.py",
     ]
     assert [str(p.relative_to(ROOT)) for p in pieces if not p.is_file()] == []
-    schemas = (ROOT / "csrc" / f"{family}.cpp").read_text()
+    schemas, checks = split_checks((ROOT / "csrc" / f"{family}.cpp").read_text())
     assert "TORCH_LIBRARY_FRAGMENT(pyhypersphere, m)" in schemas
-    declared = set(re.findall(r'"(\w+)\(Tensor', schemas))  # the schema strings (every op's first argument is a Tensor)
+    declared = set(re.findall(SCHEMA_NAME, schemas))
+    assert set(re.findall(SCHEMA_NAME, checks)) == declared, "each op's argument check registered beside it"
     assert f'TORCH_LIBRARY_IMPL(pyhypersphere, CPU' in pieces[1].read_text()
     import pyhypersphere.ops
 
@@ -169,3 +184,19 @@ def test_a_family_has_every_piece(family):
 def test_every_schema_file_is_a_listed_family():
     with_schemas = {p.stem for p in (ROOT / "csrc").glob("*.cpp") if "TORCH_LIBRARY_FRAGMENT(pyhypersphere" in p.read_text()}
     assert with_schemas == set(families())
+
+
+@pytest.mark.parametrize("family", families())
+def test_each_op_has_its_argument_check(family):
+    # The check of op <op> is torch.ops.pyhypersphere_checks.<op>: it takes some of the
+    # op's arguments (same names and types), returns nothing, and is no op of pyhypersphere.
+    import pyhypersphere.ops
+    import torch
+
+    for op in getattr(pyhypersphere.ops, family).OPS:
+        schema = getattr(torch.ops.pyhypersphere, op).default._schema
+        check = getattr(torch.ops.pyhypersphere_checks, op).default._schema
+        arguments = {a.name: str(a.type) for a in schema.arguments}
+        taken = {a.name: str(a.type) for a in check.arguments}
+        assert taken and taken.items() <= arguments.items(), (op, str(check), str(schema))
+        assert list(check.returns) == [], str(check)

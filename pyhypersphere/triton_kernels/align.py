@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _C
+from .. import _C  # noqa: F401  (loads the operators and their checks, torch.ops.pyhypersphere_checks)
 
 
 @triton.jit
@@ -57,7 +57,7 @@ def align_config(d: int) -> dict:
 
 def align_loss(x, y, alpha, compute_grad):
     """`torch.ops.pyhypersphere.align_loss` on Triton: same arguments, same results."""
-    _C._check_align_args(x, y, alpha)
+    torch.ops.pyhypersphere_checks.align_loss(x, y, alpha)
     x = x.contiguous()
     y = y.contiguous()
     n, d = x.shape

@@ -61,7 +61,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .. import _C  # noqa: F401  (loads the operator schemas and their checks)
+from .. import _C  # noqa: F401  (loads the operators and their checks, torch.ops.pyhypersphere_checks)
 from .._matmul_precision import cuda_matmul_allows_tf32
 from .splits import merge_splits, split_columns
 from .tiles import check_device, part_index_fits
@@ -628,7 +628,7 @@ def contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, skip_positi
 
     `col_splits` (tests only) forces how many programs share a row block's columns.
     """
-    _C._check_contrastive_args(a, b, scale, self_pairs, lse_b, part, num_parts)
+    torch.ops.pyhypersphere_checks.contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts)
     p = _Problem("contrastive_lse", a, b, scale, self_pairs, part, num_parts, skip_positives)
     if self_pairs:  # every stacked row in one launch
         m, total, _, _ = p.row_lse(None, col_splits=col_splits)
@@ -650,8 +650,8 @@ def contrastive_lse(a, b, scale, self_pairs, lse_b, part, num_parts, skip_positi
 def contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b, part, num_parts,
                              grad_a, grad_b, skip_positives=False, *, col_splits=None):
     """`torch.ops.pyhypersphere.contrastive_lse_backward` on Triton: same arguments, same results."""
-    _C._check_contrastive_backward_args(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, grad_lse_b,
-                                        part, num_parts)
+    torch.ops.pyhypersphere_checks.contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a,
+                                                            grad_lse_b, part, num_parts)
     p = _Problem("contrastive_lse_backward", a, b, scale, self_pairs, part, num_parts, skip_positives)
     empty = a.new_empty((0,), dtype=p.acc_t)
     if not (grad_a or grad_b):
@@ -697,7 +697,7 @@ def contrastive_mean_lse(a, b, scale, grad_a, grad_b, *, col_splits=None):
     gradient kernel on b's rows with a's terms as column terms, the positive's term
     (the negatives' total weight times a_i) added after.
     """
-    _C._check_contrastive_mean_lse_args(a, b, scale)
+    torch.ops.pyhypersphere_checks.contrastive_mean_lse(a, b, scale)
     p = _Problem("contrastive_mean_lse", a, b, scale, False, 0, 1, True)
     m, total, o, _ = p.row_lse(True, row_grad=grad_a, col_splits=col_splits)
     lse = _lse(m, total)

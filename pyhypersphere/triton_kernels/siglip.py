@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _C  # the operator's argument checks
+from .. import _C  # noqa: F401  (loads the operators and their checks, torch.ops.pyhypersphere_checks)
 from .contrastive import _precision
 from .tiles import check_device
 
@@ -124,7 +124,7 @@ def _sweep(rows, cols, coef, tb, rows_are_x: bool, want_grad: bool, acc_t):
 
 def siglip(x, y, t, b, coef, grad_x, grad_y, grad_tb):
     """`torch.ops.pyhypersphere.siglip` on Triton: same arguments, same results."""
-    _C._check_siglip_args(x, y, t, b, coef)
+    torch.ops.pyhypersphere_checks.siglip(x, y, t, b, coef)
     check_device(x.device, "siglip_loss")
     acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
     x, y = x.contiguous(), y.contiguous()

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _C
+from .. import _C  # noqa: F401  (loads the operators and their checks, torch.ops.pyhypersphere_checks)
 from .._matmul_precision import cuda_matmul_allows_tf32
 from .tiles import check_device
 
@@ -122,7 +122,7 @@ def _columns(n: int, part: int, num_parts: int) -> tuple:
 
 def supcon_lse(x, labels, scale, part=0, num_parts=1):
     """`torch.ops.pyhypersphere.supcon_lse` on Triton: same arguments, same results."""
-    _C._check_supcon_lse_args(x, labels, scale, part, num_parts)
+    torch.ops.pyhypersphere_checks.supcon_lse(x, labels, scale, part, num_parts)
     check_device(x.device, "supcon_lse")
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     z = x.to(acc).contiguous()
@@ -144,7 +144,7 @@ def supcon_lse(x, labels, scale, part=0, num_parts=1):
 
 def supcon_lse_backward(x, labels, scale, lse, grad_lse, grad_positive, part=0, num_parts=1):
     """`torch.ops.pyhypersphere.supcon_lse_backward` on Triton: same arguments, same results."""
-    _C._check_supcon_lse_backward_args(x, labels, scale, lse, grad_lse, grad_positive, part, num_parts)
+    torch.ops.pyhypersphere_checks.supcon_lse_backward(x, labels, scale, lse, grad_lse, grad_positive, part, num_parts)
     check_device(x.device, "supcon_lse_backward")
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     z = x.to(acc).contiguous()

@@ -490,7 +490,7 @@ def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *
 
     `col_splits` (tests only) forces how many programs share a row block's columns.
     """
-    _C._check_uniform_args(x, queue, t, intra_batch, part, num_parts, grad_queue)
+    torch.ops.pyhypersphere_checks.uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_queue)
     acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
     n = x.shape[0]
     k = 0 if queue is None else queue.shape[0]
