@@ -38,7 +38,8 @@ def test_column_split_merge_and_bitwise_reproducibility():
 
 
 @pytest.mark.parametrize("requested,with_cuda,has_triton,backend", [
-    ("auto", True, True, "cuda"),
+    ("auto", True, True, "triton"),
+    ("auto", True, False, "cuda"),
     ("auto", False, True, "triton"),
     ("auto", False, False, "none"),
     ("cuda", True, True, "cuda"),

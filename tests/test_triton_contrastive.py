@@ -99,12 +99,13 @@ def test_tf32_products_when_torch_allows_them():
         torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=10 * tol * w.abs().max())
 
 
-@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 160), (torch.float32, 72)])
+@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 272), (torch.float32, 72)])
 def test_chunked_width_parts_and_strided_inputs(dtype, d):
-    # d past the feature block (chunked: 128 wide in 16 bits, d = 160; 32 wide for float32
-    # with 3xTF32 past 64, d = 72), parts, and column slices of a wider tensor (the
-    # distributed share's z[:, :d]) as inputs.
-    assert d > tk.contrastive.contrastive_config(dtype, d, tk.contrastive._precision(dtype), True, True)["BLOCK_D"]
+    # d past the one-chunk width on every arch (chunked: 64 wide in 16 bits past 256 on
+    # sm_90 and 128 on sm_80, d = 272; 32 wide for float32 with 3xTF32 past 64, d = 72),
+    # parts, and column slices of a wider tensor (the distributed share's z[:, :d]) as inputs.
+    fmt = tk.uniform.operand_format(dtype, tk.contrastive._precision(dtype))
+    assert not any(tk.contrastive.contrastive_config(fmt, d, "lse", arch, True)["ONE_CHUNK"] for arch in (80, 90))
     wide = rows(66, 2 * d, dtype, 35)
     a, b = wide[:, :d], wide[:, d:]
     assert not a.is_contiguous()
