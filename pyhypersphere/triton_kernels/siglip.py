@@ -95,11 +95,15 @@ def _siglip_kernel(
 
 
 def _config(dtype: torch.dtype, d: int) -> dict:
-    """Block sizes: float64 and wide rows take smaller tiles (registers); past 128 features
-    the gradient is split over programs of 64 columns each."""
-    block_d = min(max(16, triton.next_power_of_2(d)), 64 if dtype == torch.float64 else 128)
-    block_m = 32 if dtype == torch.float64 or block_d > 64 else 64
-    return {"BLOCK_M": block_m, "BLOCK_N": 32, "BLOCK_D": block_d, "num_warps": 4 if block_d <= 64 else 8}
+    """Block sizes: 16-bit rows in chunks of up to 128 features, float32 and float64 in
+    chunks of 32 (wider chunks spill on sm_80 and sm_90: compile_check); past one chunk the
+    gradient is split over programs of BLOCK_D columns each."""
+    wide = dtype in (torch.float32, torch.float64)
+    block_d = min(max(16, triton.next_power_of_2(d)), 32 if wide else 128)
+    block_m = 32 if wide or block_d > 64 else 64
+    # float32 at 4 warps spills the loss-only sweep on sm_80 (48 bytes)
+    warps = 8 if dtype == torch.float32 or block_d > 64 else 4
+    return {"BLOCK_M": block_m, "BLOCK_N": 32, "BLOCK_D": block_d, "num_warps": warps, "num_stages": 3}
 
 
 def _sweep(rows, cols, coef, tb, rows_are_x: bool, want_grad: bool, acc_t):
@@ -117,7 +121,7 @@ def _sweep(rows, cols, coef, tb, rows_are_x: bool, want_grad: bool, acc_t):
         BLOCK_D=cfg["BLOCK_D"], PRECISION=_precision(rows.dtype),
         # The interpreter's 16-bit tl.dot is wrong (Triton 3.9): widen (exactly) there.
         WIDEN_OPERANDS=triton.knobs.runtime.interpret and rows.dtype in (torch.bfloat16, torch.float16),
-        num_warps=cfg["num_warps"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return (grad if want_grad else None), loss, partial
 

@@ -108,12 +108,23 @@ def _supcon_backward_kernel(x_ptr, labels_ptr, lse_ptr, g_ptr, h_ptr, grad_ptr, 
              mask=row_ok[:, None] & (offs_d[None, :] < d))
 
 
+def _config_for(dtype: torch.dtype, d: int, precision: str) -> dict:
+    """Block sizes and launch options for a (widened) operand dtype, width and product
+    precision: what the launchers pick and compile_check compiles."""
+    block_d = max(16, triton.next_power_of_2(d))
+    if precision == "tf32x3":
+        # The operands' TF32 halves of a 64 x 64 tile spill (compile_check, sm_80 and sm_90).
+        return {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_D": block_d, "PRECISION": precision, "num_warps": 4,
+                "num_stages": 2}
+    block = 32 if dtype == torch.float64 else 64
+    return {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": block_d, "PRECISION": precision, "num_warps": 4,
+            "num_stages": 3}
+
+
 def _config(x: torch.Tensor) -> dict:
     wide = x.dtype == torch.float64
     precision = "ieee" if wide else ("tf32" if cuda_matmul_allows_tf32() else "tf32x3")
-    block = 32 if wide else 64
-    return {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": max(16, triton.next_power_of_2(x.shape[1])),
-            "PRECISION": precision}
+    return _config_for(x.dtype, x.shape[1], precision)
 
 
 def _columns(n: int, part: int, num_parts: int) -> tuple:
