@@ -214,18 +214,20 @@ def _siglip_jobs(quick: bool = False):
     for (dtype, precision, _), d in _pairwise_cases(quick, (16, 32, 64, 128, 256)):
         acc = "*fp64" if dtype == torch.float64 else "*fp32"
         fmt = uniform.operand_format(dtype, precision)
-        cfg = siglip._config(dtype, d)
+        cfg = siglip._config(dtype, d, precision)
         for rows_are_x, want_grad in roles:
             sig = {"r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype], "coef_ptr": acc, "tb_ptr": acc, "grad_ptr": acc,
                    "loss_ptr": acc, "partial_ptr": acc,
                    **{name: _INT for name in ("n_rows", "n_cols", "d", "stride_r", "stride_c")}}
             consts = {"ROWS_ARE_X": rows_are_x, "WANT_GRAD": want_grad,
-                      **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D")},
+                      **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_CHUNK")},
                       "PRECISION": precision, "WIDEN_OPERANDS": False}
             role = ("x" if rows_are_x else "y") + (" grad" if want_grad else " loss")
-            name = (f"siglip {role} {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']} "
-                    f"w{cfg['num_warps']} s{cfg['num_stages']}")
+            name = (f"siglip {role} {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']}"
+                    f"{'' if cfg['ONE_CHUNK'] else ' chunked'} w{cfg['num_warps']} s{cfg['num_stages']}")
             family = "siglip_" + ("x_grad" if rows_are_x and want_grad else "x_loss" if rows_are_x else "y_grad")
+            if not cfg["ONE_CHUNK"]:
+                family = "siglip_chunked"
             yield Job(name, "siglip", sig, consts, cfg["num_warps"], cfg["num_stages"], True, family, fmt,
                       (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]))
 

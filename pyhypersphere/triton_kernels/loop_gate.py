@@ -53,6 +53,8 @@ MIN_WORK = {
     "siglip_x_loss": MinWork(1, 1, False, "S; one exp and one log (loss only)"),
     "siglip_x_grad": MinWork(2, 1, False, "S and W y; one exp and one log (the y side is a second sweep)"),
     "siglip_y_grad": MinWork(2, 1, False, "S again and W^T x; one exp (second sweep over the pairs)"),
+    # d past the one-chunk width: S over feature chunks, recomputed per gradient slice.
+    "siglip_chunked": MinWork(2, 1, False, "chunked S, per slice of the gradient"),
     # Supervised contrastive (supcon.py), as NT-Xent: an lse pass (S, online max) and a
     # gradient pass with two-sided weights, one exp per side.
     "supcon_forward": MinWork(1, 1, False, "S; one exp (online max)"),
