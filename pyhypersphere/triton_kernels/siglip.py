@@ -8,9 +8,18 @@ depend on that logit only (no log-sum-exp), so one sweep gives everything of its
   sums of w <x_i, y_j> and w (d/dt, d/db), coef indexed by the row;
 - rows y against columns x: t sum_i w_ij x_i (d/dy), coef indexed by the column.
 A logit is thus computed once per side (two sweeps with grad_y, one without), which buys
-determinism without atomics, as in contrastive.py.  A third grid axis splits a wide
-feature dimension: each program then recomputes the logits over all of d and accumulates
-its BLOCK_D columns of the gradient.
+determinism without atomics, as in contrastive.py.  Up to ONE_CHUNK_MAX_D features the
+row tile is loaded once and each column tile once per step, for S and for the gradient
+product; the diagonal (z = +1) is a loop stage of its own and padding is handled by
+per-column vectors.  Past it a third grid axis splits the feature dimension: each program
+recomputes the logits over all of d and accumulates its BLOCK_D columns of the gradient.
+
+Work per pair and sweep (compile_check, loop_gate.MIN_WORK["siglip_*"]): rows x with the
+gradient issue 2 GEMMs per tile (S, W y), one exp (exp2) and one log (the loss's log1p)
+per pair; rows y 2 GEMMs (S again, W^T x) and one exp.  A loss with both gradients thus
+sweeps the pairs twice, 4 GEMMs and 2 exps per pair, where the algorithm's minimum is one
+sweep with 3 GEMMs and 1 exp (the second side's product W^T x needs a cross-block
+reduction: atomics or a second sweep).
 
 Precision as the contrastive kernels (contrastive._precision): float64 in float64; float32
 with TF32 products when torch allows TF32 for float32 matmuls, else 3xTF32; 16-bit inputs

@@ -16,6 +16,11 @@ combine by log-sum-exp, sums, counts and gradients add (what the contract promis
 CPU kernel slices its tile schedule instead).  The feature dimension is one BLOCK_D chunk
 (next power of two of d).  Precision as the contrastive kernels': float64 exact, float32
 with TF32 products when torch allows them for float32 matmuls, else 3xTF32.
+
+Work per pair (compile_check, loop_gate.MIN_WORK["supcon_*"]): forward 1 GEMM per tile and
+one exp (online max), backward 2 GEMMs and two exps (one per side: no certified static
+shift), as NT-Xent's passes without the shift; the per-pair masks (pair, diagonal, label
+match, int64 count) keep both loops far above the gate's non-mma budget (report only).
 """
 
 import torch
