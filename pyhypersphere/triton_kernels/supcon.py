@@ -121,9 +121,17 @@ def _config_for(dtype: torch.dtype, d: int, precision: str) -> dict:
         # The operands' TF32 halves of a 64 x 64 tile spill (compile_check, sm_80 and sm_90).
         return {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_D": block_d, "PRECISION": precision, "num_warps": 4,
                 "num_stages": 2}
-    block = 32 if dtype == torch.float64 else 64
+    # One chunk of features: wider rows take smaller tiles (at 64 x 64 from d = 256 the
+    # tiles spill and pass the shared memory limit).  3xTF32 past d = 128 and the gradient
+    # at d = 512 still spill (compile_check's full matrix): that needs feature chunks.
+    if block_d >= 512 or (block_d >= 256 and dtype == torch.float64):
+        block, stages = 16, 2
+    elif block_d >= 256:
+        block, stages = 32, 2
+    else:
+        block, stages = (32 if dtype == torch.float64 else 64), 3
     return {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": block_d, "PRECISION": precision, "num_warps": 4,
-            "num_stages": 3}
+            "num_stages": stages}
 
 
 def _config(x: torch.Tensor) -> dict:
