@@ -281,3 +281,29 @@ def test_cuobjdump_branch_targets_are_addresses():
     # The outer loop (0x20..0xd0), the inner one (0x30..0xa0) and the trap, as indices.
     assert sorted(sass_mix.loops(instrs)) == [(2, 12), (3, 10), (14, 14)]
     assert [i.opcode for i in sass_mix.main_loop(instrs)][:2] == ["LDSM.16.M88.4", "HMMA.16816.F32.BF16"]
+
+
+def test_compile_check_enumerates_what_the_siglip_and_supcon_launchers_pick():
+    # Every width and format the launchers can meet maps to a compiled configuration:
+    # the same blocks the launchers' config functions return, a known kernel, a family
+    # with a minimum in loop_gate.
+    import torch
+
+    from pyhypersphere.triton_kernels import compile_check, siglip, supcon
+
+    jobs = [*compile_check._siglip_jobs(), *compile_check._supcon_jobs()]
+    assert all(job.family in loop_gate.MIN_WORK and job.kernel in compile_check._KERNELS for job in jobs)
+    names = {job.name for job in jobs}
+    for dtype, precision, _ in compile_check.UNIFORM_FORMATS:
+        for d in (1, 20, 64, 100, 128, 130, 256):
+            cfg = siglip._config(dtype, d, precision)
+            tile = f"M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']}{'' if cfg['ONE_CHUNK'] else ' chunked'}"
+            for role in ("x loss", "x grad", "y grad"):
+                assert any(n.startswith(f"siglip {role} ") and f" {tile} w{cfg['num_warps']} " in n for n in names), \
+                    (role, dtype, precision, d)
+            if dtype in (torch.float32, torch.float64) and d <= 512:
+                cfg = supcon._config_for(dtype, d, precision)
+                for kernel in ("forward", "backward"):
+                    assert (f"supcon {kernel} {compile_check.uniform.operand_format(dtype, precision)} "
+                            f"M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']} w{cfg['num_warps']} "
+                            f"s{cfg['num_stages']}") in names, (kernel, dtype, precision, d)

@@ -396,6 +396,9 @@ def triton_kernels():
 
 @pytest.mark.parametrize("n,ny,d,dtype", [
     (1, 1, 1, torch.float64), (70, 45, 20, torch.float64), (45, 70, 130, torch.float32), (40, 40, 16, torch.bfloat16),
+    # float32 in one chunk: 16-row blocks against 32-column tiles (3xTF32), the diagonal
+    # stage starting inside a column tile
+    (50, 37, 24, torch.float32), (130, 150, 40, torch.bfloat16),
 ])
 def test_triton_kernel_against_the_dense_formula(triton_kernels, n, ny, d, dtype):
     launcher, device = triton_kernels

@@ -45,6 +45,20 @@ MIN_WORK = {
     "contrastive_lse_chunked": MinWork(1, 1, False, "chunked S"),
     "contrastive_lse_grad_chunked": MinWork(2, 1, False, "chunked S, per slice of o_i"),
     "contrastive_grad_chunked": MinWork(2, 1, False, "chunked S, per slice of the gradient"),
+    # SigLIP (siglip.py), per sweep.  The algorithm's minimum is one pass over the pairs
+    # with S and both gradient GEMMs (W y, W^T x) and one exp per pair (the sigmoid and
+    # softplus from e^(-|l|); the loss's log1p adds a log).  The kernel sweeps the pairs
+    # once per side (no atomics): rows x with S and W y, rows y with S again and W^T x, so
+    # a loss with both gradients issues 4 GEMMs and 2 exps per pair over its two sweeps.
+    "siglip_x_loss": MinWork(1, 1, False, "S; one exp and one log (loss only)"),
+    "siglip_x_grad": MinWork(2, 1, False, "S and W y; one exp and one log (the y side is a second sweep)"),
+    "siglip_y_grad": MinWork(2, 1, False, "S again and W^T x; one exp (second sweep over the pairs)"),
+    # d past the one-chunk width: S over feature chunks, recomputed per gradient slice.
+    "siglip_chunked": MinWork(2, 1, False, "chunked S, per slice of the gradient"),
+    # Supervised contrastive (supcon.py), as NT-Xent: an lse pass (S, online max) and a
+    # gradient pass with two-sided weights, one exp per side.
+    "supcon_forward": MinWork(1, 1, False, "S; one exp (online max)"),
+    "supcon_backward": MinWork(2, 2, False, "S and W x; one exp per side"),
     # Triton's fused-attention tutorial, as the yardstick: S and P V, one exp.
     "reference": MinWork(2, 1, True, "flash-attention forward"),
 }

@@ -16,6 +16,11 @@ combine by log-sum-exp, sums, counts and gradients add (what the contract promis
 CPU kernel slices its tile schedule instead).  The feature dimension is one BLOCK_D chunk
 (next power of two of d).  Precision as the contrastive kernels': float64 exact, float32
 with TF32 products when torch allows them for float32 matmuls, else 3xTF32.
+
+Work per pair (compile_check, loop_gate.MIN_WORK["supcon_*"]): forward 1 GEMM per tile and
+one exp (online max), backward 2 GEMMs and two exps (one per side: no certified static
+shift), as NT-Xent's passes without the shift; the per-pair masks (pair, diagonal, label
+match, int64 count) keep both loops far above the gate's non-mma budget (report only).
 """
 
 import torch
@@ -108,12 +113,31 @@ def _supcon_backward_kernel(x_ptr, labels_ptr, lse_ptr, g_ptr, h_ptr, grad_ptr, 
              mask=row_ok[:, None] & (offs_d[None, :] < d))
 
 
+def _config_for(dtype: torch.dtype, d: int, precision: str) -> dict:
+    """Block sizes and launch options for a (widened) operand dtype, width and product
+    precision: what the launchers pick and compile_check compiles."""
+    block_d = max(16, triton.next_power_of_2(d))
+    if precision == "tf32x3":
+        # The operands' TF32 halves of a 64 x 64 tile spill (compile_check, sm_80 and sm_90).
+        return {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_D": block_d, "PRECISION": precision, "num_warps": 4,
+                "num_stages": 2}
+    # One chunk of features: wider rows take smaller tiles (at 64 x 64 from d = 256 the
+    # tiles spill and pass the shared memory limit).  3xTF32 past d = 128 and the gradient
+    # at d = 512 still spill (compile_check's full matrix): that needs feature chunks.
+    if block_d >= 512 or (block_d >= 256 and dtype == torch.float64):
+        block, stages = 16, 2
+    elif block_d >= 256:
+        block, stages = 32, 2
+    else:
+        block, stages = (32 if dtype == torch.float64 else 64), 3
+    return {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": block_d, "PRECISION": precision, "num_warps": 4,
+            "num_stages": stages}
+
+
 def _config(x: torch.Tensor) -> dict:
     wide = x.dtype == torch.float64
     precision = "ieee" if wide else ("tf32" if cuda_matmul_allows_tf32() else "tf32x3")
-    block = 32 if wide else 64
-    return {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": max(16, triton.next_power_of_2(x.shape[1])),
-            "PRECISION": precision}
+    return _config_for(x.dtype, x.shape[1], precision)
 
 
 def _columns(n: int, part: int, num_parts: int) -> tuple:
