@@ -18,7 +18,7 @@ DEPS := numpy ninja pybind11 tqdm pytest pytest-benchmark mnist1d scikit-learn m
 # serves only the Triton kernels' interpreter tests and their compile check (the GPU
 # machines use the Triton that ships with their torch, 3.4 or later); pykeops: a peer row
 # of the benchmark.
-TEST_DEPS := hypothesis pykeops triton==3.9.0
+TEST_DEPS := hypothesis pykeops pytest-xdist triton==3.9.0
 TEST_STAMP := $(VENV)/.test-deps-stamp
 
 .PHONY: venv build demo test test-all bench cmake-cpu cmake-cuda-kernels clean FORCE
@@ -34,7 +34,7 @@ $(STAMP):
 $(TORCH_STAMP): $(STAMP) FORCE
 	@$(PY) tools/torch_spec.py "$(TORCH_SPEC)" $@
 
-$(TEST_STAMP): $(STAMP)
+$(TEST_STAMP): $(STAMP) Makefile
 	$(PIP) install -q $(TEST_DEPS)
 	touch $@
 
@@ -47,9 +47,12 @@ $(BUILT): $(TORCH_STAMP) $(SOURCES)
 demo: build
 	$(PY) -m pyhypersphere demo
 
-# The fast, complete suite (CI runs this).  Long tests are marked `slow`.
+# The fast, complete suite (CI runs this).  Long tests are marked `slow`.  Its tests run
+# in TEST_WORKERS processes (pytest-xdist): most are single-threaded (the Triton
+# interpreter, small CPU shapes, subprocesses), so two workers use both cores.
+TEST_WORKERS ?= 2
 test: build $(TEST_STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
 
 test-all: build $(TEST_STAMP)
 	$(PY) -m pytest -q tests

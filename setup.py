@@ -81,7 +81,7 @@ setup(
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     install_requires=["torch>=2.4", "numpy", "tqdm"],
     extras_require={
-        "test": ["pytest", "hypothesis", "pytest-benchmark", "triton>=3.4"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "pytest-benchmark", "triton>=3.4"],
         "bench": ["pykeops", "matplotlib"],
         "train": ["mnist1d", "scikit-learn", "matplotlib"],
     },

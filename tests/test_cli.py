@@ -170,3 +170,23 @@ def test_bench_on_an_absent_device_fails_with_one_line():
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("pyhypersphere bench: --device cuda but torch sees no CUDA device")
+
+
+@pytest.mark.parametrize("world,code,finalized", [("2", 0, False), ("1", 0, True), (None, 0, True), ("2", 3, True)])
+def test_a_successful_multi_process_worker_exits_without_finalizing(world, code, finalized):
+    # Issue 28 item 12: a gloo worker thread releasing the last collective's work during
+    # interpreter finalization aborts the process; a successful process of a multi-process
+    # run leaves with os._exit after flushing, any other keeps sys.exit's finalization.
+    script = ("import atexit, sys\n"
+              "from pyhypersphere.train.cli import exit_process\n"
+              "atexit.register(lambda: print('finalized', flush=True))\n"
+              "print('output', end='')\n"
+              f"exit_process({code})\n")
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    if world is not None:
+        env["WORLD_SIZE"] = world
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr
+    assert done.stdout.startswith("output")  # flushed before leaving
+    assert ("finalized" in done.stdout) == finalized
+

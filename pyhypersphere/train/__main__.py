@@ -1,5 +1,3 @@
-import sys
+from .cli import exit_process, run
 
-from .cli import run
-
-sys.exit(run())
+exit_process(run())
