@@ -167,6 +167,33 @@ def dense_supcon(x, labels, tau, reduction="mean", weight=None):
     return weighted.sum() / w[has].sum()
 
 
+def labels_with(n, positives, seed=0):
+    """n labels in random order where every class has `positives` + 1 members (the last
+    class takes the remainder: possibly a singleton, an anchor without positives)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) // (positives + 1)
+    return labels[torch.randperm(n, generator=g)]
+
+
+SUPCON_LABELINGS = {
+    "one positive": lambda n: labels_with(n, 1),
+    "two positives": lambda n: labels_with(n, 2, seed=1),
+    "many positives": lambda n: torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(2)),
+    "some without": lambda n: torch.cat([labels_with(n - 3, 1), torch.tensor([1000, 1001, 1002])]),
+}
+
+
+def supcon_reduction_case(n, reduction, weighted):
+    """(unit rows x [n, 8], labels with anchors without positives, weight or None, probe):
+    the loss's output times probe, summed, is a scalar for every reduction."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.normalize(torch.randn(n, 8, generator=g, dtype=torch.float64), dim=1)
+    weight = torch.rand(n, dtype=torch.float64, generator=g) if weighted else None
+    probe = torch.randn(n, dtype=torch.float64, generator=g)
+    probe = probe if reduction == "none" else torch.tensor(1.0, dtype=torch.float64)
+    return x, SUPCON_LABELINGS["some without"](n), weight, probe
+
+
 # ---------------------------------------------------------------- per-anchor losses (issue 25)
 
 

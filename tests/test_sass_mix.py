@@ -166,8 +166,9 @@ def test_compile_check_reference_line():
 
 
 # Issue 23's minimum work per contrastive loss (GEMMs per tile, exps per pair), as the
-# issue states it.
-ISSUE_23_LOSS_MINIMUM = {"nt_xent": (3, 2), "moco_info_nce": (2, 1), "info_nce": (4, 2), "clip": (5, 3)}
+# issue states it; SupCon (issue 25) as NT-Xent: an lse over x's rows and its gradient.
+ISSUE_23_LOSS_MINIMUM = {"nt_xent": (3, 2), "moco_info_nce": (2, 1), "info_nce": (4, 2), "clip": (5, 3),
+                         "supcon": (3, 2)}
 
 
 def test_contrastive_losses_passes_meet_the_issue_minimum():
@@ -194,10 +195,11 @@ def test_loss_lines_add_up_each_loss_passes():
     assert set(lines) == {f"loss={loss}" for loss in loop_gate.LOSS_MIN_WORK}
     assert "gemms_per_tile=5.00 exps_per_pair=3.00 minimum=5/3" in lines["loss=clip"][0]
     assert not any(bad for _, bad in lines.values())
-    # A second exp in the gradient pass puts CLIP (two of them) and NT-Xent above their minimum.
+    assert "gemms_per_tile=3.00 exps_per_pair=2.00 minimum=3/2" in lines["loss=supcon"][0]
+    # A second exp in the gradient pass puts CLIP (two of them), NT-Xent and SupCon above their minimum.
     rows[1] = row("grad", "two-sided", 2.0, 2.0)
     bad = {line.split()[1] for line, failed in compile_check._loss_lines(rows) if failed}
-    assert bad == {"loss=clip", "loss=nt_xent"}
+    assert bad == {"loss=clip", "loss=nt_xent", "loss=supcon"}
 
 
 # ---------------------------------------------------------------- the CUDA gate (cuobjdump)
@@ -283,16 +285,15 @@ def test_cuobjdump_branch_targets_are_addresses():
     assert [i.opcode for i in sass_mix.main_loop(instrs)][:2] == ["LDSM.16.M88.4", "HMMA.16816.F32.BF16"]
 
 
-def test_compile_check_enumerates_what_the_siglip_and_supcon_launchers_pick():
-    # Every width and format the launchers can meet maps to a compiled configuration:
-    # the same blocks the launchers' config functions return, a known kernel, a family
-    # with a minimum in loop_gate.
-    import torch
+def test_compile_check_enumerates_what_the_siglip_launcher_picks():
+    # Every width and format the launcher can meet maps to a compiled configuration: the
+    # same blocks its config function returns, a known kernel, a family with a minimum in
+    # loop_gate.  (SupCon runs the contrastive kernels: no jobs of its own.)
+    from pyhypersphere.triton_kernels import compile_check, siglip
 
-    from pyhypersphere.triton_kernels import compile_check, siglip, supcon
-
-    jobs = [*compile_check._siglip_jobs(), *compile_check._supcon_jobs()]
+    jobs = list(compile_check._siglip_jobs())
     assert all(job.family in loop_gate.MIN_WORK and job.kernel in compile_check._KERNELS for job in jobs)
+    assert not any(family.startswith("supcon") for family in loop_gate.MIN_WORK)
     names = {job.name for job in jobs}
     for dtype, precision, _ in compile_check.UNIFORM_FORMATS:
         for d in (1, 20, 64, 100, 128, 130, 256):
@@ -301,9 +302,3 @@ def test_compile_check_enumerates_what_the_siglip_and_supcon_launchers_pick():
             for role in ("x loss", "x grad", "y grad"):
                 assert any(n.startswith(f"siglip {role} ") and f" {tile} w{cfg['num_warps']} " in n for n in names), \
                     (role, dtype, precision, d)
-            if dtype in (torch.float32, torch.float64) and d <= 512:
-                cfg = supcon._config_for(dtype, d, precision)
-                for kernel in ("forward", "backward"):
-                    assert (f"supcon {kernel} {compile_check.uniform.operand_format(dtype, precision)} "
-                            f"M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']} w{cfg['num_warps']} "
-                            f"s{cfg['num_stages']}") in names, (kernel, dtype, precision, d)

@@ -7,27 +7,12 @@ import pytest
 import torch
 
 from conftest import unit_rows
-from dense_contrastive import dense_supcon, value_and_grads
+from dense_contrastive import SUPCON_LABELINGS as LABELINGS
+from dense_contrastive import dense_supcon, labels_with, supcon_reduction_case, value_and_grads
 from pyhypersphere import SupConLoss, supcon_loss
 from pyhypersphere.large_batch import chunked_backward
 
 ops = torch.ops.pyhypersphere
-
-
-def labels_with(n, positives, seed=0):
-    """n labels in random order where every class has `positives` + 1 members (the last
-    class takes the remainder: possibly a singleton, an anchor without positives)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) // (positives + 1)
-    return labels[torch.randperm(n, generator=g)]
-
-
-LABELINGS = {
-    "one positive": lambda n: labels_with(n, 1),
-    "two positives": lambda n: labels_with(n, 2, seed=1),
-    "many positives": lambda n: torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(2)),
-    "some without": lambda n: torch.cat([labels_with(n - 3, 1), torch.tensor([1000, 1001, 1002])]),
-}
 
 
 @pytest.mark.parametrize("n", [7, 150, 333])  # one tile; several blocks with ragged edges
@@ -45,10 +30,7 @@ def test_value_and_gradient_match_the_dense_formula(n, labeling):
 @pytest.mark.parametrize("weighted", [False, True])
 def test_reductions_and_weights(reduction, weighted):
     n = 140
-    x = unit_rows(n, 8, seed=3)
-    labels = LABELINGS["some without"](n)
-    weight = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) if weighted else None
-    probe = torch.randn(n, dtype=torch.float64) if reduction == "none" else torch.tensor(1.0, dtype=torch.float64)
+    x, labels, weight, probe = supcon_reduction_case(n, reduction, weighted)
 
     def dense(x_):
         return (dense_supcon(x_, labels, 0.2, reduction, weight) * probe).sum()

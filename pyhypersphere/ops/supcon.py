@@ -8,10 +8,10 @@ For x [N, d] holding every view (views of one sample share a label) and integer 
 
 and the loss averages L_i over the anchors with |P(i)| >= 1 (an anchor without positives
 is skipped).  The operator `supcon_lse` returns every anchor's lse_i, its sum of positive
-logits and |P(i)| from one pass over the tiles, comparing labels inside each tile (no
-N x N logits or mask); its backward `supcon_lse_backward` is a second pass.  Contract in
-csrc/ops.h, schemas and checks in csrc/supcon.cpp, kernels in csrc/cpu/supcon_cpu.cpp
-and triton_kernels/supcon.py.
+logits and |P(i)| (no N x N logits or mask: the CPU kernel compares labels inside each
+tile, the Triton launcher takes the contrastive kernels' lse and O(N d) class sums); its
+backward `supcon_lse_backward` is a second pass.  Contract in csrc/ops.h, schemas and
+checks in csrc/supcon.cpp, kernels in csrc/cpu/supcon_cpu.cpp and triton_kernels/supcon.py.
 Below: the fake kernels, the autograd formula, the public `supcon_loss` and its
 distributed form (`distributed_supcon_loss`, on the global-batch layer).
 """
@@ -120,10 +120,18 @@ def check_labels(labels, x, function: str) -> torch.Tensor:
 
 
 def anchor_losses(lse, positive_sum, count):
-    """L_i = lse_i - positive_sum_i / |P(i)| for anchors with positives, 0 for the others."""
+    """L_i = lse_i - positive_sum_i / |P(i)| for anchors with positives, 0 for the others.
+
+    L_i >= log |P(i)| exactly (lse_i is at least the positives' lse, which is at least
+    log |P(i)| plus their mean logit, by Jensen); where the difference of the two terms
+    rounds below that (a dominating positive: L_i near 0, both terms near 1/tau) the value
+    is lifted to the bound, so a loss is never negative; the gradient stays the formula's.
+    """
     has = count > 0
-    mean_positive = positive_sum / count.clamp(min=1).to(positive_sum.dtype)
-    return torch.where(has, lse - mean_positive, 0), has
+    size = count.clamp(min=1).to(positive_sum.dtype)
+    raw = lse - positive_sum / size
+    losses = raw + (torch.log(size) - raw).clamp(min=0).detach()
+    return torch.where(has, losses, 0), has
 
 
 def supcon_loss(x: torch.Tensor, labels: torch.Tensor, tau=DEFAULT_SUPCON_TAU, reduction: str = "mean",

@@ -37,7 +37,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from . import align, contrastive, loop_gate, reference_attention, sass_mix, siglip, supcon, uniform  # noqa: E402
+from . import align, contrastive, loop_gate, reference_attention, sass_mix, siglip, uniform  # noqa: E402
 
 # Largest shared memory one block may use (opt-in), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -196,8 +196,8 @@ def _contrastive_jobs(archs, quick: bool = False):
                           (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]), (arch,))
 
 
-# CI's subset of the SigLIP and SupCon configurations (--quick): every format at the
-# common width, float64 at its widest block; the full matrix adds the narrow widths.
+# CI's subset of the SigLIP configurations (--quick): every format at the common width,
+# float64 at its widest block; the full matrix adds the narrow widths.
 QUICK_PAIRWISE = {"d": (128,), "extra": ((torch.float64, 64),)}
 
 
@@ -232,30 +232,6 @@ def _siglip_jobs(quick: bool = False):
                       (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]))
 
 
-def _supcon_jobs(quick: bool = False):
-    # The launchers widen every input to float32 (TF32 or 3xTF32 products) or float64.
-    formats = [(fmt, d) for fmt, d in _pairwise_cases(quick, (16, 32, 64, 128, 256, 512))
-               if fmt[0] in (torch.float32, torch.float64)]
-    for (dtype, precision, _), d in formats:
-        acc = "*fp64" if dtype == torch.float64 else "*fp32"
-        fmt = uniform.operand_format(dtype, precision)
-        cfg = supcon._config_for(dtype, d, precision)
-        ints = ("n", "d", "stride_x", "col_lo", "col_hi")
-        for kernel in ("forward", "backward"):
-            if kernel == "forward":
-                sig = {"x_ptr": acc, "labels_ptr": "*i64", "lse_ptr": acc, "positive_ptr": acc, "count_ptr": "*i64",
-                       "scale_ptr": acc}
-            else:
-                sig = {"x_ptr": acc, "labels_ptr": "*i64", "lse_ptr": acc, "g_ptr": acc, "h_ptr": acc,
-                       "grad_ptr": acc, "scale_ptr": acc}
-            sig.update({name: _INT for name in ints})
-            consts = {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "PRECISION")}
-            name = (f"supcon {kernel} {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']} "
-                    f"w{cfg['num_warps']} s{cfg['num_stages']}")
-            yield Job(name, f"supcon_{kernel}", sig, consts, cfg["num_warps"], cfg["num_stages"], True,
-                      f"supcon_{kernel}", fmt, (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]))
-
-
 def _reference_jobs(archs):
     sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "o_ptr": "*bf16", "lse_ptr": "*fp32",
            "sm_scale": "fp32", "n_ctx": _INT, "stride_row": _INT}
@@ -271,7 +247,7 @@ def _jobs(quick: bool = False, archs=(80, 90)):
     # De-duplicated: small d values can map to the same configuration.
     seen = set()
     for job in [*_reference_jobs(archs), *_uniform_jobs(archs, quick), *_align_jobs(), *_contrastive_jobs(archs, quick),
-                *_siglip_jobs(quick), *_supcon_jobs(quick)]:
+                *_siglip_jobs(quick)]:
         if (job.name, job.archs) not in seen:
             seen.add((job.name, job.archs))
             yield job
@@ -283,8 +259,6 @@ _KERNELS = {
     "contrastive_lse": lambda: contrastive._lse_rows_kernel,
     "contrastive_grad": lambda: contrastive._grad_rows_kernel,
     "siglip": lambda: siglip._siglip_kernel,
-    "supcon_forward": lambda: supcon._supcon_forward_kernel,
-    "supcon_backward": lambda: supcon._supcon_backward_kernel,
     "reference": lambda: reference_attention.attention_forward_kernel,
 }
 

@@ -55,18 +55,14 @@ MIN_WORK = {
     "siglip_y_grad": MinWork(2, 1, False, "S again and W^T x; one exp (second sweep over the pairs)"),
     # d past the one-chunk width: S over feature chunks, recomputed per gradient slice.
     "siglip_chunked": MinWork(2, 1, False, "chunked S, per slice of the gradient"),
-    # Supervised contrastive (supcon.py), as NT-Xent: an lse pass (S, online max) and a
-    # gradient pass with two-sided weights, one exp per side.
-    "supcon_forward": MinWork(1, 1, False, "S; one exp (online max)"),
-    "supcon_backward": MinWork(2, 2, False, "S and W x; one exp per side"),
     # Triton's fused-attention tutorial, as the yardstick: S and P V, one exp.
     "reference": MinWork(2, 1, True, "flash-attention forward"),
 }
 
 # Issue 23's minimum per contrastive loss (GEMMs over a tile's pairs, exps per pair,
-# with the static shift) and the passes that make it up (contrastive.py's launchers), as
-# (kernel, variant) in compile_check's kernel names; a pass's family is
-# contrastive_<kernel>.  The sum of the passes' minimums must not exceed the loss's.
+# with the static shift; SupCon's, issue 25, as NT-Xent's) and the passes that make it up
+# (contrastive.py's launchers), as (kernel, variant) in compile_check's kernel names; a
+# pass's family is contrastive_<kernel>.  The sum of the passes' minimums must not exceed the loss's.
 LOSS_MIN_WORK = {
     "nt_xent": ((3, 2), (("lse", "self"), ("grad", "two-sided"))),
     # in-batch keys and a detached queue: the queries' gradient out of the lse pass
@@ -74,6 +70,9 @@ LOSS_MIN_WORK = {
     "info_nce": ((4, 2), (("lse_grad", "cross"), ("grad", "col-terms"))),  # both gradients
     # both lse from one S tile (column sums), then each side's gradient
     "clip": ((5, 3), (("lse", "col-sums"), ("grad", "two-sided"), ("grad", "two-sided"))),
+    # supervised contrastive (supcon.py): NT-Xent's passes over x's rows, the labels' part
+    # from O(N d) class sums outside the pair loop
+    "supcon": ((3, 2), (("lse", "self"), ("grad", "two-sided"))),
 }
 
 
