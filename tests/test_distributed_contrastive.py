@@ -63,6 +63,17 @@ LOSSES = PAIR_LOSSES + (
        _with_queue(dense_info_nce, b), 0.2) for b in (True, False)],  # MoCo: keys and queue, the queue alone
 )
 UPSTREAM = 1.5  # the same upstream gradient on every rank
+
+
+def _decoupled(fn):
+    """fn with decoupled=True."""
+
+    def call(x, y, tau, **options):
+        return fn(x, y, tau, decoupled=True, **options)
+
+    return call
+
+
 ROW_LOSSES = (
     # (distributed loss, single-process loss, dense float64 per-anchor formula, a tau, anchors per row of x)
     (distributed.nt_xent_loss, pyhypersphere.nt_xent_loss, dense_nt_xent_rows, 0.5, 2),
@@ -70,6 +81,10 @@ ROW_LOSSES = (
     (distributed.info_nce_loss, pyhypersphere.info_nce_loss, dense_info_nce_rows, 0.1, 1),
     *[(_with_queue(distributed.info_nce_loss, b), _with_queue(pyhypersphere.info_nce_loss, b),
        _with_queue(dense_info_nce_rows, b), 0.2, 1) for b in (True, False)],
+    (_decoupled(distributed.nt_xent_loss), _decoupled(pyhypersphere.nt_xent_loss), _decoupled(dense_nt_xent_rows),
+     0.3, 2),
+    (_decoupled(_with_queue(distributed.info_nce_loss, True)), _decoupled(_with_queue(pyhypersphere.info_nce_loss, True)),
+     _decoupled(_with_queue(dense_info_nce_rows, True)), 0.2, 1),
 )
 
 
@@ -118,14 +133,17 @@ def _my_anchors(every, rows, rank, anchors):
     return torch.cat([shard(every[a * n : (a + 1) * n], rows, rank) for a in range(anchors)])
 
 
-def _check_reductions_and_weights(rank, world, rows, group=None, reductions=("mean", "sum", "none"), **options):
+def _check_reductions_and_weights(rank, world, rows, group=None, reductions=("mean", "sum", "none"), learned_tau=False,
+                                  **options):
     """reduction 'mean', 'sum' and 'none', without and with weights (each rank passing its
     own anchors'): values and gradients against the dense float64 per-anchor formulas and
     the single-process loss on the gathered batch.  'mean' and 'sum' are over the global
     batch, the same on every rank, with the DDP convention; 'none' gives each rank its own
     anchors in the documented order (the ranks' outputs reassembled are the single
     process's), and its backward, for each rank's own upstream gradient, gives each rank
-    its rows of the single-process gradient for the concatenated upstream gradient."""
+    its rows of the single-process gradient for the concatenated upstream gradient.  A
+    learned tau: the ranks' parts of its gradient sum to W (mean, sum) or 1 ('none') times
+    the single process's, as for x and y."""
     n = sum(rows)
     fulls = _views(rows, seed=31 + n)
     g = torch.Generator().manual_seed(n)
@@ -139,21 +157,26 @@ def _check_reductions_and_weights(rank, world, rows, group=None, reductions=("me
             for w in (None, weight):
                 x, y = _shards(fulls, rows, rank)
                 mine_w = None if w is None else _my_anchors(w, rows, rank, anchors)
+                t = torch.tensor(tau, dtype=torch.float64, requires_grad=True) if learned_tau else tau
                 with recorded_collectives() as calls:
-                    out = loss_fn(x, y, tau, group=group, reduction=reduction, weight=mine_w, **options)
+                    out = loss_fn(x, y, t, group=group, reduction=reduction, weight=mine_w, **options)
                     forward_calls = len(calls)
                     (out * (_my_anchors(seed, rows, rank, anchors) if per_row else seed)).sum().backward()
                 backward_ops = [c[0] for c in calls[forward_calls:]]
                 assert backward_ops == (["all_gather", "reduce_scatter"] if per_row else []), backward_ops
                 assert out.dtype == torch.float64 and out.shape == ((anchors * rows[rank],) if per_row else ())
 
-                def dense(a, b):
-                    return (dense_reduce(dense_rows(a, b, tau), reduction, w) * seed).sum()
+                def dense(a, b, t):
+                    return (dense_reduce(dense_rows(a, b, t), reduction, w) * seed).sum()
 
                 def single(a, b):
                     return (local_fn(a, b, tau, reduction=reduction, weight=w) * seed).sum()
 
-                _, (gx, gy) = value_and_grads(dense, *fulls)
+                _, (gx, gy, gt) = value_and_grads(dense, *fulls, torch.tensor(tau, dtype=torch.float64))
+                if learned_tau:
+                    total = t.grad.clone()
+                    dist.all_reduce(total, group=group)
+                    torch.testing.assert_close(total, scale * gt, rtol=1e-10, atol=1e-12)
                 _, (sx, sy) = value_and_grads(single, *fulls)
                 want = dense_reduce(dense_rows(*fulls, tau), reduction, w)
                 got_single = local_fn(*fulls, tau, reduction=reduction, weight=w)
@@ -513,7 +536,7 @@ def two_ranks(rank, world, group):
     _check_values_and_grads(rank, world, [0, 5], group)
     _check_values_and_grads(rank, world, [20, 13], group, dtype=torch.float32, rtol=2e-5, atol=1e-6)
     _check_grads_sum_to_single_process(rank, world, [4, 9], group)
-    _check_reductions_and_weights(rank, world, [2, 5], group)
+    _check_reductions_and_weights(rank, world, [2, 5], group, learned_tau=True)
 
 
 def all_scenarios(rank, world):
