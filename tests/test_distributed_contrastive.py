@@ -134,7 +134,8 @@ def _my_anchors(every, rows, rank, anchors):
 
 
 def _check_reductions_and_weights(rank, world, rows, group=None, reductions=("mean", "sum", "none"), learned_tau=False,
-                                  **options):
+                                  dtype=torch.float64, rtol=1e-12, atol=1e-13, grad_rtol=1e-10, grad_atol=1e-12,
+                                  grad_of_max=0.0, **options):
     """reduction 'mean', 'sum' and 'none', without and with weights (each rank passing its
     own anchors'): values and gradients against the dense float64 per-anchor formulas and
     the single-process loss on the gathered batch.  'mean' and 'sum' are over the global
@@ -143,9 +144,11 @@ def _check_reductions_and_weights(rank, world, rows, group=None, reductions=("me
     process's), and its backward, for each rank's own upstream gradient, gives each rank
     its rows of the single-process gradient for the concatenated upstream gradient.  A
     learned tau: the ranks' parts of its gradient sum to W (mean, sum) or 1 ('none') times
-    the single process's, as for x and y."""
+    the single process's, as for x and y.  In float32: the dense formula on the rounded
+    inputs, within the tolerances given (gradients: plus `grad_of_max` of their largest
+    element, as in _check_low_precision)."""
     n = sum(rows)
-    fulls = _views(rows, seed=31 + n)
+    fulls = _views(rows, seed=31 + n, dtype=dtype)
     g = torch.Generator().manual_seed(n)
     for loss_fn, local_fn, dense_rows, tau, anchors in ROW_LOSSES:
         weight = 0.2 + torch.rand(anchors * n, generator=g, dtype=torch.float64)
@@ -164,7 +167,7 @@ def _check_reductions_and_weights(rank, world, rows, group=None, reductions=("me
                     (out * (_my_anchors(seed, rows, rank, anchors) if per_row else seed)).sum().backward()
                 backward_ops = [c[0] for c in calls[forward_calls:]]
                 assert backward_ops == (["all_gather", "reduce_scatter"] if per_row else []), backward_ops
-                assert out.dtype == torch.float64 and out.shape == ((anchors * rows[rank],) if per_row else ())
+                assert out.dtype == dtype and out.shape == ((anchors * rows[rank],) if per_row else ())
 
                 def dense(a, b, t):
                     return (dense_reduce(dense_rows(a, b, t), reduction, w) * seed).sum()
@@ -176,24 +179,27 @@ def _check_reductions_and_weights(rank, world, rows, group=None, reductions=("me
                 if learned_tau:
                     total = t.grad.clone()
                     dist.all_reduce(total, group=group)
-                    torch.testing.assert_close(total, scale * gt, rtol=1e-10, atol=1e-12)
+                    torch.testing.assert_close(total.double(), scale * gt, rtol=grad_rtol, atol=grad_atol)
                 _, (sx, sy) = value_and_grads(single, *fulls)
-                want = dense_reduce(dense_rows(*fulls, tau), reduction, w)
+                want = dense_reduce(dense_rows(*(f.double() for f in fulls), tau), reduction, w)
                 got_single = local_fn(*fulls, tau, reduction=reduction, weight=w)
                 if per_row:
                     want, got_single = (_my_anchors(v, rows, rank, anchors) for v in (want, got_single))
                     # Concatenated in the documented order, the ranks' rows are the single process's.
-                    every = [torch.tensor(r, dtype=torch.float64).view(anchors, len(r) // anchors)
+                    every = [torch.tensor(r, dtype=dtype).view(anchors, len(r) // anchors)
                              for r in _every_rank(out.tolist(), group)]
                     torch.testing.assert_close(torch.cat(every, 1).reshape(-1), local_fn(*fulls, tau, reduction="none",
-                                                                                         weight=w), rtol=1e-12, atol=1e-13)
+                                                                                         weight=w), rtol=rtol, atol=atol)
                 else:
                     same_on_every_rank(out.item(), group)
-                torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-13)
-                torch.testing.assert_close(out, got_single, rtol=1e-12, atol=1e-13)
+                torch.testing.assert_close(out.double(), want, rtol=rtol, atol=atol)
+                torch.testing.assert_close(out, got_single, rtol=rtol, atol=atol)
                 for grad, dense_grad, single_grad in ((x.grad, gx, sx), (y.grad, gy, sy)):
-                    torch.testing.assert_close(grad, scale * shard(dense_grad, rows, rank), rtol=1e-10, atol=1e-12)
-                    torch.testing.assert_close(grad, scale * shard(single_grad, rows, rank), rtol=1e-10, atol=1e-12)
+                    for reference in (dense_grad, single_grad):
+                        target = scale * shard(reference.double(), rows, rank)
+                        largest = float(target.abs().max()) if target.numel() else 0.0
+                        torch.testing.assert_close(grad.double(), target, rtol=grad_rtol,
+                                                   atol=grad_atol + grad_of_max * largest)
 
 
 def _every_rank(value, group=None) -> list:
@@ -499,13 +505,20 @@ def _check_no_sync_path(rank, world):
 
 
 def _check_world_of_one(rank, solo):
-    """A one-rank group: the single-process loss, no collectives."""
+    """A one-rank group: the single-process loss (its reduction and weight too), no collectives."""
     fulls = _views([6], seed=19)
     for loss_fn, local_fn, _, tau in LOSSES:
         with recorded_collectives() as calls:
             loss = loss_fn(*fulls, tau, group=solo)
         assert calls == []
         torch.testing.assert_close(loss, local_fn(*fulls, tau), rtol=0, atol=0)
+    for loss_fn, local_fn, _, tau, anchors in ROW_LOSSES:
+        weight = torch.rand(anchors * 6, dtype=torch.float64)
+        for reduction in ("sum", "none"):
+            with recorded_collectives() as calls:
+                loss = loss_fn(*fulls, tau, group=solo, reduction=reduction, weight=weight)
+            assert calls == []
+            torch.testing.assert_close(loss, local_fn(*fulls, tau, reduction=reduction, weight=weight), rtol=0, atol=0)
 
 
 def three_ranks(rank, world):
@@ -537,6 +550,8 @@ def two_ranks(rank, world, group):
     _check_values_and_grads(rank, world, [20, 13], group, dtype=torch.float32, rtol=2e-5, atol=1e-6)
     _check_grads_sum_to_single_process(rank, world, [4, 9], group)
     _check_reductions_and_weights(rank, world, [2, 5], group, learned_tau=True)
+    _check_reductions_and_weights(rank, world, [9, 6], group, reductions=("mean", "none"), dtype=torch.float32,
+                                  rtol=2e-5, atol=1e-6, grad_rtol=2e-5, grad_atol=0.0, grad_of_max=1e-5)
 
 
 def all_scenarios(rank, world):
