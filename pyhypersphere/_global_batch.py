@@ -477,7 +477,10 @@ def backward_collectives(local_grads: Callable[[], torch.Tensor], layout: Layout
         send = scatter_buffer(local_grads(), layout)
     ok = torch.zeros(1, dtype=torch.float64, device=layout.group_device)
     exchange_status(ok, failure, layout, params, True, group, function, width=1)
-    return reduce_scatter_rows(send, layout, group)
+    received = reduce_scatter_rows(send, layout, group)
+    # Waited for here: a gradient that autograd would store as it is (a .grad of the
+    # views' own dtype) must be a plain tensor, not the collective's asynchronous wrapper.
+    return received.wait() if isinstance(received, funcol.AsyncCollectiveTensor) else received
 
 
 class _CollectiveBackward(torch.autograd.Function):

@@ -167,6 +167,7 @@ def _check_reductions_and_weights(rank, world, rows, group=None, reductions=("me
                     (out * (_my_anchors(seed, rows, rank, anchors) if per_row else seed)).sum().backward()
                 backward_ops = [c[0] for c in calls[forward_calls:]]
                 assert backward_ops == (["all_gather", "reduce_scatter"] if per_row else []), backward_ops
+                assert type(x.grad) is type(y.grad) is torch.Tensor  # not a collective's asynchronous wrapper
                 assert out.dtype == dtype and out.shape == ((anchors * rows[rank],) if per_row else ())
 
                 def dense(a, b, t):

@@ -46,6 +46,7 @@ def _check_values_and_grads(rank, world, rows, reduction, weighted, learned_tau)
         loss = distributed.supcon_loss(x, shard(labels, rows, rank), tau, reduction=reduction, weight=w)
         forward_calls = len(calls)
         (loss * (shard(seed, rows, rank) if per_row else seed)).sum().backward()
+    assert type(x.grad) is torch.Tensor  # not a collective's asynchronous wrapper
     backward_ops = [c[0] for c in calls[forward_calls:]]
     assert backward_ops == (["all_gather"] * 2 + ["reduce_scatter"] if per_row else []), backward_ops
     tau64 = torch.tensor(tau_value, dtype=torch.float64)
