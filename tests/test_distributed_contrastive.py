@@ -2,7 +2,9 @@
 CPU): values and gradients of the global batch against the single-process losses on the
 concatenated batch and against the dense float64 formulas (tests/dense_contrastive.py),
 the DDP gradient convention, a learned temperature, inputs that disagree, and the
-no-sync path (equal_shards=True).
+no-sync path (equal_shards=True); reduction 'mean', 'sum' and 'none' with and without
+per-anchor weights (issue 25), including the order of 'none''s rows, its collective
+backward and a failure there.
 
 One spawn of 3 ranks runs every scenario (2 ranks on a subgroup, world size 1 on
 one-rank groups): starting processes costs more than the scenarios.
