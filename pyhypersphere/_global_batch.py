@@ -415,6 +415,13 @@ def reduce_scatter_rows(send: torch.Tensor, layout: Layout, group) -> torch.Tens
     return received[: layout.my_rows]  # a view: still not waited for
 
 
+_SECOND_ORDER_MESSAGE = (
+    "pyhypersphere.distributed: second derivatives (a backward with create_graph=True, "
+    "Hessians, gradient penalties, torch.func.grad) are not supported; for uniformity, "
+    "pyhypersphere.uniform_loss on the gathered batch supports them"
+)
+
+
 class _PrecomputedGradient(torch.autograd.Function):
     """Outputs `values`: one per view (a loss per view, as uniformity's), or one for all
     views (one loss of several inputs, as the contrastive losses').  Backward: view v's
@@ -432,11 +439,7 @@ class _PrecomputedGradient(torch.autograd.Function):
         if torch.is_grad_enabled():
             # The rows are numbers, not a graph: a second derivative through them would
             # silently miss this loss's terms.
-            raise RuntimeError(
-                "pyhypersphere.distributed: second derivatives (a backward with create_graph=True, "
-                "Hessians, gradient penalties, torch.func.grad) are not supported; for uniformity, "
-                "pyhypersphere.uniform_loss on the gathered batch supports them"
-            )
+            raise RuntimeError(_SECOND_ORDER_MESSAGE)
         (rows,) = ctx.saved_tensors
         d = rows.shape[1] // ctx.count
         grads = []
@@ -455,3 +458,79 @@ def attach_gradient(values: torch.Tensor, rows: Optional[torch.Tensor], scale: f
     if rows is None:
         return [values[i] for i in range(values.shape[0])]
     return list(_PrecomputedGradient.apply(values, rows, scale, *views))
+
+
+# ---------------------------------------------------------------- per-row outputs (reduction='none')
+#
+# A per-row output's upstream gradient differs between ranks and is known only in the
+# backward, so its backward is a collective: rank r's rows of the gradient of
+# sum_s <G_s, rows_s> (every rank s's upstream G_s) need every rank's G_s.
+
+
+def backward_collectives(local_grads: Callable[[], torch.Tensor], layout: Layout, params, group, function: str):
+    """The backward's collectives for a per-row output: `local_grads()` (this rank's part
+    of the gradient with respect to every gathered row, [N, V*d]) under a Failure, a
+    status exchange (a failure on one rank raises on every rank before the
+    reduce-scatter), then the reduce-scatter; returns this rank's [N_r, V*d] rows."""
+    failure, send = Failure(), None
+    with failure:
+        send = scatter_buffer(local_grads(), layout)
+    ok = torch.zeros(1, dtype=torch.float64, device=layout.group_device)
+    exchange_status(ok, failure, layout, params, True, group, function, width=1)
+    received = reduce_scatter_rows(send, layout, group)
+    # Waited for here: a gradient that autograd would store as it is (a .grad of the
+    # views' own dtype) must be a plain tensor, not the collective's asynchronous wrapper.
+    return received.wait() if isinstance(received, funcol.AsyncCollectiveTensor) else received
+
+
+class _CollectiveBackward(torch.autograd.Function):
+    """Outputs `values` (this rank's rows); the backward is `backward(grad)`, which issues
+    collectives and returns one gradient per input (None for those without one)."""
+
+    @staticmethod
+    def forward(ctx, values, backward, *inputs):
+        ctx.backward = backward
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_SECOND_ORDER_MESSAGE)
+        return (None, None, *ctx.backward(grad))
+
+
+def attach_collective_backward(values: torch.Tensor, backward, inputs) -> torch.Tensor:
+    """`values`, differentiable with respect to `inputs` through `backward(grad)` (a
+    collective: every rank must run the backward of its output, as DDP's)."""
+    return _CollectiveBackward.apply(values, backward, *inputs)
+
+
+def per_row_output(values, rows, z, views, layout: Layout, params, group, function: str, weight=None, learned=()):
+    """reduction='none': `values` (this rank's anchors' losses, weighted), whose backward,
+    for this rank's upstream gradient G_r, differentiates sum_i G_ri w_i rows_i (`rows`:
+    a graph kept from the forward) with respect to every gathered row `z` and one
+    reduce-scatter sums the ranks' parts: rank r gets its rows of the single-process
+    gradient of sum_s <G_s, rows_s>.  `learned`: (leaf, parameter) pairs of scalars that
+    `rows` also depends on (leaf: the forward's stand-in); each parameter gets this
+    rank's own rows' part of its gradient (the parts sum to the whole over ranks)."""
+    values = values.to(device=layout.device, dtype=layout.dtype)
+    if not z.requires_grad:
+        return values
+    learned = [(leaf, param) for leaf, param in learned if param is not None]
+    d = layout.dim
+
+    def backward(upstream):
+        leaf_grads = []
+
+        def local_grads():
+            g = upstream.to(device=z.device, dtype=z.dtype)
+            grads = torch.autograd.grad(rows, [z, *(leaf for leaf, _ in learned)],
+                                        g if weight is None else g * weight, retain_graph=True)
+            leaf_grads.extend(grads[1:])
+            return grads[0]
+
+        received = backward_collectives(local_grads, layout, params, group, function)
+        grads = [received[:, v * d : (v + 1) * d].to(view.dtype) for v, view in enumerate(views)]
+        return grads + [g.to(device=p.device, dtype=p.dtype).reshape(p.shape) for g, (_, p) in zip(leaf_grads, learned)]
+
+    return attach_collective_backward(values, backward, [*views, *(p for _, p in learned)])

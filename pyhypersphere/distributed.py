@@ -9,7 +9,9 @@
 all counted, not just the (N/W)^2 within each shard.  The collective steps (metadata,
 gather, status, reduce-scatter, the backward as a scale) are the generic global-batch
 layer in ``_global_batch.py``.  ``nt_xent_loss``, ``clip_loss`` and ``info_nce_loss`` are
-the global-batch contrastive losses, ``siglip_loss`` SigLIP's.  Defined in
+the global-batch contrastive losses, ``siglip_loss`` SigLIP's, ``supcon_loss`` the
+supervised contrastive loss; they take the single-process losses' ``reduction`` and
+``weight`` (each rank its own anchors': docs/distributed.md).  Defined in
 pyhypersphere/ops/uniform_distributed.py, ops/contrastive_distributed.py and ops/siglip.py
 (what is specific to each family); this module is their public name.
 

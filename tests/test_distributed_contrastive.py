@@ -2,11 +2,16 @@
 CPU): values and gradients of the global batch against the single-process losses on the
 concatenated batch and against the dense float64 formulas (tests/dense_contrastive.py),
 the DDP gradient convention, a learned temperature, inputs that disagree, and the
-no-sync path (equal_shards=True).
+no-sync path (equal_shards=True); reduction 'mean', 'sum' and 'none' with and without
+per-anchor weights (issue 25), including the order of 'none''s rows, its collective
+backward and a failure there.
 
 One spawn of 3 ranks runs every scenario (2 ranks on a subgroup, world size 1 on
 one-rank groups): starting processes costs more than the scenarios.
 """
+
+import re
+import types
 
 import pytest
 import torch
@@ -15,9 +20,13 @@ import torch.nn.functional as F
 
 import pyhypersphere
 from pyhypersphere import distributed
+from pyhypersphere.ops import contrastive as contrastive_ops
 from pyhypersphere.ops import contrastive_distributed
 
-from dense_contrastive import dense_clip, dense_info_nce, dense_nt_xent, exact_loss, value_and_grads
+from dense_contrastive import (
+    dense_clip, dense_clip_rows, dense_info_nce, dense_info_nce_rows, dense_nt_xent, dense_nt_xent_rows, dense_reduce,
+    exact_loss, value_and_grads,
+)
 from dist_harness import (
     global_batch,
     on_subgroups,
@@ -58,6 +67,29 @@ LOSSES = PAIR_LOSSES + (
 UPSTREAM = 1.5  # the same upstream gradient on every rank
 
 
+def _decoupled(fn):
+    """fn with decoupled=True."""
+
+    def call(x, y, tau, **options):
+        return fn(x, y, tau, decoupled=True, **options)
+
+    return call
+
+
+ROW_LOSSES = (
+    # (distributed loss, single-process loss, dense float64 per-anchor formula, a tau, anchors per row of x)
+    (distributed.nt_xent_loss, pyhypersphere.nt_xent_loss, dense_nt_xent_rows, 0.5, 2),
+    (distributed.clip_loss, pyhypersphere.clip_loss, dense_clip_rows, 0.07, 2),
+    (distributed.info_nce_loss, pyhypersphere.info_nce_loss, dense_info_nce_rows, 0.1, 1),
+    *[(_with_queue(distributed.info_nce_loss, b), _with_queue(pyhypersphere.info_nce_loss, b),
+       _with_queue(dense_info_nce_rows, b), 0.2, 1) for b in (True, False)],
+    (_decoupled(distributed.nt_xent_loss), _decoupled(pyhypersphere.nt_xent_loss), _decoupled(dense_nt_xent_rows),
+     0.3, 2),
+    (_decoupled(_with_queue(distributed.info_nce_loss, True)), _decoupled(_with_queue(pyhypersphere.info_nce_loss, True)),
+     _decoupled(_with_queue(dense_info_nce_rows, True)), 0.2, 1),
+)
+
+
 def _views(rows, seed, dtype=torch.float64):
     """The global batch's two views: unit rows times norms in [0.5, 1.5] (the losses do
     not assume normalized inputs)."""
@@ -96,6 +128,90 @@ def _check_values_and_grads(rank, world, rows, group=None, dtype=torch.float64, 
         same_on_every_rank(loss.item(), group)  # bit for bit
 
 
+def _my_anchors(every, rows, rank, anchors):
+    """This rank's entries of a per-anchor vector of the global batch ([anchors * N]: the
+    anchors of x's rows, then of y's): its x rows' anchors, then its y rows'."""
+    n = sum(rows)
+    return torch.cat([shard(every[a * n : (a + 1) * n], rows, rank) for a in range(anchors)])
+
+
+def _check_reductions_and_weights(rank, world, rows, group=None, reductions=("mean", "sum", "none"), learned_tau=False,
+                                  dtype=torch.float64, rtol=1e-12, atol=1e-13, grad_rtol=1e-10, grad_atol=1e-12,
+                                  grad_of_max=0.0, **options):
+    """reduction 'mean', 'sum' and 'none', without and with weights (each rank passing its
+    own anchors'): values and gradients against the dense float64 per-anchor formulas and
+    the single-process loss on the gathered batch.  'mean' and 'sum' are over the global
+    batch, the same on every rank, with the DDP convention; 'none' gives each rank its own
+    anchors in the documented order (the ranks' outputs reassembled are the single
+    process's), and its backward, for each rank's own upstream gradient, gives each rank
+    its rows of the single-process gradient for the concatenated upstream gradient.  A
+    learned tau: the ranks' parts of its gradient sum to W (mean, sum) or 1 ('none') times
+    the single process's, as for x and y.  In float32: the dense formula on the rounded
+    inputs, within the tolerances given (gradients: plus `grad_of_max` of their largest
+    element, as in _check_low_precision)."""
+    n = sum(rows)
+    fulls = _views(rows, seed=31 + n, dtype=dtype)
+    g = torch.Generator().manual_seed(n)
+    for loss_fn, local_fn, dense_rows, tau, anchors in ROW_LOSSES:
+        weight = 0.2 + torch.rand(anchors * n, generator=g, dtype=torch.float64)
+        weight[-1] = 0.0  # a zero weight counts in no mean
+        upstream = torch.randn(anchors * n, generator=g, dtype=torch.float64)  # 'none': one per anchor
+        for reduction in reductions:
+            per_row = reduction == "none"
+            seed, scale = (upstream, 1) if per_row else (UPSTREAM, world)
+            for w in (None, weight):
+                x, y = _shards(fulls, rows, rank)
+                mine_w = None if w is None else _my_anchors(w, rows, rank, anchors)
+                t = torch.tensor(tau, dtype=torch.float64, requires_grad=True) if learned_tau else tau
+                with recorded_collectives() as calls:
+                    out = loss_fn(x, y, t, group=group, reduction=reduction, weight=mine_w, **options)
+                    forward_calls = len(calls)
+                    (out * (_my_anchors(seed, rows, rank, anchors) if per_row else seed)).sum().backward()
+                backward_ops = [c[0] for c in calls[forward_calls:]]
+                assert backward_ops == (["all_gather", "reduce_scatter"] if per_row else []), backward_ops
+                assert type(x.grad) is type(y.grad) is torch.Tensor  # not a collective's asynchronous wrapper
+                assert out.dtype == dtype and out.shape == ((anchors * rows[rank],) if per_row else ())
+
+                def dense(a, b, t):
+                    return (dense_reduce(dense_rows(a, b, t), reduction, w) * seed).sum()
+
+                def single(a, b):
+                    return (local_fn(a, b, tau, reduction=reduction, weight=w) * seed).sum()
+
+                _, (gx, gy, gt) = value_and_grads(dense, *fulls, torch.tensor(tau, dtype=torch.float64))
+                if learned_tau:
+                    total = t.grad.clone()
+                    dist.all_reduce(total, group=group)
+                    torch.testing.assert_close(total.double(), scale * gt, rtol=grad_rtol, atol=grad_atol)
+                _, (sx, sy) = value_and_grads(single, *fulls)
+                want = dense_reduce(dense_rows(*(f.double() for f in fulls), tau), reduction, w)
+                got_single = local_fn(*fulls, tau, reduction=reduction, weight=w)
+                if per_row:
+                    want, got_single = (_my_anchors(v, rows, rank, anchors) for v in (want, got_single))
+                    # Concatenated in the documented order, the ranks' rows are the single process's.
+                    every = [torch.tensor(r, dtype=dtype).view(anchors, len(r) // anchors)
+                             for r in _every_rank(out.tolist(), group)]
+                    torch.testing.assert_close(torch.cat(every, 1).reshape(-1), local_fn(*fulls, tau, reduction="none",
+                                                                                         weight=w), rtol=rtol, atol=atol)
+                else:
+                    same_on_every_rank(out.item(), group)
+                torch.testing.assert_close(out.double(), want, rtol=rtol, atol=atol)
+                torch.testing.assert_close(out, got_single, rtol=rtol, atol=atol)
+                for grad, dense_grad, single_grad in ((x.grad, gx, sx), (y.grad, gy, sy)):
+                    for reference in (dense_grad, single_grad):
+                        target = scale * shard(reference.double(), rows, rank)
+                        largest = float(target.abs().max()) if target.numel() else 0.0
+                        torch.testing.assert_close(grad.double(), target, rtol=grad_rtol,
+                                                   atol=grad_atol + grad_of_max * largest)
+
+
+def _every_rank(value, group=None) -> list:
+    """Every rank's `value` (a picklable object), in group rank order."""
+    values = [None] * dist.get_world_size(group)
+    dist.all_gather_object(values, value, group=group)
+    return values
+
+
 def _check_saved_tensor_bound(rank, world, rows):
     """Saved for the backward: this rank's gradient rows of x and y (2 N_r d elements),
     nothing of global size."""
@@ -130,8 +246,10 @@ def _check_grads_sum_to_single_process(rank, world, rows, group=None):
             torch.testing.assert_close(total / world, single, rtol=1e-12, atol=1e-13)
 
 
-def _check_under_ddp(rank, world, rows):
-    """A DDP-wrapped encoder of both views: parameter gradients as in one process."""
+def _check_under_ddp(rank, world, rows, reduction="mean", reduce=lambda loss: loss):
+    """A DDP-wrapped encoder of both views: parameter gradients as in one process (the
+    global mean).  With reduction='none' and equal shards, `reduce` = each rank's
+    `rows.mean()` is that mean too (DDP averages the ranks' gradients)."""
     inputs = [global_batch(rows, D_IN, seed=50 + v) for v in range(2)]
     for loss_fn, _, dense_fn, tau in LOSSES:
         torch.manual_seed(0)
@@ -141,7 +259,7 @@ def _check_under_ddp(rank, world, rows):
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         mine = [shard(i, rows, rank) for i in inputs]
         x, y = F.normalize(ddp(torch.cat(mine)), dim=1).split(rows[rank])
-        loss_fn(x, y, tau).backward()
+        reduce(loss_fn(x, y, tau, reduction=reduction)).backward()
         z1, z2 = F.normalize(single(torch.cat(inputs)), dim=1).split(sum(rows))
         dense_fn(z1, z2, tau).backward()
         for p, q in zip(model.parameters(), single.parameters()):
@@ -206,7 +324,8 @@ def _check_disagreements(rank, world):
     x = torch.randn(4, D, dtype=torch.float64)
     here = r" \(here: y must have the same shape" if rank == 1 else "$"  # only the rank at fault says why
     learned_on_rank_2 = torch.tensor(0.5, requires_grad=rank == 2)
-    for loss_fn, _, _, _ in PAIR_LOSSES:
+    for loss_fn, local_fn, _, _ in PAIR_LOSSES:
+        raise_after_metadata_only(_per_anchor_option_cases(rank, loss_fn, local_fn, x))
         cases = [
             ("disagree on the feature dimension d", lambda: loss_fn(x[:, : D - rank], x[:, : D - rank])),
             ("disagree on tau", lambda: loss_fn(x, x, 0.5 + 0.1 * (rank == 2))),
@@ -232,6 +351,40 @@ def _check_disagreements(rank, world):
          lambda: info_nce(x, x, queue=QUEUE.float() if rank == 2 else QUEUE)),
     ])  # fmt: skip
     _check_no_grad(rank, world, [2, 3, 1])  # the group still works
+
+
+def _single_process_words(call) -> str:
+    """The single-process loss's message for a bad argument, without the function name, as a regex."""
+    with pytest.raises((TypeError, ValueError)) as error:
+        call()
+    return re.escape(str(error.value).split(": ", 1)[1])
+
+
+def _per_anchor_option_cases(rank, loss_fn, local_fn, x):
+    """A bad reduction or weight on one rank: every rank raises, the rank at fault with the
+    single-process loss's words; ranks that disagree on the reduction or on passing
+    weights raise together.  (x: [4, d] on every rank, so 8 anchors per rank and in the
+    single-process call alike.)"""
+    def at_fault(bad_rank, bad, good, **fixed):
+        """(regex, call): rank `bad_rank` passes the options `bad`, the others `good`."""
+        here = rf" \(here: {_single_process_words(lambda: local_fn(x, x, **bad, **fixed))}\)$"
+        options = bad if rank == bad_rank else good
+        return rf"rank\(s\) \[{bad_rank}\] passed something else" + (here if rank == bad_rank else "$"), \
+            lambda: loss_fn(x, x, **options, **fixed)
+
+    weights = torch.rand(8, dtype=torch.float64)
+    return [
+        at_fault(1, {"reduction": "avg"}, {"reduction": "mean"}),
+        at_fault(2, {"weight": weights[:7]}, {"weight": weights}),  # one per anchor: 2 * 4
+        at_fault(0, {"weight": torch.ones(8, dtype=torch.int64)}, {"weight": weights}, reduction="none"),
+        at_fault(1, {"weight": weights.to("meta")}, {"weight": weights}, reduction="sum"),
+        at_fault(2, {"weight": [1.0] * 8}, {"weight": weights}),
+        (r"rank\(s\) \[1\] passed something else" + (r" \(here: weight must not require grad across ranks" if rank == 1
+                                                       else "$"),
+         lambda: loss_fn(x, x, weight=weights.clone().requires_grad_(rank == 1))),
+        ("the ranks disagree on weighted", lambda: loss_fn(x, x, weight=weights if rank == 0 else None)),
+        ("the ranks disagree on reduction", lambda: loss_fn(x, x, reduction="sum" if rank == 2 else "none")),
+    ]
 
 
 def _check_dominant_positive(rank, world, rows):
@@ -274,6 +427,30 @@ def _check_failure_inside_the_loss(rank, world):
         contrastive_distributed.contrastive_lse = original
 
 
+def _check_failure_in_a_per_row_backward(rank, world):
+    """reduction='none': the backward is a collective; the operator's backward fails on
+    rank 1 only: it raises its error, every other rank a RuntimeError naming it, nobody
+    waits in the reduce-scatter, and the group goes on."""
+    original = contrastive_ops._lib_ops
+
+    def failing(*args):
+        raise RuntimeError("injected failure inside the operator's backward")
+
+    x = torch.randn(3, D, dtype=torch.float64, requires_grad=True)
+    rows = distributed.clip_loss(x, x.detach() + 1, reduction="none")
+    if rank == 1:
+        contrastive_ops._lib_ops = types.SimpleNamespace(
+            contrastive_lse=original.contrastive_lse, contrastive_mean_lse=original.contrastive_mean_lse,
+            contrastive_lse_backward=failing)
+    try:
+        match = "injected failure" if rank == 1 else r"rank\(s\) \[1\] failed inside the loss"
+        with pytest.raises(RuntimeError, match=match):
+            rows.sum().backward()
+    finally:
+        contrastive_ops._lib_ops = original
+    _check_no_grad(rank, world, [3, 4, 2])
+
+
 def _check_no_sync_path(rank, world):
     """equal_shards=True: the same values and gradients; no metadata exchange (one
     all-gather of the features, one of the status, the reduce-scatter); a failure, an
@@ -281,6 +458,7 @@ def _check_no_sync_path(rank, world):
     of raising everywhere, the rank at fault raising after its last collective."""
     _check_values_and_grads(rank, world, [5, 5, 5], equal_shards=True)
     _check_values_and_grads(rank, world, [1, 1, 1], equal_shards=True)
+    _check_reductions_and_weights(rank, world, [3, 3, 3], reductions=("mean", "sum"), equal_shards=True)
     x = torch.randn(4, D, dtype=torch.float64, requires_grad=True)
     for loss_fn, _, _, tau in LOSSES:
         with recorded_collectives() as calls:
@@ -322,20 +500,32 @@ def _check_no_sync_path(rank, world):
         # others would wait (as for the uniformity's no-sync path), so all refuse here.
         with pytest.raises(ValueError, match="must have the same shape as"):
             loss_fn(x, x[:3], tau, equal_shards=True)
+        # 'none' has a collective backward: the checked path only (no collective issued).
+        with recorded_collectives() as calls, pytest.raises(ValueError, match="reduction='none' needs equal_shards=False"):
+            loss_fn(x, x.detach(), tau, equal_shards=True, reduction="none")
+        assert calls == []
     _check_no_grad(rank, world, [3, 4, 2])  # the group still works
 
 
 def _check_world_of_one(rank, solo):
-    """A one-rank group: the single-process loss, no collectives."""
+    """A one-rank group: the single-process loss (its reduction and weight too), no collectives."""
     fulls = _views([6], seed=19)
     for loss_fn, local_fn, _, tau in LOSSES:
         with recorded_collectives() as calls:
             loss = loss_fn(*fulls, tau, group=solo)
         assert calls == []
         torch.testing.assert_close(loss, local_fn(*fulls, tau), rtol=0, atol=0)
+    for loss_fn, local_fn, _, tau, anchors in ROW_LOSSES:
+        weight = torch.rand(anchors * 6, dtype=torch.float64)
+        for reduction in ("sum", "none"):
+            with recorded_collectives() as calls:
+                loss = loss_fn(*fulls, tau, group=solo, reduction=reduction, weight=weight)
+            assert calls == []
+            torch.testing.assert_close(loss, local_fn(*fulls, tau, reduction=reduction, weight=weight), rtol=0, atol=0)
 
 
 def three_ranks(rank, world):
+    _check_reductions_and_weights(rank, world, [4, 0, 3])  # an empty shard
     _check_values_and_grads(rank, world, [6, 4, 9])  # unequal shards
     _check_values_and_grads(rank, world, [5, 0, 7])  # an empty shard
     _check_values_and_grads(rank, world, [1, 1, 1])  # one row per rank
@@ -343,6 +533,7 @@ def three_ranks(rank, world):
     _check_grads_sum_to_single_process(rank, world, [6, 3, 8])
     _check_saved_tensor_bound(rank, world, [20, 9, 16])
     _check_under_ddp(rank, world, [5, 4, 6])
+    _check_under_ddp(rank, world, [3, 3, 3], "none", lambda rows: rows.mean())  # equal shards
     _check_learned_tau(rank, world, [4, 0, 5])
     _check_low_precision(rank, world, [30, 17, 25], torch.float32, 1e-5, 1e-5)
     _check_low_precision(rank, world, [12, 10, 14], torch.bfloat16, 2 * 2**-8, 1.1 * 2**-8)
@@ -351,6 +542,7 @@ def three_ranks(rank, world):
     _check_no_second_order(rank, world)
     _check_disagreements(rank, world)
     _check_failure_inside_the_loss(rank, world)
+    _check_failure_in_a_per_row_backward(rank, world)
     _check_no_sync_path(rank, world)
 
 
@@ -360,6 +552,9 @@ def two_ranks(rank, world, group):
     _check_values_and_grads(rank, world, [0, 5], group)
     _check_values_and_grads(rank, world, [20, 13], group, dtype=torch.float32, rtol=2e-5, atol=1e-6)
     _check_grads_sum_to_single_process(rank, world, [4, 9], group)
+    _check_reductions_and_weights(rank, world, [2, 5], group, learned_tau=True)
+    _check_reductions_and_weights(rank, world, [9, 6], group, reductions=("mean", "none"), dtype=torch.float32,
+                                  rtol=2e-5, atol=1e-6, grad_rtol=2e-5, grad_atol=0.0, grad_of_max=1e-5)
 
 
 def all_scenarios(rank, world):

@@ -1,7 +1,8 @@
 """Issue 25 across processes, in a real 2-rank gloo run: pyhypersphere.distributed.supcon_loss
 (values and gradients of the global batch against the dense float64 formula of
-tests/dense_contrastive.py, unequal and empty shards, weights, 'sum', a learned tau, errors
-raised on every rank, a failure inside the operator), the contrastive losses' decoupled
+tests/dense_contrastive.py and the single-process loss, unequal and empty shards, weights,
+every reduction, a learned tau, errors raised on every rank, a failure inside the operator
+in the forward and in 'none''s backward), the contrastive losses' decoupled
 and reduction options, and nn.KeyQueue gathered across ranks.  One spawn runs every
 scenario."""
 
@@ -14,7 +15,7 @@ from dense_contrastive import (
     dense_clip_rows, dense_info_nce_rows, dense_nt_xent_rows, dense_reduce, dense_supcon, value_and_grads,
 )
 from dist_harness import global_batch, recorded_collectives, run, same_on_every_rank, shard
-from pyhypersphere import distributed, nn
+from pyhypersphere import distributed, nn, supcon_loss
 from pyhypersphere.ops import supcon as supcon_ops
 
 D = 6
@@ -26,10 +27,17 @@ def _labels(total):
 
 
 def _check_values_and_grads(rank, world, rows, reduction, weighted, learned_tau):
+    """Against the dense float64 formula and the single-process loss on the gathered batch:
+    'mean' and 'sum' the same on every rank with the DDP convention (W * g * dL/dx_r),
+    'none' this rank's rows, its backward (a collective) the single-process gradient for
+    the ranks' upstream gradients concatenated."""
     total = sum(rows)
     full = global_batch(rows, D, seed=total)
     labels = _labels(total)
-    weight = torch.rand(total, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) if weighted else None
+    g = torch.Generator().manual_seed(5)
+    weight = torch.rand(total, dtype=torch.float64, generator=g) if weighted else None
+    per_row = reduction == "none"
+    seed, scale = (torch.randn(total, dtype=torch.float64, generator=g), 1) if per_row else (UPSTREAM, world)
     tau_value = 0.2
     tau = torch.tensor(tau_value, dtype=torch.float64, requires_grad=True) if learned_tau else tau_value
     x = shard(full, rows, rank).clone().requires_grad_()
@@ -37,17 +45,24 @@ def _check_values_and_grads(rank, world, rows, reduction, weighted, learned_tau)
     with recorded_collectives() as calls:
         loss = distributed.supcon_loss(x, shard(labels, rows, rank), tau, reduction=reduction, weight=w)
         forward_calls = len(calls)
-        (UPSTREAM * loss).backward()
-    assert len(calls) == forward_calls, "the backward issued a collective"
-    want, grads = value_and_grads(lambda f, t: dense_supcon(f, labels, t, reduction, weight), full,
-                                  torch.tensor(tau_value, dtype=torch.float64))
-    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(x.grad, world * UPSTREAM * shard(grads[0], rows, rank), rtol=1e-10, atol=1e-12)
-    if learned_tau:  # this rank's share; the shares sum to dL/dtau (DDP averages W * share)
+        (loss * (shard(seed, rows, rank) if per_row else seed)).sum().backward()
+    assert type(x.grad) is torch.Tensor  # not a collective's asynchronous wrapper
+    backward_ops = [c[0] for c in calls[forward_calls:]]
+    assert backward_ops == (["all_gather"] * 2 + ["reduce_scatter"] if per_row else []), backward_ops
+    tau64 = torch.tensor(tau_value, dtype=torch.float64)
+    want, grads = value_and_grads(lambda f, t: (dense_supcon(f, labels, t, reduction, weight) * seed).sum(), full, tau64)
+    _, single_grads = value_and_grads(lambda f, t: (supcon_loss(f, labels, t, reduction, weight) * seed).sum(), full, tau64)
+    values = [dense_supcon(full, labels, tau_value, reduction, weight), supcon_loss(full, labels, tau_value, reduction, weight)]
+    for value in values:
+        torch.testing.assert_close(loss, shard(value, rows, rank) if per_row else value, rtol=1e-12, atol=1e-12)
+    for reference in (grads, single_grads):
+        torch.testing.assert_close(x.grad, scale * shard(reference[0], rows, rank), rtol=1e-10, atol=1e-12)
+    if learned_tau:  # this rank's share; the shares sum to scale * dL/dtau (DDP averages W * share)
         total_share = torch.tensor([tau.grad.item()], dtype=torch.float64)
         torch.distributed.all_reduce(total_share)
-        torch.testing.assert_close(total_share[0], world * UPSTREAM * grads[1], rtol=1e-10, atol=1e-12)
-    same_on_every_rank(loss.item())
+        torch.testing.assert_close(total_share[0], scale * grads[1], rtol=1e-10, atol=1e-12)
+    if not per_row:
+        same_on_every_rank(loss.item())
 
 
 def _check_errors_on_every_rank(rank, world):
@@ -59,8 +74,16 @@ def _check_errors_on_every_rank(rank, world):
     # No two rows of the global batch share a label.
     with pytest.raises(ValueError, match="no two rows of the global batch share a label"):
         distributed.supcon_loss(x, torch.arange(4) + 4 * rank)
-    with pytest.raises(ValueError, match="reduction='none' is not supported across ranks"):
-        distributed.supcon_loss(x, torch.zeros(4, dtype=torch.int64), reduction="none")
+    # A bad reduction or weight on one rank: the single-process words there, every rank raises.
+    zeros = torch.zeros(4, dtype=torch.int64)
+    here = r" \(here: reduction must be one of 'mean', 'sum', 'none', got 'avg'\)$" if rank == 0 else "$"
+    with pytest.raises(ValueError, match=r"rank\(s\) \[0\] passed something else" + here):
+        distributed.supcon_loss(x, zeros, reduction="avg" if rank == 0 else "none")
+    here = r" \(here: weight must be a floating-point tensor of shape \(4,\)" if rank == 1 else "$"
+    with pytest.raises(ValueError, match=r"rank\(s\) \[1\] passed something else" + here):
+        distributed.supcon_loss(x, zeros, weight=torch.ones(4, dtype=torch.int64 if rank == 1 else torch.float64))
+    with pytest.raises(ValueError, match="the ranks disagree on reduction"):
+        distributed.supcon_loss(x, zeros, reduction="none" if rank == 0 else "sum")
 
 
 def _check_failure_inside_the_operator(rank, world):
@@ -76,6 +99,10 @@ def _check_failure_inside_the_operator(rank, world):
         match = "injected failure" if rank == 1 else r"rank\(s\) \[1\] failed inside the loss"
         with pytest.raises(RuntimeError, match=match):
             distributed.supcon_loss(x, torch.zeros(4, dtype=torch.int64))
+        # reduction='none': the gradient pass runs in the backward (a collective), and fails there.
+        rows = distributed.supcon_loss(x, torch.zeros(4, dtype=torch.int64), reduction="none")
+        with pytest.raises(RuntimeError, match=match):
+            rows.sum().backward()
     finally:
         supcon_ops._lib_ops = original
 
@@ -113,8 +140,6 @@ def _check_contrastive_options(rank, world):
         torch.testing.assert_close(x.grad, world * UPSTREAM * shard(gx, rows, rank), rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(y.grad, world * UPSTREAM * shard(gy, rows, rank), rtol=1e-10, atol=1e-12)
     x = torch.randn(3, D, dtype=torch.float64)
-    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum' across ranks"):
-        distributed.nt_xent_loss(x, x, reduction="none")
     # Ranks that disagree on an option raise together.
     with pytest.raises(ValueError, match="the ranks disagree on decoupled"):
         distributed.nt_xent_loss(x, x, decoupled=rank == 0)
@@ -122,7 +147,8 @@ def _check_contrastive_options(rank, world):
 
 def scenarios(rank, world):
     for rows, reduction, weighted, learned in [((5, 9), "mean", False, False), ((0, 12), "sum", True, False),
-                                               ((7, 7), "mean", True, True)]:
+                                               ((7, 7), "mean", True, True), ((5, 9), "none", False, False),
+                                               ((0, 12), "none", True, True), ((6, 3), "sum", False, False)]:
         _check_values_and_grads(rank, world, rows, reduction, weighted, learned)
     _check_errors_on_every_rank(rank, world)
     _check_failure_inside_the_operator(rank, world)

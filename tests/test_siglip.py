@@ -315,29 +315,55 @@ D = 6
 
 def _two_ranks(rank, world):
     rows = [9, 5]
+    n = sum(rows)
     full_x, full_y = global_batch(rows, D, 20), global_batch(rows, D, 21)
-    for reduction in ("mean", "sum"):
-        x = shard(full_x, rows, rank).clone().requires_grad_(True)
-        y = shard(full_y, rows, rank).clone().requires_grad_(True)
-        t = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
-        b = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
-        out = distributed.siglip_loss(x, y, t, b, reduction=reduction)
-        out.backward()
-        refs = [v.clone().requires_grad_(True) for v in (full_x, full_y)]
-        tr = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
-        br = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
-        want = dense_loss(*refs, tr, br, reduction)
-        want.backward()
-        assert_close(out.detach(), want.detach(), 1e-12, "global loss")
-        # The DDP convention: W * dL/dx_r on each rank; t and b get W * this rank's share.
-        assert_close(x.grad, world * shard(refs[0].grad, rows, rank), 1e-11, "d/dx_r")
-        assert_close(y.grad, world * shard(refs[1].grad, rows, rank), 1e-11, "d/dy_r")
-        shares = torch.stack([t.grad, b.grad])
-        total = shares.clone()
-        torch.distributed.all_reduce(total)
-        assert_close(total / world, torch.stack([tr.grad, br.grad]), 1e-11, "d/dt, d/db averaged")
-    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
-        distributed.siglip_loss(shard(full_x, rows, rank), shard(full_y, rows, rank), reduction="none")
+    g = torch.Generator().manual_seed(3)
+    weight = 0.2 + torch.rand(n, generator=g, dtype=torch.float64)
+    weight[0] = 0.0
+    upstream = torch.randn(n, generator=g, dtype=torch.float64)  # 'none': one per row, each rank its own rows'
+    for reduction in ("mean", "sum", "none"):
+        per_row = reduction == "none"
+        seed, scale = (upstream, 1) if per_row else (1.0, world)
+        for w in (None, weight):
+            x = shard(full_x, rows, rank).clone().requires_grad_(True)
+            y = shard(full_y, rows, rank).clone().requires_grad_(True)
+            t = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
+            b = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+            out = distributed.siglip_loss(x, y, t, b, reduction=reduction, weight=None if w is None else shard(w, rows, rank))
+            (out * (shard(seed, rows, rank) if per_row else seed)).sum().backward()
+            refs = [v.clone().requires_grad_(True) for v in (full_x, full_y)]
+            tr = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
+            br = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+            want = dense_loss(*refs, tr, br, reduction, w)
+            (want * seed).sum().backward()
+            singles = [v.clone().requires_grad_(True) for v in (full_x, full_y)]
+            single = siglip_loss(*singles, 4.0, -2.0, reduction, w)
+            (single * seed).sum().backward()
+            if per_row:  # this rank's rows, in the order of its x rows
+                want, single = shard(want, rows, rank), shard(single, rows, rank)
+            assert_close(out.detach(), want.detach(), 1e-12, f"global loss {reduction}")
+            assert_close(out.detach(), single.detach(), 1e-12, f"single-process loss {reduction}")
+            # The DDP convention: W * g * dL/dx_r on each rank, t and b W * this rank's share
+            # ('none': the single-process backward of the ranks' upstream gradients, t and b
+            # this rank's rows' part).
+            for got, dense_full, single_full in ((x.grad, refs[0].grad, singles[0].grad),
+                                                 (y.grad, refs[1].grad, singles[1].grad)):
+                assert_close(got, scale * shard(dense_full, rows, rank), 1e-11, f"d/dx_r, d/dy_r {reduction}")
+                assert_close(got, scale * shard(single_full, rows, rank), 1e-11, f"d/dx_r, d/dy_r {reduction}")
+            total = torch.stack([t.grad, b.grad])
+            torch.distributed.all_reduce(total)
+            assert_close(total / scale, torch.stack([tr.grad, br.grad]), 1e-11, f"d/dt, d/db {reduction}")
+    mine = [shard(v, rows, rank) for v in (full_x, full_y)]
+    here = r" \(here: reduction must be one of 'mean', 'sum', 'none', got 'avg'\)$" if rank == 1 else "$"
+    with pytest.raises(ValueError, match=r"rank\(s\) \[1\] passed something else" + here):
+        distributed.siglip_loss(*mine, reduction="avg" if rank == 1 else "mean")
+    here = r" \(here: weight must be a floating-point tensor of shape \(9,\)" if rank == 0 else "$"
+    with pytest.raises(ValueError, match=r"rank\(s\) \[0\] passed something else" + here):
+        distributed.siglip_loss(*mine, weight=torch.ones(rows[rank] + (rank == 0), dtype=torch.float64))
+    with pytest.raises(ValueError, match="the ranks disagree on weighted"):
+        distributed.siglip_loss(*mine, weight=torch.ones(rows[rank], dtype=torch.float64) if rank else None)
+    with pytest.raises(ValueError, match="reduction='none' needs equal_shards=False"):
+        distributed.siglip_loss(*mine, reduction="none", equal_shards=True)
     # One rank's bad input raises on every rank (none is left waiting in a collective).
     y_bad = shard(full_y, rows, rank)[:, : D - 1] if rank == 1 else shard(full_y, rows, rank)
     with pytest.raises(ValueError, match=r"rank\(s\) \[1\] passed something else"):
@@ -354,6 +380,17 @@ def _two_ranks(rank, world):
     want.backward()
     assert_close(out.detach(), want.detach(), 1e-12, "no-sync loss")
     assert_close(x.grad, world * shard(ref.grad, equal_rows, rank), 1e-11, "no-sync d/dx_r")
+    # ... with weights: the mean over the global batch's weights.
+    w = 0.2 + torch.rand(sum(equal_rows), generator=g, dtype=torch.float64)
+    x.grad = None
+    out = distributed.siglip_loss(x, shard(ey, equal_rows, rank), 3.0, -1.0, weight=shard(w, equal_rows, rank),
+                                  equal_shards=True)
+    out.backward()
+    ref = ex.clone().requires_grad_(True)
+    want = dense_loss(ref, ey, 3.0, -1.0, "mean", w)
+    want.backward()
+    assert_close(out.detach(), want.detach(), 1e-12, "no-sync weighted loss")
+    assert_close(x.grad, world * shard(ref.grad, equal_rows, rank), 1e-11, "no-sync weighted d/dx_r")
 
 
 def test_two_gloo_ranks_match_the_dense_formula():

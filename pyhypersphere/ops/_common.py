@@ -211,3 +211,28 @@ def reduce_rows(losses, weight, reduction: str, counted=None):
         w = weight.to(losses.dtype)
         norm = (w if counted is None else torch.where(counted, w, 0)).sum()
     return total / norm
+
+
+# ---------------------------------------------------------------- ... across ranks (pyhypersphere.distributed)
+#
+# 'mean' and 'sum' are over the global batch's anchors, the same on every rank; each rank
+# passes the weights of its own anchors (constants: a per-anchor weight that requires
+# grad is single-process only); 'none' gives each rank its own anchors' losses.
+
+NONE_NEEDS_SYNC = (
+    "reduction='none' needs equal_shards=False: its backward is a collective, and only the "
+    "checked path makes a failure raise on every rank before it"
+)
+
+
+def row_options(reduction, weight) -> dict:
+    """The reduction and whether there are weights, as parameters every rank must agree
+    on (an invalid reduction is reported by the loss's input check)."""
+    index = float(REDUCTIONS.index(reduction)) if reduction in REDUCTIONS else -1.0
+    return {"reduction": (index, None), "weighted": (float(weight is not None), None)}
+
+
+def constant_weight_problem(weight) -> Optional[str]:
+    if isinstance(weight, torch.Tensor) and weight.requires_grad and torch.is_grad_enabled():
+        return "weight must not require grad across ranks (the weights are constants there)"
+    return None

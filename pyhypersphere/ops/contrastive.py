@@ -363,11 +363,22 @@ def row_losses(lse_negatives: torch.Tensor, positive: torch.Tensor, decoupled: b
     return lse_negatives - positive if decoupled else cross_entropy(lse_negatives, positive)
 
 
-def _check_row_options(decoupled, reduction, weight, rows: int, like, function: str, what: str) -> None:
+# Each loss's anchors per row of x (reduction='none' and weight: x's rows' anchors, then
+# y's), and how a weight's error names them.
+ANCHOR_ROWS = {
+    "nt_xent_loss": (2, "anchor row of [x; y] (2N)"),
+    "info_nce_loss": (1, "query (row of q)"),
+    "clip_loss": (2, "anchor row (x's rows, then y's: 2N)"),
+}
+
+
+def check_row_options(decoupled, reduction, weight, x: torch.Tensor, loss: str, function: str) -> None:
+    """decoupled, reduction and weight (one per anchor of x's rows: ANCHOR_ROWS[loss]) of `loss`."""
     if not isinstance(decoupled, bool):
         raise TypeError(f"{function}: decoupled must be True or False, got {type(decoupled).__name__}")
     check_reduction(reduction, function)
-    check_weight(weight, rows, like, function, what)
+    per_row, what = ANCHOR_ROWS[loss]
+    check_weight(weight, per_row * x.shape[0], x, function, what)
 
 
 def _divide(features: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
@@ -400,7 +411,7 @@ def nt_xent_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_NT
     """
     function = "nt_xent_loss"
     _check_pair(x, y, ("x", "y"), function)
-    _check_row_options(decoupled, reduction, weight, 2 * x.shape[0], x, function, "anchor row of [x; y] (2N)")
+    check_row_options(decoupled, reduction, weight, x, function, function)
     if decoupled and x.shape[0] < 2:
         raise ValueError(f"{function}: decoupled=True needs N >= 2 (with one pair a view has no negatives)")
     out_dtype = loss_dtype(x)
@@ -449,7 +460,7 @@ def info_nce_loss(
     """
     function = "info_nce_loss"
     _check_pair(q, k, ("q", "k"), function)
-    _check_row_options(decoupled, reduction, weight, q.shape[0], q, function, "query (row of q)")
+    check_row_options(decoupled, reduction, weight, q, function, function)
     if queue is not None:
         check_features(queue, "queue", function)
         check_matches(q, "q", queue, "queue", function, same_rows=False)
@@ -499,7 +510,7 @@ def clip_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_CLIP_
     """
     function = "clip_loss"
     _check_pair(x, y, ("x", "y"), function)
-    _check_row_options(False, reduction, weight, 2 * x.shape[0], x, function, "anchor row (x's rows, then y's: 2N)")
+    check_row_options(False, reduction, weight, x, function, function)
     out_dtype = loss_dtype(x)
     scale, tau_tensor = temperature(tau, function)
     if tau_tensor is not None:

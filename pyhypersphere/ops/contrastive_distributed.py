@@ -19,6 +19,9 @@ gradient of its share of the loss with respect to every row of
 the gathered batch, which one reduce-scatter sums over the ranks.  The gradient follows
 the distributed uniformity loss's DDP convention (docs/distributed.md): the backward
 returns W * g * dL/dx_r, so DDP's averaging yields the single-process gradient.
+reduction and weight (this rank's anchors') reduce the rank's anchors' losses over the
+global batch; with reduction='none' the rank returns them, and their gradient waits for
+the backward, a collective (``_global_batch.per_row_output``).
 """
 
 from __future__ import annotations
@@ -32,19 +35,26 @@ import torch.distributed as dist
 
 from .. import _global_batch as gb
 from . import contrastive
-from ._common import accumulate_dtype, check_features, check_matches, learned
+from ._common import (
+    NONE_NEEDS_SYNC, accumulate_dtype, check_features, check_matches, constant_weight_problem, learned, row_options,
+)
 from .contrastive import DEFAULT_CLIP_TAU, DEFAULT_INFO_NCE_TAU, DEFAULT_NT_XENT_TAU, Temperature, contrastive_lse
 
 @dataclass(frozen=True)
 class _Spec:
     """A contrastive loss over the global batch: its single-process form `local(x, y,
-    tau)`, this rank's share of the gathered batch `share(z, layout, scale)`, whether tau
-    scales both inputs (a Gram matrix's logits) or the first alone, the inputs' names,
-    numbers every rank must agree on besides tau, and a check of other arguments."""
+    tau)` (named as the single-process loss), this rank's anchors' losses `rows(z, layout,
+    scale)` from the gathered batch (its x rows' anchors, then its y rows':
+    contrastive.ANCHOR_ROWS), whether tau scales both inputs (a Gram matrix's logits) or
+    the first alone, the per-anchor options (weight: this rank's anchors'), the inputs'
+    names, numbers every rank must agree on besides tau, and a check of other arguments."""
 
     local: Callable
-    share: Callable
+    rows: Callable
     symmetric_scale: bool
+    decoupled: bool = False
+    reduction: str = "mean"
+    weight: Optional[torch.Tensor] = None
     names: tuple = ("x", "y")
     params: dict = field(default_factory=dict)
     other_problem: Callable[[list], Optional[str]] = lambda views: None
@@ -53,21 +63,33 @@ class _Spec:
     def function(self) -> str:
         return f"pyhypersphere.distributed.{self.local.__name__}"
 
+    @property
+    def anchors(self) -> int:
+        """Anchors per row of x."""
+        return contrastive.ANCHOR_ROWS[self.local.__name__][0]
+
+    def agreed(self) -> dict:
+        """The numbers every rank must agree on besides tau: the per-anchor options and
+        the loss's own."""
+        return {**row_options(self.reduction, self.weight), "decoupled": (float(self.decoupled), None), **self.params}
+
     def expected(self) -> str:
         a, b = self.names
         return f"{a} and {b} must be 2-D floating-point tensors [N_r, d] of one shape, dtype and device"
 
     def input_problem(self, views) -> Optional[str]:
-        """The single-process loss's checks of the views, as a message (an empty shard is
-        allowed here: the loss is over the global batch), then of its other arguments."""
+        """The single-process loss's checks of the views and the per-anchor options, as a
+        message (an empty shard is allowed here: the loss is over the global batch), then
+        of its other arguments."""
         (x, y), (a, b), function = views, self.names, self.function
         try:
             check_features(x, a, function, min_rows=0)
             check_features(y, b, function, min_rows=0)
             check_matches(x, a, y, b, function, same_rows=True)
+            contrastive.check_row_options(self.decoupled, self.reduction, self.weight, x, self.local.__name__, function)
         except (TypeError, ValueError) as error:
             return str(error).removeprefix(f"{function}: ")
-        return self.other_problem(views)
+        return constant_weight_problem(self.weight) or self.other_problem(views)
 
 
 def _tau_param(tau: Temperature) -> tuple[float, Optional[str]]:
@@ -103,66 +125,48 @@ def _mine_first(rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     return torch.cat([rows[lo:hi], rows[:lo], rows[hi:]])
 
 
-def _row_options(decoupled: bool, reduction: str) -> dict:
-    """The per-anchor options as parameters every rank must agree on."""
-    return {"decoupled": (float(decoupled), None), "reduction": (float(reduction == "sum"), None)}
-
-
-def _options_problem(decoupled, reduction) -> Optional[str]:
-    if not isinstance(decoupled, bool):
-        return f"decoupled must be True or False, got {type(decoupled).__name__}"
-    if reduction not in ("mean", "sum"):
-        return f"reduction must be 'mean' or 'sum' across ranks ('none' is single-process only), got {reduction!r}"
-    return None
-
-
-def _reduced(rows: torch.Tensor, anchors: int, reduction: str) -> torch.Tensor:
-    """This rank's part of the global 'mean' (over `anchors` anchors) or 'sum' of the rows."""
-    return rows.sum() / (anchors if reduction == "mean" else 1)
-
-
-def _nt_xent_share(z: torch.Tensor, layout: gb.Layout, scale: float, decoupled: bool = False,
-                   reduction: str = "mean") -> torch.Tensor:
-    """This rank's share of NT-Xent: its 2 N_r views' terms over the global 2N views.
-    A view's partners are its own rank's other views (the kernel's self pairs) and every
-    view of the other ranks (cross pairs); the two log-sum-exps combine by logaddexp."""
-    d, lo, hi, total = layout.dim, layout.my_offset, layout.my_offset + layout.my_rows, layout.total
+def _nt_xent_rows(z: torch.Tensor, layout: gb.Layout, scale: float, decoupled: bool) -> torch.Tensor:
+    """NT-Xent's losses of this rank's 2 N_r views over the global 2N views (its x rows,
+    then its y rows).  A view's partners are its own rank's other views (the kernel's self
+    pairs) and every view of the other ranks (cross pairs); the two log-sum-exps combine
+    by logaddexp."""
+    d, lo, hi = layout.dim, layout.my_offset, layout.my_offset + layout.my_rows
     x, y = z[:, :d], z[:, d:]
     mine_x, mine_y = x[lo:hi], y[lo:hi]
     if layout.my_rows == 0:
-        return z[:0].sum()  # 0, still a function of z
+        return z[:0, 0]  # no anchors, still a function of z
     others = torch.cat([x[:lo], x[hi:], y[:lo], y[hi:]])
     own_x, own_y = contrastive_lse(mine_x, mine_y, scale, True, True, skip_positives=True)
     lse = torch.logaddexp(torch.cat([own_x, own_y]), _row_lse(torch.cat([mine_x, mine_y]), others, scale))
     positive = contrastive.row_dots(mine_x, mine_y) * scale
-    return _reduced(contrastive.row_losses(lse, torch.cat([positive, positive]), decoupled), 2 * total, reduction)
+    return contrastive.row_losses(lse, torch.cat([positive, positive]), decoupled)
 
 
-def _clip_share(z: torch.Tensor, layout: gb.Layout, scale: float, reduction: str = "mean") -> torch.Tensor:
-    """This rank's share of CLIP's loss: its rows' log-sum-exps over all of y (rows of
-    the logits) and its y rows' over all of x (columns), minus its positives."""
+def _clip_rows(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tensor:
+    """CLIP's losses of this rank's anchors: its x rows' log-sum-exps over all of y (rows
+    of the logits), then its y rows' over all of x (columns), against its positives."""
     d, lo, hi = layout.dim, layout.my_offset, layout.my_offset + layout.my_rows
     x, y = z[:, :d], z[:, d:]
     rows = _row_lse(x[lo:hi], _mine_first(y, lo, hi), scale, True)
     columns = _row_lse(y[lo:hi], _mine_first(x, lo, hi), scale, True)
     positive = contrastive.row_dots(x[lo:hi], y[lo:hi]) * scale
     ce = contrastive.cross_entropy
-    return _reduced(torch.cat([ce(rows, positive), ce(columns, positive)]), 2 * layout.total, reduction)
+    return torch.cat([ce(rows, positive), ce(columns, positive)])
 
 
-def _info_nce_share(z: torch.Tensor, layout: gb.Layout, scale: float, queue, in_batch: bool, decoupled: bool = False,
-                    reduction: str = "mean") -> torch.Tensor:
-    """This rank's share of InfoNCE: its queries' terms over the global batch, each query
-    against every rank's keys (when in_batch) and the queue, which every rank holds whole."""
+def _info_nce_rows(z: torch.Tensor, layout: gb.Layout, scale: float, queue, in_batch: bool,
+                   decoupled: bool) -> torch.Tensor:
+    """InfoNCE's losses of this rank's queries, each against every rank's keys (when
+    in_batch) and the queue, which every rank holds whole."""
     d, lo, hi = layout.dim, layout.my_offset, layout.my_offset + layout.my_rows
     q, k = z[:, :d], z[:, d:]
     if layout.my_rows == 0:
-        return z[:0].sum()  # 0, still a function of z
+        return z[:0, 0]  # no anchors, still a function of z
     keys = ([_mine_first(k, lo, hi)] if in_batch else []) + ([queue.detach().to(z.dtype)] if queue is not None else [])
     positive = contrastive.row_dots(q[lo:hi], k[lo:hi]) * scale
     # in_batch: the positive is key i, skipped; else it is not among the keys.
     lse = _row_lse(q[lo:hi], torch.cat(keys), scale, in_batch)
-    return _reduced(contrastive.row_losses(lse, positive, decoupled), layout.total, reduction)
+    return contrastive.row_losses(lse, positive, decoupled)
 
 
 def _queue_problem(q, queue, in_batch: bool, function: str) -> Optional[str]:
@@ -193,7 +197,10 @@ def _global_loss(x, y, tau: Temperature, group, spec: _Spec, equal_shards: bool)
     _, world = gb.member_of(group, function, f"pyhypersphere.{spec.local.__name__}")
     if world == 1:  # no collectives at all
         return spec.local(x, y, tau)
-    params = {"tau": _tau_param(tau), **spec.params}
+    per_row = spec.reduction == "none"
+    if equal_shards and per_row:
+        raise ValueError(f"{function}: {NONE_NEEDS_SYNC}")
+    params = {"tau": _tau_param(tau), **spec.agreed()}
     views = [x, y]
     tau_tensor = learned(tau)
     if tau_tensor is not None and params["tau"][1] is None and spec.input_problem(views) is None:
@@ -208,29 +215,42 @@ def _global_loss(x, y, tau: Temperature, group, spec: _Spec, equal_shards: bool)
         )  # fmt: skip
     z = gb.gather_views(views, layout, group)
     acc = accumulate_dtype(layout.dtype)
+    weighted_mean = spec.reduction == "mean" and spec.weight is not None
     failure = gb.Failure()
     if params["tau"][1] is not None:  # only on the no-sync path: agree() raised otherwise
         failure.error = gb.LossInputError(f"{function}: {params['tau'][1]}")
-    partials, send = None, None
+    partials, send, rows, weight = None, None, None, None
     with failure:
         if failure.error is not None:
             raise failure.error
-        # The share as a function of the whole gathered batch, in the accumulation dtype
-        # (16-bit gradients stay float32 through the reduce-scatter): autograd through the
-        # operator gives its gradient with respect to every row at once.  That graph lives
-        # only within this call: the caller's saved-tensor hooks (CPU offloading) are
-        # replaced by plain saving for it.
+        # This rank's anchors' losses as a function of the whole gathered batch, in the
+        # accumulation dtype (16-bit gradients stay float32 through the reduce-scatter):
+        # autograd through the operator gives their gradient with respect to every row at
+        # once.  That graph lives only within this call (or, for 'none', until its
+        # backward): the caller's saved-tensor hooks (CPU offloading) are replaced by
+        # plain saving for it.
         with torch.enable_grad() if grad else torch.no_grad(), _plain_saving():
             z = z.to(acc).requires_grad_(grad)
-            value = spec.share(z, layout, 1.0 / params["tau"][0])
-            (grads,) = torch.autograd.grad(value, z) if grad else (None,)
-        if grad:
+            rows = spec.rows(z, layout, 1.0 / params["tau"][0])
+            weight = None if spec.weight is None else spec.weight.detach().to(acc)
+            share = rows if weight is None else rows * weight
+            # This rank's part of the global sum (of the mean's numerator when weighted).
+            value = share.sum() / (spec.anchors * layout.total if spec.reduction == "mean" and weight is None else 1)
+            grads = torch.autograd.grad(value, z)[0] if grad and not per_row else None
+        if grads is not None:
             send = gb.scatter_buffer(grads, layout)
             del grads
-        partials = value.detach().reshape(1)
-    table = gb.exchange_status(partials, failure, layout, params, not equal_shards, group, function, width=1)
-    # Every rank sums the same [W, 1] table in the same order: bitwise the same loss everywhere.
-    loss = table.sum().to(device=layout.device, dtype=layout.dtype)
+        partials = torch.stack([value.detach(), weight.sum() if weighted_mean else value.detach() * 0])
+    table = gb.exchange_status(partials, failure, layout, params, not equal_shards, group, function, width=2)
+    if per_row:  # the checked path: every rank raised above if one failed
+        return gb.per_row_output(share.detach(), rows, z, views, layout, params, group, function, weight)
+    # Every rank sums the same [W, 2] table in the same order: bitwise the same loss everywhere.
+    loss = table[:, 0].sum()
+    if weighted_mean:  # sum_i w_i l_i / sum_i w_i over the global batch
+        inverse = 1.0 / table[:, 1].sum()
+        loss = loss * inverse
+        send = send * inverse.to(device=send.device, dtype=send.dtype) if send is not None else None
+    loss = loss.to(device=layout.device, dtype=layout.dtype)
     if grad and failure.error is not None:  # the no-sync path: NaN, and the collectives still run
         padded = layout.padded_rows(torch.finfo(acc).bits // 8)
         send = z.new_full((world * padded, layout.views * layout.dim), math.nan, dtype=acc)
@@ -238,9 +258,9 @@ def _global_loss(x, y, tau: Temperature, group, spec: _Spec, equal_shards: bool)
         # Ranks that disagree (each valid on its own) got a NaN table: the gradient is
         # NaN too, not each rank's own finite guess (a device-side select, no host read).
         send = send * torch.where(torch.isnan(table).any(), math.nan, 1.0).to(send.dtype)
-    rows = gb.reduce_scatter_rows(send, layout, group) if grad else None
+    received = gb.reduce_scatter_rows(send, layout, group) if grad else None
     failure.reraise()  # the no-sync path's failed rank, after its last collective
-    return gb.attach_gradient(loss.reshape(1), rows, float(world), views)[0]
+    return gb.attach_gradient(loss.reshape(1), received, float(world), views)[0]
 
 
 def _assume_equal(views, params, group, spec: _Spec) -> gb.Layout:
@@ -262,6 +282,7 @@ def nt_xent_loss(
     equal_shards: bool = False,
     decoupled: bool = False,
     reduction: str = "mean",
+    weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """SimCLR's NT-Xent over the global batch's 2N views (``pyhypersphere.nt_xent_loss``
     of every rank's x and y shards concatenated in rank order).
@@ -279,25 +300,30 @@ def nt_xent_loss(
             path, as for ``distributed.uniform_loss``: pass tau as a Python number).  A
             disagreement or a failure on one rank then makes the loss and gradient NaN
             on every rank, and the rank at fault raises after its last collective.
-        decoupled, reduction: as for the single-process loss, the same on every rank;
-            reduction 'mean' or 'sum' (per-anchor weights and 'none' are single-process only).
+            Not with reduction='none'.
+        decoupled, reduction: as for the single-process loss, the same on every rank:
+            'mean' and 'sum' over the global batch's 2N anchors, 'none' this rank's 2 N_r
+            anchors' losses (its x rows, then its y rows).
+        weight: None on every rank, or on every rank the [2 N_r] weights of this rank's
+            anchors in that order (constants); 'mean' is then sum_i w_i l_i / sum_i w_i
+            over the global batch.
 
     Returns the loss (a 0-dim tensor in x's dtype), the same on every rank.  The backward
     returns W * g * dL/dx_r (and dL/dy_r) for an upstream gradient g that must be the
     same on every rank, and issues no collective; DDP's averaging then yields the
-    single-process gradient (summing over ranks instead: divide the loss by W).  Every
-    rank must call it (the same number of times, in the same order); an invalid or
-    disagreeing input raises the same error on every rank.  World size 1 calls the
-    single-process loss.
+    single-process gradient (summing over ranks instead: divide the loss by W).  With
+    reduction='none' the backward, for each rank's upstream gradient G_r, returns rank r's
+    rows of the single-process gradient of sum_s <G_s, rows_s> (the concatenated
+    per-anchor losses), and is a collective: every rank must run it.  Every rank must call
+    the loss (the same number of times, in the same order); an invalid or disagreeing
+    input raises the same error on every rank.  World size 1 calls the single-process loss.
     """
     def local(x_, y_, tau_):
-        return contrastive.nt_xent_loss(x_, y_, tau_, decoupled=decoupled, reduction=reduction)
+        return contrastive.nt_xent_loss(x_, y_, tau_, decoupled=decoupled, reduction=reduction, weight=weight)
 
     local.__name__ = "nt_xent_loss"
-    spec = _Spec(
-        local, lambda z, layout, scale: _nt_xent_share(z, layout, scale, decoupled, reduction), True,
-        params=_row_options(decoupled, reduction), other_problem=lambda views: _options_problem(decoupled, reduction),
-    )  # fmt: skip
+    spec = _Spec(local, lambda z, layout, scale: _nt_xent_rows(z, layout, scale, decoupled), True, decoupled,
+                 reduction, weight)
     return _global_loss(x, y, tau, group, spec, equal_shards)
 
 
@@ -309,23 +335,22 @@ def clip_loss(
     *,
     equal_shards: bool = False,
     reduction: str = "mean",
+    weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """CLIP's symmetric InfoNCE over the global batch (``pyhypersphere.clip_loss`` of
     every rank's x and y shards concatenated in rank order): every x_i against all N
     y_j of every rank, and every y_j against all N x_i.
 
-    Arguments (``equal_shards`` too), value, gradient and collectives as for
-    :func:`nt_xent_loss` (reduction 'mean' or 'sum'); a learned temperature
+    Arguments (``equal_shards``, reduction and weight too: this rank's 2 N_r anchors, its
+    x rows against all of y, then its y rows against all of x), value, gradient and
+    collectives as for :func:`nt_xent_loss`; a learned temperature
     (``tau = 1 / logit_scale.exp()``) gets this rank's share of dL/dtau.
     """
     def local(x_, y_, tau_):
-        return contrastive.clip_loss(x_, y_, tau_, reduction=reduction)
+        return contrastive.clip_loss(x_, y_, tau_, reduction=reduction, weight=weight)
 
     local.__name__ = "clip_loss"
-    spec = _Spec(
-        local, lambda z, layout, scale: _clip_share(z, layout, scale, reduction), False,
-        params=_row_options(False, reduction), other_problem=lambda views: _options_problem(False, reduction),
-    )  # fmt: skip
+    spec = _Spec(local, _clip_rows, False, False, reduction, weight)
     return _global_loss(x, y, tau, group, spec, equal_shards)
 
 
@@ -340,6 +365,7 @@ def info_nce_loss(
     equal_shards: bool = False,
     decoupled: bool = False,
     reduction: str = "mean",
+    weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """InfoNCE over the global batch (``pyhypersphere.info_nce_loss`` of every rank's q and
     k shards concatenated in rank order): each query against its positive key, every
@@ -347,24 +373,22 @@ def info_nce_loss(
 
     The queue is MoCo's: the same [K, d] tensor on every rank (its shape is checked to
     agree, its values are not), a constant (one that requires grad is refused).
-    Arguments otherwise (decoupled and reduction too), value, gradient (to q and k) and
-    collectives as for :func:`nt_xent_loss`; a learned temperature gets this rank's share
-    of dL/dtau.
+    Arguments otherwise (decoupled, reduction and weight too: this rank's N_r queries),
+    value, gradient (to q and k) and collectives as for :func:`nt_xent_loss`; a learned
+    temperature gets this rank's share of dL/dtau.
     """
     function = "pyhypersphere.distributed.info_nce_loss"
 
     def local(q_, k_, tau_):
         return contrastive.info_nce_loss(q_, k_, tau_, queue=queue, in_batch=in_batch, decoupled=decoupled,
-                                         reduction=reduction)
+                                         reduction=reduction, weight=weight)
 
     local.__name__ = "info_nce_loss"
     rows = 0 if queue is None else (queue.shape[0] if isinstance(queue, torch.Tensor) and queue.dim() == 2 else -1)
     spec = _Spec(
-        local, lambda z, layout, scale: _info_nce_share(z, layout, scale, queue, in_batch, decoupled, reduction), False,
-        names=("q", "k"),
-        params={"queue rows": (float(rows), None), "in_batch": (float(bool(in_batch)), None),
-                **_row_options(decoupled, reduction)},
-        other_problem=lambda views: (_queue_problem(views[0], queue, in_batch, function)
-                                     or _options_problem(decoupled, reduction)),
+        local, lambda z, layout, scale: _info_nce_rows(z, layout, scale, queue, in_batch, decoupled), False,
+        decoupled, reduction, weight, names=("q", "k"),
+        params={"queue rows": (float(rows), None), "in_batch": (float(bool(in_batch)), None)},
+        other_problem=lambda views: _queue_problem(views[0], queue, in_batch, function),
     )  # fmt: skip
     return _global_loss(q, k, tau, group, spec, equal_shards)

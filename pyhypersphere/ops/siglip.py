@@ -22,7 +22,10 @@ import torch.nn.functional as F
 
 from .. import _C  # noqa: F401  (loads the library and registers the operators)
 from .. import _global_batch as gb
-from ._common import accumulate_dtype, as_float, check_features, check_matches, func_compatible, learned, loss_dtype
+from ._common import (
+    NONE_NEEDS_SYNC, accumulate_dtype, as_float, check_features, check_matches, constant_weight_problem, func_compatible,
+    learned, loss_dtype, row_options,
+)
 
 DEFAULT_T = 10.0  # the paper's initial scale t = exp(t'), t' = log 10
 DEFAULT_B = -10.0  # the paper's initial bias
@@ -237,25 +240,29 @@ def _finite_param(value, name: str) -> tuple[float, Optional[str]]:
     return (value, None) if math.isfinite(value) else (math.nan, f"{name} must be a finite number, got {value}")
 
 
-def _input_problem(views, function: str) -> Optional[str]:
-    """The single-process loss's checks of x and y as a message (empty shards allowed)."""
+def _input_problem(views, reduction, weight, function: str) -> Optional[str]:
+    """The single-process loss's checks of x, y, reduction and this rank's weight as a
+    message (empty shards allowed)."""
     try:
         _check_inputs(*views, function, min_rows=0)
+        _check_reduction(reduction, function)
+        if weight is not None:
+            _check_weight(weight, views[0], function)
     except (TypeError, ValueError) as error:
         return str(error).removeprefix(f"{function}: ")
-    return None
+    return constant_weight_problem(weight)
 
 
-def _share(z: torch.Tensor, layout: gb.Layout, t: torch.Tensor, b: torch.Tensor, mean: bool) -> torch.Tensor:
-    """This rank's share of the global loss: its rows of x against every rank's y, with y
+def _rows(z: torch.Tensor, layout: gb.Layout, t: torch.Tensor, b: torch.Tensor, coef: torch.Tensor,
+          gradients: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_i coef_i L_i, L) of this rank's rows of x against every rank's y, with y
     reordered so that its own rows come first (row i's positive is then column i)."""
     d, lo, hi = layout.dim, layout.my_offset, layout.my_offset + layout.my_rows
     x, y = z[lo:hi, :d], z[:, d:]
     if layout.my_rows == 0:
-        return z[:0].sum() + 0 * (t + b)  # 0, still a function of z, t and b
-    coef = z.new_full((layout.my_rows,), 1.0 / layout.total if mean else 1.0)
-    total, _ = _siglip(x, torch.cat([y[lo:hi], y[:lo], y[hi:]]), t, b, coef, True)
-    return total
+        nothing = z[:0, 0] + 0 * (t + b)  # no rows, still a function of z, t and b
+        return nothing.sum(), nothing
+    return _siglip(x, torch.cat([y[lo:hi], y[:lo], y[hi:]]), t, b, coef, gradients)
 
 
 def global_siglip_loss(
@@ -266,6 +273,7 @@ def global_siglip_loss(
     group: Optional[dist.ProcessGroup] = None,
     *,
     reduction: str = "mean",
+    weight: Optional[torch.Tensor] = None,
     equal_shards: bool = False,
 ) -> torch.Tensor:
     """SigLIP's loss over the global batch (``siglip_loss`` of every rank's x and y shards
@@ -278,57 +286,81 @@ def global_siglip_loss(
             ``.item()``); one that requires grad gets W times this rank's share of its
             gradient, so DDP's averaging of a replicated parameter gives the gradient.
         group: the process group (default: the default group).
-        reduction: 'mean' or 'sum' (per-row losses and weights: the single-process loss).
-        equal_shards: the no-sync path, as for ``distributed.nt_xent_loss``.
+        reduction: 'mean' or 'sum' over the global batch's N rows, or 'none': this rank's
+            N_r rows' losses (in the order of its x rows).
+        weight: None on every rank, or on every rank this rank's [N_r] row weights
+            (constants); 'mean' is then sum_i w_i L_i / sum_i w_i over the global batch.
+        equal_shards: the no-sync path, as for ``distributed.nt_xent_loss`` (not with 'none').
 
     Returns the loss, the same on every rank; the backward returns W * g * dL/dx_r (and
     y_r), as the other global-batch losses (docs/distributed.md), and issues no collective.
+    With 'none' the backward returns rank r's rows of the single-process gradient of
+    sum_s <G_s, rows_s> for every rank's upstream gradient G_s (t and b: this rank's rows'
+    part), and is a collective: every rank must run it.
     """
     function = "pyhypersphere.distributed.siglip_loss"
     _, world = gb.member_of(group, function, "pyhypersphere.siglip_loss")
     if world == 1:  # no collectives at all
-        return siglip_loss(x, y, t, b, reduction)
-    ok_reduction = reduction in ("mean", "sum")
-    params = {
-        "t": _finite_param(t, "t"), "b": _finite_param(b, "b"),
-        "reduction": (float(reduction == "sum"), None if ok_reduction else f"reduction must be 'mean' or 'sum', got {reduction!r}"),
-    }  # fmt: skip
+        return siglip_loss(x, y, t, b, reduction, weight)
+    per_row = reduction == "none"
+    if equal_shards and per_row:
+        raise ValueError(f"{function}: {NONE_NEEDS_SYNC}")
+    params = {"t": _finite_param(t, "t"), "b": _finite_param(b, "b"), **row_options(reduction, weight)}
     views = [x, y]
     learned_params = {name: learned(value) for name, value in (("t", t), ("b", b))}
     tensors = [v for v in views if isinstance(v, torch.Tensor)]
     grad = torch.is_grad_enabled() and (any(v.requires_grad for v in tensors) or any(v is not None for v in learned_params.values()))
+
+    def check(v):
+        return _input_problem(v, reduction, weight, function)
+
     if equal_shards:
-        problem = _input_problem(views, function) or kernel_problem(x.device)
+        problem = check(views) or kernel_problem(x.device)
         if problem is not None:
             raise gb.LossInputError(f"{function}: {problem}")
         layout = gb.assume_equal(views, params, group, function)
     else:
         layout = gb.agree(
-            views, params, grad, lambda first: kernel_problem(first.device), group, function,
-            check=lambda v: _input_problem(v, function),
+            views, params, grad, lambda first: kernel_problem(first.device), group, function, check=check,
             expected="x and y must be 2-D floating-point tensors [N_r, d] of one shape, dtype and device",
             inputs="x, y, t or b", min_rows=1,
         )  # fmt: skip
     z = gb.gather_views(views, layout, group)
     acc = accumulate_dtype(layout.dtype)
+    weighted_mean = reduction == "mean" and weight is not None
     failure = gb.Failure()
     bad = [err for _, err in params.values() if err]
-    partials, send, tb = None, None, None
+    partials, send, tb, rows, w = None, None, None, None, None
     with failure:
         if bad:  # only on the no-sync path: agree() raised otherwise
             raise gb.LossInputError(f"{function}: {bad[0]}")
         with torch.enable_grad() if grad else torch.no_grad():
             z = z.to(acc).requires_grad_(grad)
             t_leaf, b_leaf = (torch.tensor(params[k][0], dtype=acc, device=z.device, requires_grad=grad) for k in "tb")
-            value = _share(z, layout, t_leaf, b_leaf, reduction == "mean")
-            if grad:
+            w = None if weight is None else weight.detach().to(acc)
+            # Each row's coefficient in this rank's part of the global sum (of the mean's
+            # numerator when weighted).
+            coef = w if w is not None else z.new_full((layout.my_rows,), 1.0 / layout.total if reduction == "mean" else 1.0)
+            value, rows = _rows(z, layout, t_leaf, b_leaf, coef, not per_row)
+            if grad and not per_row:
                 grads, grad_t, grad_b = torch.autograd.grad(value, [z, t_leaf, b_leaf])
-        if grad:
+        if grad and not per_row:
             send, tb = gb.scatter_buffer(grads, layout), torch.stack([grad_t, grad_b])
             del grads
-        partials = value.detach().reshape(1)
-    table = gb.exchange_status(partials, failure, layout, params, not equal_shards, group, function, width=1)
-    loss = table.sum().to(device=layout.device, dtype=layout.dtype)  # the same order on every rank
+        partials = torch.stack([value.detach(), w.sum() if weighted_mean else value.detach() * 0])
+    table = gb.exchange_status(partials, failure, layout, params, not equal_shards, group, function, width=2)
+    if per_row:  # the checked path: every rank raised above if one failed
+        values = rows.detach() if w is None else rows.detach() * w
+        leaves = [(t_leaf, learned_params["t"]), (b_leaf, learned_params["b"])]
+        return gb.per_row_output(values, rows, z, views, layout, params, group, function, w, leaves)
+    loss = table[:, 0].sum()  # the same order on every rank
+    if weighted_mean:  # sum_i w_i L_i / sum_i w_i over the global batch
+        inverse = 1.0 / table[:, 1].sum()
+        loss = loss * inverse
+        if send is not None:
+            inverse = inverse.to(device=send.device, dtype=send.dtype)
+            send, tb = send * inverse, tb * inverse
+    loss = loss.to(device=layout.device, dtype=layout.dtype)
     if grad and failure.error is not None:  # the no-sync path: NaN, and the collectives still run
         padded = layout.padded_rows(torch.finfo(acc).bits // 8)
         send = z.new_full((world * padded, layout.views * layout.dim), math.nan, dtype=acc)
@@ -336,9 +368,9 @@ def global_siglip_loss(
     elif grad and equal_shards:  # ranks that disagree got a NaN table: NaN gradients too
         lost = torch.where(torch.isnan(table).any(), math.nan, 1.0).to(send.dtype)
         send, tb = send * lost, tb * lost
-    rows = gb.reduce_scatter_rows(send, layout, group) if grad else None
+    received = gb.reduce_scatter_rows(send, layout, group) if grad else None
     failure.reraise()  # the no-sync path's failed rank, after its last collective
-    out = gb.attach_gradient(loss.reshape(1), rows, float(world), views)[0]
+    out = gb.attach_gradient(loss.reshape(1), received, float(world), views)[0]
     for k, param in enumerate(learned_params.values()):
         if param is not None:  # adds 0; d/dparam = W * this rank's share, as for x and y
             out = out + ((param - param.detach()) * (world * tb[k]).to(param.dtype)).to(out.dtype).to(out.device)

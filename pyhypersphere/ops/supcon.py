@@ -18,7 +18,6 @@ distributed form (`distributed_supcon_loss`, on the global-batch layer).
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Optional
 
@@ -27,8 +26,8 @@ import torch
 from .. import _C  # noqa: F401  (loads the library and registers the operators)
 from .. import _global_batch as gb
 from ._common import (
-    REDUCTIONS, accumulate_dtype, check_features, check_reduction, check_weight, func_compatible, learned, loss_dtype,
-    reduce_rows,
+    accumulate_dtype, check_features, check_reduction, check_weight, constant_weight_problem, func_compatible, learned,
+    loss_dtype, reduce_rows, row_options,
 )
 from .contrastive import _check_kernel, _divide, kernel_problem, temperature
 from .contrastive_distributed import _tau_param, _to_learned_tau
@@ -190,13 +189,9 @@ def _distributed_problem(x, labels, weight, reduction, function):
         labels = check_labels(labels, x, function)
         check_weight(weight, x.shape[0], x, function, "row of x (anchor)")
         check_reduction(reduction, function)
-        if reduction == "none":
-            raise ValueError(f"{function}: reduction='none' is not supported across ranks (use 'mean' or 'sum')")
-        if weight is not None and weight.requires_grad and torch.is_grad_enabled():
-            raise ValueError(f"{function}: weight must not require grad across ranks")
     except (TypeError, ValueError) as error:
         return str(error).removeprefix(f"{function}: ")
-    return None
+    return constant_weight_problem(weight)
 
 
 def distributed_supcon_loss(x: torch.Tensor, labels: torch.Tensor, tau=DEFAULT_SUPCON_TAU, group=None, *,
@@ -205,19 +200,20 @@ def distributed_supcon_loss(x: torch.Tensor, labels: torch.Tensor, tau=DEFAULT_S
     rank order), the same value on every rank (``pyhypersphere.distributed.supcon_loss``).
 
     Args: as ``supcon_loss`` for this rank's shard (N_r rows, possibly 0; d and dtype the same
-    on every rank), tau the same on every rank, reduction 'mean' or 'sum', weight (this rank's
-    [N_r], a constant) or None on every rank; group: the process group.  The backward
-    returns W * g * dL/dx_r (the DDP convention of the other distributed losses) and issues
-    no collective.  Every rank must call it; an invalid input or a failure on one rank
-    raises on every rank.  World size 1 calls ``supcon_loss``.
+    on every rank), tau the same on every rank, reduction 'mean' or 'sum' over the global
+    batch's anchors or 'none' (this rank's N_r anchors' losses), weight (this rank's [N_r],
+    a constant) or None on every rank; group: the process group.  The backward returns
+    W * g * dL/dx_r (the DDP convention of the other distributed losses) and issues no
+    collective; with 'none' it returns rank r's rows of the single-process gradient of
+    sum_s <G_s, rows_s> for every rank's upstream gradient G_s and is a collective (every
+    rank must run it).  Every rank must call the loss; an invalid input or a failure on
+    one rank raises on every rank.  World size 1 calls ``supcon_loss``.
     """
     function = "pyhypersphere.distributed.supcon_loss"
     rank, world = gb.member_of(group, function, "pyhypersphere.supcon_loss")
     if world == 1:
         return supcon_loss(x, labels, tau, reduction, weight)
-    params = {"tau": _tau_param(tau), "reduction": (float(REDUCTIONS.index(reduction)) if reduction in REDUCTIONS
-                                                    else math.nan, None),
-              "weighted": (float(weight is not None), None)}
+    params = {"tau": _tau_param(tau), **row_options(reduction, weight)}
 
     def problem(views):
         return gb.check_views(views) or _distributed_problem(views[0], labels, weight, reduction, function)
@@ -254,14 +250,25 @@ def distributed_supcon_loss(x: torch.Tensor, labels: torch.Tensor, tau=DEFAULT_S
         vectors = (lse.requires_grad_(grad), positive.requires_grad_(grad))
         losses, has = anchor_losses(*vectors, count)
         loss = reduce_rows(losses, all_weights, reduction, has)
-        g, h = torch.autograd.grad(loss, vectors) if grad else (None, None)
-    rows = None
-    if grad:
-        send = None
-        with failure:
-            grads = _lib_ops.supcon_lse_backward(z, all_labels, scale, lse.detach(), g, h, rank, world)
-            send = gb.scatter_buffer(grads, layout)
-        gb.exchange_status(loss.detach().reshape(1), failure, layout, params, True, group, function, width=1)
-        rows = gb.reduce_scatter_rows(send, layout, group)
+
+    def gradient_rows(upstream):
+        """This rank's slice of the pair tiles' gradient of <upstream, loss> ([N, d])."""
+        g, h = torch.autograd.grad(loss, vectors, upstream, retain_graph=True)
+        return _lib_ops.supcon_lse_backward(z, all_labels, scale, lse.detach(), g, h, rank, world)
+
+    if reduction == "none":  # this rank's anchors; the backward gathers every rank's upstream gradient
+        lo, hi = layout.my_offset, layout.my_offset + layout.my_rows
+        out = loss.detach()[lo:hi].to(device=layout.device, dtype=layout.dtype)
+        if not grad:
+            return out
+
+        def backward(upstream):
+            mine = upstream.detach().to(torch.float64).view(-1, 1)
+            every = gb.gather_views([mine], columns(torch.float64), group).view(-1).to(device=z.device, dtype=acc)
+            rows = gb.backward_collectives(lambda: gradient_rows(every), layout, params, group, function)
+            return [rows.to(views[0].dtype)]
+
+        return gb.attach_collective_backward(out, backward, views)
+    rows = gb.backward_collectives(lambda: gradient_rows(None), layout, params, group, function) if grad else None
     out = loss.detach().to(device=layout.device, dtype=layout.dtype)
     return gb.attach_gradient(out.reshape(1), rows, float(world), views)[0]
