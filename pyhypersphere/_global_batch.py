@@ -505,15 +505,17 @@ def attach_collective_backward(values: torch.Tensor, backward, inputs) -> torch.
     return _CollectiveBackward.apply(values, backward, *inputs)
 
 
-def per_row_output(values, rows, z, views, layout: Layout, params, group, function: str, weight=None, learned=()):
-    """reduction='none': `values` (this rank's anchors' losses, weighted), whose backward,
+def per_row_output(values, rows, z, views, layout: Layout, params, group, function: str, weight=None, learned=(), *,
+                   dtype: torch.dtype):
+    """reduction='none': `values` (this rank's anchors' losses, weighted) in `dtype` (the
+    loss's: ops/_common.loss_dtype, float32 under autocast), whose backward,
     for this rank's upstream gradient G_r, differentiates sum_i G_ri w_i rows_i (`rows`:
     a graph kept from the forward) with respect to every gathered row `z` and one
     reduce-scatter sums the ranks' parts: rank r gets its rows of the single-process
     gradient of sum_s <G_s, rows_s>.  `learned`: (leaf, parameter) pairs of scalars that
     `rows` also depends on (leaf: the forward's stand-in); each parameter gets this
     rank's own rows' part of its gradient (the parts sum to the whole over ranks)."""
-    values = values.to(device=layout.device, dtype=layout.dtype)
+    values = values.to(device=layout.device, dtype=dtype)
     if not z.requires_grad:
         return values
     learned = [(leaf, param) for leaf, param in learned if param is not None]

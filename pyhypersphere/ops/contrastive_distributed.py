@@ -36,7 +36,8 @@ import torch.distributed as dist
 from .. import _global_batch as gb
 from . import contrastive
 from ._common import (
-    NONE_NEEDS_SYNC, accumulate_dtype, check_features, check_matches, constant_weight_problem, learned, row_options,
+    NONE_NEEDS_SYNC, accumulate_dtype, check_features, check_matches, constant_weight_problem, learned, loss_dtype,
+    row_options,
 )
 from .contrastive import DEFAULT_CLIP_TAU, DEFAULT_INFO_NCE_TAU, DEFAULT_NT_XENT_TAU, Temperature, contrastive_lse
 
@@ -243,14 +244,15 @@ def _global_loss(x, y, tau: Temperature, group, spec: _Spec, equal_shards: bool)
         partials = torch.stack([value.detach(), weight.sum() if weighted_mean else value.detach() * 0])
     table = gb.exchange_status(partials, failure, layout, params, not equal_shards, group, function, width=2)
     if per_row:  # the checked path: every rank raised above if one failed
-        return gb.per_row_output(share.detach(), rows, z, views, layout, params, group, function, weight)
+        return gb.per_row_output(share.detach(), rows, z, views, layout, params, group, function, weight,
+                                 dtype=loss_dtype(views[0]))
     # Every rank sums the same [W, 2] table in the same order: bitwise the same loss everywhere.
     loss = table[:, 0].sum()
     if weighted_mean:  # sum_i w_i l_i / sum_i w_i over the global batch
         inverse = 1.0 / table[:, 1].sum()
         loss = loss * inverse
         send = send * inverse.to(device=send.device, dtype=send.dtype) if send is not None else None
-    loss = loss.to(device=layout.device, dtype=layout.dtype)
+    loss = loss.to(device=layout.device, dtype=loss_dtype(views[0]))
     if grad and failure.error is not None:  # the no-sync path: NaN, and the collectives still run
         padded = layout.padded_rows(torch.finfo(acc).bits // 8)
         send = z.new_full((world * padded, layout.views * layout.dim), math.nan, dtype=acc)
@@ -308,7 +310,8 @@ def nt_xent_loss(
             anchors in that order (constants); 'mean' is then sum_i w_i l_i / sum_i w_i
             over the global batch.
 
-    Returns the loss (a 0-dim tensor in x's dtype), the same on every rank.  The backward
+    Returns the loss (a 0-dim tensor in x's dtype; float32 under autocast, as the
+    single-process loss's), the same on every rank.  The backward
     returns W * g * dL/dx_r (and dL/dy_r) for an upstream gradient g that must be the
     same on every rank, and issues no collective; DDP's averaging then yields the
     single-process gradient (summing over ranks instead: divide the loss by W).  With

@@ -352,7 +352,8 @@ def global_siglip_loss(
     if per_row:  # the checked path: every rank raised above if one failed
         values = rows.detach() if w is None else rows.detach() * w
         leaves = [(t_leaf, learned_params["t"]), (b_leaf, learned_params["b"])]
-        return gb.per_row_output(values, rows, z, views, layout, params, group, function, w, leaves)
+        return gb.per_row_output(values, rows, z, views, layout, params, group, function, w, leaves,
+                                 dtype=loss_dtype(views[0]))
     loss = table[:, 0].sum()  # the same order on every rank
     if weighted_mean:  # sum_i w_i L_i / sum_i w_i over the global batch
         inverse = 1.0 / table[:, 1].sum()
@@ -360,7 +361,7 @@ def global_siglip_loss(
         if send is not None:
             inverse = inverse.to(device=send.device, dtype=send.dtype)
             send, tb = send * inverse, tb * inverse
-    loss = loss.to(device=layout.device, dtype=layout.dtype)
+    loss = loss.to(device=layout.device, dtype=loss_dtype(views[0]))
     if grad and failure.error is not None:  # the no-sync path: NaN, and the collectives still run
         padded = layout.padded_rows(torch.finfo(acc).bits // 8)
         send = z.new_full((world * padded, layout.views * layout.dim), math.nan, dtype=acc)

@@ -258,7 +258,7 @@ def distributed_supcon_loss(x: torch.Tensor, labels: torch.Tensor, tau=DEFAULT_S
 
     if reduction == "none":  # this rank's anchors; the backward gathers every rank's upstream gradient
         lo, hi = layout.my_offset, layout.my_offset + layout.my_rows
-        out = loss.detach()[lo:hi].to(device=layout.device, dtype=layout.dtype)
+        out = loss.detach()[lo:hi].to(device=layout.device, dtype=loss_dtype(views[0]))
         if not grad:
             return out
 
@@ -270,5 +270,5 @@ def distributed_supcon_loss(x: torch.Tensor, labels: torch.Tensor, tau=DEFAULT_S
 
         return gb.attach_collective_backward(out, backward, views)
     rows = gb.backward_collectives(lambda: gradient_rows(None), layout, params, group, function) if grad else None
-    out = loss.detach().to(device=layout.device, dtype=layout.dtype)
+    out = loss.detach().to(device=layout.device, dtype=loss_dtype(views[0]))
     return gb.attach_gradient(out.reshape(1), rows, float(world), views)[0]

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from .. import _global_batch as gb
 from . import uniform
-from ._common import accumulate_dtype, learned
+from ._common import accumulate_dtype, learned, loss_dtype
 from .uniform import DEFAULT_T, scale_to_learned_t
 
 _FUNCTION = "pyhypersphere.distributed.uniform_loss"
@@ -133,7 +133,7 @@ def _global_uniformity(views, layout: gb.Layout, params, group, sync: bool, spli
         rows = (rows.view(-1, layout.views, d) * nan_where_lost.view(1, -1, 1)).view(rows.shape)
     failure.reraise()  # the no-sync path's failed rank, after its last collective
     pairs = total * (total - 1) // 2
-    values = (lse - math.log(pairs)).to(device=layout.device, dtype=layout.dtype)
+    values = (lse - math.log(pairs)).to(device=layout.device, dtype=loss_dtype(views[0]))
     return gb.attach_gradient(values, rows, float(world), views)
 
 
@@ -164,7 +164,8 @@ def uniform_loss(
         split: split the pair work over the ranks (True), compute the whole loss on every
             rank (False: no reduce-scatter), or decide by size (None, ``split_pays_off``).
 
-    Returns the loss (a 0-dim tensor in x's dtype, the same on every rank), or a list of
+    Returns the loss (a 0-dim tensor in x's dtype, float32 under autocast as the
+    single-process loss's; the same on every rank), or a list of
     them for a list of views: the value of ``pyhypersphere.uniform_loss(torch.cat(all
     shards))``.
 
