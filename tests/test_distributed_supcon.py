@@ -3,18 +3,21 @@
 tests/dense_contrastive.py and the single-process loss, unequal and empty shards, weights,
 every reduction, a learned tau, errors raised on every rank, a failure inside the operator
 in the forward and in 'none''s backward), the contrastive losses' decoupled
-and reduction options, and nn.KeyQueue gathered across ranks.  One spawn runs every
-scenario."""
+and reduction options (decoupled=True on a global batch of one pair raising on every
+rank), and nn.KeyQueue gathered across ranks.  One spawn runs every scenario."""
 
+import re
 import types
 
 import pytest
 import torch
 
+import pyhypersphere
+
 from dense_contrastive import (
     dense_clip_rows, dense_info_nce_rows, dense_nt_xent_rows, dense_reduce, dense_supcon, value_and_grads,
 )
-from dist_harness import global_batch, recorded_collectives, run, same_on_every_rank, shard
+from dist_harness import global_batch, raise_after_metadata_only, recorded_collectives, run, same_on_every_rank, shard
 from pyhypersphere import distributed, nn, supcon_loss
 from pyhypersphere.ops import supcon as supcon_ops
 
@@ -143,6 +146,27 @@ def _check_contrastive_options(rank, world):
     # Ranks that disagree on an option raise together.
     with pytest.raises(ValueError, match="the ranks disagree on decoupled"):
         distributed.nt_xent_loss(x, x, decoupled=rank == 0)
+    # decoupled=True on a global batch of one pair (rank 0's row, none on rank 1): no view
+    # has a negative.  Every rank raises the single-process loss's words (the global
+    # batch's size is known everywhere) after the metadata exchange alone.
+    one = x[: 1 - rank]
+    cases = []
+    for name in ("nt_xent_loss", "info_nce_loss"):
+        with pytest.raises(ValueError) as single:
+            getattr(pyhypersphere, name)(x[:1], x[:1], decoupled=True)
+        words = str(single.value).removeprefix(f"{name}: ")
+        assert words.startswith("decoupled=True needs")
+        cases.append((re.escape(f"pyhypersphere.distributed.{name}: {words}") + "$",
+                      lambda fn=getattr(distributed, name): fn(one, one, decoupled=True)))
+    raise_after_metadata_only(cases)
+    # With a queue the one query has negatives: the loss of the dense formula.
+    q, k = (shard(f, (1, 0), rank).clone().requires_grad_() for f in (fulls[0][:1], fulls[1][:1]))
+    loss = distributed.info_nce_loss(q, k, 0.3, queue=queue, decoupled=True)
+    loss.backward()
+    want, (gq, _) = value_and_grads(lambda a, b: dense_reduce(dense_info_nce_rows(a, b, 0.3, queue, decoupled=True),
+                                                              "mean"), fulls[0][:1], fulls[1][:1])
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(q.grad, world * shard(gq, (1, 0), rank), rtol=1e-10, atol=1e-12)
 
 
 def scenarios(rank, world):

@@ -381,6 +381,17 @@ def check_row_options(decoupled, reduction, weight, x: torch.Tensor, loss: str, 
     check_weight(weight, per_row * x.shape[0], x, function, what)
 
 
+def decoupled_problem(loss: str, decoupled: bool, pairs: int, queue: bool = False) -> Optional[str]:
+    """Why `loss` with `decoupled` cannot run on a batch of `pairs` rows (and a queue or
+    none), or None: the decoupled loss leaves the positive out of its denominator, so
+    every anchor needs a negative (a single-process batch, or a global one across ranks)."""
+    if not decoupled or pairs >= 2 or queue:
+        return None
+    if loss == "info_nce_loss":
+        return "decoupled=True needs a negative: N >= 2 or a queue"
+    return "decoupled=True needs N >= 2 (with one pair a view has no negatives)"
+
+
 def _divide(features: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
     acc = accumulate_dtype(features.dtype)
     return features.to(acc) / divisor.to(acc)
@@ -412,8 +423,9 @@ def nt_xent_loss(x: torch.Tensor, y: torch.Tensor, tau: Temperature = DEFAULT_NT
     function = "nt_xent_loss"
     _check_pair(x, y, ("x", "y"), function)
     check_row_options(decoupled, reduction, weight, x, function, function)
-    if decoupled and x.shape[0] < 2:
-        raise ValueError(f"{function}: decoupled=True needs N >= 2 (with one pair a view has no negatives)")
+    problem = decoupled_problem(function, decoupled, x.shape[0])
+    if problem is not None:
+        raise ValueError(f"{function}: {problem}")
     out_dtype = loss_dtype(x)
     scale, tau_tensor = temperature(tau, function)
     if tau_tensor is not None:  # <x_i, y_j> / tau = <x_i / sqrt(tau), y_j / sqrt(tau)>
@@ -466,8 +478,9 @@ def info_nce_loss(
         check_matches(q, "q", queue, "queue", function, same_rows=False)
     elif not in_batch:
         raise ValueError(f"{function}: in_batch=False needs a queue (there would be no negatives)")
-    elif decoupled and q.shape[0] < 2:
-        raise ValueError(f"{function}: decoupled=True needs a negative: N >= 2 or a queue")
+    problem = decoupled_problem(function, decoupled, q.shape[0], queue is not None)
+    if problem is not None:
+        raise ValueError(f"{function}: {problem}")
     out_dtype = loss_dtype(q)
     scale, tau_tensor = temperature(tau, function)
     if tau_tensor is not None:

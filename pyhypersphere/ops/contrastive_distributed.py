@@ -48,7 +48,8 @@ class _Spec:
     scale)` from the gathered batch (its x rows' anchors, then its y rows':
     contrastive.ANCHOR_ROWS), whether tau scales both inputs (a Gram matrix's logits) or
     the first alone, the per-anchor options (weight: this rank's anchors'), the inputs'
-    names, numbers every rank must agree on besides tau, and a check of other arguments."""
+    names, numbers every rank must agree on besides tau, a check of other arguments, and
+    whether a queue supplies negatives."""
 
     local: Callable
     rows: Callable
@@ -59,6 +60,7 @@ class _Spec:
     names: tuple = ("x", "y")
     params: dict = field(default_factory=dict)
     other_problem: Callable[[list], Optional[str]] = lambda views: None
+    queue: bool = False
 
     @property
     def function(self) -> str:
@@ -91,6 +93,11 @@ class _Spec:
         except (TypeError, ValueError) as error:
             return str(error).removeprefix(f"{function}: ")
         return constant_weight_problem(self.weight) or self.other_problem(views)
+
+    def batch_problem(self, layout: gb.Layout) -> Optional[str]:
+        """What the global batch (the same on every rank) cannot give, or None: the
+        single-process loss's check of its size."""
+        return contrastive.decoupled_problem(self.local.__name__, self.decoupled, layout.total, self.queue)
 
 
 def _tau_param(tau: Temperature) -> tuple[float, Optional[str]]:
@@ -214,6 +221,9 @@ def _global_loss(x, y, tau: Temperature, group, spec: _Spec, equal_shards: bool)
             views, params, grad, contrastive.kernel_problem, group, function, check=spec.input_problem,
             expected=spec.expected(), inputs=f"{spec.names[0]}, {spec.names[1]} or tau", min_rows=1,
         )  # fmt: skip
+    problem = spec.batch_problem(layout)
+    if problem is not None:  # every rank has the same layout: every rank raises, before any other collective
+        raise gb.LossInputError(f"{function}: {problem}")
     z = gb.gather_views(views, layout, group)
     acc = accumulate_dtype(layout.dtype)
     weighted_mean = spec.reduction == "mean" and spec.weight is not None
@@ -392,6 +402,6 @@ def info_nce_loss(
         local, lambda z, layout, scale: _info_nce_rows(z, layout, scale, queue, in_batch, decoupled), False,
         decoupled, reduction, weight, names=("q", "k"),
         params={"queue rows": (float(rows), None), "in_batch": (float(bool(in_batch)), None)},
-        other_problem=lambda views: _queue_problem(views[0], queue, in_batch, function),
+        other_problem=lambda views: _queue_problem(views[0], queue, in_batch, function), queue=queue is not None,
     )  # fmt: skip
     return _global_loss(q, k, tau, group, spec, equal_shards)
