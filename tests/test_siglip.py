@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pyhypersphere
 from pyhypersphere import distributed, large_batch, nn as phnn
 from pyhypersphere.ops import siglip as siglip_ops
 from pyhypersphere import siglip_loss
@@ -275,7 +274,7 @@ def test_module_errors(kwargs, error, match):
     (lambda x, y: siglip_loss(x, y, reduction="avg"), ValueError, r"reduction must be one of 'mean', 'sum', 'none'"),
     (lambda x, y: siglip_loss(x, y, weight=torch.ones(3)), ValueError, r"weight must be a floating-point tensor of shape \(6,\)"),
     (lambda x, y: siglip_loss(x, y, weight=torch.ones(6, dtype=torch.long)), ValueError, r"weight must be a floating"),
-    (lambda x, y: siglip_loss(x, y, weight=[1.0] * 6), TypeError, r"weight must be None or a torch.Tensor"),
+    (lambda x, y: siglip_loss(x, y, weight=[1.0] * 6), TypeError, r"siglip_loss: weight must be a torch.Tensor or None, got list"),
     (lambda x, y: siglip_loss(x, y, t=torch.ones(2)), ValueError, r"t must be a number or a one-element floating"),
     (lambda x, y: siglip_loss(x, y, b=math.nan), ValueError, r"b must be a finite number"),
     (lambda x, y: siglip_loss(x, y, t="10"), TypeError, r"t must be a number"),

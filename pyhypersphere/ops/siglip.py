@@ -23,13 +23,12 @@ import torch.nn.functional as F
 from .. import _C  # noqa: F401  (loads the library and registers the operators)
 from .. import _global_batch as gb
 from ._common import (
-    NONE_NEEDS_SYNC, accumulate_dtype, as_float, check_features, check_matches, constant_weight_problem, func_compatible,
-    learned, loss_dtype, row_options,
+    NONE_NEEDS_SYNC, accumulate_dtype, as_float, check_features, check_matches, check_reduction, check_weight,
+    constant_weight_problem, func_compatible, learned, loss_dtype, row_options,
 )
 
 DEFAULT_T = 10.0  # the paper's initial scale t = exp(t'), t' = log 10
 DEFAULT_B = -10.0  # the paper's initial bias
-REDUCTIONS = ("mean", "sum", "none")
 # The operator; False: no C++ CUDA kernel (Triton serves CUDA tensors: gpu_backend.py).
 OPS = {"siglip": False}
 
@@ -160,23 +159,6 @@ def _scalar(value: Scalar, name: str, function: str, x: torch.Tensor) -> torch.T
     return torch.tensor(number, dtype=accumulate_dtype(x.dtype), device=x.device)
 
 
-def _check_reduction(reduction, function: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{function}: reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
-
-
-def _check_weight(weight, x: torch.Tensor, function: str) -> None:
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{function}: weight must be None or a torch.Tensor, got {type(weight).__name__}")
-    if weight.shape != (x.shape[0],) or not weight.is_floating_point():
-        raise ValueError(
-            f"{function}: weight must be a floating-point tensor of shape ({x.shape[0]},) (one per row of x), "
-            f"got a {weight.dtype} tensor of shape {tuple(weight.shape)}"
-        )
-    if weight.device != x.device:
-        raise ValueError(f"{function}: weight must be on the same device as x ({x.device}), got {weight.device}")
-
-
 def siglip_loss(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -208,9 +190,8 @@ def siglip_loss(
     if problem is not None:
         raise NotImplementedError(f"{function}: {problem}")
     t_tensor, b_tensor = _scalar(t, "t", function, x), _scalar(b, "b", function, x)
-    _check_reduction(reduction, function)
-    if weight is not None:
-        _check_weight(weight, x, function)
+    check_reduction(reduction, function)
+    check_weight(weight, x.shape[0], x, function, "row of x")
     acc, n = accumulate_dtype(x.dtype), x.shape[0]
     reduce = reduction != "none"
     if weight is None or not reduce:
@@ -245,9 +226,8 @@ def _input_problem(views, reduction, weight, function: str) -> Optional[str]:
     message (empty shards allowed)."""
     try:
         _check_inputs(*views, function, min_rows=0)
-        _check_reduction(reduction, function)
-        if weight is not None:
-            _check_weight(weight, views[0], function)
+        check_reduction(reduction, function)
+        check_weight(weight, views[0].shape[0], views[0], function, "row of x")
     except (TypeError, ValueError) as error:
         return str(error).removeprefix(f"{function}: ")
     return constant_weight_problem(weight)
