@@ -54,8 +54,9 @@ int64_t mean_lse_strip_budget_bytes() {
 
 template <typename T>
 void mean_lse_strips(const T* a, int64_t na, const T* b, int64_t nb, int64_t d, T scale,
-                     int64_t strip_rows, const double* positive, std::vector<double>& lse,
-                     T* grad_a, T* grad_b) {
+                     int64_t strip_rows, bool skip_positives, const RowWeight& row_weight,
+                     std::vector<double>& lse, T* grad_a, T* grad_b) {
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const int64_t strips = ceil_div(na, strip_rows);
   const int64_t cols = cpu_block_rows(nb);
   const int64_t col_blocks = ceil_div(nb, cols);
@@ -79,43 +80,49 @@ void mean_lse_strips(const T* a, int64_t na, const T* b, int64_t nb, int64_t d, 
       T* s = strip + j0;
       T* m = block_max + c * strip_rows;
       gemm_row_major<T>(false, true, rows, n, d, scale, a_rows, d, b + j0 * d, d, T(0), s, nb);
-      set_positives(s, rows, nb, i0, j0, n, -std::numeric_limits<T>::infinity());
+      if (skip_positives) set_positives(s, rows, nb, i0, j0, n, kNegInf);
       logit_max(s, rows, n, nb, m, nullptr, false);
-      // A row whose only column here is its positive has no terms: a finite shift for the
-      // exps, and a zero sum.  (The float exp clamps its argument: e^-inf is 1.6e-38.)
+      // A row whose only column here is its skipped positive has no terms: a finite shift
+      // for the exps, and a zero sum.  (The float exp clamps its argument: e^-inf is 1.6e-38.)
       int64_t empty_row = -1;
       for (int64_t i = 0; i < rows; ++i) {
-        if (m[i] == -std::numeric_limits<T>::infinity()) m[i] = T(0), empty_row = i;
+        if (m[i] == kNegInf) m[i] = T(0), empty_row = i;
       }
       logit_exp_store(s, rows, n, nb, m, row_sum);
-      set_positives(s, rows, nb, i0, j0, n, T(0));
+      if (skip_positives) set_positives(s, rows, nb, i0, j0, n, T(0));
       if (empty_row >= 0) row_sum[empty_row] = 0;
       merge_rows(m, row_sum, rows, max.data() + i0, sum.data() + i0);
+      if (empty_row >= 0) m[empty_row] = kNegInf;  // its weights' factor below: 0
     }
     for (int64_t i = 0; i < rows; ++i) {
       lse[i0 + i] = sum[i0 + i] > 0 ? max[i0 + i] + std::log(sum[i0 + i])
                                     : -std::numeric_limits<double>::infinity();
     }
     if (grad_a == nullptr && grad_b == nullptr) return true;
+    std::vector<double> weight(rows, 0.0);  // 0 for a row without partners (lse -inf)
+    for (int64_t i = 0; i < rows; ++i) {
+      if (sum[i0 + i] > 0) weight[i] = row_weight(i0 + i, lse[i0 + i]);
+    }
     for (int64_t c = 0; c < col_blocks; ++c) {
       const int64_t j0 = c * cols, n = std::min(cols, nb - j0);
       T* p = strip + j0;
-      // P = exp(s - m_c) exp(m_c - lse) / N_a: the stored exps times a factor per row,
-      // lse with the positive's term.
+      // P = exp(s - m_c) exp(m_c - lse) w: the stored exps times a factor per row
+      // (m_c <= lse: no overflow; m_c -inf for a row without terms here: 0).
       T* factor = block_max + c * strip_rows;
       for (int64_t i = 0; i < rows; ++i) {
-        const double full = log_add_exp(lse[i0 + i], positive[i0 + i]);
-        factor[i] = static_cast<T>(std::exp(static_cast<double>(factor[i]) - full) /
-                                   static_cast<double>(na));
+        const double m_c = static_cast<double>(factor[i]);
+        factor[i] = weight[i] == 0.0 || m_c == -std::numeric_limits<double>::infinity()
+                        ? T(0)
+                        : static_cast<T>(std::exp(m_c - lse[i0 + i]) * weight[i]);
       }
       logit_scale_rows(p, rows, n, nb, factor);
       if (grad_a != nullptr) {
-        gemm_row_major<T>(false, false, rows, d, n, scale, p, nb, b + j0 * d, d, T(1),
+        gemm_row_major<T>(false, false, rows, d, n, T(1), p, nb, b + j0 * d, d, T(1),
                           grad_a + i0 * d, d);
       }
       if (grad_b != nullptr) {
         if (!turns.wait(c, k)) return false;
-        gemm_row_major<T>(true, false, n, d, rows, scale, p, nb, a_rows, d, T(1), grad_b + j0 * d,
+        gemm_row_major<T>(true, false, n, d, rows, T(1), p, nb, a_rows, d, T(1), grad_b + j0 * d,
                           d);
         turns.finish(c);
       }
@@ -125,10 +132,11 @@ void mean_lse_strips(const T* a, int64_t na, const T* b, int64_t nb, int64_t d, 
 }
 
 template void mean_lse_strips<float>(const float*, int64_t, const float*, int64_t, int64_t, float,
-                                     int64_t, const double*, std::vector<double>&, float*, float*);
+                                     int64_t, bool, const RowWeight&, std::vector<double>&, float*,
+                                     float*);
 template void mean_lse_strips<double>(const double*, int64_t, const double*, int64_t, int64_t,
-                                      double, int64_t, const double*, std::vector<double>&, double*,
-                                      double*);
+                                      double, int64_t, bool, const RowWeight&,
+                                      std::vector<double>&, double*, double*);
 
 }  // namespace cpu
 }  // namespace pyhypersphere
