@@ -58,7 +58,7 @@ def run_side(checkout: str, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", required=True, help="the checkout to compare against (e.g. main's)")
+    parser.add_argument("--before", help="the checkout to compare against (e.g. main's); required")
     parser.add_argument("--after", default=".", help="this checkout")
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--queue", type=int, default=65536)
@@ -70,6 +70,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(*args.child)))
         return
+    if not args.before:
+        parser.error("--before is required")
     sides = {"before": [], "after": []}
     for _ in range(args.rounds):
         for name in sides:

@@ -49,6 +49,7 @@ CASES = [  # na, nb, d, scale, skip, dtype
     (130, 300, 8, 1 / 0.07, True, F32),  # in-batch keys: the positives' span
     (20, 150, 100, 3.0, True, F64),  # chunked d (64-wide for float64), a tail
     (45, 40, 33, 14.3, True, F32),  # more rows than columns
+    (65, 65, 4, 2.0, True, F64),  # a last column block of one column, row 64's positive (CPU: 64-wide blocks)
     (40, 150, 16, 60.0, False, F32),  # 2 scale > 80: no static shift (running max)
     (33, 200, 64, 10.0, False, BF16),
     (33, 200, 64, 10.0, True, F16),  # fp16's row gradient under the online max

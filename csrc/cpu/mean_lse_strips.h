@@ -17,6 +17,10 @@
 // order (block_turns.h), so the results are bitwise identical at any thread count.  The
 // strip's rows depend on the shape only, never on the thread count; the workers (threads)
 // holding a strip at once are capped so that all strips together stay within 256 MiB.
+// Without grad_b nothing needs the final lse before the products: the strip runs the
+// flash-attention forward instead (a running max per row, the accumulator rescaled where
+// it grows, exp(S - max) B_c per column block; one column block of logits held, never the
+// strip), and scales each row by w_i / (its sum) at the end.
 //
 // Only an upstream gradient known per row before the pass allows this: the weights need
 // nothing but their own rows' lse (and whatever the caller's factor reads).  InfoNCE's
