@@ -318,8 +318,8 @@ def test_moco_under_autocast_gives_a_float32_loss():
         loss = info_nce_loss(q, k, 0.1, queue=queue, in_batch=False)
     assert loss.dtype == F32
     (got_q,) = torch.autograd.grad(loss, q)
-    want, (want_q,) = value_and_grads(lambda q: dense_info_nce(q, k.double(), 0.1, queue=queue.double(), in_batch=False),
-                                      q)
+    want, (want_q,) = value_and_grads(
+        lambda q: dense_info_nce(q, k.double(), 0.1, queue=queue.double(), in_batch=False), q)
     torch.testing.assert_close(loss.double(), want, rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(got_q.double(), want_q, rtol=0, atol=3e-5 * want_q.abs().max())
 
@@ -355,7 +355,7 @@ def test_moco_launches_one_triton_kernel_with_the_row_gradient(monkeypatch):
         (got_q,) = torch.autograd.grad(loss, q)
     # The one pass loop_gate counts for MoCo (compile_check's loss line, its minimum 2/1).
     assert launches == ["lse_grad"] == [kernel for kernel, _ in loop_gate.LOSS_MIN_WORK["moco_info_nce"][1]]
-    want, (want_q,) = value_and_grads(lambda q: dense_info_nce(q, k.double(), 0.1, queue=queue.double(), in_batch=False),
-                                      q)
+    want, (want_q,) = value_and_grads(
+        lambda q: dense_info_nce(q, k.double(), 0.1, queue=queue.double(), in_batch=False), q)
     torch.testing.assert_close(loss.double(), want, rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(got_q.double(), want_q, rtol=0, atol=3e-5 * want_q.abs().max())
