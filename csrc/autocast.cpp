@@ -7,9 +7,10 @@
 //                loss wrappers then keep the loss in float32, ops/_common.loss_dtype);
 //   align_loss   runs on float32 inputs (autocast's float32 policy, float64 kept), so
 //                its loss is float32 like the reference's norm;
-//   contrastive_lse, contrastive_lse_backward, contrastive_mean_lse have no rule (the
-//                fallthrough): they compute in the inputs' dtype with float32
-//                accumulation and return float32 already; the loss wrappers take the
+//   contrastive_lse, contrastive_lse_backward, contrastive_lse_row_grad,
+//                contrastive_mean_lse have no rule (the fallthrough): they compute in
+//                the inputs' dtype with float32 accumulation and return float32
+//                already; the loss wrappers take the
 //                positives' logits in float32 and return the loss in float32
 //                (pyhypersphere/ops/contrastive.py).
 // Below the autocast keys the calls reach the backends unchanged; autograd records the

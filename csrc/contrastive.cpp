@@ -1,5 +1,5 @@
-// The contrastive family: the schemas of contrastive_lse, contrastive_lse_backward and
-// contrastive_mean_lse (contract in ops.h) and their argument checks, one for every
+// The contrastive family: the schemas of contrastive_lse, contrastive_lse_backward,
+// contrastive_lse_row_grad and contrastive_mean_lse (contract in ops.h) and their argument checks, one for every
 // backend (csrc/cpu/contrastive_cpu.cpp, pyhypersphere/triton_kernels/contrastive.py).
 #include "input_checks.h"
 #include "ops.h"
@@ -14,6 +14,9 @@ TORCH_LIBRARY_FRAGMENT(pyhypersphere, m) {
       "contrastive_lse_backward(Tensor a, Tensor b, float scale, bool self_pairs, Tensor lse_a, "
       "Tensor lse_b, Tensor grad_lse_a, Tensor grad_lse_b, int part, int num_parts, bool grad_a, "
       "bool grad_b, bool skip_positives=False) -> (Tensor, Tensor)");
+  m.def(
+      "contrastive_lse_row_grad(Tensor a, Tensor b, float scale, bool skip_positives=False) -> "
+      "(Tensor, Tensor)");
   m.def(
       "contrastive_mean_lse(Tensor a, Tensor b, float scale, bool grad_a, bool grad_b) -> (Tensor, "
       "Tensor, Tensor)");
@@ -69,6 +72,10 @@ void check_contrastive_backward_args(const at::Tensor& a, const at::Tensor& b, d
   check_vector(lse_b, "lse_b", b.size(0), !self_pairs && grad_lse_b.numel() == 0);
 }
 
+void check_contrastive_row_grad_args(const at::Tensor& a, const at::Tensor& b, double scale) {
+  check_logit_inputs(a, b, scale, "contrastive_lse_row_grad");
+}
+
 void check_contrastive_mean_lse_args(const at::Tensor& a, const at::Tensor& b, double scale) {
   constexpr const char* fn = "contrastive_mean_lse";
   check_logit_inputs(a, b, scale, fn);
@@ -88,6 +95,8 @@ TORCH_LIBRARY_FRAGMENT(pyhypersphere_checks, m) {
       "contrastive_lse_backward(Tensor a, Tensor b, float scale, bool self_pairs, Tensor lse_a, "
       "Tensor lse_b, Tensor grad_lse_a, Tensor grad_lse_b, int part, int num_parts) -> ()",
       &pyhypersphere::check_contrastive_backward_args);
+  m.def("contrastive_lse_row_grad(Tensor a, Tensor b, float scale) -> ()",
+        &pyhypersphere::check_contrastive_row_grad_args);
   m.def("contrastive_mean_lse(Tensor a, Tensor b, float scale) -> ()",
         &pyhypersphere::check_contrastive_mean_lse_args);
 }

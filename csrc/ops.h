@@ -49,6 +49,16 @@
 //   [0] tensor when its flag is false; in the accumulation dtype.  Skipped positives get
 //   weight exactly 0.
 //
+// contrastive_lse_row_grad(a, b, scale, skip_positives) -> (lse, o)
+//   Cross pairs of a [N_a, d] against b [N_b, d] (logits, partners and skip_positives as
+//   for contrastive_lse with self_pairs false).  lse [N_a] as contrastive_lse's lse_a,
+//   and o [N_a, d] with o_i = sum_{partners j} p_ij b_j, p_ij = exp(s_ij - lse_i) (the
+//   softmax over row i's partners; 0 for a row without partners), so that
+//   d lse_i / d a_i = scale o_i: a loss whose b needs no gradient (MoCo's detached queue)
+//   has its whole gradient from this one pass, 2 GEMMs' worth where contrastive_lse and
+//   its backward need 3.  Both in the accumulation dtype.  NaN or inf in the inputs give
+//   NaN outputs.
+//
 // contrastive_mean_lse(a, b, scale, grad_a, grad_b) -> (mean_loss, grad_a, grad_b)
 //   In-batch InfoNCE: a [N_a, d] against b [N_b, d], N_b >= N_a, where b_i is a_i's
 //   positive and every other row of b a negative; logits as for contrastive_lse.
@@ -110,6 +120,7 @@ using UniformResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using AlignResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveLseResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveGradResult = std::tuple<at::Tensor, at::Tensor>;
+using ContrastiveRowGradResult = std::tuple<at::Tensor, at::Tensor>;
 using ContrastiveMeanLseResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // The argument checks of each op (csrc/<family>.cpp), one for every backend: the C++
@@ -131,6 +142,9 @@ void check_contrastive_backward_args(const at::Tensor& a, const at::Tensor& b, d
                                      const at::Tensor& lse_b, const at::Tensor& grad_lse_a,
                                      const at::Tensor& grad_lse_b, int64_t part,
                                      int64_t num_parts);
+
+// All checks of the contrastive lse-with-row-gradient op (a and b: see ops.h).
+void check_contrastive_row_grad_args(const at::Tensor& a, const at::Tensor& b, double scale);
 
 // All checks of the contrastive mean-lse op (a and b: see ops.h).
 void check_contrastive_mean_lse_args(const at::Tensor& a, const at::Tensor& b, double scale);
@@ -169,6 +183,8 @@ ContrastiveGradResult contrastive_lse_backward_cpu(
     const at::Tensor& lse_a, const at::Tensor& lse_b, const at::Tensor& grad_lse_a,
     const at::Tensor& grad_lse_b, int64_t part, int64_t num_parts, bool grad_a, bool grad_b,
     bool skip_positives);
+ContrastiveRowGradResult contrastive_lse_row_grad_cpu(const at::Tensor& a, const at::Tensor& b,
+                                                      double scale, bool skip_positives);
 ContrastiveMeanLseResult contrastive_mean_lse_cpu(const at::Tensor& a, const at::Tensor& b,
                                                   double scale, bool grad_a, bool grad_b);
 

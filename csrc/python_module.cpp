@@ -150,7 +150,8 @@ PYBIND11_MODULE(_C, module) {
         return pyhypersphere::cpu::mean_lse_strip_rows(
             na, nb, elem_bytes, pyhypersphere::cpu::mean_lse_strip_budget_bytes());
       },
-      "Rows per strip the CPU contrastive_mean_lse kernel takes for this shape under the "
+      "Rows per strip the CPU contrastive_mean_lse and contrastive_lse_row_grad kernels take "
+      "for this shape under the "
       "current budget; 0: the two-pass fallback (internal, for tests).");
   module.def(
       "_last_helper_run",

@@ -9,8 +9,9 @@
 // run in the uniformity kernel's ordered schedule (ordered_tiles.h): deterministic, no
 // barriers, extra memory O((N_a + N_b) d).
 //
-// contrastive_mean_lse (in-batch InfoNCE) runs in row strips instead (mean_lse_strips.h:
-// one pass, 3 GEMMs), and falls back to these two passes when a strip would not fit.
+// contrastive_mean_lse (in-batch InfoNCE) and contrastive_lse_row_grad (MoCo: the lse and
+// the rows' softmax-weighted columns) run in row strips instead (mean_lse_strips.h: one
+// pass, 3 and 2 GEMMs), and fall back to these two passes when a strip would not fit.
 #include "../input_checks.h"
 #include "../ops.h"
 #include "../tile_schedule.h"
@@ -240,6 +241,47 @@ ContrastiveGradResult contrastive_lse_backward_cpu(
   return outputs();
 }
 
+ContrastiveRowGradResult contrastive_lse_row_grad_cpu(const at::Tensor& a, const at::Tensor& b,
+                                                      double scale, bool skip_positives) {
+  check_contrastive_row_grad_args(a, b, scale);
+  TORCH_CHECK_VALUE(a.device().is_cpu(), "contrastive_lse_row_grad: a must be on the CPU for the CPU kernel");
+  const cpu::SerialScope serial;  // ATen calls on O(N d) buffers inline (helper_threads.h)
+  const at::Tensor za = compute_rows(a), zb = compute_rows(b);
+  const auto acc = za.options();
+  const int64_t na = za.size(0), nb = zb.size(0);
+  if (!all_finite(za, zb)) {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    return {at::full({na}, nan, acc), at::full(za.sizes(), nan, acc)};
+  }
+  at::Tensor o = at::zeros(za.sizes(), acc);
+  std::vector<double> lse(na);
+  AT_DISPATCH_FLOATING_TYPES(za.scalar_type(), "contrastive_lse_row_grad_cpu", [&] {
+    const auto s = static_cast<scalar_t>(scale);
+    const int64_t strip_rows = cpu::mean_lse_strip_rows(na, nb, sizeof(scalar_t),
+                                                        cpu::mean_lse_strip_budget_bytes());
+    if (strip_rows > 0) {
+      cpu::mean_lse_strips<scalar_t>(za.data_ptr<scalar_t>(), na, zb.data_ptr<scalar_t>(), nb,
+                                     za.size(1), s, strip_rows, skip_positives,
+                                     [](int64_t, double) { return 1.0; }, lse,
+                                     o.data_ptr<scalar_t>(), nullptr);
+      return;
+    }
+    // A queue too long for a strip: the two passes, the gradient of sum_i lse_i is scale o.
+    const LogitRows<scalar_t> r(za, zb, false, skip_positives);
+    lse = forward_lse(r, s, false, 0, 1);
+    lse.resize(na);
+    std::vector<scalar_t> lse_rows(na + nb, scalar_t(0)), ones(na + nb, scalar_t(0));
+    for (int64_t i = 0; i < na; ++i) {
+      lse_rows[i] = static_cast<scalar_t>(lse[i]);
+      ones[i] = scalar_t(1);
+    }
+    at::Tensor none;
+    backward_grads(r, s, lse_rows.data(), ones.data(), false, o, none, 0, 1);
+    o.div_(scale);
+  });
+  return {at::tensor(lse, acc.dtype(at::kDouble)).to(za.scalar_type()), o};
+}
+
 ContrastiveMeanLseResult contrastive_mean_lse_cpu(const at::Tensor& a, const at::Tensor& b,
                                                   double scale, bool grad_a, bool grad_b) {
   check_contrastive_mean_lse_args(a, b, scale);
@@ -266,8 +308,13 @@ ContrastiveMeanLseResult contrastive_mean_lse_cpu(const at::Tensor& a, const at:
     const int64_t strip_rows = cpu::mean_lse_strip_rows(na, nb, sizeof(scalar_t),
                                                         cpu::mean_lse_strip_budget_bytes());
     if (strip_rows > 0) {
+      // Upstream gradient 1 / N_a on the cross entropy: the weights e^(s_ij - full_i) / N_a,
+      // full_i the lse with the positive, times the products' scale.
+      const auto row_weight = [&](int64_t i, double n) {
+        return scale / static_cast<double>(na) * std::exp(n - cpu::log_add_exp(n, positive[i]));
+      };
       cpu::mean_lse_strips<scalar_t>(za.data_ptr<scalar_t>(), na, zb.data_ptr<scalar_t>(), nb,
-                                     za.size(1), s, strip_rows, positive, lse,
+                                     za.size(1), s, strip_rows, true, row_weight, lse,
                                      grad_a ? ga.data_ptr<scalar_t>() : nullptr,
                                      grad_b ? gb.data_ptr<scalar_t>() : nullptr);
       return;
@@ -309,6 +356,7 @@ ContrastiveMeanLseResult contrastive_mean_lse_cpu(const at::Tensor& a, const at:
 TORCH_LIBRARY_IMPL(pyhypersphere, CPU, m) {
   m.impl("contrastive_lse", &contrastive_lse_cpu);
   m.impl("contrastive_lse_backward", &contrastive_lse_backward_cpu);
+  m.impl("contrastive_lse_row_grad", &contrastive_lse_row_grad_cpu);
   m.impl("contrastive_mean_lse", &contrastive_mean_lse_cpu);
 }
 

@@ -3,8 +3,8 @@ public loss function(s) and its distributed specification (docs/adding_a_loss.md
 
     uniform.py      uniform_lse, uniform_loss          (uniform_distributed.py: global batch)
     align.py        align_loss
-    contrastive.py  contrastive_lse(_backward), contrastive_mean_lse, nt_xent_loss,
-                    info_nce_loss, clip_loss          (contrastive_distributed.py: global batch)
+    contrastive.py  contrastive_lse(_backward), contrastive_lse_row_grad, contrastive_mean_lse,
+                    nt_xent_loss, info_nce_loss, clip_loss (contrastive_distributed.py: global batch)
     siglip.py       siglip, siglip_loss, global_siglip_loss (SigLIP's sigmoid loss)
     supcon.py       supcon_lse(_backward), supcon_loss, distributed_supcon_loss
     _common.py      the argument helpers and torch.func machinery they share

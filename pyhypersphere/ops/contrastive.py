@@ -4,7 +4,9 @@ losses built on them (SimCLR's NT-Xent, InfoNCE with a MoCo queue, CLIP's symmet
 `torch.ops.pyhypersphere.contrastive_lse` returns the log-sum-exps of every row's logits
 (and, for the symmetric and self-pair forms, of b's rows), over the negatives only when
 `skip_positives`; its backward is a second op, `contrastive_lse_backward`, since every
-weight exp(s_ij - lse_i) needs row i's final lse.  `contrastive_mean_lse` returns
+weight exp(s_ij - lse_i) needs row i's final lse.  `contrastive_lse_row_grad` returns a's
+lse with o_i = sum_j p_ij b_j from the same pass, so that a's gradient needs no second
+pass (b's, when b needs one, is contrastive_lse_backward's).  `contrastive_mean_lse` returns
 in-batch InfoNCE's mean cross entropy with its gradients computed in the forward (every
 row has the same upstream gradient).  Schemas and checks in csrc/contrastive.cpp,
 contract in csrc/ops.h, kernels in csrc/cpu/contrastive_cpu.cpp and
@@ -26,13 +28,14 @@ import torch
 from .. import _C  # noqa: F401  (loads the library and registers the operators)
 from ._common import (
     accumulate_dtype, as_float, block_rows, check_features, check_matches, check_reduction, check_weight, func_compatible,
-    loss_dtype, reduce_rows,
+    loss_dtype, needs_grad, reduce_rows,
 )
 
 # op -> has a C++ CUDA kernel (gpu_backend.py builds its table from this): none, Triton's.
 OPS = {
     "contrastive_lse": False,
     "contrastive_lse_backward": False,
+    "contrastive_lse_row_grad": False,
     "contrastive_mean_lse": False,
 }
 
@@ -69,6 +72,14 @@ def _contrastive_lse_backward_fake(
     ga = a.new_empty(tuple(a.shape), dtype=acc) if grad_a else a.new_empty((0,), dtype=acc)
     gb = b.new_empty(tuple(b.shape), dtype=acc) if grad_b else a.new_empty((0,), dtype=acc)
     return ga, gb
+
+
+@torch.library.register_fake("pyhypersphere::contrastive_lse_row_grad")
+def _contrastive_lse_row_grad_fake(a, b, scale, skip_positives=False):
+    if b.device != a.device:
+        raise ValueError(f"contrastive_lse_row_grad: b must be on the same device as a ({a.device}), got {b.device}")
+    acc = accumulate_dtype(a.dtype)
+    return a.new_empty((a.shape[0],), dtype=acc), a.new_empty(tuple(a.shape), dtype=acc)
 
 
 @torch.library.register_fake("pyhypersphere::contrastive_mean_lse")
@@ -233,6 +244,63 @@ def contrastive_lse(a, b, scale, self_pairs, lse_b, part=0, num_parts=1, *, skip
     """The op, differentiable (torch.func included)."""
     args = (a, b, scale, self_pairs, lse_b, part, num_parts, skip_positives)
     return _lib_ops.contrastive_lse(*args) if torch.compiler.is_compiling() else _ContrastiveLse.apply(*args)
+
+
+# ---------------------------------------------------------------- contrastive_lse_row_grad
+#
+# d lse_i / d a_i = scale o_i: a's gradient is an O(N d) product in the backward.  b's,
+# when b requires grad (a learned queue, keys with gradients), is contrastive_lse_backward's
+# pass over the pairs, for b alone.
+
+
+def _setup_row_grad(ctx, inputs, output):
+    a, b, scale, *skip = inputs
+    lse, o = output
+    ctx.mark_non_differentiable(o)
+    ctx.scale = scale
+    ctx.skip_positives = bool(skip and skip[0])
+    ctx.dtypes = (a.dtype, b.dtype)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(a, b, lse, o)
+
+
+def _backward_row_grad(ctx, grad_lse, _grad_o):
+    a, b, lse, o = ctx.saved_tensors
+    need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if grad_lse is None or not (need_a or need_b):
+        return None, None, None, None
+    scale, skip = ctx.scale, ctx.skip_positives
+    g = grad_lse.to(lse.dtype)
+    if torch.is_grad_enabled():  # differentiable (o is not): the float64 form
+        grad_a, grad_b = contrastive_lse_gradients(a, b, scale, False, skip, lse, None, g, None, need_a, need_b)
+    else:
+        grad_a = (scale * g)[:, None] * o if need_a else None
+        grad_b = None
+        if need_b:
+            none = lse.new_empty((0,))
+            _, grad_b = _lib_ops.contrastive_lse_backward(a, b, scale, False, lse, none, g, none, 0, 1, False, True,
+                                                          skip)
+    # In the accumulation dtype (or float64): round to the inputs' once.
+    out_a = grad_a.to(ctx.dtypes[0]) if need_a else None
+    out_b = grad_b.to(ctx.dtypes[1]) if need_b else None
+    return out_a, out_b, None, None
+
+
+torch.library.register_autograd(
+    "pyhypersphere::contrastive_lse_row_grad", _backward_row_grad, setup_context=_setup_row_grad
+)
+
+
+_ContrastiveLseRowGrad = func_compatible("_ContrastiveLseRowGrad", _lib_ops.contrastive_lse_row_grad,
+                                         _setup_row_grad, _backward_row_grad)
+
+
+def contrastive_lse_row_grad(a, b, scale, *, skip_positives=False):
+    """The op, differentiable (torch.func included): (lse of a's rows, o), o not
+    differentiable."""
+    args = (a, b, scale, skip_positives)
+    op = _lib_ops.contrastive_lse_row_grad if torch.compiler.is_compiling() else _ContrastiveLseRowGrad.apply
+    return op(*args)
 
 
 # ---------------------------------------------------------------- contrastive_mean_lse
@@ -492,9 +560,14 @@ def info_nce_loss(
         # Every row's loss enters with weight 1/N: the kernel's gradients come out of its
         # single pass over the logits (contrastive_mean_lse; k_i is column i).
         return contrastive_mean_lse(q, keys, scale).to(out_dtype)
-    # Per-row losses (two passes: contrastive_lse and its backward): the negatives' lse,
-    # the positive k_i skipped in-batch (column i), not among the keys otherwise.
-    lse, _ = contrastive_lse(q, keys, scale, False, False, skip_positives=in_batch)
+    # Per-row losses: the negatives' lse, the positive k_i skipped in-batch (column i), not
+    # among the keys otherwise.  With q's gradient to come, from the same pass (MoCo: one
+    # pass in all; keys that require grad add contrastive_lse_backward for them alone,
+    # no more than contrastive_lse and a backward for both); else the lse alone.
+    if needs_grad(q):
+        lse, _ = contrastive_lse_row_grad(q, keys, scale, skip_positives=in_batch)
+    else:
+        lse, _ = contrastive_lse(q, keys, scale, False, False, skip_positives=in_batch)
     rows = row_losses(lse, row_dots(q, k) * scale, decoupled)
     return reduce_rows(rows, weight, reduction).to(out_dtype)
 

@@ -1,5 +1,5 @@
-"""Triton kernels and launchers for `contrastive_lse`, `contrastive_lse_backward` and
-`contrastive_mean_lse` (contract: csrc/ops.h).
+"""Triton kernels and launchers for `contrastive_lse`, `contrastive_lse_backward`,
+`contrastive_lse_row_grad` and `contrastive_mean_lse` (contract: csrc/ops.h).
 
 Both kernels are the flash-attention forward (Triton's fused-attention tutorial) over the
 logits s_ij = scale <R_i, C_j> of a program's BLOCK_M rows R_i against its columns C_j,
@@ -39,12 +39,11 @@ Work per step of the main loop (certified), in tensor-core GEMMs over a tile and
 per pair: lse 1 and 1 (with or without column sums), lse with the row gradient 2 and 1,
 gradient 2 and 1.  Per loss (issue 23's minimum, loop_gate.LOSS_PASSES):
 - NT-Xent: the stacked rows' lse, then their gradient: 3 GEMMs, 2 exps;
-- InfoNCE with in-batch negatives and a detached queue (MoCo's): lse with the row
-  gradient: 2, 1;
+- InfoNCE whose keys and queue need no gradient (MoCo's: a detached queue, in_batch or
+  not, any reduction): lse with the row gradient (contrastive_lse_row_grad, or
+  contrastive_mean_lse for the in-batch mean): 2, 1;
 - in-batch InfoNCE, both gradients: lse with the queries' gradient, then the keys': 4, 2;
 - CLIP: both lse from one S tile, then each side's gradient: 5, 3.
-(InfoNCE against a queue alone, in_batch=False, takes contrastive_lse and its backward:
-3, 2; the op contract's contrastive_lse returns no gradient to fuse.)
 
 Precision: float64 in float64; float32 with TF32 products when torch allows TF32 for
 float32 matmuls (as `a @ b.T` would), else 3xTF32 (float32 accuracy); bf16/fp16 inputs
@@ -687,20 +686,37 @@ def contrastive_lse_backward(a, b, scale, self_pairs, lse_a, lse_b, grad_lse_a, 
     return _where_finite(ok, out_a, out_b)
 
 
+def _lse_and_row_mean(p, row_grad, col_splits):
+    """(lse of a's rows, o or None): one pass over the pairs, o_i = sum_j p_ij b_j with
+    p_ij = e^(s_ij - lse_i) the softmax over row i's partners (0 for a row without)."""
+    m, total, o, _ = p.row_lse(True, row_grad=row_grad, col_splits=col_splits)
+    if o is not None:
+        o = torch.where(total[:, None] > 0, o / total[:, None], torch.zeros_like(o))
+    return _lse(m, total), o
+
+
+def contrastive_lse_row_grad(a, b, scale, skip_positives=False, *, col_splits=None):
+    """`torch.ops.pyhypersphere.contrastive_lse_row_grad` on Triton: same arguments, same
+    results.  One pass: the lse kernel with the row gradient (2 GEMMs, 1 exp per pair)."""
+    torch.ops.pyhypersphere_checks.contrastive_lse_row_grad(a, b, scale)
+    p = _Problem("contrastive_lse_row_grad", a, b, scale, False, 0, 1, skip_positives)
+    lse, o = _lse_and_row_mean(p, True, col_splits)
+    return _where_finite(p.all_finite(), lse, o)
+
+
 def contrastive_mean_lse(a, b, scale, grad_a, grad_b, *, col_splits=None):
     """`torch.ops.pyhypersphere.contrastive_mean_lse` on Triton: same arguments, same results.
 
-    One pass over a's rows gives each row's negatives' lse (b_i skipped) and, when grad_a,
-    o_i = sum_{j != i} e^(s_ij - m_i) b_j with it (the flash-attention forward: 2 GEMMs,
+    One pass over a's rows gives each row's negatives' lse n_i (b_i skipped) and, when
+    grad_a, o_i = sum_{j != i} e^(s_ij - n_i) b_j with it (_lse_and_row_mean: 2 GEMMs,
     1 exp).  With the rows' full lse log(e^n_i + e^s_ii) and upstream gradient 1 / N_a,
-    d/da_i = scale / N_a (e^(m_i - full_i) o_i - (sum_{j != i} p_ij) b_i); grad_b is the
+    d/da_i = scale / N_a (e^(n_i - full_i) o_i - (sum_{j != i} p_ij) b_i); grad_b is the
     gradient kernel on b's rows with a's terms as column terms, the positive's term
     (the negatives' total weight times a_i) added after.
     """
     torch.ops.pyhypersphere_checks.contrastive_mean_lse(a, b, scale)
     p = _Problem("contrastive_mean_lse", a, b, scale, False, 0, 1, True)
-    m, total, o, _ = p.row_lse(True, row_grad=grad_a, col_splits=col_splits)
-    lse = _lse(m, total)
+    lse, o = _lse_and_row_mean(p, grad_a, col_splits)
     na = p.na
     positive = (a.to(p.acc_t) * b[:na].to(p.acc_t)).sum(1) * scale
     u = lse - positive
@@ -710,8 +726,7 @@ def contrastive_mean_lse(a, b, scale, grad_a, grad_b, *, col_splits=None):
     empty = a.new_empty((0,), dtype=p.acc_t)
     out_a = empty
     if grad_a:
-        coef = torch.where(total > 0, (scale / na) * torch.exp(m - full), torch.zeros_like(m))
-        out_a = coef[:, None] * o + weight * b[:na].to(p.acc_t)
+        out_a = ((scale / na) * torch.exp(lse - full))[:, None] * o + weight * b[:na].to(p.acc_t)
     if grad_b:
         g = torch.full_like(lse, 1.0 / na)
         out_b = p.row_grad(False, None, (p.padded([(full, p.na_pad)], float("-inf")), p.padded([(g, p.na_pad)], 0.0)),

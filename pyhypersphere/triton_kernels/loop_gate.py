@@ -65,7 +65,11 @@ MIN_WORK = {
 # pass's family is contrastive_<kernel>.  The sum of the passes' minimums must not exceed the loss's.
 LOSS_MIN_WORK = {
     "nt_xent": ((3, 2), (("lse", "self"), ("grad", "two-sided"))),
-    # in-batch keys and a detached queue: the queries' gradient out of the lse pass
+    # keys and queue without gradients (MoCo: a detached queue, in_batch or not, any
+    # reduction): the queries' gradient out of the lse pass, contrastive_lse_row_grad
+    # (contrastive_mean_lse for the in-batch mean); its launches are recorded in
+    # tests/test_contrastive_row_grad.py.  With in_batch=False the kernel has no masked
+    # span stage: the same main loop.
     "moco_info_nce": ((2, 1), (("lse_grad", "cross"),)),
     "info_nce": ((4, 2), (("lse_grad", "cross"), ("grad", "col-terms"))),  # both gradients
     # both lse from one S tile (column sums), then each side's gradient
