@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <vector>
 
 namespace pyhypersphere {
@@ -68,10 +69,16 @@ void run_ordered_tiles(const std::vector<ScheduledTile>& tiles, BlockTurns& turn
   std::atomic<int64_t> next{0};
   run_with_helpers(workers - 1, [&](int64_t participant) {
     T* ws = workspace.data() + static_cast<size_t>(participant) * workspace_per_worker;
-    const SchedulingWatch watch;
+    // Helpers only: the watch reads this thread's CPU time, a system call, and on Linux's
+    // EEVDF scheduler reading it brings a preemption that was due forward to that point
+    // (update_curr): on a busy machine the caller, which starts the watch, then loses
+    // its time slice inside the op, one scheduler period (~10-20 ms) a call at one
+    // thread (issue 26, item 8), instead of at the next tick, wherever it falls.
+    std::optional<SchedulingWatch> watch;
+    if (participant != 0) watch.emplace();
     try {
       // A helper leaves the rest to the caller once it has been descheduled.
-      for (int64_t k; (participant == 0 || watch.undisturbed()) && (k = next.fetch_add(1)) < total;) {
+      for (int64_t k; (participant == 0 || watch->undisturbed()) && (k = next.fetch_add(1)) < total;) {
         if (!visit(tiles[k], ws)) return;
       }
     } catch (...) {
