@@ -263,8 +263,8 @@ def _cpp_autograd_applies(x) -> bool:
     torch.func transforms and forward-mode AD (which the C++ node lacks) keep _UniformLse;
     so do other devices, whose per-call cost is not Python's."""
     return (
-        x.device.type == "cpu"
-        and not torch.compiler.is_compiling()
+        not torch.compiler.is_compiling()
+        and x.is_cpu
         and not torch._C._are_functorch_transforms_active()
         and _forward_ad._current_level < 0
     )
