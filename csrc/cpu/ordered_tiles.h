@@ -52,8 +52,8 @@ std::vector<ScheduledTile> number_tiles(const TileRounds& rounds, int64_t blocks
 
 // A helper takes tens of microseconds to start (a time slice on a busy machine), and the
 // caller may then wait for the tile it holds: with fewer than two tiles each it costs more
-// than it saves (uniform N = 128, 3 tiles, 2 threads, load average 16: 0.55 ms with a
-// helper, 0.14 ms on one thread; issue 26, item 7).
+// than it saves (uniform N = 128, 3 tiles, 2 threads, load average 15-19: forward+backward
+// 0.55 ms with a helper, 0.15-0.31 ms without; docs/results/cpu.md, issue 26 item 7).
 constexpr int64_t kMinTilesPerParticipant = 2;
 
 // Calls visit(tile, workspace) for every tile, the calling thread and helper threads
@@ -77,11 +77,10 @@ void run_ordered_tiles(const std::vector<ScheduledTile>& tiles, BlockTurns& turn
   std::atomic<int64_t> next{0};
   run_with_helpers(workers - 1, [&](int64_t participant) {
     T* ws = workspace.data() + static_cast<size_t>(participant) * workspace_per_worker;
-    // Helpers only: the watch reads this thread's CPU time, a system call, and on Linux's
-    // EEVDF scheduler reading it brings a preemption that was due forward to that point
-    // (update_curr): on a busy machine the caller, which starts the watch, then loses
-    // its time slice inside the op, one scheduler period (~10-20 ms) a call at one
-    // thread (issue 26, item 8), instead of at the next tick, wherever it falls.
+    // Helpers only: the watch reads this thread's CPU time, a system call, and there
+    // (Linux 6.18, EEVDF: the read updates the task's accounting) a preemption that is
+    // due happens at once.  Started by the caller, it put a scheduler period (6-21 ms on
+    // a busy machine) inside most one-thread calls (issue 26, item 8; docs/results/cpu.md).
     std::optional<SchedulingWatch> watch;
     if (participant != 0) watch.emplace();
     try {
