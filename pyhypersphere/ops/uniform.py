@@ -9,7 +9,8 @@ recomputation (uniform_lse_gradients below).  The losses call the op through
 `uniform_lse` / `uniform_loss_value`: autograd.Functions usable by torch.func, and the
 op's precision warning issued as a PrecisionWarning; eager CPU calls of uniform_loss take
 the C++ twin of that autograd.Function instead (csrc/uniform_autograd.h: no Python
-per-call cost).  Gradient routes and their costs: docs/autograd.md.  The global-batch form is in uniform_distributed.py.
+per-call cost).  Gradient routes and their costs: docs/autograd.md.  The global-batch
+form is in uniform_distributed.py.
 """
 
 import math
