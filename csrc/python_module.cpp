@@ -6,6 +6,7 @@
 #include "cpu/tile_gemm.h"
 #include "input_checks.h"
 #include "ops.h"
+#include "uniform_autograd.h"
 #include "uniform_rows.h"
 
 #ifdef PYHYPERSPHERE_WITH_CUDA
@@ -130,6 +131,16 @@ PYBIND11_MODULE(_C, module) {
              "returns the previous setting (internal).");
   module.def("_take_precision_warning", &pyhypersphere::take_precision_warning,
              "The captured precision warning, or an empty string; clears it (internal).");
+  module.def("_uniform_loss_autograd", &pyhypersphere::uniform_loss_autograd, pybind11::arg("x"),
+             pybind11::arg("queue"), pybind11::arg("t"), pybind11::arg("intra_batch"),
+             pybind11::arg("grad_x"), pybind11::arg("grad_queue"), pybind11::arg("offset"),
+             pybind11::arg("loss_dtype"),
+             "(lse - offset in loss_dtype, precision warning or '') with uniform_loss's "
+             "autograd node in C++: eager CPU calls (csrc/uniform_autograd.h; internal).");
+  module.def("_set_uniform_create_graph_gradients",
+             &pyhypersphere::set_uniform_create_graph_gradients, pybind11::arg("gradients"),
+             "The differentiable gradient formula that _uniform_loss_autograd's backward "
+             "calls under create_graph (internal).");
   module.def("_plan_uniform_rows", &plan_uniform_rows_py, pybind11::arg("x"), pybind11::arg("queue"),
              pybind11::arg("t"), pybind11::arg("operand_roundoff"),
              pybind11::arg("raw_16bit_operands") = false, pybind11::arg("host_read") = true,

@@ -74,11 +74,13 @@ def test_a_call_finishes_without_its_helpers_and_gives_the_same_bits(loss):
             assert torch.equal(u, v)
 
 
-def test_one_tile_posts_no_helper():
-    # N <= 64: one tile, nothing to share; the call stays on the calling thread.
-    for n in (2, 16, 64):
+def test_fewer_than_two_tiles_per_thread_post_no_helper():
+    # N <= 64: one tile; N = 128: three (64-row blocks), too few to pay for a helper's
+    # start.  The call stays on the calling thread.  N = 192, six tiles: one helper.
+    for n in (2, 16, 64, 128):
         _, run = run_with_n(n)
         assert run == (0, 0)
+    assert run_with_n(192)[1][0] == 1
 
 
 def run_with_n(n):

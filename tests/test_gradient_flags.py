@@ -38,13 +38,13 @@ def test_loss_is_bitwise_the_same_in_every_flag_combination_and_run(intra_batch,
 @pytest.mark.parametrize("x_grad,queue_grad", [(True, False), (False, True), (True, True)])
 def test_uniform_loss_asks_only_for_what_autograd_needs(monkeypatch, x_grad, queue_grad):
     calls = []
-    real = uniform_ops._uniform  # every differentiable call of the op goes through it
+    real = uniform_ops.uniform_loss_value  # uniform_loss's call of the op, on every route
 
-    def spy(args, *rest):
-        calls.append(args[-2:])
-        return real(args, *rest)
+    def spy(x, queue, t, intra_batch, grad_x, grad_queue, *rest, **kwargs):
+        calls.append((grad_x, grad_queue))
+        return real(x, queue, t, intra_batch, grad_x, grad_queue, *rest, **kwargs)
 
-    monkeypatch.setattr(uniform_ops, "_uniform", spy)
+    monkeypatch.setattr(uniform_ops, "uniform_loss_value", spy)
     x = unit_rows(20, 3, seed=6).requires_grad_(x_grad)
     q = unit_rows(30, 3, seed=7).requires_grad_(queue_grad)
     uniform_loss(x, queue=q).backward()

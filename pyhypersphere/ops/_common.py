@@ -18,16 +18,24 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 def loss_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype of a loss of x: x's dtype, or under autocast on x's device
     float32 (float64 kept), as torch.pdist under CUDA autocast (csrc/autocast.cpp)."""
-    if torch.is_autocast_enabled(x.device.type):
+    # x.is_cpu: a per-call attribute read cheaper than x.device (small batches, issue 26).
+    if torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):
         return torch.promote_types(x.dtype, torch.float32)
     return x.dtype
 
 
 def needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:  # a loop, not any(generator): this runs on every call
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def as_float(value, name: str, function: str) -> float:
+    if type(value) is float:  # the common case, before the slower abstract-class check
+        return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{function}: {name} must be a number, got a tensor of shape {tuple(value.shape)}")

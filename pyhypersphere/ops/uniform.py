@@ -7,8 +7,10 @@ gradient in the forward pass when asked (the `grad_x` / `grad_queue` flags), so 
 backward is a scale by the upstream gradient; under create_graph it is a differentiable
 recomputation (uniform_lse_gradients below).  The losses call the op through
 `uniform_lse` / `uniform_loss_value`: autograd.Functions usable by torch.func, and the
-op's precision warning issued as a PrecisionWarning.  Gradient routes and their costs:
-docs/autograd.md.  The global-batch form is in uniform_distributed.py.
+op's precision warning issued as a PrecisionWarning; eager CPU calls of uniform_loss take
+the C++ twin of that autograd.Function instead (csrc/uniform_autograd.h: no Python
+per-call cost).  Gradient routes and their costs: docs/autograd.md.  The global-batch
+form is in uniform_distributed.py.
 """
 
 import math
@@ -16,6 +18,7 @@ import warnings
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from .. import _C
 from ._common import (
@@ -248,9 +251,35 @@ def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *
     return _uniform(args, 0.0, torch.float64, warn_stacklevel + 1)[:3]
 
 
+# The C++ twin of _UniformLse (csrc/uniform_autograd.h) calls this under create_graph.
+_C._set_uniform_create_graph_gradients(
+    lambda x, queue, lse, t, intra_batch, need_x, need_q: uniform_lse_gradients(
+        x, queue, t, intra_batch, lse, need_x, need_q
+    )
+)
+
+
+def _cpp_autograd_applies(x) -> bool:
+    """Eager CPU calls take the C++ autograd node: a Python autograd.Function's per-call
+    cost (~25 us forward and backward) is what decides small batches.  torch.compile,
+    torch.func transforms and forward-mode AD (which the C++ node lacks) keep _UniformLse;
+    so do other devices, whose per-call cost is not Python's."""
+    return (
+        not torch.compiler.is_compiling()
+        and x.is_cpu
+        and not torch._C._are_functorch_transforms_active()
+        and _forward_ad._current_level < 0
+    )
+
+
 def uniform_loss_value(x, queue, t, intra_batch, grad_x, grad_queue, log_pairs, loss_dtype, *, warn_stacklevel=3):
     """lse - log_pairs over the whole pair set, in loss_dtype: uniform_lse's value as a loss,
     one autograd node."""
+    if _cpp_autograd_applies(x):
+        loss, message = _C._uniform_loss_autograd(x, queue, t, intra_batch, grad_x, grad_queue, log_pairs, loss_dtype)
+        if message:
+            warnings.warn(message, PrecisionWarning, stacklevel=warn_stacklevel)
+        return loss
     args = (x, queue, t, intra_batch, 0, 1, grad_x, grad_queue)
     return _uniform(args, log_pairs, loss_dtype, warn_stacklevel + 1)[3]
 
