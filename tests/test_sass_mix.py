@@ -106,6 +106,45 @@ def test_mma_sync_shapes_and_main_loop_choice():
     assert mix.nonmma_per_pair == pytest.approx(2 * 128 / 1024)
 
 
+# A loop whose step comes in two versions: a guarded branch over the fall-through arm
+# (two exps), which jumps to the join, and the branch target's arm (one exp).
+TWO_STEP_LOOP = sass(
+    ".L_x_1:",
+    "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ, !UPT, gsb0",
+    "FSETP.GT.AND P0, PT, R2, R3, PT",
+    "@!P0 BRA `(.L_x_2)",
+    "FFMA R4, R24, R5, -R6",
+    "MUFU.EX2 R4, R4",
+    "FFMA R7, R24, R5, -R8",
+    "MUFU.EX2 R7, R7",
+    "FFMA R4, R4, R9, R7",
+    "BRA `(.L_x_3)",
+    ".L_x_2:",
+    "FFMA R4, R24, R5, -R10",
+    "MUFU.EX2 R4, R4",
+    "FMUL R4, R4, R11",
+    ".L_x_3:",
+    "HGMMA.64x32x16.F32.BF16 R40, R4, gdesc[UR12].tnspB, R40, gsb0",
+    "@P5 BRA `(.L_x_1)",
+    "EXIT",
+)
+
+
+def test_two_versions_of_the_step_count_the_common_path_and_report_the_other():
+    body = sass_mix.main_loop(sass_mix.parse(TWO_STEP_LOOP))
+    assert sass_mix.step_arms(body) == ((3, 8), (9, 11))
+    # 4 warps (one warpgroup), tile 64 x 64, d = 16: outside the arms 5 instructions
+    # (2 HGMMA); the one-exp arm 3, the two-exp arm 6 (with its jump to the join).
+    mix = sass_mix.loop_mix(TWO_STEP_LOOP, num_warps=4, block_m=64, block_n=64, block_d=16)
+    assert mix.gemms_per_tile == pytest.approx(1.5)
+    assert mix.exps_per_pair == pytest.approx(128 / 4096)
+    assert mix.nonmma_per_pair == pytest.approx(6 * 128 / 4096)
+    assert mix.fallback_exps_per_pair == pytest.approx(2 * 128 / 4096)
+    assert mix.fallback_nonmma_per_pair == pytest.approx(9 * 128 / 4096)
+    # An if without an else (WGMMA_LOOP's) is no such split: everything counts once.
+    assert sass_mix.loop_mix(WGMMA_LOOP, 8, 64, 64, 32).fallback_exps_per_pair is None
+
+
 def test_spelled_shapes_and_unknown_shape():
     instr = sass_mix.parse(sass("DMMA.8x8x4 R4, R8, R12, R4"))[0]
     assert sass_mix.mma_macs(instr, num_warps=4) == 8 * 8 * 4 * 4
@@ -139,7 +178,10 @@ def test_gate_rules():
     assert loop_gate.problems("reference", "tf32", 90, _mix(2.0, 1.0, 17.0)) != []
     assert loop_gate.problems("reference", "fp64", 90, _mix(2.0, 0.0, 90.0, kind="mma")) == []
     # Report-only families never fail on the mix; the contrastive kernels' are enforced.
-    assert loop_gate.problems("contrastive_grad_two_exp", "bf16", 90, _mix(9.0, 9.0, 99.0)) == []
+    assert loop_gate.problems("contrastive_grad_chunked", "bf16", 90, _mix(9.0, 9.0, 99.0)) == []
+    # The uncertified gradient's tile shift: held to one exp (its common step's count).
+    assert loop_gate.problems("contrastive_grad_tile_shift", "bf16", 90, _mix(2.0, 1.0, 9.0)) == []
+    assert loop_gate.problems("contrastive_grad_tile_shift", "bf16", 90, _mix(2.0, 2.0, 9.0)) != []
     assert len(loop_gate.problems("contrastive_grad", "bf16", 90, _mix(3.0, 2.0, 17.0))) == 3
     assert loop_gate.problems("contrastive_lse", "bf16", 90, _mix(1.0, 1.0, 13.0)) == []
     assert loop_gate.problems("reference", "bf16", 90, sass_mix.LoopMix("wgmma", 0, 0, 0, False)) != []

@@ -172,8 +172,8 @@ def _contrastive_jobs(archs, quick: bool = False):
                           "PRECISION": precision, "WIDEN_OPERANDS": False}
                 if kernel == "grad":
                     sig.update({name: acc for name in ("row_coef_ptr", "row_lse_ptr", "col_coef_ptr", "col_lse_ptr",
-                                                       "scale_ptr")}, ranges_ptr="*i32", out_ptr=acc)
-                    consts.update(ROW_TERMS=row_terms, COL_TERMS=col_terms)
+                                                       "col_range_ptr", "scale_ptr")}, ranges_ptr="*i32", out_ptr=acc)
+                    consts.update(ROW_TERMS=row_terms, COL_TERMS=col_terms, TILE_SHIFT=cfg["TILE_SHIFT"])
                     what = "two-sided" if row_terms else "col-terms"
                 else:
                     sig.update(bias_ptr=acc, scale_ptr=acc, ranges_ptr="*i32", m_ptr=acc, l_ptr=acc, colsum_ptr=acc,
@@ -183,12 +183,17 @@ def _contrastive_jobs(archs, quick: bool = False):
                     consts.update(COL_SUMS=kernel == "lse" and extra, ROW_GRAD=kernel == "lse_grad")
                     what = "col-sums" if kernel == "lse" and extra else ("self" if self_pairs else "cross")
                 sig.update({name: _INT for name in ints})
+                # Without the certified shift: the gradient's tile shift (or one exp per side
+                # where it does not fit), the lse's online max.
+                shift = "static" if static else "online"
+                if kernel == "grad" and not static:
+                    shift = "tile" if cfg["TILE_SHIFT"] else "two-exp"
                 name = (f"contrastive {kernel} {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']}"
-                        f"{'' if cfg['ONE_CHUNK'] else ' chunked'} {what} {'static' if static else 'online'} "
+                        f"{'' if cfg['ONE_CHUNK'] else ' chunked'} {what} {shift} "
                         f"w{cfg['num_warps']} s{cfg['num_stages']}")
                 family = f"contrastive_{kernel}"
-                if kernel == "grad" and not static and row_terms and col_terms:
-                    family += "_two_exp"
+                if kernel == "grad" and not static:
+                    family += "_tile_shift" if cfg["TILE_SHIFT"] else "_two_exp"
                 if not cfg["ONE_CHUNK"]:
                     family = f"contrastive_{kernel}_chunked"
                 yield Job(name, "contrastive_grad" if kernel == "grad" else "contrastive_lse", sig, consts,
@@ -322,6 +327,9 @@ def _format(row: dict) -> str:
     line = (f"{head} tensor_core={mix.tensor_core} regs={row['regs']} spills={row['spills']} "
             f"gemms_per_tile={mix.gemms_per_tile:.2f} exps_per_pair={mix.exps_per_pair:.2f} "
             f"nonmma_per_pair={mix.nonmma_per_pair:.1f} smem={row['smem']} {gate}")
+    if mix.fallback_exps_per_pair is not None:  # the other arm of a two-version step (sass_mix.step_arms)
+        line += (f" fallback_exps_per_pair={mix.fallback_exps_per_pair:.2f}"
+                 f" fallback_nonmma_per_pair={mix.fallback_nonmma_per_pair:.1f}")
     return line + (f" FAIL: {row['problem']}" if row["problem"] else "")
 
 

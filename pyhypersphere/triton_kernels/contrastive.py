@@ -32,12 +32,50 @@ tau >= 0.025) it is the static shift: no running max, the lse kernel's column su
 from the same exps, and the gradient's two-sided weights take one exp:
 w_ij = e^(s - c) (g_i e^(c - lse_i) + h_j e^(c - lse_j)), the factors per row and per
 column computed by the launcher.  Otherwise (or under CUDA-graph capture: no host read)
-the tutorial's online max, rounded up to an integer so the rescale needs no exp, and two
-exps for two-sided weights.
+the lse kernel keeps the tutorial's online max, rounded up to an integer so the rescale
+needs no exp, and the gradient kernel takes the tile shift below.
+
+The tile shift (gradient kernel, no certified shift).  In log2 units u = s log2(e),
+A = lse log2(e), k = ceil(A) and phi = g 2^(k - A) in [g, 2g) (the launcher, from
+float64 logs; k = +inf, phi = 0 for a row without pairs or a padding row), a side's term
+is T = g 2^(u - A) = phi 2^(u - k).  Every pair a launch visits outside the masked spans
+is inside both lse it is weighted by: NT-Xent's and the decoupled loss's self pairs are
+symmetric and the spans (i == j, skipped positives) are masked in both kernels; CLIP's
+and InfoNCE's cross pairs a x b, with the diagonal skipped on both sides or neither; the
+mean-lse keys' column terms use the queries' full lse (negatives and positive); a part
+sums a subset of its pairs, its lse all of them.  So u_ij <= min(A_i, A_j), and per
+tile, with top = the smaller of the rows' and the columns' largest k (a side without
+terms: no bound) and low = the smallest k of both sides, every u <= top.  A tile with
+top - low <= 2H takes one exp at the integer c = min(top, low + H):
+  w_ij = 2^(u - c) (phi_i 2^(c - k_i) + phi_j 2^(c - k_j)),
+the factors per row and column of the tile, their powers of two built from the exponent
+bits (_pow2: exact, no exp unit), the columns' (top, low) per tile from the launcher
+(_column_windows).  A tile with top - low > 2H (the block-level branch; never a mask)
+takes one exp per side, phi_i 2^(u - k_i) + phi_j 2^(u - k_j).  The masked spans compute
+the same and then zero their pairs (an overflow there is discarded by the select).
+float64 (a software exp) and widths past 128 keep one exp per side on every tile
+(contrastive_config's TILE_SHIFT: registers).
+Error bound, float32 (H = TILE_SHIFT_HEADROOM = 64; the upstream gradients scaled by a
+power of two, exactly, so that G = max |g| over both sides is in [1, 2) and |phi| < 4):
+- no overflow: u - c <= max(0, top - low - H) <= H, so 2^(u - c) <= 2^64; c - k <= H
+  (c <= low + H <= k + H), so a factor is below 2^66;
+- a term T >= 2^-60 G keeps float32 relative accuracy: its factor is T 2^(c - u) >=
+  2^-60 2^-64 and its exp T / factor > 2^-60 2^-66 = 2^-126, both normal;
+  T (1 + theta), |theta| <= 2^-24 (ln2 |u - c| + 3) + eps_ex2, with |u - c| <= 126:
+  the FFMA s scale log2(e) - c rounds once (relative 2^-24 |u - c| on the argument),
+  phi, the factor sum and the product once each; eps_ex2 the exp unit's (ex2.approx);
+- a term below 2^-60 G may be lost (flushed factor or exp): per weight at most
+  2^-59 G absolute, against weights that sum to G over a row;
+so |w^ - w| <= theta (|T_i| + |T_j|) + 2^-59 G.  The two-exp step: the same with
+|u - k| for |u - c| (each argument one FFMA) and no loss above 2^-126 G.  (Both steps,
+as before, assume every lse > -126 log2 units, -87 nats: a padding column's zero logit
+gives 2^(0 - k) <= 2^126 times C_j = 0.)
 
 Work per step of the main loop (certified), in tensor-core GEMMs over a tile and exps
 per pair: lse 1 and 1 (with or without column sums), lse with the row gradient 2 and 1,
-gradient 2 and 1.  Per loss (issue 23's minimum, loop_gate.LOSS_PASSES):
+gradient 2 and 1 (also under the tile shift; 2 and 2 on a tile too wide for it, and on
+every tile past 128 wide, where the tile shift does not fit the registers:
+contrastive_config's TILE_SHIFT).  Per loss (issue 23's minimum, loop_gate.LOSS_PASSES):
 - NT-Xent: the stacked rows' lse, then their gradient: 3 GEMMs, 2 exps;
 - InfoNCE whose keys and queue need no gradient (MoCo's: a detached queue, in_batch or
   not, any reduction): lse with the row gradient (contrastive_lse_row_grad, or
@@ -254,11 +292,26 @@ def _lse_rows_kernel(
 
 
 @triton.jit
-def _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, r0, c0, span, r_i, scale2, shift2,
-               row_coef, row_lse, acc, d_pad, d_chunk,
+def _side_range(top, present):
+    """(largest, smallest) of the rows' lse ceilings `top` over their terms (+inf: no
+    term), for the tile shift; (+inf, +inf) for a side without terms (no bound).  The
+    columns' come per tile from the launcher (_column_windows)."""
+    inf = float("inf")
+    largest = tl.max(tl.where(top < inf, top, -inf))
+    largest = tl.where(largest == -inf, inf, largest)
+    smallest = tl.min(top)
+    if not present:
+        largest = inf
+        smallest = inf
+    return largest, smallest
+
+
+@triton.jit
+def _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, col_range_ptr, r0, c0, span, r_i, scale2,
+               shift2, row_coef, row_lse, row_top, row_low, acc, d_pad, d_chunk, headroom,
                MASKED: tl.constexpr, STATIC_SHIFT: tl.constexpr, ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr,
-               ONE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-               PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
+               TILE_SHIFT: tl.constexpr, ONE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
     """One tile: acc + W C_j; MASKED gives the pairs (span + i, c0 + j), i == j, weight 0."""
     acc_t = acc.dtype
     offs_n = tl.arange(0, BLOCK_N)
@@ -271,14 +324,35 @@ def _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, r0, c0
             coef = coef + tl.load(col_coef_ptr + c0 + offs_n)[None, :]
         w = tl.math.exp2(s * scale2 - shift2) * coef
     else:
-        s = s * scale2
-        w = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
-        if ROW_TERMS:
-            w += row_coef[:, None] * tl.math.exp2(s - row_lse[:, None])
+        # The tile shift (module docstring): the terms phi 2^(u - k), k = ceil(lse log2 e)
+        # (row_lse, col_lse); one exp at c = min(top, low + H) when the tile's ceilings
+        # span at most 2 H, else one per side.
+        col_coef = tl.zeros([BLOCK_N], acc_t)
+        col_lse = tl.full([BLOCK_N], float("inf"), acc_t)
+        col_top = float("inf")
+        col_low = float("inf")
         if COL_TERMS:
             col_coef = tl.load(col_coef_ptr + c0 + offs_n)
             col_lse = tl.load(col_lse_ptr + c0 + offs_n)
-            w += col_coef[None, :] * tl.math.exp2(s - col_lse[None, :])
+            # The columns' range from the launcher (_column_windows): no reduction across
+            # threads per tile.
+            col_top = tl.load(col_range_ptr + 2 * c0)
+            col_low = tl.load(col_range_ptr + 2 * c0 + 1)
+        top = tl.minimum(row_top, col_top)
+        low = tl.minimum(row_low, col_low)
+        if TILE_SHIFT and not (top - low > 2 * headroom):
+            # No terms at all (top - low NaN): c = 2^100, every weight 0.  A side without a
+            # term has k = +inf: _pow2(-inf) = 0.
+            c = tl.minimum(tl.minimum(top, low + headroom), 2.0**100)
+            rf = row_coef * _pow2(c - row_lse)
+            cf = col_coef * _pow2(c - col_lse)
+            w = tl.math.exp2(s * scale2 - c) * (rf[:, None] + cf[None, :])
+        else:
+            w = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
+            if COL_TERMS:
+                w += col_coef[None, :] * tl.math.exp2(s * scale2 - col_lse[None, :])
+            if ROW_TERMS:
+                w += row_coef[:, None] * tl.math.exp2(s * scale2 - row_lse[:, None])
     if MASKED:
         w = tl.where((span + tl.arange(0, BLOCK_M))[:, None] == (c0 + offs_n)[None, :], 0.0, w)
     return _second_product(acc, w, c_j, cj_desc, c_ptr, c0, d_chunk, d_pad, ONE_CHUNK, BLOCK_N, BLOCK_D,
@@ -287,23 +361,25 @@ def _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, r0, c0
 
 @triton.jit
 def _grad_rows_kernel(
-    ri_desc, cj_desc, r_ptr, c_ptr, row_coef_ptr, row_lse_ptr, col_coef_ptr, col_lse_ptr, scale_ptr, ranges_ptr,
-    out_ptr,
+    ri_desc, cj_desc, r_ptr, c_ptr, row_coef_ptr, row_lse_ptr, col_coef_ptr, col_lse_ptr, col_range_ptr, scale_ptr,
+    ranges_ptr, out_ptr,
     row_start, rows_out, cols_per_split, d_pad, ranges_stride, pos_offset,
-    STATIC_SHIFT: tl.constexpr, ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr,
+    STATIC_SHIFT: tl.constexpr, ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr, TILE_SHIFT: tl.constexpr,
     DIAG_SPAN: tl.constexpr, POS_SPAN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
     PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr,
 ):
-    """Per row sum_j w_ij C_j.  Main loop per pair: 2 GEMMs (S, W C), no mask, one exp2
-    under the static shift (w = 2^(s - c) (row factor + column factor)), else one per side
-    with terms (w = g_i 2^(s - lse_i) + h_j 2^(s - lse_j), lse +inf: no term)."""
+    """Per row sum_j w_ij C_j.  Main loop per pair: 2 GEMMs (S, W C), no mask, one exp2:
+    under the static shift w = 2^(s - c) (row factor + column factor); else under the
+    tile shift, the same with c and the factors per tile (two exps, one per side, for a
+    tile whose lse ceilings span more than 2 H: phi_i 2^(s - k_i) + phi_j 2^(s - k_j))."""
     block = tl.program_id(0)
     split = tl.program_id(1)
     d_chunk = tl.program_id(2)
     acc_t = out_ptr.dtype.element_ty
     scale2 = tl.load(scale_ptr)
     shift2 = tl.load(scale_ptr + 1)  # c log2(e) (static shift)
+    headroom = tl.load(scale_ptr + 2)  # H (tile shift)
     r0 = row_start + block * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -318,6 +394,7 @@ def _grad_rows_kernel(
         row_coef = tl.load(row_coef_ptr + r0 + offs_m)
         if not STATIC_SHIFT:
             row_lse = tl.load(row_lse_ptr + r0 + offs_m)
+    row_top, row_low = _side_range(row_lse, ROW_TERMS)
     acc = tl.zeros([BLOCK_M, BLOCK_D], acc_t)
 
     c_lo = split * cols_per_split
@@ -327,17 +404,18 @@ def _grad_rows_kernel(
     for seg in range(6):  # stage 1: whole tiles, no masks
         lo, hi = _plain_segment(ranges, seg, span_a, span_b, c_lo, c_hi, BLOCK_M)
         for c0 in range(lo, hi, BLOCK_N):
-            acc = _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, r0, c0, 0, r_i, scale2,
-                             shift2, row_coef, row_lse, acc, d_pad, d_chunk, False, STATIC_SHIFT, ROW_TERMS,
-                             COL_TERMS, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC)
+            acc = _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, col_range_ptr, r0, c0, 0, r_i,
+                             scale2, shift2, row_coef, row_lse, row_top, row_low, acc, d_pad, d_chunk, headroom, False,
+                             STATIC_SHIFT, ROW_TERMS, COL_TERMS, TILE_SHIFT, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D,
+                             PRECISION, WIDEN_OPERANDS, USE_DESC)
     if DIAG_SPAN or POS_SPAN:
         for k in range(4):  # stage 2: the spans, masked
             lo, hi, span = _span_segment(ranges, k, span_a, span_b, c_lo, c_hi, BLOCK_M)
             for c0 in range(lo, hi, BLOCK_N):
-                acc = _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, r0, c0, span, r_i,
-                                 scale2, shift2, row_coef, row_lse, acc, d_pad, d_chunk, True, STATIC_SHIFT,
-                                 ROW_TERMS, COL_TERMS, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION,
-                                 WIDEN_OPERANDS, USE_DESC)
+                acc = _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, col_range_ptr, r0, c0,
+                                 span, r_i, scale2, shift2, row_coef, row_lse, row_top, row_low, acc, d_pad, d_chunk,
+                                 headroom, True, STATIC_SHIFT, ROW_TERMS, COL_TERMS, TILE_SHIFT, ONE_CHUNK, BLOCK_M,
+                                 BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC)
 
     out = split.to(tl.int64) * rows_out + block * BLOCK_M + offs_m
     tl.store(out_ptr + out[:, None] * d_pad + (d_chunk * BLOCK_D + offs_d)[None, :], acc)
@@ -365,6 +443,13 @@ def contrastive_config(fmt: str, d: int, kernel: str, arch: int, static_shift: b
             cfg["num_stages"] = 1
         if kernel == "lse" and fmt == "fp64" and cfg["BLOCK_D"] <= 16:
             cfg["num_warps"] = 2
+    if kernel == "grad":
+        # The gradient without the certified shift: the tile shift, except past 128 wide
+        # (64 x 64 tiles, a 256-wide accumulator), where one exp per side alone takes 254
+        # registers and the tile shift's step beside it spills 40 bytes, and in float64
+        # (a software exp, not the exp unit; the two steps together spill 104 bytes):
+        # sm_90, Triton 3.9.
+        cfg["TILE_SHIFT"] = cfg["BLOCK_D"] <= 128 and fmt != "fp64"
     return cfg
 
 
@@ -510,6 +595,8 @@ class _Problem:
             WIDEN_OPERANDS=triton.knobs.runtime.interpret and rows.dtype in (torch.bfloat16, torch.float16),
             USE_DESC=cfg["USE_DESC"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
+        if kernel == "grad":
+            consts["TILE_SHIFT"] = cfg["TILE_SHIFT"]
         return grid, tensors, ranges, stride, consts, row_start, rows_out, n_rows, splits, per_split, n_cols_pad
 
     # ------------------------------------------------------------ the passes
@@ -549,31 +636,41 @@ class _Problem:
          _) = self.launch("grad", rows_are_a, static, col_splits)
         dev, acc_t = self.a.device, self.acc_t
         sixteen = self.a.dtype in (torch.float16, torch.bfloat16)
-        w_scale = _weight_scale([t[1] for t in (row_terms, col_terms) if t is not None]) if sixteen else None
+        # Upstream gradients scaled by a power of two (exact): 16-bit weights keep their
+        # digits; the tile shift's factors (up to 2^(H + 1) |g|) stay finite.
+        scaled = sixteen or not static
+        w_scale = _weight_scale([t[1] for t in (row_terms, col_terms) if t is not None]) if scaled else None
         unused = torch.zeros((1,), dtype=acc_t, device=dev)
 
         def factors(terms):
             if terms is None:
                 return unused, unused
             lse, g = terms
-            if sixteen:
-                g = g * w_scale  # a power of two: exact
+            if scaled:
+                g = g * w_scale
+            no_term = torch.isneginf(lse)  # a row without pairs, or a padding row
             if static:
                 # g e^(c - lse): 0 for a row without pairs (lse -inf) or a padding row.
-                return torch.where(torch.isneginf(lse), 0.0, g * torch.exp(self.c - lse)).to(acc_t), unused
-            return g.to(acc_t), torch.where(torch.isneginf(lse), float("inf"), lse * LOG2E).to(acc_t)
+                return torch.where(no_term, 0.0, g * torch.exp(self.c - lse)).to(acc_t), unused
+            # The tile shift's per-row terms: k = ceil(lse log2 e) (+inf: no term) and
+            # phi = g 2^(k - lse log2 e) in [g, 2 g), from float64 logs.
+            top = torch.where(no_term, 0.0, lse.double() * LOG2E)
+            k = torch.ceil(top)
+            return (torch.where(no_term, 0.0, g.double() * torch.exp2(k - top)).to(acc_t),
+                    torch.where(no_term, float("inf"), k).to(acc_t))
 
         rc, rl = factors(row_terms)
         cc, cl = factors(col_terms)
-        scale = torch.tensor([self.scale * LOG2E, self.c * LOG2E], dtype=acc_t, device=dev)
+        windows = _column_windows(cl, consts["BLOCK_N"]) if col_terms is not None and not static else unused
+        scale = torch.tensor([self.scale * LOG2E, self.c * LOG2E, TILE_SHIFT_HEADROOM], dtype=acc_t, device=dev)
         out = torch.empty((splits, rows_out, self.d_pad), dtype=acc_t, device=dev)
         _grad_rows_kernel[grid](
-            *tensors, rc, rl, cc, cl, scale, ranges, out,
+            *tensors, rc, rl, cc, cl, windows, scale, ranges, out,
             row_start, rows_out, per_split, self.d_pad, stride, self.na_pad,
             STATIC_SHIFT=static, ROW_TERMS=row_terms is not None, COL_TERMS=col_terms is not None, **consts)
         out = out[0] if splits == 1 else out.sum(0)
         out = out[:n_rows, : self.d] * self.scale
-        if sixteen:
+        if scaled:
             out = out / w_scale
         return out
 
@@ -592,6 +689,13 @@ class _Problem:
 STATIC_SHIFT_SPREAD = {torch.float32: 80.0, torch.float64: 700.0}
 
 
+# H, log2 units: the tile shift's headroom (module docstring; float32 only).  Its exps
+# stay below 2^H and its factors below 2^(H + 2); a tile whose lse ceilings span more
+# than 2 H takes one exp per side.  Terms below 2^(H - 124) of the largest upstream
+# gradient (2^-60) may be lost.
+TILE_SHIFT_HEADROOM = 64.0
+
+
 def _static_shift(a: torch.Tensor, b: torch.Tensor, scale: float, acc_t: torch.dtype) -> torch.Tensor:
     """[c, certified] on the device: c = scale max|a_i| max|b_j| bounds every logit
     (Cauchy-Schwarz), so e^(s - c) <= 1; certified (1.0, else 0.0) when
@@ -600,6 +704,18 @@ def _static_shift(a: torch.Tensor, b: torch.Tensor, scale: float, acc_t: torch.d
     c = scale * a.to(acc_t).norm(dim=1).max() * b.to(acc_t).norm(dim=1).max()
     certified = torch.isfinite(c) & (2 * c <= STATIC_SHIFT_SPREAD[acc_t])
     return torch.stack([torch.where(torch.isfinite(c), c, torch.zeros_like(c)), certified.to(acc_t)])
+
+
+def _column_windows(top: torch.Tensor, block_n: int) -> torch.Tensor:
+    """Per column start c, (largest, smallest) of the lse ceilings `top` (+inf: no term)
+    over the columns [c, c + block_n) that have terms, interleaved; (+inf, +inf) for a
+    window without terms: the tile shift's column side of every tile, whatever its start."""
+    inf = float("inf")
+    pad = top.new_full((block_n - 1,), inf)
+    with_terms = torch.where(torch.isinf(top), -inf, top)
+    largest = torch.nn.functional.max_pool1d(torch.cat([with_terms, -pad])[None, None], block_n, 1)[0, 0]
+    smallest = -torch.nn.functional.max_pool1d(-torch.cat([top, pad])[None, None], block_n, 1)[0, 0]
+    return torch.stack([torch.where(torch.isneginf(largest), inf, largest), smallest], 1).reshape(-1).contiguous()
 
 
 def _weight_scale(upstream: list) -> torch.Tensor:

@@ -38,8 +38,12 @@ MIN_WORK = {
     "contrastive_lse": MinWork(1, 1, True, "S; one exp (row and column sums)"),
     "contrastive_lse_grad": MinWork(2, 1, True, "S and P C; one exp"),
     "contrastive_grad": MinWork(2, 1, True, "S and W C; one exp (static shift)"),
-    # Without the certified shift, two-sided weights take one exp per side: above the
-    # losses' minimum, reported only.
+    # Without the certified shift, the tile shift: the same one exp per pair in the
+    # common step; a tile whose lse spread is too wide for it takes one exp per side
+    # (sass_mix.step_arms: the line prints that path's fallback_exps_per_pair).
+    "contrastive_grad_tile_shift": MinWork(2, 1, True, "S and W C; one exp (tile shift), two on a wide tile"),
+    # Past 128 wide and in float64 (contrastive_config's TILE_SHIFT): one exp per side,
+    # above the losses' minimum, reported only.
     "contrastive_grad_two_exp": MinWork(2, 2, False, "S and W C; one exp per side"),
     # d past the one-chunk width, as uniformity's chunked path: reported only.
     "contrastive_lse_chunked": MinWork(1, 1, False, "chunked S"),

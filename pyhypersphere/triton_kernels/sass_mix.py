@@ -6,7 +6,11 @@ functions, branch targets as addresses, and cuobjdump -res-usage).
 How many tensor-core GEMMs one tile's step
 issues, how many exps and how many other instructions per pair of the tile.  Static
 counts of the loop body, not a profile: every instruction between the loop's head and
-its backward branch counts once (both arms of a branch inside the body included).
+its backward branch counts once (both arms of a branch inside the body included), except
+for a body with two versions of its step (step_arms: an if/else whose arms both issue
+exps, a tile-level choice between two ways of computing the weights): there the counts
+follow the path through the arm with fewer exps (the common step) and the path through
+the other arm is reported beside them (fallback_*).
 
 Definitions:
 - the main loop: among the innermost loops (a branch back to an earlier label) that
@@ -30,7 +34,7 @@ import tempfile
 
 # SASS as nvdisasm prints it: "/*0a30*/  @!P5 BRA `(.L_x_3) ;" and labels ".L_x_3:"; as
 # cuobjdump prints it: "/*0a30*/  @!P5 BRA 0x9c0 ;", functions headed "Function : name".
-_INSTR = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)(.*?);")
+_INSTR = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)(.*?);")
 _LABEL = re.compile(r"^\s*(\.L\w+):")
 _BRANCH_TARGET = re.compile(r"`\((\.L\w+)\)|\s(0x[0-9a-f]+)\s*$")
 _FUNCTION = re.compile(r"Function\s*:\s*(\S+)")
@@ -51,6 +55,7 @@ class Instr:
     label: str | None  # the label this instruction starts, if any
     target: str | None  # a branch's target: a label, or an address as "0x..." (cuobjdump)
     address: int = -1
+    guarded: bool = False  # under a predicate (@P0, @!UP1; not @PT)
 
     @property
     def base(self) -> str:
@@ -68,10 +73,11 @@ def parse(sass: str) -> list:
         m = _INSTR.match(line)
         if not m:
             continue
-        opcode, rest = m.group(2), m.group(3)
+        guard, opcode, rest = m.group(2), m.group(3), m.group(4)
         tgt = _BRANCH_TARGET.search(rest) if opcode.split(".")[0] in ("BRA", "BRX", "JMP") else None
         target = (tgt.group(1) or hex(int(tgt.group(2), 16))) if tgt else None
-        instrs.append(Instr(len(instrs), opcode, pending, target, int(m.group(1), 16)))
+        guarded = guard is not None and guard.strip().lstrip("@!") != "PT"
+        instrs.append(Instr(len(instrs), opcode, pending, target, int(m.group(1), 16), guarded))
         pending = None
     return instrs
 
@@ -156,11 +162,39 @@ class LoopMix:
     exps_per_pair: float
     nonmma_per_pair: float
     has_loop: bool
+    # A body with two versions of its step (step_arms): the path through the other arm.
+    fallback_exps_per_pair: float | None = None
+    fallback_nonmma_per_pair: float | None = None
+
+
+def step_arms(body) -> tuple | None:
+    """The two arms of an if/else over a loop step's weights, as (first, last) indices
+    into `body`, or None: a guarded forward branch to a label inside the body whose
+    fall-through arm ends with an unguarded branch to a later label inside the body (the
+    join), both arms issuing exps.  (A tile-level choice between two ways of computing
+    the same weights, e.g. the contrastive gradient's tile shift and its two-exp step;
+    an if without an else, or arms without exps, are no such split.)"""
+    at = {i.label: k for k, i in enumerate(body) if i.label}
+    at.update({hex(i.address): k for k, i in enumerate(body) if i.address >= 0})
+    for k, branch in enumerate(body):
+        if branch.base != "BRA" or not branch.guarded or at.get(branch.target, -1) <= k + 1:
+            continue
+        start = at[branch.target]
+        jump = body[start - 1]
+        if jump.base != "BRA" or jump.guarded or at.get(jump.target, -1) <= start:
+            continue
+        arms = ((k + 1, start - 1), (start, at[jump.target] - 1))
+        if all(any(i.opcode == "MUFU.EX2" for i in body[lo:hi + 1]) for lo, hi in arms):
+            return arms
+    return None
 
 
 def loop_mix(sass: str, num_warps: int, block_m: int, block_n: int, block_d: int) -> LoopMix:
     """The main loop's mix for a kernel of `num_warps` warps over BLOCK_M x BLOCK_N tiles
-    with products over BLOCK_D features."""
+    with products over BLOCK_D features.  A body with two versions of its step
+    (step_arms) counts the path through the arm with fewer exps (the common step; what
+    the gate holds to the minimum) and reports the path through the other in the
+    fallback_* fields: the instructions outside the arms count in both."""
     instrs = parse(sass)
     kind = tensor_core_kind(instrs)
     body = main_loop(instrs)
@@ -168,11 +202,20 @@ def loop_mix(sass: str, num_warps: int, block_m: int, block_n: int, block_d: int
         return LoopMix(kind, 0.0, 0.0, 0.0, False)
     pairs = block_m * block_n
     threads = 32 * num_warps
-    macs = sum(mma_macs(i, num_warps) for i in body)
-    n_mma = sum(1 for i in body if i.base in _MMA)
-    exps = sum(1 for i in body if i.opcode == "MUFU.EX2")
-    return LoopMix(kind, macs / (block_m * block_n * block_d),
-                   exps * threads / pairs, (len(body) - n_mma) * threads / pairs, True)
+
+    def mix(path):
+        n_mma = sum(1 for i in path if i.base in _MMA)
+        exps = sum(1 for i in path if i.opcode == "MUFU.EX2")
+        return (sum(mma_macs(i, num_warps) for i in path) / (block_m * block_n * block_d),
+                exps * threads / pairs, (len(path) - n_mma) * threads / pairs)
+
+    arms = step_arms(body)
+    if arms is None:
+        return LoopMix(kind, *mix(body), True)
+    inside = {k for lo, hi in arms for k in range(lo, hi + 1)}
+    outside = [i for k, i in enumerate(body) if k not in inside]
+    common, fallback = sorted((mix(outside + body[lo:hi + 1]) for lo, hi in arms), key=lambda m: m[1])
+    return LoopMix(kind, *common, True, fallback[1], fallback[2])
 
 
 def disassemble(cubin: bytes) -> str:
