@@ -291,7 +291,8 @@ def test_compile_check_enumerates_what_the_siglip_and_supcon_launchers_pick():
 
     from pyhypersphere.triton_kernels import compile_check, siglip, supcon
 
-    jobs = [*compile_check._siglip_jobs(), *compile_check._supcon_jobs()]
+    one_pass = list(compile_check._siglip_one_pass_jobs((80, 90)))
+    jobs = [*compile_check._siglip_jobs(), *one_pass, *compile_check._supcon_jobs()]
     assert all(job.family in loop_gate.MIN_WORK and job.kernel in compile_check._KERNELS for job in jobs)
     names = {job.name for job in jobs}
     for dtype, precision, _ in compile_check.UNIFORM_FORMATS:
@@ -301,6 +302,13 @@ def test_compile_check_enumerates_what_the_siglip_and_supcon_launchers_pick():
             for role in ("x loss", "x grad", "y grad"):
                 assert any(n.startswith(f"siglip {role} ") and f" {tile} w{cfg['num_warps']} " in n for n in names), \
                     (role, dtype, precision, d)
+            fmt = compile_check.uniform.operand_format(dtype, precision)
+            for arch in (80, 90):
+                cfg = siglip.one_pass_config(fmt, d, arch)
+                if cfg is not None:  # else the two sweeps, checked above
+                    assert any(job.archs == (arch,) and job.name == (
+                        f"siglip one-pass {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']} "
+                        f"w{cfg['num_warps']} s{cfg['num_stages']}") for job in one_pass), (dtype, precision, d, arch)
             if dtype in (torch.float32, torch.float64) and d <= 512:
                 cfg = supcon._config_for(dtype, d, precision)
                 for kernel in ("forward", "backward"):
