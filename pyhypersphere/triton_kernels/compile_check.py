@@ -245,12 +245,12 @@ def _siglip_one_pass_jobs(archs, quick: bool = False):
             bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
             desc = f"tensordesc<{_PTR[dtype][1:]}[{{}},{bd}]>"
             sig = {"xi_desc": desc.format(bm), "yj_desc": desc.format(bn),
-                   "gy_desc": f"tensordesc<{acc[1:]}[{bn},{bd // (2 if cfg['GY_SPLIT'] else 1)}]>",
+                   "gy_desc": f"tensordesc<{acc[1:]}[{bn},{bd}]>",
                    "x_ptr": _PTR[dtype], "y_ptr": _PTR[dtype],
                    **{name: acc for name in ("coef_ptr", "tb_ptr", "gx_ptr", "gy_ptr", "loss_ptr", "partial_ptr")},
                    "n_cols": _INT, "n_diag": _INT}
             fast = dtype != torch.float64  # the launcher's, compiled (not interpreted)
-            consts = {**{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "USE_DESC", "GY_SPLIT")},
+            consts = {**{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "USE_DESC")},
                       "PRECISION": precision, "WIDEN_OPERANDS": False, "FAST_MATH": fast,
                       "REDUCE_DESC": fast and cfg["USE_DESC"]}
             name = f"siglip one-pass {fmt} M{bm} N{bn} D{bd} w{cfg['num_warps']} s{cfg['num_stages']}"

@@ -235,45 +235,29 @@ def _reciprocal(v, FAST_MATH: tl.constexpr):
 
 
 @triton.jit
-def _add_rows(gy_desc, gy_ptr, c0, col, part, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-              REDUCE_DESC: tl.constexpr):
-    """gy[c0:c0 + BLOCK_N, col:col + width] += part, atomically: one TMA reduce-add of the
-    tile (sm_90, float32), or an atomic add per element (RED instructions)."""
+def _add_rows(gy_desc, gy_ptr, c0, part, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, REDUCE_DESC: tl.constexpr):
+    """gy[c0:c0 + BLOCK_N] += part, atomically: one TMA reduce-add of the tile (sm_90,
+    float32; the tile's stores to shared memory, 0.5 instructions per pair at 128 x 128),
+    or an atomic add per element (RED instructions)."""
     if REDUCE_DESC:
-        gy_desc.atomic_add([c0, col], part)
+        gy_desc.atomic_add([c0, 0], part)
     else:
-        width: tl.constexpr = part.shape[1]
-        offs = tl.arange(0, BLOCK_N)[:, None].to(tl.int64) * BLOCK_D + (col + tl.arange(0, width))[None, :]
+        offs = tl.arange(0, BLOCK_N)[:, None].to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
         tl.atomic_add(gy_ptr + tl.cast(c0, tl.int64) * BLOCK_D + offs, part, sem="relaxed")
 
 
 @triton.jit
-def _row_operands(xi_desc, x_ptr, r0, coef, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, USE_DESC: tl.constexpr,
-                  WIDEN_OPERANDS: tl.constexpr, GY_SPLIT: tl.constexpr):
-    """The row tile x_i and GEMM 3's operand coef x_i (in GY_SPLIT feature halves)."""
-    x_i = _load_rows(xi_desc, x_ptr, r0, 0, BLOCK_D, BLOCK_M, BLOCK_D, USE_DESC)
-    acc_t = coef.dtype
-    if WIDEN_OPERANDS:
-        x_i = x_i.to(acc_t)
-    xc_i = (x_i.to(acc_t) * coef[:, None]).to(x_i.dtype)
-    if GY_SPLIT:
-        xc_lo, xc_hi = tl.split(tl.permute(tl.reshape(xc_i, [BLOCK_M, 2, BLOCK_D // 2]), [0, 2, 1]))
-    else:
-        xc_lo, xc_hi = xc_i, xc_i
-    return x_i, xc_lo, xc_hi
-
-
-@triton.jit
-def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_lo, xc_hi, t2, b2, rows, n_cols, n_diag,
+def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
                    relu2, log1p_sum, weight, acc_x,
                    MASKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr,
-                   USE_DESC: tl.constexpr, FAST_MATH: tl.constexpr, REDUCE_DESC: tl.constexpr, GY_SPLIT: tl.constexpr):
+                   USE_DESC: tl.constexpr, FAST_MATH: tl.constexpr, REDUCE_DESC: tl.constexpr):
     """One BLOCK_N tile of y's rows: S (GEMM 1), one exp per pair, acc_x += W y_j (GEMM 2,
     in registers) and the tile's W^T (coef x_i) (GEMM 3) added to y's gradient rows
-    atomically.  MASKED: the diagonal's tiles and the last, partly padded one.  W = d/dl of each pair's term: the row coefficients are applied to the
-    rows after the loop and, for GEMM 3, to its operand xc_i = coef x_i (no multiply per
-    pair).  Padding rows have a zero coefficient (their loss is never stored)."""
+    atomically.  MASKED: the diagonal's tiles and the last, partly padded one.  W = d/dl of
+    each pair's term; the row coefficients are applied to the rows after the loop and, for
+    GEMM 3, to its operand xc_i = coef x_i (no multiply per pair).  Padding rows have a
+    zero coefficient (their loss is never stored)."""
     acc_t = t2.dtype
     y_j = _load_rows(yj_desc, y_ptr, c0, 0, BLOCK_D, BLOCK_N, BLOCK_D, USE_DESC)
     if WIDEN_OPERANDS:
@@ -302,14 +286,8 @@ def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_lo, xc_hi, t2, b
         if WIDEN_OPERANDS:
             w_op = w_op.to(acc_t)
     acc_x = tl.dot(w_op, y_j, acc_x, input_precision=PRECISION, out_dtype=acc_t)
-    # GEMM 3 in GY_SPLIT feature halves, each added before the next is computed: half the
-    # registers for its [BLOCK_N, BLOCK_D] result.
-    w_t = tl.trans(w_op)
-    _add_rows(gy_desc, gy_ptr, c0, 0, tl.dot(w_t, xc_lo, input_precision=PRECISION, out_dtype=acc_t), BLOCK_N,
-              BLOCK_D, REDUCE_DESC)
-    if GY_SPLIT:
-        _add_rows(gy_desc, gy_ptr, c0, BLOCK_D // 2, tl.dot(w_t, xc_hi, input_precision=PRECISION, out_dtype=acc_t),
-                  BLOCK_N, BLOCK_D, REDUCE_DESC)
+    _add_rows(gy_desc, gy_ptr, c0, tl.dot(tl.trans(w_op), xc_i, input_precision=PRECISION, out_dtype=acc_t),
+              BLOCK_N, BLOCK_D, REDUCE_DESC)
     return relu2, log1p_sum, weight, acc_x
 
 
@@ -319,13 +297,13 @@ def _siglip_one_pass_kernel(
     n_cols, n_diag,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr, FAST_MATH: tl.constexpr,
-    REDUCE_DESC: tl.constexpr, GY_SPLIT: tl.constexpr,
+    REDUCE_DESC: tl.constexpr,
 ):
     """The loss, d/dx, d/dy and the (t, b) sums in one sweep over the pairs (padded rows:
-    x [rows, BLOCK_D], y [n_cols_pad, BLOCK_D], no masks).  Main loop per tile: 3 GEMMs
-    (S, W y, W^T x; 2 without GRAD_X), 1 exp per pair (exp2; the loss's log is per row and
-    tile), W^T x added to gy_ptr with atomics (float32, float64 for float64 inputs): the
-    result's last bits depend on the order the programs' additions land in."""
+    x [rows, BLOCK_D], y [n_cols_pad, BLOCK_D]).  Main loop per tile: 3 GEMMs (S, W y,
+    W^T x), 1 exp per pair (exp2; the loss's log is per row and tile), W^T x added to
+    gy_ptr with atomics (float32, float64 for float64 inputs): the result's last bits
+    depend on the order the programs' additions land in."""
     pid = tl.program_id(0)
     r0 = pid * BLOCK_M
     rows = r0 + tl.arange(0, BLOCK_M)
@@ -334,7 +312,10 @@ def _siglip_one_pass_kernel(
     t2 = t * LOG2E
     b2 = tl.load(tb_ptr + 1) * LOG2E
     coef = tl.load(coef_ptr + rows)
-    x_i, xc_lo, xc_hi = _row_operands(xi_desc, x_ptr, r0, coef, BLOCK_M, BLOCK_D, USE_DESC, WIDEN_OPERANDS, GY_SPLIT)
+    x_i = _load_rows(xi_desc, x_ptr, r0, 0, BLOCK_D, BLOCK_M, BLOCK_D, USE_DESC)
+    if WIDEN_OPERANDS:
+        x_i = x_i.to(acc_t)
+    xc_i = (x_i.to(acc_t) * coef[:, None]).to(x_i.dtype)  # GEMM 3's operand
     relu2 = tl.zeros([BLOCK_M], acc_t)
     log1p_sum = tl.zeros([BLOCK_M], acc_t)
     weight = tl.zeros([BLOCK_M], acc_t)
@@ -348,24 +329,24 @@ def _siglip_one_pass_kernel(
     tail_lo = tl.where((n_full < diag_lo) | (n_full >= diag_hi), n_full, n_cols_pad)
     for c0 in range(0, tl.minimum(diag_lo, n_full), BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
-            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_lo, xc_hi, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
+            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
             weight, acc_x, False, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
-            FAST_MATH, REDUCE_DESC, GY_SPLIT)
+            FAST_MATH, REDUCE_DESC)
     for c0 in range(diag_lo, diag_hi, BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
-            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_lo, xc_hi, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
+            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
             weight, acc_x, True, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
-            FAST_MATH, REDUCE_DESC, GY_SPLIT)
+            FAST_MATH, REDUCE_DESC)
     for c0 in range(diag_hi, n_full, BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
-            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_lo, xc_hi, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
+            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
             weight, acc_x, False, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
-            FAST_MATH, REDUCE_DESC, GY_SPLIT)
+            FAST_MATH, REDUCE_DESC)
     for c0 in range(tail_lo, n_cols_pad, BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
-            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_lo, xc_hi, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
+            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
             weight, acc_x, True, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
-            FAST_MATH, REDUCE_DESC, GY_SPLIT)
+            FAST_MATH, REDUCE_DESC)
     tl.store(loss_ptr + rows, relu2 / LOG2E + log1p_sum)
     offs = rows[:, None].to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
     tl.store(gx_ptr + offs, (t * coef)[:, None] * acc_x)
@@ -424,8 +405,8 @@ def one_pass_config(fmt: str, d: int, arch: int):
         block_m, block_n, warps = 32, 32, 4
     else:
         block_m, block_n, warps = 128, 128, 8
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "USE_DESC": use_desc, "GY_SPLIT": False,
-            "num_warps": warps, "num_stages": 1}
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "USE_DESC": use_desc, "num_warps": warps,
+            "num_stages": 1}
 
 
 def _one_pass(x, y, c, tb, grad_x: bool, acc_t):
@@ -448,14 +429,13 @@ def _one_pass(x, y, c, tb, grad_x: bool, acc_t):
     fast = acc_t == torch.float32 and not triton.knobs.runtime.interpret
     _siglip_one_pass_kernel[(nx_pad // bm,)](
         TensorDescriptor.from_tensor(xp, [bm, bd]), TensorDescriptor.from_tensor(yp, [bn, bd]),
-        TensorDescriptor.from_tensor(gy, [bn, bd // 2 if cfg["GY_SPLIT"] else bd]), xp, yp, coef, tb,
+        TensorDescriptor.from_tensor(gy, [bn, bd]), xp, yp, coef, tb,
         gx, gy, loss, partial, ny, min(nx, ny),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=precision,
         # The interpreter's 16-bit tl.dot is wrong (Triton 3.9): widen (exactly) there.
         WIDEN_OPERANDS=triton.knobs.runtime.interpret and x.dtype in (torch.bfloat16, torch.float16),
         # The interpreter has no inline assembly and no TMA reduce: their plain forms there.
         USE_DESC=cfg["USE_DESC"], FAST_MATH=fast, REDUCE_DESC=fast and cfg["USE_DESC"],
-        GY_SPLIT=cfg["GY_SPLIT"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return (gx[:nx, :d] if grad_x else None), tb[0] * gy[:ny, :d], loss[:nx], partial
