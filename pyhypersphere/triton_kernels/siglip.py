@@ -390,23 +390,25 @@ def one_pass_config(fmt: str, d: int, arch: int):
     width, and float32 (TF32 and 3xTF32: every tile tried spills, TF32 from 64 x 64 on
     sm_90 as float32 W^T is transposed through registers, 3xTF32's operand halves from
     64 x 32).  sm_90, 16-bit: 128 x 128 tiles, 8 warps, one stage (15.8 non-mma
-    instructions per pair; 64-column tiles pay the per-row log and reductions twice:
-    20.5).  Before sm_90, mma.sync keeps both [rows, d] gradient accumulators and the
-    operands in registers: 32 x 32 is the largest 16-bit tile without spills (66 per pair,
-    above the sm_80 budget of 40).  float64: 16 x 32 (32-row tiles spill or issue 4 GEMMs
-    a tile)."""
+    instructions per pair at d = 128; 64-column tiles pay the per-row log and reductions
+    twice: 20.5), 64 x 128 at 4 warps for d = 64.  Before sm_90, mma.sync keeps both [rows, d] gradient accumulators and the
+    operands in registers: 32 x 32 is the largest 16-bit tile without spills (66 per pair
+    at d = 128, above the sm_80 budget of 40).  float64: 16 x 32 (32-row tiles spill or issue 4 GEMMs
+    a tile).  compile_check's full matrix, d = 16 to 128, passes with these."""
     block_d = max(16, triton.next_power_of_2(d))
     if block_d > ONE_CHUNK_MAX_D[fmt] or fmt in ("tf32", "tf32x3"):
         return None
-    use_desc = arch >= 90
-    if fmt == "fp64":
-        block_m, block_n, warps, use_desc = 16, 32, 4, False
-    elif arch < 90:
-        block_m, block_n, warps = 32, 32, 4
-    else:
-        block_m, block_n, warps = 128, 128, 8
+    use_desc, stages = arch >= 90, 1
+    if fmt == "fp64":  # 4 warps on d <= 32 split the products unevenly: 5 GEMMs a tile
+        block_m, block_n, warps, use_desc = 16, 32, (2 if block_d <= 32 else 4), False
+    elif arch < 90:  # 4 warps on d <= 32 duplicate products: 6 GEMMs, 2 exps a tile
+        block_m, block_n, warps = 32, 32, (2 if block_d <= 32 else 4)
+    elif block_d == 64:  # 128 x 128 spills 96 bytes there
+        block_m, block_n, warps = 64, 128, 4
+    else:  # d = 32 spills 24 bytes in one stage, not in two
+        block_m, block_n, warps, stages = 128, 128, 8, (2 if block_d == 32 else 1)
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "USE_DESC": use_desc, "num_warps": warps,
-            "num_stages": 1}
+            "num_stages": stages}
 
 
 def _one_pass(x, y, c, tb, grad_x: bool, acc_t):
