@@ -333,7 +333,8 @@ def test_compile_check_enumerates_what_the_siglip_launcher_picks():
     # loop_gate.  (SupCon runs the contrastive kernels: no jobs of its own.)
     from pyhypersphere.triton_kernels import compile_check, siglip
 
-    jobs = list(compile_check._siglip_jobs())
+    one_pass = list(compile_check._siglip_one_pass_jobs((80, 90)))
+    jobs = [*compile_check._siglip_jobs(), *one_pass]
     assert all(job.family in loop_gate.MIN_WORK and job.kernel in compile_check._KERNELS for job in jobs)
     assert not any(family.startswith("supcon") for family in loop_gate.MIN_WORK)
     names = {job.name for job in jobs}
@@ -344,3 +345,10 @@ def test_compile_check_enumerates_what_the_siglip_launcher_picks():
             for role in ("x loss", "x grad", "y grad"):
                 assert any(n.startswith(f"siglip {role} ") and f" {tile} w{cfg['num_warps']} " in n for n in names), \
                     (role, dtype, precision, d)
+            fmt = compile_check.uniform.operand_format(dtype, precision)
+            for arch in (80, 90):
+                cfg = siglip.one_pass_config(fmt, d, arch)
+                if cfg is not None:  # else the two sweeps, checked above
+                    assert any(job.archs == (arch,) and job.name == (
+                        f"siglip one-pass {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']} "
+                        f"w{cfg['num_warps']} s{cfg['num_stages']}") for job in one_pass), (dtype, precision, d, arch)

@@ -468,3 +468,99 @@ def test_triton_loss_through_dispatch_and_its_errors(triton_kernels):
     with pytest.raises(ValueError, match="y must have the same feature dimension as x"):
         launcher(x.to(device), y[:, :3].to(device), torch.tensor(1.0), torch.tensor(0.0),
                   torch.ones(33, device=device), False, False, False)
+
+
+# One sweep for the loss and both gradients (y's gradient rows added with atomics), the
+# launcher's path whenever d/dy is wanted and torch's deterministic mode is off, for
+# 16-bit and float64 inputs (float32 takes the two sweeps: the kernel spills there).  Its
+# blocks (siglip.one_pass_config; the interpreter takes sm_90's): 128 x 128 for 16-bit
+# operands, 16 x 32 for float64, so these shapes have several row and column blocks,
+# tails, rows past y's (N_x > N_y: no diagonal there) and columns past x's.
+ONE_PASS_CASES = [
+    (1, 1, 1, torch.float64), (70, 45, 20, torch.float64), (45, 100, 64, torch.float64),
+    (300, 140, 40, torch.bfloat16), (130, 260, 16, torch.bfloat16), (150, 97, 128, torch.float16),
+]
+
+
+def _one_pass_case(launcher_module, n, ny, d, dtype, grad_x, device):
+    x, y = inputs(n, d, dtype, seed=n + ny, ny=ny)
+    coef = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) - 0.25
+    t = torch.tensor(5.0, dtype=torch.float64)
+    b = torch.tensor(-3.0, dtype=torch.float64)
+    assert launcher_module.one_pass_config(launcher_module.operand_format(dtype, "ieee"), d, 90) is not None
+    out = launcher_module.siglip(*(v.to(device) for v in (x, y, t, b, coef)), grad_x, True, True)
+    return x, y, t, b, coef, out
+
+
+@pytest.mark.parametrize("n,ny,d,dtype", ONE_PASS_CASES)
+def test_triton_one_pass_against_the_dense_formula(triton_kernels, monkeypatch, n, ny, d, dtype):
+    launcher, device = triton_kernels
+    import pyhypersphere.triton_kernels.siglip as module
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("the two-sweep path ran where the one-pass kernel should")
+
+    monkeypatch.setattr(module, "_sweep", no_sweep)
+    x, y, t, b, coef, (total, rows, gx, gy, gtb) = _one_pass_case(module, n, ny, d, dtype, True, device)
+    refs = [v.double().requires_grad_(True) for v in (x, y, t, b)]
+    want_rows = dense_rows(*refs)
+    (want_rows * coef).sum().backward()
+    tol = {torch.float64: 1e-11, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    assert_close(rows.cpu(), want_rows.detach(), tol, "rows")
+    assert_close(total.cpu(), (want_rows * coef).sum().detach(), tol, "total")
+    for got, ref, name in ((gx, refs[0], "x"), (gy, refs[1], "y")):
+        assert got.shape == ref.shape
+        assert_close(got.cpu(), ref.grad, 5 * tol, f"d/d{name}")
+    assert_close(gtb.cpu(), torch.stack([refs[2].grad, refs[3].grad]), 5 * tol, "d/dt, d/db")
+
+
+def test_triton_one_pass_without_the_gradient_of_x(triton_kernels):
+    # LiT's case (x frozen): d/dy and the (t, b) sums only.
+    launcher, device = triton_kernels
+    import pyhypersphere.triton_kernels.siglip as module
+
+    x, y, t, b, coef, (total, rows, gx, gy, gtb) = _one_pass_case(module, 150, 97, 24, torch.float64, False, device)
+    refs = [v.double().requires_grad_(True) for v in (x, y, t, b)]
+    (dense_rows(*refs) * coef).sum().backward()
+    assert gx.numel() == 0
+    assert_close(gy.cpu(), refs[1].grad, 1e-10, "d/dy")
+    assert_close(gtb.cpu(), torch.stack([refs[2].grad, refs[3].grad]), 1e-10, "d/dt, d/db")
+
+
+def test_triton_one_pass_at_zero_logits(triton_kernels):
+    # t = b = 0: every e^-|l| = 1, so a 128-column tile's prod (1 + e) reaches 2^128 and
+    # overflows float32 (the kernel then takes the tile's sum, 128 log 2, exactly enough).
+    launcher, device = triton_kernels
+    x, y = inputs(200, 16, torch.bfloat16, seed=3, ny=260)
+    zero = torch.tensor(0.0)
+    total, rows, gx, gy, gtb = launcher(x.to(device), y.to(device), zero, zero,
+                                        torch.ones(200, dtype=torch.float64, device=device), True, True, True)
+    assert torch.allclose(rows.cpu().double(), torch.full((200,), 260 * math.log(2), dtype=torch.float64), rtol=1e-6)
+    assert torch.all(gx == 0) and torch.all(gy == 0)  # d/dx = t sum_j w_ij y_j: 0 at t = 0
+    # d/db = sum_ij -z_ij sigmoid(0): 1/2 for each of the 260 - 1 negatives, -1/2 for the positive
+    assert gtb[1].item() == pytest.approx(200 * (259 - 1) * 0.5, rel=1e-6)
+
+
+def test_triton_deterministic_mode_takes_the_two_sweeps_bitwise_repeatable(triton_kernels, monkeypatch):
+    launcher, device = triton_kernels
+    import pyhypersphere.triton_kernels.siglip as module
+
+    def no_one_pass(*args, **kwargs):
+        raise AssertionError("the one-pass kernel (atomics) ran under torch's deterministic mode")
+
+    monkeypatch.setattr(module, "_one_pass", no_one_pass)
+    x, y = inputs(70, 20, torch.float64, seed=5, ny=45)
+    coef = torch.rand(70, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    t, b = torch.tensor(4.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64)
+    args = [v.to(device) for v in (x, y, t, b, coef)]
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = launcher(*args, True, True, True)
+        second = launcher(*args, True, True, True)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert all(torch.equal(p, q) for p, q in zip(first, second))
+    refs = [v.double().requires_grad_(True) for v in (x, y, t, b)]
+    (dense_rows(*refs) * coef).sum().backward()
+    assert_close(first[3].cpu(), refs[1].grad, 1e-10, "d/dy")

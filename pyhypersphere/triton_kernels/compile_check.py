@@ -237,6 +237,34 @@ def _siglip_jobs(quick: bool = False):
                       (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]))
 
 
+def _siglip_one_pass_jobs(archs, quick: bool = False):
+    # Both gradients in one sweep (siglip.one_pass_config): the launcher's choice unless
+    # torch asks for deterministic algorithms.
+    for (dtype, precision, _), d in _pairwise_cases(quick, (16, 32, 64, 128, 256)):
+        acc = "*fp64" if dtype == torch.float64 else "*fp32"
+        fmt = uniform.operand_format(dtype, precision)
+        for arch in archs:
+            cfg = siglip.one_pass_config(fmt, d, arch)
+            if cfg is None:
+                continue
+            bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
+            desc = f"tensordesc<{_PTR[dtype][1:]}[{{}},{bd}]>"
+            sig = {"xi_desc": desc.format(bm), "yj_desc": desc.format(bn),
+                   "gy_desc": f"tensordesc<{acc[1:]}[{bn},{bd}]>",
+                   "x_ptr": _PTR[dtype], "y_ptr": _PTR[dtype],
+                   **{name: acc for name in ("coef_ptr", "tb_ptr", "gx_ptr", "gy_ptr", "loss_ptr", "partial_ptr")},
+                   "n_cols": _INT, "n_diag": _INT}
+            fast = dtype != torch.float64  # the launcher's, compiled (not interpreted)
+            consts = {**{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "USE_DESC")},
+                      "PRECISION": precision, "WIDEN_OPERANDS": False, "FAST_MATH": fast,
+                      "REDUCE_DESC": fast and cfg["USE_DESC"]}
+            name = f"siglip one-pass {fmt} M{bm} N{bn} D{bd} w{cfg['num_warps']} s{cfg['num_stages']}"
+            over = arch < 90 and fmt != "fp64"  # loop_gate's note
+            family = "siglip_one_pass_over_budget" if over else "siglip_one_pass"
+            yield Job(name, "siglip_one_pass", sig, consts, cfg["num_warps"], cfg["num_stages"], True, family, fmt,
+                      (bm, bn, bd), (arch,))
+
+
 def _reference_jobs(archs):
     sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "o_ptr": "*bf16", "lse_ptr": "*fp32",
            "sm_scale": "fp32", "n_ctx": _INT, "stride_row": _INT}
@@ -252,7 +280,7 @@ def _jobs(quick: bool = False, archs=(80, 90)):
     # De-duplicated: small d values can map to the same configuration.
     seen = set()
     for job in [*_reference_jobs(archs), *_uniform_jobs(archs, quick), *_align_jobs(), *_contrastive_jobs(archs, quick),
-                *_siglip_jobs(quick)]:
+                *_siglip_jobs(quick), *_siglip_one_pass_jobs(archs, quick)]:
         if (job.name, job.archs) not in seen:
             seen.add((job.name, job.archs))
             yield job
@@ -264,6 +292,7 @@ _KERNELS = {
     "contrastive_lse": lambda: contrastive._lse_rows_kernel,
     "contrastive_grad": lambda: contrastive._grad_rows_kernel,
     "siglip": lambda: siglip._siglip_kernel,
+    "siglip_one_pass": lambda: siglip._siglip_one_pass_kernel,
     "reference": lambda: reference_attention.attention_forward_kernel,
 }
 

@@ -49,14 +49,26 @@ MIN_WORK = {
     "contrastive_lse_chunked": MinWork(1, 1, False, "chunked S"),
     "contrastive_lse_grad_chunked": MinWork(2, 1, False, "chunked S, per slice of o_i"),
     "contrastive_grad_chunked": MinWork(2, 1, False, "chunked S, per slice of the gradient"),
-    # SigLIP (siglip.py), per sweep.  The algorithm's minimum is one pass over the pairs
-    # with S and both gradient GEMMs (W y, W^T x) and one exp per pair (the sigmoid and
-    # softplus from e^(-|l|); the loss's log1p adds a log).  The kernel sweeps the pairs
-    # once per side (no atomics): rows x with S and W y, rows y with S again and W^T x, so
-    # a loss with both gradients issues 4 GEMMs and 2 exps per pair over its two sweeps.
+    # SigLIP (siglip.py).  The two sweeps (the launcher's path under torch's deterministic
+    # mode, and the loss or d/dx alone), per sweep: rows x with S and W y, rows y with S
+    # again and W^T x (a loss with both gradients: 4 GEMMs and 2 exps per pair over the
+    # two); reported only.
     "siglip_x_loss": MinWork(1, 1, False, "S; one exp and one log (loss only)"),
     "siglip_x_grad": MinWork(2, 1, False, "S and W y; one exp and one log (the y side is a second sweep)"),
     "siglip_y_grad": MinWork(2, 1, False, "S again and W^T x; one exp (second sweep over the pairs)"),
+    # One sweep for the loss and both gradients (torch's deterministic mode off): S, W y
+    # and W^T x, the last added to y's gradient rows with atomics (on sm_90 one TMA
+    # reduce-add of the tile after its stores to shared memory; before it RED
+    # instructions; either way counted in the non-mma budget), one exp per pair
+    # (MUFU.EX2).  The loss's log is once per row and tile (MUFU.LG2, which sass_mix does
+    # not count as an exp, only as a non-mma instruction; the division-free sigmoid's
+    # MUFU.RCP likewise).
+    "siglip_one_pass": MinWork(3, 1, True, "S, W y and W^T x (atomics); one exp"),
+    # The same kernel before sm_90, reported only: within the minimum (3 GEMMs, 1 exp), but
+    # mma.sync holds both [rows, d] gradient accumulators and the operands in registers,
+    # so 32 x 32 tiles are the largest without spills, at 60-66 non-mma instructions per
+    # pair against 40 from d = 64 (22.8 and 27.8 at d = 16 and 32).
+    "siglip_one_pass_over_budget": MinWork(3, 1, False, "as siglip_one_pass, above the non-mma budget"),
     # d past the one-chunk width: S over feature chunks, recomputed per gradient slice.
     "siglip_chunked": MinWork(2, 1, False, "chunked S, per slice of the gradient"),
     # Triton's fused-attention tutorial, as the yardstick: S and P V, one exp.

@@ -1,25 +1,29 @@
-"""Triton kernel and launcher for `siglip` (contract: csrc/ops.h).
+"""Triton kernels and launcher for `siglip` (contract: csrc/ops.h).
 
-One kernel, two roles, both flash-style row blocks: a program owns BLOCK_M rows R_i and
-sweeps every partner column C_j, the logits l_ij = t <R_i, C_j> + b computed tile by tile
-and never stored.  Each pair's loss term softplus(-z l) and weight w = coef * d/dl of it
-depend on that logit only (no log-sum-exp), so one sweep gives everything of its side:
-- rows x against columns y: the rows' losses, t sum_j w_ij y_j (d/dx) and the program's
-  sums of w <x_i, y_j> and w (d/dt, d/db), coef indexed by the row;
-- rows y against columns x: t sum_i w_ij x_i (d/dy), coef indexed by the column.
-A logit is thus computed once per side (two sweeps with grad_y, one without), which buys
-determinism without atomics, as in contrastive.py.  Up to ONE_CHUNK_MAX_D features the
-row tile is loaded once and each column tile once per step, for S and for the gradient
-product; the diagonal (z = +1) is a loop stage of its own and padding is handled by
-per-column vectors.  Past it a third grid axis splits the feature dimension: each program
-recomputes the logits over all of d and accumulates its BLOCK_D columns of the gradient.
+Each pair's loss term softplus(-z l) and weight w = d/dl of it depend on that logit only
+(no log-sum-exp), so one sweep over the pairs gives the loss and every gradient.
 
-Work per pair and sweep (compile_check, loop_gate.MIN_WORK["siglip_*"]): rows x with the
-gradient issue 2 GEMMs per tile (S, W y), one exp (exp2) and one log (the loss's log1p)
-per pair; rows y 2 GEMMs (S again, W^T x) and one exp.  A loss with both gradients thus
-sweeps the pairs twice, 4 GEMMs and 2 exps per pair, where the algorithm's minimum is one
-sweep with 3 GEMMs and 1 exp (the second side's product W^T x needs a cross-block
-reduction: atomics or a second sweep).
+One pass (`_siglip_one_pass_kernel`, when d/dy is wanted): a program owns BLOCK_M rows of
+x and sweeps y's rows in BLOCK_N tiles; per tile S = x_i y_j^T (GEMM 1), one exp per pair,
+e = 2^(-|u|) with u = l log2(e), giving both the sigmoid (the weights W) and the softplus
+(max(u, 0) + log1p(e), the log once per row and tile), acc_x += W y_j (GEMM 2, in
+registers) and W^T (coef x_i) (GEMM 3) added to y's gradient rows [N_y, d] with atomics
+(a TMA reduce-add of the tile on sm_90 for float32, an atomic add per element otherwise;
+float64 rows for float64 inputs), as FlashAttention-2's backward adds dQ.  Main loop per
+tile: 3 tensor-core GEMMs and 1 exp per pair, the algorithm's minimum
+(loop_gate.MIN_WORK["siglip_one_pass"]).  The atomics make the result's last bits depend
+on the order the programs' additions land in: under torch.use_deterministic_algorithms
+the launcher takes the two sweeps below instead, which are bitwise repeatable.  float32
+inputs (TF32 and 3xTF32: spills) and d past ONE_CHUNK_MAX_D take the two sweeps too.
+
+Two sweeps (`_siglip_kernel`, flash-style row blocks, no atomics): rows x against columns
+y give the rows' losses, t sum_j w_ij y_j (d/dx) and the program's sums of w <x_i, y_j>
+and w (d/dt, d/db); rows y against columns x give t sum_i w_ij x_i (d/dy).  Each side's
+sweep issues 2 GEMMs (S and its gradient product) and 1 exp per pair (report-only lines
+in compile_check: a loss with both gradients thus issues 4 GEMMs and 2 exps per pair).
+The loss alone (no gradient) is the rows-x sweep without its product: 1 GEMM, 1 exp.  Up
+to ONE_CHUNK_MAX_D features the row tile is loaded once; past it a third grid axis splits
+the feature dimension, each program recomputing the logits over all of d.
 
 Precision as the contrastive kernels (contrastive._precision): float64 in float64; float32
 with TF32 products when torch allows TF32 for float32 matmuls, else 3xTF32; 16-bit inputs
@@ -30,14 +34,16 @@ on 16-bit tensor cores with float32 accumulation, the gradient's weights rounded
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import _C  # noqa: F401  (loads the operators and their checks, torch.ops.pyhypersphere_checks)
-from .contrastive import _precision
+from .contrastive import _pad_rows, _precision
 from .tiles import check_device
-from .uniform import operand_format
+from .uniform import _load_rows, device_arch, operand_format
 
 
 LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -177,6 +183,180 @@ def _siglip_kernel(
         tl.store(partial_ptr + pid * 2 + 1, tl.sum(weight, 0))
 
 
+# ---------------------------------------------------------------- one pass, both gradients
+
+
+@triton.jit
+def _combine_q(a, b):
+    """q = prod (1 + e) - 1 of two parts: (1 + a)(1 + b) - 1 = a (1 + b) + b, without adding
+    1 to a (the rounded 1 + b scales a: a relative 2^-24; 1 + e itself would lose e's
+    digits).  One FFMA per pair: 1 + e is the sigmoid's denominator already."""
+    return a * (1.0 + b) + b
+
+
+@triton.jit
+def _log2(v, FAST_MATH: tl.constexpr):
+    if FAST_MATH:  # the exp unit's lg2.approx (MUFU.LG2: not an exp)
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [v], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return tl.math.log2(v)
+
+
+@triton.jit
+def _log1p_tile(q, BLOCK_N: tl.constexpr, FAST_MATH: tl.constexpr):
+    """sum_j log(1 + e_j) of a row's tile from q = prod_j (1 + e_j) - 1, once per row and
+    tile.  float64: Goldberg's log(w) q / (w - 1), w = 1 + q rounded.  float32: below
+    q = 1/4 the series to q^10 (relative error < 1e-7), above it log2(1 + q) ln 2 (lg2.approx:
+    absolute error 2^-22.6 on log2 >= 0.32 there: relative < 5e-7); no division, no
+    libdevice log (40 instructions a row, 1.2 per pair of a 128 x 128 tile).  q overflows
+    float32 only when all BLOCK_N factors are within 2^-25 of 2 (e = 1: l = 0), the sum
+    then within 3e-8 of BLOCK_N log 2, which is taken."""
+    if q.dtype == tl.float64:
+        w = 1.0 + q
+        out = tl.where(w == 1.0, q, tl.log(w) * (q / (w - 1.0)))
+    else:
+        series = -0.1  # (overflows to -inf for large q, where it is not taken)
+        for k in tl.static_range(9, 0, -1):
+            series = series * q + (1.0 if k % 2 == 1 else -1.0) / k
+        out = tl.where(q < 0.25, series * q, _log2(1.0 + q, FAST_MATH) * LN2)
+    return tl.where(q == float("inf"), BLOCK_N * LN2, out)
+
+
+@triton.jit
+def _reciprocal(v, FAST_MATH: tl.constexpr):
+    """1 / v for v in [1, 2]: the exp unit's rcp.approx (one instruction; no range fix-ups,
+    which division adds for operands near the float32 limits) when compiled for float32."""
+    if FAST_MATH:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [v], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return 1.0 / v
+
+
+@triton.jit
+def _add_rows(gy_desc, gy_ptr, c0, part, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, REDUCE_DESC: tl.constexpr):
+    """gy[c0:c0 + BLOCK_N] += part, atomically: one TMA reduce-add of the tile (sm_90,
+    float32; the tile's stores to shared memory, 0.5 instructions per pair at 128 x 128),
+    or an atomic add per element (RED instructions)."""
+    if REDUCE_DESC:
+        gy_desc.atomic_add([c0, 0], part)
+    else:
+        offs = tl.arange(0, BLOCK_N)[:, None].to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+        tl.atomic_add(gy_ptr + tl.cast(c0, tl.int64) * BLOCK_D + offs, part, sem="relaxed")
+
+
+@triton.jit
+def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
+                   relu2, log1p_sum, weight, acc_x,
+                   MASKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr,
+                   USE_DESC: tl.constexpr, FAST_MATH: tl.constexpr, REDUCE_DESC: tl.constexpr):
+    """One BLOCK_N tile of y's rows: S (GEMM 1), one exp per pair, acc_x += W y_j (GEMM 2,
+    in registers) and the tile's W^T (coef x_i) (GEMM 3) added to y's gradient rows
+    atomically.  MASKED: the diagonal's tiles and the last, partly padded one.  W = d/dl of
+    each pair's term; the row coefficients are applied to the rows after the loop and, for
+    GEMM 3, to its operand xc_i = coef x_i (no multiply per pair).  Padding rows have a
+    zero coefficient (their loss is never stored)."""
+    acc_t = t2.dtype
+    y_j = _load_rows(yj_desc, y_ptr, c0, 0, BLOCK_D, BLOCK_N, BLOCK_D, USE_DESC)
+    if WIDEN_OPERANDS:
+        y_j = y_j.to(acc_t)
+    s = tl.dot(x_i, tl.trans(y_j), input_precision=PRECISION, out_dtype=acc_t)
+    cols = c0 + tl.arange(0, BLOCK_N)
+    u = s * t2 + b2  # the logit in base 2, u = l log2(e)
+    if MASKED:  # z = +1 (u = -l) on the diagonal; padding columns -inf: e = 0, no term
+        positive = (rows[:, None] == cols[None, :]) & (rows < n_diag)[:, None]
+        u = tl.where(positive, -u, tl.where(cols[None, :] < n_cols, u, float("-inf")))
+    # The one exp: e = e^(-|u|) gives the softplus, max(u, 0) + log1p(e), and the
+    # sigmoid, (u >= 0 ? 1 : e) / (1 + e).  The log1p is taken once per row and tile of
+    # q = prod_j (1 + e_j) - 1, accumulated without rounding 1 + e (e ~ e^-10 would lose
+    # its digits there).
+    e = tl.math.exp2(-tl.abs(u))
+    sig = tl.where(u >= 0, 1.0, e) * _reciprocal(1.0 + e, FAST_MATH)
+    relu2 += tl.sum(tl.maximum(u, 0.0), 1)
+    log1p_sum += _log1p_tile(tl.reduce(e, 1, _combine_q), BLOCK_N, FAST_MATH)
+    if MASKED:
+        sig = tl.where(positive, -sig, sig)
+    w = sig
+    weight += tl.sum(w, 1)
+    w_op = w
+    if y_ptr.dtype.element_ty != acc_t:  # 16-bit operands: W in their format, as flash attention
+        w_op = w.to(y_ptr.dtype.element_ty)
+        if WIDEN_OPERANDS:
+            w_op = w_op.to(acc_t)
+    acc_x = tl.dot(w_op, y_j, acc_x, input_precision=PRECISION, out_dtype=acc_t)
+    _add_rows(gy_desc, gy_ptr, c0, tl.dot(tl.trans(w_op), xc_i, input_precision=PRECISION, out_dtype=acc_t),
+              BLOCK_N, BLOCK_D, REDUCE_DESC)
+    return relu2, log1p_sum, weight, acc_x
+
+
+@triton.jit
+def _siglip_one_pass_kernel(
+    xi_desc, yj_desc, gy_desc, x_ptr, y_ptr, coef_ptr, tb_ptr, gx_ptr, gy_ptr, loss_ptr, partial_ptr,
+    n_cols, n_diag,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr, FAST_MATH: tl.constexpr,
+    REDUCE_DESC: tl.constexpr,
+):
+    """The loss, d/dx, d/dy and the (t, b) sums in one sweep over the pairs (padded rows:
+    x [rows, BLOCK_D], y [n_cols_pad, BLOCK_D]).  Main loop per tile: 3 GEMMs (S, W y,
+    W^T x), 1 exp per pair (exp2; the loss's log is per row and tile), W^T x added to
+    gy_ptr with atomics (float32, float64 for float64 inputs): the result's last bits
+    depend on the order the programs' additions land in."""
+    pid = tl.program_id(0)
+    r0 = pid * BLOCK_M
+    rows = r0 + tl.arange(0, BLOCK_M)
+    t = tl.load(tb_ptr)
+    acc_t = t.dtype
+    t2 = t * LOG2E
+    b2 = tl.load(tb_ptr + 1) * LOG2E
+    coef = tl.load(coef_ptr + rows)
+    x_i = _load_rows(xi_desc, x_ptr, r0, 0, BLOCK_D, BLOCK_M, BLOCK_D, USE_DESC)
+    if WIDEN_OPERANDS:
+        x_i = x_i.to(acc_t)
+    xc_i = (x_i.to(acc_t) * coef[:, None]).to(x_i.dtype)  # GEMM 3's operand
+    relu2 = tl.zeros([BLOCK_M], acc_t)
+    log1p_sum = tl.zeros([BLOCK_M], acc_t)
+    weight = tl.zeros([BLOCK_M], acc_t)
+    acc_x = tl.zeros([BLOCK_M, BLOCK_D], acc_t)
+    # Masked stage: the column tiles that meet the rows' own indices (the diagonal) and
+    # the last tile when it is partly padding; the others, whole, in the plain stages.
+    n_cols_pad = tl.cdiv(n_cols, BLOCK_N) * BLOCK_N
+    n_full = n_cols // BLOCK_N * BLOCK_N
+    diag_lo = tl.minimum(r0 // BLOCK_N * BLOCK_N, n_cols_pad)
+    diag_hi = tl.minimum(tl.cdiv(r0 + BLOCK_M, BLOCK_N) * BLOCK_N, n_cols_pad)
+    tail_lo = tl.where((n_full < diag_lo) | (n_full >= diag_hi), n_full, n_cols_pad)
+    for c0 in range(0, tl.minimum(diag_lo, n_full), BLOCK_N):
+        relu2, log1p_sum, weight, acc_x = _one_pass_step(
+            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
+            weight, acc_x, False, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
+            FAST_MATH, REDUCE_DESC)
+    for c0 in range(diag_lo, diag_hi, BLOCK_N):
+        relu2, log1p_sum, weight, acc_x = _one_pass_step(
+            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
+            weight, acc_x, True, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
+            FAST_MATH, REDUCE_DESC)
+    for c0 in range(diag_hi, n_full, BLOCK_N):
+        relu2, log1p_sum, weight, acc_x = _one_pass_step(
+            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
+            weight, acc_x, False, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
+            FAST_MATH, REDUCE_DESC)
+    for c0 in range(tail_lo, n_cols_pad, BLOCK_N):
+        relu2, log1p_sum, weight, acc_x = _one_pass_step(
+            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
+            weight, acc_x, True, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
+            FAST_MATH, REDUCE_DESC)
+    tl.store(loss_ptr + rows, relu2 / LOG2E + log1p_sum)
+    offs = rows[:, None].to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    tl.store(gx_ptr + offs, (t * coef)[:, None] * acc_x)
+    # sum_j w_ij <x_i, y_j> = <x_i, acc_x_i>; x_i loaded again (kept, it would hold
+    # registers through the loop)
+    x_i = _load_rows(xi_desc, x_ptr, r0, 0, BLOCK_D, BLOCK_M, BLOCK_D, USE_DESC)
+    tl.store(partial_ptr + pid * 2, tl.sum(coef * tl.sum(x_i.to(acc_t) * acc_x, 1), 0))
+    tl.store(partial_ptr + pid * 2 + 1, tl.sum(coef * weight, 0))
+
+
 # The widest feature dimension held in one chunk (the row tile loaded once, no
 # recomputation of S), per product format; past it the chunked path.
 ONE_CHUNK_MAX_D = {"bf16": 128, "fp16": 128, "tf32": 128, "tf32x3": 128, "fp64": 64}
@@ -202,6 +382,65 @@ def _config(dtype: torch.dtype, d: int, precision: str = "ieee") -> dict:
     warps = 8 if dtype == torch.float32 or block_d > 64 else 4
     return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_D": block_d, "ONE_CHUNK": False, "num_warps": warps,
             "num_stages": 3}
+
+
+def one_pass_config(fmt: str, d: int, arch: int):
+    """The one-pass kernel's blocks for a product format, width and arch (compile_check
+    compiles each), or None where the launcher takes the two sweeps: d past the one-chunk
+    width, and float32 (TF32 and 3xTF32: every tile tried spills, TF32 from 64 x 64 on
+    sm_90 as float32 W^T is transposed through registers, 3xTF32's operand halves from
+    64 x 32).  sm_90, 16-bit: 128 x 128 tiles, 8 warps, one stage (15.8 non-mma
+    instructions per pair at d = 128; 64-column tiles pay the per-row log and reductions
+    twice: 20.5), 64 x 128 at 4 warps for d = 64.  Before sm_90, mma.sync keeps both [rows, d] gradient accumulators and the
+    operands in registers: 32 x 32 is the largest 16-bit tile without spills (66 per pair
+    at d = 128, above the sm_80 budget of 40).  float64: 16 x 32 (32-row tiles spill or issue 4 GEMMs
+    a tile).  compile_check's full matrix, d = 16 to 128, passes with these."""
+    block_d = max(16, triton.next_power_of_2(d))
+    if block_d > ONE_CHUNK_MAX_D[fmt] or fmt in ("tf32", "tf32x3"):
+        return None
+    use_desc, stages = arch >= 90, 1
+    if fmt == "fp64":  # 4 warps on d <= 32 split the products unevenly: 5 GEMMs a tile
+        block_m, block_n, warps, use_desc = 16, 32, (2 if block_d <= 32 else 4), False
+    elif arch < 90:  # 4 warps on d <= 32 duplicate products: 6 GEMMs, 2 exps a tile
+        block_m, block_n, warps = 32, 32, (2 if block_d <= 32 else 4)
+    elif block_d == 64:  # 128 x 128 spills 96 bytes there
+        block_m, block_n, warps = 64, 128, 4
+    else:  # d = 32 spills 24 bytes in one stage, not in two
+        block_m, block_n, warps, stages = 128, 128, 8, (2 if block_d == 32 else 1)
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "USE_DESC": use_desc, "num_warps": warps,
+            "num_stages": stages}
+
+
+def _one_pass(x, y, c, tb, grad_x: bool, acc_t):
+    """(grad_x or None, grad_y, row losses, per-program (t, b) sums) from one sweep, or
+    None where the width takes the two sweeps."""
+    precision = _precision(x.dtype)
+    cfg = one_pass_config(operand_format(x.dtype, precision), x.shape[1], device_arch(x.device))
+    if cfg is None:
+        return None
+    (nx, d), ny = x.shape, y.shape[0]
+    bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
+    nx_pad, ny_pad = triton.cdiv(nx, bm) * bm, triton.cdiv(ny, bn) * bn
+    xp, yp = _pad_rows(x, nx_pad, bd), _pad_rows(y, ny_pad, bd)
+    coef = c.new_zeros(nx_pad)
+    coef[:nx] = c
+    gx = torch.empty((nx_pad, bd), dtype=acc_t, device=x.device)
+    gy = torch.zeros((ny_pad, bd), dtype=acc_t, device=x.device)
+    loss = torch.empty(nx_pad, dtype=acc_t, device=x.device)
+    partial = torch.empty((nx_pad // bm, 2), dtype=acc_t, device=x.device)
+    fast = acc_t == torch.float32 and not triton.knobs.runtime.interpret
+    _siglip_one_pass_kernel[(nx_pad // bm,)](
+        TensorDescriptor.from_tensor(xp, [bm, bd]), TensorDescriptor.from_tensor(yp, [bn, bd]),
+        TensorDescriptor.from_tensor(gy, [bn, bd]), xp, yp, coef, tb,
+        gx, gy, loss, partial, ny, min(nx, ny),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=precision,
+        # The interpreter's 16-bit tl.dot is wrong (Triton 3.9): widen (exactly) there.
+        WIDEN_OPERANDS=triton.knobs.runtime.interpret and x.dtype in (torch.bfloat16, torch.float16),
+        # The interpreter has no inline assembly and no TMA reduce: their plain forms there.
+        USE_DESC=cfg["USE_DESC"], FAST_MATH=fast, REDUCE_DESC=fast and cfg["USE_DESC"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return (gx[:nx, :d] if grad_x else None), tb[0] * gy[:ny, :d], loss[:nx], partial
 
 
 def _sweep(rows, cols, coef, tb, rows_are_x: bool, want_grad: bool, acc_t):
@@ -233,8 +472,16 @@ def siglip(x, y, t, b, coef, grad_x, grad_y, grad_tb):
     x, y = x.contiguous(), y.contiguous()
     c = coef.to(acc_t).contiguous()
     tb = torch.stack([t.reshape(()), b.reshape(())]).to(device=x.device, dtype=acc_t)
-    gx, rows, partial = _sweep(x, y, c, tb, True, grad_x, acc_t)
-    gy = _sweep(y, x, c, tb, False, True, acc_t)[0] if grad_y else None
+    # Both sides' gradients: one sweep with atomics, unless torch asks for deterministic
+    # algorithms (the two sweeps are bitwise repeatable).
+    one_pass = None
+    if grad_y and not torch.are_deterministic_algorithms_enabled():
+        one_pass = _one_pass(x, y, c, tb, grad_x, acc_t)
+    if one_pass is not None:
+        gx, gy, rows, partial = one_pass
+    else:
+        gx, rows, partial = _sweep(x, y, c, tb, True, grad_x, acc_t)
+        gy = _sweep(y, x, c, tb, False, True, acc_t)[0] if grad_y else None
     empty = x.new_empty((0,), dtype=acc_t)
     total = (rows.to(torch.float64) * c.to(torch.float64)).sum().to(acc_t)
     outputs = (total, rows, gx if grad_x else empty, gy if grad_y else empty.clone(),
