@@ -151,6 +151,25 @@ def test_registered_for_cuda_whatever_the_uniformity_backend():
     assert gpu_backend.build_info()["contrastive_gpu_backend"] == "triton"
 
 
+def test_sm80_blocks_of_the_16bit_gradients(monkeypatch):
+    # The interpreter takes sm_90's blocks; on sm_80 the 16-bit kernels with a second
+    # product run 128 x 32 tiles with plain loads at d = 128 (contrastive_config): the row
+    # gradient (lse_grad) and the gradient kernel, both in the InfoNCE mean's pass.
+    seen = []
+    real = tk.contrastive.contrastive_config
+    monkeypatch.setattr(tk.contrastive, "contrastive_config", lambda *a: seen.append(a) or real(*a))
+    monkeypatch.setattr(tk.contrastive, "device_arch", lambda device: 80)
+    a, b = rows(150, 128, torch.bfloat16, 57), rows(150, 128, torch.bfloat16, 58)
+    want_mean, want_ga, want_gb = mean_cross_entropy_and_grads(a, b, 1 / 0.07)
+    got = tk.contrastive_mean_lse(a, b, 1 / 0.07, True, True)
+    torch.testing.assert_close(got[0].cpu().double(), want_mean, rtol=TOL[torch.bfloat16],
+                               atol=TOL[torch.bfloat16] / 0.07)
+    for x, want in ((got[1], want_ga), (got[2], want_gb)):
+        torch.testing.assert_close(x.cpu().double(), want, rtol=0, atol=GRAD_TOL[torch.bfloat16] * want.abs().max())
+    assert {a[2] for a in seen} == {"lse_grad", "grad"}
+    assert all(real(*a) != real(*a[:3], 90, a[4]) for a in seen)
+
+
 def test_mean_lse_column_split_against_float64_and_bitwise_reproducible():
     # MoCo's shape, few queries and a long queue: the columns split over programs.
     a, b = rows(10, 8, torch.float32, 31), rows(300, 8, torch.float32, 32)

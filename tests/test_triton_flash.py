@@ -77,6 +77,27 @@ def test_d_256(dtype):
         _check(tk.uniform_lse(x, None, 2.0, True, 0, 1, True, False), x, None, 2.0, True, dtype)
 
 
+@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 128), (torch.float32, 64)])
+def test_sm80_blocks(monkeypatch, dtype, d):
+    # The interpreter takes sm_90's blocks; sm_80's differ (flash_config): 128 x 32 tiles
+    # with plain loads for the 16-bit gradient at d = 128, 3xTF32's 64 x 16 gradient and
+    # plain-load loss tiles.  Run those as on an sm_80 GPU, the loss alone and with the
+    # gradient.
+    seen = []
+    real = uniform.flash_config
+    monkeypatch.setattr(uniform, "flash_config", lambda *a: seen.append(a) or real(*a))
+    monkeypatch.setattr(uniform, "device_arch", lambda device: 80)
+    x, queue = rows(150, d, dtype, 29), rows(40, d, dtype, 30)
+    with cuda_fp32_matmul("ieee"):
+        lse_only = tk.uniform_lse(x, None, 2.0, True, 0, 1, False, False)[0]
+        _check(tk.uniform_lse(x, queue, 2.0, True, 0, 1, True, True), x, queue, 2.0, True, dtype)
+    ref_lse = explicit_uniform_lse_and_grads(x, None, 2.0, True)[0]
+    torch.testing.assert_close(lse_only.double().cpu(), ref_lse, rtol=UNIFORM_TOL[dtype], atol=UNIFORM_TOL[dtype])
+    fmt = "bf16" if dtype == torch.bfloat16 else "tf32x3"
+    assert {(a[0], a[2]) for a in seen} == {(fmt, False), (fmt, True)}
+    assert all(a[3] == 80 and real(*a) != real(*a[:3], 90, a[4]) for a in seen)
+
+
 @pytest.mark.parametrize("col_splits", [2, 5])
 def test_diagonal_stage_under_column_splits(col_splits):
     # Three row blocks and a tail; the splits cut the columns at tile boundaries inside

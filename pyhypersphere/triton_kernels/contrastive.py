@@ -432,17 +432,20 @@ def contrastive_config(fmt: str, d: int, kernel: str, arch: int, static_shift: b
     second product takes 128 x 128 TF32 tiles on sm_90 (the uniformity kernel's 128 x 64
     are for its gradient's registers): CLIP's column sums cost a cross-warp reduction per
     column of a tile, 16.5 non-mma instructions per pair at 64 columns.  On sm_80 three
-    narrow cases take other warps or stages (compile_check's full matrix, Triton 3.9)."""
+    narrow cases take other warps or stages (compile_check's full matrix, Triton 3.9), and
+    3xTF32's lse at d <= 16 the descriptors (Triton 3.9 spilled the plain loads)."""
     cfg = flash_config(fmt, d, kernel != "lse", arch, static_shift)
     if kernel == "lse" and fmt == "tf32" and arch >= 90 and cfg["ONE_CHUNK"]:
         cfg["BLOCK_N"] = 128
-    if arch < 90:  # three sm_80 cases that spilled (8-24 bytes) with the uniformity kernel's blocks
+    if arch < 90:  # sm_80 cases that spilled (8-24 bytes) with the uniformity kernel's blocks
         if kernel == "grad" and fmt == "tf32" and cfg["BLOCK_D"] <= 16:
             cfg["num_warps"] = 4
         if kernel == "grad" and fmt == "tf32x3" and not static_shift and cfg["BLOCK_D"] == 32:
             cfg["num_stages"] = 1
         if kernel == "lse" and fmt == "fp64" and cfg["BLOCK_D"] <= 16:
             cfg["num_warps"] = 2
+        if kernel == "lse" and fmt == "tf32x3" and cfg["BLOCK_D"] <= 16:
+            cfg["USE_DESC"] = True  # plain loads (the uniformity loss's, for Triton 3.6) spill 24 bytes under 3.9
     if kernel == "grad":
         # The gradient without the certified shift: the tile shift, except past 128 wide
         # (64 x 64 tiles, a 256-wide accumulator), where one exp per side alone takes 254

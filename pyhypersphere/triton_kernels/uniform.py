@@ -289,16 +289,25 @@ def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: boo
         # loss alone spills pipelined (d = 16, sm_90).
         block_m, block_n, warps, use_desc = 32, 32, 4, False
         stages = stages if with_grad else 1
+        if with_grad and block_d <= 32:
+            # Under Triton 3.6, 4 warps issue both products twice (4 GEMMs per tile in its
+            # PTX, 2 under 3.9); 2 warps issue them once under both.
+            warps = 2
     elif fmt == "tf32x3" and arch < 90 and one_chunk:
-        block_m, block_n, warps, use_desc = (64, 32, 4, True) if with_grad else (128, 32, 8, True)
+        # Spill-free under Triton 3.6 and 3.9 (64 x 32 gradient tiles, and the loss with
+        # the descriptors, spill 24-810 bytes under 3.6).
+        block_m, block_n, warps, use_desc = (64, 16, 4, True) if with_grad else (128, 32, 8, False)
+        stages = 1 if with_grad else stages
     elif not one_chunk or fmt == "tf32x3":
         block_m, block_n, warps = 128, 32, 8
     elif fmt == "tf32":
         block_m, block_n, warps = 128, (64 if arch >= 90 or not with_grad else 32), 8
     elif arch < 90:
-        # 8 warps at d <= 32 compile with a 128-register cap and spill (online max); the
-        # 16-bit gradient spills without the descriptors.
-        block_m, block_n, warps, use_desc = 128, 64, (4 if block_d <= 32 else 8), with_grad
+        # 8 warps at d <= 32 compile with a 128-register cap and spill (online max).  The
+        # gradient takes 128 x 32 tiles with plain loads: 128 x 64 spills 40-860 bytes
+        # under Triton 3.6 from d = 32 (with the descriptors or not; none under 3.9),
+        # 128 x 32 none under either, and issues fewer non-mma instructions per pair.
+        block_m, block_n, warps, use_desc = 128, (32 if with_grad else 64), (4 if block_d <= 32 else 8), False
     elif block_d > 128:
         block_m, block_n, warps = 64, 64, 4
     else:
