@@ -77,6 +77,27 @@ def test_d_256(dtype):
         _check(tk.uniform_lse(x, None, 2.0, True, 0, 1, True, False), x, None, 2.0, True, dtype)
 
 
+@pytest.mark.parametrize("with_grad", [True, False])
+@pytest.mark.parametrize("d", [128, 200, 256])
+def test_float64_wide_rows(d, with_grad):
+    # float64 in one chunk up to d = 256 for the loss and 128 for the gradient (sm_90's
+    # blocks under the interpreter); past 128 the gradient is chunked over the loss's
+    # padded width (256: four 64-wide slices, d = 200 leaving padding in the last).
+    cfg = uniform.flash_config("fp64", d, with_grad, 90, True)
+    assert cfg["ONE_CHUNK"] == (d <= 128 or not with_grad)
+    assert uniform.padded_width("fp64", d, 90, True) == (256 if d > 128 else 128)
+    x = rows(140, d, torch.float64, 27)
+    lse, gx, _ = tk.uniform_lse(x, None, 2.0, True, 0, 1, with_grad, False)
+    ref_lse, ref_gx, _ = explicit_uniform_lse_and_grads(x, None, 2.0, True)
+    tol = UNIFORM_TOL[torch.float64]
+    torch.testing.assert_close(lse.double().cpu(), ref_lse, rtol=tol, atol=tol)
+    if with_grad:
+        atol = UNIFORM_GRAD_TOL[torch.float64] * ref_gx.abs().max()
+        torch.testing.assert_close(gx.double().cpu(), ref_gx, rtol=0, atol=atol)
+    else:
+        assert gx.numel() == 0
+
+
 @pytest.mark.parametrize("col_splits", [2, 5])
 def test_diagonal_stage_under_column_splits(col_splits):
     # Three row blocks and a tail; the splits cut the columns at tile boundaries inside

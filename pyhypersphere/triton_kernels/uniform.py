@@ -32,8 +32,9 @@ d lse / d z_i = -2t / S * sum_j w_ij (z_i - z_j) = -2t exp(m_i - lse) (l_i z_i -
 Few row blocks (queue shapes): the columns are split over several programs and their
 (m, l, lw, a) merged afterwards in a fixed order (bitwise reproducible).  The queue's
 gradient is its own pass: queue rows against x's columns.  d beyond the one-chunk width
-(ONE_CHUNK_MAX_D): S loops over BLOCK_D-wide feature chunks and the grid's third axis
-cuts a_i into slices, each recomputing S (that path is not the flash pattern).
+(one_chunk_max_d: 256 wherever it fits, loop_gate.CHUNKED_ALLOWED where it does not): S
+loops over BLOCK_D-wide feature chunks and the grid's third axis cuts a_i into slices,
+each recomputing S (that path is not the flash pattern).
 
 Precision (docs/triton.md): the rows and the policy come from the C++ plan_uniform_rows
 (centering, float64 for far-spread float32 rows); float32 follows torch's matmul setting.
@@ -48,6 +49,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import _C
 from .._matmul_precision import cuda_matmul_allows_tf32
+from .loop_gate import ONE_CHUNK_WIDTH
 from .splits import merge_splits, split_columns
 from .tiles import part_index_fits
 
@@ -61,20 +63,27 @@ PART_BLOCK = 128
 # The static shift is certified when every exponent -t ||z_i - z_j||^2 >= -4 t max|z|^2
 # stays above this (natural log): the row sums cannot underflow, whatever the row.
 STATIC_SHIFT_BOUND = {torch.float32: 80.0, torch.float64: 700.0}
-# Widest d computed in one chunk, per operand format (wider: the chunked path): the row
-# block's accumulator [BLOCK_M, d] in registers without spills, within the gate's
-# instruction budget (compile_check).  Before sm_90, mma.sync also holds S and P in
-# registers: 16-bit stops at 128.  TF32 with the online max stops at 64: its rescale of
-# the accumulator (d / BLOCK_N multiplies per pair) puts every 128-wide configuration
-# tried above 16 instructions per pair (best 18.2).
-ONE_CHUNK_MAX_D = {"bf16": 256, "fp16": 256, "tf32": 128, "tf32x3": 64, "fp64": 64}
-ONE_CHUNK_MAX_D_SM80 = {"bf16": 128, "fp16": 128}
-ONE_CHUNK_MAX_D_ONLINE = {"tf32": 64}
+# The feature dimension is computed in one chunk (S once per tile, the row block's
+# accumulator [BLOCK_M, d] in registers) up to loop_gate.ONE_CHUNK_WIDTH (256) wherever
+# it fits without spills within the gate's budget; past it the chunked path.
 
 
-def one_chunk_max_d(fmt: str, arch: int, static_shift: bool) -> int:
-    cap = ONE_CHUNK_MAX_D[fmt] if arch >= 90 else ONE_CHUNK_MAX_D_SM80.get(fmt, ONE_CHUNK_MAX_D[fmt])
-    return cap if static_shift else min(cap, ONE_CHUNK_MAX_D_ONLINE.get(fmt, cap))
+def one_chunk_max_d(fmt: str, arch: int, static_shift: bool, with_grad: bool) -> int:
+    """The widest d computed in one chunk, for a kernel with a second product (P z_j, the
+    gradient) or without (the loss, the contrastive lse).  Found by compiling for sm_80
+    and sm_90 (compile_check); every cap below ONE_CHUNK_WIDTH is in
+    loop_gate.CHUNKED_ALLOWED with what was measured."""
+    sm90 = arch >= 90
+    if fmt == "tf32x3":
+        return 64  # Triton splits both operands into TF32 halves in registers
+    if not with_grad:
+        # TF32 with the online max before sm_90: 43 non-mma instructions per pair at 256.
+        return 128 if fmt == "tf32" and not sm90 and not static_shift else ONE_CHUNK_WIDTH
+    if fmt == "tf32" and sm90 and not static_shift:
+        return 64  # the rescale of the accumulator: above 16 non-mma instructions per pair at 128
+    if fmt in ("tf32", "fp64") or not sm90:
+        return 128  # the accumulator [BLOCK_M, 256] with the row block or a transpose in registers
+    return ONE_CHUNK_WIDTH
 
 
 # Ranges per row block: (x low, x high, queue) x (start, end), the diagonal flag, unused.
@@ -265,11 +274,18 @@ def operand_format(dtype: torch.dtype, precision: str) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}[dtype]
 
 
-def block_width(fmt: str, d: int, arch: int, static_shift: bool) -> int:
+def block_width(fmt: str, d: int, arch: int, static_shift: bool, with_grad: bool) -> int:
     """BLOCK_D: d rounded up to a power of two (>= 16), or the chunk width past the cap."""
-    if d > one_chunk_max_d(fmt, arch, static_shift):
+    if d > one_chunk_max_d(fmt, arch, static_shift, with_grad):
         return 32 if fmt == "tf32x3" else 64
     return max(16, triton.next_power_of_2(d))
+
+
+def padded_width(fmt: str, d: int, arch: int, static_shift: bool) -> int:
+    """The features padded for every kernel of an op (with and without the second
+    product): a multiple of both block widths (powers of two)."""
+    block_d = max(block_width(fmt, d, arch, static_shift, g) for g in (False, True))
+    return triton.cdiv(d, block_d) * block_d
 
 
 def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: bool) -> dict:
@@ -279,15 +295,22 @@ def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: boo
     to be tuned on a GPU.  sm_90 multiplies from shared memory (wgmma) with the tiles
     brought by TMA: 128 x 128 tiles fit its registers up to d = 128 (64 x 64 at 256);
     mma.sync (sm_80) holds S and P in registers, so its column tiles are narrower; there
-    plain loads mostly issue fewer instructions than the descriptors' lowering."""
-    block_d = block_width(fmt, d, arch, static_shift)
-    one_chunk = d <= one_chunk_max_d(fmt, arch, static_shift)
+    plain loads mostly issue fewer instructions than the descriptors' lowering.  Past the
+    one-chunk cap (one_chunk_max_d) the chunked path's 128 x 32."""
+    block_d = block_width(fmt, d, arch, static_shift, with_grad)
+    one_chunk = d <= one_chunk_max_d(fmt, arch, static_shift, with_grad)
     use_desc = arch >= 90
     stages = 2 if one_chunk else 1
     if fmt == "fp64":
         # Plain loads: the descriptors' version of the online-max gradient spills; the
-        # loss alone spills pipelined (d = 16, sm_90).
-        block_m, block_n, warps, use_desc = 32, 32, 4, False
+        # loss alone spills pipelined (d = 16, sm_90).  DMMA holds the row block and the
+        # accumulator in registers: 16 x 16, 2 warps, with the gradient past d = 64 (32 x 32
+        # spills with the online max; 16 x 16 with 4 warps computes S twice; the column
+        # tile must not be wider than the row block: the diagonal stage), 8 warps for the
+        # loss past 128 (4 spill).
+        block_m, block_n, warps, use_desc = 32, 32, (8 if block_d > 128 else 4), False
+        if with_grad and block_d > 64:
+            block_m, block_n, warps = 16, 16, 2
         stages = stages if with_grad else 1
     elif fmt == "tf32x3" and arch < 90 and one_chunk:
         block_m, block_n, warps, use_desc = (64, 32, 4, True) if with_grad else (128, 32, 8, True)
@@ -295,10 +318,13 @@ def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: boo
         block_m, block_n, warps = 128, 32, 8
     elif fmt == "tf32":
         block_m, block_n, warps = 128, (64 if arch >= 90 or not with_grad else 32), 8
+        if block_d > 128:  # the loss alone (S): the row block and a column tile within shared memory
+            block_n, stages = (64 if arch >= 90 else 32), 1
     elif arch < 90:
         # 8 warps at d <= 32 compile with a 128-register cap and spill (online max); the
-        # 16-bit gradient spills without the descriptors.
-        block_m, block_n, warps, use_desc = 128, 64, (4 if block_d <= 32 else 8), with_grad
+        # 16-bit gradient spills without the descriptors; the loss at d = 256 spills with
+        # 64 columns (mma.sync: the row block in registers).
+        block_m, block_n, warps, use_desc = 128, (32 if block_d > 128 else 64), (4 if block_d <= 32 else 8), with_grad
     elif block_d > 128:
         block_m, block_n, warps = 64, 64, 4
     else:
@@ -507,8 +533,8 @@ def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *
     # Certifying the static shift reads max |z|^2 on the host; under CUDA-graph capture
     # (no host read) the online max is always right.
     static = host_read and static_shift_certified(t, float(sq.max()), acc_t)
-    block_d = block_width(operand_format(z.dtype, gram_p), z.shape[1], device_arch(x.device), static)
-    st = _Stacked(z, sq, n, k, t, triton.cdiv(z.shape[1], block_d) * block_d)
+    st = _Stacked(z, sq, n, k, t, padded_width(operand_format(z.dtype, gram_p), z.shape[1], device_arch(x.device),
+                                               static))
     m, l, lw, a = _row_pass(st, False, intra_batch, t, grad_x, parts, gram_p, grad_p, static, col_splits)
     terms = m.double() + torch.log(lw.double())
     lse = torch.logsumexp(terms, 0)
