@@ -69,12 +69,31 @@ def test_large_t_takes_the_online_max(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_d_256(dtype):
     # bf16: one 256-wide chunk (sm_90's blocks under the interpreter); float32: the
-    # chunked path (3xTF32 stops at 64), several slices of the gradient.
+    # chunked path (3xTF32 stops at 128), several slices of the gradient.
     cfg = uniform.flash_config(uniform.operand_format(dtype, "tf32x3"), 256, True, 90, True)
     assert cfg["ONE_CHUNK"] == (dtype == torch.bfloat16) and cfg["BLOCK_D"] == (256 if cfg["ONE_CHUNK"] else 32)
     x = rows(140, 256, dtype, 24)
     with cuda_fp32_matmul("ieee"):
         _check(tk.uniform_lse(x, None, 2.0, True, 0, 1, True, False), x, None, 2.0, True, dtype)
+
+
+@pytest.mark.parametrize("d", [72, 128])
+def test_float32_highest_from_tf32_halves(d):
+    # Under "highest", past d = 64 on sm_90 (the interpreter's blocks) the kernel takes the
+    # launcher's TF32 halves of the rows in one chunk (three TF32 products per GEMM), the
+    # queue's pass too.
+    cfg = uniform.flash_config("tf32x3", d, True, 90, True)
+    assert cfg["ONE_CHUNK"] and cfg["SPLIT_OPERANDS"] and cfg["BLOCK_D"] == 128
+    assert not uniform.flash_config("tf32x3", d, True, 80, True)["ONE_CHUNK"]  # sm_80: chunked
+    z = torch.randn(7, 5, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    halves = uniform.tf32_halves(z)
+    hi, lo = halves[:7], halves[7:]
+    # The high half has TF32's 10 mantissa bits, and the halves carry z to float32's 2^-22.
+    assert (hi.view(torch.int32) & 0x1FFF).eq(0).all() and (lo.view(torch.int32) & 0x1FFF).eq(0).all()
+    assert ((hi + lo - z).abs() <= 2.0 ** -21 * z.abs()).all()
+    x, queue = rows(140, d, torch.float32, 28), rows(30, d, torch.float32, 29)
+    with cuda_fp32_matmul("ieee"):
+        _check(tk.uniform_lse(x, queue, 2.0, True, 0, 1, True, True), x, queue, 2.0, True, torch.float32)
 
 
 @pytest.mark.parametrize("with_grad", [True, False])

@@ -107,12 +107,13 @@ def _uniform_jobs(archs, quick: bool = False):
                            "z_ptr": _PTR[dtype], "colterm_ptr": acc, "scale_ptr": acc, "ranges_ptr": "*i32",
                            "m_ptr": acc, "l_ptr": acc, "lw_ptr": acc, "acc_ptr": acc,
                            **{name: _INT for name in ("row_start", "n_rows", "span_lo", "span_hi", "cols_per_split",
-                                                      "x_end", "d_pad", "ranges_stride")}}
+                                                      "x_end", "d_pad", "ranges_stride", "lo_rows")}}
                     consts = {"WITH_GRAD": with_grad, "STATIC_SHIFT": static,
-                              **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_CHUNK", "USE_DESC")},
+                              **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_CHUNK", "USE_DESC",
+                                                     "SPLIT_OPERANDS")},
                               "GRAM_PRECISION": gram_p, "GRAD_PRECISION": grad_p, "WIDEN_OPERANDS": False}
                     name = (f"uniform {'grad' if with_grad else 'loss'} {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
-                            f"D{cfg['BLOCK_D']}{'' if cfg['ONE_CHUNK'] else ' chunked'} "
+                            f"D{cfg['BLOCK_D']}{'' if cfg['ONE_CHUNK'] else ' chunked'}{' halves' if cfg['SPLIT_OPERANDS'] else ''} "
                             f"{'static' if static else 'online'} w{cfg['num_warps']} s{cfg['num_stages']}")
                     family = ("uniform_grad" if with_grad else "uniform_loss") + ("" if cfg["ONE_CHUNK"] else "_chunked")
                     yield Job(name, "uniform", sig, consts, cfg["num_warps"], cfg["num_stages"], True, family, fmt,

@@ -361,9 +361,9 @@ def contrastive_config(fmt: str, d: int, kernel: str, arch: int, static_shift: b
     with_grad = kernel in ("lse_grad", "grad")
     col_sums = kernel == "lse_col_sums"
     if col_sums and fmt == "tf32" and arch >= 90 and d > TF32_COL_SUMS_ONE_CHUNK_MAX_D:
-        cfg = flash_config(fmt, d, True, arch, static_shift)  # the gradient's blocks: chunked past 128
+        cfg = flash_config(fmt, d, True, arch, static_shift, uniform_kernel=False)  # the gradient's: chunked past 128
     else:
-        cfg = flash_config(fmt, d, with_grad, arch, static_shift)
+        cfg = flash_config(fmt, d, with_grad, arch, static_shift, uniform_kernel=False)
     if not with_grad and fmt == "tf32" and arch >= 90 and cfg["ONE_CHUNK"] and cfg["BLOCK_D"] <= 128:
         cfg["BLOCK_N"] = 128
     if arch < 90:  # sm_80 cases that spilled (8-24 bytes) or passed 40 non-mma per pair with the uniformity kernel's blocks
@@ -427,7 +427,7 @@ class _Problem:
         self.c = c if self.static else 0.0  # natural units
         d = a.shape[1]
         self.d = d
-        self.d_pad = padded_width(self.fmt, d, self.arch, self.static)
+        self.d_pad = padded_width(self.fmt, d, self.arch, self.static, uniform_kernel=False)
         self.na_pad = triton.cdiv(self.na, PART_BLOCK) * PART_BLOCK
         self.nb_pad = triton.cdiv(self.nb, PART_BLOCK) * PART_BLOCK
         pa, pb = _pad_rows(a, self.na_pad, self.d_pad), _pad_rows(b, self.nb_pad, self.d_pad)
