@@ -169,7 +169,8 @@ def test_chunked_below_the_one_chunk_width_fails_unless_allowed():
 
 def test_launchers_chunk_only_what_the_gate_allows():
     # The launchers' block choice (what compile_check compiles) against the allowances,
-    # for every format, arch, shift, kernel and width up to the one-chunk width.
+    # for every format, arch, shift, kernel and width up to the one-chunk width; and the
+    # column tiles within the row blocks.
     from pyhypersphere.triton_kernels import compile_check, contrastive, uniform
 
     kernels = [("uniform_grad", "grad", ""), ("uniform_loss", "lse", ""), ("contrastive_lse", "lse", "self"),
@@ -188,6 +189,9 @@ def test_launchers_chunk_only_what_the_gate_allows():
                             cfg = uniform.flash_config(fmt, d, kernel == "grad", arch, static)
                         else:
                             cfg = contrastive.contrastive_config(fmt, d, kernel, arch, static)
+                        # The diagonal stage and the spans cut the columns at BLOCK_M: a
+                        # column tile must not straddle that cut (16 x 32 gave wrong sums).
+                        assert cfg["BLOCK_M"] % cfg["BLOCK_N"] == 0, (fmt, arch, d, family, cfg)
                         if not cfg["ONE_CHUNK"]:
                             chunked.add((fmt, arch, d))
                             problem = loop_gate.chunked_problem(f"{family}_chunked", fmt, arch, static, d, variant)
