@@ -187,6 +187,63 @@ def test_gate_rules():
     assert loop_gate.problems("reference", "bf16", 90, sass_mix.LoopMix("wgmma", 0, 0, 0, False)) != []
 
 
+def test_chunked_below_the_one_chunk_width_fails_unless_allowed():
+    # One chunk, past the width, or a family not held to it: nothing to say.
+    assert loop_gate.chunked_problem("uniform_grad", "bf16", 90, True, 256) == ""
+    assert loop_gate.chunked_problem("uniform_grad_chunked", "bf16", 90, True, 512) == ""
+    assert loop_gate.chunked_problem("siglip_chunked", "bf16", 90, True, 256) == ""
+    # bf16 fits d = 256 in one chunk on sm_90, float64's gradient 128: chunking them fails.
+    assert "CHUNKED_ALLOWED" in loop_gate.chunked_problem("uniform_grad_chunked", "bf16", 90, True, 256)
+    assert loop_gate.chunked_problem("contrastive_grad_chunked", "fp64", 80, False, 128) != ""
+    assert loop_gate.chunked_problem("contrastive_grad_chunked", "fp64", 80, False, 256) == ""
+    # The allowances: 3xTF32 past 64, past 128 for the uniformity kernel on sm_90 (the
+    # launcher's TF32 halves); TF32's gradient past 128 but not its loss on sm_90, except
+    # CLIP's column sums there.
+    assert loop_gate.chunked_problem("uniform_loss_chunked", "tf32x3", 90, True, 128) != ""
+    assert loop_gate.chunked_problem("uniform_grad_chunked", "tf32x3", 90, False, 256) == ""
+    assert loop_gate.chunked_problem("uniform_grad_chunked", "tf32x3", 80, True, 128) == ""
+    assert loop_gate.chunked_problem("contrastive_grad_chunked", "tf32x3", 90, True, 128) == ""
+    assert loop_gate.chunked_problem("contrastive_lse_grad_chunked", "tf32", 80, False, 256) == ""
+    assert loop_gate.chunked_problem("uniform_loss_chunked", "tf32", 90, True, 256) != ""
+    assert loop_gate.chunked_problem("contrastive_lse_chunked", "tf32", 90, True, 256, "col-sums") == ""
+    assert loop_gate.chunked_problem("contrastive_lse_chunked", "tf32", 90, True, 256, "self") != ""
+
+
+def test_launchers_chunk_only_what_the_gate_allows():
+    # The launchers' block choice (what compile_check compiles) against the allowances,
+    # for every format, arch, shift, kernel and width up to the one-chunk width; and the
+    # column tiles within the row blocks.
+    from pyhypersphere.triton_kernels import compile_check, contrastive, uniform
+
+    kernels = [("uniform_grad", "grad", ""), ("uniform_loss", "lse", ""), ("contrastive_lse", "lse", "self"),
+               ("contrastive_lse", "lse_col_sums", "col-sums"), ("contrastive_lse_grad", "lse_grad", "cross"),
+               ("contrastive_grad", "grad", "two-sided")]
+    chunked = set()
+    for dtype, precision, _ in compile_check.UNIFORM_FORMATS:
+        fmt = uniform.operand_format(dtype, precision)
+        for arch in (80, 90):
+            for static in (True, False):
+                for d in (16, 64, 65, 128, 129, 200, 256):
+                    for family, kernel, variant in kernels:
+                        if variant == "col-sums" and not static:
+                            continue  # column sums need the static shift (contrastive.row_lse)
+                        if family.startswith("uniform"):
+                            cfg = uniform.flash_config(fmt, d, kernel == "grad", arch, static)
+                        else:
+                            cfg = contrastive.contrastive_config(fmt, d, kernel, arch, static)
+                        # The diagonal stage and the spans cut the columns at BLOCK_M: a
+                        # column tile must not straddle that cut (16 x 32 gave wrong sums).
+                        assert cfg["BLOCK_M"] % cfg["BLOCK_N"] == 0, (fmt, arch, d, family, cfg)
+                        if not cfg["ONE_CHUNK"]:
+                            chunked.add((fmt, arch, d))
+                            problem = loop_gate.chunked_problem(f"{family}_chunked", fmt, arch, static, d, variant)
+                            assert problem == "", (fmt, arch, static, d, family, variant)
+    # Every format is one chunk at d = 64; float32 under "highest" is chunked past it
+    # (the contrastive kernels; the uniformity kernel on sm_90 past 128).
+    assert not any(d <= 64 for _, _, d in chunked) and ("tf32x3", 90, 128) in chunked
+    assert uniform.flash_config("tf32x3", 128, True, 90, True)["ONE_CHUNK"]
+
+
 def test_compile_check_reference_line():
     # The CLI (compiled, so outside this process's interpreter mode) on the sm_90
     # reference forward: one line with every field, passing the gate.

@@ -124,6 +124,34 @@ def test_chunked_width_parts_and_strided_inputs(dtype, d):
         torch.testing.assert_close(got.cpu().double(), want, rtol=0, atol=GRAD_TOL[dtype] * want.abs().max())
 
 
+@pytest.mark.parametrize("dtype,precision,d,chunked", [
+    (torch.float64, "ieee", 128, (False, False, False)),  # one chunk (16 x 16 with the gradient)
+    (torch.float64, "ieee", 256, (False, False, True)),  # the gradient chunked over the lse's padded width
+    (torch.float32, "ieee", 128, (True, True, True)),  # 3xTF32 ("highest"): chunked past 64
+    (torch.float32, "tf32", 200, (False, True, True)),  # TF32: CLIP's column sums chunked past 128
+])
+def test_wide_rows_one_chunk_and_chunked_kernels_of_one_launch(dtype, precision, d, chunked):
+    # CLIP's shape (both lse from the column sums, both gradients) at widths where the lse
+    # (plain, with column sums) and gradient kernels may differ in chunking but share the
+    # padded rows (sm_90's blocks under the interpreter).
+    fmt = tk.uniform.operand_format(dtype, "tf32x3" if precision == "ieee" else precision)
+    assert chunked == tuple(not tk.contrastive.contrastive_config(fmt, d, k, 90, True)["ONE_CHUNK"]
+                            for k in ("lse", "lse_col_sums", "grad"))
+    a, b = rows(70, d, dtype, 36), rows(50, d, dtype, 37)
+    g, h = torch.full((70,), 0.5, dtype=a.dtype, device=DEVICE), torch.full((50,), 0.25, dtype=a.dtype, device=DEVICE)
+    with cuda_fp32_matmul(precision):
+        got = tk.contrastive_lse(a, b, 7.0, False, True, 0, 1)
+        grads = tk.contrastive_lse_backward(a, b, 7.0, False, *got, g, h, 0, 1, True, True)
+    want_a, want_b, want_ga, want_gb = reference(a, b, 7.0, False, g, h)
+    # TF32 on a GPU: logit errors ~ scale |a||b| 2^-11 (the interpreter multiplies in float32).
+    exact = precision == "ieee" or INTERPRET
+    tol, grad_tol = (TOL[dtype], GRAD_TOL[dtype]) if exact else (4e-3, 4e-2)
+    for x, w in zip(got, (want_a, want_b)):
+        torch.testing.assert_close(x.cpu().double(), w, rtol=tol, atol=tol * 7.0)
+    for x, w in zip(grads, (want_ga, want_gb)):
+        torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=grad_tol * w.abs().max())
+
+
 @pytest.mark.parametrize("self_pairs", [True, False])
 def test_column_split_merge_and_bitwise_reproducibility(self_pairs):
     # Few rows, many columns: the columns split over programs and merge in split order.

@@ -69,7 +69,7 @@ def test_large_t_takes_the_online_max(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_d_256(dtype):
     # bf16: one 256-wide chunk (sm_90's blocks under the interpreter); float32: the
-    # chunked path (3xTF32 stops at 64), several slices of the gradient.
+    # chunked path (3xTF32 stops at 128), several slices of the gradient.
     cfg = uniform.flash_config(uniform.operand_format(dtype, "tf32x3"), 256, True, 90, True)
     assert cfg["ONE_CHUNK"] == (dtype == torch.bfloat16) and cfg["BLOCK_D"] == (256 if cfg["ONE_CHUNK"] else 32)
     x = rows(140, 256, dtype, 24)
@@ -85,7 +85,7 @@ def test_sm80_blocks(monkeypatch, dtype, d):
     # gradient.
     seen = []
     real = uniform.flash_config
-    monkeypatch.setattr(uniform, "flash_config", lambda *a: seen.append(a) or real(*a))
+    monkeypatch.setattr(uniform, "flash_config", lambda *a, **kw: seen.append(a) or real(*a, **kw))
     monkeypatch.setattr(uniform, "device_arch", lambda device: 80)
     x, queue = rows(150, d, dtype, 29), rows(40, d, dtype, 30)
     with cuda_fp32_matmul("ieee"):
@@ -96,6 +96,46 @@ def test_sm80_blocks(monkeypatch, dtype, d):
     fmt = "bf16" if dtype == torch.bfloat16 else "tf32x3"
     assert {(a[0], a[2]) for a in seen} == {(fmt, False), (fmt, True)}
     assert all(a[3] == 80 and real(*a) != real(*a[:3], 90, a[4]) for a in seen)
+
+
+@pytest.mark.parametrize("d", [72, 128])
+def test_float32_highest_from_tf32_halves(d):
+    # Under "highest", past d = 64 on sm_90 (the interpreter's blocks) the kernel takes the
+    # launcher's TF32 halves of the rows in one chunk (three TF32 products per GEMM), the
+    # queue's pass too.
+    cfg = uniform.flash_config("tf32x3", d, True, 90, True)
+    assert cfg["ONE_CHUNK"] and cfg["SPLIT_OPERANDS"] and cfg["BLOCK_D"] == 128
+    assert not uniform.flash_config("tf32x3", d, True, 80, True)["ONE_CHUNK"]  # sm_80: chunked
+    z = torch.randn(7, 5, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    halves = uniform.tf32_halves(z)
+    hi, lo = halves[:7], halves[7:]
+    # The high half has TF32's 10 mantissa bits, and the halves carry z to float32's 2^-22.
+    assert (hi.view(torch.int32) & 0x1FFF).eq(0).all() and (lo.view(torch.int32) & 0x1FFF).eq(0).all()
+    assert ((hi + lo - z).abs() <= 2.0 ** -21 * z.abs()).all()
+    x, queue = rows(140, d, torch.float32, 28), rows(30, d, torch.float32, 29)
+    with cuda_fp32_matmul("ieee"):
+        _check(tk.uniform_lse(x, queue, 2.0, True, 0, 1, True, True), x, queue, 2.0, True, torch.float32)
+
+
+@pytest.mark.parametrize("with_grad", [True, False])
+@pytest.mark.parametrize("d", [128, 200, 256])
+def test_float64_wide_rows(d, with_grad):
+    # float64 in one chunk up to d = 256 for the loss and 128 for the gradient (sm_90's
+    # blocks under the interpreter); past 128 the gradient is chunked over the loss's
+    # padded width (256: four 64-wide slices, d = 200 leaving padding in the last).
+    cfg = uniform.flash_config("fp64", d, with_grad, 90, True)
+    assert cfg["ONE_CHUNK"] == (d <= 128 or not with_grad)
+    assert uniform.padded_width("fp64", d, 90, True) == (256 if d > 128 else 128)
+    x = rows(140, d, torch.float64, 27)
+    lse, gx, _ = tk.uniform_lse(x, None, 2.0, True, 0, 1, with_grad, False)
+    ref_lse, ref_gx, _ = explicit_uniform_lse_and_grads(x, None, 2.0, True)
+    tol = UNIFORM_TOL[torch.float64]
+    torch.testing.assert_close(lse.double().cpu(), ref_lse, rtol=tol, atol=tol)
+    if with_grad:
+        atol = UNIFORM_GRAD_TOL[torch.float64] * ref_gx.abs().max()
+        torch.testing.assert_close(gx.double().cpu(), ref_gx, rtol=0, atol=atol)
+    else:
+        assert gx.numel() == 0
 
 
 @pytest.mark.parametrize("col_splits", [2, 5])

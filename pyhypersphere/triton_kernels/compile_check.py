@@ -13,8 +13,9 @@ is compiled in the same run.  Prints one line per configuration:
 
 and exits non-zero on a compile error, any spill, shared memory above the arch's limit,
 a kernel that multiplies tiles (tl.dot) without a tensor-core instruction in its PTX,
-or a line of an enforced family that fails the main-loop gate (loop_gate: its minimum
-work, wgmma on sm_90, the non-mma instruction budget).  Then one line per contrastive
+a line of an enforced family that fails the main-loop gate (loop_gate: its minimum
+work, wgmma on sm_90, the non-mma instruction budget), or a uniformity or contrastive
+configuration chunked at d <= 256 that loop_gate.CHUNKED_ALLOWED does not list.  Then one line per contrastive
 loss, arch and format, `arch= loss= dtype= block_d= gemms_per_tile= exps_per_pair=
 minimum=`: its passes' measured work added up, failing above the loss's minimum
 (loop_gate.LOSS_MIN_WORK).  Lines of report-only families
@@ -60,6 +61,8 @@ class Job(NamedTuple):
     dtype: str  # bf16, fp16, tf32, tf32x3, fp32 or fp64: the main loop's product format
     tile: tuple  # (BLOCK_M, BLOCK_N, BLOCK_D) of the main loop's products
     archs: tuple = ()  # the compute capabilities it is compiled for; () = every one asked
+    d: int = 0  # the narrowest feature width that takes this configuration (the one-chunk rule's)
+    variant: str = ""  # the contrastive kernels' variant (self, col-sums, cross, two-sided, col-terms)
 
 
 def dtype_label(dtype: torch.dtype, precision: str = "ieee") -> str:
@@ -80,10 +83,11 @@ UNIFORM_FORMATS = [
 
 
 # CI's subset of the uniformity configurations (--quick): every format at the common
-# width, 16-bit at the widest one-chunk width, the one-chunk 3xTF32 and float64 width,
-# one chunked case; the full matrix is for changes to the kernel or its blocks.
-QUICK_UNIFORM = {"d": (128,), "extra": ((torch.bfloat16, 256), (torch.float32, 64), (torch.float64, 64),
-                                          (torch.float32, 512))}
+# width, 16-bit, float32 and float64 at the one-chunk width (256: the loss in one chunk,
+# the allowed chunked gradients), the one-chunk 3xTF32 width, one chunked case past 256;
+# the full matrix is for changes to the kernel or its blocks.
+QUICK_UNIFORM = {"d": (128,), "extra": ((torch.bfloat16, 256), (torch.float32, 256), (torch.float64, 256),
+                                          (torch.float32, 64), (torch.float64, 64), (torch.float32, 512))}
 
 
 def _uniform_jobs(archs, quick: bool = False):
@@ -103,16 +107,17 @@ def _uniform_jobs(archs, quick: bool = False):
                            "z_ptr": _PTR[dtype], "colterm_ptr": acc, "scale_ptr": acc, "ranges_ptr": "*i32",
                            "m_ptr": acc, "l_ptr": acc, "lw_ptr": acc, "acc_ptr": acc,
                            **{name: _INT for name in ("row_start", "n_rows", "span_lo", "span_hi", "cols_per_split",
-                                                      "x_end", "d_pad", "ranges_stride")}}
+                                                      "x_end", "d_pad", "ranges_stride", "lo_rows")}}
                     consts = {"WITH_GRAD": with_grad, "STATIC_SHIFT": static,
-                              **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_CHUNK", "USE_DESC")},
+                              **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_CHUNK", "USE_DESC",
+                                                     "SPLIT_OPERANDS")},
                               "GRAM_PRECISION": gram_p, "GRAD_PRECISION": grad_p, "WIDEN_OPERANDS": False}
                     name = (f"uniform {'grad' if with_grad else 'loss'} {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} "
-                            f"D{cfg['BLOCK_D']}{'' if cfg['ONE_CHUNK'] else ' chunked'} "
+                            f"D{cfg['BLOCK_D']}{'' if cfg['ONE_CHUNK'] else ' chunked'}{' halves' if cfg['SPLIT_OPERANDS'] else ''} "
                             f"{'static' if static else 'online'} w{cfg['num_warps']} s{cfg['num_stages']}")
                     family = ("uniform_grad" if with_grad else "uniform_loss") + ("" if cfg["ONE_CHUNK"] else "_chunked")
                     yield Job(name, "uniform", sig, consts, cfg["num_warps"], cfg["num_stages"], True, family, fmt,
-                              (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]), (arch,))
+                              (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]), (arch,), d)
 
 
 def _align_jobs():
@@ -130,10 +135,11 @@ def _align_jobs():
 
 
 # CI's subset of the contrastive configurations (--quick): every format at the common
-# width (3xTF32, float64 and TF32 with the online max are chunked there), bf16 at the
-# widest one-chunk width, float64 at its one-chunk width; the full matrix is for changes
-# to the kernels or their blocks.
-QUICK_CONTRASTIVE = {"d": (128,), "extra": ((torch.bfloat16, 256), (torch.float64, 64))}
+# width (3xTF32 and TF32's gradient with the online max on sm_90 are chunked there),
+# bf16, float32 and float64 at the one-chunk width, float64 at 64; the full matrix is for
+# changes to the kernels or their blocks.
+QUICK_CONTRASTIVE = {"d": (128,), "extra": ((torch.bfloat16, 256), (torch.float32, 256), (torch.float64, 256),
+                                              (torch.float64, 64))}
 
 # The variants per format, width and arch: (kernel, static shift, self pairs, column
 # sums / row gradient, row terms, column terms).  The masks only shape the span stage;
@@ -162,7 +168,8 @@ def _contrastive_jobs(archs, quick: bool = False):
             for kernel, static, self_pairs, extra, row_terms, col_terms in _CONTRASTIVE_VARIANTS:
                 if kernel == "lse_grad" and static and dtype == torch.float16:
                     continue  # fp16's row gradient keeps the online max (contrastive.row_lse)
-                cfg = contrastive.contrastive_config(fmt, d, kernel, arch, static)
+                config_kernel = "lse_col_sums" if kernel == "lse" and extra else kernel
+                cfg = contrastive.contrastive_config(fmt, d, config_kernel, arch, static)
                 desc = f"tensordesc<{_PTR[dtype][1:]}[{{}},{cfg['BLOCK_D']}]>"
                 ints = ("row_start", "rows_out", "cols_per_split", "d_pad", "ranges_stride", "pos_offset")
                 sig = {"ri_desc": desc.format(cfg["BLOCK_M"]), "cj_desc": desc.format(cfg["BLOCK_N"]),
@@ -198,7 +205,7 @@ def _contrastive_jobs(archs, quick: bool = False):
                     family = f"contrastive_{kernel}_chunked"
                 yield Job(name, "contrastive_grad" if kernel == "grad" else "contrastive_lse", sig, consts,
                           cfg["num_warps"], cfg["num_stages"], True, family, fmt,
-                          (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]), (arch,))
+                          (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]), (arch,), d, what)
 
 
 # CI's subset of the SigLIP configurations (--quick): every format at the common width,
@@ -316,6 +323,8 @@ def _ptxas_stats(ptx: str, arch: int) -> tuple:
 def compile_one(job: Job, arch: int) -> dict:
     row = {"name": job.name, "arch": arch, "family": job.family, "dtype": job.dtype,
            "enforced": loop_gate.MIN_WORK[job.family].enforced}
+    chunked = loop_gate.chunked_problem(job.family, job.dtype, arch, job.consts.get("STATIC_SHIFT", True), job.d,
+                                        job.variant)
     try:
         full_sig = dict(job.sig, **{k: "constexpr" for k in job.consts})
         src = ASTSource(fn=_KERNELS[job.kernel](), signature=full_sig, constexprs=job.consts)
@@ -326,7 +335,7 @@ def compile_one(job: Job, arch: int) -> dict:
         kinds = sorted(set(re.findall(r"\b(wgmma\.mma_async|mma\.sync)\b", ptx)))
         mix = sass_mix.loop_mix(sass_mix.disassemble(compiled.asm["cubin"]), job.num_warps, *job.tile)
         row.update(regs=regs, spills=spills, smem=int(compiled.metadata.shared), mix=mix)
-        problems = []
+        problems = [chunked] if chunked else []
         if spills:
             problems.append(f"{spills} bytes spilled")
         if row["smem"] > SMEM_LIMIT.get(arch, 99 * 1024):
@@ -337,7 +346,8 @@ def compile_one(job: Job, arch: int) -> dict:
             problems += loop_gate.problems(job.family, job.dtype, arch, mix)
         row["problem"] = "; ".join(problems)
     except Exception as exc:  # noqa: BLE001  (reported, and fails the check)
-        row["problem"] = f"compile error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        row["problem"] = "; ".join(filter(None, (
+            chunked, f"compile error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")))
     return row
 
 

@@ -102,7 +102,7 @@ from .. import _C  # noqa: F401  (loads the operators and their checks, torch.op
 from .._matmul_precision import cuda_matmul_allows_tf32
 from .splits import merge_splits, split_columns
 from .tiles import check_device, part_index_fits
-from .uniform import _load_rows, _pow2, block_width, device_arch, flash_config, operand_format
+from .uniform import _load_rows, _pow2, device_arch, flash_config, operand_format, padded_width
 
 # Rows per part-slicing block, and the padding unit of a and b: `part`/`num_parts` cut
 # the pair set into tiles of PART_BLOCK x PART_BLOCK padded rows (self pairs: the upper
@@ -425,27 +425,37 @@ def _grad_rows_kernel(
 
 
 def contrastive_config(fmt: str, d: int, kernel: str, arch: int, static_shift: bool) -> dict:
-    """The block configuration of a kernel ("lse", "lse_grad": with the row gradient,
-    "grad") for a product format, width, arch and shift (also what compile_check
-    compiles): the uniformity kernel's (the same tiles: S, and with a second product its
-    accumulator), found without spills by compiling both archs.  The lse kernel without a
-    second product takes 128 x 128 TF32 tiles on sm_90 (the uniformity kernel's 128 x 64
-    are for its gradient's registers): CLIP's column sums cost a cross-warp reduction per
-    column of a tile, 16.5 non-mma instructions per pair at 64 columns.  On sm_80 three
-    narrow cases take other warps or stages (compile_check's full matrix, Triton 3.9), and
-    3xTF32's lse at d <= 16 the descriptors (Triton 3.9 spilled the plain loads)."""
-    cfg = flash_config(fmt, d, kernel != "lse", arch, static_shift)
-    if kernel == "lse" and fmt == "tf32" and arch >= 90 and cfg["ONE_CHUNK"]:
+    """The block configuration of a kernel ("lse", "lse_col_sums": with CLIP's column sums,
+    "lse_grad": with the row gradient, "grad") for a product format, width, arch and shift
+    (also what compile_check compiles): the uniformity kernel's (the same tiles: S, and
+    with a second product its accumulator), found without spills by compiling both archs.
+    The lse kernel without a second product takes 128 x 128 TF32 tiles on sm_90 up to
+    d = 128 (the uniformity kernel's 128 x 64 are for its gradient's registers): CLIP's
+    column sums cost a cross-warp reduction per column of a tile, 16.5 non-mma
+    instructions per pair at 64 columns; at d = 256 (no room for 128 x 128 in shared
+    memory) the column sums stay chunked there (loop_gate.CHUNKED_ALLOWED).  On sm_80 a
+    few cases take other blocks (compile_check's full matrix, Triton 3.9), and 3xTF32's lse
+    at d <= 16 the descriptors (Triton 3.9 spilled the plain loads)."""
+    with_grad = kernel in ("lse_grad", "grad")
+    col_sums = kernel == "lse_col_sums"
+    if col_sums and fmt == "tf32" and arch >= 90 and d > TF32_COL_SUMS_ONE_CHUNK_MAX_D:
+        cfg = flash_config(fmt, d, True, arch, static_shift, uniform_kernel=False)  # the gradient's: chunked past 128
+    else:
+        cfg = flash_config(fmt, d, with_grad, arch, static_shift, uniform_kernel=False)
+    if not with_grad and fmt == "tf32" and arch >= 90 and cfg["ONE_CHUNK"] and cfg["BLOCK_D"] <= 128:
         cfg["BLOCK_N"] = 128
-    if arch < 90:  # sm_80 cases that spilled (8-24 bytes) with the uniformity kernel's blocks
+    if arch < 90:  # sm_80 cases that spilled (8-24 bytes) or passed 40 non-mma per pair with the uniformity kernel's blocks
         if kernel == "grad" and fmt == "tf32" and cfg["BLOCK_D"] <= 16:
             cfg["num_warps"] = 4
         if kernel == "grad" and fmt == "tf32x3" and not static_shift and cfg["BLOCK_D"] == 32:
             cfg["num_stages"] = 1
-        if kernel == "lse" and fmt == "fp64" and cfg["BLOCK_D"] <= 16:
+        if not with_grad and fmt == "fp64" and cfg["BLOCK_D"] <= 16:
             cfg["num_warps"] = 2
-        if kernel == "lse" and fmt == "tf32x3" and cfg["BLOCK_D"] <= 16:
+        if not with_grad and fmt == "tf32x3" and cfg["BLOCK_D"] <= 16:
             cfg["USE_DESC"] = True  # plain loads (the uniformity loss's, for Triton 3.6) spill 24 bytes under 3.9
+        if col_sums and fmt == "tf32" and cfg["ONE_CHUNK"] and cfg["BLOCK_D"] > 128:
+            # 128 x 32, 8 warps: 40.7 non-mma per pair
+            cfg.update(BLOCK_M=64, num_warps=4, num_stages=2)
     if kernel == "grad":
         # The gradient without the certified shift: the tile shift, except past 128 wide
         # (64 x 64 tiles, a 256-wide accumulator), where one exp per side alone takes 254
@@ -454,6 +464,10 @@ def contrastive_config(fmt: str, d: int, kernel: str, arch: int, static_shift: b
         # sm_90, Triton 3.9.
         cfg["TILE_SHIFT"] = cfg["BLOCK_D"] <= 128 and fmt != "fp64"
     return cfg
+
+
+# CLIP's column sums in TF32 on sm_90 past this width: chunked (loop_gate.CHUNKED_ALLOWED).
+TF32_COL_SUMS_ONE_CHUNK_MAX_D = 128
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -500,8 +514,7 @@ class _Problem:
         self.c = c if self.static else 0.0  # natural units
         d = a.shape[1]
         self.d = d
-        block_d = block_width(self.fmt, d, self.arch, self.static)
-        self.d_pad = triton.cdiv(d, block_d) * block_d
+        self.d_pad = padded_width(self.fmt, d, self.arch, self.static, uniform_kernel=False)
         self.na_pad = triton.cdiv(self.na, PART_BLOCK) * PART_BLOCK
         self.nb_pad = triton.cdiv(self.nb, PART_BLOCK) * PART_BLOCK
         pa, pb = _pad_rows(a, self.na_pad, self.d_pad), _pad_rows(b, self.nb_pad, self.d_pad)
@@ -586,7 +599,7 @@ class _Problem:
         n_cols_pad = cols.shape[0]
         splits, per_split = split_columns(n_rows, n_cols_pad, bm, bn, rows.device, col_splits)
         ranges, stride = self.ranges(rows_are_a, n_cols_pad, rows.device)
-        d_chunks = self.d_pad // bd if kernel != "lse" else 1
+        d_chunks = self.d_pad // bd if kernel in ("lse_grad", "grad") else 1
         grid = (rows_out // bm, splits, d_chunks)
         tensors = (TensorDescriptor.from_tensor(rows, [bm, bd]), TensorDescriptor.from_tensor(cols, [bn, bd]),
                    rows, cols)
@@ -609,7 +622,7 @@ class _Problem:
         lse = m + log l; o_i = sum_j e^(s_ij - m_i) C_j."""
         static = self.static and not (row_grad and self.a.dtype == torch.float16)
         col_sums = col_sums and static
-        kernel = "lse_grad" if row_grad else "lse"
+        kernel = "lse_grad" if row_grad else ("lse_col_sums" if col_sums else "lse")
         (grid, tensors, ranges, stride, consts, row_start, rows_out, n_rows, splits, per_split,
          n_cols_pad) = self.launch(kernel, rows_are_a, static, col_splits)
         dev, acc_t = self.a.device, self.acc_t

@@ -7,6 +7,10 @@ line fails when its loop issues more (exps with 10% slack for the per-row work o
 step), when a 16-bit or TF32 kernel has no wgmma on sm_90, or when its 16-bit or TF32
 loop issues more other instructions per pair than NONMMA_PER_PAIR_LIMIT for its arch
 (3xTF32 excepted: BUDGET_FORMATS).
+
+Separately, the uniformity and contrastive kernels compute the feature dimension in one
+chunk up to ONE_CHUNK_WIDTH (S once per tile); a configuration the launchers chunk at a
+width up to it fails unless CHUNKED_ALLOWED lists it with the reason.
 """
 
 import dataclasses
@@ -148,3 +152,90 @@ def problems(family: str, dtype: str, arch: int, mix) -> list:
         if dtype in BUDGET_FORMATS and mix.nonmma_per_pair > limit:
             out.append(f"{mix.nonmma_per_pair:.1f} non-mma instructions per pair > {limit}")
     return out
+
+
+# Issue 23: the feature dimension up to this width in one chunk, no recomputation of S per
+# feature slice (the launchers' cap, uniform.one_chunk_max_d, and this gate's bound).
+ONE_CHUNK_WIDTH = 256
+# The kernel families held to it, by prefix (SigLIP and SupCon: not yet).
+ONE_CHUNK_FAMILIES = ("uniform_", "contrastive_")
+# The kinds of kernel an allowance names: "grad", a second product (P z_j / W C_j: the
+# accumulator [BLOCK_M, d] in registers), or "loss", S alone.
+_KIND = {"uniform_grad": "grad", "uniform_loss": "loss", "contrastive_lse": "loss", "contrastive_lse_grad": "grad",
+         "contrastive_grad": "grad"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkedAllowed:
+    kinds: tuple  # "grad" and/or "loss" (_KIND)
+    formats: tuple  # compile_check's dtype labels
+    archs: tuple  # 80: every arch before sm_90; 90: sm_90 and newer
+    shifts: tuple  # "static", "online"
+    above: int  # chunked for above < d <= ONE_CHUNK_WIDTH
+    why: str  # what was measured (compile_check, Triton 3.9, 2026-12-07)
+    variants: tuple = ()  # only these contrastive variants (compile_check's: "col-sums", ...); () = every one
+    families: tuple = ONE_CHUNK_FAMILIES  # the kernel families (prefixes) it covers
+
+
+# Every configuration chunked at d <= ONE_CHUNK_WIDTH, and why it cannot be one chunk
+# (the one-chunk candidates' compile_check lines).  The one source of truth of what may
+# stay chunked: compile_check fails on any other.
+CHUNKED_ALLOWED = (
+    # 3xTF32: Triton splits both operands into TF32 halves in registers, and the
+    # loop-invariant row block's two halves alone spill at d = 128 (uniformity, sm_90:
+    # gradient 128x32 w8 2272 B, 64x32 w4 3176 B, 64x16 w4 2028 B; loss 128x32 w8 616 B,
+    # 64x32 w4 544 B).  The uniformity kernel on sm_90 takes halves the launcher split
+    # (uniform.split_operands), read by wgmma from shared memory: one chunk to 128.
+    ChunkedAllowed(("grad", "loss"), ("tf32x3",), (90,), ("static", "online"), 128,
+                   "prepared halves at d = 256: the gradient 64x32 w4 s1 spills 4568 B with 256 KiB of "
+                   "shared memory (the row block's halves alone are 128 KiB)", families=("uniform_",)),
+    ChunkedAllowed(("grad", "loss"), ("tf32x3",), (80,), ("static", "online"), 64,
+                   "mma.sync takes the row block from registers, halves too: prepared halves spill "
+                   "4108 B at d = 128 (gradient 64x32 w4); Triton's own split 4400 B (64x32 w4), the "
+                   "loss 48 B (64x32 w4), 8 B and 176 KiB of shared memory (128x32 w8)", families=("uniform_",)),
+    ChunkedAllowed(("grad", "loss"), ("tf32x3",), (80, 90), ("static", "online"), 64,
+                   "Triton's split in registers, as the uniformity kernel's: the prepared halves are "
+                   "not done for the contrastive kernels (their gradient kernel is being reworked)",
+                   families=("contrastive_",)),
+    ChunkedAllowed(("grad",), ("fp64",), (80, 90), ("static", "online"), 128,
+                   "DMMA takes the row block and the accumulator from registers (8 rows of 256 float64 a "
+                   "warp: 128 registers each): 16x32 w4 spills 1088 B (sm_90), 16x16 w4 380 B; 8 warps "
+                   "compute S twice (32x32, 16x32, 32x16 w8: 3 to 5 GEMMs per tile); at d = 128 16x16 "
+                   "w2 takes 255 registers on sm_80"),
+    ChunkedAllowed(("grad",), ("tf32",), (80, 90), ("static", "online"), 128,
+                   "the accumulator [64, 256] is 128 registers a thread, and TF32's second product "
+                   "transposes z_j through registers: sm_90 64x64 w4 spills 1408 B (27.0 non-mma per "
+                   "pair), 64x32 w4 372 B (33.3); 8 warps compute S twice (64x64 w8: 3 GEMMs, 2 exps); "
+                   "sm_80 64x32 w4 2468 B (65.7), 64x32 w8 S twice"),
+    ChunkedAllowed(("grad",), ("tf32",), (90,), ("online",), 64,
+                   "the online max rescales the accumulator, d / BLOCK_N multiplies per pair: at d = 128 "
+                   "128x64 w8 issues 18.3 non-mma per pair (> 16, no spills); 128x128 w8 spills 440 B "
+                   "(s1; 604 B s2), 64x128 w4 632 B"),
+    ChunkedAllowed(("grad",), ("bf16", "fp16"), (80,), ("static", "online"), 128,
+                   "mma.sync holds the row block (64 registers at d = 256) and the accumulator in "
+                   "registers: 64x64 w8 spills 88 B and issues 85.0 non-mma per pair (> 40); 64x32 w8 "
+                   "computes S twice (3 GEMMs, 2 exps)"),
+    ChunkedAllowed(("loss",), ("tf32",), (80,), ("online",), 128,
+                   "mma.sync holds the row block in registers (128 at d = 256): 128x32 w8 issues 43.2 "
+                   "non-mma per pair (> 40, no spills; 36.8 with the static shift), 64x32 w4 spills 44 B"),
+    ChunkedAllowed(("loss",), ("tf32",), (90,), ("static",), 128,
+                   "CLIP's column sums (a cross-warp reduction per column of a tile) need 128 x 128 tiles "
+                   "to stay under 16 non-mma per pair, and at d = 256 those do not fit shared memory: "
+                   "128x64 w8 issues 20.2, 64x64 w4 19.2, 64x128 w4 spills 88 B (14.1)", ("col-sums",)),
+)
+
+
+def chunked_problem(family: str, fmt: str, arch: int, static_shift: bool, d: int, variant: str = "") -> str:
+    """Why a chunked configuration at width d fails ("" if it is one chunk, past
+    ONE_CHUNK_WIDTH, of a family not held to it, or in CHUNKED_ALLOWED)."""
+    base = family.removesuffix("_chunked")
+    if base == family or d > ONE_CHUNK_WIDTH or not family.startswith(ONE_CHUNK_FAMILIES):
+        return ""
+    shift = "static" if static_shift else "online"
+    arch_class = 90 if arch >= 90 else 80
+    for allowed in CHUNKED_ALLOWED:
+        if (_KIND[base] in allowed.kinds and family.startswith(allowed.families) and fmt in allowed.formats and arch_class in allowed.archs
+                and shift in allowed.shifts and allowed.above < d
+                and (not allowed.variants or variant in allowed.variants)):
+            return ""
+    return f"chunked at d = {d} <= {ONE_CHUNK_WIDTH}, not in loop_gate.CHUNKED_ALLOWED"

@@ -32,11 +32,15 @@ d lse / d z_i = -2t / S * sum_j w_ij (z_i - z_j) = -2t exp(m_i - lse) (l_i z_i -
 Few row blocks (queue shapes): the columns are split over several programs and their
 (m, l, lw, a) merged afterwards in a fixed order (bitwise reproducible).  The queue's
 gradient is its own pass: queue rows against x's columns.  d beyond the one-chunk width
-(ONE_CHUNK_MAX_D): S loops over BLOCK_D-wide feature chunks and the grid's third axis
-cuts a_i into slices, each recomputing S (that path is not the flash pattern).
+(one_chunk_max_d: 256 wherever it fits, loop_gate.CHUNKED_ALLOWED where it does not): S
+loops over BLOCK_D-wide feature chunks and the grid's third axis cuts a_i into slices,
+each recomputing S (that path is not the flash pattern).
 
 Precision (docs/triton.md): the rows and the policy come from the C++ plan_uniform_rows
 (centering, float64 for far-spread float32 rows); float32 follows torch's matmul setting.
+Under "highest" (3xTF32) past d = 64 on sm_90 the launcher splits the rows once into TF32
+halves (tf32_halves) and the kernel issues three TF32 products from them (SPLIT_OPERANDS):
+Triton's own 3xTF32 splits both operands in registers, where the row block's halves spill.
 """
 
 import math
@@ -48,6 +52,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import _C
 from .._matmul_precision import cuda_matmul_allows_tf32
+from .loop_gate import ONE_CHUNK_WIDTH
 from .splits import merge_splits, split_columns
 from .tiles import part_index_fits
 
@@ -61,20 +66,34 @@ PART_BLOCK = 128
 # The static shift is certified when every exponent -t ||z_i - z_j||^2 >= -4 t max|z|^2
 # stays above this (natural log): the row sums cannot underflow, whatever the row.
 STATIC_SHIFT_BOUND = {torch.float32: 80.0, torch.float64: 700.0}
-# Widest d computed in one chunk, per operand format (wider: the chunked path): the row
-# block's accumulator [BLOCK_M, d] in registers without spills, within the gate's
-# instruction budget (compile_check).  Before sm_90, mma.sync also holds S and P in
-# registers: 16-bit stops at 128.  TF32 with the online max stops at 64: its rescale of
-# the accumulator (d / BLOCK_N multiplies per pair) puts every 128-wide configuration
-# tried above 16 instructions per pair (best 18.2).
-ONE_CHUNK_MAX_D = {"bf16": 256, "fp16": 256, "tf32": 128, "tf32x3": 64, "fp64": 64}
-ONE_CHUNK_MAX_D_SM80 = {"bf16": 128, "fp16": 128}
-ONE_CHUNK_MAX_D_ONLINE = {"tf32": 64}
+# The feature dimension is computed in one chunk (S once per tile, the row block's
+# accumulator [BLOCK_M, d] in registers) up to loop_gate.ONE_CHUNK_WIDTH (256) wherever
+# it fits without spills within the gate's budget; past it the chunked path.
 
 
-def one_chunk_max_d(fmt: str, arch: int, static_shift: bool) -> int:
-    cap = ONE_CHUNK_MAX_D[fmt] if arch >= 90 else ONE_CHUNK_MAX_D_SM80.get(fmt, ONE_CHUNK_MAX_D[fmt])
-    return cap if static_shift else min(cap, ONE_CHUNK_MAX_D_ONLINE.get(fmt, cap))
+TF32X3_IN_REGISTERS_MAX_D = 64
+TF32X3_SPLIT_MAX_D = 128
+
+
+def one_chunk_max_d(fmt: str, arch: int, static_shift: bool, with_grad: bool, uniform_kernel: bool = True) -> int:
+    """The widest d computed in one chunk, for a kernel with a second product (P z_j, the
+    gradient) or without (the loss, the contrastive lse).  Found by compiling for sm_80
+    and sm_90 (compile_check); every cap below ONE_CHUNK_WIDTH is in
+    loop_gate.CHUNKED_ALLOWED with what was measured."""
+    sm90 = arch >= 90
+    if fmt == "tf32x3":
+        # Triton splits both operands into TF32 halves in registers: past 64 the row
+        # block's halves spill.  On sm_90 the uniformity kernel takes halves the
+        # launcher split (split_operands), read by wgmma from shared memory.
+        return TF32X3_SPLIT_MAX_D if sm90 and uniform_kernel else TF32X3_IN_REGISTERS_MAX_D
+    if not with_grad:
+        # TF32 with the online max before sm_90: 43 non-mma instructions per pair at 256.
+        return 128 if fmt == "tf32" and not sm90 and not static_shift else ONE_CHUNK_WIDTH
+    if fmt == "tf32" and sm90 and not static_shift:
+        return 64  # the rescale of the accumulator: above 16 non-mma instructions per pair at 128
+    if fmt in ("tf32", "fp64") or not sm90:
+        return 128  # the accumulator [BLOCK_M, 256] with the row block or a transpose in registers
+    return ONE_CHUNK_WIDTH
 
 
 # Ranges per row block: (x low, x high, queue) x (start, end), the diagonal flag, unused.
@@ -107,17 +126,33 @@ def _pow2(k):
 
 
 @triton.jit
-def _tile_step(zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, weight, d_pad,
-               d_chunk,
+def _tf32_high(v):
+    """v rounded to TF32 (10 mantissa bits, to nearest, ties away from zero) in float32:
+    exactly representable, so a TF32 product of it is exact."""
+    return ((v.to(tl.int32, bitcast=True) + 0x1000) & -0x2000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _tile_step(zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, z_i_lo, lo_rows, row_term, scale, m_i, l_i, lw_i,
+               acc, weight, d_pad, d_chunk,
                DIAG: tl.constexpr, STATIC_SHIFT: tl.constexpr, WITH_GRAD: tl.constexpr, ONE_CHUNK: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GRAM_PRECISION: tl.constexpr,
-               GRAD_PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
+               GRAD_PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr,
+               SPLIT_OPERANDS: tl.constexpr):
     """One BLOCK_M x BLOCK_N tile at columns [c0, c0 + BLOCK_N): the state (m, l, lw, a)
-    updated.  DIAG masks the pairs i == j (the diagonal stage only)."""
+    updated.  DIAG masks the pairs i == j (the diagonal stage only).  SPLIT_OPERANDS:
+    3xTF32 from the operands' TF32 halves (rows r and lo_rows + r), three TF32 products
+    each (the small ones first)."""
     acc_t = colterm_ptr.dtype.element_ty
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    if ONE_CHUNK:
+    if SPLIT_OPERANDS:
+        z_j = _load_rows(zj_desc, z_ptr, c0, 0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)  # K and V: high halves
+        z_j_lo = _load_rows(zj_desc, z_ptr, lo_rows + c0, 0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)
+        s = tl.dot(z_i_lo, tl.trans(z_j), input_precision="tf32", out_dtype=acc_t)
+        s = tl.dot(z_i, tl.trans(z_j_lo), s, input_precision="tf32", out_dtype=acc_t)
+        s = tl.dot(z_i, tl.trans(z_j), s, input_precision="tf32", out_dtype=acc_t)
+    elif ONE_CHUNK:
         z_j = _load_rows(zj_desc, z_ptr, c0, 0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)  # K and V of this step
         if WIDEN_OPERANDS:
             z_j = z_j.to(acc_t)
@@ -159,7 +194,12 @@ def _tile_step(zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, row_term, scal
         m_i = m_new
         if WITH_GRAD:
             acc = acc * alpha[:, None]
-    if WITH_GRAD:
+    if WITH_GRAD and SPLIT_OPERANDS:
+        p_hi = _tf32_high(p)
+        acc = tl.dot(p - p_hi, z_j, acc, input_precision="tf32", out_dtype=acc_t)
+        acc = tl.dot(p_hi, z_j_lo, acc, input_precision="tf32", out_dtype=acc_t)
+        acc = tl.dot(p_hi, z_j, acc, input_precision="tf32", out_dtype=acc_t)
+    elif WITH_GRAD:
         if ONE_CHUNK:
             z_c = z_j
         else:
@@ -181,11 +221,11 @@ def _tile_step(zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, row_term, scal
 @triton.jit
 def _uniform_rows_kernel(
     zi_desc, zj_desc, z_ptr, colterm_ptr, scale_ptr, ranges_ptr, m_ptr, l_ptr, lw_ptr, acc_ptr,
-    row_start, n_rows, span_lo, span_hi, cols_per_split, x_end, d_pad, ranges_stride,
+    row_start, n_rows, span_lo, span_hi, cols_per_split, x_end, d_pad, ranges_stride, lo_rows,
     WITH_GRAD: tl.constexpr, STATIC_SHIFT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ONE_CHUNK: tl.constexpr, GRAM_PRECISION: tl.constexpr, GRAD_PRECISION: tl.constexpr,
-    WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr,
+    WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr, SPLIT_OPERANDS: tl.constexpr,
 ):
     block = tl.program_id(0)
     split = tl.program_id(1)
@@ -196,8 +236,11 @@ def _uniform_rows_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     z_i = tl.zeros([BLOCK_M, BLOCK_D], zi_desc.dtype)  # unused when chunked
+    z_i_lo = z_i  # the low halves (SPLIT_OPERANDS)
     if ONE_CHUNK:
         z_i = _load_rows(zi_desc, z_ptr, r0, 0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
+    if SPLIT_OPERANDS:
+        z_i_lo = _load_rows(zi_desc, z_ptr, lo_rows + r0, 0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
     if WIDEN_OPERANDS:
         z_i = z_i.to(acc_t)
     row_term = tl.load(colterm_ptr + r0 + offs_m)
@@ -229,20 +272,20 @@ def _uniform_rows_kernel(
         weight = tl.where(seg < 4, 0.5, 1.0).to(acc_t)
         for c0 in range(lo, hi, BLOCK_N):
             m_i, l_i, lw_i, acc = _tile_step(
-                zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, weight,
-                d_pad, d_chunk,
+                zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, z_i_lo, lo_rows, row_term, scale, m_i, l_i, lw_i,
+                acc, weight, d_pad, d_chunk,
                 False, STATIC_SHIFT, WITH_GRAD, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, GRAM_PRECISION,
-                GRAD_PRECISION, WIDEN_OPERANDS, USE_DESC)
+                GRAD_PRECISION, WIDEN_OPERANDS, USE_DESC, SPLIT_OPERANDS)
     # Stage 2: the diagonal block (x rows against their own columns), masked i != j.
     if tl.load(ranges + 6) != 0:
         lo = tl.maximum(r0, c_lo)
         hi = tl.minimum(tl.minimum(r0 + BLOCK_M, c_hi), x_end)
         for c0 in range(lo, hi, BLOCK_N):
             m_i, l_i, lw_i, acc = _tile_step(
-                zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, row_term, scale, m_i, l_i, lw_i, acc, 0.5,
-                d_pad, d_chunk,
+                zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, z_i_lo, lo_rows, row_term, scale, m_i, l_i, lw_i,
+                acc, 0.5, d_pad, d_chunk,
                 True, STATIC_SHIFT, WITH_GRAD, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, GRAM_PRECISION,
-                GRAD_PRECISION, WIDEN_OPERANDS, USE_DESC)
+                GRAD_PRECISION, WIDEN_OPERANDS, USE_DESC, SPLIT_OPERANDS)
 
     out = split.to(tl.int64) * n_rows + block * BLOCK_M + offs_m
     if not STATIC_SHIFT:
@@ -265,34 +308,52 @@ def operand_format(dtype: torch.dtype, precision: str) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}[dtype]
 
 
-def block_width(fmt: str, d: int, arch: int, static_shift: bool) -> int:
+def block_width(fmt: str, d: int, arch: int, static_shift: bool, with_grad: bool, uniform_kernel: bool = True) -> int:
     """BLOCK_D: d rounded up to a power of two (>= 16), or the chunk width past the cap."""
-    if d > one_chunk_max_d(fmt, arch, static_shift):
+    if d > one_chunk_max_d(fmt, arch, static_shift, with_grad, uniform_kernel):
         return 32 if fmt == "tf32x3" else 64
     return max(16, triton.next_power_of_2(d))
 
 
-def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: bool) -> dict:
+def padded_width(fmt: str, d: int, arch: int, static_shift: bool, uniform_kernel: bool = True) -> int:
+    """The features padded for every kernel of an op (with and without the second
+    product): a multiple of both block widths (powers of two)."""
+    block_d = max(block_width(fmt, d, arch, static_shift, g, uniform_kernel) for g in (False, True))
+    return triton.cdiv(d, block_d) * block_d
+
+
+def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: bool, uniform_kernel: bool = True) -> dict:
     """The block configuration the launcher picks for a product format, width, gradient
     or not, arch and shift (also what compile_check compiles: the enumerable set).
     Chosen by compiling the candidates for sm_80 and sm_90 (no spills, the gate's mix);
     to be tuned on a GPU.  sm_90 multiplies from shared memory (wgmma) with the tiles
     brought by TMA: 128 x 128 tiles fit its registers up to d = 128 (64 x 64 at 256);
     mma.sync (sm_80) holds S and P in registers, so its column tiles are narrower; there
-    plain loads mostly issue fewer instructions than the descriptors' lowering."""
-    block_d = block_width(fmt, d, arch, static_shift)
-    one_chunk = d <= one_chunk_max_d(fmt, arch, static_shift)
+    plain loads mostly issue fewer instructions than the descriptors' lowering.  Past the
+    one-chunk cap (one_chunk_max_d) the chunked path's 128 x 32."""
+    block_d = block_width(fmt, d, arch, static_shift, with_grad, uniform_kernel)
+    one_chunk = d <= one_chunk_max_d(fmt, arch, static_shift, with_grad, uniform_kernel)
     use_desc = arch >= 90
     stages = 2 if one_chunk else 1
     if fmt == "fp64":
         # Plain loads: the descriptors' version of the online-max gradient spills; the
-        # loss alone spills pipelined (d = 16, sm_90).
-        block_m, block_n, warps, use_desc = 32, 32, 4, False
+        # loss alone spills pipelined (d = 16, sm_90).  DMMA holds the row block and the
+        # accumulator in registers: 16 x 16, 2 warps, with the gradient past d = 64 (32 x 32
+        # spills with the online max; 16 x 16 with 4 warps computes S twice; the column
+        # tile must not be wider than the row block: the diagonal stage), 8 warps for the
+        # loss past 128 (4 spill).
+        block_m, block_n, warps, use_desc = 32, 32, (8 if block_d > 128 else 4), False
+        if with_grad and block_d > 64:
+            block_m, block_n, warps = 16, 16, 2
         stages = stages if with_grad else 1
         if with_grad and block_d <= 32:
             # Under Triton 3.6, 4 warps issue both products twice (4 GEMMs per tile in its
             # PTX, 2 under 3.9); 2 warps issue them once under both.
             warps = 2
+    elif split_operands(fmt, d, arch, static_shift, with_grad) and uniform_kernel:
+        # The halves in shared memory (wgmma): 64 x 32, 4 warps with the gradient (128
+        # x 32, 8 warps: 255 registers), 128 x 32 for the loss (128 x 64 passes the limit).
+        block_m, block_n, warps = (64, 32, 4) if with_grad else (128, 32, 8)
     elif fmt == "tf32x3" and arch < 90 and one_chunk:
         # Spill-free under Triton 3.6 and 3.9 (64 x 32 gradient tiles, and the loss with
         # the descriptors, spill 24-810 bytes under 3.6).
@@ -302,18 +363,40 @@ def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: boo
         block_m, block_n, warps = 128, 32, 8
     elif fmt == "tf32":
         block_m, block_n, warps = 128, (64 if arch >= 90 or not with_grad else 32), 8
+        if block_d > 128:  # the loss alone (S): the row block and a column tile within shared memory
+            block_n, stages = (64 if arch >= 90 else 32), 1
     elif arch < 90:
         # 8 warps at d <= 32 compile with a 128-register cap and spill (online max).  The
         # gradient takes 128 x 32 tiles with plain loads: 128 x 64 spills 40-860 bytes
         # under Triton 3.6 from d = 32 (with the descriptors or not; none under 3.9),
-        # 128 x 32 none under either, and issues fewer non-mma instructions per pair.
-        block_m, block_n, warps, use_desc = 128, (32 if with_grad else 64), (4 if block_d <= 32 else 8), False
+        # 128 x 32 none under either, and issues fewer non-mma instructions per pair.  The
+        # loss at d = 256 spills with 64 columns (mma.sync: the row block in registers).
+        block_m, block_n, warps, use_desc = (128, (32 if with_grad or block_d > 128 else 64),
+                                             (4 if block_d <= 32 else 8), False)
     elif block_d > 128:
         block_m, block_n, warps = 64, 64, 4
     else:
         block_m, block_n, warps = 128, 128, 8
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "ONE_CHUNK": one_chunk,
-            "USE_DESC": use_desc, "num_warps": warps, "num_stages": stages}
+            "USE_DESC": use_desc, "num_warps": warps, "num_stages": stages,
+            "SPLIT_OPERANDS": uniform_kernel and split_operands(fmt, d, arch, static_shift, with_grad)}
+
+
+def split_operands(fmt: str, d: int, arch: int, static_shift: bool, with_grad: bool) -> bool:
+    """Whether the uniformity kernel takes 3xTF32's operands as TF32 halves the launcher
+    prepared (rows of high halves, then as many of low halves): past d = 64 in one chunk,
+    where Triton's own split (both operands into halves in registers) spills."""
+    return fmt == "tf32x3" and TF32X3_IN_REGISTERS_MAX_D < d <= one_chunk_max_d(fmt, arch, static_shift, with_grad)
+
+
+def tf32_halves(z: torch.Tensor) -> torch.Tensor:
+    """float32 rows -> [high; low] stacked: high = z rounded to TF32 (to nearest, ties away,
+    as cvt.rna.tf32), low = z - high rounded to TF32; high + low carries z to about 2^-22."""
+    def high(v):
+        return ((v.view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
+
+    hi = high(z)
+    return torch.cat([hi, high(z - hi)])
 
 
 def device_arch(device: torch.device) -> int:
@@ -363,7 +446,7 @@ class _Stacked:
     each padded with zero rows to PART_BLOCK and the features to the block width; the
     column terms -t ||z_j||^2 log2(e), -inf on padding rows."""
 
-    def __init__(self, z, sq, n, k, t, d_pad):
+    def __init__(self, z, sq, n, k, t, d_pad, halves=False):
         self.n, self.k, self.d = n, k, z.shape[1]
         self.n_pad = triton.cdiv(n, PART_BLOCK) * PART_BLOCK
         self.k_pad = triton.cdiv(k, PART_BLOCK) * PART_BLOCK
@@ -371,6 +454,12 @@ class _Stacked:
         self.z = z.new_zeros((rows, d_pad))
         self.z[:n, :self.d] = z[:n]
         self.z[self.n_pad:self.n_pad + k, :self.d] = z[n:]
+        # 3xTF32 from prepared halves (split_operands: the same for the loss and the
+        # gradient kernels, whose 3xTF32 caps are one): the high halves where the rows
+        # were, the low ones lo_rows further.
+        self.lo_rows = rows if halves else 0
+        if halves:
+            self.z = tf32_halves(self.z)
         self.colterm = torch.full((rows,), float("-inf"), dtype=sq.dtype, device=z.device)
         col = (sq.double() * (-t * LOG2E)).to(sq.dtype)
         self.colterm[:n] = col[:n]
@@ -456,12 +545,14 @@ def _row_pass(st, queue_rows, intra_batch, t, with_grad, parts, gram_precision, 
         TensorDescriptor.from_tensor(z, [block_m, block_d]), TensorDescriptor.from_tensor(z, [block_n, block_d]), z,
         st.colterm, torch.full((1,), 2.0 * t * LOG2E, dtype=acc_t, device=z.device), ranges, m, l, lw, acc,
         st.n_pad if queue_rows else 0, rows_out, span_lo, span_hi, cols_per_split, x_end, d_pad, ranges_stride,
+        st.lo_rows,
         WITH_GRAD=with_grad, STATIC_SHIFT=static_shift,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, ONE_CHUNK=cfg["ONE_CHUNK"],
         GRAM_PRECISION=gram_precision, GRAD_PRECISION=grad_precision,
         # The interpreter's 16-bit tl.dot is wrong (Triton 3.9): widen (exactly) there.
         WIDEN_OPERANDS=triton.knobs.runtime.interpret and z.dtype in (torch.bfloat16, torch.float16),
-        USE_DESC=cfg["USE_DESC"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        USE_DESC=cfg["USE_DESC"], SPLIT_OPERANDS=cfg["SPLIT_OPERANDS"], num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     m = m[:, :n_rows] * math.log(2.0)  # base 2 -> natural (0 and -inf stay)
     acc = acc[:, :n_rows, :st.d] if with_grad else None
@@ -516,8 +607,9 @@ def uniform_lse(x, queue, t, intra_batch, part, num_parts, grad_x, grad_queue, *
     # Certifying the static shift reads max |z|^2 on the host; under CUDA-graph capture
     # (no host read) the online max is always right.
     static = host_read and static_shift_certified(t, float(sq.max()), acc_t)
-    block_d = block_width(operand_format(z.dtype, gram_p), z.shape[1], device_arch(x.device), static)
-    st = _Stacked(z, sq, n, k, t, triton.cdiv(z.shape[1], block_d) * block_d)
+    fmt, arch = operand_format(z.dtype, gram_p), device_arch(x.device)
+    st = _Stacked(z, sq, n, k, t, padded_width(fmt, z.shape[1], arch, static),
+                  split_operands(fmt, z.shape[1], arch, static, True))
     m, l, lw, a = _row_pass(st, False, intra_batch, t, grad_x, parts, gram_p, grad_p, static, col_splits)
     terms = m.double() + torch.log(lw.double())
     lse = torch.logsumexp(terms, 0)
