@@ -101,7 +101,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from .. import _C  # noqa: F401  (loads the operators and their checks, torch.ops.pyhypersphere_checks)
 from .._matmul_precision import cuda_matmul_allows_tf32
 from .splits import merge_splits, split_columns
-from .tiles import check_device, part_index_fits
+from .tiles import check_device, part_index_fits, triton_before_newest
 from .uniform import _load_rows, _pow2, device_arch, flash_config, operand_format, padded_width
 
 # Rows per part-slicing block, and the padding unit of a and b: `part`/`num_parts` cut
@@ -461,8 +461,9 @@ def contrastive_config(fmt: str, d: int, kernel: str, arch: int, static_shift: b
         # (64 x 64 tiles, a 256-wide accumulator), where one exp per side alone takes 254
         # registers and the tile shift's step beside it spills 40 bytes, and in float64
         # (a software exp, not the exp unit; the two steps together spill 104 bytes):
-        # sm_90, Triton 3.9.
-        cfg["TILE_SHIFT"] = cfg["BLOCK_D"] <= 128 and fmt != "fp64"
+        # sm_90, Triton 3.9.  Triton 3.6's software pipeliner fails on the tile shift's
+        # per-tile branch (PassManager::run failed, two stages; one stage spills 48 bytes).
+        cfg["TILE_SHIFT"] = cfg["BLOCK_D"] <= 128 and fmt != "fp64" and not triton_before_newest()
     return cfg
 
 

@@ -15,6 +15,8 @@ width up to it fails unless CHUNKED_ALLOWED lists it with the reason.
 
 import dataclasses
 
+from .tiles import triton_before_newest
+
 
 @dataclasses.dataclass(frozen=True)
 class MinWork:
@@ -175,12 +177,21 @@ class ChunkedAllowed:
     why: str  # what was measured (compile_check, Triton 3.9, 2026-12-07)
     variants: tuple = ()  # only these contrastive variants (compile_check's: "col-sums", ...); () = every one
     families: tuple = ONE_CHUNK_FAMILIES  # the kernel families (prefixes) it covers
+    older_triton: bool = False  # only under a Triton before tiles.NEWEST_CHECKED_TRITON
 
 
 # Every configuration chunked at d <= ONE_CHUNK_WIDTH, and why it cannot be one chunk
 # (the one-chunk candidates' compile_check lines).  The one source of truth of what may
 # stay chunked: compile_check fails on any other.
 CHUNKED_ALLOWED = (
+    # Under Triton 3.6 (the GPU image's; the launchers' choice before 3.9,
+    # tiles.triton_before_newest): compile_check --quick, 2026-12-07.
+    ChunkedAllowed(("grad",), ("fp64",), (80, 90), ("static", "online"), 64,
+                   "Triton 3.6: the 16x16 w2 blocks at d = 128 spill (uniformity's gradient 108/188 B "
+                   "static/online on sm_90, 32/80 B on sm_80; the contrastive lse with the row gradient "
+                   "12-120 B)", older_triton=True),
+    ChunkedAllowed(("loss",), ("tf32",), (80,), ("static",), 128,
+                   "Triton 3.6: CLIP's column sums at d = 256 (64x32 w4) spill 64 B", older_triton=True),
     # 3xTF32: Triton splits both operands into TF32 halves in registers, and the
     # loop-invariant row block's two halves alone spill at d = 128 (uniformity, sm_90:
     # gradient 128x32 w8 2272 B, 64x32 w4 3176 B, 64x16 w4 2028 B; loss 128x32 w8 616 B,
@@ -236,6 +247,7 @@ def chunked_problem(family: str, fmt: str, arch: int, static_shift: bool, d: int
     for allowed in CHUNKED_ALLOWED:
         if (_KIND[base] in allowed.kinds and family.startswith(allowed.families) and fmt in allowed.formats and arch_class in allowed.archs
                 and shift in allowed.shifts and allowed.above < d
-                and (not allowed.variants or variant in allowed.variants)):
+                and (not allowed.variants or variant in allowed.variants)
+                and (not allowed.older_triton or triton_before_newest())):
             return ""
     return f"chunked at d = {d} <= {ONE_CHUNK_WIDTH}, not in loop_gate.CHUNKED_ALLOWED"

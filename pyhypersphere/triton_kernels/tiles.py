@@ -1,7 +1,14 @@
-"""Checks shared by the Triton launchers: the device's compute capability and the bound
-on the part slicing's int32 tile index."""
+"""Checks shared by the Triton launchers: the device's compute capability, the bound on
+the part slicing's int32 tile index, and the installed Triton's version where a block
+choice depends on it."""
 
 INT32_LIMIT = 2**31
+# The newest Triton the block choices were compile-checked with (compile_check, every
+# configuration spill-free).  Triton 3.6 (the GPU image's) was checked too: where its
+# compiler fails or spills on a choice, the launchers take the older path on every
+# version before this one (triton_before_newest), since the versions in between were
+# not checked.
+NEWEST_CHECKED_TRITON = (3, 9)
 # The kernels' tl.dot formats (TF32, 3xTF32, bf16, fp64) need Ampere's tensor cores.
 MIN_CAPABILITY = (8, 0)
 
@@ -24,3 +31,12 @@ def part_index_fits(tiles: int, triangle_blocks: int) -> bool:
     """Whether the kernels' int32 tile index of the part mask cannot overflow: the tile
     count, and the triangle formula's products of block indices (up to blocks^2)."""
     return max(tiles, triangle_blocks * triangle_blocks) < INT32_LIMIT
+
+
+def triton_before_newest() -> bool:
+    """Whether the installed Triton predates NEWEST_CHECKED_TRITON (then the blocks that
+    only it compiles without spills are not chosen: see the callers)."""
+    import triton
+
+    version = tuple(int(part) for part in triton.__version__.split("+")[0].split(".")[:2])
+    return version < NEWEST_CHECKED_TRITON

@@ -54,7 +54,7 @@ from .. import _C
 from .._matmul_precision import cuda_matmul_allows_tf32
 from .loop_gate import ONE_CHUNK_WIDTH
 from .splits import merge_splits, split_columns
-from .tiles import part_index_fits
+from .tiles import part_index_fits, triton_before_newest
 
 LOG2E = 1.4426950408889634
 # Rows per part-slicing block: `part`/`num_parts` cut the pair set into tiles of
@@ -87,8 +87,12 @@ def one_chunk_max_d(fmt: str, arch: int, static_shift: bool, with_grad: bool, un
         # launcher split (split_operands), read by wgmma from shared memory.
         return TF32X3_SPLIT_MAX_D if sm90 and uniform_kernel else TF32X3_IN_REGISTERS_MAX_D
     if not with_grad:
-        # TF32 with the online max before sm_90: 43 non-mma instructions per pair at 256.
-        return 128 if fmt == "tf32" and not sm90 and not static_shift else ONE_CHUNK_WIDTH
+        # TF32 with the online max before sm_90: 43 non-mma instructions per pair at 256;
+        # under Triton 3.6 CLIP's column sums spill there with the static shift too.
+        old = triton_before_newest()
+        return 128 if fmt == "tf32" and not sm90 and (not static_shift or old) else ONE_CHUNK_WIDTH
+    if fmt == "fp64" and triton_before_newest():
+        return 64  # Triton 3.6: the 16 x 16 gradient blocks at d = 128 spill 12-188 bytes
     if fmt == "tf32" and sm90 and not static_shift:
         return 64  # the rescale of the accumulator: above 16 non-mma instructions per pair at 128
     if fmt in ("tf32", "fp64") or not sm90:
