@@ -196,13 +196,14 @@ def test_chunked_below_the_one_chunk_width_fails_unless_allowed():
     assert "CHUNKED_ALLOWED" in loop_gate.chunked_problem("uniform_grad_chunked", "bf16", 90, True, 256)
     assert loop_gate.chunked_problem("contrastive_grad_chunked", "fp64", 80, False, 128) != ""
     assert loop_gate.chunked_problem("contrastive_grad_chunked", "fp64", 80, False, 256) == ""
-    # The allowances: 3xTF32 past 64, past 128 for the uniformity kernel on sm_90 (the
-    # launcher's TF32 halves); TF32's gradient past 128 but not its loss on sm_90, except
-    # CLIP's column sums there.
+    # The allowances: 3xTF32 past 64, past 128 on sm_90 (the launchers' TF32 halves);
+    # TF32's gradient past 128 but not its loss on sm_90, except CLIP's column sums there.
     assert loop_gate.chunked_problem("uniform_loss_chunked", "tf32x3", 90, True, 128) != ""
     assert loop_gate.chunked_problem("uniform_grad_chunked", "tf32x3", 90, False, 256) == ""
     assert loop_gate.chunked_problem("uniform_grad_chunked", "tf32x3", 80, True, 128) == ""
-    assert loop_gate.chunked_problem("contrastive_grad_chunked", "tf32x3", 90, True, 128) == ""
+    assert loop_gate.chunked_problem("contrastive_grad_chunked", "tf32x3", 90, True, 128) != ""
+    assert loop_gate.chunked_problem("contrastive_lse_chunked", "tf32x3", 90, True, 256) == ""
+    assert loop_gate.chunked_problem("contrastive_lse_chunked", "tf32x3", 80, True, 128) == ""
     assert loop_gate.chunked_problem("contrastive_lse_grad_chunked", "tf32", 80, False, 256) == ""
     assert loop_gate.chunked_problem("uniform_loss_chunked", "tf32", 90, True, 256) != ""
     assert loop_gate.chunked_problem("contrastive_lse_chunked", "tf32", 90, True, 256, "col-sums") == ""
@@ -238,9 +239,10 @@ def test_launchers_chunk_only_what_the_gate_allows():
                             chunked.add((fmt, arch, d))
                             problem = loop_gate.chunked_problem(f"{family}_chunked", fmt, arch, static, d, variant)
                             assert problem == "", (fmt, arch, static, d, family, variant)
-    # Every format is one chunk at d = 64; float32 under "highest" is chunked past it
-    # (the contrastive kernels; the uniformity kernel on sm_90 past 128).
-    assert not any(d <= 64 for _, _, d in chunked) and ("tf32x3", 90, 128) in chunked
+    # Every format is one chunk at d = 64; float32 under "highest" is chunked past it on
+    # sm_80, past 128 on sm_90 (the launchers' TF32 halves).
+    assert not any(d <= 64 for _, _, d in chunked) and ("tf32x3", 80, 128) in chunked
+    assert ("tf32x3", 90, 128) not in chunked and ("tf32x3", 90, 129) in chunked
     assert uniform.flash_config("tf32x3", 128, True, 90, True)["ONE_CHUNK"]
 
 

@@ -99,10 +99,11 @@ def test_tf32_products_when_torch_allows_them():
         torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=10 * tol * w.abs().max())
 
 
-@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 272), (torch.float32, 72)])
+@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 272), (torch.float32, 136)])
 def test_chunked_width_parts_and_strided_inputs(dtype, d):
     # d past the one-chunk width on every arch (chunked: 64 wide in 16 bits past 256 on
-    # sm_90 and 128 on sm_80, d = 272; 32 wide for float32 with 3xTF32 past 64, d = 72),
+    # sm_90 and 128 on sm_80, d = 272; 32 wide for float32 with 3xTF32 past 128 on sm_90
+    # and 64 before it, d = 136),
     # parts, and column slices of a wider tensor (the distributed share's z[:, :d]) as inputs.
     fmt = tk.uniform.operand_format(dtype, tk.contrastive._precision(dtype))
     assert not any(tk.contrastive.contrastive_config(fmt, d, "lse", arch, True)["ONE_CHUNK"] for arch in (80, 90))
@@ -127,7 +128,7 @@ def test_chunked_width_parts_and_strided_inputs(dtype, d):
 @pytest.mark.parametrize("dtype,precision,d,chunked", [
     (torch.float64, "ieee", 128, (False, False, False)),  # one chunk (16 x 16 with the gradient)
     (torch.float64, "ieee", 256, (False, False, True)),  # the gradient chunked over the lse's padded width
-    (torch.float32, "ieee", 128, (True, True, True)),  # 3xTF32 ("highest"): chunked past 64
+    (torch.float32, "ieee", 128, (False, False, False)),  # 3xTF32 ("highest"): one chunk from TF32 halves
     (torch.float32, "tf32", 200, (False, True, True)),  # TF32: CLIP's column sums chunked past 128
 ])
 def test_wide_rows_one_chunk_and_chunked_kernels_of_one_launch(dtype, precision, d, chunked):
@@ -150,6 +151,47 @@ def test_wide_rows_one_chunk_and_chunked_kernels_of_one_launch(dtype, precision,
         torch.testing.assert_close(x.cpu().double(), w, rtol=tol, atol=tol * 7.0)
     for x, w in zip(grads, (want_ga, want_gb)):
         torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=grad_tol * w.abs().max())
+
+
+@pytest.mark.parametrize("scale", [7.0, 50.0])
+@pytest.mark.parametrize("d", [72, 128])
+def test_float32_highest_from_tf32_halves(d, scale, monkeypatch):
+    # Under "highest", past d = 64 on sm_90 (the interpreter's blocks) every kernel takes
+    # the launcher's TF32 halves of a and b in one chunk (three TF32 products per GEMM, the
+    # second product too): NT-Xent (stacked rows, skipped positives), CLIP (both lse from
+    # the column sums, both gradients), InfoNCE's mean (the lse with the row gradient,
+    # then the gradient kernel on the keys), each against float64; with the static shift
+    # (scale 7) and without it (50: the online max, the gradient's tile shift).
+    static = scale < 40
+    assert (tk.contrastive._static_shift(*(rows(2, d, torch.float32, 0),) * 2, scale, torch.float32)[1] > 0) == static
+    for kernel in ("lse", "lse_col_sums", "lse_grad", "grad"):
+        cfg = tk.contrastive.contrastive_config("tf32x3", d, kernel, 90, static)
+        assert cfg["ONE_CHUNK"] and cfg["SPLIT_OPERANDS"] and cfg["BLOCK_D"] == 128
+        assert not tk.contrastive.contrastive_config("tf32x3", d, kernel, 80, static)["ONE_CHUNK"]  # sm_80
+    split = []
+    real = tk.contrastive.tf32_halves
+    monkeypatch.setattr(tk.contrastive, "tf32_halves", lambda z: split.append(z.shape) or real(z))
+    a, b = rows(70, d, torch.float32, 61), rows(70, d, torch.float32, 62)
+    g = torch.rand(70, generator=torch.Generator().manual_seed(63), dtype=torch.float64).float().to(DEVICE)
+    h = torch.rand(70, generator=torch.Generator().manual_seed(64), dtype=torch.float64).float().to(DEVICE)
+    tol, grad_tol = TOL[torch.float32], GRAD_TOL[torch.float32]
+    with cuda_fp32_matmul("ieee"):
+        for self_pairs, skip in ((True, True), (False, False)):  # NT-Xent, CLIP
+            want_a, want_b, want_ga, want_gb = reference(a, b, scale, self_pairs, g, h, skip_positives=skip)
+            got = tk.contrastive_lse(a, b, scale, self_pairs, True, 0, 1, skip)
+            for x, w in zip(got, (want_a, want_b)):
+                torch.testing.assert_close(x.cpu().double(), w, rtol=tol, atol=tol * scale)
+            lse = (want_a.float().to(DEVICE), want_b.float().to(DEVICE))
+            grads = tk.contrastive_lse_backward(a, b, scale, self_pairs, *lse, g, h, 0, 1, True, True, skip)
+            for x, w in zip(grads, (want_ga, want_gb)):
+                torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=grad_tol * w.abs().max())
+        want_mean, want_ga, want_gb = mean_cross_entropy_and_grads(a, b, scale)
+        got = tk.contrastive_mean_lse(a, b, scale, True, True)
+    torch.testing.assert_close(got[0].cpu().double(), want_mean, rtol=tol, atol=tol * scale)
+    for x, w in ((got[1], want_ga), (got[2], want_gb)):
+        torch.testing.assert_close(x.cpu().double(), w, rtol=0, atol=grad_tol * w.abs().max())
+    # Split once per launch's operands (the stacked rows; a and b), 128 wide.
+    assert split and all(shape[1] == 128 for shape in split)
 
 
 @pytest.mark.parametrize("self_pairs", [True, False])

@@ -135,7 +135,7 @@ def _align_jobs():
 
 
 # CI's subset of the contrastive configurations (--quick): every format at the common
-# width (3xTF32 and TF32's gradient with the online max on sm_90 are chunked there),
+# width (3xTF32 on sm_80 and TF32's gradient with the online max on sm_90 are chunked there),
 # bf16, float32 and float64 at the one-chunk width, float64 at 64; the full matrix is for
 # changes to the kernels or their blocks.
 QUICK_CONTRASTIVE = {"d": (128,), "extra": ((torch.bfloat16, 256), (torch.float32, 256), (torch.float64, 256),
@@ -171,11 +171,13 @@ def _contrastive_jobs(archs, quick: bool = False):
                 config_kernel = "lse_col_sums" if kernel == "lse" and extra else kernel
                 cfg = contrastive.contrastive_config(fmt, d, config_kernel, arch, static)
                 desc = f"tensordesc<{_PTR[dtype][1:]}[{{}},{cfg['BLOCK_D']}]>"
-                ints = ("row_start", "rows_out", "cols_per_split", "d_pad", "ranges_stride", "pos_offset")
+                ints = ("row_start", "rows_out", "cols_per_split", "d_pad", "ranges_stride", "pos_offset", "r_lo_rows",
+                        "c_lo_rows")
                 sig = {"ri_desc": desc.format(cfg["BLOCK_M"]), "cj_desc": desc.format(cfg["BLOCK_N"]),
                        "r_ptr": _PTR[dtype], "c_ptr": _PTR[dtype]}
                 consts = {"STATIC_SHIFT": static, "DIAG_SPAN": True, "POS_SPAN": self_pairs,
-                          **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_CHUNK", "USE_DESC")},
+                          **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "ONE_CHUNK", "USE_DESC",
+                                                 "SPLIT_OPERANDS")},
                           "PRECISION": precision, "WIDEN_OPERANDS": False}
                 if kernel == "grad":
                     sig.update({name: acc for name in ("row_coef_ptr", "row_lse_ptr", "col_coef_ptr", "col_lse_ptr",
@@ -186,7 +188,7 @@ def _contrastive_jobs(archs, quick: bool = False):
                     sig.update(bias_ptr=acc, scale_ptr=acc, ranges_ptr="*i32", m_ptr=acc, l_ptr=acc, colsum_ptr=acc,
                                acc_ptr=acc)
                     ints = ("row_start", "row_end", "rows_out", "cols_per_split", "n_cols_pad", "d_pad",
-                            "ranges_stride", "pos_offset")
+                            "ranges_stride", "pos_offset", "r_lo_rows", "c_lo_rows")
                     consts.update(COL_SUMS=kernel == "lse" and extra, ROW_GRAD=kernel == "lse_grad")
                     what = "col-sums" if kernel == "lse" and extra else ("self" if self_pairs else "cross")
                 sig.update({name: _INT for name in ints})
@@ -196,7 +198,8 @@ def _contrastive_jobs(archs, quick: bool = False):
                 if kernel == "grad" and not static:
                     shift = "tile" if cfg["TILE_SHIFT"] else "two-exp"
                 name = (f"contrastive {kernel} {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']}"
-                        f"{'' if cfg['ONE_CHUNK'] else ' chunked'} {what} {shift} "
+                        f"{'' if cfg['ONE_CHUNK'] else ' chunked'}{' halves' if cfg['SPLIT_OPERANDS'] else ''} "
+                        f"{what} {shift} "
                         f"w{cfg['num_warps']} s{cfg['num_stages']}")
                 family = f"contrastive_{kernel}"
                 if kernel == "grad" and not static:

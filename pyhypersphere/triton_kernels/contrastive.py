@@ -88,6 +88,10 @@ float32 matmuls (as `a @ b.T` would), else 3xTF32 (float32 accuracy); bf16/fp16 
 multiplied as given on 16-bit tensor cores with float32 accumulation (exact products),
 and in the second product the weights rounded to the 16-bit format (as flash attention
 does; fp16's row gradient keeps the online max, whose weights peak at 1 in every row).
+3xTF32 past d = 64 on sm_90 (uniform.split_operands): the launcher splits a and b once
+into TF32 halves (uniform.tf32_halves) and the kernels issue three TF32 products per GEMM
+from them (SPLIT_OPERANDS, the uniformity kernel's helpers; the weights split in
+registers for the second product), where Triton's own split spills the row block.
 No centering: an inner product has no cancellation to protect.
 """
 
@@ -102,7 +106,8 @@ from .. import _C  # noqa: F401  (loads the operators and their checks, torch.op
 from .._matmul_precision import cuda_matmul_allows_tf32
 from .splits import merge_splits, split_columns
 from .tiles import check_device, part_index_fits, triton_before_newest
-from .uniform import _load_rows, _pow2, device_arch, flash_config, operand_format, padded_width
+from .uniform import (_halves_logits, _halves_product, _load_rows, _pow2, _row_block, device_arch, flash_config,
+                      operand_format, padded_width, split_operands, tf32_halves)
 
 # Rows per part-slicing block, and the padding unit of a and b: `part`/`num_parts` cut
 # the pair set into tiles of PART_BLOCK x PART_BLOCK padded rows (self pairs: the upper
@@ -116,11 +121,17 @@ _NO_SPAN = tl.constexpr(2**30)
 
 
 @triton.jit
-def _tile_logits(ri_desc, cj_desc, r_ptr, c_ptr, r0, c0, r_i, d_pad, ONE_CHUNK: tl.constexpr,
+def _tile_logits(ri_desc, cj_desc, r_ptr, c_ptr, r0, c0, r_i, r_i_lo, c_lo_rows, d_pad, ONE_CHUNK: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-                 WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr, acc_t: tl.constexpr):
-    """(<R_i, C_j> over the tile at columns [c0, c0 + BLOCK_N), C_j when it fits one chunk)."""
-    if ONE_CHUNK:
+                 WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr, SPLIT_OPERANDS: tl.constexpr,
+                 acc_t: tl.constexpr):
+    """(<R_i, C_j> over the tile at columns [c0, c0 + BLOCK_N), C_j when it fits one chunk,
+    C_j's low TF32 half with SPLIT_OPERANDS: the columns' halves c_lo_rows further)."""
+    c_j_lo = r_i  # unused without SPLIT_OPERANDS
+    if SPLIT_OPERANDS:
+        s, c_j, c_j_lo = _halves_logits(r_i, r_i_lo, cj_desc, c_ptr, c0, c_lo_rows, d_pad, BLOCK_N, BLOCK_D, USE_DESC,
+                                        acc_t)
+    elif ONE_CHUNK:
         c_j = _load_rows(cj_desc, c_ptr, c0, 0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)  # K and V of this step
         if WIDEN_OPERANDS:
             c_j = c_j.to(acc_t)
@@ -135,16 +146,19 @@ def _tile_logits(ri_desc, cj_desc, r_ptr, c_ptr, r0, c0, r_i, d_pad, ONE_CHUNK: 
                 ri_k = ri_k.to(acc_t)
                 cj_k = cj_k.to(acc_t)
             s = tl.dot(ri_k, tl.trans(cj_k), s, input_precision=PRECISION, out_dtype=acc_t)
-    return s, c_j
+    return s, c_j, c_j_lo
 
 
 @triton.jit
-def _second_product(acc, w, c_j, cj_desc, c_ptr, c0, d_chunk, d_pad, ONE_CHUNK: tl.constexpr,
+def _second_product(acc, w, c_j, c_j_lo, cj_desc, c_ptr, c0, d_chunk, d_pad, ONE_CHUNK: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-                    WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
+                    WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr, SPLIT_OPERANDS: tl.constexpr):
     """acc + W C_j (this program's feature slice when chunked).  16-bit operands: W in the
-    operands' format (flash attention's choice; relative 2^-9 for bf16)."""
+    operands' format (flash attention's choice; relative 2^-9 for bf16).  SPLIT_OPERANDS:
+    3xTF32 from C_j's halves, as the uniformity kernel's gradient."""
     acc_t = acc.dtype
+    if SPLIT_OPERANDS:
+        return _halves_product(acc, w, c_j, c_j_lo)
     if not ONE_CHUNK:
         c_j = _load_rows(cj_desc, c_ptr, c0, d_chunk * BLOCK_D, d_pad, BLOCK_N, BLOCK_D, USE_DESC)
         if WIDEN_OPERANDS:
@@ -194,16 +208,18 @@ def _span_segment(ranges, k, span_a, span_b, c_lo, c_hi, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _lse_step(ri_desc, cj_desc, r_ptr, c_ptr, bias_ptr, colsum_ptr, r0, c0, span, r_i, scale2, m_i, l_i, acc,
-              colsum_row, row_w, d_pad, d_chunk,
+def _lse_step(ri_desc, cj_desc, r_ptr, c_ptr, bias_ptr, colsum_ptr, r0, c0, span, r_i, r_i_lo, c_lo_rows, scale2,
+              m_i, l_i, acc, colsum_row, row_w, d_pad, d_chunk,
               MASKED: tl.constexpr, STATIC_SHIFT: tl.constexpr, COL_SUMS: tl.constexpr, ROW_GRAD: tl.constexpr,
               ONE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-              PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
+              PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr,
+              SPLIT_OPERANDS: tl.constexpr):
     """One tile: (m, l, o) updated; MASKED leaves out the pairs (span + i, c0 + j), i == j."""
     acc_t = bias_ptr.dtype.element_ty
     offs_n = tl.arange(0, BLOCK_N)
-    s, c_j = _tile_logits(ri_desc, cj_desc, r_ptr, c_ptr, r0, c0, r_i, d_pad, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D,
-                          PRECISION, WIDEN_OPERANDS, USE_DESC, acc_t)
+    s, c_j, c_j_lo = _tile_logits(ri_desc, cj_desc, r_ptr, c_ptr, r0, c0, r_i, r_i_lo, c_lo_rows, d_pad, ONE_CHUNK,
+                                  BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC, SPLIT_OPERANDS,
+                                  acc_t)
     # The column vector: -c log2(e) (static shift) or 0, -inf on padding columns.
     e = s * scale2 + tl.load(bias_ptr + c0 + offs_n)[None, :]
     if MASKED:
@@ -225,19 +241,19 @@ def _lse_step(ri_desc, cj_desc, r_ptr, c_ptr, bias_ptr, colsum_ptr, r0, c0, span
         if ROW_GRAD:
             acc = acc * alpha[:, None]
     if ROW_GRAD:
-        acc = _second_product(acc, p, c_j, cj_desc, c_ptr, c0, d_chunk, d_pad, ONE_CHUNK, BLOCK_N, BLOCK_D,
-                              PRECISION, WIDEN_OPERANDS, USE_DESC)
+        acc = _second_product(acc, p, c_j, c_j_lo, cj_desc, c_ptr, c0, d_chunk, d_pad, ONE_CHUNK, BLOCK_N, BLOCK_D,
+                              PRECISION, WIDEN_OPERANDS, USE_DESC, SPLIT_OPERANDS)
     return m_i, l_i, acc
 
 
 @triton.jit
 def _lse_rows_kernel(
     ri_desc, cj_desc, r_ptr, c_ptr, bias_ptr, scale_ptr, ranges_ptr, m_ptr, l_ptr, colsum_ptr, acc_ptr,
-    row_start, row_end, rows_out, cols_per_split, n_cols_pad, d_pad, ranges_stride, pos_offset,
+    row_start, row_end, rows_out, cols_per_split, n_cols_pad, d_pad, ranges_stride, pos_offset, r_lo_rows, c_lo_rows,
     STATIC_SHIFT: tl.constexpr, COL_SUMS: tl.constexpr, ROW_GRAD: tl.constexpr,
     DIAG_SPAN: tl.constexpr, POS_SPAN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
-    PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr,
+    PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr, SPLIT_OPERANDS: tl.constexpr,
 ):
     """Per row m_i and l_i (log2 units; o_i with ROW_GRAD, column sums with COL_SUMS) over
     this program's columns.  Main loop per pair: 1 GEMM (2 with ROW_GRAD), 1 exp2, no mask."""
@@ -249,11 +265,8 @@ def _lse_rows_kernel(
     r0 = row_start + block * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    r_i = tl.zeros([BLOCK_M, BLOCK_D], ri_desc.dtype)  # unused when chunked
-    if ONE_CHUNK:
-        r_i = _load_rows(ri_desc, r_ptr, r0, 0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
-    if WIDEN_OPERANDS:
-        r_i = r_i.to(acc_t)
+    r_i, r_i_lo = _row_block(ri_desc, r_ptr, r0, r_lo_rows, d_pad, BLOCK_M, BLOCK_D, ONE_CHUNK, WIDEN_OPERANDS,
+                             USE_DESC, SPLIT_OPERANDS, acc_t)
     if STATIC_SHIFT:
         m_i = tl.zeros([BLOCK_M], acc_t)  # the shift is in the column vector
     else:
@@ -271,17 +284,17 @@ def _lse_rows_kernel(
         lo, hi = _plain_segment(ranges, seg, span_a, span_b, c_lo, c_hi, BLOCK_M)
         for c0 in range(lo, hi, BLOCK_N):
             m_i, l_i, acc = _lse_step(
-                ri_desc, cj_desc, r_ptr, c_ptr, bias_ptr, colsum_ptr, r0, c0, 0, r_i, scale2, m_i, l_i, acc,
-                colsum_row, row_w, d_pad, d_chunk, False, STATIC_SHIFT, COL_SUMS, ROW_GRAD, ONE_CHUNK,
-                BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC)
+                ri_desc, cj_desc, r_ptr, c_ptr, bias_ptr, colsum_ptr, r0, c0, 0, r_i, r_i_lo, c_lo_rows, scale2, m_i,
+                l_i, acc, colsum_row, row_w, d_pad, d_chunk, False, STATIC_SHIFT, COL_SUMS, ROW_GRAD, ONE_CHUNK,
+                BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC, SPLIT_OPERANDS)
     if DIAG_SPAN or POS_SPAN:
         for k in range(4):  # stage 2: the spans, masked
             lo, hi, span = _span_segment(ranges, k, span_a, span_b, c_lo, c_hi, BLOCK_M)
             for c0 in range(lo, hi, BLOCK_N):
                 m_i, l_i, acc = _lse_step(
-                    ri_desc, cj_desc, r_ptr, c_ptr, bias_ptr, colsum_ptr, r0, c0, span, r_i, scale2, m_i, l_i,
-                    acc, colsum_row, row_w, d_pad, d_chunk, True, STATIC_SHIFT, COL_SUMS, ROW_GRAD, ONE_CHUNK,
-                    BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC)
+                    ri_desc, cj_desc, r_ptr, c_ptr, bias_ptr, colsum_ptr, r0, c0, span, r_i, r_i_lo, c_lo_rows, scale2,
+                    m_i, l_i, acc, colsum_row, row_w, d_pad, d_chunk, True, STATIC_SHIFT, COL_SUMS, ROW_GRAD,
+                    ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC, SPLIT_OPERANDS)
 
     out = split.to(tl.int64) * rows_out + block * BLOCK_M + offs_m
     if d_chunk == 0:
@@ -307,16 +320,18 @@ def _side_range(top, present):
 
 
 @triton.jit
-def _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, col_range_ptr, r0, c0, span, r_i, scale2,
-               shift2, row_coef, row_lse, row_top, row_low, acc, d_pad, d_chunk, headroom,
+def _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, col_range_ptr, r0, c0, span, r_i, r_i_lo,
+               c_lo_rows, scale2, shift2, row_coef, row_lse, row_top, row_low, acc, d_pad, d_chunk, headroom,
                MASKED: tl.constexpr, STATIC_SHIFT: tl.constexpr, ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr,
                TILE_SHIFT: tl.constexpr, ONE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
+               BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr,
+               SPLIT_OPERANDS: tl.constexpr):
     """One tile: acc + W C_j; MASKED gives the pairs (span + i, c0 + j), i == j, weight 0."""
     acc_t = acc.dtype
     offs_n = tl.arange(0, BLOCK_N)
-    s, c_j = _tile_logits(ri_desc, cj_desc, r_ptr, c_ptr, r0, c0, r_i, d_pad, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D,
-                          PRECISION, WIDEN_OPERANDS, USE_DESC, acc_t)
+    s, c_j, c_j_lo = _tile_logits(ri_desc, cj_desc, r_ptr, c_ptr, r0, c0, r_i, r_i_lo, c_lo_rows, d_pad, ONE_CHUNK,
+                                  BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC, SPLIT_OPERANDS,
+                                  acc_t)
     if STATIC_SHIFT:
         # g_i e^(s - lse_i) + h_j e^(s - lse_j) = e^(s - c) (a_i + b_j), a_i = g_i e^(c - lse_i).
         coef = row_coef[:, None]
@@ -355,19 +370,19 @@ def _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, col_ra
                 w += row_coef[:, None] * tl.math.exp2(s * scale2 - row_lse[:, None])
     if MASKED:
         w = tl.where((span + tl.arange(0, BLOCK_M))[:, None] == (c0 + offs_n)[None, :], 0.0, w)
-    return _second_product(acc, w, c_j, cj_desc, c_ptr, c0, d_chunk, d_pad, ONE_CHUNK, BLOCK_N, BLOCK_D,
-                           PRECISION, WIDEN_OPERANDS, USE_DESC)
+    return _second_product(acc, w, c_j, c_j_lo, cj_desc, c_ptr, c0, d_chunk, d_pad, ONE_CHUNK, BLOCK_N, BLOCK_D,
+                           PRECISION, WIDEN_OPERANDS, USE_DESC, SPLIT_OPERANDS)
 
 
 @triton.jit
 def _grad_rows_kernel(
     ri_desc, cj_desc, r_ptr, c_ptr, row_coef_ptr, row_lse_ptr, col_coef_ptr, col_lse_ptr, col_range_ptr, scale_ptr,
     ranges_ptr, out_ptr,
-    row_start, rows_out, cols_per_split, d_pad, ranges_stride, pos_offset,
+    row_start, rows_out, cols_per_split, d_pad, ranges_stride, pos_offset, r_lo_rows, c_lo_rows,
     STATIC_SHIFT: tl.constexpr, ROW_TERMS: tl.constexpr, COL_TERMS: tl.constexpr, TILE_SHIFT: tl.constexpr,
     DIAG_SPAN: tl.constexpr, POS_SPAN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
-    PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr,
+    PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr, SPLIT_OPERANDS: tl.constexpr,
 ):
     """Per row sum_j w_ij C_j.  Main loop per pair: 2 GEMMs (S, W C), no mask, one exp2:
     under the static shift w = 2^(s - c) (row factor + column factor); else under the
@@ -383,11 +398,8 @@ def _grad_rows_kernel(
     r0 = row_start + block * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    r_i = tl.zeros([BLOCK_M, BLOCK_D], ri_desc.dtype)
-    if ONE_CHUNK:
-        r_i = _load_rows(ri_desc, r_ptr, r0, 0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
-    if WIDEN_OPERANDS:
-        r_i = r_i.to(acc_t)
+    r_i, r_i_lo = _row_block(ri_desc, r_ptr, r0, r_lo_rows, d_pad, BLOCK_M, BLOCK_D, ONE_CHUNK, WIDEN_OPERANDS,
+                             USE_DESC, SPLIT_OPERANDS, acc_t)
     row_coef = tl.zeros([BLOCK_M], acc_t)
     row_lse = tl.full([BLOCK_M], float("inf"), acc_t)
     if ROW_TERMS:
@@ -405,17 +417,18 @@ def _grad_rows_kernel(
         lo, hi = _plain_segment(ranges, seg, span_a, span_b, c_lo, c_hi, BLOCK_M)
         for c0 in range(lo, hi, BLOCK_N):
             acc = _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, col_range_ptr, r0, c0, 0, r_i,
-                             scale2, shift2, row_coef, row_lse, row_top, row_low, acc, d_pad, d_chunk, headroom, False,
-                             STATIC_SHIFT, ROW_TERMS, COL_TERMS, TILE_SHIFT, ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D,
-                             PRECISION, WIDEN_OPERANDS, USE_DESC)
+                             r_i_lo, c_lo_rows, scale2, shift2, row_coef, row_lse, row_top, row_low, acc, d_pad,
+                             d_chunk, headroom, False, STATIC_SHIFT, ROW_TERMS, COL_TERMS, TILE_SHIFT, ONE_CHUNK,
+                             BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC, SPLIT_OPERANDS)
     if DIAG_SPAN or POS_SPAN:
         for k in range(4):  # stage 2: the spans, masked
             lo, hi, span = _span_segment(ranges, k, span_a, span_b, c_lo, c_hi, BLOCK_M)
             for c0 in range(lo, hi, BLOCK_N):
                 acc = _grad_step(ri_desc, cj_desc, r_ptr, c_ptr, col_coef_ptr, col_lse_ptr, col_range_ptr, r0, c0,
-                                 span, r_i, scale2, shift2, row_coef, row_lse, row_top, row_low, acc, d_pad, d_chunk,
-                                 headroom, True, STATIC_SHIFT, ROW_TERMS, COL_TERMS, TILE_SHIFT, ONE_CHUNK, BLOCK_M,
-                                 BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC)
+                                 span, r_i, r_i_lo, c_lo_rows, scale2, shift2, row_coef, row_lse, row_top, row_low,
+                                 acc, d_pad, d_chunk, headroom, True, STATIC_SHIFT, ROW_TERMS, COL_TERMS, TILE_SHIFT,
+                                 ONE_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
+                                 SPLIT_OPERANDS)
 
     out = split.to(tl.int64) * rows_out + block * BLOCK_M + offs_m
     tl.store(out_ptr + out[:, None] * d_pad + (d_chunk * BLOCK_D + offs_d)[None, :], acc)
@@ -439,9 +452,9 @@ def contrastive_config(fmt: str, d: int, kernel: str, arch: int, static_shift: b
     with_grad = kernel in ("lse_grad", "grad")
     col_sums = kernel == "lse_col_sums"
     if col_sums and fmt == "tf32" and arch >= 90 and d > TF32_COL_SUMS_ONE_CHUNK_MAX_D:
-        cfg = flash_config(fmt, d, True, arch, static_shift, uniform_kernel=False)  # the gradient's: chunked past 128
+        cfg = flash_config(fmt, d, True, arch, static_shift)  # the gradient's: chunked past 128
     else:
-        cfg = flash_config(fmt, d, with_grad, arch, static_shift, uniform_kernel=False)
+        cfg = flash_config(fmt, d, with_grad, arch, static_shift)
     if not with_grad and fmt == "tf32" and arch >= 90 and cfg["ONE_CHUNK"] and cfg["BLOCK_D"] <= 128:
         cfg["BLOCK_N"] = 128
     if arch < 90:  # sm_80 cases that spilled (8-24 bytes) or passed 40 non-mma per pair with the uniformity kernel's blocks
@@ -464,6 +477,11 @@ def contrastive_config(fmt: str, d: int, kernel: str, arch: int, static_shift: b
         # sm_90, Triton 3.9.  Triton 3.6's software pipeliner fails on the tile shift's
         # per-tile branch (PassManager::run failed, two stages; one stage spills 48 bytes).
         cfg["TILE_SHIFT"] = cfg["BLOCK_D"] <= 128 and fmt != "fp64" and not triton_before_newest()
+        if cfg["SPLIT_OPERANDS"] and not static_shift:
+            # The tile shift's branch before the split of W: Triton 3.6's software
+            # pipeliner fails on it with 2 stages (a pass error at 64 x 32 and 64 x 16);
+            # 64 x 32 with 1 stage spills 128 bytes under 3.9, 64 x 16 none under either.
+            cfg.update(BLOCK_N=16, num_stages=1)
     return cfg
 
 
@@ -515,11 +533,18 @@ class _Problem:
         self.c = c if self.static else 0.0  # natural units
         d = a.shape[1]
         self.d = d
-        self.d_pad = padded_width(self.fmt, d, self.arch, self.static, uniform_kernel=False)
+        self.d_pad = padded_width(self.fmt, d, self.arch, self.static)
         self.na_pad = triton.cdiv(self.na, PART_BLOCK) * PART_BLOCK
         self.nb_pad = triton.cdiv(self.nb, PART_BLOCK) * PART_BLOCK
         pa, pb = _pad_rows(a, self.na_pad, self.d_pad), _pad_rows(b, self.nb_pad, self.d_pad)
         self.z = torch.cat([pa, pb]) if self_pairs else None
+        # 3xTF32 from prepared halves (split_operands: one answer for every kernel of the
+        # op, as their 3xTF32 caps are one): each operand tensor [high; low], the low
+        # halves as many rows further as the tensor has padded rows (halves_offset).
+        self.halves = split_operands(self.fmt, d, self.arch, self.static, True)
+        if self.halves:
+            pa, pb = tf32_halves(pa), tf32_halves(pb)
+            self.z = tf32_halves(self.z) if self_pairs else None
         self.pa, self.pb = pa, pb
         a_blocks, b_blocks = self.na_pad // PART_BLOCK, self.nb_pad // PART_BLOCK
         z_blocks = a_blocks + b_blocks
@@ -545,6 +570,16 @@ class _Problem:
         if rows_are_a:
             return self.pa, self.pb, 0, self.na_pad, self.na
         return self.pb, self.pa, 0, self.nb_pad, self.nb
+
+    def halves_offset(self, t: torch.Tensor) -> int:
+        """How many rows below a padded row its low TF32 half is (its padded row count;
+        0 without halves)."""
+        return t.shape[0] // 2 if self.halves else 0
+
+    def halves_offsets(self, rows_are_a):
+        """(rows', columns') halves_offset: the kernels' r_lo_rows and c_lo_rows."""
+        rows, cols = self.side(rows_are_a)[:2]
+        return self.halves_offset(rows), self.halves_offset(cols)
 
     def real_columns(self, rows_are_a):
         """(real count, padded length) pieces of the columns."""
@@ -597,7 +632,7 @@ class _Problem:
         rows, cols, row_start, rows_out, n_rows = self.side(rows_are_a)
         cfg = contrastive_config(self.fmt, self.d, kernel, self.arch, static)
         bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
-        n_cols_pad = cols.shape[0]
+        n_cols_pad = cols.shape[0] - self.halves_offset(cols)
         splits, per_split = split_columns(n_rows, n_cols_pad, bm, bn, rows.device, col_splits)
         ranges, stride = self.ranges(rows_are_a, n_cols_pad, rows.device)
         d_chunks = self.d_pad // bd if kernel in ("lse_grad", "grad") else 1
@@ -610,7 +645,8 @@ class _Problem:
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, ONE_CHUNK=cfg["ONE_CHUNK"], PRECISION=self.precision,
             # The interpreter's 16-bit tl.dot is wrong (Triton 3.9): widen (exactly) there.
             WIDEN_OPERANDS=triton.knobs.runtime.interpret and rows.dtype in (torch.bfloat16, torch.float16),
-            USE_DESC=cfg["USE_DESC"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            USE_DESC=cfg["USE_DESC"], SPLIT_OPERANDS=cfg["SPLIT_OPERANDS"], num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
         )
         if kernel == "grad":
             consts["TILE_SHIFT"] = cfg["TILE_SHIFT"]
@@ -639,6 +675,7 @@ class _Problem:
         _lse_rows_kernel[grid](
             *tensors, bias, scale, ranges, m, l, colsum, acc,
             row_start, row_start + n_rows, rows_out, per_split, n_cols_pad, self.d_pad, stride, self.na_pad,
+            *self.halves_offsets(rows_are_a),
             STATIC_SHIFT=static, COL_SUMS=col_sums, ROW_GRAD=row_grad, **consts)
         # base 2 -> natural; the static shift is in the column vector.
         m = (m[:, :n_rows] + shift2) * math.log(2.0)
@@ -683,7 +720,7 @@ class _Problem:
         out = torch.empty((splits, rows_out, self.d_pad), dtype=acc_t, device=dev)
         _grad_rows_kernel[grid](
             *tensors, rc, rl, cc, cl, windows, scale, ranges, out,
-            row_start, rows_out, per_split, self.d_pad, stride, self.na_pad,
+            row_start, rows_out, per_split, self.d_pad, stride, self.na_pad, *self.halves_offsets(rows_are_a),
             STATIC_SHIFT=static, ROW_TERMS=row_terms is not None, COL_TERMS=col_terms is not None, **consts)
         out = out[0] if splits == 1 else out.sum(0)
         out = out[:n_rows, : self.d] * self.scale

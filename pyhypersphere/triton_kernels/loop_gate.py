@@ -195,19 +195,17 @@ CHUNKED_ALLOWED = (
     # 3xTF32: Triton splits both operands into TF32 halves in registers, and the
     # loop-invariant row block's two halves alone spill at d = 128 (uniformity, sm_90:
     # gradient 128x32 w8 2272 B, 64x32 w4 3176 B, 64x16 w4 2028 B; loss 128x32 w8 616 B,
-    # 64x32 w4 544 B).  The uniformity kernel on sm_90 takes halves the launcher split
-    # (uniform.split_operands), read by wgmma from shared memory: one chunk to 128.
+    # 64x32 w4 544 B).  On sm_90 the uniformity and contrastive kernels take halves the
+    # launchers split (uniform.split_operands), read by wgmma from shared memory: one
+    # chunk to 128.
     ChunkedAllowed(("grad", "loss"), ("tf32x3",), (90,), ("static", "online"), 128,
                    "prepared halves at d = 256: the gradient 64x32 w4 s1 spills 4568 B with 256 KiB of "
-                   "shared memory (the row block's halves alone are 128 KiB)", families=("uniform_",)),
+                   "shared memory (the row block's halves alone are 128 KiB)"),
     ChunkedAllowed(("grad", "loss"), ("tf32x3",), (80,), ("static", "online"), 64,
                    "mma.sync takes the row block from registers, halves too: prepared halves spill "
                    "4108 B at d = 128 (gradient 64x32 w4); Triton's own split 4400 B (64x32 w4), the "
-                   "loss 48 B (64x32 w4), 8 B and 176 KiB of shared memory (128x32 w8)", families=("uniform_",)),
-    ChunkedAllowed(("grad", "loss"), ("tf32x3",), (80, 90), ("static", "online"), 64,
-                   "Triton's split in registers, as the uniformity kernel's: the prepared halves are "
-                   "not done for the contrastive kernels (their gradient kernel is being reworked)",
-                   families=("contrastive_",)),
+                   "loss 48 B (64x32 w4), 8 B and 176 KiB of shared memory (128x32 w8) (uniformity "
+                   "kernel; the contrastive kernels' row blocks are the same)"),
     ChunkedAllowed(("grad",), ("fp64",), (80, 90), ("static", "online"), 128,
                    "DMMA takes the row block and the accumulator from registers (8 rows of 256 float64 a "
                    "warp: 128 registers each): 16x32 w4 spills 1088 B (sm_90), 16x16 w4 380 B; 8 warps "

@@ -75,7 +75,7 @@ TF32X3_IN_REGISTERS_MAX_D = 64
 TF32X3_SPLIT_MAX_D = 128
 
 
-def one_chunk_max_d(fmt: str, arch: int, static_shift: bool, with_grad: bool, uniform_kernel: bool = True) -> int:
+def one_chunk_max_d(fmt: str, arch: int, static_shift: bool, with_grad: bool) -> int:
     """The widest d computed in one chunk, for a kernel with a second product (P z_j, the
     gradient) or without (the loss, the contrastive lse).  Found by compiling for sm_80
     and sm_90 (compile_check); every cap below ONE_CHUNK_WIDTH is in
@@ -83,9 +83,9 @@ def one_chunk_max_d(fmt: str, arch: int, static_shift: bool, with_grad: bool, un
     sm90 = arch >= 90
     if fmt == "tf32x3":
         # Triton splits both operands into TF32 halves in registers: past 64 the row
-        # block's halves spill.  On sm_90 the uniformity kernel takes halves the
-        # launcher split (split_operands), read by wgmma from shared memory.
-        return TF32X3_SPLIT_MAX_D if sm90 and uniform_kernel else TF32X3_IN_REGISTERS_MAX_D
+        # block's halves spill.  On sm_90 the kernels (uniformity and contrastive) take
+        # halves the launcher split (split_operands), read by wgmma from shared memory.
+        return TF32X3_SPLIT_MAX_D if sm90 else TF32X3_IN_REGISTERS_MAX_D
     if not with_grad:
         # TF32 with the online max before sm_90: 43 non-mma instructions per pair at 256;
         # under Triton 3.6 CLIP's column sums spill there with the static shift too.
@@ -137,6 +137,47 @@ def _tf32_high(v):
 
 
 @triton.jit
+def _row_block(ri_desc, r_ptr, r0, r_lo_rows, d_pad, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+               ONE_CHUNK: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr,
+               SPLIT_OPERANDS: tl.constexpr, acc_t: tl.constexpr):
+    """A program's row block R_i (zeros when chunked: unused) and, with SPLIT_OPERANDS,
+    its low TF32 half (r_lo_rows further; else R_i again, unused)."""
+    r_i = tl.zeros([BLOCK_M, BLOCK_D], ri_desc.dtype)
+    if ONE_CHUNK:
+        r_i = _load_rows(ri_desc, r_ptr, r0, 0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
+    r_i_lo = r_i
+    if SPLIT_OPERANDS:
+        r_i_lo = _load_rows(ri_desc, r_ptr, r_lo_rows + r0, 0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
+    if WIDEN_OPERANDS:
+        r_i = r_i.to(acc_t)
+    return r_i, r_i_lo
+
+
+@triton.jit
+def _halves_logits(r_i, r_i_lo, cj_desc, c_ptr, c0, c_lo_rows, d_pad, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   USE_DESC: tl.constexpr, acc_t: tl.constexpr):
+    """(S, C_j, C_j's low half): 3xTF32 <R_i, C_j> over the columns [c0, c0 + BLOCK_N)
+    from the operands' TF32 halves (tf32_halves; the columns' low halves c_lo_rows
+    further), three TF32 products, the small ones first (low x low is below float32's
+    rounding)."""
+    c_j = _load_rows(cj_desc, c_ptr, c0, 0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)  # K and V: high halves
+    c_j_lo = _load_rows(cj_desc, c_ptr, c_lo_rows + c0, 0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)
+    s = tl.dot(r_i_lo, tl.trans(c_j), input_precision="tf32", out_dtype=acc_t)
+    s = tl.dot(r_i, tl.trans(c_j_lo), s, input_precision="tf32", out_dtype=acc_t)
+    return tl.dot(r_i, tl.trans(c_j), s, input_precision="tf32", out_dtype=acc_t), c_j, c_j_lo
+
+
+@triton.jit
+def _halves_product(acc, w, c_j, c_j_lo):
+    """acc + W C_j in 3xTF32, C_j from its TF32 halves: W split in registers (a tile of
+    weights, computed here), three TF32 products, the small ones first."""
+    w_hi = _tf32_high(w)
+    acc = tl.dot(w - w_hi, c_j, acc, input_precision="tf32", out_dtype=acc.dtype)
+    acc = tl.dot(w_hi, c_j_lo, acc, input_precision="tf32", out_dtype=acc.dtype)
+    return tl.dot(w_hi, c_j, acc, input_precision="tf32", out_dtype=acc.dtype)
+
+
+@triton.jit
 def _tile_step(zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, z_i_lo, lo_rows, row_term, scale, m_i, l_i, lw_i,
                acc, weight, d_pad, d_chunk,
                DIAG: tl.constexpr, STATIC_SHIFT: tl.constexpr, WITH_GRAD: tl.constexpr, ONE_CHUNK: tl.constexpr,
@@ -151,11 +192,8 @@ def _tile_step(zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, z_i_lo, lo_row
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     if SPLIT_OPERANDS:
-        z_j = _load_rows(zj_desc, z_ptr, c0, 0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)  # K and V: high halves
-        z_j_lo = _load_rows(zj_desc, z_ptr, lo_rows + c0, 0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)
-        s = tl.dot(z_i_lo, tl.trans(z_j), input_precision="tf32", out_dtype=acc_t)
-        s = tl.dot(z_i, tl.trans(z_j_lo), s, input_precision="tf32", out_dtype=acc_t)
-        s = tl.dot(z_i, tl.trans(z_j), s, input_precision="tf32", out_dtype=acc_t)
+        s, z_j, z_j_lo = _halves_logits(z_i, z_i_lo, zj_desc, z_ptr, c0, lo_rows, d_pad, BLOCK_N, BLOCK_D, USE_DESC,
+                                        acc_t)
     elif ONE_CHUNK:
         z_j = _load_rows(zj_desc, z_ptr, c0, 0, d_pad, BLOCK_N, BLOCK_D, USE_DESC)  # K and V of this step
         if WIDEN_OPERANDS:
@@ -199,10 +237,7 @@ def _tile_step(zi_desc, zj_desc, z_ptr, colterm_ptr, c0, r0, z_i, z_i_lo, lo_row
         if WITH_GRAD:
             acc = acc * alpha[:, None]
     if WITH_GRAD and SPLIT_OPERANDS:
-        p_hi = _tf32_high(p)
-        acc = tl.dot(p - p_hi, z_j, acc, input_precision="tf32", out_dtype=acc_t)
-        acc = tl.dot(p_hi, z_j_lo, acc, input_precision="tf32", out_dtype=acc_t)
-        acc = tl.dot(p_hi, z_j, acc, input_precision="tf32", out_dtype=acc_t)
+        acc = _halves_product(acc, p, z_j, z_j_lo)
     elif WITH_GRAD:
         if ONE_CHUNK:
             z_c = z_j
@@ -239,14 +274,8 @@ def _uniform_rows_kernel(
     r0 = row_start + block * BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    z_i = tl.zeros([BLOCK_M, BLOCK_D], zi_desc.dtype)  # unused when chunked
-    z_i_lo = z_i  # the low halves (SPLIT_OPERANDS)
-    if ONE_CHUNK:
-        z_i = _load_rows(zi_desc, z_ptr, r0, 0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
-    if SPLIT_OPERANDS:
-        z_i_lo = _load_rows(zi_desc, z_ptr, lo_rows + r0, 0, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
-    if WIDEN_OPERANDS:
-        z_i = z_i.to(acc_t)
+    z_i, z_i_lo = _row_block(zi_desc, z_ptr, r0, lo_rows, d_pad, BLOCK_M, BLOCK_D, ONE_CHUNK, WIDEN_OPERANDS, USE_DESC,
+                             SPLIT_OPERANDS, acc_t)
     row_term = tl.load(colterm_ptr + r0 + offs_m)
 
     if STATIC_SHIFT:
@@ -312,21 +341,21 @@ def operand_format(dtype: torch.dtype, precision: str) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}[dtype]
 
 
-def block_width(fmt: str, d: int, arch: int, static_shift: bool, with_grad: bool, uniform_kernel: bool = True) -> int:
+def block_width(fmt: str, d: int, arch: int, static_shift: bool, with_grad: bool) -> int:
     """BLOCK_D: d rounded up to a power of two (>= 16), or the chunk width past the cap."""
-    if d > one_chunk_max_d(fmt, arch, static_shift, with_grad, uniform_kernel):
+    if d > one_chunk_max_d(fmt, arch, static_shift, with_grad):
         return 32 if fmt == "tf32x3" else 64
     return max(16, triton.next_power_of_2(d))
 
 
-def padded_width(fmt: str, d: int, arch: int, static_shift: bool, uniform_kernel: bool = True) -> int:
+def padded_width(fmt: str, d: int, arch: int, static_shift: bool) -> int:
     """The features padded for every kernel of an op (with and without the second
     product): a multiple of both block widths (powers of two)."""
-    block_d = max(block_width(fmt, d, arch, static_shift, g, uniform_kernel) for g in (False, True))
+    block_d = max(block_width(fmt, d, arch, static_shift, g) for g in (False, True))
     return triton.cdiv(d, block_d) * block_d
 
 
-def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: bool, uniform_kernel: bool = True) -> dict:
+def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: bool) -> dict:
     """The block configuration the launcher picks for a product format, width, gradient
     or not, arch and shift (also what compile_check compiles: the enumerable set).
     Chosen by compiling the candidates for sm_80 and sm_90 (no spills, the gate's mix);
@@ -335,8 +364,8 @@ def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: boo
     mma.sync (sm_80) holds S and P in registers, so its column tiles are narrower; there
     plain loads mostly issue fewer instructions than the descriptors' lowering.  Past the
     one-chunk cap (one_chunk_max_d) the chunked path's 128 x 32."""
-    block_d = block_width(fmt, d, arch, static_shift, with_grad, uniform_kernel)
-    one_chunk = d <= one_chunk_max_d(fmt, arch, static_shift, with_grad, uniform_kernel)
+    block_d = block_width(fmt, d, arch, static_shift, with_grad)
+    one_chunk = d <= one_chunk_max_d(fmt, arch, static_shift, with_grad)
     use_desc = arch >= 90
     stages = 2 if one_chunk else 1
     if fmt == "fp64":
@@ -354,7 +383,7 @@ def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: boo
             # Under Triton 3.6, 4 warps issue both products twice (4 GEMMs per tile in its
             # PTX, 2 under 3.9); 2 warps issue them once under both.
             warps = 2
-    elif split_operands(fmt, d, arch, static_shift, with_grad) and uniform_kernel:
+    elif split_operands(fmt, d, arch, static_shift, with_grad):
         # The halves in shared memory (wgmma): 64 x 32, 4 warps with the gradient (128
         # x 32, 8 warps: 255 registers), 128 x 32 for the loss (128 x 64 passes the limit).
         block_m, block_n, warps = (64, 32, 4) if with_grad else (128, 32, 8)
@@ -383,11 +412,11 @@ def flash_config(fmt: str, d: int, with_grad: bool, arch: int, static_shift: boo
         block_m, block_n, warps = 128, 128, 8
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "ONE_CHUNK": one_chunk,
             "USE_DESC": use_desc, "num_warps": warps, "num_stages": stages,
-            "SPLIT_OPERANDS": uniform_kernel and split_operands(fmt, d, arch, static_shift, with_grad)}
+            "SPLIT_OPERANDS": split_operands(fmt, d, arch, static_shift, with_grad)}
 
 
 def split_operands(fmt: str, d: int, arch: int, static_shift: bool, with_grad: bool) -> bool:
-    """Whether the uniformity kernel takes 3xTF32's operands as TF32 halves the launcher
+    """Whether a kernel takes 3xTF32's operands as TF32 halves the launcher
     prepared (rows of high halves, then as many of low halves): past d = 64 in one chunk,
     where Triton's own split (both operands into halves in registers) spills."""
     return fmt == "tf32x3" and TF32X3_IN_REGISTERS_MAX_D < d <= one_chunk_max_d(fmt, arch, static_shift, with_grad)
