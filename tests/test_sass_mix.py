@@ -303,6 +303,21 @@ def test_loss_lines_add_up_each_loss_passes():
     assert bad == {"loss=clip", "loss=nt_xent", "loss=supcon"}
 
 
+def test_loss_lines_read_the_3xtf32_halves_names():
+    # The kernels fed TF32 halves carry a "halves" tag in their names: their passes still
+    # add up to per-loss lines (three TF32 products per GEMM of the minimum).
+    from pyhypersphere.triton_kernels import compile_check
+
+    def row(kernel, what, gemms):
+        return {"name": f"contrastive {kernel} tf32x3 M64 N32 D128 halves {what} static w4 s2", "arch": 90,
+                "mix": _mix(gemms, 1.0, 40.0)}
+
+    rows = [row("lse", "self", 3.0), row("grad", "two-sided", 6.0)]
+    lines = dict((line.split()[1], (line, bad)) for line, bad in compile_check._loss_lines(rows))
+    assert "gemms_per_tile=9.00 exps_per_pair=2.00 minimum=3/2" in lines["loss=nt_xent"][0]
+    assert not lines["loss=nt_xent"][1]
+
+
 # ---------------------------------------------------------------- the CUDA gate (cuobjdump)
 
 _PATH = Path(__file__).resolve().parents[1] / "tools" / "sass_loop_stats.py"

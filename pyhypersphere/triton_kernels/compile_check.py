@@ -381,7 +381,7 @@ def _loss_lines(rows: list) -> list:
     keeps the online max (contrastive.row_lse)."""
     found = {}
     for row in rows:
-        parts = row["name"].split()
+        parts = [p for p in row["name"].split() if p != "halves"]  # the 3xTF32 halves' tag, not a field
         if parts[0] != "contrastive" or "chunked" in parts or "mix" not in row:
             continue
         kernel, fmt, block_d, what, shift = parts[1], parts[2], parts[5], parts[6], parts[7]
