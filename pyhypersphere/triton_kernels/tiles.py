@@ -2,6 +2,8 @@
 the part slicing's int32 tile index, and the installed Triton's version where a block
 choice depends on it."""
 
+import functools
+
 INT32_LIMIT = 2**31
 # The newest Triton the block choices were compile-checked with (compile_check, every
 # configuration spill-free).  Triton 3.6 (the GPU image's) was checked too: where its
@@ -33,9 +35,11 @@ def part_index_fits(tiles: int, triangle_blocks: int) -> bool:
     return max(tiles, triangle_blocks * triangle_blocks) < INT32_LIMIT
 
 
+@functools.lru_cache(maxsize=None)
 def triton_before_newest() -> bool:
     """Whether the installed Triton predates NEWEST_CHECKED_TRITON (then the blocks that
-    only it compiles without spills are not chosen: see the callers)."""
+    only it compiles without spills are not chosen: see the callers).  Read once: the
+    config functions ask on every launch."""
     import triton
 
     version = tuple(int(part) for part in triton.__version__.split("+")[0].split(".")[:2])
