@@ -436,8 +436,12 @@ def triton_kernels():
     # stage starting inside a column tile
     (50, 37, 24, torch.float32), (130, 150, 40, torch.bfloat16),
 ])
-def test_triton_kernel_against_the_dense_formula(triton_kernels, n, ny, d, dtype):
+def test_triton_kernel_against_the_dense_formula(triton_kernels, monkeypatch, n, ny, d, dtype):
+    # The two sweeps (the path under torch's deterministic mode): the one pass is below.
     launcher, device = triton_kernels
+    import pyhypersphere.triton_kernels.siglip as module
+
+    monkeypatch.setattr(module, "_one_pass", lambda *args: None)
     x, y = inputs(n, d, dtype, seed=14, ny=ny)
     coef = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     t, b = torch.tensor(6.0), torch.tensor(-4.0)
@@ -471,8 +475,7 @@ def test_triton_loss_through_dispatch_and_its_errors(triton_kernels):
 
 
 # One sweep for the loss and both gradients (y's gradient rows added with atomics), the
-# launcher's path whenever d/dy is wanted and torch's deterministic mode is off, for
-# 16-bit and float64 inputs (float32 takes the two sweeps: the kernel spills there).  Its
+# launcher's path whenever d/dy is wanted and torch's deterministic mode is off.  Its
 # blocks (siglip.one_pass_config; the interpreter takes sm_90's): 128 x 128 for 16-bit
 # operands, 16 x 32 for float64, so these shapes have several row and column blocks,
 # tails, rows past y's (N_x > N_y: no diagonal there) and columns past x's.
@@ -487,7 +490,8 @@ def _one_pass_case(launcher_module, n, ny, d, dtype, grad_x, device):
     coef = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) - 0.25
     t = torch.tensor(5.0, dtype=torch.float64)
     b = torch.tensor(-3.0, dtype=torch.float64)
-    assert launcher_module.one_pass_config(launcher_module.operand_format(dtype, "ieee"), d, 90) is not None
+    fmt = launcher_module.operand_format(dtype, launcher_module._precision(dtype))
+    assert launcher_module.one_pass_config(fmt, d, launcher_module.device_arch(x.device)) is not None
     out = launcher_module.siglip(*(v.to(device) for v in (x, y, t, b, coef)), grad_x, True, True)
     return x, y, t, b, coef, out
 
@@ -512,6 +516,36 @@ def test_triton_one_pass_against_the_dense_formula(triton_kernels, monkeypatch, 
         assert got.shape == ref.shape
         assert_close(got.cpu(), ref.grad, 5 * tol, f"d/d{name}")
     assert_close(gtb.cpu(), torch.stack([refs[2].grad, refs[3].grad]), 5 * tol, "d/dt, d/db")
+
+
+@pytest.mark.parametrize("precision,arch", [("tf32x3", 90), ("tf32x3", 80), ("tf32", 90), ("tf32", 80)])
+def test_triton_float32_one_pass_against_the_dense_formula(triton_kernels, monkeypatch, precision, arch):
+    # float32 on mma.sync tiles (siglip.FLOAT32_ONE_PASS_BLOCKS), every width's blocks of
+    # the format and arch: 16- and 32-row tiles, 16- and 32-column tiles, sm_90's TMA
+    # descriptors and sm_80's plain loads, sm_80's 3xTF32 padding d <= 16 to 32.
+    launcher, device = triton_kernels
+    import pyhypersphere.triton_kernels.siglip as module
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("the two-sweep path ran where the one-pass kernel should")
+
+    monkeypatch.setattr(module, "_sweep", no_sweep)
+    monkeypatch.setattr(module, "device_arch", lambda device: arch)
+    monkeypatch.setattr(module, "_precision", lambda dtype: precision)
+    # The interpreter computes TF32 products in float32: a dropped 3xTF32 product would
+    # still show at this tolerance only on a GPU, so this checks the kernel's indexing,
+    # masks and sums.
+    for n, ny, d in ((37, 50, 12), (50, 37, 24), (40, 45, 64), (35, 33, 128)):
+        x, y, t, b, coef, (total, rows, gx, gy, gtb) = _one_pass_case(module, n, ny, d, torch.float32, True, device)
+        refs = [v.double().requires_grad_(True) for v in (x, y, t, b)]
+        want_rows = dense_rows(*refs)
+        (want_rows * coef).sum().backward()
+        assert_close(rows.cpu(), want_rows.detach(), 2e-5, f"rows, d = {d}")
+        assert_close(total.cpu(), (want_rows * coef).sum().detach(), 2e-5, f"total, d = {d}")
+        for got, ref, name in ((gx, refs[0], "x"), (gy, refs[1], "y")):
+            assert got.shape == ref.shape
+            assert_close(got.cpu(), ref.grad, 1e-4, f"d/d{name}, d = {d}")
+        assert_close(gtb.cpu(), torch.stack([refs[2].grad, refs[3].grad]), 1e-4, f"d/dt, d/db, d = {d}")
 
 
 def test_triton_one_pass_without_the_gradient_of_x(triton_kernels):

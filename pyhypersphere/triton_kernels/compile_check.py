@@ -269,7 +269,7 @@ def _siglip_one_pass_jobs(archs, quick: bool = False):
                       "PRECISION": precision, "WIDEN_OPERANDS": False, "FAST_MATH": fast,
                       "REDUCE_DESC": fast and cfg["USE_DESC"]}
             name = f"siglip one-pass {fmt} M{bm} N{bn} D{bd} w{cfg['num_warps']} s{cfg['num_stages']}"
-            over = arch < 90 and fmt != "fp64"  # loop_gate's note
+            over = fmt in ("tf32", "tf32x3") or (arch < 90 and fmt != "fp64")  # loop_gate's note
             family = "siglip_one_pass_over_budget" if over else "siglip_one_pass"
             yield Job(name, "siglip_one_pass", sig, consts, cfg["num_warps"], cfg["num_stages"], True, family, fmt,
                       (bm, bn, bd), (arch,))

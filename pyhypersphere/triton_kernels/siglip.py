@@ -13,8 +13,9 @@ float64 rows for float64 inputs), as FlashAttention-2's backward adds dQ.  Main 
 tile: 3 tensor-core GEMMs and 1 exp per pair, the algorithm's minimum
 (loop_gate.MIN_WORK["siglip_one_pass"]).  The atomics make the result's last bits depend
 on the order the programs' additions land in: under torch.use_deterministic_algorithms
-the launcher takes the two sweeps below instead, which are bitwise repeatable.  float32
-inputs (TF32 and 3xTF32: spills) and d past ONE_CHUNK_MAX_D take the two sweeps too.
+the launcher takes the two sweeps below instead, which are bitwise repeatable; d past
+ONE_CHUNK_MAX_D takes them too.  float32 (TF32 and 3xTF32) runs on mma.sync tiles on both
+archs (FLOAT32_ONE_PASS_BLOCKS: a float32 W^T is no transposable wgmma operand).
 
 Two sweeps (`_siglip_kernel`, flash-style row blocks, no atomics): rows x against columns
 y give the rows' losses, t sum_j w_ij y_j (d/dx) and the program's sums of w <x_i, y_j>
@@ -384,20 +385,59 @@ def _config(dtype: torch.dtype, d: int, precision: str = "ieee") -> dict:
             "num_stages": 3}
 
 
+# float32's one-pass blocks, (BLOCK_M, BLOCK_N, num_warps, TMA descriptors) per product
+# format, arch and BLOCK_D: mma.sync tiles on both archs.  A float32 W^T is no
+# transposable wgmma operand (TF32 wgmma reads both shared-memory operands with the
+# contracted index contiguous), so on sm_90 Triton moves it through registers and spills
+# at 64 rows (352 bytes at 64 x 32, d = 128); 16- and 32-row tiles stay on mma.sync.  Each
+# entry is the tile without spills and with the fewest other instructions per pair among
+# those compiled (docs/results/triton.md); fewer warps where more split a tile's products
+# unevenly (6 GEMMs and 2 exps a tile at 32 x 32 on 4 warps below d = 128), and on sm_90
+# the TMA descriptors (y's gradient tile by one bulk reduce-add) where they do not spill.
+# 3xTF32 on sm_80 pads d <= 16 to 32 (every 16-wide tile spills or duplicates products).
+FLOAT32_ONE_PASS_BLOCKS = {
+    ("tf32", 90): {16: (32, 32, 2, True), 32: (32, 32, 2, False), 64: (32, 32, 2, True), 128: (16, 32, 4, True)},
+    ("tf32", 80): {16: (32, 32, 2, False), 32: (32, 32, 1, False), 64: (32, 32, 2, False),
+                   128: (32, 32, 4, False)},
+    ("tf32x3", 90): {16: (32, 32, 2, True), 32: (16, 32, 1, False), 64: (16, 32, 2, True),
+                     128: (16, 32, 4, False)},
+    ("tf32x3", 80): {32: (32, 16, 2, False), 64: (32, 16, 2, False), 128: (16, 32, 4, False)},
+}
+# Where Triton 3.6 (before tiles.NEWEST_CHECKED_TRITON) spills on those blocks (8-72
+# bytes), its spill-free choice, or None: the two sweeps (3xTF32 at d = 128 spills 32-48
+# bytes on every 9-GEMM tile tried).
+FLOAT32_ONE_PASS_BLOCKS_OLDER_TRITON = {
+    ("tf32", 90): {64: (32, 32, 2, False)},
+    ("tf32x3", 90): {32: (32, 16, 2, False), 64: (16, 32, 4, True), 128: None},
+    ("tf32x3", 80): {32: (16, 32, 1, False), 128: None},
+}
+
+
 def one_pass_config(fmt: str, d: int, arch: int):
     """The one-pass kernel's blocks for a product format, width and arch (compile_check
     compiles each), or None where the launcher takes the two sweeps: d past the one-chunk
-    width, and float32 (TF32 and 3xTF32: every tile tried spills, TF32 from 64 x 64 on
-    sm_90 as float32 W^T is transposed through registers, 3xTF32's operand halves from
-    64 x 32).  sm_90, 16-bit: 128 x 128 tiles, 8 warps, one stage (15.8 non-mma
+    width.  sm_90, 16-bit: 128 x 128 tiles, 8 warps, one stage (15.8 non-mma
     instructions per pair at d = 128; 64-column tiles pay the per-row log and reductions
-    twice: 20.5), 64 x 128 at 4 warps for d = 64.  Before sm_90, mma.sync keeps both [rows, d] gradient accumulators and the
-    operands in registers: 32 x 32 is the largest 16-bit tile without spills (66 per pair
-    at d = 128, above the sm_80 budget of 40).  float64: 16 x 32 (32-row tiles spill or issue 4 GEMMs
-    a tile).  compile_check's full matrix, d = 16 to 128, passes with these."""
+    twice: 20.5), 64 x 128 at 4 warps for d = 64.  Before sm_90, mma.sync keeps both
+    [rows, d] gradient accumulators and the operands in registers: 32 x 32 is the largest
+    16-bit tile without spills (66 per pair at d = 128, above the sm_80 budget of 40).
+    float64: 16 x 32 (32-row tiles spill or issue 4 GEMMs a tile).  float32:
+    FLOAT32_ONE_PASS_BLOCKS.  compile_check's full matrix, d = 16 to 128, passes with
+    these."""
     block_d = max(16, triton.next_power_of_2(d))
-    if block_d > ONE_CHUNK_MAX_D[fmt] or fmt in ("tf32", "tf32x3"):
+    if block_d > ONE_CHUNK_MAX_D[fmt]:
         return None
+    if fmt in ("tf32", "tf32x3"):
+        key = (fmt, 90 if arch >= 90 else 80)
+        blocks = FLOAT32_ONE_PASS_BLOCKS[key]
+        block_d = max(block_d, min(blocks))
+        if triton_before_newest():
+            blocks = {**blocks, **FLOAT32_ONE_PASS_BLOCKS_OLDER_TRITON.get(key, {})}
+        if blocks[block_d] is None:
+            return None
+        block_m, block_n, warps, use_desc = blocks[block_d]
+        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "USE_DESC": use_desc,
+                "num_warps": warps, "num_stages": 1}
     if arch >= 90 and fmt != "fp64" and triton_before_newest():
         return None  # Triton 3.6: the 16-bit 128 x 128 tile spills 4292 bytes (23 non-mma per pair)
     use_desc, stages = arch >= 90, 1
