@@ -442,6 +442,7 @@ def test_block_choices_follow_the_installed_triton(monkeypatch, older):
     assert siglip.one_pass_config("fp64", 64, 90) is not None
     assert (siglip.one_pass_config("tf32x3", 128, 80) is None) is older
     assert siglip.one_pass_config("tf32x3", 64, 90)["num_warps"] == (4 if older else 2)
+    assert siglip.one_pass_config("tf32x3", 128, 90)["BLOCK_N"] == (16 if older else 32)
     assert uniform.flash_config("fp64", 128, True, 90, True)["ONE_CHUNK"] is not older
     assert uniform.flash_config("tf32", 256, False, 80, True)["ONE_CHUNK"] is not older
     allowed = loop_gate.chunked_problem("uniform_grad_chunked", "fp64", 90, True, 128) == ""

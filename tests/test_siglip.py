@@ -518,11 +518,13 @@ def test_triton_one_pass_against_the_dense_formula(triton_kernels, monkeypatch, 
     assert_close(gtb.cpu(), torch.stack([refs[2].grad, refs[3].grad]), 5 * tol, "d/dt, d/db")
 
 
-@pytest.mark.parametrize("precision,arch", [("tf32x3", 90), ("tf32x3", 80), ("tf32", 90), ("tf32", 80)])
-def test_triton_float32_one_pass_against_the_dense_formula(triton_kernels, monkeypatch, precision, arch):
-    # float32 on mma.sync tiles (siglip.FLOAT32_ONE_PASS_BLOCKS), every width's blocks of
-    # the format and arch: 16- and 32-row tiles, 16- and 32-column tiles, sm_90's TMA
-    # descriptors and sm_80's plain loads, sm_80's 3xTF32 padding d <= 16 to 32.
+@pytest.mark.parametrize("precision,arch,older", [("tf32x3", 90, False), ("tf32x3", 80, False), ("tf32", 90, False),
+                                                  ("tf32", 80, False), ("tf32x3", 90, True), ("tf32", 90, True)])
+def test_triton_float32_one_pass_against_the_dense_formula(triton_kernels, monkeypatch, precision, arch, older):
+    # float32 on mma.sync tiles (siglip.FLOAT32_ONE_PASS_BLOCKS, and Triton 3.6's own
+    # where older), every width's blocks of the format and arch: 16- and 32-row tiles,
+    # 16- and 32-column tiles, sm_90's TMA descriptors and sm_80's plain loads, sm_80's
+    # 3xTF32 padding d <= 16 to 32.
     launcher, device = triton_kernels
     import pyhypersphere.triton_kernels.siglip as module
 
@@ -532,6 +534,7 @@ def test_triton_float32_one_pass_against_the_dense_formula(triton_kernels, monke
     monkeypatch.setattr(module, "_sweep", no_sweep)
     monkeypatch.setattr(module, "device_arch", lambda device: arch)
     monkeypatch.setattr(module, "_precision", lambda dtype: precision)
+    monkeypatch.setattr(module, "triton_before_newest", lambda: older)
     # The interpreter computes TF32 products in float32: a dropped 3xTF32 product would
     # still show at this tolerance only on a GPU, so this checks the kernel's indexing,
     # masks and sums.

@@ -403,12 +403,12 @@ FLOAT32_ONE_PASS_BLOCKS = {
                      128: (16, 32, 4, False)},
     ("tf32x3", 80): {32: (32, 16, 2, False), 64: (32, 16, 2, False), 128: (16, 32, 4, False)},
 }
-# Where Triton 3.6 (before tiles.NEWEST_CHECKED_TRITON) spills on those blocks (8-72
-# bytes), its spill-free choice, or None: the two sweeps (3xTF32 at d = 128 spills 32-48
-# bytes on every 9-GEMM tile tried).
+# Where Triton 3.6 (before tiles.NEWEST_CHECKED_TRITON) spills on those blocks (8-88
+# bytes), its spill-free choice, or None: the two sweeps (sm_80's 3xTF32 at d = 128
+# spills 8-48 bytes on every 9-GEMM tile tried).
 FLOAT32_ONE_PASS_BLOCKS_OLDER_TRITON = {
     ("tf32", 90): {64: (32, 32, 2, False)},
-    ("tf32x3", 90): {32: (32, 16, 2, False), 64: (16, 32, 4, True), 128: None},
+    ("tf32x3", 90): {32: (32, 16, 2, False), 64: (16, 32, 4, True), 128: (16, 16, 2, False)},
     ("tf32x3", 80): {32: (16, 32, 1, False), 128: None},
 }
 
