@@ -405,10 +405,11 @@ def test_compile_check_enumerates_what_the_siglip_launcher_picks():
     # Every width and format the launcher can meet maps to a compiled configuration: the
     # same blocks its config function returns, a known kernel, a family with a minimum in
     # loop_gate.  (SupCon runs the contrastive kernels: no jobs of its own.)
-    from pyhypersphere.triton_kernels import compile_check, siglip
+    from pyhypersphere.triton_kernels import compile_check, siglip, siglip_kmajor
 
     one_pass = list(compile_check._siglip_one_pass_jobs((80, 90)))
-    jobs = [*compile_check._siglip_jobs(), *one_pass]
+    kmajor = list(compile_check._siglip_kmajor_jobs((80, 90)))
+    jobs = [*compile_check._siglip_jobs(), *one_pass, *kmajor]
     assert all(job.family in loop_gate.MIN_WORK and job.kernel in compile_check._KERNELS for job in jobs)
     assert not any(family.startswith("supcon") for family in loop_gate.MIN_WORK)
     names = {job.name for job in jobs}
@@ -421,6 +422,11 @@ def test_compile_check_enumerates_what_the_siglip_launcher_picks():
                     (role, dtype, precision, d)
             fmt = compile_check.uniform.operand_format(dtype, precision)
             for arch in (80, 90):
+                cfg = siglip_kmajor.kmajor_config(fmt, d, arch)
+                if cfg is not None:  # taken before one_pass_config's blocks
+                    assert any(job.archs == (arch,) and job.name == (
+                        f"siglip one-pass kmajor {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']} "
+                        f"w{cfg['num_warps']} s{cfg['num_stages']}") for job in kmajor), (dtype, precision, d, arch)
                 cfg = siglip.one_pass_config(fmt, d, arch)
                 if cfg is not None:  # else the two sweeps, checked above
                     assert any(job.archs == (arch,) and job.name == (

@@ -416,8 +416,13 @@ def one_pass_config(fmt: str, d: int, arch: int):
 def _one_pass(x, y, c, tb, grad_x: bool, acc_t):
     """(grad_x or None, grad_y, row losses, per-program (t, b) sums) from one sweep, or
     None where the width takes the two sweeps."""
+    from .siglip_kmajor import kmajor_config, one_pass_kmajor  # (it imports this module's pair terms)
+
     precision = _precision(x.dtype)
-    cfg = one_pass_config(operand_format(x.dtype, precision), x.shape[1], device_arch(x.device))
+    fmt, arch = operand_format(x.dtype, precision), device_arch(x.device)
+    if kmajor_config(fmt, x.shape[1], arch) is not None:  # TF32 on sm_90: every operand K-major
+        return one_pass_kmajor(x, y, c, tb, grad_x, acc_t)
+    cfg = one_pass_config(fmt, x.shape[1], arch)
     if cfg is None:
         return None
     (nx, d), ny = x.shape, y.shape[0]
