@@ -277,8 +277,8 @@ def _siglip_one_pass_jobs(archs, quick: bool = False):
 
 def _siglip_kmajor_jobs(archs, quick: bool = False):
     # The one pass with K-major TF32 operands (siglip_kmajor.kmajor_config: sm_90), which
-    # the launcher takes before siglip.one_pass_config; above the sm_90 budget (16-19 at
-    # d = 16 to 64, 25 at 128), so reported only.
+    # the launcher takes before siglip.one_pass_config; above the sm_90 budget (TF32 19-25
+    # non-mma instructions per pair, 3xTF32 34-57), so reported only.
     for (dtype, precision, _), d in _pairwise_cases(quick, (16, 32, 64, 128, 256)):
         fmt = uniform.operand_format(dtype, precision)
         for arch in archs:
@@ -291,7 +291,8 @@ def _siglip_kmajor_jobs(archs, quick: bool = False):
                    "gyt_desc": f"tensordesc<fp32[{bd},{bn}]>",
                    **{name: "*fp32" for name in ("coef_ptr", "tb_ptr", "gx_ptr", "gyt_ptr", "loss_ptr", "partial_ptr")},
                    "n_cols": _INT, "n_diag": _INT}
-            consts = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "FAST_MATH": True, "REDUCE_DESC": True}
+            consts = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "SPLIT_OPERANDS": cfg["SPLIT_OPERANDS"],
+                      "FAST_MATH": True, "REDUCE_DESC": True}
             name = f"siglip one-pass kmajor {fmt} M{bm} N{bn} D{bd} w{cfg['num_warps']} s{cfg['num_stages']}"
             yield Job(name, "siglip_kmajor", sig, consts, cfg["num_warps"], cfg["num_stages"], True,
                       "siglip_one_pass_over_budget", fmt, (bm, bn, bd), (arch,))
