@@ -140,14 +140,14 @@ def _siglip_kmajor_kernel(
     tl.store(partial_ptr + pid * 2 + 1, tl.sum(coef * weight, 0))
 
 
-# (BLOCK_M, BLOCK_N) per product format and feature block, 4 warps, one stage: the tiles
+# (BLOCK_M, BLOCK_N, stages) per product format and feature block, 4 warps: the tiles
 # with the fewest non-mma instructions per pair that compile without spills
 # (compile_check; wider ones spill or, for TF32 at d = 128, exceed shared memory: 64 x 128
-# x 128 needs about 288 KB).  3xTF32 (operand halves in shared memory) up to d = 64: at
+# x 128 needs about 288 KB; two stages spill at TF32 d = 16 and save under 1 elsewhere).  3xTF32 (operand halves in shared memory) up to d = 64: at
 # 128 every tile tried spills (956 bytes at 64 x 16).  Below d = 64 the third product's
 # M = d is under wgmma's 64 rows: Triton issues it as mma.sync.
-KMAJOR_TILES = {"tf32": {16: (64, 128), 32: (64, 64), 64: (64, 128), 128: (64, 64)},
-                "tf32x3": {16: (64, 64), 32: (64, 32), 64: (64, 32)}}
+KMAJOR_TILES = {"tf32": {16: (64, 128, 1), 32: (64, 64, 1), 64: (64, 128, 1), 128: (64, 64, 1)},
+                "tf32x3": {16: (64, 64, 1), 32: (64, 32, 1), 64: (64, 32, 2)}}
 
 
 def kmajor_config(fmt: str, d: int, arch: int):
@@ -157,9 +157,9 @@ def kmajor_config(fmt: str, d: int, arch: int):
     tiles = KMAJOR_TILES.get(fmt, {})
     if arch != 90 or block_d not in tiles or triton_before_newest():
         return None
-    block_m, block_n = tiles[block_d]
+    block_m, block_n, stages = tiles[block_d]
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "SPLIT_OPERANDS": fmt == "tf32x3",
-            "num_warps": 4, "num_stages": 1}
+            "num_warps": 4, "num_stages": stages}
 
 
 def one_pass_kmajor(x, y, c, tb, grad_x: bool, acc_t):
