@@ -247,6 +247,31 @@ def _add_rows(gy_desc, gy_ptr, c0, part, BLOCK_N: tl.constexpr, BLOCK_D: tl.cons
 
 
 @triton.jit
+def _tile_weights(s, t2, b2, c0, rows, n_cols, n_diag, relu2, log1p_sum, weight,
+                  MASKED: tl.constexpr, BLOCK_N: tl.constexpr, FAST_MATH: tl.constexpr):
+    """(W, relu2, log1p_sum, weight) of a tile of y's rows [c0, c0 + BLOCK_N) from its
+    S = x_i y_j^T: W = d/dl of each pair's term, and the rows' sums of max(u, 0), log1p(e)
+    and W added.  MASKED: the diagonal's tiles and the last, partly padded one."""
+    cols = c0 + tl.arange(0, BLOCK_N)
+    u = s * t2 + b2  # the logit in base 2, u = l log2(e)
+    if MASKED:  # z = +1 (u = -l) on the diagonal; padding columns -inf: e = 0, no term
+        positive = (rows[:, None] == cols[None, :]) & (rows < n_diag)[:, None]
+        u = tl.where(positive, -u, tl.where(cols[None, :] < n_cols, u, float("-inf")))
+    # The one exp: e = e^(-|u|) gives the softplus, max(u, 0) + log1p(e), and the
+    # sigmoid, (u >= 0 ? 1 : e) / (1 + e).  The log1p is taken once per row and tile of
+    # q = prod_j (1 + e_j) - 1, accumulated without rounding 1 + e (e ~ e^-10 would lose
+    # its digits there).
+    e = tl.math.exp2(-tl.abs(u))
+    sig = tl.where(u >= 0, 1.0, e) * _reciprocal(1.0 + e, FAST_MATH)
+    relu2 += tl.sum(tl.maximum(u, 0.0), 1)
+    log1p_sum += _log1p_tile(tl.reduce(e, 1, _combine_q), BLOCK_N, FAST_MATH)
+    if MASKED:
+        sig = tl.where(positive, -sig, sig)
+    weight += tl.sum(sig, 1)
+    return sig, relu2, log1p_sum, weight
+
+
+@triton.jit
 def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
                    relu2, log1p_sum, weight, acc_x,
                    MASKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -263,23 +288,8 @@ def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows,
     if WIDEN_OPERANDS:
         y_j = y_j.to(acc_t)
     s = tl.dot(x_i, tl.trans(y_j), input_precision=PRECISION, out_dtype=acc_t)
-    cols = c0 + tl.arange(0, BLOCK_N)
-    u = s * t2 + b2  # the logit in base 2, u = l log2(e)
-    if MASKED:  # z = +1 (u = -l) on the diagonal; padding columns -inf: e = 0, no term
-        positive = (rows[:, None] == cols[None, :]) & (rows < n_diag)[:, None]
-        u = tl.where(positive, -u, tl.where(cols[None, :] < n_cols, u, float("-inf")))
-    # The one exp: e = e^(-|u|) gives the softplus, max(u, 0) + log1p(e), and the
-    # sigmoid, (u >= 0 ? 1 : e) / (1 + e).  The log1p is taken once per row and tile of
-    # q = prod_j (1 + e_j) - 1, accumulated without rounding 1 + e (e ~ e^-10 would lose
-    # its digits there).
-    e = tl.math.exp2(-tl.abs(u))
-    sig = tl.where(u >= 0, 1.0, e) * _reciprocal(1.0 + e, FAST_MATH)
-    relu2 += tl.sum(tl.maximum(u, 0.0), 1)
-    log1p_sum += _log1p_tile(tl.reduce(e, 1, _combine_q), BLOCK_N, FAST_MATH)
-    if MASKED:
-        sig = tl.where(positive, -sig, sig)
-    w = sig
-    weight += tl.sum(w, 1)
+    w, relu2, log1p_sum, weight = _tile_weights(s, t2, b2, c0, rows, n_cols, n_diag, relu2, log1p_sum, weight,
+                                                MASKED, BLOCK_N, FAST_MATH)
     w_op = w
     if y_ptr.dtype.element_ty != acc_t:  # 16-bit operands: W in their format, as flash attention
         w_op = w.to(y_ptr.dtype.element_ty)
@@ -289,6 +299,21 @@ def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows,
     _add_rows(gy_desc, gy_ptr, c0, tl.dot(tl.trans(w_op), xc_i, input_precision=PRECISION, out_dtype=acc_t),
               BLOCK_N, BLOCK_D, REDUCE_DESC)
     return relu2, log1p_sum, weight, acc_x
+
+
+@triton.jit
+def _one_pass_stages(r0, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(n_cols_pad, n_full, diag_lo, diag_hi, tail_lo): the column tiles of the one pass's
+    stages for the rows [r0, r0 + BLOCK_M).  Masked: the tiles [diag_lo, diag_hi) that
+    meet the rows' own indices (the diagonal) and [tail_lo, n_cols_pad), the last tile
+    when it is partly padding; the others, whole, in the plain stages [0, min(diag_lo,
+    n_full)) and [diag_hi, n_full)."""
+    n_cols_pad = tl.cdiv(n_cols, BLOCK_N) * BLOCK_N
+    n_full = n_cols // BLOCK_N * BLOCK_N
+    diag_lo = tl.minimum(r0 // BLOCK_N * BLOCK_N, n_cols_pad)
+    diag_hi = tl.minimum(tl.cdiv(r0 + BLOCK_M, BLOCK_N) * BLOCK_N, n_cols_pad)
+    tail_lo = tl.where((n_full < diag_lo) | (n_full >= diag_hi), n_full, n_cols_pad)
+    return n_cols_pad, n_full, diag_lo, diag_hi, tail_lo
 
 
 @triton.jit
@@ -320,13 +345,7 @@ def _siglip_one_pass_kernel(
     log1p_sum = tl.zeros([BLOCK_M], acc_t)
     weight = tl.zeros([BLOCK_M], acc_t)
     acc_x = tl.zeros([BLOCK_M, BLOCK_D], acc_t)
-    # Masked stage: the column tiles that meet the rows' own indices (the diagonal) and
-    # the last tile when it is partly padding; the others, whole, in the plain stages.
-    n_cols_pad = tl.cdiv(n_cols, BLOCK_N) * BLOCK_N
-    n_full = n_cols // BLOCK_N * BLOCK_N
-    diag_lo = tl.minimum(r0 // BLOCK_N * BLOCK_N, n_cols_pad)
-    diag_hi = tl.minimum(tl.cdiv(r0 + BLOCK_M, BLOCK_N) * BLOCK_N, n_cols_pad)
-    tail_lo = tl.where((n_full < diag_lo) | (n_full >= diag_hi), n_full, n_cols_pad)
+    n_cols_pad, n_full, diag_lo, diag_hi, tail_lo = _one_pass_stages(r0, n_cols, BLOCK_M, BLOCK_N)
     for c0 in range(0, tl.minimum(diag_lo, n_full), BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
             yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,

@@ -23,7 +23,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .contrastive import _pad_rows, _precision
-from .siglip import LOG2E, _combine_q, _log1p_tile, _reciprocal
+from .siglip import LOG2E, _one_pass_stages, _tile_weights
 from .tiles import triton_before_newest
 from .uniform import _halves_logits, _halves_product, _tf32_high, device_arch, operand_format, tf32_halves
 
@@ -55,18 +55,8 @@ def _kmajor_step(yj_desc, ytj_desc, gyt_desc, gyt_ptr, c0, x_i, x_lo, xct_i, xct
     else:
         y_j = yj_desc.load([c0, 0])
         s = tl.dot(x_i, tl.trans(y_j), input_precision="tf32", out_dtype=tl.float32)
-    cols = c0 + tl.arange(0, BLOCK_N)
-    u = s * t2 + b2
-    if MASKED:
-        positive = (rows[:, None] == cols[None, :]) & (rows < n_diag)[:, None]
-        u = tl.where(positive, -u, tl.where(cols[None, :] < n_cols, u, float("-inf")))
-    e = tl.math.exp2(-tl.abs(u))
-    sig = tl.where(u >= 0, 1.0, e) * _reciprocal(1.0 + e, FAST_MATH)
-    relu2 += tl.sum(tl.maximum(u, 0.0), 1)
-    log1p_sum += _log1p_tile(tl.reduce(e, 1, _combine_q), BLOCK_N, FAST_MATH)
-    if MASKED:
-        sig = tl.where(positive, -sig, sig)
-    weight += tl.sum(sig, 1)
+    sig, relu2, log1p_sum, weight = _tile_weights(s, t2, b2, c0, rows, n_cols, n_diag, relu2, log1p_sum, weight,
+                                                  MASKED, BLOCK_N, FAST_MATH)
     yt_j = ytj_desc.load([0, c0])
     if SPLIT_OPERANDS:
         acc_x = _halves_product(acc_x, sig, tl.trans(yt_j), tl.trans(ytj_desc.load([0, n_cols_pad + c0])))
@@ -107,11 +97,7 @@ def _siglip_kmajor_kernel(
     log1p_sum = tl.zeros([BLOCK_M], tl.float32)
     weight = tl.zeros([BLOCK_M], tl.float32)
     acc_x = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    n_cols_pad = tl.cdiv(n_cols, BLOCK_N) * BLOCK_N
-    n_full = n_cols // BLOCK_N * BLOCK_N
-    diag_lo = tl.minimum(r0 // BLOCK_N * BLOCK_N, n_cols_pad)
-    diag_hi = tl.minimum(tl.cdiv(r0 + BLOCK_M, BLOCK_N) * BLOCK_N, n_cols_pad)
-    tail_lo = tl.where((n_full < diag_lo) | (n_full >= diag_hi), n_full, n_cols_pad)
+    n_cols_pad, n_full, diag_lo, diag_hi, tail_lo = _one_pass_stages(r0, n_cols, BLOCK_M, BLOCK_N)
     for c0 in range(0, tl.minimum(diag_lo, n_full), BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _kmajor_step(
             yj_desc, ytj_desc, gyt_desc, gyt_ptr, c0, x_i, x_lo, xct_i, xct_lo, t2, b2, rows, n_cols, n_cols_pad, n_diag,
