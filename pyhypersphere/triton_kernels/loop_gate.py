@@ -73,7 +73,8 @@ MIN_WORK = {
     # The same kernel before sm_90, reported only: within the minimum (3 GEMMs, 1 exp), but
     # mma.sync holds both [rows, d] gradient accumulators and the operands in registers,
     # so 32 x 32 tiles are the largest without spills, at 60-66 non-mma instructions per
-    # pair against 40 from d = 64 (22.8 and 27.8 at d = 16 and 32).
+    # pair against 40 from d = 64 (22.8 and 27.8 at d = 16 and 32).  Also float32 on sm_90
+    # (siglip_kmajor: K-major TF32 operands, 19-25 per pair; 3xTF32 34-56, 9 GEMMs).
     "siglip_one_pass_over_budget": MinWork(3, 1, False, "as siglip_one_pass, above the non-mma budget"),
     # d past the one-chunk width: S over feature chunks, recomputed per gradient slice.
     "siglip_chunked": MinWork(2, 1, False, "chunked S, per slice of the gradient"),
