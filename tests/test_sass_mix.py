@@ -439,12 +439,13 @@ def test_block_choices_follow_the_installed_triton(monkeypatch, older):
     # Where Triton 3.6's compiler fails or spills on a choice that 3.9 compiles cleanly,
     # a Triton before tiles.NEWEST_CHECKED_TRITON takes the older path, and the gate
     # allows those chunked lines only there.
-    from pyhypersphere.triton_kernels import contrastive, siglip, uniform
+    from pyhypersphere.triton_kernels import contrastive, siglip, siglip_kmajor, uniform
 
-    for module in (contrastive, loop_gate, siglip, uniform):
+    for module in (contrastive, loop_gate, siglip, siglip_kmajor, uniform):
         monkeypatch.setattr(module, "triton_before_newest", lambda: older)
     assert contrastive.contrastive_config("bf16", 128, "grad", 90, False)["TILE_SHIFT"] is not older
     assert (siglip.one_pass_config("bf16", 128, 90) is None) is older
+    assert (siglip_kmajor.kmajor_config("tf32", 128, 90) is None) is older
     assert siglip.one_pass_config("fp64", 64, 90) is not None
     assert uniform.flash_config("fp64", 128, True, 90, True)["ONE_CHUNK"] is not older
     assert uniform.flash_config("tf32", 256, False, 80, True)["ONE_CHUNK"] is not older

@@ -38,7 +38,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from . import align, contrastive, loop_gate, reference_attention, sass_mix, siglip, siglip_kmajor, uniform  # noqa: E402,E501
+from . import (align, contrastive, loop_gate, reference_attention, sass_mix, siglip, siglip_kmajor,  # noqa: E402
+               uniform)
 
 # Largest shared memory one block may use (opt-in), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}

@@ -100,20 +100,20 @@ def _siglip_kmajor_kernel(
     n_cols_pad, n_full, diag_lo, diag_hi, tail_lo = _one_pass_stages(r0, n_cols, BLOCK_M, BLOCK_N)
     for c0 in range(0, tl.minimum(diag_lo, n_full), BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _kmajor_step(
-            yj_desc, ytj_desc, gyt_desc, gyt_ptr, c0, x_i, x_lo, xct_i, xct_lo, t2, b2, rows, n_cols, n_cols_pad, n_diag,
-            relu2, log1p_sum, weight, acc_x, False, BLOCK_N, BLOCK_D, SPLIT_OPERANDS, FAST_MATH, REDUCE_DESC)
+            yj_desc, ytj_desc, gyt_desc, gyt_ptr, c0, x_i, x_lo, xct_i, xct_lo, t2, b2, rows, n_cols, n_cols_pad,
+            n_diag, relu2, log1p_sum, weight, acc_x, False, BLOCK_N, BLOCK_D, SPLIT_OPERANDS, FAST_MATH, REDUCE_DESC)
     for c0 in range(diag_lo, diag_hi, BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _kmajor_step(
-            yj_desc, ytj_desc, gyt_desc, gyt_ptr, c0, x_i, x_lo, xct_i, xct_lo, t2, b2, rows, n_cols, n_cols_pad, n_diag,
-            relu2, log1p_sum, weight, acc_x, True, BLOCK_N, BLOCK_D, SPLIT_OPERANDS, FAST_MATH, REDUCE_DESC)
+            yj_desc, ytj_desc, gyt_desc, gyt_ptr, c0, x_i, x_lo, xct_i, xct_lo, t2, b2, rows, n_cols, n_cols_pad,
+            n_diag, relu2, log1p_sum, weight, acc_x, True, BLOCK_N, BLOCK_D, SPLIT_OPERANDS, FAST_MATH, REDUCE_DESC)
     for c0 in range(diag_hi, n_full, BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _kmajor_step(
-            yj_desc, ytj_desc, gyt_desc, gyt_ptr, c0, x_i, x_lo, xct_i, xct_lo, t2, b2, rows, n_cols, n_cols_pad, n_diag,
-            relu2, log1p_sum, weight, acc_x, False, BLOCK_N, BLOCK_D, SPLIT_OPERANDS, FAST_MATH, REDUCE_DESC)
+            yj_desc, ytj_desc, gyt_desc, gyt_ptr, c0, x_i, x_lo, xct_i, xct_lo, t2, b2, rows, n_cols, n_cols_pad,
+            n_diag, relu2, log1p_sum, weight, acc_x, False, BLOCK_N, BLOCK_D, SPLIT_OPERANDS, FAST_MATH, REDUCE_DESC)
     for c0 in range(tail_lo, n_cols_pad, BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _kmajor_step(
-            yj_desc, ytj_desc, gyt_desc, gyt_ptr, c0, x_i, x_lo, xct_i, xct_lo, t2, b2, rows, n_cols, n_cols_pad, n_diag,
-            relu2, log1p_sum, weight, acc_x, True, BLOCK_N, BLOCK_D, SPLIT_OPERANDS, FAST_MATH, REDUCE_DESC)
+            yj_desc, ytj_desc, gyt_desc, gyt_ptr, c0, x_i, x_lo, xct_i, xct_lo, t2, b2, rows, n_cols, n_cols_pad,
+            n_diag, relu2, log1p_sum, weight, acc_x, True, BLOCK_N, BLOCK_D, SPLIT_OPERANDS, FAST_MATH, REDUCE_DESC)
     coef = tl.load(coef_ptr + rows)  # loaded here, not held through the loop
     tl.store(loss_ptr + rows, relu2 / LOG2E + log1p_sum)
     offs = rows[:, None].to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
@@ -128,10 +128,11 @@ def _siglip_kmajor_kernel(
 
 # (BLOCK_M, BLOCK_N, stages) per product format and feature block, 4 warps: the tiles
 # with the fewest non-mma instructions per pair that compile without spills
-# (compile_check; wider ones spill or, for TF32 at d = 128, exceed shared memory: 64 x 128
-# x 128 needs about 288 KB; two stages spill at TF32 d = 16 and save under 1 elsewhere).  3xTF32 (operand halves in shared memory) up to d = 64: at
-# 128 every tile tried spills (956 bytes at 64 x 16).  Below d = 64 the third product's
-# M = d is under wgmma's 64 rows: Triton issues it as mma.sync.
+# (compile_check; the next wider ones spill, e.g. TF32 64 x 128 at d = 128 212 bytes; two
+# stages spill at TF32 d = 16 and save under 1 elsewhere).  3xTF32 (operand halves in
+# shared memory) up to d = 64: at 128 every tile tried spills (956 bytes at 64 x 16).
+# Below d = 64 the third product's M = d is under wgmma's 64 rows: Triton issues it as
+# mma.sync.  Lines and the tiles tried: docs/results/triton.md.
 KMAJOR_TILES = {"tf32": {16: (64, 128, 1), 32: (64, 64, 1), 64: (64, 128, 1), 128: (64, 64, 1)},
                 "tf32x3": {16: (64, 64, 1), 32: (64, 32, 1), 64: (64, 32, 2)}}
 
