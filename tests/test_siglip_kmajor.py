@@ -79,7 +79,7 @@ def test_kmajor_one_pass_against_the_dense_formula(kmajor_runs, precision, n, ny
     assert_close(rows.cpu(), want_rows, tol, "rows")
     assert_close(total.cpu(), (want_rows * coef).sum(), tol, "total")
     for got, ref, name in ((gx, refs[0], "x"), (gy, refs[1], "y")):
-        assert got.shape == ref.shape
+        assert got.shape == ref.shape and got.is_contiguous()  # as the other paths' (gy^T transposed back)
         assert_close(got.cpu(), ref.grad, 5 * tol, f"d/d{name}")
     assert_close(gtb.cpu(), torch.stack([refs[2].grad, refs[3].grad]), 5 * tol, "d/dt, d/db")
 

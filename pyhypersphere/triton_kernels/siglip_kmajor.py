@@ -178,4 +178,5 @@ def one_pass_kmajor(x, y, c, tb, grad_x: bool, acc_t):
         REDUCE_DESC=fast,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    return (gx[:nx, :d] if grad_x else None), tb[0] * gyt[:d, :ny].T, loss[:nx], partial
+    # gy^T back to rows (a transposed view would give the operator's output column-major strides)
+    return (gx[:nx, :d] if grad_x else None), (tb[0] * gyt[:d, :ny]).T.contiguous(), loss[:nx], partial
