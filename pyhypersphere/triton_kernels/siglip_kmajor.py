@@ -49,7 +49,7 @@ def _kmajor_step(yj_desc, ytj_desc, gyt_desc, gyt_ptr, c0, x_i, x_lo, xct_i, xct
     (coef x_i)^T W added to y's gradient columns.  As siglip._one_pass_step otherwise.
     SPLIT_OPERANDS: 3xTF32, three TF32 products each from the operands' TF32 halves (x_lo,
     xct_lo; y's n_cols_pad rows or columns further; W split here), the small ones first."""
-    if SPLIT_OPERANDS:
+    if SPLIT_OPERANDS:  # (y's rows through the descriptor: the pointer argument is unused)
         s, y_j, y_lo = _halves_logits(x_i, x_lo, yj_desc, gyt_ptr, c0, n_cols_pad, BLOCK_D, BLOCK_N, BLOCK_D, True,
                                       tl.float32)
     else:
