@@ -405,10 +405,11 @@ def test_compile_check_enumerates_what_the_siglip_launcher_picks():
     # Every width and format the launcher can meet maps to a compiled configuration: the
     # same blocks its config function returns, a known kernel, a family with a minimum in
     # loop_gate.  (SupCon runs the contrastive kernels: no jobs of its own.)
-    from pyhypersphere.triton_kernels import compile_check, siglip
+    from pyhypersphere.triton_kernels import compile_check, siglip, siglip_kmajor
 
     one_pass = list(compile_check._siglip_one_pass_jobs((80, 90)))
-    jobs = [*compile_check._siglip_jobs(), *one_pass]
+    kmajor = list(compile_check._siglip_kmajor_jobs((80, 90)))
+    jobs = [*compile_check._siglip_jobs(), *one_pass, *kmajor]
     assert all(job.family in loop_gate.MIN_WORK and job.kernel in compile_check._KERNELS for job in jobs)
     assert not any(family.startswith("supcon") for family in loop_gate.MIN_WORK)
     names = {job.name for job in jobs}
@@ -421,6 +422,12 @@ def test_compile_check_enumerates_what_the_siglip_launcher_picks():
                     (role, dtype, precision, d)
             fmt = compile_check.uniform.operand_format(dtype, precision)
             for arch in (80, 90):
+                cfg = siglip_kmajor.kmajor_config(fmt, d, arch)
+                if cfg is not None:  # taken before one_pass_config's blocks, which are not compiled there
+                    assert any(job.archs == (arch,) and job.name == (
+                        f"siglip one-pass kmajor {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']} "
+                        f"w{cfg['num_warps']} s{cfg['num_stages']}") for job in kmajor), (dtype, precision, d, arch)
+                    continue
                 cfg = siglip.one_pass_config(fmt, d, arch)
                 if cfg is not None:  # else the two sweeps, checked above
                     assert any(job.archs == (arch,) and job.name == (
@@ -433,12 +440,13 @@ def test_block_choices_follow_the_installed_triton(monkeypatch, older):
     # Where Triton 3.6's compiler fails or spills on a choice that 3.9 compiles cleanly,
     # a Triton before tiles.NEWEST_CHECKED_TRITON takes the older path, and the gate
     # allows those chunked lines only there.
-    from pyhypersphere.triton_kernels import contrastive, siglip, uniform
+    from pyhypersphere.triton_kernels import contrastive, siglip, siglip_kmajor, uniform
 
-    for module in (contrastive, loop_gate, siglip, uniform):
+    for module in (contrastive, loop_gate, siglip, siglip_kmajor, uniform):
         monkeypatch.setattr(module, "triton_before_newest", lambda: older)
     assert contrastive.contrastive_config("bf16", 128, "grad", 90, False)["TILE_SHIFT"] is not older
     assert (siglip.one_pass_config("bf16", 128, 90) is None) is older
+    assert (siglip_kmajor.kmajor_config("tf32", 128, 90) is None) is older
     assert siglip.one_pass_config("fp64", 64, 90) is not None
     assert (siglip.one_pass_config("tf32x3", 128, 80) is None) is older
     assert siglip.one_pass_config("tf32x3", 64, 90)["num_warps"] == (4 if older else 2)

@@ -38,7 +38,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from . import align, contrastive, loop_gate, reference_attention, sass_mix, siglip, uniform  # noqa: E402
+from . import (align, contrastive, loop_gate, reference_attention, sass_mix, siglip, siglip_kmajor,  # noqa: E402
+               uniform)
 
 # Largest shared memory one block may use (opt-in), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -255,7 +256,7 @@ def _siglip_one_pass_jobs(archs, quick: bool = False):
         fmt = uniform.operand_format(dtype, precision)
         for arch in archs:
             cfg = siglip.one_pass_config(fmt, d, arch)
-            if cfg is None:
+            if cfg is None or siglip_kmajor.kmajor_config(fmt, d, arch) is not None:  # the launcher takes the latter
                 continue
             bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
             desc = f"tensordesc<{_PTR[dtype][1:]}[{{}},{bd}]>"
@@ -275,6 +276,29 @@ def _siglip_one_pass_jobs(archs, quick: bool = False):
                       (bm, bn, bd), (arch,))
 
 
+def _siglip_kmajor_jobs(archs, quick: bool = False):
+    # The one pass with K-major TF32 operands (siglip_kmajor.kmajor_config: sm_90), which
+    # the launcher takes before siglip.one_pass_config; above the sm_90 budget (TF32 19-25
+    # non-mma instructions per pair, 3xTF32 34-57), so reported only.
+    for (dtype, precision, _), d in _pairwise_cases(quick, (16, 32, 64, 128, 256)):
+        fmt = uniform.operand_format(dtype, precision)
+        for arch in archs:
+            cfg = siglip_kmajor.kmajor_config(fmt, d, arch)
+            if cfg is None:
+                continue
+            bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
+            sig = {"xi_desc": f"tensordesc<fp32[{bm},{bd}]>", "xct_desc": f"tensordesc<fp32[{bd},{bm}]>",
+                   "yj_desc": f"tensordesc<fp32[{bn},{bd}]>", "ytj_desc": f"tensordesc<fp32[{bd},{bn}]>",
+                   "gyt_desc": f"tensordesc<fp32[{bd},{bn}]>",
+                   **{name: "*fp32" for name in ("coef_ptr", "tb_ptr", "gx_ptr", "gyt_ptr", "loss_ptr", "partial_ptr")},
+                   "n_cols": _INT, "n_diag": _INT}
+            consts = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "SPLIT_OPERANDS": cfg["SPLIT_OPERANDS"],
+                      "FAST_MATH": True, "REDUCE_DESC": True}
+            name = f"siglip one-pass kmajor {fmt} M{bm} N{bn} D{bd} w{cfg['num_warps']} s{cfg['num_stages']}"
+            yield Job(name, "siglip_kmajor", sig, consts, cfg["num_warps"], cfg["num_stages"], True,
+                      "siglip_one_pass_over_budget", fmt, (bm, bn, bd), (arch,))
+
+
 def _reference_jobs(archs):
     sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "o_ptr": "*bf16", "lse_ptr": "*fp32",
            "sm_scale": "fp32", "n_ctx": _INT, "stride_row": _INT}
@@ -290,7 +314,8 @@ def _jobs(quick: bool = False, archs=(80, 90)):
     # De-duplicated: small d values can map to the same configuration.
     seen = set()
     for job in [*_reference_jobs(archs), *_uniform_jobs(archs, quick), *_align_jobs(), *_contrastive_jobs(archs, quick),
-                *_siglip_jobs(quick), *_siglip_one_pass_jobs(archs, quick)]:
+                *_siglip_jobs(quick), *_siglip_one_pass_jobs(archs, quick),
+                *_siglip_kmajor_jobs(archs, quick)]:
         if (job.name, job.archs) not in seen:
             seen.add((job.name, job.archs))
             yield job
@@ -303,6 +328,7 @@ _KERNELS = {
     "contrastive_grad": lambda: contrastive._grad_rows_kernel,
     "siglip": lambda: siglip._siglip_kernel,
     "siglip_one_pass": lambda: siglip._siglip_one_pass_kernel,
+    "siglip_kmajor": lambda: siglip_kmajor._siglip_kmajor_kernel,
     "reference": lambda: reference_attention.attention_forward_kernel,
 }
 

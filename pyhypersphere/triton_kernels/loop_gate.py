@@ -74,9 +74,9 @@ MIN_WORK = {
     # mma.sync holds both [rows, d] gradient accumulators and the operands in registers,
     # so 32 x 32 tiles are the largest without spills, at 60-66 non-mma instructions per
     # pair against 40 from d = 64 (22.8 and 27.8 at d = 16 and 32).  float32 (TF32,
-    # 3xTF32) on both archs: mma.sync tiles of 16 or 32 rows (a float32 W^T is no
-    # transposable wgmma operand; siglip.FLOAT32_ONE_PASS_BLOCKS), 26-84 (TF32) and
-    # 50-256 (3xTF32) per pair from d = 16 to 128.
+    # 3xTF32): on sm_90 under the newest Triton siglip_kmajor (K-major TF32 operands,
+    # wgmma: 19-25 per pair; 3xTF32 34-56 to d = 64), else mma.sync tiles of 16 or 32
+    # rows (siglip.FLOAT32_ONE_PASS_BLOCKS: 26-84 for TF32, 50-256 for 3xTF32).
     "siglip_one_pass_over_budget": MinWork(3, 1, False, "as siglip_one_pass, above the non-mma budget"),
     # d past the one-chunk width: S over feature chunks, recomputed per gradient slice.
     "siglip_chunked": MinWork(2, 1, False, "chunked S, per slice of the gradient"),

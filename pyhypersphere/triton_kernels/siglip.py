@@ -14,8 +14,10 @@ tile: 3 tensor-core GEMMs and 1 exp per pair, the algorithm's minimum
 (loop_gate.MIN_WORK["siglip_one_pass"]).  The atomics make the result's last bits depend
 on the order the programs' additions land in: under torch.use_deterministic_algorithms
 the launcher takes the two sweeps below instead, which are bitwise repeatable; d past
-ONE_CHUNK_MAX_D takes them too.  float32 (TF32 and 3xTF32) runs on mma.sync tiles on both
-archs (FLOAT32_ONE_PASS_BLOCKS: a float32 W^T is no transposable wgmma operand).
+ONE_CHUNK_MAX_D takes them too.  float32 (TF32 and 3xTF32): on sm_90 under the newest
+Triton the K-major kernel of siglip_kmajor.py (wgmma, the launcher's transposed operand
+copies; TF32 to d = 128, 3xTF32 to 64), else this kernel on mma.sync tiles
+(FLOAT32_ONE_PASS_BLOCKS: a float32 W^T is no transposable wgmma operand here).
 
 Two sweeps (`_siglip_kernel`, flash-style row blocks, no atomics): rows x against columns
 y give the rows' losses, t sum_j w_ij y_j (d/dx) and the program's sums of w <x_i, y_j>
@@ -248,6 +250,31 @@ def _add_rows(gy_desc, gy_ptr, c0, part, BLOCK_N: tl.constexpr, BLOCK_D: tl.cons
 
 
 @triton.jit
+def _tile_weights(s, t2, b2, c0, rows, n_cols, n_diag, relu2, log1p_sum, weight,
+                  MASKED: tl.constexpr, BLOCK_N: tl.constexpr, FAST_MATH: tl.constexpr):
+    """(W, relu2, log1p_sum, weight) of a tile of y's rows [c0, c0 + BLOCK_N) from its
+    S = x_i y_j^T: W = d/dl of each pair's term, and the rows' sums of max(u, 0), log1p(e)
+    and W added.  MASKED: the diagonal's tiles and the last, partly padded one."""
+    cols = c0 + tl.arange(0, BLOCK_N)
+    u = s * t2 + b2  # the logit in base 2, u = l log2(e)
+    if MASKED:  # z = +1 (u = -l) on the diagonal; padding columns -inf: e = 0, no term
+        positive = (rows[:, None] == cols[None, :]) & (rows < n_diag)[:, None]
+        u = tl.where(positive, -u, tl.where(cols[None, :] < n_cols, u, float("-inf")))
+    # The one exp: e = e^(-|u|) gives the softplus, max(u, 0) + log1p(e), and the
+    # sigmoid, (u >= 0 ? 1 : e) / (1 + e).  The log1p is taken once per row and tile of
+    # q = prod_j (1 + e_j) - 1, accumulated without rounding 1 + e (e ~ e^-10 would lose
+    # its digits there).
+    e = tl.math.exp2(-tl.abs(u))
+    sig = tl.where(u >= 0, 1.0, e) * _reciprocal(1.0 + e, FAST_MATH)
+    relu2 += tl.sum(tl.maximum(u, 0.0), 1)
+    log1p_sum += _log1p_tile(tl.reduce(e, 1, _combine_q), BLOCK_N, FAST_MATH)
+    if MASKED:
+        sig = tl.where(positive, -sig, sig)
+    weight += tl.sum(sig, 1)
+    return sig, relu2, log1p_sum, weight
+
+
+@triton.jit
 def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
                    relu2, log1p_sum, weight, acc_x,
                    MASKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -264,23 +291,8 @@ def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows,
     if WIDEN_OPERANDS:
         y_j = y_j.to(acc_t)
     s = tl.dot(x_i, tl.trans(y_j), input_precision=PRECISION, out_dtype=acc_t)
-    cols = c0 + tl.arange(0, BLOCK_N)
-    u = s * t2 + b2  # the logit in base 2, u = l log2(e)
-    if MASKED:  # z = +1 (u = -l) on the diagonal; padding columns -inf: e = 0, no term
-        positive = (rows[:, None] == cols[None, :]) & (rows < n_diag)[:, None]
-        u = tl.where(positive, -u, tl.where(cols[None, :] < n_cols, u, float("-inf")))
-    # The one exp: e = e^(-|u|) gives the softplus, max(u, 0) + log1p(e), and the
-    # sigmoid, (u >= 0 ? 1 : e) / (1 + e).  The log1p is taken once per row and tile of
-    # q = prod_j (1 + e_j) - 1, accumulated without rounding 1 + e (e ~ e^-10 would lose
-    # its digits there).
-    e = tl.math.exp2(-tl.abs(u))
-    sig = tl.where(u >= 0, 1.0, e) * _reciprocal(1.0 + e, FAST_MATH)
-    relu2 += tl.sum(tl.maximum(u, 0.0), 1)
-    log1p_sum += _log1p_tile(tl.reduce(e, 1, _combine_q), BLOCK_N, FAST_MATH)
-    if MASKED:
-        sig = tl.where(positive, -sig, sig)
-    w = sig
-    weight += tl.sum(w, 1)
+    w, relu2, log1p_sum, weight = _tile_weights(s, t2, b2, c0, rows, n_cols, n_diag, relu2, log1p_sum, weight,
+                                                MASKED, BLOCK_N, FAST_MATH)
     w_op = w
     if y_ptr.dtype.element_ty != acc_t:  # 16-bit operands: W in their format, as flash attention
         w_op = w.to(y_ptr.dtype.element_ty)
@@ -290,6 +302,21 @@ def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows,
     _add_rows(gy_desc, gy_ptr, c0, tl.dot(tl.trans(w_op), xc_i, input_precision=PRECISION, out_dtype=acc_t),
               BLOCK_N, BLOCK_D, REDUCE_DESC)
     return relu2, log1p_sum, weight, acc_x
+
+
+@triton.jit
+def _one_pass_stages(r0, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(n_cols_pad, n_full, diag_lo, diag_hi, tail_lo): the column tiles of the one pass's
+    stages for the rows [r0, r0 + BLOCK_M).  Masked: the tiles [diag_lo, diag_hi) that
+    meet the rows' own indices (the diagonal) and [tail_lo, n_cols_pad), the last tile
+    when it is partly padding; the others, whole, in the plain stages [0, min(diag_lo,
+    n_full)) and [diag_hi, n_full)."""
+    n_cols_pad = tl.cdiv(n_cols, BLOCK_N) * BLOCK_N
+    n_full = n_cols // BLOCK_N * BLOCK_N
+    diag_lo = tl.minimum(r0 // BLOCK_N * BLOCK_N, n_cols_pad)
+    diag_hi = tl.minimum(tl.cdiv(r0 + BLOCK_M, BLOCK_N) * BLOCK_N, n_cols_pad)
+    tail_lo = tl.where((n_full < diag_lo) | (n_full >= diag_hi), n_full, n_cols_pad)
+    return n_cols_pad, n_full, diag_lo, diag_hi, tail_lo
 
 
 @triton.jit
@@ -321,13 +348,7 @@ def _siglip_one_pass_kernel(
     log1p_sum = tl.zeros([BLOCK_M], acc_t)
     weight = tl.zeros([BLOCK_M], acc_t)
     acc_x = tl.zeros([BLOCK_M, BLOCK_D], acc_t)
-    # Masked stage: the column tiles that meet the rows' own indices (the diagonal) and
-    # the last tile when it is partly padding; the others, whole, in the plain stages.
-    n_cols_pad = tl.cdiv(n_cols, BLOCK_N) * BLOCK_N
-    n_full = n_cols // BLOCK_N * BLOCK_N
-    diag_lo = tl.minimum(r0 // BLOCK_N * BLOCK_N, n_cols_pad)
-    diag_hi = tl.minimum(tl.cdiv(r0 + BLOCK_M, BLOCK_N) * BLOCK_N, n_cols_pad)
-    tail_lo = tl.where((n_full < diag_lo) | (n_full >= diag_hi), n_full, n_cols_pad)
+    n_cols_pad, n_full, diag_lo, diag_hi, tail_lo = _one_pass_stages(r0, n_cols, BLOCK_M, BLOCK_N)
     for c0 in range(0, tl.minimum(diag_lo, n_full), BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
             yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
@@ -386,7 +407,9 @@ def _config(dtype: torch.dtype, d: int, precision: str = "ieee") -> dict:
 
 
 # float32's one-pass blocks, (BLOCK_M, BLOCK_N, num_warps, TMA descriptors) per product
-# format, arch and BLOCK_D: mma.sync tiles on both archs.  A float32 W^T is no
+# format, arch and BLOCK_D: mma.sync tiles on both archs (on sm_90 where the K-major
+# kernel, siglip_kmajor.kmajor_config, is not taken: 3xTF32 at d = 128, and Triton before
+# 3.9).  A float32 W^T is no
 # transposable wgmma operand (TF32 wgmma reads both shared-memory operands with the
 # contracted index contiguous), so on sm_90 Triton moves it through registers and spills
 # at 64 rows (352 bytes at 64 x 32, d = 128); 16- and 32-row tiles stay on mma.sync.  Each
@@ -456,8 +479,14 @@ def one_pass_config(fmt: str, d: int, arch: int):
 def _one_pass(x, y, c, tb, grad_x: bool, acc_t):
     """(grad_x or None, grad_y, row losses, per-program (t, b) sums) from one sweep, or
     None where the width takes the two sweeps."""
+    from .siglip_kmajor import kmajor_config, one_pass_kmajor  # (it imports this module's pair terms)
+
     precision = _precision(x.dtype)
-    cfg = one_pass_config(operand_format(x.dtype, precision), x.shape[1], device_arch(x.device))
+    fmt, arch = operand_format(x.dtype, precision), device_arch(x.device)
+    kmajor = kmajor_config(fmt, x.shape[1], arch)
+    if kmajor is not None:  # float32 on sm_90: every operand K-major
+        return one_pass_kmajor(x, y, c, tb, grad_x, acc_t, kmajor)
+    cfg = one_pass_config(fmt, x.shape[1], arch)
     if cfg is None:
         return None
     (nx, d), ny = x.shape, y.shape[0]
