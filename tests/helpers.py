@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,3 +43,17 @@ def tiny_config(out, **kw):
     base = dict(num_samples=400, epochs=3, batch_size=64, out=str(out), progress=False, plots=False, threads=1)
     base.update(kw)
     return TrainConfig(**base)
+
+
+class RecordedOps(TorchDispatchMode):
+    """The pyhypersphere operators that run (forward and backward), in order:
+    ``with RecordedOps() as seen: ...`` then ``seen.names``."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "pyhypersphere":
+            self.names.append(func._opname)
+        return func(*args, **(kwargs or {}))

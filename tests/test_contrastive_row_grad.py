@@ -13,9 +13,9 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from dense_contrastive import dense_info_nce, dense_info_nce_rows, dense_reduce, value_and_grads
+from helpers import RecordedOps
 from implementations import (
     BACKENDS, CONTRASTIVE_GRAD_TOL, CONTRASTIVE_TOL, accumulate_dtype, backend_device, dispatching_to, implementations,
     rows,
@@ -212,21 +212,8 @@ def test_registered_on_every_backend():
 # ---------------------------------------------------------------- info_nce_loss's passes
 
 
-class _Ops(TorchDispatchMode):
-    """The pyhypersphere operators that run (forward and backward), in order."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace == "pyhypersphere":
-            self.names.append(func._opname)
-        return func(*args, **(kwargs or {}))
-
-
 def passes(fn, *leaves):
-    with _Ops() as seen:
+    with RecordedOps() as seen:
         out = fn()
         if leaves:
             torch.autograd.grad(out, leaves)

@@ -15,6 +15,7 @@ from pyhypersphere import distributed
 ROWS = (3, 2)
 D = 8
 LABELS = torch.tensor([0, 1, 0, 1, 1])  # the global batch's: every anchor has a positive
+QUEUE = global_batch([7], D, seed=3).bfloat16().double()  # MoCo's: exact in bfloat16, as the inputs are rounded
 
 
 def _dense_siglip(x, y, t, b):
@@ -28,6 +29,10 @@ LOSSES = {
     "uniform_loss": (lambda x, y, lab: distributed.uniform_loss(x, 2.0), lambda x, y, lab: dense_uniform_loss(x, 2.0)),
     "nt_xent_loss": (lambda x, y, lab: distributed.nt_xent_loss(x, y, 0.5), lambda x, y, lab: dense_nt_xent(x, y, 0.5)),
     "info_nce_loss": (lambda x, y, lab: distributed.info_nce_loss(x, y, 0.1), lambda x, y, lab: dense_info_nce(x, y, 0.1)),
+    # MoCo: momentum keys (no gradient) and the queue, the row-gradient op's one pass.
+    "info_nce_loss moco": (lambda x, y, lab: distributed.info_nce_loss(x, y.detach(), 0.2, queue=QUEUE.to(x.dtype),
+                                                                       in_batch=False),
+                           lambda x, y, lab: dense_info_nce(x, y, 0.2, QUEUE, in_batch=False)),
     "clip_loss": (lambda x, y, lab: distributed.clip_loss(x, y, 0.07), lambda x, y, lab: dense_clip(x, y, 0.07)),
     "siglip_loss": (lambda x, y, lab: distributed.siglip_loss(x, y, 4.0, -2.0),
                     lambda x, y, lab: _dense_siglip(x, y, 4.0, -2.0)),

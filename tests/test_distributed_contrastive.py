@@ -36,6 +36,7 @@ from dist_harness import (
     same_on_every_rank,
     shard,
 )
+from helpers import RecordedOps
 
 D = 8
 D_IN = 6
@@ -65,6 +66,7 @@ LOSSES = PAIR_LOSSES + (
        _with_queue(dense_info_nce, b), 0.2) for b in (True, False)],  # MoCo: keys and queue, the queue alone
 )
 UPSTREAM = 1.5  # the same upstream gradient on every rank
+_LSE_OPS = ("contrastive_lse", "contrastive_lse_row_grad")  # the operators a rank's log-sum-exps come from
 
 
 def _decoupled(fn):
@@ -283,6 +285,75 @@ def _check_learned_tau(rank, world, rows):
         torch.testing.assert_close(mixed, expected, rtol=1e-12, atol=0)
 
 
+MOCO_OPTIONS = (  # per-anchor options; "weight" and "tau" (learned) are filled in by the scenario
+    {},
+    {"reduction": "sum", "tau": True},
+    {"reduction": "none", "weight": True},
+    {"decoupled": True, "weight": True, "tau": True},
+)
+
+
+def _check_moco_passes(rank, world, rows, group=None):
+    """MoCo across ranks (keys from a momentum encoder: no gradient; MoCo's queue), with the
+    queue alone and with every rank's keys too: each rank's forward and backward run one
+    pass over its queries' pairs, contrastive_lse_row_grad, and no other operator (no
+    gradient pass for the keys); in-batch keys that require grad add
+    contrastive_lse_backward (for them alone).  Values and the gradients of q, of k when
+    it requires grad and of a learned tau against the dense float64 formula and the
+    single-process loss on the concatenated batch, for each reduction, weights and
+    decoupled."""
+    n = sum(rows)
+    fulls = _views(rows, seed=61 + n)
+    g = torch.Generator().manual_seed(n)
+    weight = 0.2 + torch.rand(n, generator=g, dtype=torch.float64)
+    upstream = torch.randn(n, generator=g, dtype=torch.float64)  # 'none': one per query
+    tau = 0.2
+    for in_batch in (False, True):
+        for options in MOCO_OPTIONS:
+            for keys_grad in (False, True):
+                kw = {"in_batch": in_batch, "decoupled": options.get("decoupled", False),
+                      "reduction": options.get("reduction", "mean"),
+                      "weight": weight if options.get("weight") else None}
+                per_row = kw["reduction"] == "none"
+                seed, scale = (upstream, 1) if per_row else (UPSTREAM, world)
+                q = shard(fulls[0], rows, rank).clone().requires_grad_(True)
+                k = shard(fulls[1], rows, rank).clone().requires_grad_(keys_grad)
+                t = torch.tensor(tau, dtype=torch.float64, requires_grad=True) if options.get("tau") else tau
+                mine = dict(kw, weight=None if kw["weight"] is None else shard(kw["weight"], rows, rank))
+                with RecordedOps() as seen:
+                    out = distributed.info_nce_loss(q, k, t, group, queue=QUEUE, **mine)
+                    (out * (shard(seed, rows, rank) if per_row else seed)).sum().backward()
+                # The keys' pass only for keys among the negatives (in_batch) that require grad.
+                keys_pass = ["contrastive_lse_backward"] if keys_grad and in_batch else []
+                want_ops = ["contrastive_lse_row_grad"] + keys_pass
+                assert seen.names == (want_ops if rows[rank] else []), (in_batch, options, keys_grad, seen.names)
+                assert (k.grad is not None) == keys_grad
+
+                def dense(a, b, t):
+                    rows_ = dense_info_nce_rows(a, b, t, QUEUE, in_batch, kw["decoupled"])
+                    return (dense_reduce(rows_, kw["reduction"], kw["weight"]) * seed).sum()
+
+                def single(a, b, t):
+                    return (pyhypersphere.info_nce_loss(a, b, t, queue=QUEUE, **kw) * seed).sum()
+
+                want_out = dense_reduce(dense_info_nce_rows(*fulls, tau, QUEUE, in_batch, kw["decoupled"]),
+                                        kw["reduction"], kw["weight"])
+                single_out = pyhypersphere.info_nce_loss(*fulls, tau, queue=QUEUE, **kw)
+                if per_row:
+                    want_out, single_out = shard(want_out, rows, rank), shard(single_out, rows, rank)
+                total = t.grad.clone() if options.get("tau") else None
+                if total is not None:  # the ranks' parts of dL/dtau
+                    dist.all_reduce(total, group=group)
+                for reference, reference_out in ((dense, want_out), (single, single_out)):
+                    _, (gq, gk, gt) = value_and_grads(reference, *fulls, torch.tensor(tau, dtype=torch.float64))
+                    torch.testing.assert_close(out, reference_out, rtol=1e-12, atol=1e-13)
+                    torch.testing.assert_close(q.grad, scale * shard(gq, rows, rank), rtol=1e-10, atol=1e-12)
+                    if keys_grad:
+                        torch.testing.assert_close(k.grad, scale * shard(gk, rows, rank), rtol=1e-10, atol=1e-12)
+                    if total is not None:
+                        torch.testing.assert_close(total, scale * gt, rtol=1e-10, atol=1e-12)
+
+
 def _check_no_second_order(rank, world):
     """A backward with create_graph=True raises on every rank (its backward has no
     collective, so none is left waiting)."""
@@ -343,6 +414,9 @@ def _check_disagreements(rank, world):
     raise_after_metadata_only([
         (r"disagree on queue rows", lambda: info_nce(x, x, queue=QUEUE[: 5 + rank])),
         (r"disagree on in_batch", lambda: info_nce(x, x, queue=QUEUE, in_batch=rank != 1)),
+        # Each rank's queries give every rank's keys part of their gradient: all or none compute it.
+        (r"disagree on k requires_grad \(rank 0: 1\.0, rank 1: 0\.0",
+         lambda: info_nce(x.clone().requires_grad_(), x.clone().requires_grad_(rank == 0))),
         (r"rank\(s\) \[0, 1, 2\] passed something else.*in_batch=False needs a queue",
          lambda: info_nce(x, x, in_batch=False)),
         (r"rank\(s\) \[0\] passed something else" + (r" \(here: queue must not require grad" if rank == 0 else "$"),
@@ -465,10 +539,11 @@ def _check_no_sync_path(rank, world):
             loss_fn(x, x.detach(), tau, equal_shards=True).backward()
         assert [c[0] for c in same_on_every_rank(calls)] == ["all_gather", "all_gather", "reduce_scatter"], calls
         x.grad = None
-        # The operator fails on rank 1 only.
-        original = contrastive_distributed.contrastive_lse
+        # The operator fails on rank 1 only (InfoNCE's, with q's gradient to come, is the row-gradient op).
+        originals = {name: getattr(contrastive_distributed, name) for name in _LSE_OPS}
         if rank == 1:
-            contrastive_distributed.contrastive_lse = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("injected"))
+            for name in _LSE_OPS:
+                setattr(contrastive_distributed, name, lambda *a, **k: (_ for _ in ()).throw(RuntimeError("injected")))
         try:
             with recorded_collectives() as calls:
                 if rank == 1:
@@ -482,7 +557,8 @@ def _check_no_sync_path(rank, world):
                     x.grad = None
             same_on_every_rank(calls)
         finally:
-            contrastive_distributed.contrastive_lse = original
+            for name, op in originals.items():
+                setattr(contrastive_distributed, name, op)
         # An invalid tau on rank 2: it raises, the others get NaN.
         if rank == 2:
             with pytest.raises(ValueError, match="tau must be a positive finite number"):
@@ -535,6 +611,7 @@ def three_ranks(rank, world):
     _check_under_ddp(rank, world, [5, 4, 6])
     _check_under_ddp(rank, world, [3, 3, 3], "none", lambda rows: rows.mean())  # equal shards
     _check_learned_tau(rank, world, [4, 0, 5])
+    _check_moco_passes(rank, world, [5, 0, 7])
     _check_low_precision(rank, world, [30, 17, 25], torch.float32, 1e-5, 1e-5)
     _check_low_precision(rank, world, [12, 10, 14], torch.bfloat16, 2 * 2**-8, 1.1 * 2**-8)
     _check_no_grad(rank, world, [3, 4, 2])
@@ -552,6 +629,7 @@ def two_ranks(rank, world, group):
     _check_values_and_grads(rank, world, [0, 5], group)
     _check_values_and_grads(rank, world, [20, 13], group, dtype=torch.float32, rtol=2e-5, atol=1e-6)
     _check_grads_sum_to_single_process(rank, world, [4, 9], group)
+    _check_moco_passes(rank, world, [6, 4], group)
     _check_reductions_and_weights(rank, world, [2, 5], group, learned_tau=True)
     _check_reductions_and_weights(rank, world, [9, 6], group, reductions=("mean", "none"), dtype=torch.float32,
                                   rtol=2e-5, atol=1e-6, grad_rtol=2e-5, grad_atol=0.0, grad_of_max=1e-5)

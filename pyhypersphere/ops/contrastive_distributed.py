@@ -15,9 +15,10 @@ loss-specific step: rank r computes the log-sum-exps of its own rows only (its r
 against every row of the gathered batch, with the fused ``contrastive_lse``; never an
 N x N matrix; each row's positive skipped, as the single-process losses do, so that a
 row's cross entropy is formed from its negatives relative to its positive) and the
-gradient of its share of the loss with respect to every row of
-the gathered batch, which one reduce-scatter sums over the ranks.  The gradient follows
-the distributed uniformity loss's DDP convention (docs/distributed.md): the backward
+gradient of its share of the loss with respect to every row of the gathered batch,
+which one reduce-scatter sums over the ranks (InfoNCE's queries' from the lse's own
+pass, as in one process; MoCo's momentum keys get none).  The gradient follows the
+distributed uniformity loss's DDP convention (docs/distributed.md): the backward
 returns W * g * dL/dx_r, so DDP's averaging yields the single-process gradient.
 reduction and weight (this rank's anchors') reduce the rank's anchors' losses over the
 global batch; with reduction='none' the rank returns them, and their gradient waits for
@@ -39,7 +40,9 @@ from ._common import (
     NONE_NEEDS_SYNC, accumulate_dtype, check_features, check_matches, constant_weight_problem, learned, loss_dtype,
     row_options,
 )
-from .contrastive import DEFAULT_CLIP_TAU, DEFAULT_INFO_NCE_TAU, DEFAULT_NT_XENT_TAU, Temperature, contrastive_lse
+from .contrastive import (
+    DEFAULT_CLIP_TAU, DEFAULT_INFO_NCE_TAU, DEFAULT_NT_XENT_TAU, Temperature, contrastive_lse, contrastive_lse_row_grad,
+)
 
 @dataclass(frozen=True)
 class _Spec:
@@ -163,17 +166,27 @@ def _clip_rows(z: torch.Tensor, layout: gb.Layout, scale: float) -> torch.Tensor
 
 
 def _info_nce_rows(z: torch.Tensor, layout: gb.Layout, scale: float, queue, in_batch: bool,
-                   decoupled: bool) -> torch.Tensor:
+                   decoupled: bool, keys_grad: bool) -> torch.Tensor:
     """InfoNCE's losses of this rank's queries, each against every rank's keys (when
-    in_batch) and the queue, which every rank holds whole."""
+    in_batch) and the queue, which every rank holds whole.  `keys_grad`: whether the
+    user's keys need their gradient (MoCo's momentum keys do not: their part of z's
+    gradient is never returned, so no pass computes it)."""
     d, lo, hi = layout.dim, layout.my_offset, layout.my_offset + layout.my_rows
     q, k = z[:, :d], z[:, d:]
     if layout.my_rows == 0:
         return z[:0, 0]  # no anchors, still a function of z
+    if not keys_grad:
+        k = k.detach()
     keys = ([_mine_first(k, lo, hi)] if in_batch else []) + ([queue.detach().to(z.dtype)] if queue is not None else [])
+    keys = torch.cat(keys)
     positive = contrastive.row_dots(q[lo:hi], k[lo:hi]) * scale
-    # in_batch: the positive is key i, skipped; else it is not among the keys.
-    lse = _row_lse(q[lo:hi], torch.cat(keys), scale, in_batch)
+    # in_batch: the positive is key i, skipped; else it is not among the keys.  With a
+    # gradient to come, the queries' from the lse's own pass (as the single-process
+    # loss's; MoCo: one pass in all), the keys' (if wanted) by a backward for them alone.
+    if z.requires_grad and keys.shape[0] > 0:
+        lse, _ = contrastive_lse_row_grad(q[lo:hi], keys, scale, skip_positives=in_batch)
+    else:
+        lse = _row_lse(q[lo:hi], keys, scale, in_batch)
     return contrastive.row_losses(lse, positive, decoupled)
 
 
@@ -385,7 +398,9 @@ def info_nce_loss(
     rank's keys as negatives (when ``in_batch``) and the rows of ``queue``.
 
     The queue is MoCo's: the same [K, d] tensor on every rank (its shape is checked to
-    agree, its values are not), a constant (one that requires grad is refused).
+    agree, its values are not), a constant (one that requires grad is refused).  Whether
+    k requires grad must agree too: MoCo's momentum keys (k detached on every rank) get no
+    gradient pass, the loss and q's gradient come from one pass over the pairs.
     Arguments otherwise (decoupled, reduction and weight too: this rank's N_r queries),
     value, gradient (to q and k) and collectives as for :func:`nt_xent_loss`; a learned
     temperature gets this rank's share of dL/dtau.
@@ -398,10 +413,14 @@ def info_nce_loss(
 
     local.__name__ = "info_nce_loss"
     rows = 0 if queue is None else (queue.shape[0] if isinstance(queue, torch.Tensor) and queue.dim() == 2 else -1)
+    # Whether k's gradient is computed (a learned tau scales q alone): every rank must
+    # agree, as each rank's queries give every rank's keys part of their gradient.
+    keys_grad = isinstance(k, torch.Tensor) and k.requires_grad
     spec = _Spec(
-        local, lambda z, layout, scale: _info_nce_rows(z, layout, scale, queue, in_batch, decoupled), False,
+        local, lambda z, layout, scale: _info_nce_rows(z, layout, scale, queue, in_batch, decoupled, keys_grad), False,
         decoupled, reduction, weight, names=("q", "k"),
-        params={"queue rows": (float(rows), None), "in_batch": (float(bool(in_batch)), None)},
+        params={"queue rows": (float(rows), None), "in_batch": (float(bool(in_batch)), None),
+                "k requires_grad": (float(keys_grad), None)},
         other_problem=lambda views: _queue_problem(views[0], queue, in_batch, function), queue=queue is not None,
     )  # fmt: skip
     return _global_loss(q, k, tau, group, spec, equal_shards)
