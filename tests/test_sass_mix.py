@@ -414,7 +414,7 @@ def test_compile_check_enumerates_what_the_siglip_launcher_picks():
     assert not any(family.startswith("supcon") for family in loop_gate.MIN_WORK)
     names = {job.name for job in jobs}
     for dtype, precision, _ in compile_check.UNIFORM_FORMATS:
-        for d in (1, 20, 64, 100, 128, 130, 256):
+        for d in (1, 20, 64, 100, 128, 130, 256, 768):
             cfg = siglip._config(dtype, d, precision)
             tile = f"M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']}{'' if cfg['ONE_CHUNK'] else ' chunked'}"
             for role in ("x loss", "x grad", "y grad"):
@@ -429,10 +429,18 @@ def test_compile_check_enumerates_what_the_siglip_launcher_picks():
                         f"w{cfg['num_warps']} s{cfg['num_stages']}") for job in kmajor), (dtype, precision, d, arch)
                     continue
                 cfg = siglip.one_pass_config(fmt, d, arch)
-                if cfg is not None:  # else the two sweeps, checked above
-                    assert any(job.archs == (arch,) and job.name == (
-                        f"siglip one-pass {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']} "
-                        f"w{cfg['num_warps']} s{cfg['num_stages']}") for job in one_pass), (dtype, precision, d, arch)
+                if cfg is None:  # the two sweeps, checked above
+                    continue
+                # Past one chunk the slice count K is compiled into the kernel (its S loop
+                # unrolled): compile_check compiles K at d = 256 and 768 (exactly, below),
+                # other widths the same blocks at another K.
+                tile = f"siglip one-pass {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']}"
+                slices = f" K{cfg['N_CHUNKS']}" if cfg["N_CHUNKS"] > 1 else ""
+                tail = f" w{cfg['num_warps']} s{cfg['num_stages']}"
+                exact = not slices or d in (256, 768)
+                assert any(job.archs == (arch,) and (job.name == tile + slices + tail if exact else (
+                    job.name.startswith(tile + " K") and job.name.endswith(tail))) for job in one_pass), \
+                    (dtype, precision, d, arch)
 
 
 @pytest.mark.parametrize("older", [True, False])
@@ -451,6 +459,9 @@ def test_block_choices_follow_the_installed_triton(monkeypatch, older):
     assert (siglip.one_pass_config("tf32x3", 128, 80) is None) is older
     assert siglip.one_pass_config("tf32x3", 64, 90)["num_warps"] == (4 if older else 2)
     assert siglip.one_pass_config("tf32x3", 128, 90)["BLOCK_N"] == (16 if older else 32)
+    assert (siglip.one_pass_config("tf32x3", 256, 90) is None) is older  # gradient slices
+    assert (siglip.one_pass_config("bf16", 768, 90) is None) is older
+    assert siglip.one_pass_config("bf16", 768, 80)["N_CHUNKS"] == 6
     assert uniform.flash_config("fp64", 128, True, 90, True)["ONE_CHUNK"] is not older
     assert uniform.flash_config("tf32", 256, False, 80, True)["ONE_CHUNK"] is not older
     allowed = loop_gate.chunked_problem("uniform_grad_chunked", "fp64", 90, True, 128) == ""

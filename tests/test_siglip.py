@@ -496,26 +496,34 @@ def _one_pass_case(launcher_module, n, ny, d, dtype, grad_x, device):
     return x, y, t, b, coef, out
 
 
-@pytest.mark.parametrize("n,ny,d,dtype", ONE_PASS_CASES)
-def test_triton_one_pass_against_the_dense_formula(triton_kernels, monkeypatch, n, ny, d, dtype):
-    launcher, device = triton_kernels
-    import pyhypersphere.triton_kernels.siglip as module
-
+def _forbid_two_sweeps(monkeypatch, module):
     def no_sweep(*args, **kwargs):
         raise AssertionError("the two-sweep path ran where the one-pass kernel should")
 
     monkeypatch.setattr(module, "_sweep", no_sweep)
+
+
+def _assert_one_pass_matches_dense(module, n, ny, d, dtype, tol, device):
     x, y, t, b, coef, (total, rows, gx, gy, gtb) = _one_pass_case(module, n, ny, d, dtype, True, device)
     refs = [v.double().requires_grad_(True) for v in (x, y, t, b)]
     want_rows = dense_rows(*refs)
     (want_rows * coef).sum().backward()
-    tol = {torch.float64: 1e-11, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
     assert_close(rows.cpu(), want_rows.detach(), tol, "rows")
     assert_close(total.cpu(), (want_rows * coef).sum().detach(), tol, "total")
     for got, ref, name in ((gx, refs[0], "x"), (gy, refs[1], "y")):
         assert got.shape == ref.shape
         assert_close(got.cpu(), ref.grad, 5 * tol, f"d/d{name}")
     assert_close(gtb.cpu(), torch.stack([refs[2].grad, refs[3].grad]), 5 * tol, "d/dt, d/db")
+
+
+@pytest.mark.parametrize("n,ny,d,dtype", ONE_PASS_CASES)
+def test_triton_one_pass_against_the_dense_formula(triton_kernels, monkeypatch, n, ny, d, dtype):
+    launcher, device = triton_kernels
+    import pyhypersphere.triton_kernels.siglip as module
+
+    _forbid_two_sweeps(monkeypatch, module)
+    tol = {torch.float64: 1e-11, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    _assert_one_pass_matches_dense(module, n, ny, d, dtype, tol, device)
 
 
 @pytest.mark.parametrize("precision,arch,older", [("tf32x3", 90, False), ("tf32x3", 80, False), ("tf32", 90, False),
@@ -528,10 +536,7 @@ def test_triton_float32_one_pass_against_the_dense_formula(triton_kernels, monke
     launcher, device = triton_kernels
     import pyhypersphere.triton_kernels.siglip as module
 
-    def no_sweep(*args, **kwargs):
-        raise AssertionError("the two-sweep path ran where the one-pass kernel should")
-
-    monkeypatch.setattr(module, "_sweep", no_sweep)
+    _forbid_two_sweeps(monkeypatch, module)
     monkeypatch.setattr(module, "device_arch", lambda device: arch)
     monkeypatch.setattr(module, "_precision", lambda dtype: precision)
     monkeypatch.setattr(module, "triton_before_newest", lambda: older)
@@ -549,6 +554,37 @@ def test_triton_float32_one_pass_against_the_dense_formula(triton_kernels, monke
             assert got.shape == ref.shape
             assert_close(got.cpu(), ref.grad, 1e-4, f"d/d{name}, d = {d}")
         assert_close(gtb.cpu(), torch.stack([refs[2].grad, refs[3].grad]), 1e-4, f"d/dt, d/db, d = {d}")
+
+
+# Past the one-chunk width (siglip.ONE_CHUNK_MAX_D: 128, float64 64) the one pass splits
+# the gradients' features into slices of that width, a second grid axis: S over every
+# chunk per slice, the losses and the weights' sum from slice 0, d/dt's sum in parts
+# (siglip.SLICED_ONE_PASS_BLOCKS: every format and arch that has them).  Two and three
+# slices (d = 150 in float64), the last partly padding; several row and column blocks
+# (sm_90's 128 x 64 16-bit tiles against 66 columns, sm_80's 32 x 16, float32's and
+# float64's 16- and 32-row ones).
+WIDE_ONE_PASS_CASES = [
+    (torch.bfloat16, "ieee", 90, 70, 45, 130), (torch.bfloat16, "ieee", 80, 45, 70, 200),
+    (torch.bfloat16, "ieee", 90, 40, 66, 256), (torch.float64, "ieee", 80, 50, 37, 100),
+    (torch.float64, "ieee", 80, 37, 50, 150), (torch.float32, "tf32x3", 90, 45, 50, 200),
+    (torch.float32, "tf32x3", 90, 50, 45, 256), (torch.float32, "tf32", 90, 37, 50, 130),
+    (torch.float32, "tf32", 80, 50, 37, 256),
+]
+
+
+@pytest.mark.parametrize("dtype,precision,arch,n,ny,d", WIDE_ONE_PASS_CASES)
+def test_triton_one_pass_past_one_chunk_against_the_dense_formula(triton_kernels, monkeypatch, dtype, precision,
+                                                                   arch, n, ny, d):
+    launcher, device = triton_kernels
+    import pyhypersphere.triton_kernels.siglip as module
+
+    _forbid_two_sweeps(monkeypatch, module)
+    monkeypatch.setattr(module, "device_arch", lambda device: arch)
+    if dtype == torch.float32:
+        monkeypatch.setattr(module, "_precision", lambda dtype: precision)
+    assert d > module.ONE_CHUNK_MAX_D[module.operand_format(dtype, precision)]
+    tol = {torch.float64: 1e-11, torch.float32: 2e-5, torch.bfloat16: 1e-2}[dtype]
+    _assert_one_pass_matches_dense(module, n, ny, d, dtype, tol, device)
 
 
 def test_triton_one_pass_without_the_gradient_of_x(triton_kernels):

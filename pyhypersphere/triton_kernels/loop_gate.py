@@ -78,6 +78,12 @@ MIN_WORK = {
     # wgmma: 19-25 per pair; 3xTF32 34-56 to d = 64), else mma.sync tiles of 16 or 32
     # rows (siglip.FLOAT32_ONE_PASS_BLOCKS: 26-84 for TF32, 50-256 for 3xTF32).
     "siglip_one_pass_over_budget": MinWork(3, 1, False, "as siglip_one_pass, above the non-mma budget"),
+    # d past the one-chunk width (siglip.ONE_CHUNK_MAX_D), the gradients' features in
+    # slices of that width (a second grid axis): each slice's program computes S over all
+    # K chunks and its own exp, then W y and W^T x on its slice, reported only.  Per tile
+    # of a slice K + 2 GEMMs of the slice's width, 1 exp per pair; over the K slices K (K +
+    # 2) and K exps, against the chunked two sweeps' 2 K (K + 1) and 2 K.
+    "siglip_one_pass_sliced": MinWork(3, 1, False, "S per gradient slice, W y and W^T x on it; one exp per slice"),
     # d past the one-chunk width: S over feature chunks, recomputed per gradient slice.
     "siglip_chunked": MinWork(2, 1, False, "chunked S, per slice of the gradient"),
     # Triton's fused-attention tutorial, as the yardstick: S and P V, one exp.

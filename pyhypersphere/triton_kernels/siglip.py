@@ -13,11 +13,15 @@ float64 rows for float64 inputs), as FlashAttention-2's backward adds dQ.  Main 
 tile: 3 tensor-core GEMMs and 1 exp per pair, the algorithm's minimum
 (loop_gate.MIN_WORK["siglip_one_pass"]).  The atomics make the result's last bits depend
 on the order the programs' additions land in: under torch.use_deterministic_algorithms
-the launcher takes the two sweeps below instead, which are bitwise repeatable; d past
-ONE_CHUNK_MAX_D takes them too.  float32 (TF32 and 3xTF32): on sm_90 under the newest
-Triton the K-major kernel of siglip_kmajor.py (wgmma, the launcher's transposed operand
-copies; TF32 to d = 128, 3xTF32 to 64), else this kernel on mma.sync tiles
-(FLOAT32_ONE_PASS_BLOCKS: a float32 W^T is no transposable wgmma operand here).
+the launcher takes the two sweeps below instead, which are bitwise repeatable.  d past
+ONE_CHUNK_MAX_D splits the gradients' features into slices of that width, a second grid
+axis: each slice's program computes S over every feature chunk and its own exp, then
+both gradients' slice (K slices: K (K + 2) GEMMs of the slice width and K exps per pair,
+against the chunked two sweeps' 2 K (K + 1) and 2 K; SLICED_ONE_PASS_BLOCKS).  float32
+(TF32 and 3xTF32): on sm_90 under the newest Triton the K-major kernel of
+siglip_kmajor.py (wgmma, the launcher's transposed operand copies; TF32 to d = 128,
+3xTF32 to 64), else this kernel on mma.sync tiles (FLOAT32_ONE_PASS_BLOCKS: a float32 W^T
+is no transposable wgmma operand here).
 
 Two sweeps (`_siglip_kernel`, flash-style row blocks, no atomics): rows x against columns
 y give the rows' losses, t sum_j w_ij y_j (d/dx) and the program's sums of w <x_i, y_j>
@@ -238,15 +242,16 @@ def _reciprocal(v, FAST_MATH: tl.constexpr):
 
 
 @triton.jit
-def _add_rows(gy_desc, gy_ptr, c0, part, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, REDUCE_DESC: tl.constexpr):
-    """gy[c0:c0 + BLOCK_N] += part, atomically: one TMA reduce-add of the tile (sm_90,
-    float32; the tile's stores to shared memory, 0.5 instructions per pair at 128 x 128),
-    or an atomic add per element (RED instructions)."""
+def _add_rows(gy_desc, gy_ptr, c0, col, part, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_PAD: tl.constexpr,
+              REDUCE_DESC: tl.constexpr):
+    """gy[c0:c0 + BLOCK_N, col:col + BLOCK_D] += part, atomically: one TMA reduce-add of
+    the tile (sm_90, float32; the tile's stores to shared memory, 0.5 instructions per
+    pair at 128 x 128), or an atomic add per element (RED instructions)."""
     if REDUCE_DESC:
-        gy_desc.atomic_add([c0, 0], part)
+        gy_desc.atomic_add([c0, col], part)
     else:
-        offs = tl.arange(0, BLOCK_N)[:, None].to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
-        tl.atomic_add(gy_ptr + tl.cast(c0, tl.int64) * BLOCK_D + offs, part, sem="relaxed")
+        offs = tl.arange(0, BLOCK_N)[:, None].to(tl.int64) * D_PAD + (col + tl.arange(0, BLOCK_D))[None, :]
+        tl.atomic_add(gy_ptr + tl.cast(c0, tl.int64) * D_PAD + offs, part, sem="relaxed")
 
 
 @triton.jit
@@ -275,10 +280,33 @@ def _tile_weights(s, t2, b2, c0, rows, n_cols, n_diag, relu2, log1p_sum, weight,
 
 
 @triton.jit
-def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
-                   relu2, log1p_sum, weight, acc_x,
+def _slice_logits(xi_desc, yj_desc, x_ptr, y_ptr, r0, c0, col, x_i, acc_t: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, N_CHUNKS: tl.constexpr, PRECISION: tl.constexpr,
+                  WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
+    """(S = x_i y_j^T over all N_CHUNKS feature chunks, y_j's chunk [col, col + BLOCK_D]):
+    the program's own chunk first (x_i holds it; y_j's is the gradient products'
+    operand), then the others, loaded per tile.  One chunk: S's one GEMM."""
+    d_pad = N_CHUNKS * BLOCK_D
+    y_j = _load_rows(yj_desc, y_ptr, c0, col, d_pad, BLOCK_N, BLOCK_D, USE_DESC)
+    if WIDEN_OPERANDS:
+        y_j = y_j.to(acc_t)
+    s = tl.dot(x_i, tl.trans(y_j), input_precision=PRECISION, out_dtype=acc_t)
+    for k in tl.static_range(1, N_CHUNKS):
+        kc = (col + k * BLOCK_D) % d_pad
+        x_k = _load_rows(xi_desc, x_ptr, r0, kc, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
+        y_k = _load_rows(yj_desc, y_ptr, c0, kc, d_pad, BLOCK_N, BLOCK_D, USE_DESC)
+        if WIDEN_OPERANDS:
+            x_k = x_k.to(acc_t)
+            y_k = y_k.to(acc_t)
+        s = tl.dot(x_k, tl.trans(y_k), s, input_precision=PRECISION, out_dtype=acc_t)
+    return s, y_j
+
+
+@triton.jit
+def _one_pass_step(xi_desc, yj_desc, x_ptr, y_ptr, gy_desc, gy_ptr, r0, c0, col, x_i, xc_i, t2, b2, rows, n_cols,
+                   n_diag, relu2, log1p_sum, weight, acc_x,
                    MASKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr,
+                   BLOCK_D: tl.constexpr, N_CHUNKS: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr,
                    USE_DESC: tl.constexpr, FAST_MATH: tl.constexpr, REDUCE_DESC: tl.constexpr):
     """One BLOCK_N tile of y's rows: S (GEMM 1), one exp per pair, acc_x += W y_j (GEMM 2,
     in registers) and the tile's W^T (coef x_i) (GEMM 3) added to y's gradient rows
@@ -287,10 +315,8 @@ def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows,
     GEMM 3, to its operand xc_i = coef x_i (no multiply per pair).  Padding rows have a
     zero coefficient (their loss is never stored)."""
     acc_t = t2.dtype
-    y_j = _load_rows(yj_desc, y_ptr, c0, 0, BLOCK_D, BLOCK_N, BLOCK_D, USE_DESC)
-    if WIDEN_OPERANDS:
-        y_j = y_j.to(acc_t)
-    s = tl.dot(x_i, tl.trans(y_j), input_precision=PRECISION, out_dtype=acc_t)
+    s, y_j = _slice_logits(xi_desc, yj_desc, x_ptr, y_ptr, r0, c0, col, x_i, acc_t, BLOCK_M, BLOCK_N, BLOCK_D,
+                           N_CHUNKS, PRECISION, WIDEN_OPERANDS, USE_DESC)
     w, relu2, log1p_sum, weight = _tile_weights(s, t2, b2, c0, rows, n_cols, n_diag, relu2, log1p_sum, weight,
                                                 MASKED, BLOCK_N, FAST_MATH)
     w_op = w
@@ -299,8 +325,8 @@ def _one_pass_step(yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows,
         if WIDEN_OPERANDS:
             w_op = w_op.to(acc_t)
     acc_x = tl.dot(w_op, y_j, acc_x, input_precision=PRECISION, out_dtype=acc_t)
-    _add_rows(gy_desc, gy_ptr, c0, tl.dot(tl.trans(w_op), xc_i, input_precision=PRECISION, out_dtype=acc_t),
-              BLOCK_N, BLOCK_D, REDUCE_DESC)
+    _add_rows(gy_desc, gy_ptr, c0, col, tl.dot(tl.trans(w_op), xc_i, input_precision=PRECISION, out_dtype=acc_t),
+              BLOCK_N, BLOCK_D, N_CHUNKS * BLOCK_D, REDUCE_DESC)
     return relu2, log1p_sum, weight, acc_x
 
 
@@ -323,16 +349,25 @@ def _one_pass_stages(r0, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 def _siglip_one_pass_kernel(
     xi_desc, yj_desc, gy_desc, x_ptr, y_ptr, coef_ptr, tb_ptr, gx_ptr, gy_ptr, loss_ptr, partial_ptr,
     n_cols, n_diag,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, N_CHUNKS: tl.constexpr,
     PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr, FAST_MATH: tl.constexpr,
     REDUCE_DESC: tl.constexpr,
 ):
     """The loss, d/dx, d/dy and the (t, b) sums in one sweep over the pairs (padded rows:
-    x [rows, BLOCK_D], y [n_cols_pad, BLOCK_D]).  Main loop per tile: 3 GEMMs (S, W y,
-    W^T x), 1 exp per pair (exp2; the loss's log is per row and tile), W^T x added to
-    gy_ptr with atomics (float32, float64 for float64 inputs): the result's last bits
-    depend on the order the programs' additions land in."""
+    x [rows, D_PAD], y [n_cols_pad, D_PAD], D_PAD = N_CHUNKS BLOCK_D).  Main loop per
+    tile: 3 GEMMs (S, W y, W^T x), 1 exp per pair (exp2; the loss's log is per row and
+    tile), W^T x added to gy_ptr with atomics (float32, float64 for float64 inputs): the
+    result's last bits depend on the order the programs' additions land in.  Past one
+    chunk (N_CHUNKS > 1) a second grid axis splits the gradients' features into
+    BLOCK_D-wide slices: program (i, s) computes S over all chunks (N_CHUNKS GEMMs), its
+    one exp per pair, and both gradients' slice s; slice 0 stores the rows' losses and
+    the weights' sum, every slice its part of sum_j w_ij <x_i, y_j>."""
     pid = tl.program_id(0)
+    if N_CHUNKS == 1:
+        col = 0
+    else:
+        col = tl.program_id(1) * BLOCK_D  # this program's gradient columns
+    d_pad: tl.constexpr = N_CHUNKS * BLOCK_D
     r0 = pid * BLOCK_M
     rows = r0 + tl.arange(0, BLOCK_M)
     t = tl.load(tb_ptr)
@@ -340,7 +375,7 @@ def _siglip_one_pass_kernel(
     t2 = t * LOG2E
     b2 = tl.load(tb_ptr + 1) * LOG2E
     coef = tl.load(coef_ptr + rows)
-    x_i = _load_rows(xi_desc, x_ptr, r0, 0, BLOCK_D, BLOCK_M, BLOCK_D, USE_DESC)
+    x_i = _load_rows(xi_desc, x_ptr, r0, col, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
     if WIDEN_OPERANDS:
         x_i = x_i.to(acc_t)
     xc_i = (x_i.to(acc_t) * coef[:, None]).to(x_i.dtype)  # GEMM 3's operand
@@ -351,36 +386,42 @@ def _siglip_one_pass_kernel(
     n_cols_pad, n_full, diag_lo, diag_hi, tail_lo = _one_pass_stages(r0, n_cols, BLOCK_M, BLOCK_N)
     for c0 in range(0, tl.minimum(diag_lo, n_full), BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
-            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
-            weight, acc_x, False, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
-            FAST_MATH, REDUCE_DESC)
+            xi_desc, yj_desc, x_ptr, y_ptr, gy_desc, gy_ptr, r0, c0, col, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
+            relu2, log1p_sum, weight, acc_x, False, BLOCK_M, BLOCK_N, BLOCK_D, N_CHUNKS, PRECISION, WIDEN_OPERANDS,
+            USE_DESC, FAST_MATH, REDUCE_DESC)
     for c0 in range(diag_lo, diag_hi, BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
-            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
-            weight, acc_x, True, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
-            FAST_MATH, REDUCE_DESC)
+            xi_desc, yj_desc, x_ptr, y_ptr, gy_desc, gy_ptr, r0, c0, col, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
+            relu2, log1p_sum, weight, acc_x, True, BLOCK_M, BLOCK_N, BLOCK_D, N_CHUNKS, PRECISION, WIDEN_OPERANDS,
+            USE_DESC, FAST_MATH, REDUCE_DESC)
     for c0 in range(diag_hi, n_full, BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
-            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
-            weight, acc_x, False, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
-            FAST_MATH, REDUCE_DESC)
+            xi_desc, yj_desc, x_ptr, y_ptr, gy_desc, gy_ptr, r0, c0, col, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
+            relu2, log1p_sum, weight, acc_x, False, BLOCK_M, BLOCK_N, BLOCK_D, N_CHUNKS, PRECISION, WIDEN_OPERANDS,
+            USE_DESC, FAST_MATH, REDUCE_DESC)
     for c0 in range(tail_lo, n_cols_pad, BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
-            yj_desc, y_ptr, gy_desc, gy_ptr, c0, x_i, xc_i, t2, b2, rows, n_cols, n_diag, relu2, log1p_sum,
-            weight, acc_x, True, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, WIDEN_OPERANDS, USE_DESC,
-            FAST_MATH, REDUCE_DESC)
-    tl.store(loss_ptr + rows, relu2 / LOG2E + log1p_sum)
-    offs = rows[:, None].to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+            xi_desc, yj_desc, x_ptr, y_ptr, gy_desc, gy_ptr, r0, c0, col, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
+            relu2, log1p_sum, weight, acc_x, True, BLOCK_M, BLOCK_N, BLOCK_D, N_CHUNKS, PRECISION, WIDEN_OPERANDS,
+            USE_DESC, FAST_MATH, REDUCE_DESC)
+    if col == 0:
+        tl.store(loss_ptr + rows, relu2 / LOG2E + log1p_sum)
+    offs = rows[:, None].to(tl.int64) * d_pad + (col + tl.arange(0, BLOCK_D))[None, :]
     tl.store(gx_ptr + offs, (t * coef)[:, None] * acc_x)
-    # sum_j w_ij <x_i, y_j> = <x_i, acc_x_i>; x_i loaded again (kept, it would hold
-    # registers through the loop)
-    x_i = _load_rows(xi_desc, x_ptr, r0, 0, BLOCK_D, BLOCK_M, BLOCK_D, USE_DESC)
-    tl.store(partial_ptr + pid * 2, tl.sum(coef * tl.sum(x_i.to(acc_t) * acc_x, 1), 0))
-    tl.store(partial_ptr + pid * 2 + 1, tl.sum(coef * weight, 0))
+    # sum_j w_ij <x_i, y_j> = <x_i, acc_x_i>, a part per slice; x_i loaded again (kept,
+    # it would hold registers through the loop)
+    x_i = _load_rows(xi_desc, x_ptr, r0, col, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
+    part = partial_ptr + (pid * N_CHUNKS + col // BLOCK_D) * 2
+    tl.store(part, tl.sum(coef * tl.sum(x_i.to(acc_t) * acc_x, 1), 0))
+    weight_sum = tl.sum(coef * weight, 0)
+    if N_CHUNKS > 1:  # the weights' sum once, from slice 0
+        weight_sum = tl.where(col == 0, weight_sum, 0.0)
+    tl.store(part + 1, weight_sum)
 
 
 # The widest feature dimension held in one chunk (the row tile loaded once, no
-# recomputation of S), per product format; past it the chunked path.
+# recomputation of S), per product format; past it the chunked paths (the one pass's
+# gradient slices, the two sweeps' feature chunks).
 ONE_CHUNK_MAX_D = {"bf16": 128, "fp16": 128, "tf32": 128, "tf32x3": 128, "fp64": 64}
 
 
@@ -436,20 +477,54 @@ FLOAT32_ONE_PASS_BLOCKS_OLDER_TRITON = {
 }
 
 
+# Past the one-chunk width, the gradients' features in ONE_CHUNK_MAX_D-wide slices (S
+# over all K chunks per slice, its loop unrolled): (BLOCK_M, BLOCK_N, num_warps, TMA
+# descriptors, the most slices K) per format and arch class.  Each is the tile without
+# spills and with the fewest other instructions per pair among those compiled at K = 2
+# and 6 (float64: 4 and 12), and K up to the largest compiled without spills (wider d:
+# the two sweeps; 16-bit at K = 9, d = 1152, spills 168 bytes on sm_90 and 24 on sm_80,
+# 3xTF32 on sm_90 16 at K = 3): the unrolled loop's registers grow with K, and the
+# one-chunk tiles spill 24-80 bytes (16-bit) already at K = 2.  Not here (the two
+# sweeps): 3xTF32 before sm_90 (32 bytes spilled at K = 2 on 16 x 32, 104 on 16 x 16) and
+# float64 on sm_90 (16-288 at K = 2 to 4 on 16 x 16 and 16 x 32, 2 and 4 warps).
+SLICED_ONE_PASS_BLOCKS = {
+    ("bf16", 90): (128, 64, 8, True, 6), ("bf16", 80): (32, 16, 2, False, 6),
+    ("tf32", 90): (16, 32, 4, True, 9), ("tf32", 80): (32, 32, 4, False, 9),
+    ("tf32x3", 90): (16, 32, 4, False, 2), ("fp64", 80): (16, 16, 2, False, 12),
+}
+# Under Triton 3.6 (before tiles.NEWEST_CHECKED_TRITON) the two sweeps: 16-bit on sm_90
+# (as its one-chunk tiles), 3xTF32 on sm_90 (8 bytes spilled at K = 2).
+SLICED_TWO_SWEEPS_OLDER_TRITON = (("bf16", 90), ("tf32x3", 90))
+
+
 def one_pass_config(fmt: str, d: int, arch: int):
     """The one-pass kernel's blocks for a product format, width and arch (compile_check
-    compiles each), or None where the launcher takes the two sweeps: d past the one-chunk
-    width.  sm_90, 16-bit: 128 x 128 tiles, 8 warps, one stage (15.8 non-mma
+    compiles each), or None where the launcher takes the two sweeps.  Past the one-chunk
+    width N_CHUNKS > 1 gradient slices (SLICED_ONE_PASS_BLOCKS).  Up to it, sm_90,
+    16-bit: 128 x 128 tiles, 8 warps, one stage (15.8 non-mma
     instructions per pair at d = 128; 64-column tiles pay the per-row log and reductions
     twice: 20.5), 64 x 128 at 4 warps for d = 64.  Before sm_90, mma.sync keeps both
     [rows, d] gradient accumulators and the operands in registers: 32 x 32 is the largest
     16-bit tile without spills (66 per pair at d = 128, above the sm_80 budget of 40).
     float64: 16 x 32 (32-row tiles spill or issue 4 GEMMs a tile).  float32:
-    FLOAT32_ONE_PASS_BLOCKS.  compile_check's full matrix, d = 16 to 128, passes with
+    FLOAT32_ONE_PASS_BLOCKS.  compile_check's full matrix, d = 16 to 768, passes with
     these."""
     block_d = max(16, triton.next_power_of_2(d))
-    if block_d > ONE_CHUNK_MAX_D[fmt]:
+    if block_d <= ONE_CHUNK_MAX_D[fmt]:
+        cfg = _one_pass_blocks(fmt, block_d, arch)
+        return None if cfg is None else {**cfg, "N_CHUNKS": 1}
+    key = ("bf16" if fmt == "fp16" else fmt, 90 if arch >= 90 else 80)
+    chunks = triton.cdiv(d, ONE_CHUNK_MAX_D[fmt])
+    if key not in SLICED_ONE_PASS_BLOCKS or chunks > SLICED_ONE_PASS_BLOCKS[key][4]:
         return None
+    if key in SLICED_TWO_SWEEPS_OLDER_TRITON and triton_before_newest():
+        return None
+    block_m, block_n, warps, use_desc, _ = SLICED_ONE_PASS_BLOCKS[key]
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": ONE_CHUNK_MAX_D[fmt], "USE_DESC": use_desc,
+            "num_warps": warps, "num_stages": 1, "N_CHUNKS": chunks}
+
+
+def _one_pass_blocks(fmt: str, block_d: int, arch: int):
     if fmt in ("tf32", "tf32x3"):
         key = (fmt, 90 if arch >= 90 else 80)
         blocks = FLOAT32_ONE_PASS_BLOCKS[key]
@@ -490,21 +565,21 @@ def _one_pass(x, y, c, tb, grad_x: bool, acc_t):
     if cfg is None:
         return None
     (nx, d), ny = x.shape, y.shape[0]
-    bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
+    bm, bn, bd, chunks = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"], cfg["N_CHUNKS"]
     nx_pad, ny_pad = triton.cdiv(nx, bm) * bm, triton.cdiv(ny, bn) * bn
-    xp, yp = _pad_rows(x, nx_pad, bd), _pad_rows(y, ny_pad, bd)
+    xp, yp = _pad_rows(x, nx_pad, bd * chunks), _pad_rows(y, ny_pad, bd * chunks)
     coef = c.new_zeros(nx_pad)
     coef[:nx] = c
-    gx = torch.empty((nx_pad, bd), dtype=acc_t, device=x.device)
-    gy = torch.zeros((ny_pad, bd), dtype=acc_t, device=x.device)
+    gx = torch.empty((nx_pad, bd * chunks), dtype=acc_t, device=x.device)
+    gy = torch.zeros((ny_pad, bd * chunks), dtype=acc_t, device=x.device)
     loss = torch.empty(nx_pad, dtype=acc_t, device=x.device)
-    partial = torch.empty((nx_pad // bm, 2), dtype=acc_t, device=x.device)
+    partial = torch.empty((nx_pad // bm * chunks, 2), dtype=acc_t, device=x.device)
     fast = acc_t == torch.float32 and not triton.knobs.runtime.interpret
-    _siglip_one_pass_kernel[(nx_pad // bm,)](
+    _siglip_one_pass_kernel[(nx_pad // bm, chunks)](
         TensorDescriptor.from_tensor(xp, [bm, bd]), TensorDescriptor.from_tensor(yp, [bn, bd]),
         TensorDescriptor.from_tensor(gy, [bn, bd]), xp, yp, coef, tb,
         gx, gy, loss, partial, ny, min(nx, ny),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=precision,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, N_CHUNKS=chunks, PRECISION=precision,
         # The interpreter's 16-bit tl.dot is wrong (Triton 3.9): widen (exactly) there.
         WIDEN_OPERANDS=triton.knobs.runtime.interpret and x.dtype in (torch.bfloat16, torch.float16),
         # The interpreter has no inline assembly and no TMA reduce: their plain forms there.
