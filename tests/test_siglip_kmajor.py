@@ -41,7 +41,7 @@ def kmajor_runs(triton_kernels, monkeypatch):  # noqa: F811
     def no_sweep(*args, **kwargs):
         raise AssertionError("the two-sweep path ran where the K-major one pass should")
 
-    monkeypatch.setattr(kmajor, "one_pass_kmajor", counted)
+    monkeypatch.setattr(module, "one_pass_kmajor", counted)  # where the launcher looks it up
     monkeypatch.setattr(module, "_sweep", no_sweep)
     return launcher, device, calls
 

@@ -12,7 +12,7 @@ y^T [d, N] (O(N d) once), and per column tile
 with gy_j^T added to a [d, N_y] buffer (TMA reduce-add on the GPU), transposed back by
 the launcher.  W is GEMM 2's register operand (Triton converts its layout with shuffles)
 and goes to shared memory once, BM-contiguous, for GEMM 3; nothing is transposed in
-registers.  The pair terms and the masked stages are siglip's.  3xTF32 (float32 accuracy,
+registers.  The pair terms and the masked stages are siglip_terms'.  3xTF32 (float32 accuracy,
 torch's default) takes the same layout with the operands' TF32 halves prepared by the
 launcher (uniform.tf32_halves) and W split in registers: three TF32 products per GEMM.
 """
@@ -23,7 +23,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .contrastive import _pad_rows
-from .siglip import LOG2E, _one_pass_stages, _tile_weights
+from .siglip_terms import LOG2E, _one_pass_stages, _tile_weights
 from .tiles import triton_before_newest
 from .uniform import _halves_logits, _halves_product, _tf32_high, tf32_halves
 
