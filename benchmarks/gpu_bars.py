@@ -3,7 +3,8 @@
     python benchmarks/gpu_bars.py --json docs/gpu_bars.json
 
 Each entry is {"case", "device", "ms", "peer", "peer_ms", "bar_ms", "meets_bar"}: forward+
-backward medians (CUDA events, L2 flushed: pyhypersphere.bench.timing), d = 128.  The
+backward medians (CUDA events, L2 flushed: pyhypersphere.bench.timing), d = 128 (a case
+in CASE_WIDTH: its width).  The
 public losses run on the backend PYHYPERSPHERE_GPU_BACKEND picks; the `cuda_` cases call
 the C++ CUDA kernel through the CUDA build's test entry and the Triton launcher directly,
 in the same process, whatever that choice (the op's value and x's gradient, no autograd).
@@ -44,7 +45,10 @@ CASES = {
     # SigLIP's one pass (y's gradient by atomics) against its two sweeps (the path under
     # torch's deterministic mode): whether the atomics pay, float32's mma.sync tiles included.
     **{f"siglip_{p}_16384": ("siglip", 16384, 0, p, None, "two-sweeps") for p in ("bf16", "tf32", "fp32")},
+    "siglip_bf16_16384_d768": ("siglip", 16384, 0, "bf16", None, "two-sweeps"),
 }
+# Cases at another width than D: SigLIP's ViT-B/L embeddings (the one pass in gradient slices).
+CASE_WIDTH = {"siglip_bf16_16384_d768": 768}
 # Issue 24's bars: the C++ CUDA kernel, with the Triton kernel as its peer.
 CUDA_KERNEL_CASES = {
     "cuda_uniform_bf16_65536": (65536, 0, "bf16", 7.0),
@@ -69,9 +73,9 @@ def matmul_precision(precision: str):
         torch.set_float32_matmul_precision(before)
 
 
-def unit_rows(n, dtype, device, seed):
+def unit_rows(n, dtype, device, seed, d=D):
     g = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=1)
+    x = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
     return x.to(device=device, dtype=dtype)
 
 
@@ -111,7 +115,8 @@ def case_steps(case, device, scale):
     loss, rows, queue_rows, precision, _, peer = CASES[case]
     dtype = DTYPES[precision]
     n = max(rows // scale, 8)
-    x = unit_rows(n, dtype, device, 0)
+    d = CASE_WIDTH.get(case, D)
+    x = unit_rows(n, dtype, device, 0, d)
     if loss == "uniform":
         if queue_rows:
             queue = unit_rows(max(queue_rows // scale, 8), dtype, device, 1)  # detached, as MoCo's
@@ -126,7 +131,7 @@ def case_steps(case, device, scale):
 
             attention = torch.compile(flex_attention)
         return fused, fwd_bwd(lambda a: flex_uniform_loss(a, T, block_mask=mask, attention=attention), [x])
-    y = unit_rows(n, dtype, device, 2)
+    y = unit_rows(n, dtype, device, 2, d)
     if loss == "siglip":
         fused = fwd_bwd(ph.siglip_loss, [x, y])
         return fused, deterministic(fused)

@@ -19,11 +19,11 @@ def test_entries_and_merge(tmp_path):
     first = run("--device", "cpu", "--scale", "512", "--json", str(out), "--cases", "uniform_fp32_65536,nt_xent_fp32_16384")
     assert first.returncode == 0, first.stderr
     second = run("--device", "cpu", "--scale", "512", "--json", str(out), "--cases",
-                 "moco_bf16_256x65536,uniform_fp32_65536,siglip_fp32_16384")
+                 "moco_bf16_256x65536,uniform_fp32_65536,siglip_fp32_16384,siglip_bf16_16384_d768")
     assert second.returncode == 0, second.stderr
     entries = json.loads(out.read_text())
-    assert sorted(e["case"] for e in entries) == ["moco_bf16_256x65536", "nt_xent_fp32_16384", "siglip_fp32_16384",
-                                                  "uniform_fp32_65536"]
+    assert sorted(e["case"] for e in entries) == ["moco_bf16_256x65536", "nt_xent_fp32_16384", "siglip_bf16_16384_d768",
+                                                  "siglip_fp32_16384", "uniform_fp32_65536"]
     for entry in entries:
         assert set(entry) == FIELDS
         assert entry["ms"] > 0 and entry["device"].startswith("cpu: ")
