@@ -40,6 +40,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from . import (align, contrastive, loop_gate, reference_attention, sass_mix, siglip, siglip_kmajor,  # noqa: E402
                uniform)
+from .tiles import triton_before_newest  # noqa: E402
 
 # Largest shared memory one block may use (opt-in), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -284,7 +285,8 @@ def _siglip_one_pass_jobs(archs, quick: bool = False):
             consts = {**{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "N_CHUNKS", "USE_DESC")},
                       "PRECISION": precision, "WIDEN_OPERANDS": False, "FAST_MATH": fast,
                       "REDUCE_DESC": fast and cfg["USE_DESC"]}
-            over = fmt in ("tf32", "tf32x3") or (arch < 90 and fmt != "fp64")  # loop_gate's note
+            # loop_gate's note; sm_90's 16-bit blocks under Triton 3.6 (64 x 32: 21.8 per pair) too
+            over = fmt in ("tf32", "tf32x3") or (fmt != "fp64" and (arch < 90 or triton_before_newest()))
             family = "siglip_one_pass_over_budget" if over else "siglip_one_pass"
             if cfg["N_CHUNKS"] > 1:
                 family = "siglip_one_pass_sliced"

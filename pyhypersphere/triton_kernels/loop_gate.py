@@ -76,7 +76,8 @@ MIN_WORK = {
     # pair against 40 from d = 64 (22.8 and 27.8 at d = 16 and 32).  float32 (TF32,
     # 3xTF32): on sm_90 under the newest Triton siglip_kmajor (K-major TF32 operands,
     # wgmma: 19-25 per pair; 3xTF32 34-56 to d = 64), else mma.sync tiles of 16 or 32
-    # rows (siglip.FLOAT32_ONE_PASS_BLOCKS: 26-84 for TF32, 50-256 for 3xTF32).
+    # rows (siglip.FLOAT32_ONE_PASS_BLOCKS: 26-84 for TF32, 50-256 for 3xTF32).  And sm_90's
+    # 16-bit blocks under Triton 3.6 (64 x 32: its 128 x 128 spills; 21.6-22.6 per pair).
     "siglip_one_pass_over_budget": MinWork(3, 1, False, "as siglip_one_pass, above the non-mma budget"),
     # d past the one-chunk width (siglip.ONE_CHUNK_MAX_D), the gradients' features in
     # slices of that width (a second grid axis): each slice's program computes S over all
