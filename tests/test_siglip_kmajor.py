@@ -104,11 +104,27 @@ def test_kmajor_one_pass_at_zero_logits(kmajor_runs):
     assert gtb[1].item() == pytest.approx(coef.sum().item() * (259 - 1) * 0.5, rel=1e-5)
 
 
-def test_kmajor_config_covers_float32_on_sm90_only(monkeypatch):
-    # (under an older Triton it returns None: tests/test_sass_mix.py)
+def test_kmajor_one_pass_on_older_tritons_tiles(kmajor_runs, monkeypatch):
+    # Triton 3.6's TF32 tiles (KMAJOR_TILES_OLDER_TRITON): 64 x 16 at d = 128, 64 x 64 at 16 and 64.
     from pyhypersphere.triton_kernels import siglip_kmajor
 
-    monkeypatch.setattr(siglip_kmajor, "triton_before_newest", lambda: False)
+    monkeypatch.setattr(siglip_kmajor, "triton_before_newest", lambda: True)
+    assert siglip_kmajor.kmajor_config("tf32", 128, 90)["BLOCK_N"] == 16
+    launcher, device, calls = kmajor_runs
+    for n, ny, d in ((130, 100, 128), (70, 45, 16), (45, 150, 64)):
+        coef, want_rows, refs, (total, rows, gx, gy, gtb) = _case(launcher, device, "tf32", n, ny, d)
+        assert calls[-1] == torch.Size([n, d])
+        assert_close(rows.cpu(), want_rows, TOL["tf32"], "rows")
+        for got, ref, name in ((gx, refs[0], "x"), (gy, refs[1], "y")):
+            assert_close(got.cpu(), ref.grad, 5 * TOL["tf32"], f"d/d{name}")
+        assert_close(gtb.cpu(), torch.stack([refs[2].grad, refs[3].grad]), 5 * TOL["tf32"], "d/dt, d/db")
+
+
+@pytest.mark.parametrize("older", [False, True])
+def test_kmajor_config_covers_float32_on_sm90_only(monkeypatch, older):
+    from pyhypersphere.triton_kernels import siglip_kmajor
+
+    monkeypatch.setattr(siglip_kmajor, "triton_before_newest", lambda: older)
     kmajor_config = siglip_kmajor.kmajor_config
     for d in (1, 16, 17, 32, 64, 100, 128):
         cfg = kmajor_config("tf32", d, 90)

@@ -74,7 +74,7 @@ MIN_WORK = {
     # mma.sync holds both [rows, d] gradient accumulators and the operands in registers,
     # so 32 x 32 tiles are the largest without spills, at 60-66 non-mma instructions per
     # pair against 40 from d = 64 (22.8 and 27.8 at d = 16 and 32).  float32 (TF32,
-    # 3xTF32): on sm_90 under the newest Triton siglip_kmajor (K-major TF32 operands,
+    # 3xTF32): on sm_90 siglip_kmajor (K-major TF32 operands,
     # wgmma: 19-25 per pair; 3xTF32 34-56 to d = 64), else mma.sync tiles of 16 or 32
     # rows (siglip.FLOAT32_ONE_PASS_BLOCKS: 26-84 for TF32, 50-256 for 3xTF32).  And sm_90's
     # 16-bit blocks under Triton 3.6 (64 x 32: its 128 x 128 spills; 21.6-22.6 per pair).

@@ -18,7 +18,7 @@ ONE_CHUNK_MAX_D splits the gradients' features into slices of that width, a seco
 axis: each slice's program computes S over every feature chunk and its own exp, then
 both gradients' slice (K slices: K (K + 2) GEMMs of the slice width and K exps per pair,
 against the chunked two sweeps' 2 K (K + 1) and 2 K; SLICED_ONE_PASS_BLOCKS).  float32
-(TF32 and 3xTF32): on sm_90 under the newest Triton the K-major kernel of
+(TF32 and 3xTF32): on sm_90 the K-major kernel of
 siglip_kmajor.py (wgmma, the launcher's transposed operand copies; TF32 to d = 128,
 3xTF32 to 64), else this kernel on mma.sync tiles (FLOAT32_ONE_PASS_BLOCKS: a float32 W^T
 is no transposable wgmma operand here).
@@ -360,9 +360,9 @@ def _config(dtype: torch.dtype, d: int, precision: str = "ieee") -> dict:
 
 
 # float32's one-pass blocks, (BLOCK_M, BLOCK_N, num_warps, TMA descriptors) per product
-# format, arch and BLOCK_D: mma.sync tiles on both archs (on sm_90 where the K-major
-# kernel, siglip_kmajor.kmajor_config, is not taken: 3xTF32 at d = 128, and Triton before
-# 3.9).  A float32 W^T is no
+# format, arch and BLOCK_D: mma.sync tiles on both archs (from sm_90 where the K-major
+# kernel, siglip_kmajor.kmajor_config, is not taken: 3xTF32 at d = 128, and archs past
+# sm_90, which have no wgmma).  A float32 W^T is no
 # transposable wgmma operand (TF32 wgmma reads both shared-memory operands with the
 # contracted index contiguous), so on sm_90 Triton moves it through registers and spills
 # at 64 rows (352 bytes at 64 x 32, d = 128); 16- and 32-row tiles stay on mma.sync.  Each

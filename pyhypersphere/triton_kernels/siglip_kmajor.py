@@ -137,12 +137,20 @@ KMAJOR_TILES = {"tf32": {16: (64, 128, 1), 32: (64, 64, 1), 64: (64, 128, 1), 12
                 "tf32x3": {16: (64, 64, 1), 32: (64, 32, 1), 64: (64, 32, 2)}}
 
 
+# Triton 3.6 (before tiles.NEWEST_CHECKED_TRITON) spills on TF32's 64 x 128 tiles (40 bytes
+# at d = 16, 912 at 64) and at d = 128 on 64 x 64 (1432) and 64 x 32 (224): its own tiles
+# (0 spills; 24.2, 26.6 and 59.9 non-mma per pair).  3.6 compiles the others clean.
+KMAJOR_TILES_OLDER_TRITON = {"tf32": {16: (64, 64, 1), 64: (64, 64, 1), 128: (64, 16, 1)}}
+
+
 def kmajor_config(fmt: str, d: int, arch: int):
     """The K-major kernel's blocks for a product format, width and arch, or None where
     siglip's own one pass (or its two sweeps) is taken: float32 on sm_90 (KMAJOR_TILES)."""
     block_d = max(16, triton.next_power_of_2(d))
     tiles = KMAJOR_TILES.get(fmt, {})
-    if arch != 90 or block_d not in tiles or triton_before_newest():
+    if triton_before_newest():
+        tiles = {**tiles, **KMAJOR_TILES_OLDER_TRITON.get(fmt, {})}
+    if arch != 90 or block_d not in tiles:
         return None
     block_m, block_n, stages = tiles[block_d]
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "SPLIT_OPERANDS": fmt == "tf32x3",
