@@ -595,6 +595,30 @@ def test_triton_one_pass_past_one_chunk_against_the_dense_formula(triton_kernels
     _assert_one_pass_matches_dense(module, n, ny, d, dtype, tol, device)
 
 
+# Triton 3.6's own slice blocks (siglip.SLICED_ONE_PASS_BLOCKS_OLDER_TRITON): sm_90 16-bit
+# on sm_80's mma.sync tiles (32 x 16 unrolled, 32 x 32 in the chunk loop), sm_80 16-bit's
+# loop on 16 x 32, 3xTF32 on sm_90 16 x 16 at two slices.
+@pytest.mark.parametrize("dtype,precision,arch,n,ny,d", [
+    (torch.bfloat16, "ieee", 90, 40, 33, 300), (torch.bfloat16, "ieee", 90, 40, 33, 1100),
+    (torch.bfloat16, "ieee", 80, 40, 33, 1100), (torch.float32, "tf32x3", 90, 40, 33, 256),
+])
+def test_triton_one_pass_past_one_chunk_on_older_triton_blocks(triton_kernels, monkeypatch, dtype, precision, arch,
+                                                               n, ny, d):
+    launcher, device = triton_kernels
+    import pyhypersphere.triton_kernels.siglip as module
+
+    _forbid_two_sweeps(monkeypatch, module)
+    monkeypatch.setattr(module, "device_arch", lambda device: arch)
+    if dtype == torch.float32:
+        monkeypatch.setattr(module, "_precision", lambda dtype: precision)
+    fmt = module.operand_format(dtype, precision)
+    newest = module.one_pass_config(fmt, d, arch)
+    monkeypatch.setattr(module, "triton_before_newest", lambda: True)
+    assert module.one_pass_config(fmt, d, arch) != newest  # the older table's blocks run
+    tol = {torch.float32: 2e-5, torch.bfloat16: 1e-2}[dtype]
+    _assert_one_pass_matches_dense(module, n, ny, d, dtype, tol, device)
+
+
 def test_triton_one_pass_without_the_gradient_of_x(triton_kernels):
     # LiT's case (x frozen): d/dy and the (t, b) sums only.
     launcher, device = triton_kernels

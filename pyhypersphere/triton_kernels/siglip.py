@@ -412,13 +412,13 @@ FLOAT32_ONE_PASS_BLOCKS_OLDER_TRITON = {
 # (docs/results/triton.md).  Unrolled (CHUNK_LOOP False) the S loop's registers grow with
 # K: 16-bit spills at K = 9 (d = 1152: 168 bytes on sm_90, 24 on sm_80), so past K = 6
 # (TF32: 9) S's other chunks take a loop at run time (registers independent of K; on
-# sm_90 two stages, its TMA loads one chunk ahead), to K = 12 (ViT-g's d = 1536, the
-# widest compiled).  d <= 768 stays unrolled as before (on sm_80 the loop's 32 x 32 tile
-# issues fewer other instructions at K = 6, 149 against 191 per slice pair, but its loads
-# are not pipelined: for a GPU run to decide).  3xTF32 on sm_90 takes the loop from K = 3
+# sm_90 num_stages = 2: 47.3 other instructions per slice pair at K = 9 against 47.9 in
+# one), to K = 12 (ViT-g's d = 1536, the widest compiled).  d <= 768 stays unrolled as
+# before (on sm_80 the loop's 32 x 32 tile issues fewer other instructions at K = 6, 149
+# against 191 per slice pair, but its loads are not pipelined: for a GPU run to decide).  3xTF32 on sm_90 takes the loop from K = 3
 # (unrolled, 16 x 32 spills 16 bytes there).  The one-chunk tiles spill 24-80 bytes
 # (16-bit) already at K = 2.  Not here (the two sweeps): 3xTF32 before sm_90 (32 bytes
-# spilled at K = 2 on 16 x 32, 104 on 16 x 16; with the loop at K = 3 16-4600 on 16 x 16,
+# spilled at K = 2 on 16 x 32, 104 on 16 x 16; with the loop at K = 3 16-98672 on 16 x 16,
 # 16 x 32, 32 x 16 and 32 x 32 at 1 to 8 warps) and float64 on sm_90 (16-288 at K = 2 to 4
 # on 16 x 16 and 16 x 32, 2 and 4 warps).
 SLICED_ONE_PASS_BLOCKS = {
@@ -432,11 +432,14 @@ SLICED_ONE_PASS_BLOCKS = {
 # Where Triton 3.6 (before tiles.NEWEST_CHECKED_TRITON) spills on those: its ranges.  sm_90
 # 16-bit: every wgmma tile spills (76-10764 bytes: 128 x 64, 64 x 64, 64 x 128, 128 x 32,
 # 64 x 32), so sm_80's mma.sync tiles; sm_80 16-bit's loop 32 x 32 spills 40 bytes;
-# 3xTF32 on sm_90 spills 8 bytes at K = 2 (a loop of one step is unrolled).
+# 3xTF32 on sm_90 at K = 2 (a loop of one step is unrolled) spills on 16 x 32 (8 bytes at
+# 4 warps, 1288-4888 at 2 and 8 or with descriptors), not on 16 x 16 w4, whose warps
+# issue its products and exp twice (18 GEMMs and 2 exps a tile; still a tenth of the two
+# sweeps' other instructions).
 SLICED_ONE_PASS_BLOCKS_OLDER_TRITON = {
     ("bf16", 90): ((6, (32, 16, 2, False, 1, False)), (12, (32, 32, 4, False, 1, True))),
     ("bf16", 80): ((6, (32, 16, 2, False, 1, False)), (12, (16, 32, 4, False, 1, True))),
-    ("tf32x3", 90): ((2, None), (12, (16, 32, 4, False, 1, True))),
+    ("tf32x3", 90): ((2, (16, 16, 4, False, 1, False)), (12, (16, 32, 4, False, 1, True))),
 }
 
 
