@@ -576,23 +576,31 @@ WIDE_ONE_PASS_CASES = [
 ]
 
 
+WIDE_ONE_PASS_TOL = {torch.float64: 1e-11, torch.float32: 2e-5, torch.bfloat16: 1e-2}
+
+
+def _as_if_on(monkeypatch, module, dtype, precision, arch):
+    """The launcher as on `arch` with `precision` for float32, the two sweeps forbidden:
+    the operand format."""
+    _forbid_two_sweeps(monkeypatch, module)
+    monkeypatch.setattr(module, "device_arch", lambda device: arch)
+    if dtype == torch.float32:
+        monkeypatch.setattr(module, "_precision", lambda dtype: precision)
+    return module.operand_format(dtype, precision)
+
+
 @pytest.mark.parametrize("dtype,precision,arch,n,ny,d", WIDE_ONE_PASS_CASES)
 def test_triton_one_pass_past_one_chunk_against_the_dense_formula(triton_kernels, monkeypatch, dtype, precision,
                                                                    arch, n, ny, d):
     launcher, device = triton_kernels
     import pyhypersphere.triton_kernels.siglip as module
 
-    _forbid_two_sweeps(monkeypatch, module)
-    monkeypatch.setattr(module, "device_arch", lambda device: arch)
-    if dtype == torch.float32:
-        monkeypatch.setattr(module, "_precision", lambda dtype: precision)
-    fmt = module.operand_format(dtype, precision)
+    fmt = _as_if_on(monkeypatch, module, dtype, precision, arch)
     assert d > module.ONE_CHUNK_MAX_D[fmt]
     # the runtime chunk loop exactly where the cases' comment says
     unrolled = {"tf32x3": 2, "tf32": 9}.get(fmt, 6)
     assert module.one_pass_config(fmt, d, arch)["CHUNK_LOOP"] is (d > unrolled * 128)
-    tol = {torch.float64: 1e-11, torch.float32: 2e-5, torch.bfloat16: 1e-2}[dtype]
-    _assert_one_pass_matches_dense(module, n, ny, d, dtype, tol, device)
+    _assert_one_pass_matches_dense(module, n, ny, d, dtype, WIDE_ONE_PASS_TOL[dtype], device)
 
 
 # Triton 3.6's own slice blocks (siglip.SLICED_ONE_PASS_BLOCKS_OLDER_TRITON): sm_90 16-bit
@@ -607,16 +615,11 @@ def test_triton_one_pass_past_one_chunk_on_older_triton_blocks(triton_kernels, m
     launcher, device = triton_kernels
     import pyhypersphere.triton_kernels.siglip as module
 
-    _forbid_two_sweeps(monkeypatch, module)
-    monkeypatch.setattr(module, "device_arch", lambda device: arch)
-    if dtype == torch.float32:
-        monkeypatch.setattr(module, "_precision", lambda dtype: precision)
-    fmt = module.operand_format(dtype, precision)
+    fmt = _as_if_on(monkeypatch, module, dtype, precision, arch)
     newest = module.one_pass_config(fmt, d, arch)
     monkeypatch.setattr(module, "triton_before_newest", lambda: True)
     assert module.one_pass_config(fmt, d, arch) != newest  # the older table's blocks run
-    tol = {torch.float32: 2e-5, torch.bfloat16: 1e-2}[dtype]
-    _assert_one_pass_matches_dense(module, n, ny, d, dtype, tol, device)
+    _assert_one_pass_matches_dense(module, n, ny, d, dtype, WIDE_ONE_PASS_TOL[dtype], device)
 
 
 def test_triton_one_pass_without_the_gradient_of_x(triton_kernels):
