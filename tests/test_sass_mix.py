@@ -414,7 +414,7 @@ def test_compile_check_enumerates_what_the_siglip_launcher_picks():
     assert not any(family.startswith("supcon") for family in loop_gate.MIN_WORK)
     names = {job.name for job in jobs}
     for dtype, precision, _ in compile_check.UNIFORM_FORMATS:
-        for d in (1, 20, 64, 100, 128, 130, 256, 768):
+        for d in (1, 20, 64, 100, 128, 130, 256, 768, 1100, 1152, 1536):
             cfg = siglip._config(dtype, d, precision)
             tile = f"M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']}{'' if cfg['ONE_CHUNK'] else ' chunked'}"
             for role in ("x loss", "x grad", "y grad"):
@@ -432,12 +432,14 @@ def test_compile_check_enumerates_what_the_siglip_launcher_picks():
                 if cfg is None:  # the two sweeps, checked above
                     continue
                 # Past one chunk the slice count K is compiled into the kernel (its S loop
-                # unrolled): compile_check compiles K at d = 256 and 768 (exactly, below),
-                # other widths the same blocks at another K.
+                # unrolled, or a loop at run time past its unrolled K): compile_check compiles K at
+                # d = 256, 768, 1152 and 1536 (exactly, below), other widths the same
+                # blocks at another K.
                 tile = f"siglip one-pass {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']}"
                 slices = f" K{cfg['N_CHUNKS']}" if cfg["N_CHUNKS"] > 1 else ""
-                tail = f" w{cfg['num_warps']} s{cfg['num_stages']}"
-                exact = not slices or d in (256, 768)
+                loop = " loop" if cfg["CHUNK_LOOP"] else ""
+                tail = f"{loop} w{cfg['num_warps']} s{cfg['num_stages']}"
+                exact = not slices or d in (256, 768, 1152, 1536)
                 assert any(job.archs == (arch,) and (job.name == tile + slices + tail if exact else (
                     job.name.startswith(tile + " K") and job.name.endswith(tail))) for job in one_pass), \
                     (dtype, precision, d, arch)
@@ -459,9 +461,12 @@ def test_block_choices_follow_the_installed_triton(monkeypatch, older):
     assert (siglip.one_pass_config("tf32x3", 128, 80) is None) is older
     assert siglip.one_pass_config("tf32x3", 64, 90)["num_warps"] == (4 if older else 2)
     assert siglip.one_pass_config("tf32x3", 128, 90)["BLOCK_N"] == (16 if older else 32)
-    assert (siglip.one_pass_config("tf32x3", 256, 90) is None) is older  # gradient slices
-    assert (siglip.one_pass_config("bf16", 768, 90) is None) is older
+    assert siglip.one_pass_config("tf32x3", 256, 90)["BLOCK_N"] == (16 if older else 32)  # gradient slices
+    assert siglip.one_pass_config("tf32x3", 384, 90)["CHUNK_LOOP"]
+    assert siglip.one_pass_config("bf16", 768, 90)["BLOCK_M"] == (32 if older else 128)  # mma.sync under 3.6
     assert siglip.one_pass_config("bf16", 768, 80)["N_CHUNKS"] == 6
+    assert siglip.one_pass_config("bf16", 1536, 80)["BLOCK_M"] == (16 if older else 32)
+    assert siglip.one_pass_config("bf16", 1536, 90)["CHUNK_LOOP"]
     assert uniform.flash_config("fp64", 128, True, 90, True)["ONE_CHUNK"] is not older
     assert uniform.flash_config("tf32", 256, False, 80, True)["ONE_CHUNK"] is not older
     allowed = loop_gate.chunked_problem("uniform_grad_chunked", "fp64", 90, True, 128) == ""

@@ -576,14 +576,31 @@ def test_triton_float32_one_pass_against_the_dense_formula(triton_kernels, monke
 # (siglip.SLICED_ONE_PASS_BLOCKS: every format and arch that has them).  Two and three
 # slices (d = 150 in float64), the last partly padding; several row and column blocks
 # (sm_90's 128 x 64 16-bit tiles against 66 columns, sm_80's 32 x 16, float32's and
-# float64's 16- and 32-row ones).
+# float64's 16- and 32-row ones).  Past six slices (3xTF32 on sm_90: two) S's other
+# chunks take a loop at run time: 16-bit at d = 1100 (nine slices, the last partly
+# padding) and 1536 (twelve), 3xTF32 at 300 (three); TF32 past nine, at 1200 (ten).
 WIDE_ONE_PASS_CASES = [
     (torch.bfloat16, "ieee", 90, 70, 45, 130), (torch.bfloat16, "ieee", 80, 45, 70, 200),
     (torch.bfloat16, "ieee", 90, 40, 66, 256), (torch.float64, "ieee", 80, 50, 37, 100),
     (torch.float64, "ieee", 80, 37, 50, 150), (torch.float32, "tf32x3", 90, 45, 50, 200),
     (torch.float32, "tf32x3", 90, 50, 45, 256), (torch.float32, "tf32", 90, 37, 50, 130),
-    (torch.float32, "tf32", 80, 50, 37, 256),
+    (torch.float32, "tf32", 80, 50, 37, 256), (torch.bfloat16, "ieee", 90, 40, 33, 1100),
+    (torch.bfloat16, "ieee", 80, 40, 33, 1536), (torch.float32, "tf32x3", 90, 40, 33, 300),
+    (torch.float32, "tf32", 80, 40, 33, 1200),
 ]
+
+
+WIDE_ONE_PASS_TOL = {torch.float64: 1e-11, torch.float32: 2e-5, torch.bfloat16: 1e-2}
+
+
+def _as_if_on(monkeypatch, module, dtype, precision, arch):
+    """The launcher as on `arch` with `precision` for float32, the two sweeps forbidden:
+    the operand format."""
+    _forbid_two_sweeps(monkeypatch, module)
+    monkeypatch.setattr(module, "device_arch", lambda device: arch)
+    if dtype == torch.float32:
+        monkeypatch.setattr(module, "_precision", lambda dtype: precision)
+    return module.operand_format(dtype, precision)
 
 
 @pytest.mark.parametrize("dtype,precision,arch,n,ny,d", WIDE_ONE_PASS_CASES)
@@ -592,13 +609,31 @@ def test_triton_one_pass_past_one_chunk_against_the_dense_formula(triton_kernels
     launcher, device = triton_kernels
     import pyhypersphere.triton_kernels.siglip as module
 
-    _forbid_two_sweeps(monkeypatch, module)
-    monkeypatch.setattr(module, "device_arch", lambda device: arch)
-    if dtype == torch.float32:
-        monkeypatch.setattr(module, "_precision", lambda dtype: precision)
-    assert d > module.ONE_CHUNK_MAX_D[module.operand_format(dtype, precision)]
-    tol = {torch.float64: 1e-11, torch.float32: 2e-5, torch.bfloat16: 1e-2}[dtype]
-    _assert_one_pass_matches_dense(module, n, ny, d, dtype, tol, device)
+    fmt = _as_if_on(monkeypatch, module, dtype, precision, arch)
+    assert d > module.ONE_CHUNK_MAX_D[fmt]
+    # the runtime chunk loop exactly where the cases' comment says
+    unrolled = {"tf32x3": 2, "tf32": 9}.get(fmt, 6)
+    assert module.one_pass_config(fmt, d, arch)["CHUNK_LOOP"] is (d > unrolled * 128)
+    _assert_one_pass_matches_dense(module, n, ny, d, dtype, WIDE_ONE_PASS_TOL[dtype], device)
+
+
+# Triton 3.6's own slice blocks (siglip.SLICED_ONE_PASS_BLOCKS_OLDER_TRITON): sm_90 16-bit
+# on sm_80's mma.sync tiles (32 x 16 unrolled, 32 x 32 in the chunk loop), sm_80 16-bit's
+# loop on 16 x 32, 3xTF32 on sm_90 16 x 16 at two slices.
+@pytest.mark.parametrize("dtype,precision,arch,n,ny,d", [
+    (torch.bfloat16, "ieee", 90, 40, 33, 300), (torch.bfloat16, "ieee", 90, 40, 33, 1100),
+    (torch.bfloat16, "ieee", 80, 40, 33, 1100), (torch.float32, "tf32x3", 90, 40, 33, 256),
+])
+def test_triton_one_pass_past_one_chunk_on_older_triton_blocks(triton_kernels, monkeypatch, dtype, precision, arch,
+                                                               n, ny, d):
+    launcher, device = triton_kernels
+    import pyhypersphere.triton_kernels.siglip as module
+
+    fmt = _as_if_on(monkeypatch, module, dtype, precision, arch)
+    newest = module.one_pass_config(fmt, d, arch)
+    monkeypatch.setattr(module, "triton_before_newest", lambda: True)
+    assert module.one_pass_config(fmt, d, arch) != newest  # the older table's blocks run
+    _assert_one_pass_matches_dense(module, n, ny, d, dtype, WIDE_ONE_PASS_TOL[dtype], device)
 
 
 def test_triton_one_pass_without_the_gradient_of_x(triton_kernels):

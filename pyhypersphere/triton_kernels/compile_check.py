@@ -250,13 +250,16 @@ def _siglip_jobs(quick: bool = False):
 
 
 # The one pass past the one-chunk width (gradient slices): CI's subset adds bf16 at d =
-# 256 (two slices); the full matrix adds ViT-B's 768 (six).
-QUICK_SIGLIP_SLICED = ((torch.bfloat16, 256),)
+# 256 (two slices) and 1152 (nine: S's other chunks in a loop at run time); the full
+# matrix adds ViT-B's 768 (six, unrolled), so400m's 1152 and ViT-g's 1536 (twelve).
+QUICK_SIGLIP_SLICED = ((torch.bfloat16, 256), (torch.bfloat16, 1152))
+SIGLIP_SLICED_WIDTHS = (768, 1152, 1536)
 
 
 def siglip_one_pass_name(fmt: str, cfg: dict) -> str:
-    """The one-pass configuration's name: the tile, K<slices> past one chunk, warps, stages."""
-    chunks = f" K{cfg['N_CHUNKS']}" if cfg["N_CHUNKS"] > 1 else ""
+    """The one-pass configuration's name: the tile, K<slices> past one chunk (and "loop"
+    where S's other chunks take a loop at run time), warps, stages."""
+    chunks = f" K{cfg['N_CHUNKS']}{' loop' if cfg['CHUNK_LOOP'] else ''}" if cfg["N_CHUNKS"] > 1 else ""
     return (f"siglip one-pass {fmt} M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} D{cfg['BLOCK_D']}{chunks} "
             f"w{cfg['num_warps']} s{cfg['num_stages']}")
 
@@ -264,7 +267,7 @@ def siglip_one_pass_name(fmt: str, cfg: dict) -> str:
 def _siglip_one_pass_jobs(archs, quick: bool = False):
     # Both gradients in one sweep (siglip.one_pass_config): the launcher's choice unless
     # torch asks for deterministic algorithms.
-    cases = _pairwise_cases(quick, (16, 32, 64, 128, 256, 768))
+    cases = _pairwise_cases(quick, (16, 32, 64, 128, 256, *SIGLIP_SLICED_WIDTHS))
     if quick:
         cases += [(fmt, d) for fmt in UNIFORM_FORMATS for dt, d in QUICK_SIGLIP_SLICED if fmt[0] == dt]
     for (dtype, precision, _), d in cases:
@@ -282,14 +285,14 @@ def _siglip_one_pass_jobs(archs, quick: bool = False):
                    **{name: acc for name in ("coef_ptr", "tb_ptr", "gx_ptr", "gy_ptr", "loss_ptr", "partial_ptr")},
                    "n_cols": _INT, "n_diag": _INT}
             fast = dtype != torch.float64  # the launcher's, compiled (not interpreted)
-            consts = {**{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "N_CHUNKS", "USE_DESC")},
+            consts = {**{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "N_CHUNKS", "CHUNK_LOOP", "USE_DESC")},
                       "PRECISION": precision, "WIDEN_OPERANDS": False, "FAST_MATH": fast,
                       "REDUCE_DESC": fast and cfg["USE_DESC"]}
             # loop_gate's note; sm_90's 16-bit blocks under Triton 3.6 (64 x 32: 21.8 per pair) too
             over = fmt in ("tf32", "tf32x3") or (fmt != "fp64" and (arch < 90 or triton_before_newest()))
             family = "siglip_one_pass_over_budget" if over else "siglip_one_pass"
             if cfg["N_CHUNKS"] > 1:
-                family = "siglip_one_pass_sliced"
+                family = "siglip_one_pass_chunk_loop" if cfg["CHUNK_LOOP"] else "siglip_one_pass_sliced"
             yield Job(siglip_one_pass_name(fmt, cfg), "siglip_one_pass", sig, consts, cfg["num_warps"],
                       cfg["num_stages"], True, family, fmt, (bm, bn, bd), (arch,))
 

@@ -17,9 +17,10 @@ the launcher takes the two sweeps below instead, which are bitwise repeatable.  
 ONE_CHUNK_MAX_D splits the gradients' features into slices of that width, a second grid
 axis: each slice's program computes S over every feature chunk and its own exp, then
 both gradients' slice (K slices: K (K + 2) GEMMs of the slice width and K exps per pair,
-against the chunked two sweeps' 2 K (K + 1) and 2 K; SLICED_ONE_PASS_BLOCKS).  float32
-(TF32 and 3xTF32): on sm_90 the K-major kernel of
-siglip_kmajor.py (wgmma, the launcher's transposed operand copies; TF32 to d = 128,
+against the chunked two sweeps' 2 K (K + 1) and 2 K; SLICED_ONE_PASS_BLOCKS: S's chunks
+unrolled, or past six slices (TF32: nine, 3xTF32: two) in a loop at run time,
+CHUNK_LOOP).  float32 (TF32 and 3xTF32): on sm_90 the K-major kernel of siglip_kmajor.py
+(wgmma, the launcher's transposed operand copies; TF32 to d = 128,
 3xTF32 to 64), else this kernel on mma.sync tiles (FLOAT32_ONE_PASS_BLOCKS: a float32 W^T
 is no transposable wgmma operand here).
 
@@ -208,8 +209,8 @@ def _add_rows(gy_desc, gy_ptr, c0, col, part, BLOCK_N: tl.constexpr, BLOCK_D: tl
 
 @triton.jit
 def _slice_logits(xi_desc, yj_desc, x_ptr, y_ptr, r0, c0, col, x_i, acc_t: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, N_CHUNKS: tl.constexpr, PRECISION: tl.constexpr,
-                  WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
+                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, N_CHUNKS: tl.constexpr, CHUNK_LOOP: tl.constexpr,
+                  PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
     """(S = x_i y_j^T over all N_CHUNKS feature chunks, y_j's chunk [col, col + BLOCK_D]):
     the program's own chunk first (x_i holds it; y_j's is the gradient products'
     operand), then the others, loaded per tile.  One chunk: S's one GEMM."""
@@ -218,23 +219,37 @@ def _slice_logits(xi_desc, yj_desc, x_ptr, y_ptr, r0, c0, col, x_i, acc_t: tl.co
     if WIDEN_OPERANDS:
         y_j = y_j.to(acc_t)
     s = tl.dot(x_i, tl.trans(y_j), input_precision=PRECISION, out_dtype=acc_t)
-    for k in tl.static_range(1, N_CHUNKS):
-        kc = (col + k * BLOCK_D) % d_pad
-        x_k = _load_rows(xi_desc, x_ptr, r0, kc, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
-        y_k = _load_rows(yj_desc, y_ptr, c0, kc, d_pad, BLOCK_N, BLOCK_D, USE_DESC)
-        if WIDEN_OPERANDS:
-            x_k = x_k.to(acc_t)
-            y_k = y_k.to(acc_t)
-        s = tl.dot(x_k, tl.trans(y_k), s, input_precision=PRECISION, out_dtype=acc_t)
+    if CHUNK_LOOP:  # a loop at run time: its registers do not grow with N_CHUNKS
+        for k in range(1, N_CHUNKS):
+            s = _add_chunk_logits(xi_desc, yj_desc, x_ptr, y_ptr, r0, c0, (col + k * BLOCK_D) % d_pad, s, acc_t,
+                                  BLOCK_M, BLOCK_N, BLOCK_D, d_pad, PRECISION, WIDEN_OPERANDS, USE_DESC)
+    else:
+        for k in tl.static_range(1, N_CHUNKS):
+            s = _add_chunk_logits(xi_desc, yj_desc, x_ptr, y_ptr, r0, c0, (col + k * BLOCK_D) % d_pad, s, acc_t,
+                                  BLOCK_M, BLOCK_N, BLOCK_D, d_pad, PRECISION, WIDEN_OPERANDS, USE_DESC)
     return s, y_j
+
+
+@triton.jit
+def _add_chunk_logits(xi_desc, yj_desc, x_ptr, y_ptr, r0, c0, kc, s, acc_t: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, d_pad: tl.constexpr, PRECISION: tl.constexpr,
+                      WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr):
+    """s + x_i y_j^T over the feature chunk [kc, kc + BLOCK_D), both tiles loaded."""
+    x_k = _load_rows(xi_desc, x_ptr, r0, kc, d_pad, BLOCK_M, BLOCK_D, USE_DESC)
+    y_k = _load_rows(yj_desc, y_ptr, c0, kc, d_pad, BLOCK_N, BLOCK_D, USE_DESC)
+    if WIDEN_OPERANDS:
+        x_k = x_k.to(acc_t)
+        y_k = y_k.to(acc_t)
+    return tl.dot(x_k, tl.trans(y_k), s, input_precision=PRECISION, out_dtype=acc_t)
 
 
 @triton.jit
 def _one_pass_step(xi_desc, yj_desc, x_ptr, y_ptr, gy_desc, gy_ptr, r0, c0, col, x_i, xc_i, t2, b2, rows, n_cols,
                    n_diag, relu2, log1p_sum, weight, acc_x,
                    MASKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr, N_CHUNKS: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr,
-                   USE_DESC: tl.constexpr, FAST_MATH: tl.constexpr, REDUCE_DESC: tl.constexpr):
+                   BLOCK_D: tl.constexpr, N_CHUNKS: tl.constexpr, CHUNK_LOOP: tl.constexpr, PRECISION: tl.constexpr,
+                   WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr, FAST_MATH: tl.constexpr,
+                   REDUCE_DESC: tl.constexpr):
     """One BLOCK_N tile of y's rows: S (GEMM 1), one exp per pair, acc_x += W y_j (GEMM 2,
     in registers) and the tile's W^T (coef x_i) (GEMM 3) added to y's gradient rows
     atomically.  MASKED: the diagonal's tiles and the last, partly padded one.  W = d/dl of
@@ -243,7 +258,7 @@ def _one_pass_step(xi_desc, yj_desc, x_ptr, y_ptr, gy_desc, gy_ptr, r0, c0, col,
     zero coefficient (their loss is never stored)."""
     acc_t = t2.dtype
     s, y_j = _slice_logits(xi_desc, yj_desc, x_ptr, y_ptr, r0, c0, col, x_i, acc_t, BLOCK_M, BLOCK_N, BLOCK_D,
-                           N_CHUNKS, PRECISION, WIDEN_OPERANDS, USE_DESC)
+                           N_CHUNKS, CHUNK_LOOP, PRECISION, WIDEN_OPERANDS, USE_DESC)
     w, relu2, log1p_sum, weight = _tile_weights(s, t2, b2, c0, rows, n_cols, n_diag, relu2, log1p_sum, weight,
                                                 MASKED, BLOCK_N, FAST_MATH)
     w_op = w
@@ -262,8 +277,8 @@ def _siglip_one_pass_kernel(
     xi_desc, yj_desc, gy_desc, x_ptr, y_ptr, coef_ptr, tb_ptr, gx_ptr, gy_ptr, loss_ptr, partial_ptr,
     n_cols, n_diag,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, N_CHUNKS: tl.constexpr,
-    PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr, FAST_MATH: tl.constexpr,
-    REDUCE_DESC: tl.constexpr,
+    CHUNK_LOOP: tl.constexpr, PRECISION: tl.constexpr, WIDEN_OPERANDS: tl.constexpr, USE_DESC: tl.constexpr,
+    FAST_MATH: tl.constexpr, REDUCE_DESC: tl.constexpr,
 ):
     """The loss, d/dx, d/dy and the (t, b) sums in one sweep over the pairs (padded rows:
     x [rows, D_PAD], y [n_cols_pad, D_PAD], D_PAD = N_CHUNKS BLOCK_D).  Main loop per
@@ -299,23 +314,23 @@ def _siglip_one_pass_kernel(
     for c0 in range(0, tl.minimum(diag_lo, n_full), BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
             xi_desc, yj_desc, x_ptr, y_ptr, gy_desc, gy_ptr, r0, c0, col, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
-            relu2, log1p_sum, weight, acc_x, False, BLOCK_M, BLOCK_N, BLOCK_D, N_CHUNKS, PRECISION, WIDEN_OPERANDS,
-            USE_DESC, FAST_MATH, REDUCE_DESC)
+            relu2, log1p_sum, weight, acc_x, False, BLOCK_M, BLOCK_N, BLOCK_D, N_CHUNKS, CHUNK_LOOP, PRECISION,
+            WIDEN_OPERANDS, USE_DESC, FAST_MATH, REDUCE_DESC)
     for c0 in range(diag_lo, diag_hi, BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
             xi_desc, yj_desc, x_ptr, y_ptr, gy_desc, gy_ptr, r0, c0, col, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
-            relu2, log1p_sum, weight, acc_x, True, BLOCK_M, BLOCK_N, BLOCK_D, N_CHUNKS, PRECISION, WIDEN_OPERANDS,
-            USE_DESC, FAST_MATH, REDUCE_DESC)
+            relu2, log1p_sum, weight, acc_x, True, BLOCK_M, BLOCK_N, BLOCK_D, N_CHUNKS, CHUNK_LOOP, PRECISION,
+            WIDEN_OPERANDS, USE_DESC, FAST_MATH, REDUCE_DESC)
     for c0 in range(diag_hi, n_full, BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
             xi_desc, yj_desc, x_ptr, y_ptr, gy_desc, gy_ptr, r0, c0, col, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
-            relu2, log1p_sum, weight, acc_x, False, BLOCK_M, BLOCK_N, BLOCK_D, N_CHUNKS, PRECISION, WIDEN_OPERANDS,
-            USE_DESC, FAST_MATH, REDUCE_DESC)
+            relu2, log1p_sum, weight, acc_x, False, BLOCK_M, BLOCK_N, BLOCK_D, N_CHUNKS, CHUNK_LOOP, PRECISION,
+            WIDEN_OPERANDS, USE_DESC, FAST_MATH, REDUCE_DESC)
     for c0 in range(tail_lo, n_cols_pad, BLOCK_N):
         relu2, log1p_sum, weight, acc_x = _one_pass_step(
             xi_desc, yj_desc, x_ptr, y_ptr, gy_desc, gy_ptr, r0, c0, col, x_i, xc_i, t2, b2, rows, n_cols, n_diag,
-            relu2, log1p_sum, weight, acc_x, True, BLOCK_M, BLOCK_N, BLOCK_D, N_CHUNKS, PRECISION, WIDEN_OPERANDS,
-            USE_DESC, FAST_MATH, REDUCE_DESC)
+            relu2, log1p_sum, weight, acc_x, True, BLOCK_M, BLOCK_N, BLOCK_D, N_CHUNKS, CHUNK_LOOP, PRECISION,
+            WIDEN_OPERANDS, USE_DESC, FAST_MATH, REDUCE_DESC)
     if col == 0:
         tl.store(loss_ptr + rows, relu2 / LOG2E + log1p_sum)
     offs = rows[:, None].to(tl.int64) * d_pad + (col + tl.arange(0, BLOCK_D))[None, :]
@@ -390,23 +405,51 @@ FLOAT32_ONE_PASS_BLOCKS_OLDER_TRITON = {
 
 
 # Past the one-chunk width, the gradients' features in ONE_CHUNK_MAX_D-wide slices (S
-# over all K chunks per slice, its loop unrolled): (BLOCK_M, BLOCK_N, num_warps, TMA
-# descriptors, the most slices K) per format and arch class.  Each is the tile without
-# spills and with the fewest other instructions per pair among those compiled at K = 2
-# and 6 (float64: 4 and 12), and K up to the largest compiled without spills (wider d:
-# the two sweeps; 16-bit at K = 9, d = 1152, spills 168 bytes on sm_90 and 24 on sm_80,
-# 3xTF32 on sm_90 16 at K = 3): the unrolled loop's registers grow with K, and the
-# one-chunk tiles spill 24-80 bytes (16-bit) already at K = 2.  Not here (the two
-# sweeps): 3xTF32 before sm_90 (32 bytes spilled at K = 2 on 16 x 32, 104 on 16 x 16) and
-# float64 on sm_90 (16-288 at K = 2 to 4 on 16 x 16 and 16 x 32, 2 and 4 warps).
+# over all K chunks per slice), per format and arch class: ranges of K as (the largest K,
+# blocks), blocks = (BLOCK_M, BLOCK_N, num_warps, TMA descriptors, num_stages, CHUNK_LOOP)
+# or None (the two sweeps); past the last range, the two sweeps.  Each is the tile without
+# spills and with the fewest other instructions per pair among those compiled
+# (docs/results/triton.md).  Unrolled (CHUNK_LOOP False) the S loop's registers grow with
+# K: 16-bit spills at K = 9 (d = 1152: 168 bytes on sm_90, 24 on sm_80), so past K = 6
+# (TF32: 9) S's other chunks take a loop at run time (registers independent of K; on
+# sm_90 num_stages = 2: 47.3 other instructions per slice pair at K = 9 against 47.9 in
+# one), to K = 12 (ViT-g's d = 1536, the widest compiled).  d <= 768 stays unrolled as
+# before (on sm_80 the loop's 32 x 32 tile issues fewer other instructions at K = 6, 149
+# against 191 per slice pair, but its loads are not pipelined: for a GPU run to decide).  3xTF32 on sm_90 takes the loop from K = 3
+# (unrolled, 16 x 32 spills 16 bytes there).  The one-chunk tiles spill 24-80 bytes
+# (16-bit) already at K = 2.  Not here (the two sweeps): 3xTF32 before sm_90 (32 bytes
+# spilled at K = 2 on 16 x 32, 104 on 16 x 16; with the loop at K = 3 16-98672 on 16 x 16,
+# 16 x 32, 32 x 16 and 32 x 32 at 1 to 8 warps) and float64 on sm_90 (16-288 at K = 2 to 4
+# on 16 x 16 and 16 x 32, 2 and 4 warps).
 SLICED_ONE_PASS_BLOCKS = {
-    ("bf16", 90): (128, 64, 8, True, 6), ("bf16", 80): (32, 16, 2, False, 6),
-    ("tf32", 90): (16, 32, 4, True, 9), ("tf32", 80): (32, 32, 4, False, 9),
-    ("tf32x3", 90): (16, 32, 4, False, 2), ("fp64", 80): (16, 16, 2, False, 12),
+    ("bf16", 90): ((6, (128, 64, 8, True, 1, False)), (12, (128, 64, 8, True, 2, True))),
+    ("bf16", 80): ((6, (32, 16, 2, False, 1, False)), (12, (32, 32, 4, False, 1, True))),
+    ("tf32", 90): ((9, (16, 32, 4, True, 1, False)), (12, (16, 32, 4, True, 1, True))),
+    ("tf32", 80): ((9, (32, 32, 4, False, 1, False)), (12, (32, 32, 4, False, 1, True))),
+    ("tf32x3", 90): ((2, (16, 32, 4, False, 1, False)), (12, (16, 32, 4, False, 1, True))),
+    ("fp64", 80): ((12, (16, 16, 2, False, 1, False)),),
 }
-# Under Triton 3.6 (before tiles.NEWEST_CHECKED_TRITON) the two sweeps: 16-bit on sm_90
-# (as its one-chunk tiles), 3xTF32 on sm_90 (8 bytes spilled at K = 2).
-SLICED_TWO_SWEEPS_OLDER_TRITON = (("bf16", 90), ("tf32x3", 90))
+# Where Triton 3.6 (before tiles.NEWEST_CHECKED_TRITON) spills on those: its ranges.  sm_90
+# 16-bit: every wgmma tile spills (76-10764 bytes: 128 x 64, 64 x 64, 64 x 128, 128 x 32,
+# 64 x 32), so sm_80's mma.sync tiles; sm_80 16-bit's loop 32 x 32 spills 40 bytes;
+# 3xTF32 on sm_90 at K = 2 (a loop of one step is unrolled) spills on 16 x 32 (8 bytes at
+# 4 warps, 1288-4888 at 2 and 8 or with descriptors), not on 16 x 16 w4, whose warps
+# issue its products and exp twice (18 GEMMs and 2 exps a tile; still a tenth of the two
+# sweeps' other instructions).
+SLICED_ONE_PASS_BLOCKS_OLDER_TRITON = {
+    ("bf16", 90): ((6, (32, 16, 2, False, 1, False)), (12, (32, 32, 4, False, 1, True))),
+    ("bf16", 80): ((6, (32, 16, 2, False, 1, False)), (12, (16, 32, 4, False, 1, True))),
+    ("tf32x3", 90): ((2, (16, 16, 4, False, 1, False)), (12, (16, 32, 4, False, 1, True))),
+}
+
+
+def _sliced_blocks(fmt: str, chunks: int, arch: int):
+    """SLICED_ONE_PASS_BLOCKS' blocks for K = chunks slices (the installed Triton's), or None."""
+    key = ("bf16" if fmt == "fp16" else fmt, 90 if arch >= 90 else 80)
+    ranges = SLICED_ONE_PASS_BLOCKS.get(key, ())
+    if triton_before_newest():
+        ranges = SLICED_ONE_PASS_BLOCKS_OLDER_TRITON.get(key, ranges)
+    return next((blocks for most, blocks in ranges if chunks <= most), None)
 
 
 def one_pass_config(fmt: str, d: int, arch: int):
@@ -419,21 +462,19 @@ def one_pass_config(fmt: str, d: int, arch: int):
     [rows, d] gradient accumulators and the operands in registers: 32 x 32 is the largest
     16-bit tile without spills (66 per pair at d = 128, above the sm_80 budget of 40).
     float64: 16 x 32 (32-row tiles spill or issue 4 GEMMs a tile).  float32:
-    FLOAT32_ONE_PASS_BLOCKS.  compile_check's full matrix, d = 16 to 768, passes with
+    FLOAT32_ONE_PASS_BLOCKS.  compile_check's full matrix, d = 16 to 1536, passes with
     these."""
     block_d = max(16, triton.next_power_of_2(d))
     if block_d <= ONE_CHUNK_MAX_D[fmt]:
         cfg = _one_pass_blocks(fmt, block_d, arch)
-        return None if cfg is None else {**cfg, "N_CHUNKS": 1}
-    key = ("bf16" if fmt == "fp16" else fmt, 90 if arch >= 90 else 80)
+        return None if cfg is None else {**cfg, "N_CHUNKS": 1, "CHUNK_LOOP": False}
     chunks = triton.cdiv(d, ONE_CHUNK_MAX_D[fmt])
-    if key not in SLICED_ONE_PASS_BLOCKS or chunks > SLICED_ONE_PASS_BLOCKS[key][4]:
+    blocks = _sliced_blocks(fmt, chunks, arch)
+    if blocks is None:
         return None
-    if key in SLICED_TWO_SWEEPS_OLDER_TRITON and triton_before_newest():
-        return None
-    block_m, block_n, warps, use_desc, _ = SLICED_ONE_PASS_BLOCKS[key]
+    block_m, block_n, warps, use_desc, stages, chunk_loop = blocks
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": ONE_CHUNK_MAX_D[fmt], "USE_DESC": use_desc,
-            "num_warps": warps, "num_stages": 1, "N_CHUNKS": chunks}
+            "num_warps": warps, "num_stages": stages, "N_CHUNKS": chunks, "CHUNK_LOOP": chunk_loop}
 
 
 def _one_pass_blocks(fmt: str, block_d: int, arch: int):
@@ -491,7 +532,7 @@ def _one_pass(x, y, c, tb, grad_x: bool, acc_t):
         TensorDescriptor.from_tensor(xp, [bm, bd]), TensorDescriptor.from_tensor(yp, [bn, bd]),
         TensorDescriptor.from_tensor(gy, [bn, bd]), xp, yp, coef, tb,
         gx, gy, loss, partial, ny, min(nx, ny),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, N_CHUNKS=chunks, PRECISION=precision,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, N_CHUNKS=chunks, CHUNK_LOOP=cfg["CHUNK_LOOP"], PRECISION=precision,
         # The interpreter's 16-bit tl.dot is wrong (Triton 3.9): widen (exactly) there.
         WIDEN_OPERANDS=triton.knobs.runtime.interpret and x.dtype in (torch.bfloat16, torch.float16),
         # The interpreter has no inline assembly and no TMA reduce: their plain forms there.
