@@ -458,6 +458,7 @@ def test_block_choices_follow_the_installed_triton(monkeypatch, older):
     assert siglip.one_pass_config("bf16", 128, 90)["BLOCK_N"] == (32 if older else 128)
     assert siglip_kmajor.kmajor_config("tf32", 128, 90)["BLOCK_N"] == (16 if older else 64)
     assert siglip.one_pass_config("fp64", 64, 90) is not None
+    assert siglip.one_pass_config("fp64", 16, 80)["num_warps"] == (1 if older else 2)
     assert (siglip.one_pass_config("tf32x3", 128, 80) is None) is older
     assert siglip.one_pass_config("tf32x3", 64, 90)["num_warps"] == (4 if older else 2)
     assert siglip.one_pass_config("tf32x3", 128, 90)["BLOCK_N"] == (16 if older else 32)

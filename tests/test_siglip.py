@@ -526,9 +526,10 @@ def test_triton_one_pass_against_the_dense_formula(triton_kernels, monkeypatch, 
     _assert_one_pass_matches_dense(module, n, ny, d, dtype, tol, device)
 
 
-def test_triton_16bit_one_pass_on_older_tritons_blocks(triton_kernels, monkeypatch):
-    # Under Triton 3.6 sm_90's 16-bit one pass runs on 64 x 32 tiles (its 128 x 128 spill):
-    # several row and column blocks, the diagonal across them, tails, n_x != n_y.
+def test_triton_one_pass_on_older_tritons_blocks(triton_kernels, monkeypatch):
+    # Under Triton 3.6 sm_90's 16-bit one pass runs on 64 x 32 tiles (its 128 x 128 spill),
+    # float64 at d <= 32 on 16 x 16, d padded to 32: several row and column blocks, the
+    # diagonal across them, tails, n_x != n_y.
     launcher, device = triton_kernels
     import pyhypersphere.triton_kernels.siglip as module
 
@@ -537,6 +538,8 @@ def test_triton_16bit_one_pass_on_older_tritons_blocks(triton_kernels, monkeypat
     assert module.one_pass_config("bf16", 128, 90)["BLOCK_N"] == 32
     _assert_one_pass_matches_dense(module, 150, 97, 128, torch.bfloat16, 1e-2, device)
     _assert_one_pass_matches_dense(module, 45, 70, 20, torch.float16, 2e-3, device)
+    assert module.one_pass_config("fp64", 12, 90)["BLOCK_D"] == 32
+    _assert_one_pass_matches_dense(module, 37, 30, 12, torch.float64, 1e-11, device)
 
 
 @pytest.mark.parametrize("precision,arch,older", [("tf32x3", 90, False), ("tf32x3", 80, False), ("tf32", 90, False),

@@ -493,6 +493,11 @@ def _one_pass_blocks(fmt: str, block_d: int, arch: int):
         # Triton 3.6: the 16-bit 128 x 128 tile spills 4292 bytes, 64 x 64 1952, 128 x 64
         # 2196; 64 x 32 on 4 warps compiles clean (wgmma, 21.6-22.6 non-mma per pair, d = 16-128)
         return {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_D": block_d, "USE_DESC": True, "num_warps": 4, "num_stages": 1}
+    if fmt == "fp64" and block_d <= 32 and triton_before_newest():
+        # Triton 3.6: 16 x 32 on 2 warps spills 112-516 bytes at d = 16 and 32 (5 GEMMs a
+        # tile on 4); 16 x 16 on one warp, d padded to 32, compiles clean (135-152 non-mma
+        # per pair; at d = 16 itself it spills 160)
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 32, "USE_DESC": False, "num_warps": 1, "num_stages": 1}
     use_desc, stages = arch >= 90, 1
     if fmt == "fp64":  # 4 warps on d <= 32 split the products unevenly: 5 GEMMs a tile
         block_m, block_n, warps, use_desc = 16, 32, (2 if block_d <= 32 else 4), False
