@@ -146,6 +146,12 @@ def test_two_versions_of_the_step_count_the_common_path_and_report_the_other():
     assert sass_mix.loop_mix(WGMMA_LOOP, 8, 64, 64, 32).fallback_exps_per_pair is None
 
 
+def _counts(text, num_warps, block_m, block_n, block_d, inner_trips=None):
+    """(GEMMs per tile, exps per pair, other instructions per pair) of loop_mix."""
+    mix = sass_mix.loop_mix(text, num_warps, block_m, block_n, block_d, inner_trips=inner_trips)
+    return mix.gemms_per_tile, mix.exps_per_pair, mix.nonmma_per_pair
+
+
 # sm_90's layout: a loop's mbarrier wait tries once inline and parks its retry loop past
 # the kernel's exit, which branches back into the loop's middle (.L_x_2), not to its head.
 WAIT_RETRY_LOOP = sass(
@@ -178,9 +184,7 @@ def test_a_branch_back_into_a_loop_from_its_out_of_line_wait_is_no_loop():
                                       sass_mix.Loop(11, 11, (11,))]
     # 4 warps, 64 x 64 tile, d = 16: 2 HGMMA = 2 GEMMs, 1 EX2 x 128 threads / 4096 pairs,
     # 4 other instructions (the wait, its branch, the EX2, the back branch).
-    mix = sass_mix.loop_mix(WAIT_RETRY_LOOP, num_warps=4, block_m=64, block_n=64, block_d=16)
-    assert (mix.gemms_per_tile, mix.exps_per_pair, mix.nonmma_per_pair) == pytest.approx((2.0, 128 / 4096,
-                                                                                          4 * 128 / 4096))
+    assert _counts(WAIT_RETRY_LOOP, 4, 64, 64, 16) == pytest.approx((2.0, 128 / 4096, 4 * 128 / 4096))
 
 
 # A loop whose back branch ptxas lays out after other code: the head's block jumps over
@@ -210,14 +214,12 @@ def test_a_loop_is_its_blocks_not_its_range():
     assert sass_mix.loops(instrs) == [sass_mix.Loop(2, 10, (2, 3, 4, 9, 10))]
     # 4 warps, 32 x 32 tile, d = 16: one HMMA.16816 per warp = 16*8*16*4 MACs, half a
     # GEMM; 1 EX2 and 4 other instructions x 128 threads over 1024 pairs.
-    mix = sass_mix.loop_mix(LATCH_AFTER_EPILOGUE, num_warps=4, block_m=32, block_n=32, block_d=16)
-    assert (mix.gemms_per_tile, mix.exps_per_pair, mix.nonmma_per_pair) == pytest.approx((0.5, 128 / 1024,
-                                                                                          4 * 128 / 1024))
+    assert _counts(LATCH_AFTER_EPILOGUE, 4, 32, 32, 16) == pytest.approx((0.5, 128 / 1024, 4 * 128 / 1024))
 
 
 # A loop nest: a tile loop (.L_x_1) whose step runs S's other feature chunks in an inner
 # loop (.L_x_2), then its exp and second product.
-CHUNK_NEST = sass(
+_NEST = (
     "S2R R0, SR_TID.X",
     ".L_x_1:",
     "HMMA.16816.F32.BF16 R4, R8, R12, R4",
@@ -231,26 +233,12 @@ CHUNK_NEST = sass(
     "@P0 BRA `(.L_x_1)",
     "EXIT",
 )
-
-
+CHUNK_NEST = sass(*_NEST)
 # The same nest as sm_80's ptxas lays it out: the inner loop leaves by a guarded
 # CALL.REL.NOINC to the code after it and branches back unguarded.
-CHUNK_NEST_CALL_EXIT = sass(
-    "S2R R0, SR_TID.X",
-    ".L_x_1:",
-    "HMMA.16816.F32.BF16 R4, R8, R12, R4",
-    ".L_x_2:",
-    "LDSM.16.M88.4 R8, [R3]",
-    "HMMA.16816.F32.BF16 R4, R8, R12, R4",
-    "@P1 CALL.REL.NOINC `(.L_x_3)",
-    "BRA `(.L_x_2)",
-    ".L_x_3:",
-    "MUFU.EX2 R2, R4",
-    "HMMA.16816.F32.BF16 R16, R2, R14, R16",
-    "FADD R1, R1, R2",
-    "@P0 BRA `(.L_x_1)",
-    "EXIT",
-)
+_INNER_BACK = _NEST.index("@P1 BRA `(.L_x_2)")
+CHUNK_NEST_CALL_EXIT = sass(*_NEST[:_INNER_BACK], "@P1 CALL.REL.NOINC `(.L_x_3)", "BRA `(.L_x_2)", ".L_x_3:",
+                            *_NEST[_INNER_BACK + 1:])
 
 
 def test_a_loop_left_by_a_call_is_inside_its_outer_loop():
@@ -258,24 +246,19 @@ def test_a_loop_left_by_a_call_is_inside_its_outer_loop():
     # it is inside the outer loop (1..9): with 3 inner trips, outside it 2 HMMA and 3
     # others; inside 3 x (LDSM, HMMA, CALL, BRA): 5 HMMA = 2.5 GEMMs, 3 + 9 others.
     assert [(lp.head, lp.back) for lp in sass_mix.loops(sass_mix.parse(CHUNK_NEST_CALL_EXIT))] == [(2, 5), (1, 9)]
-    nest = sass_mix.loop_mix(CHUNK_NEST_CALL_EXIT, num_warps=4, block_m=32, block_n=32, block_d=16, inner_trips=3)
-    assert (nest.gemms_per_tile, nest.exps_per_pair, nest.nonmma_per_pair) == pytest.approx((2.5, 128 / 1024,
-                                                                                            12 * 128 / 1024))
+    assert _counts(CHUNK_NEST_CALL_EXIT, 4, 32, 32, 16, inner_trips=3) == pytest.approx((2.5, 128 / 1024,
+                                                                                        12 * 128 / 1024))
 
 
 def test_a_loop_nest_counts_its_inner_loop_per_trip():
     # 4 warps, 32 x 32 tile, d = 16: an HMMA.16816 is half a GEMM.  The main loop alone
     # is the inner one: 1 HMMA, no exp, 2 other instructions x 128 threads / 1024 pairs.
-    plain = sass_mix.loop_mix(CHUNK_NEST, num_warps=4, block_m=32, block_n=32, block_d=16)
-    assert (plain.gemms_per_tile, plain.exps_per_pair, plain.nonmma_per_pair) == pytest.approx((0.5, 0.0,
-                                                                                               2 * 128 / 1024))
+    assert _counts(CHUNK_NEST, 4, 32, 32, 16) == pytest.approx((0.5, 0.0, 2 * 128 / 1024))
     # The nest with 3 inner trips: outside the inner loop 2 HMMA, EX2, FADD, back branch;
     # the inner loop 3 x (LDSM, HMMA, branch): 5 HMMA = 2.5 GEMMs, 1 EX2, 3 + 6 others.
-    nest = sass_mix.loop_mix(CHUNK_NEST, num_warps=4, block_m=32, block_n=32, block_d=16, inner_trips=3)
-    assert (nest.gemms_per_tile, nest.exps_per_pair, nest.nonmma_per_pair) == pytest.approx((2.5, 128 / 1024,
-                                                                                            9 * 128 / 1024))
+    assert _counts(CHUNK_NEST, 4, 32, 32, 16, inner_trips=3) == pytest.approx((2.5, 128 / 1024, 9 * 128 / 1024))
     # No trips past the held chunk: the outer step alone.
-    assert sass_mix.loop_mix(CHUNK_NEST, 4, 32, 32, 16, inner_trips=0).gemms_per_tile == pytest.approx(1.0)
+    assert _counts(CHUNK_NEST, 4, 32, 32, 16, inner_trips=0)[0] == pytest.approx(1.0)
     # Without a loop inside a loop there is no nest to measure.
     assert not sass_mix.loop_mix(WGMMA_LOOP, 8, 64, 64, 32, inner_trips=3).has_loop
 

@@ -227,7 +227,7 @@ def loops(instrs) -> list:
     return out
 
 
-def _fewest(paths):
+def _main_path(paths):
     """Of candidate paths (lists of Instr), the one with the most tensor-core
     instructions; on a tie, the fewest instructions (a masked stage loses to the plain
     one).  None without one."""
@@ -247,13 +247,13 @@ def main_loop(instrs, inner_trips: int | None = None):
     # also holds the inner loop's peeled iterations, so it would count more).
     inner = [[other for other in bodies if other < body] for body in bodies]
     if inner_trips is None:
-        return _fewest([[instrs[k] for k in lp.body] for lp, within in zip(with_mma, inner) if not within])
+        return _main_path([[instrs[k] for k in lp.body] for lp, within in zip(with_mma, inner) if not within])
     nests = []
     for lp, within in zip(with_mma, inner):
         if within and all(not any(o < w for o in bodies) for w in within):
             in_inner = set().union(*within)
             nests.append([instrs[k] for k in lp.body for _ in range(inner_trips if k in in_inner else 1)])
-    return _fewest(nests)
+    return _main_path(nests)
 
 
 @dataclasses.dataclass(frozen=True)
