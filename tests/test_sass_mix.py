@@ -53,8 +53,9 @@ def test_parse_labels_and_branches():
                                               "HGMMA.64x64x16.F32.BF16"]
     assert instrs[1].label == ".L_x_1" and instrs[0].label is None
     assert instrs[7].opcode == "BRA" and instrs[7].target == ".L_x_2"  # predicated branch
-    # The forward branch is no loop; the backward one spans .L_x_1 .. the branch.
-    assert sass_mix.loops(instrs) == [(1, 11)]
+    # The forward branch is no loop; the backward one spans .L_x_1 .. the branch, both
+    # arms of the forward branch included (laid out contiguously: its whole range).
+    assert sass_mix.loops(instrs) == [sass_mix.Loop(1, 11, tuple(range(1, 12)))]
 
 
 def test_wgmma_loop_mix():
@@ -143,6 +144,123 @@ def test_two_versions_of_the_step_count_the_common_path_and_report_the_other():
     assert mix.fallback_nonmma_per_pair == pytest.approx(9 * 128 / 4096)
     # An if without an else (WGMMA_LOOP's) is no such split: everything counts once.
     assert sass_mix.loop_mix(WGMMA_LOOP, 8, 64, 64, 32).fallback_exps_per_pair is None
+
+
+def _counts(text, num_warps, block_m, block_n, block_d, inner_trips=None):
+    """(GEMMs per tile, exps per pair, other instructions per pair) of loop_mix."""
+    mix = sass_mix.loop_mix(text, num_warps, block_m, block_n, block_d, inner_trips=inner_trips)
+    return mix.gemms_per_tile, mix.exps_per_pair, mix.nonmma_per_pair
+
+
+# sm_90's layout: a loop's mbarrier wait tries once inline and parks its retry loop past
+# the kernel's exit, which branches back into the loop's middle (.L_x_2), not to its head.
+WAIT_RETRY_LOOP = sass(
+    "S2R R0, SR_TID.X",
+    ".L_x_1:",
+    "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ, !UPT, gsb0",
+    "SYNCS.PHASECHK.TRANS64.TRYWAIT P1, [UR8], R2",
+    "@!P1 BRA `(.L_x_5)",
+    ".L_x_2:",
+    "MUFU.EX2 R4, R24",
+    "HGMMA.64x64x16.F32.BF16 R40, R4, gdesc[UR12], R40, gsb0",
+    "@P0 BRA `(.L_x_1)",
+    "EXIT",
+    ".L_x_5:",
+    "SYNCS.PHASECHK.TRANS64.TRYWAIT P1, [UR8], R2",
+    "@!P1 BRA `(.L_x_5)",
+    "BRA `(.L_x_2)",
+    ".L_x_6:",
+    "BRA `(.L_x_6)",
+)
+
+
+def test_a_branch_back_into_a_loop_from_its_out_of_line_wait_is_no_loop():
+    instrs = sass_mix.parse(WAIT_RETRY_LOOP)
+    # The loop (1..6), the retry's spin (8..9) and the trap (11): the retry's branch back
+    # to .L_x_2 (index 4) is no back edge (.L_x_2 does not dominate it: the entry reaches
+    # the retry through the inline wait), and the retry loop, past the exit, is left
+    # out of the loop's body.
+    assert sass_mix.loops(instrs) == [sass_mix.Loop(1, 6, (1, 2, 3, 4, 5, 6)), sass_mix.Loop(8, 9, (8, 9)),
+                                      sass_mix.Loop(11, 11, (11,))]
+    # 4 warps, 64 x 64 tile, d = 16: 2 HGMMA = 2 GEMMs, 1 EX2 x 128 threads / 4096 pairs,
+    # 4 other instructions (the wait, its branch, the EX2, the back branch).
+    assert _counts(WAIT_RETRY_LOOP, 4, 64, 64, 16) == pytest.approx((2.0, 128 / 4096, 4 * 128 / 4096))
+
+
+# A loop whose back branch ptxas lays out after other code: the head's block jumps over
+# an epilogue (.L_x_2, which the loop's exit reaches) to the block with the back branch.
+LATCH_AFTER_EPILOGUE = sass(
+    "S2R R0, SR_TID.X",
+    "@P1 BRA `(.L_x_2)",
+    ".L_x_1:",
+    "HMMA.16816.F32.BF16 R4, R8, R12, R4",
+    "MUFU.EX2 R2, R4",
+    "BRA `(.L_x_3)",
+    ".L_x_2:",
+    "STG.E [R6.64], R2",
+    "STG.E [R6.64+0x4], R3",
+    "STG.E [R6.64+0x8], R5",
+    "EXIT",
+    ".L_x_3:",
+    "IADD3 R1, R1, 0x1, RZ",
+    "@P0 BRA `(.L_x_1)",
+    "BRA `(.L_x_2)",
+)
+
+
+def test_a_loop_is_its_blocks_not_its_range():
+    instrs = sass_mix.parse(LATCH_AFTER_EPILOGUE)
+    # Head block 2..4, back branch block 9..10; the epilogue 5..8 between them is no part.
+    assert sass_mix.loops(instrs) == [sass_mix.Loop(2, 10, (2, 3, 4, 9, 10))]
+    # 4 warps, 32 x 32 tile, d = 16: one HMMA.16816 per warp = 16*8*16*4 MACs, half a
+    # GEMM; 1 EX2 and 4 other instructions x 128 threads over 1024 pairs.
+    assert _counts(LATCH_AFTER_EPILOGUE, 4, 32, 32, 16) == pytest.approx((0.5, 128 / 1024, 4 * 128 / 1024))
+
+
+# A loop nest: a tile loop (.L_x_1) whose step runs S's other feature chunks in an inner
+# loop (.L_x_2), then its exp and second product.
+_NEST = (
+    "S2R R0, SR_TID.X",
+    ".L_x_1:",
+    "HMMA.16816.F32.BF16 R4, R8, R12, R4",
+    ".L_x_2:",
+    "LDSM.16.M88.4 R8, [R3]",
+    "HMMA.16816.F32.BF16 R4, R8, R12, R4",
+    "@P1 BRA `(.L_x_2)",
+    "MUFU.EX2 R2, R4",
+    "HMMA.16816.F32.BF16 R16, R2, R14, R16",
+    "FADD R1, R1, R2",
+    "@P0 BRA `(.L_x_1)",
+    "EXIT",
+)
+CHUNK_NEST = sass(*_NEST)
+# The same nest as sm_80's ptxas lays it out: the inner loop leaves by a guarded
+# CALL.REL.NOINC to the code after it and branches back unguarded.
+_INNER_BACK = _NEST.index("@P1 BRA `(.L_x_2)")
+CHUNK_NEST_CALL_EXIT = sass(*_NEST[:_INNER_BACK], "@P1 CALL.REL.NOINC `(.L_x_3)", "BRA `(.L_x_2)", ".L_x_3:",
+                            *_NEST[_INNER_BACK + 1:])
+
+
+def test_a_loop_left_by_a_call_is_inside_its_outer_loop():
+    # The inner loop (2..5) reaches the outer back branch through its CALL's target, so
+    # it is inside the outer loop (1..9): with 3 inner trips, outside it 2 HMMA and 3
+    # others; inside 3 x (LDSM, HMMA, CALL, BRA): 5 HMMA = 2.5 GEMMs, 3 + 9 others.
+    assert [(lp.head, lp.back) for lp in sass_mix.loops(sass_mix.parse(CHUNK_NEST_CALL_EXIT))] == [(2, 5), (1, 9)]
+    assert _counts(CHUNK_NEST_CALL_EXIT, 4, 32, 32, 16, inner_trips=3) == pytest.approx((2.5, 128 / 1024,
+                                                                                        12 * 128 / 1024))
+
+
+def test_a_loop_nest_counts_its_inner_loop_per_trip():
+    # 4 warps, 32 x 32 tile, d = 16: an HMMA.16816 is half a GEMM.  The main loop alone
+    # is the inner one: 1 HMMA, no exp, 2 other instructions x 128 threads / 1024 pairs.
+    assert _counts(CHUNK_NEST, 4, 32, 32, 16) == pytest.approx((0.5, 0.0, 2 * 128 / 1024))
+    # The nest with 3 inner trips: outside the inner loop 2 HMMA, EX2, FADD, back branch;
+    # the inner loop 3 x (LDSM, HMMA, branch): 5 HMMA = 2.5 GEMMs, 1 EX2, 3 + 6 others.
+    assert _counts(CHUNK_NEST, 4, 32, 32, 16, inner_trips=3) == pytest.approx((2.5, 128 / 1024, 9 * 128 / 1024))
+    # No trips past the held chunk: the outer step alone.
+    assert _counts(CHUNK_NEST, 4, 32, 32, 16, inner_trips=0)[0] == pytest.approx(1.0)
+    # Without a loop inside a loop there is no nest to measure.
+    assert not sass_mix.loop_mix(WGMMA_LOOP, 8, 64, 64, 32, inner_trips=3).has_loop
 
 
 def test_spelled_shapes_and_unknown_shape():
@@ -397,7 +515,7 @@ def test_cuobjdump_branch_targets_are_addresses():
     instrs = functions[NAME]
     assert [i.target for i in instrs if i.base == "BRA"][:2] == ["0x30", "0x20"]
     # The outer loop (0x20..0xd0), the inner one (0x30..0xa0) and the trap, as indices.
-    assert sorted(sass_mix.loops(instrs)) == [(2, 12), (3, 10), (14, 14)]
+    assert sorted((lp.head, lp.back) for lp in sass_mix.loops(instrs)) == [(2, 12), (3, 10), (14, 14)]
     assert [i.opcode for i in sass_mix.main_loop(instrs)][:2] == ["LDSM.16.M88.4", "HMMA.16816.F32.BF16"]
 
 

@@ -370,6 +370,12 @@ def _ptxas_stats(ptx: str, arch: int) -> tuple:
     return regs, spills
 
 
+def _inner_trips(job: Job) -> int | None:
+    """The inner loop's trips per step of a loop-nest family's outer loop (sass_mix.main_loop),
+    None for the others: the one pass's chunk loop takes S's K - 1 chunks past the held one."""
+    return job.consts["N_CHUNKS"] - 1 if job.family == "siglip_one_pass_chunk_loop" else None
+
+
 def compile_one(job: Job, arch: int) -> dict:
     row = {"name": job.name, "arch": arch, "family": job.family, "dtype": job.dtype,
            "enforced": loop_gate.MIN_WORK[job.family].enforced}
@@ -383,9 +389,13 @@ def compile_one(job: Job, arch: int) -> dict:
         ptx = compiled.asm["ptx"]
         regs, spills = _ptxas_stats(ptx, arch)
         kinds = sorted(set(re.findall(r"\b(wgmma\.mma_async|mma\.sync)\b", ptx)))
-        mix = sass_mix.loop_mix(sass_mix.disassemble(compiled.asm["cubin"]), job.num_warps, *job.tile)
+        trips = _inner_trips(job)
+        mix = sass_mix.loop_mix(sass_mix.disassemble(compiled.asm["cubin"]), job.num_warps, *job.tile,
+                                inner_trips=trips)
         row.update(regs=regs, spills=spills, smem=int(compiled.metadata.shared), mix=mix)
         problems = [chunked] if chunked else []
+        if trips is not None and not mix.has_loop:
+            problems.append("no loop nest (a loop with tensor-core instructions inside another)")
         if spills:
             problems.append(f"{spills} bytes spilled")
         if row["smem"] > SMEM_LIMIT.get(arch, 99 * 1024):

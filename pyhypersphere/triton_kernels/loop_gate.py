@@ -86,14 +86,10 @@ MIN_WORK = {
     # 2) and K exps, against the chunked two sweeps' 2 K (K + 1) and 2 K.
     "siglip_one_pass_sliced": MinWork(3, 1, False, "S per gradient slice, W y and W^T x on it; one exp per slice"),
     # The same past K = 6 slices (TF32 9, 3xTF32 2; siglip.SLICED_ONE_PASS_BLOCKS), S's
-    # other chunks in a loop at run time: the innermost loop with a GEMM is then that
-    # chunk loop, so the line reports per chunk (1 GEMM, no exp), as the chunked two
-    # sweeps' lines do.  On sm_90 sass_mix takes a tile loop instead (its last stage,
-    # whose back branch is laid out past the kernel's end: 3 GEMMs, 1 exp, the chunk
-    # loop's instructions once).  Per tile, K + 2 GEMMs and 1 exp per pair as the
-    # unrolled slices (docs/results/triton.md derives the tile's counts from the nested
-    # loops).
-    "siglip_one_pass_chunk_loop": MinWork(1, 0, False, "one chunk of S per step (the slices' chunk loop)"),
+    # other chunks in a loop at run time inside the tile loop: a loop nest, measured per
+    # tile (compile_check._inner_trips: the chunk loop counted K - 1 times, sass_mix.
+    # main_loop), so the line shows K + 2 GEMMs and 1 exp per pair as the unrolled slices.
+    "siglip_one_pass_chunk_loop": MinWork(3, 1, False, "as siglip_one_pass_sliced, S's other chunks in a loop"),
     # d past the one-chunk width: S over feature chunks, recomputed per gradient slice.
     "siglip_chunked": MinWork(2, 1, False, "chunked S, per slice of the gradient"),
     # Triton's fused-attention tutorial, as the yardstick: S and P V, one exp.
