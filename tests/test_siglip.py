@@ -561,16 +561,7 @@ def test_triton_float32_one_pass_against_the_dense_formula(triton_kernels, monke
     # still show at this tolerance only on a GPU, so this checks the kernel's indexing,
     # masks and sums.
     for n, ny, d in ((37, 50, 12), (50, 37, 24), (40, 45, 64), (35, 33, 128)):
-        x, y, t, b, coef, (total, rows, gx, gy, gtb) = _one_pass_case(module, n, ny, d, torch.float32, True, device)
-        refs = [v.double().requires_grad_(True) for v in (x, y, t, b)]
-        want_rows = dense_rows(*refs)
-        (want_rows * coef).sum().backward()
-        assert_close(rows.cpu(), want_rows.detach(), 2e-5, f"rows, d = {d}")
-        assert_close(total.cpu(), (want_rows * coef).sum().detach(), 2e-5, f"total, d = {d}")
-        for got, ref, name in ((gx, refs[0], "x"), (gy, refs[1], "y")):
-            assert got.shape == ref.shape
-            assert_close(got.cpu(), ref.grad, 1e-4, f"d/d{name}, d = {d}")
-        assert_close(gtb.cpu(), torch.stack([refs[2].grad, refs[3].grad]), 1e-4, f"d/dt, d/db, d = {d}")
+        _assert_one_pass_matches_dense(module, n, ny, d, torch.float32, 2e-5, device)
 
 
 # Past the one-chunk width (siglip.ONE_CHUNK_MAX_D: 128, float64 64) the one pass splits

@@ -138,8 +138,6 @@ def tensor_core_kind(instrs) -> str:
     return "mma" if bases & set(_MMA) else "none"
 
 
-
-
 def _targets(instrs) -> dict:
     """{branch target as parse spells it (label or "0x..." address): instruction index}."""
     at = {hex(i.address): i.index for i in instrs if i.address >= 0}

@@ -377,15 +377,15 @@ def _config(dtype: torch.dtype, d: int, precision: str = "ieee") -> dict:
 # float32's one-pass blocks, (BLOCK_M, BLOCK_N, num_warps, TMA descriptors) per product
 # format, arch and BLOCK_D: mma.sync tiles on both archs (from sm_90 where the K-major
 # kernel, siglip_kmajor.kmajor_config, is not taken: 3xTF32 at d = 128, and archs past
-# sm_90, which have no wgmma).  A float32 W^T is no
-# transposable wgmma operand (TF32 wgmma reads both shared-memory operands with the
-# contracted index contiguous), so on sm_90 Triton moves it through registers and spills
-# at 64 rows (352 bytes at 64 x 32, d = 128); 16- and 32-row tiles stay on mma.sync.  Each
-# entry is the tile without spills and with the fewest other instructions per pair among
-# those compiled (docs/results/triton.md); fewer warps where more split a tile's products
-# unevenly (6 GEMMs and 2 exps a tile at 32 x 32 on 4 warps below d = 128), and on sm_90
-# the TMA descriptors (y's gradient tile by one bulk reduce-add) where they do not spill.
-# 3xTF32 on sm_80 pads d <= 16 to 32 (every 16-wide tile spills or duplicates products).
+# sm_90, which have no wgmma).  A float32 W^T is no transposable wgmma operand (TF32
+# wgmma reads both shared-memory operands with the contracted index contiguous), so on
+# sm_90 Triton moves it through registers and spills at 64 rows (352 bytes at 64 x 32, d
+# = 128); 16- and 32-row tiles stay on mma.sync.  Each entry is the tile without spills
+# and with the fewest other instructions per pair among those compiled
+# (docs/results/triton.md); fewer warps where more split a tile's products unevenly (6
+# GEMMs and 2 exps a tile at 32 x 32 on 4 warps below d = 128), and on sm_90 the TMA
+# descriptors (y's gradient tile by one bulk reduce-add) where they do not spill. 3xTF32
+# on sm_80 pads d <= 16 to 32 (every 16-wide tile spills or duplicates products).
 FLOAT32_ONE_PASS_BLOCKS = {
     ("tf32", 90): {16: (32, 32, 2, True), 32: (32, 32, 2, False), 64: (32, 32, 2, True), 128: (16, 32, 4, True)},
     ("tf32", 80): {16: (32, 32, 2, False), 32: (32, 32, 1, False), 64: (32, 32, 2, False),
@@ -405,22 +405,23 @@ FLOAT32_ONE_PASS_BLOCKS_OLDER_TRITON = {
 
 
 # Past the one-chunk width, the gradients' features in ONE_CHUNK_MAX_D-wide slices (S
-# over all K chunks per slice), per format and arch class: ranges of K as (the largest K,
-# blocks), blocks = (BLOCK_M, BLOCK_N, num_warps, TMA descriptors, num_stages, CHUNK_LOOP)
-# or None (the two sweeps); past the last range, the two sweeps.  Each is the tile without
-# spills and with the fewest other instructions per pair among those compiled
-# (docs/results/triton.md).  Unrolled (CHUNK_LOOP False) the S loop's registers grow with
-# K: 16-bit spills at K = 9 (d = 1152: 168 bytes on sm_90, 24 on sm_80), so past K = 6
-# (TF32: 9) S's other chunks take a loop at run time (registers independent of K; on
-# sm_90 num_stages = 2: 47.3 other instructions per slice pair at K = 9 against 47.9 in
-# one), to K = 12 (ViT-g's d = 1536, the widest compiled).  d <= 768 stays unrolled as
-# before (on sm_80 the loop's 32 x 32 tile issues fewer other instructions at K = 6, 149
-# against 191 per slice pair, but its loads are not pipelined: for a GPU run to decide).  3xTF32 on sm_90 takes the loop from K = 3
-# (unrolled, 16 x 32 spills 16 bytes there).  The one-chunk tiles spill 24-80 bytes
-# (16-bit) already at K = 2.  Not here (the two sweeps): 3xTF32 before sm_90 (32 bytes
-# spilled at K = 2 on 16 x 32, 104 on 16 x 16; with the loop at K = 3 16-98672 on 16 x 16,
-# 16 x 32, 32 x 16 and 32 x 32 at 1 to 8 warps) and float64 on sm_90 (16-288 at K = 2 to 4
-# on 16 x 16 and 16 x 32, 2 and 4 warps).
+# over all K chunks per slice), per format and arch class: ranges of K as (the largest
+# K, blocks), blocks = (BLOCK_M, BLOCK_N, num_warps, TMA descriptors, num_stages,
+# CHUNK_LOOP) or None (the two sweeps); past the last range, the two sweeps.  Each is
+# the tile without spills and with the fewest other instructions per pair among those
+# compiled (docs/results/triton.md).  Unrolled (CHUNK_LOOP False) the S loop's registers
+# grow with K: 16-bit spills at K = 9 (d = 1152: 168 bytes on sm_90, 24 on sm_80), so
+# past K = 6 (TF32: 9) S's other chunks take a loop at run time (registers independent
+# of K; on sm_90 num_stages = 2: 47.3 other instructions per slice pair at K = 9 against
+# 47.9 in one), to K = 12 (ViT-g's d = 1536, the widest compiled).  d <= 768 stays
+# unrolled as before (on sm_80 the loop's 32 x 32 tile issues fewer other instructions
+# at K = 6, 149 against 191 per slice pair, but its loads are not pipelined: for a GPU
+# run to decide).  3xTF32 on sm_90 takes the loop from K = 3 (unrolled, 16 x 32 spills
+# 16 bytes there).  The one-chunk tiles spill 24-80 bytes (16-bit) already at K = 2.
+# Not here (the two sweeps): 3xTF32 before sm_90 (32 bytes spilled at K = 2 on 16 x 32,
+# 104 on 16 x 16; with the loop at K = 3 16-98672 on 16 x 16, 16 x 32, 32 x 16 and 32 x
+# 32 at 1 to 8 warps) and float64 on sm_90 (16-288 at K = 2 to 4 on 16 x 16 and 16 x 32,
+# 2 and 4 warps).
 SLICED_ONE_PASS_BLOCKS = {
     ("bf16", 90): ((6, (128, 64, 8, True, 1, False)), (12, (128, 64, 8, True, 2, True))),
     ("bf16", 80): ((6, (32, 16, 2, False, 1, False)), (12, (32, 32, 4, False, 1, True))),
